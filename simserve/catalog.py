@@ -1,0 +1,458 @@
+"""GPU specs and model architectures: frozen, validated records loaded from packaged YAML.
+
+The cost model and the KV-cache manager need a GPU's peak numbers (memory, bandwidth, tensor
+FLOP/s, interconnect) and a model's shape (layers, hidden, heads, KV heads, MLP, vocabulary).
+`load_catalog()` reads the packaged `simserve/data/{gpus,models}.yaml` (values from vendor
+datasheets and Hugging Face `config.json` files, cited there) and, optionally, a user YAML file
+whose `gpus:` and `models:` mappings add entries or replace them whole. Lookups are
+case-insensitive; every bad value raises `InputError` naming the file, the entry and the field.
+
+Parameter counts (`ModelSpec.num_params`) cover the weight matrices only: the token embedding,
+per-layer attention (q, k, v, o) and MLP matrices, and the LM head unless it is tied. Norms,
+biases and learned position embeddings are ignored (under 0.2% of every packaged model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from simserve.errors import InputError
+
+__all__ = ["Catalog", "GpuSpec", "MlpKind", "ModelSpec", "load_catalog"]
+
+MlpKind = Literal["gated", "plain"]
+_MLP_KINDS: tuple[str, ...] = ("gated", "plain")
+_DTYPE_BYTES: tuple[int, ...] = (1, 2, 4)
+_PACKAGED_FILES: tuple[str, ...] = ("gpus.yaml", "models.yaml")
+_Spec = TypeVar("_Spec", "GpuSpec", "ModelSpec")
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def _check_str(value: object, field_name: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"must be a string, got {_type_name(value)} {value!r}", field=field_name)
+    if not value.strip():
+        raise InputError("must be a non-empty string", field=field_name)
+    return value
+
+
+def _check_pos_int(value: object, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"must be an integer, got {_type_name(value)} {value!r}", field=field_name)
+    if value <= 0:
+        raise InputError(f"must be > 0, got {value}", field=field_name)
+    return value
+
+
+def _check_pos_float(value: object, field_name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"must be a number, got {_type_name(value)} {value!r}", field=field_name)
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"must be a finite number > 0, got {value}", field=field_name)
+    return float(value)
+
+
+def _check_bool(value: object, field_name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(
+            f"must be true or false, got {_type_name(value)} {value!r}", field=field_name
+        )
+    return value
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One accelerator's peak numbers, read by the roofline cost model and by KV-cache sizing.
+
+    `memory_gib` is device memory in GiB; `mem_bandwidth_gbps` is peak HBM bandwidth in GB/s;
+    `bf16_tflops` and `fp8_tflops` are dense (not sparse) tensor-core peaks in TFLOP/s;
+    `interconnect` names the GPU-to-GPU link (e.g. "nvlink4", "pcie4") and `interconnect_gbps`
+    is its per-GPU unidirectional bandwidth in GB/s.
+    """
+
+    name: str
+    memory_gib: float
+    mem_bandwidth_gbps: float
+    bf16_tflops: float
+    fp8_tflops: float
+    interconnect: str
+    interconnect_gbps: float
+
+    def __post_init__(self) -> None:
+        _check_str(self.name, "name")
+        _check_str(self.interconnect, "interconnect")
+        for name in (
+            "memory_gib",
+            "mem_bandwidth_gbps",
+            "bf16_tflops",
+            "fp8_tflops",
+            "interconnect_gbps",
+        ):
+            object.__setattr__(self, name, _check_pos_float(getattr(self, name), name))
+
+    @property
+    def memory_bytes(self) -> float:
+        """Device memory in bytes (`memory_gib` x 2^30), the budget KV-cache sizing starts from."""
+        return self.memory_gib * 2**30
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer's shape, from which weight, KV-cache and FLOP sizes derive.
+
+    `mlp` is "gated" (SwiGLU: gate, up and down matrices; Llama, Mistral, Qwen2) or "plain"
+    (up and down matrices; OPT, BLOOM). `dtype_bytes` is the bytes per weight and per KV element.
+    """
+
+    name: str
+    hf_id: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    max_model_len: int
+    mlp: MlpKind
+    tied_embeddings: bool
+    dtype_bytes: int = 2
+
+    def __post_init__(self) -> None:
+        _check_str(self.name, "name")
+        _check_str(self.hf_id, "hf_id")
+        for name in (
+            "num_layers",
+            "hidden_size",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "intermediate_size",
+            "vocab_size",
+            "max_model_len",
+        ):
+            _check_pos_int(getattr(self, name), name)
+        if self.mlp not in _MLP_KINDS:
+            raise InputError(
+                f"must be one of {', '.join(_MLP_KINDS)}, got {self.mlp!r}", field="mlp"
+            )
+        _check_bool(self.tied_embeddings, "tied_embeddings")
+        if isinstance(self.dtype_bytes, bool) or self.dtype_bytes not in _DTYPE_BYTES:
+            raise InputError(
+                f"must be one of {', '.join(map(str, _DTYPE_BYTES))}, got {self.dtype_bytes!r}",
+                field="dtype_bytes",
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise InputError(
+                f"num_heads ({self.num_heads}) must be divisible by num_kv_heads "
+                f"({self.num_kv_heads})",
+                field="num_kv_heads",
+            )
+
+    @property
+    def attention_params_per_layer(self) -> int:
+        """Weights of one layer's q, k, v and o projections (GQA: k and v are narrower)."""
+        q_width = self.num_heads * self.head_dim
+        kv_width = self.num_kv_heads * self.head_dim
+        return 2 * self.hidden_size * q_width + 2 * self.hidden_size * kv_width
+
+    @property
+    def mlp_params_per_layer(self) -> int:
+        """Weights of one layer's MLP: 3 matrices when gated (SwiGLU), 2 when plain."""
+        num_matrices = 3 if self.mlp == "gated" else 2
+        return num_matrices * self.hidden_size * self.intermediate_size
+
+    @property
+    def embedding_params(self) -> int:
+        """Weights of the token embedding (vocab x hidden); the LM head has as many unless tied."""
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def num_params(self) -> int:
+        """Total weight count: embedding, attention and MLP matrices, LM head unless tied."""
+        per_layer = self.attention_params_per_layer + self.mlp_params_per_layer
+        lm_head = 0 if self.tied_embeddings else self.embedding_params
+        return self.embedding_params + self.num_layers * per_layer + lm_head
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights (`num_params` x `dtype_bytes`), before any tensor-parallel split."""
+        return self.num_params * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token occupies across all layers, before a tensor-parallel split."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def linear_flops_per_token(self) -> int:
+        """FLOPs per token of all layers' attention and MLP matrices (2 per weight), no LM head."""
+        per_layer = self.attention_params_per_layer + self.mlp_params_per_layer
+        return 2 * self.num_layers * per_layer
+
+    @property
+    def lm_head_flops_per_token(self) -> int:
+        """FLOPs per token of the LM head projection (2 x hidden x vocab), tied or not."""
+        return 2 * self.hidden_size * self.vocab_size
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def _key(name: str) -> str:
+    return name.strip().casefold()
+
+
+class Catalog:
+    """Read-only, case-insensitive lookup of GPU and model specs by name.
+
+    Built from sequences of specs; a later spec replaces an earlier one of the same name
+    (compared case-insensitively), which is how a user file overrides packaged entries.
+    """
+
+    __slots__ = ("_gpus", "_models")
+
+    def __init__(self, gpus: Iterable[GpuSpec] = (), models: Iterable[ModelSpec] = ()) -> None:
+        gpu_index: dict[str, GpuSpec] = {}
+        for gpu in gpus:
+            gpu_index[_key(gpu.name)] = gpu
+        model_index: dict[str, ModelSpec] = {}
+        for model in models:
+            model_index[_key(model.name)] = model
+        self._gpus: Mapping[str, GpuSpec] = MappingProxyType(gpu_index)
+        self._models: Mapping[str, ModelSpec] = MappingProxyType(model_index)
+
+    @property
+    def gpus(self) -> Mapping[str, GpuSpec]:
+        """All GPU specs keyed by case-folded name (read-only)."""
+        return self._gpus
+
+    @property
+    def models(self) -> Mapping[str, ModelSpec]:
+        """All model specs keyed by case-folded name (read-only)."""
+        return self._models
+
+    def gpu(self, name: str) -> GpuSpec:
+        """The GPU called `name` (any case); an unknown name is an InputError on `hardware`."""
+        return _lookup(self._gpus, name, "GPU", "hardware", self.gpu_names())
+
+    def model(self, name: str) -> ModelSpec:
+        """The model called `name` (any case); an unknown name is an InputError on `model`."""
+        return _lookup(self._models, name, "model", "model", self.model_names())
+
+    def gpu_names(self) -> tuple[str, ...]:
+        """Names of all GPUs, sorted, for listings and error messages."""
+        return tuple(sorted(gpu.name for gpu in self._gpus.values()))
+
+    def model_names(self) -> tuple[str, ...]:
+        """Names of all models, sorted, for listings and error messages."""
+        return tuple(sorted(model.name for model in self._models.values()))
+
+    def __repr__(self) -> str:
+        return f"Catalog(gpus={list(self.gpu_names())}, models={list(self.model_names())})"
+
+
+def _lookup(
+    index: Mapping[str, _Spec], name: object, what: str, field_name: str, known: tuple[str, ...]
+) -> _Spec:
+    spec = index.get(_key(name)) if isinstance(name, str) else None
+    if spec is None:
+        raise InputError(f"unknown {what} {name!r}; known: {', '.join(known)}", field=field_name)
+    return spec
+
+
+# --------------------------------------------------------------------------- YAML loading
+
+_SECTIONS: dict[str, type[GpuSpec] | type[ModelSpec]] = {"gpus": GpuSpec, "models": ModelSpec}
+
+
+def _key_lines(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """1-based line of every mapping key down to depth 3 (section, entry, field)."""
+    lines: dict[tuple[str, ...], int] = {}
+    if not isinstance(node, yaml.MappingNode) or len(path) >= 3:
+        return lines
+    for key_node, value_node in node.value:
+        if isinstance(key_node, yaml.ScalarNode):
+            key_path = (*path, str(key_node.value))
+            lines[key_path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key_path))
+    return lines
+
+
+def _read_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        line = mark.line + 1 if mark is not None else None
+        raise InputError(f"invalid YAML: {problem}", source=source, line=line) from None
+    finally:
+        loader.dispose()
+    return data, _key_lines(node)
+
+
+def _build_spec(
+    cls: type[GpuSpec] | type[ModelSpec],
+    section: str,
+    name: str,
+    body: Mapping[Any, Any],
+    source: str,
+    lines: dict[tuple[str, ...], int],
+) -> GpuSpec | ModelSpec:
+    where = f"{section}.{name}"
+    entry_line = lines.get((section, name))
+    field_defs = [f for f in dataclasses.fields(cls) if f.name != "name"]
+    allowed = [f.name for f in field_defs]
+    for key in body:
+        if key not in allowed:
+            hint = " (an entry's name is its key)" if key == "name" else ""
+            raise InputError(
+                f"unknown field{hint}; known fields: {', '.join(allowed)}",
+                field=f"{where}.{key}",
+                source=source,
+                line=lines.get((section, name, str(key)), entry_line),
+            )
+    missing = [
+        f.name
+        for f in field_defs
+        if f.name not in body
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        also = f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise InputError(
+            f"required field is missing{also}",
+            field=f"{where}.{missing[0]}",
+            source=source,
+            line=entry_line,
+        )
+    try:
+        return cls(name=name, **body)
+    except InputError as exc:
+        raise InputError(
+            exc.message,
+            field=f"{where}.{exc.field}" if exc.field else where,
+            source=source,
+            line=lines.get((section, name, exc.field or ""), entry_line),
+        ) from None
+
+
+def _parse_catalog_text(text: str, source: str) -> tuple[list[GpuSpec], list[ModelSpec]]:
+    """Validated specs from one catalog YAML document, in file order."""
+    data, lines = _read_yaml(text, source)
+    if data is None:
+        return [], []
+    if not isinstance(data, Mapping):
+        raise InputError(
+            "a catalog file must be a mapping with optional 'gpus:' and 'models:' keys",
+            source=source,
+            line=1,
+        )
+    for key in data:
+        if key not in _SECTIONS:
+            raise InputError(
+                f"unknown top-level key; expected {' or '.join(_SECTIONS)}",
+                field=str(key),
+                source=source,
+                line=lines.get((str(key),)),
+            )
+    specs: dict[str, list[Any]] = {section: [] for section in _SECTIONS}
+    for section, entries in data.items():  # file order, so the first error is reported first
+        cls = _SECTIONS[section]
+        if entries is None:
+            continue
+        if not isinstance(entries, Mapping):
+            raise InputError(
+                f"must be a mapping of name -> fields, got {_type_name(entries)}",
+                field=section,
+                source=source,
+                line=lines.get((section,)),
+            )
+        seen: dict[str, str] = {}
+        for name, body in entries.items():
+            where = f"{section}.{name}"
+            line = lines.get((section, str(name)))
+            if not isinstance(name, str) or not name.strip():
+                raise InputError(
+                    "an entry name must be a non-empty string",
+                    field=where,
+                    source=source,
+                    line=line,
+                )
+            if _key(name) in seen:
+                raise InputError(
+                    f"duplicate entry (names are case-insensitive; first as {seen[_key(name)]!r})",
+                    field=where,
+                    source=source,
+                    line=line,
+                )
+            seen[_key(name)] = name
+            if not isinstance(body, Mapping):
+                raise InputError(
+                    f"must be a mapping of field -> value, got {_type_name(body)}",
+                    field=where,
+                    source=source,
+                    line=line,
+                )
+            specs[section].append(_build_spec(cls, section, name, body, source, lines))
+    return specs["gpus"], specs["models"]
+
+
+@functools.cache
+def _packaged_catalog() -> Catalog:
+    """The catalog of the packaged YAML files, parsed once per process (it is immutable)."""
+    data_dir = resources.files("simserve").joinpath("data")
+    gpus: list[GpuSpec] = []
+    models: list[ModelSpec] = []
+    for file_name in _PACKAGED_FILES:
+        text = data_dir.joinpath(file_name).read_text(encoding="utf-8")
+        more_gpus, more_models = _parse_catalog_text(text, f"simserve/data/{file_name}")
+        gpus += more_gpus
+        models += more_models
+    return Catalog(gpus, models)
+
+
+def load_catalog(extra: str | Path | None = None) -> Catalog:
+    """The packaged GPU and model catalog, plus the entries of the user YAML file `extra`.
+
+    `extra` may hold top-level `gpus:` and `models:` mappings of name -> fields; each entry
+    gives every field (except `dtype_bytes`, default 2) and adds a new name or replaces the
+    packaged entry of the same name (case-insensitive) whole.
+    """
+    base = _packaged_catalog()
+    if extra is None:
+        return base
+    path = Path(extra)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("catalog file not found", source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(f"cannot read catalog file: {reason}", source=source) from None
+    gpus, models = _parse_catalog_text(text, source)
+    return Catalog([*base.gpus.values(), *gpus], [*base.models.values(), *models])

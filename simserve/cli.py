@@ -1,0 +1,87 @@
+"""Command line: parse, load, run, store, print; nothing else.
+
+Every user error (`InputError`) becomes one line on stderr and exit code 2, with nothing
+written; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from simserve.config import load_scenario
+from simserve.errors import InputError
+
+__all__ = ["main"]
+
+DEFAULT_BENCH_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "bench.yaml"
+
+
+def _add_scenario_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any scenario field, e.g. --set engine.policy=prefill_first")
+    p.add_argument("--seed", type=int, default=None, help="override the scenario seed")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simserve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="simulate one scenario and write a run directory")
+    run.add_argument("scenario", help="scenario YAML file")
+    _add_scenario_args(run)
+    run.add_argument("--out", default=None, help="run directory (default: runs/<scenario name>)")
+
+    bench = sub.add_parser("bench", help="simulated requests per wall-clock second")
+    bench.add_argument("--scenario", default=str(DEFAULT_BENCH_SCENARIO))
+    bench.add_argument("--requests", type=int, default=None, help="override num_requests")
+    _add_scenario_args(bench)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    items = list(args.overrides)
+    if args.seed is not None:
+        items.append(f"seed={args.seed}")
+    if getattr(args, "requests", None) is not None:
+        items.append(f"workload.num_requests={args.requests}")
+    return items
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from simserve.experiments.run import run_scenario, write_run_dir
+    from simserve.report import format_summary
+
+    scenario = load_scenario(args.scenario, _overrides(args))
+    out_dir = Path(args.out) if args.out else Path("runs") / scenario.name
+    t0 = time.perf_counter()
+    output = run_scenario(scenario)
+    wall_s = time.perf_counter() - t0
+    written = write_run_dir(output, out_dir)
+    print(format_summary(output.summary))
+    print(f"run directory: {written}  (simulated in {wall_s:.2f} s wall-clock)")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from simserve.experiments.bench import run_bench
+
+    scenario = load_scenario(args.scenario, _overrides(args))
+    print(run_bench(scenario).format())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `simserve` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    handlers = {"run": _cmd_run, "bench": _cmd_bench}
+    try:
+        return handlers[args.command](args)
+    except InputError as exc:
+        print(f"simserve: error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("simserve: interrupted", file=sys.stderr)
+        return 130

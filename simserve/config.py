@@ -1,0 +1,521 @@
+"""Frozen, validated scenario objects, their YAML loader and `--set a.b=c` overrides.
+
+A scenario is a tree of frozen dataclasses. Loading is strict: an unknown key, a value of the
+wrong type or a value out of range raises `InputError` naming the dotted field, the file and
+the line. Constructors validate their own values (DESIGN §9), so a `Scenario` that exists is a
+valid one; checks that need the catalog (model context length, KV fit) live in `resolve.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from simserve.errors import InputError
+
+__all__ = [
+    "ArrivalConfig",
+    "ClusterConfig",
+    "CostModelConfig",
+    "EngineConfig",
+    "FluidityConfig",
+    "LengthsConfig",
+    "MetricsConfig",
+    "Scenario",
+    "SloConfig",
+    "WorkloadConfig",
+    "apply_overrides",
+    "load_scenario",
+    "scenario_from_mapping",
+    "scenario_to_mapping",
+]
+
+
+def _require(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise InputError(message, field=field_name)
+
+
+# --------------------------------------------------------------------------- workload
+
+ArrivalProcess = Literal["poisson", "gamma", "constant", "offline", "closed_loop", "trace"]
+LengthDist = Literal["fixed", "uniform", "lognormal", "trace"]
+
+
+@dataclass(frozen=True)
+class ArrivalConfig:
+    """How requests arrive. `rate` is requests per second (for `trace`: optional time-scaling
+    to that mean rate); `burstiness` is the gamma shape, 1/cv^2, as in `vllm bench serve`."""
+
+    process: ArrivalProcess | None = None
+    rate: float | None = None
+    burstiness: float = 1.0
+    concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.process is None:
+            # NOTE: as `vllm bench serve`: a rate means Poisson arrivals, no rate means
+            # request-rate inf (everything at once).
+            object.__setattr__(self, "process", "poisson" if self.rate is not None else "offline")
+        if self.process in ("poisson", "gamma", "constant"):
+            _require(self.rate is not None, "arrival.rate", f"required for process {self.process}")
+        if self.rate is not None:
+            _require(self.rate > 0, "arrival.rate", f"must be > 0, got {self.rate}")
+        _require(self.burstiness > 0, "arrival.burstiness", f"must be > 0, got {self.burstiness}")
+        if self.process == "closed_loop":
+            _require(
+                self.concurrency is not None and self.concurrency >= 1,
+                "arrival.concurrency",
+                "closed_loop needs concurrency >= 1",
+            )
+        else:
+            _require(
+                self.concurrency is None,
+                "arrival.concurrency",
+                f"only used by process closed_loop (got process {self.process})",
+            )
+
+
+@dataclass(frozen=True)
+class LengthsConfig:
+    """Prompt and output lengths in tokens.
+
+    `fixed`: exactly `prompt_len`/`output_len`. `uniform`: vLLM's random dataset, integers in
+    [len*(1-range_ratio), len*(1+range_ratio)]. `lognormal`: median-free parameterisation by the
+    mean (`prompt_len`, `output_len`) and the log-space sigma. `trace`: from `workload.trace`.
+    """
+
+    dist: LengthDist = "fixed"
+    prompt_len: int = 512
+    output_len: int = 128
+    range_ratio: float = 0.0
+    prompt_sigma: float = 0.8
+    output_sigma: float = 0.8
+
+    def __post_init__(self) -> None:
+        _require(self.prompt_len >= 1, "lengths.prompt_len", f"must be >= 1, got {self.prompt_len}")
+        _require(self.output_len >= 1, "lengths.output_len", f"must be >= 1, got {self.output_len}")
+        _require(
+            0.0 <= self.range_ratio < 1.0,
+            "lengths.range_ratio",
+            f"must be in [0, 1), got {self.range_ratio}",
+        )
+        _require(self.prompt_sigma >= 0, "lengths.prompt_sigma", "must be >= 0")
+        _require(self.output_sigma >= 0, "lengths.output_sigma", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """The requests of a run; built before the run from the scenario seed."""
+
+    num_requests: int = 200
+    trace: str | None = None
+    arrival: ArrivalConfig = field(default_factory=ArrivalConfig)
+    lengths: LengthsConfig = field(default_factory=LengthsConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.num_requests >= 1, "workload.num_requests", "must be >= 1")
+        uses_trace = self.arrival.process == "trace" or self.lengths.dist == "trace"
+        _require(
+            not uses_trace or self.trace is not None,
+            "workload.trace",
+            "a trace file is required when arrival.process or lengths.dist is 'trace'",
+        )
+
+
+# --------------------------------------------------------------------------- engine
+
+Policy = Literal["static", "prefill_first", "mixed", "chunked_prefill"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Scheduler and KV-cache knobs, with vLLM's names and (v1) defaults."""
+
+    policy: Policy = "chunked_prefill"
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    # NOTE: recompute is vLLM's default (and only v1) preemption mode; swap is not modelled.
+    preemption: Literal["recompute"] = "recompute"
+    max_model_len: int | None = None
+    activation_reserve_gib: float = 1.0
+    num_gpu_blocks_override: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.max_num_seqs >= 1, "engine.max_num_seqs", "must be >= 1")
+        _require(self.block_size >= 1, "engine.block_size", "must be >= 1")
+        _require(
+            self.max_num_batched_tokens >= self.block_size,
+            "engine.max_num_batched_tokens",
+            f"must be >= engine.block_size ({self.block_size}), got {self.max_num_batched_tokens}",
+        )
+        _require(
+            0.0 < self.gpu_memory_utilization <= 1.0,
+            "engine.gpu_memory_utilization",
+            f"must be in (0, 1], got {self.gpu_memory_utilization}",
+        )
+        if self.max_model_len is not None:
+            _require(self.max_model_len >= 1, "engine.max_model_len", "must be >= 1")
+        _require(self.activation_reserve_gib >= 0, "engine.activation_reserve_gib", "must be >= 0")
+        if self.num_gpu_blocks_override is not None:
+            _require(self.num_gpu_blocks_override >= 1, "engine.num_gpu_blocks_override", ">= 1")
+
+
+Router = Literal["round_robin", "least_outstanding", "least_kv"]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    replicas: int = 1
+    router: Router = "round_robin"
+
+    def __post_init__(self) -> None:
+        _require(self.replicas >= 1, "cluster.replicas", f"must be >= 1, got {self.replicas}")
+
+
+# --------------------------------------------------------------------------- cost model
+
+CostModelKind = Literal["roofline", "constant"]
+
+
+@dataclass(frozen=True)
+class CostModelConfig:
+    """Step-time model. `roofline` uses catalog specs with efficiency factors (DESIGN §4);
+    `constant` gives every step `step_time_ms` (tests and teaching)."""
+
+    kind: CostModelKind = "roofline"
+    step_time_ms: float = 10.0
+    mfu: float = 0.6
+    mbu: float = 0.75
+    step_overhead_ms: float = 3.0
+    allreduce_latency_us: float = 10.0
+    allreduce_efficiency: float = 0.7
+
+    def __post_init__(self) -> None:
+        _require(self.step_time_ms > 0, "cost_model.step_time_ms", "must be > 0")
+        _require(0 < self.mfu <= 1, "cost_model.mfu", f"must be in (0, 1], got {self.mfu}")
+        _require(0 < self.mbu <= 1, "cost_model.mbu", f"must be in (0, 1], got {self.mbu}")
+        _require(self.step_overhead_ms >= 0, "cost_model.step_overhead_ms", "must be >= 0")
+        _require(self.allreduce_latency_us >= 0, "cost_model.allreduce_latency_us", ">= 0")
+        _require(
+            0 < self.allreduce_efficiency <= 1,
+            "cost_model.allreduce_efficiency",
+            "must be in (0, 1]",
+        )
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class SloConfig:
+    """Per-request SLOs for goodput (vLLM `--goodput`, DistServe); unset ones are not checked."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+    max_tbt_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_ms", "tpot_ms", "e2el_ms", "max_tbt_ms"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"metrics.slo.{name}", "must be > 0")
+
+
+@dataclass(frozen=True)
+class FluidityConfig:
+    """Etalon deadlines: the first token is due `ttft_deadline_ms +
+    ttft_deadline_ms_per_prompt_token * prompt_len` after arrival, each next one
+    `tbt_deadline_ms` after the previous deadline."""
+
+    ttft_deadline_ms: float = 250.0
+    ttft_deadline_ms_per_prompt_token: float = 0.25
+    tbt_deadline_ms: float = 50.0
+    max_miss_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(self.ttft_deadline_ms > 0, "metrics.fluidity.ttft_deadline_ms", "must be > 0")
+        _require(
+            self.ttft_deadline_ms_per_prompt_token >= 0,
+            "metrics.fluidity.ttft_deadline_ms_per_prompt_token",
+            "must be >= 0",
+        )
+        _require(self.tbt_deadline_ms > 0, "metrics.fluidity.tbt_deadline_ms", "must be > 0")
+        _require(
+            0 <= self.max_miss_rate < 1, "metrics.fluidity.max_miss_rate", "must be in [0, 1)"
+        )
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    slo: SloConfig = field(default_factory=SloConfig)
+    fluidity: FluidityConfig = field(default_factory=FluidityConfig)
+    warmup_s: float = 0.0
+    cooldown_s: float = 0.0
+    stall_threshold_ms: float = 500.0
+    percentiles: tuple[float, ...] = (90.0, 95.0, 99.0)
+
+    def __post_init__(self) -> None:
+        _require(self.warmup_s >= 0, "metrics.warmup_s", "must be >= 0")
+        _require(self.cooldown_s >= 0, "metrics.cooldown_s", "must be >= 0")
+        _require(self.stall_threshold_ms > 0, "metrics.stall_threshold_ms", "must be > 0")
+        for p in self.percentiles:
+            _require(0 < p <= 100, "metrics.percentiles", f"each must be in (0, 100], got {p}")
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One simulated serving setup: hardware, model, engine, cluster, workload, metrics, seed."""
+
+    name: str = "scenario"
+    model: str = "llama-3-8b"
+    hardware: str = "h100-80gb-sxm"
+    tp: int = 1
+    seed: int = 0
+    catalog: str | None = None
+    cost_model: CostModelConfig = field(default_factory=CostModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.tp >= 1, "tp", f"must be >= 1, got {self.tp}")
+        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+
+# --------------------------------------------------------------------------- generic loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, dotted: str) -> Any:
+    """Check/convert a YAML value to the annotated type; raise InputError naming `dotted`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, dotted)
+            except InputError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise InputError(
+                f"must be one of {', '.join(map(str, choices))}; got {value!r}", field=dotted
+            )
+        return value
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise InputError(f"expected a list, got {value!r}", field=dotted)
+        return tuple(_convert(v, item_tp, f"{dotted}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise InputError(f"expected a mapping, got {value!r}", field=dotted)
+        return _build(tp, value, dotted)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"expected true/false, got {value!r}", field=dotted)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise InputError(f"expected an integer, got {value!r}", field=dotted)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"expected a number, got {value!r}", field=dotted)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise InputError(f"expected a string, got {value!r}", field=dotted)
+        return value
+    raise TypeError(f"unsupported config type {_type_name(tp)} at {dotted}")  # programming error
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in known:
+            raise InputError(
+                f"unknown key (known: {', '.join(sorted(known))})", field=dotted
+            )
+        kwargs[key] = _convert(value, hints[key], dotted)
+    try:
+        return cls(**kwargs)
+    except InputError as exc:
+        # Constructors name fields relative to their own section; make them absolute.
+        name = exc.field or ""
+        section = prefix.split(".")[-1] if prefix else ""
+        if prefix and name.startswith(section + ".") and not name.startswith(prefix):
+            name = prefix[: -len(section)] + name
+        elif prefix and not name.startswith(prefix):
+            name = f"{prefix}.{name}"
+        raise InputError(exc.message, field=name) from None
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map dotted keys of a YAML mapping to their 1-based line numbers (for error messages)."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                dotted = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                lines[dotted] = key_node.start_mark.line + 1
+                walk(value_node, dotted)
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _line_for(dotted: str, lines: Mapping[str, int]) -> int | None:
+    parts = dotted.split(".")
+    while parts:
+        key = ".".join(parts).split("[")[0]
+        if key in lines:
+            return lines[key]
+        parts.pop()
+    return None
+
+
+def scenario_from_mapping(data: Mapping[str, Any]) -> Scenario:
+    """Build a validated Scenario from a plain mapping (raises InputError)."""
+    if not isinstance(data, Mapping):
+        raise InputError("a scenario must be a YAML mapping")
+    return _build(Scenario, data, "")
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=c` overrides (values parsed as YAML) to a raw scenario mapping (copy)."""
+    result = _deep_copy(data)
+    for item in overrides:
+        key, value = _parse_override(item)
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise InputError(f"cannot set a sub-key of a non-mapping value ({key})", field=key)
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def _resolve_paths(data: dict[str, Any], base: Path, overridden: set[str]) -> None:
+    """Relative paths written in a file are relative to that file; those given with --set are
+    relative to the working directory (what a shell user expects)."""
+    for dotted in ("workload.trace", "catalog"):
+        node: Any = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        value = node.get(parts[-1])
+        if isinstance(value, str) and not Path(value).is_absolute():
+            root = Path.cwd() if dotted in overridden else base
+            node[parts[-1]] = str((root / value).resolve())
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Load and validate a scenario file; errors name the field, the file and the line."""
+    path = Path(path)
+    overrides = overrides or []
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError("scenario file not found", source=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read scenario file ({exc.strerror})", source=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise InputError(f"invalid YAML: {problem}", source=str(path), line=line) from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise InputError("a scenario must be a YAML mapping", source=str(path))
+    lines = _key_lines(text)
+    overridden: set[str] = set()
+    try:
+        overridden = {_parse_override(o)[0] for o in overrides}
+        merged = apply_overrides(data, overrides)
+        _resolve_paths(merged, path.resolve().parent, overridden)
+        return scenario_from_mapping(merged)
+    except InputError as exc:
+        field_name = exc.field or ""
+        if field_name in overridden or any(field_name.startswith(o + ".") for o in overridden):
+            raise exc.located("--set", None) from None
+        raise exc.located(str(path), _line_for(field_name, lines)) from None
+
+
+def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
+    """Plain-data form of a scenario (tuples as lists), for `scenario.yaml` in a run dir."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(scenario)

@@ -1,0 +1,89 @@
+"""Analytical step time from GPU and model specs: each term is compute- or memory-bound.
+
+DESIGN §4: time = linear layers (f(N)) + attention (prefill ~ sum q(c + q/2) pairs, decode ~
+KV bytes read) + LM head + tensor-parallel all-reduce + a fixed per-step overhead. Each term
+is max(FLOPs / (peak x mfu), bytes / (bandwidth x mbu)), the roofline of Williams et al. (2009)
+applied per operator as in LLM-Viewer and Vidur's analytical fallbacks. Used when nothing was
+measured for a (GPU, model); the run metadata says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simserve.catalog import GpuSpec, ModelSpec
+from simserve.config import CostModelConfig
+from simserve.costmodel.base import BatchShape
+
+__all__ = ["RooflineCostModel"]
+
+
+@dataclass(frozen=True)
+class RooflineCostModel:
+    """Per-step roofline for one replica of `tp` GPUs; all per-GPU quantities divide by tp."""
+
+    gpu: GpuSpec
+    model: ModelSpec
+    tp: int
+    config: CostModelConfig
+
+    def __post_init__(self) -> None:
+        # Precompute per-unit costs once so step_time is a handful of float operations.
+        g, m, c, tp = self.gpu, self.model, self.config, self.tp
+        flops_per_s = g.bf16_tflops * 1e12 * c.mfu
+        bytes_per_s = g.mem_bandwidth_gbps * 1e9 * c.mbu
+        set_ = object.__setattr__
+        set_(self, "_linear_s_per_token", m.linear_flops_per_token / tp / flops_per_s)
+        set_(self, "_weights_s", m.weight_bytes / tp / bytes_per_s)
+        set_(self, "_lm_head_s_per_token", m.lm_head_flops_per_token / tp / flops_per_s)
+        # QK^T and PV: 2 matmuls x 2 FLOPs per multiply-add, per head dim, per head, per layer.
+        attn_flops_per_pair = 4.0 * m.num_layers * m.num_heads * m.head_dim
+        set_(self, "_attn_s_per_pair", attn_flops_per_pair / tp / flops_per_s)
+        set_(self, "_kv_s_per_token", m.kv_bytes_per_token / tp / bytes_per_s)
+        # NOTE: Megatron-style TP does two all-reduces per layer (after attention and MLP) of
+        # N x hidden activations; a ring all-reduce moves 2 (tp-1)/tp of the message per GPU.
+        if tp > 1:
+            link_bytes_per_s = g.interconnect_gbps * 1e9 * c.allreduce_efficiency
+            per_token = 2 * m.num_layers * m.hidden_size * m.dtype_bytes * 2 * (tp - 1) / tp
+            set_(self, "_ar_s_per_token", per_token / link_bytes_per_s)
+            set_(self, "_ar_fixed_s", 2 * m.num_layers * c.allreduce_latency_us * 1e-6)
+        else:
+            set_(self, "_ar_s_per_token", 0.0)
+            set_(self, "_ar_fixed_s", 0.0)
+        set_(self, "_overhead_s", c.step_overhead_ms * 1e-3)
+
+    def step_time(self, shape: BatchShape) -> float:
+        n = shape.num_prefill_tokens + shape.num_decode_tokens
+        if n == 0:
+            return self._overhead_s
+        linear = max(n * self._linear_s_per_token, self._weights_s)
+        # Logits only for the positions that sample: the last token of each prefill chunk and
+        # every decode/verify position.
+        lm_head = (shape.num_prefill_seqs + shape.num_decode_tokens) * self._lm_head_s_per_token
+        prefill_attn = max(
+            shape.prefill_attn_pairs * self._attn_s_per_pair,
+            shape.prefill_kv_tokens * self._kv_s_per_token,
+        )
+        # Decode attention is memory-bound: read the context's KV once per sequence; a verify
+        # pass of width w does w query rows over the same KV.
+        decode_pairs = shape.decode_kv_tokens * (
+            shape.num_decode_tokens / shape.num_decode_seqs if shape.num_decode_seqs else 0.0
+        )
+        decode_attn = max(
+            decode_pairs * self._attn_s_per_pair,
+            shape.decode_kv_tokens * self._kv_s_per_token,
+        )
+        allreduce = n * self._ar_s_per_token + self._ar_fixed_s
+        return linear + lm_head + prefill_attn + decode_attn + allreduce + self._overhead_s
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "kind": "roofline",
+            "gpu": self.gpu.name,
+            "model": self.model.name,
+            "tp": self.tp,
+            "mfu": self.config.mfu,
+            "mbu": self.config.mbu,
+            "step_overhead_ms": self.config.step_overhead_ms,
+            "note": "analytical roofline from catalog specs; not calibrated to measurements",
+        }

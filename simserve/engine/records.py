@@ -1,0 +1,67 @@
+"""What leaves a simulation: per-request, per-token and per-step records as numpy arrays.
+
+Records, not plots or summaries, cross the engine/metrics boundary (DESIGN §9). Token times are
+stored flat in CSR form (`token_offsets`), ordered by request then time, so metrics are computed
+with vectorised numpy and never by looping over tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["REJECT_REASONS", "SimulationResult", "StepRecords"]
+
+# Codes stored in `SimulationResult.rejected`; 0 means the request was served.
+REJECT_REASONS: dict[int, str] = {
+    0: "",
+    1: "exceeds_max_model_len",
+    2: "exceeds_kv_capacity",
+    3: "prompt_exceeds_max_num_batched_tokens",
+}
+
+
+@dataclass(frozen=True)
+class StepRecords:
+    """One row per engine step (all replicas, in order of completion)."""
+
+    replica: np.ndarray  # int32
+    started_at: np.ndarray  # float64, s
+    duration_s: np.ndarray  # float64, s
+    num_prefill_tokens: np.ndarray  # int64: new prompt tokens computed (chunks)
+    num_decode_tokens: np.ndarray  # int64: decode/verify query tokens
+    num_seqs: np.ndarray  # int64: sequences in the batch
+    kv_blocks_used: np.ndarray  # int64: after the step
+    kv_blocks_total: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return int(self.started_at.size)
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Everything a run produced. Arrays are indexed by request id (0..n-1, arrival order)."""
+
+    arrived_at: np.ndarray  # float64, s
+    prompt_len: np.ndarray  # int64, tokens
+    output_len: np.ndarray  # int64, tokens asked for
+    first_scheduled_at: np.ndarray  # float64, s (NaN if never scheduled)
+    finished_at: np.ndarray  # float64, s (NaN if not finished)
+    num_preemptions: np.ndarray  # int64
+    replica: np.ndarray  # int32 (-1 if rejected before routing)
+    rejected: np.ndarray  # int8 code, see REJECT_REASONS
+    token_offsets: np.ndarray  # int64, size n+1: tokens of request i are [off[i], off[i+1])
+    token_times_s: np.ndarray  # float64, emission time of every token
+    steps: StepRecords
+    kv_blocks_per_replica: int = 0
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def num_requests(self) -> int:
+        return int(self.arrived_at.size)
+
+    def tokens_of(self, request_id: int) -> np.ndarray:
+        """Emission times of one request's tokens (a view)."""
+        lo, hi = self.token_offsets[request_id], self.token_offsets[request_id + 1]
+        return self.token_times_s[lo:hi]

@@ -1,0 +1,289 @@
+"""Mutable state of one replica: waiting queue, running requests, paged KV blocks.
+
+Decoding requests live in fixed-capacity numpy arrays kept in admission order, so a decode
+step is a few vectorised operations over the batch, never a loop over requests or tokens
+(DESIGN §9: per-step work O(batch) with small constants). Partial prefills are few and live in
+a short list. Token emissions are recorded as (step index, request ids) and turned into
+per-token timestamps once, after the run.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simserve.costmodel.base import BatchShape
+from simserve.engine.plan import StepPlan
+
+__all__ = ["PrefillEntry", "ReplicaState", "RequestTable", "StepLog"]
+
+
+@dataclass
+class RequestTable:
+    """Per-request data shared by all replicas (plain lists: scalar access is cheaper)."""
+
+    prompt_len: list[int]
+    output_len: list[int]
+    arrived_at: list[float]
+    emitted: list[int] = field(default_factory=list)  # tokens emitted so far (kept on preemption)
+    first_scheduled_at: list[float] = field(default_factory=list)
+    num_preemptions: list[int] = field(default_factory=list)
+    replica: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.prompt_len)
+        self.emitted = [0] * n
+        self.first_scheduled_at = [float("nan")] * n
+        self.num_preemptions = [0] * n
+        self.replica = [-1] * n
+        self.rejected = [0] * n
+
+
+@dataclass
+class StepLog:
+    """Append-only per-step records and token emissions of every replica."""
+
+    replica: list[int] = field(default_factory=list)
+    started_at: list[float] = field(default_factory=list)
+    duration_s: list[float] = field(default_factory=list)
+    num_prefill_tokens: list[int] = field(default_factory=list)
+    num_decode_tokens: list[int] = field(default_factory=list)
+    num_seqs: list[int] = field(default_factory=list)
+    kv_blocks_used: list[int] = field(default_factory=list)
+    kv_blocks_total: list[int] = field(default_factory=list)
+    emit_ids: list[np.ndarray] = field(default_factory=list)  # request ids, one array per step
+    emit_step: list[int] = field(default_factory=list)
+
+
+@dataclass
+class PrefillEntry:
+    """A request whose known tokens are not all computed yet (prompt, or prompt + output
+    after a recompute preemption)."""
+
+    request_id: int
+    num_computed: int
+    num_target: int
+    num_blocks: int = 0
+
+
+class ReplicaState:
+    """One replica's queues and KV cache; `begin` applies a plan, `finish` applies its outcome."""
+
+    def __init__(
+        self,
+        index: int,
+        requests: RequestTable,
+        log: StepLog,
+        *,
+        num_blocks: int,
+        block_size: int,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        reserve_full: bool = False,
+    ) -> None:
+        self.index = index
+        self.requests = requests
+        self.log = log
+        self.num_blocks = num_blocks
+        self.free_blocks = num_blocks
+        self.block_size = block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        # NOTE: request-level batching (FasterTransformer) reserves KV for the whole sequence
+        # at admission, so it never preempts.
+        self.reserve_full = reserve_full
+        self.waiting: deque[int] = deque()
+        self.prefilling: list[PrefillEntry] = []
+        # One 2-D array so that compaction and the per-step update are single numpy calls.
+        self._dec = np.zeros((3, max_num_seqs), dtype=np.int64)
+        self.dec_ids = self._dec[0]
+        self.dec_computed = self._dec[1]  # tokens whose KV is cached
+        self.dec_remaining = self._dec[2]  # output tokens still to emit
+        self._step_delta = np.array([[1], [-1]], dtype=np.int64)
+        self._block_mask = block_size - 1 if block_size & (block_size - 1) == 0 else None
+        self.num_decoding = 0
+        self.decode_kv_sum = 0  # sum of dec_computed[:num_decoding], kept incrementally
+
+    # ------------------------------------------------------------------ views for policies
+
+    @property
+    def num_running(self) -> int:
+        return self.num_decoding + len(self.prefilling)
+
+    @property
+    def num_outstanding(self) -> int:
+        return self.num_running + len(self.waiting)
+
+    def has_work(self) -> bool:
+        return bool(self.num_decoding or self.prefilling or self.waiting)
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def target_tokens(self, request_id: int) -> int:
+        """Tokens a newly admitted request must compute: prompt plus already emitted output."""
+        return self.requests.prompt_len[request_id] + self.requests.emitted[request_id]
+
+    def decode_block_need(self, num_decodes: int) -> int:
+        """New KV blocks the first `num_decodes` decoding requests need for one more token."""
+        if self.reserve_full or num_decodes == 0:
+            return 0
+        computed = self.dec_computed[:num_decodes]
+        if self._block_mask is not None:  # power-of-two block size: a cheaper modulo
+            return int(np.count_nonzero((computed & self._block_mask) == 0))
+        return int(np.count_nonzero(computed % self.block_size == 0))
+
+    def decode_blocks_held(self, slot: int) -> int:
+        """KV blocks held by the decoding request in `slot`."""
+        if self.reserve_full:
+            return self.reserve_blocks(int(self.dec_ids[slot]))
+        return self.blocks_for(int(self.dec_computed[slot]))
+
+    def reserve_blocks(self, request_id: int) -> int:
+        """Blocks a request holds for its whole life under full reservation."""
+        p = self.requests.prompt_len[request_id]
+        n = self.requests.output_len[request_id]
+        return self.blocks_for(p + n - 1)
+
+    # ------------------------------------------------------------------ applying a plan
+
+    def begin(self, plan: StepPlan, now: float) -> BatchShape:
+        """Preempt, admit and allocate as planned; return the shape the cost model prices."""
+        req = self.requests
+        for _ in range(plan.num_preempt_partials):
+            entry = self.prefilling.pop()
+            self._preempt(entry.request_id, entry.num_blocks)
+        for _ in range(plan.num_preempt_decodes):
+            i = self.num_decoding - 1
+            rid = int(self.dec_ids[i])
+            req.emitted[rid] = req.output_len[rid] - int(self.dec_remaining[i])
+            self.decode_kv_sum -= int(self.dec_computed[i])
+            self._preempt(rid, self.decode_blocks_held(i))
+            self.num_decoding = i
+        for _ in range(plan.num_admitted):
+            rid = self.waiting.popleft()
+            if req.first_scheduled_at[rid] != req.first_scheduled_at[rid]:  # NaN: first time
+                req.first_scheduled_at[rid] = now
+            entry = PrefillEntry(rid, 0, self.target_tokens(rid))
+            if self.reserve_full:
+                entry.num_blocks = self.reserve_blocks(rid)
+                self.free_blocks -= entry.num_blocks
+            self.prefilling.append(entry)
+
+        m = plan.num_decodes
+        self.free_blocks -= plan.decode_blocks
+        prefill_tokens = 0
+        prefill_seqs = 0
+        attn_pairs = 0.0
+        prefill_kv = 0
+        for entry, q in zip(self.prefilling, plan.chunks, strict=True):
+            if q == 0:
+                continue
+            c = entry.num_computed
+            if not self.reserve_full:
+                blocks = self.blocks_for(c + q)
+                self.free_blocks -= blocks - entry.num_blocks
+                entry.num_blocks = blocks
+            prefill_tokens += q
+            prefill_seqs += 1
+            attn_pairs += q * (c + q / 2)
+            prefill_kv += c + q
+        if self.free_blocks < 0:
+            raise AssertionError(f"replica {self.index}: KV over-allocated by the policy")
+        return BatchShape(
+            num_prefill_tokens=prefill_tokens,
+            num_prefill_seqs=prefill_seqs,
+            prefill_attn_pairs=attn_pairs,
+            prefill_kv_tokens=prefill_kv,
+            num_decode_seqs=m,
+            num_decode_tokens=m,
+            decode_kv_tokens=(
+                self.decode_kv_sum + m
+                if m == self.num_decoding
+                else int(self.dec_computed[:m].sum()) + m
+            ),
+        )
+
+    def _preempt(self, request_id: int, num_blocks: int) -> None:
+        # NOTE: vLLM's default recompute preemption frees the blocks and puts the request back
+        # at the front of the waiting queue; its emitted tokens stay emitted.
+        self.free_blocks += num_blocks
+        self.requests.num_preemptions[request_id] += 1
+        self.waiting.appendleft(request_id)
+
+    def finish(self, plan: StepPlan, started_at: float, duration_s: float) -> int:
+        """Apply the step's outcome at its end: stamp tokens, complete requests, log the step.
+
+        Returns the number of requests that finished (for closed-loop clients)."""
+        log = self.log
+        step = len(log.started_at)
+        req = self.requests
+        m = plan.num_decodes
+        finished = 0
+        if m:
+            log.emit_ids.append(self.dec_ids[:m].copy())
+            log.emit_step.append(step)
+            self._dec[1:3, :m] += self._step_delta  # computed += 1, remaining -= 1
+            self.decode_kv_sum += m
+            done = self.dec_remaining[:m] == 0
+            num_done = int(np.count_nonzero(done))
+            if num_done:
+                finished += num_done
+                self._drop_finished(done, m)
+
+        completed: list[int] = []
+        if plan.chunks:
+            kept: list[PrefillEntry] = []
+            for entry, q in zip(self.prefilling, plan.chunks, strict=True):
+                entry.num_computed += q
+                if entry.num_computed < entry.num_target:
+                    kept.append(entry)
+                    continue
+                rid = entry.request_id
+                completed.append(rid)
+                emitted = req.emitted[rid] + 1
+                remaining_out = req.output_len[rid] - emitted
+                if remaining_out == 0:
+                    req.emitted[rid] = emitted
+                    self.free_blocks += entry.num_blocks
+                    finished += 1
+                    continue
+                i = self.num_decoding
+                self.dec_ids[i] = rid
+                self.dec_computed[i] = entry.num_computed
+                self.dec_remaining[i] = remaining_out
+                self.num_decoding = i + 1
+                self.decode_kv_sum += entry.num_computed
+            self.prefilling = kept
+        if completed:
+            log.emit_ids.append(np.asarray(completed, dtype=np.int64))
+            log.emit_step.append(step)
+
+        log.replica.append(self.index)
+        log.started_at.append(started_at)
+        log.duration_s.append(duration_s)
+        log.num_prefill_tokens.append(sum(plan.chunks))
+        log.num_decode_tokens.append(m)
+        log.num_seqs.append(m + sum(1 for q in plan.chunks if q))
+        log.kv_blocks_used.append(self.num_blocks - self.free_blocks)
+        log.kv_blocks_total.append(self.num_blocks)
+        return finished
+
+    def _drop_finished(self, done: np.ndarray, m: int) -> None:
+        """Free finished decoding requests and compact the arrays, keeping admission order."""
+        n = self.num_decoding
+        keep = np.ones(n, dtype=bool)
+        keep[:m] = ~done
+        computed = self.dec_computed[:m][done]
+        if self.reserve_full:
+            freed = sum(self.reserve_blocks(int(r)) for r in self.dec_ids[:m][done])
+        else:
+            freed = int((-(-computed // self.block_size)).sum())
+        self.free_blocks += freed
+        self.decode_kv_sum -= int(computed.sum())
+        k = int(np.count_nonzero(keep))
+        self._dec[:, :k] = self._dec[:, :n][:, keep]
+        self.num_decoding = k

@@ -1,0 +1,44 @@
+"""The one exception type that user-facing input errors raise.
+
+The CLI turns it into a one-line message and exit code 2, so every loader (scenario YAML,
+catalog YAML, trace CSV) reports bad input the same way: which file, which line or row, which
+field, and what is wrong.
+"""
+
+from __future__ import annotations
+
+__all__ = ["InputError"]
+
+
+class InputError(ValueError):
+    """Bad user input: names the field and, when known, the file and the line or row."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        source: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.message = message
+        self.field = field
+        self.source = source
+        self.line = line
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        where = ""
+        if self.source:
+            where = f"{self.source}:{self.line}: " if self.line else f"{self.source}: "
+        what = f"{self.field}: " if self.field else ""
+        return f"{where}{what}{self.message}"
+
+    def located(self, source: str | None, line: int | None) -> InputError:
+        """The same error with a file/line attached (keeps an existing location)."""
+        return InputError(
+            self.message,
+            field=self.field,
+            source=self.source or source,
+            line=self.line or line,
+        )

@@ -1,0 +1,170 @@
+"""Per-request metrics (the columns of `requests.csv`) from a `SimulationResult`.
+
+Every column is one numpy array with one entry per request, in arrival (request id) order, so
+the table goes straight to CSV/parquet and the summary aggregates it with masks. Definitions
+are DESIGN §5's: a = arrival, s = first scheduled, t_1..t_n = token times, f = finish.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simserve.config import MetricsConfig, SloConfig
+from simserve.engine.records import REJECT_REASONS, SimulationResult
+from simserve.metrics._segments import segment_ids, segment_max, within_segment_gaps
+from simserve.metrics.fluidity import fluidity_index
+
+__all__ = ["REQUEST_COLUMNS", "request_metrics", "request_table_and_gaps", "window_masks"]
+
+REQUEST_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "replica",
+    "arrived_at",
+    "prompt_len",
+    "output_len",
+    "num_output_tokens",
+    "first_scheduled_at",
+    "first_token_at",
+    "finished_at",
+    "ttft_s",
+    "scheduling_delay_s",
+    "e2el_s",
+    "tpot_s",
+    "normalized_latency_s",
+    "max_tbt_s",
+    "num_stalls",
+    "fluidity_index",
+    "num_preemptions",
+    "rejected",
+    "measured",
+    "good",
+)
+
+
+def window_masks(
+    arrived_at: np.ndarray, warmup_s: float, cooldown_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Requests arriving in the warm-up window (first `warmup_s` after the first arrival) and
+    in the cool-down window (last `cooldown_s` before the last arrival, warm-up ones excepted).
+
+    NOTE: judged by arrival time (DESIGN §5), so exclusion does not depend on how the system
+    under test behaved, and comparing two policies excludes the same requests.
+    """
+    arrived_at = np.asarray(arrived_at, dtype=np.float64)
+    if arrived_at.size == 0:
+        empty = np.zeros(0, dtype=bool)
+        return empty, empty
+    in_warmup = (arrived_at - arrived_at.min()) < warmup_s
+    in_cooldown = ((arrived_at.max() - arrived_at) < cooldown_s) & ~in_warmup
+    return in_warmup, in_cooldown
+
+
+def _meets(value_s: np.ndarray, slo_ms: float | None) -> np.ndarray:
+    """Whether each value meets an SLO given in ms; NaN (undefined, e.g. TPOT of a one-token
+    request) meets it.
+
+    NOTE: vLLM's `--goodput` compares `slo_ms / 1000 >= value_s` and scores TPOT as 0 for
+    one-token requests, so they pass the TPOT SLO; we do the same.
+    """
+    if slo_ms is None:
+        return np.ones(value_s.size, dtype=bool)
+    return np.isnan(value_s) | (value_s <= slo_ms / 1000.0)
+
+
+def _is_good(slo: SloConfig, ttft: np.ndarray, tpot: np.ndarray, e2el: np.ndarray,
+             max_tbt: np.ndarray) -> np.ndarray:
+    return (
+        _meets(ttft, slo.ttft_ms)
+        & _meets(tpot, slo.tpot_ms)
+        & _meets(e2el, slo.e2el_ms)
+        & _meets(max_tbt, slo.max_tbt_ms)
+    )
+
+
+def _reason_strings(codes: np.ndarray) -> np.ndarray:
+    """Reject codes as REJECT_REASONS strings ('' for served); unknown codes as `code_<k>`."""
+    codes = np.asarray(codes, dtype=np.int64)
+    top = int(codes.max()) if codes.size else 0
+    names = [REJECT_REASONS.get(k, f"code_{k}") for k in range(top + 1)]
+    lookup = np.array(names, dtype=np.str_)
+    return lookup[np.clip(codes, 0, None)]
+
+
+def request_table_and_gaps(
+    result: SimulationResult, config: MetricsConfig
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The per-request table plus every token gap (tbt, seconds) and its request id.
+
+    Shared by `request_metrics` and the summary, which pools the gaps, so they are computed once.
+    """
+    offsets = np.asarray(result.token_offsets, dtype=np.int64)
+    times = np.asarray(result.token_times_s, dtype=np.float64)
+    arrived = np.asarray(result.arrived_at, dtype=np.float64)
+    finished = np.asarray(result.finished_at, dtype=np.float64)
+    scheduled = np.asarray(result.first_scheduled_at, dtype=np.float64)
+    num_requests = arrived.size
+    n = np.diff(offsets)
+    has_tokens = n > 0
+
+    first_token_at = np.full(num_requests, np.nan)
+    first_token_at[has_tokens] = times[offsets[:-1][has_tokens]]
+    ttft = first_token_at - arrived
+    e2el = finished - arrived
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # NOTE: vLLM's TPOT excludes the first token: (e2el - ttft) / (n - 1), only for n > 1.
+        tpot = np.where(n > 1, (e2el - ttft) / (n - 1), np.nan)
+        # NOTE: normalized latency is e2el per output token, as in the Orca and vLLM papers.
+        normalized = np.where(has_tokens, e2el / n, np.nan)
+
+    gaps, is_first = within_segment_gaps(times, offsets)
+    owner = segment_ids(offsets)
+    max_tbt = segment_max(np.where(is_first, -np.inf, gaps), offsets)
+    max_tbt[n <= 1] = np.nan
+    stall_threshold_s = config.stall_threshold_ms / 1000.0
+    stalled = (gaps > stall_threshold_s) & ~is_first
+    num_stalls = np.bincount(owner[stalled], minlength=num_requests).astype(np.int64)
+    fluidity = fluidity_index(times, offsets, arrived, result.prompt_len, config.fluidity)
+
+    rejected = np.asarray(result.rejected)
+    served = (rejected == 0) & np.isfinite(finished)
+    in_warmup, in_cooldown = window_masks(arrived, config.warmup_s, config.cooldown_s)
+    measured = served & ~in_warmup & ~in_cooldown
+    good = served & _is_good(config.slo, ttft, tpot, e2el, max_tbt)
+
+    table: dict[str, np.ndarray] = {
+        "request_id": np.arange(num_requests, dtype=np.int64),
+        "replica": np.asarray(result.replica, dtype=np.int32),
+        "arrived_at": arrived,
+        "prompt_len": np.asarray(result.prompt_len, dtype=np.int64),
+        "output_len": np.asarray(result.output_len, dtype=np.int64),
+        "num_output_tokens": n.astype(np.int64),
+        "first_scheduled_at": scheduled,
+        "first_token_at": first_token_at,
+        "finished_at": finished,
+        "ttft_s": ttft,
+        "scheduling_delay_s": scheduled - arrived,
+        "e2el_s": e2el,
+        "tpot_s": tpot,
+        "normalized_latency_s": normalized,
+        "max_tbt_s": max_tbt,
+        "num_stalls": num_stalls,
+        "fluidity_index": fluidity,
+        "num_preemptions": np.asarray(result.num_preemptions, dtype=np.int64),
+        "rejected": _reason_strings(rejected),
+        "measured": measured,
+        "good": good,
+    }
+    keep = ~is_first
+    return table, gaps[keep], owner[keep]
+
+
+def request_metrics(result: SimulationResult, config: MetricsConfig) -> dict[str, np.ndarray]:
+    """Per-request metrics for every request (arrival order), keyed by `REQUEST_COLUMNS`.
+
+    Times are in seconds; `tpot_s` and `max_tbt_s` are NaN for requests with at most one token,
+    the time columns NaN for requests that never got that far (e.g. rejected ones). `measured`:
+    served (not rejected, finished) and outside the warm-up/cool-down windows. `good`: served
+    and meets every SLO that is set.
+    """
+    table, _, _ = request_table_and_gaps(result, config)
+    return table

@@ -1,0 +1,143 @@
+"""The run summary: `vllm bench serve --save-result` keys plus simserve's extras (DESIGN §5, §6).
+
+Populations: TTFT, TPOT, E2EL, scheduling delay, normalized latency, max TBT and fluidity are
+per measured request; ITL and TBT are per gap, pooled over measured requests. Missing values
+(empty populations, no SLO) are None, and every number is a plain Python int/float, so
+`json.dumps(summary)` works and is byte-identical for identical inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simserve.config import MetricsConfig, SloConfig
+from simserve.engine.records import REJECT_REASONS, SimulationResult
+from simserve.metrics.fluidity import fluid_token_rate
+from simserve.metrics.requests import request_table_and_gaps, window_masks
+from simserve.metrics.stats import describe_ms, json_float, max_concurrency
+
+__all__ = ["VLLM_SCALAR_KEYS", "VLLM_STAT_METRICS", "summarize"]
+
+# Scalar keys of `vllm bench serve --save-result` that simserve fills, in vLLM's order.
+VLLM_SCALAR_KEYS: tuple[str, ...] = (
+    "duration",
+    "completed",
+    "total_input_tokens",
+    "total_output_tokens",
+    "request_throughput",
+    "request_goodput",
+    "output_throughput",
+    "total_token_throughput",
+    "max_concurrent_requests",
+)
+# Metrics that vLLM summarises as mean_/median_/std_/p{P}_<m>_ms, in vLLM's order.
+VLLM_STAT_METRICS: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")
+
+
+def _any_slo(slo: SloConfig) -> bool:
+    return any(v is not None for v in (slo.ttft_ms, slo.tpot_ms, slo.e2el_ms, slo.max_tbt_ms))
+
+
+def _per_second(count: float, duration: float | None) -> float | None:
+    if duration is None or duration <= 0:
+        return None
+    return float(count) / duration
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[~np.isnan(values)]
+
+
+def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, object]:
+    """One run's summary dict: vLLM's keys first (same names and units), then simserve extras.
+
+    `completed` counts measured requests (served, outside warm-up/cool-down); `duration` runs
+    from the first measured arrival to the last measured finish. Requests are partitioned as
+    num_requests = completed + num_rejected + num_unfinished + num_excluded_warmup +
+    num_excluded_cooldown (the excluded counts are served requests in those windows).
+    """
+    table, gaps_s, gap_owner = request_table_and_gaps(result, config)
+    measured = table["measured"]
+    completed = int(measured.sum())
+    has_slo = _any_slo(config.slo)
+
+    duration: float | None = None
+    if completed:
+        duration = float(table["finished_at"][measured].max() - table["arrived_at"][measured].min())
+    total_input = int(table["prompt_len"][measured].sum())
+    total_output = int(table["num_output_tokens"][measured].sum())
+    num_good = int((table["good"] & measured).sum())
+
+    rejected_codes = np.asarray(result.rejected, dtype=np.int64)
+    not_rejected = rejected_codes == 0
+    served = not_rejected & np.isfinite(table["finished_at"])
+    in_warmup, in_cooldown = window_masks(table["arrived_at"], config.warmup_s, config.cooldown_s)
+
+    summary: dict[str, object] = {
+        "duration": duration,
+        "completed": completed,
+        "total_input_tokens": total_input,
+        "total_output_tokens": total_output,
+        "request_throughput": _per_second(completed, duration),
+        # NOTE: vLLM reports request_goodput only when --goodput SLOs are given (else None).
+        "request_goodput": _per_second(num_good, duration) if has_slo else None,
+        "output_throughput": _per_second(total_output, duration),
+        "total_token_throughput": _per_second(total_input + total_output, duration),
+        # In flight = arrived and not finished, over every request that was not rejected.
+        "max_concurrent_requests": max_concurrency(
+            table["arrived_at"][not_rejected], table["finished_at"][not_rejected]
+        ),
+    }
+
+    measured_gaps = gaps_s[measured[gap_owner]]
+    populations = {
+        "ttft": table["ttft_s"][measured],
+        "tpot": _finite(table["tpot_s"][measured]),
+        # NOTE: vLLM's ITL is per streamed chunk: a burst of tokens stamped at one instant is one
+        # chunk, so ITL is the gaps between distinct emission times (the nonzero TBTs).
+        "itl": measured_gaps[measured_gaps > 0.0],
+        "e2el": table["e2el_s"][measured],
+        # NOTE: TBT is per token, zeros inside bursts included (Sarathi-Serve, Etalon).
+        "tbt": measured_gaps,
+        "scheduling_delay": _finite(table["scheduling_delay_s"][measured]),
+        "normalized_latency": _finite(table["normalized_latency_s"][measured]),
+        "max_tbt": _finite(table["max_tbt_s"][measured]),
+    }
+    for name, values_s in populations.items():
+        summary.update(describe_ms(name, values_s, config.percentiles))
+
+    reasons: dict[str, int] = {}
+    for code, count in zip(*np.unique(rejected_codes[~not_rejected], return_counts=True),
+                           strict=True):
+        reasons[REJECT_REASONS.get(int(code), f"code_{int(code)}")] = int(count)
+    fluidity = _finite(table["fluidity_index"][measured])
+    rate = fluid_token_rate(
+        result.token_times_s,
+        result.token_offsets,
+        result.arrived_at,
+        result.prompt_len,
+        config.fluidity,
+        include=measured,
+    )
+    summary.update(
+        {
+            "num_requests": int(table["request_id"].size),
+            "num_rejected": int((~not_rejected).sum()),
+            "num_unfinished": int((not_rejected & ~served).sum()),
+            "rejected_reasons": reasons,
+            "num_excluded_warmup": int((served & in_warmup).sum()),
+            "num_excluded_cooldown": int((served & in_cooldown).sum()),
+            "num_preemptions": int(table["num_preemptions"][measured].sum()),
+            "num_stalls": int(table["num_stalls"][measured].sum()),
+            "stall_threshold_ms": float(config.stall_threshold_ms),
+            "mean_fluidity_index": json_float(np.mean(fluidity)) if fluidity.size else None,
+            "median_fluidity_index": json_float(np.median(fluidity)) if fluidity.size else None,
+            "p1_fluidity_index": (
+                json_float(np.percentile(fluidity, 1.0)) if fluidity.size else None
+            ),
+            "fluid_token_rate": json_float(rate),
+            "slo_attainment": (num_good / completed) if has_slo and completed else None,
+            "warnings": [str(w) for w in result.warnings],
+        }
+    )
+    return summary

@@ -1,0 +1,107 @@
+"""Checks and derived values that need the catalog: KV capacity, context limits, cost model.
+
+`config.py` validates a scenario on its own; this module validates it against the hardware and
+model it names and derives the engine's limits (DESIGN §3: KV capacity from GPU memory,
+weights and TP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simserve.catalog import Catalog, GpuSpec, ModelSpec, load_catalog
+from simserve.config import Scenario
+from simserve.costmodel import CostModel, build_cost_model
+from simserve.engine.simulation import EngineLimits
+from simserve.errors import InputError
+
+__all__ = ["ResolvedScenario", "kv_cache_blocks", "resolve"]
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class ResolvedScenario:
+    """A scenario with its catalog entries, engine limits and cost model."""
+
+    scenario: Scenario
+    gpu: GpuSpec
+    model: ModelSpec
+    limits: EngineLimits
+    cost_model: CostModel
+
+
+def kv_cache_blocks(scenario: Scenario, gpu: GpuSpec, model: ModelSpec) -> int:
+    """Paged KV blocks one replica can hold.
+
+    (GPU memory x utilisation - weights/tp - activation reserve) per GPU, times tp GPUs, over
+    the KV bytes of one block (all layers, all KV heads, K and V), as vLLM's profiler does.
+    """
+    engine = scenario.engine
+    if engine.num_gpu_blocks_override is not None:
+        return engine.num_gpu_blocks_override
+    tp = scenario.tp
+    per_gpu_free = (
+        gpu.memory_gib * GIB * engine.gpu_memory_utilization
+        - model.weight_bytes / tp
+        - engine.activation_reserve_gib * GIB
+    )
+    block_bytes = model.kv_bytes_per_token * engine.block_size
+    return int(per_gpu_free * tp // block_bytes) if per_gpu_free > 0 else 0
+
+
+def _check_tp(scenario: Scenario, model: ModelSpec) -> None:
+    # NOTE: vLLM shards attention heads over TP and replicates KV heads when tp exceeds them.
+    tp = scenario.tp
+    kv_ok = model.num_kv_heads % tp == 0 or tp % model.num_kv_heads == 0
+    if model.num_heads % tp or not kv_ok:
+        raise InputError(
+            f"tp={tp} does not divide {model.name}'s {model.num_heads} attention heads / "
+            f"{model.num_kv_heads} KV heads",
+            field="tp",
+        )
+
+
+def _check_lengths(scenario: Scenario, model: ModelSpec, max_model_len: int) -> None:
+    lengths = scenario.workload.lengths
+    if lengths.dist in ("fixed", "uniform"):
+        longest_prompt = int(lengths.prompt_len * (1 + lengths.range_ratio))
+        if longest_prompt >= max_model_len:
+            raise InputError(
+                f"prompt length {longest_prompt} does not fit {model.name}'s context length "
+                f"{max_model_len}",
+                field="workload.lengths.prompt_len",
+            )
+
+
+def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScenario:
+    """Validate a scenario against the catalog and derive what the engine needs."""
+    catalog = catalog or load_catalog(scenario.catalog)
+    gpu = catalog.gpu(scenario.hardware)
+    model = catalog.model(scenario.model)
+    _check_tp(scenario, model)
+    engine = scenario.engine
+    max_model_len = engine.max_model_len or model.max_model_len
+    if max_model_len > model.max_model_len:
+        raise InputError(
+            f"{max_model_len} exceeds {model.name}'s context length {model.max_model_len}",
+            field="engine.max_model_len",
+        )
+    _check_lengths(scenario, model, max_model_len)
+    num_blocks = kv_cache_blocks(scenario, gpu, model)
+    if num_blocks < 1:
+        raise InputError(
+            f"{model.name} weights ({model.weight_bytes / GIB:.1f} GiB over tp={scenario.tp}) "
+            f"leave no KV-cache memory on {gpu.name} at gpu_memory_utilization="
+            f"{engine.gpu_memory_utilization}",
+            field="engine.gpu_memory_utilization",
+        )
+    limits = EngineLimits(
+        num_blocks=num_blocks,
+        block_size=engine.block_size,
+        max_num_seqs=engine.max_num_seqs,
+        max_num_batched_tokens=engine.max_num_batched_tokens,
+        max_model_len=max_model_len,
+    )
+    cost_model = build_cost_model(scenario.cost_model, gpu, model, scenario.tp)
+    return ResolvedScenario(scenario, gpu, model, limits, cost_model)

@@ -1,0 +1,108 @@
+"""Build the requests of a run, before the run, from a `WorkloadConfig` and two generators."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simserve.config import WorkloadConfig
+from simserve.errors import InputError
+from simserve.workload.arrivals import replay_arrivals, sample_arrivals
+from simserve.workload.lengths import sample_lengths, sample_trace_lengths
+from simserve.workload.traces import Trace, load_trace
+
+__all__ = ["Workload", "build_workload"]
+
+
+@dataclass(frozen=True, eq=False)
+class Workload:
+    """The requests of one run as read-only parallel arrays, checked on construction."""
+
+    arrived_at: np.ndarray  # float64 s, non-decreasing, first at 0.0; all NaN for closed_loop
+    prompt_len: np.ndarray  # int64 >= 1
+    output_len: np.ndarray  # int64 >= 1
+    concurrency: int | None = None  # closed_loop: number of clients (the engine issues arrivals)
+
+    def __post_init__(self) -> None:
+        # Copy so that freezing the arrays never touches a caller's array.
+        arrived_at = np.array(self.arrived_at, dtype=np.float64)
+        prompt_len = np.array(self.prompt_len, dtype=np.int64)
+        output_len = np.array(self.output_len, dtype=np.int64)
+        for array in (arrived_at, prompt_len, output_len):
+            if array.ndim != 1:
+                raise ValueError("workload arrays must be one-dimensional")
+            array.setflags(write=False)
+        if not arrived_at.size == prompt_len.size == output_len.size:
+            raise ValueError(
+                f"workload arrays differ in length: arrived_at {arrived_at.size}, "
+                f"prompt_len {prompt_len.size}, output_len {output_len.size}"
+            )
+        if np.any(prompt_len < 1) or np.any(output_len < 1):
+            raise ValueError("prompt and output lengths must be >= 1")
+        if self.concurrency is not None:
+            if self.concurrency < 1:
+                raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+            if not np.all(np.isnan(arrived_at)):
+                raise ValueError("a closed-loop workload (concurrency set) has NaN arrivals")
+        elif arrived_at.size:
+            if not np.all(np.isfinite(arrived_at)):
+                raise ValueError("an open-loop workload needs finite arrival times")
+            if arrived_at[0] != 0.0 or np.any(np.diff(arrived_at) < 0):
+                raise ValueError("arrival times must start at 0.0 and never decrease")
+        object.__setattr__(self, "arrived_at", arrived_at)
+        object.__setattr__(self, "prompt_len", prompt_len)
+        object.__setattr__(self, "output_len", output_len)
+
+    def __len__(self) -> int:
+        return int(self.prompt_len.size)
+
+
+def build_workload(
+    config: WorkloadConfig, arrival_rng: np.random.Generator, length_rng: np.random.Generator
+) -> Workload:
+    """All requests of a run, drawing arrivals only from `arrival_rng` and lengths only from
+    `length_rng`, so the same generator states give identical arrays (common random numbers).
+
+    When both arrivals and lengths come from the trace, request i is trace row i (sorted by
+    arrival), so lengths stay paired with their timestamps; trace lengths with synthetic
+    arrivals are rows sampled with `length_rng`.
+    """
+    num_requests = config.num_requests
+    arrival, lengths = config.arrival, config.lengths
+    trace = _load_config_trace(config)
+
+    if arrival.process == "trace":
+        assert trace is not None
+        if trace.arrival_s is None:
+            raise InputError(
+                f"arrival.process is 'trace' but the trace {trace.source} has no arrival column "
+                "(arrival_s, arrived_at or TIMESTAMP)",
+                field="workload.arrival.process",
+            )
+        arrived_at = replay_arrivals(
+            trace.arrival_s, num_requests, arrival.rate, source=str(trace.source)
+        )
+    else:
+        arrived_at = sample_arrivals(arrival, num_requests, arrival_rng)
+
+    if lengths.dist == "trace":
+        assert trace is not None
+        if arrival.process == "trace":
+            prompt_len = trace.prompt_len[:num_requests]
+            output_len = trace.output_len[:num_requests]
+        else:
+            prompt_len, output_len = sample_trace_lengths(trace, num_requests, length_rng)
+    else:
+        prompt_len, output_len = sample_lengths(lengths, num_requests, length_rng)
+
+    concurrency = arrival.concurrency if arrival.process == "closed_loop" else None
+    return Workload(arrived_at, prompt_len, output_len, concurrency=concurrency)
+
+
+def _load_config_trace(config: WorkloadConfig) -> Trace | None:
+    """The trace file the config names, loaded once, or None when nothing uses it."""
+    if config.arrival.process != "trace" and config.lengths.dist != "trace":
+        return None
+    assert config.trace is not None  # WorkloadConfig requires it for these settings
+    return load_trace(config.trace)
