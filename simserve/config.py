@@ -184,15 +184,17 @@ class ClusterConfig:
 
 # --------------------------------------------------------------------------- cost model
 
-CostModelKind = Literal["roofline", "constant"]
+CostModelKind = Literal["roofline", "constant", "calibrated"]
 
 
 @dataclass(frozen=True)
 class CostModelConfig:
     """Step-time model. `roofline` uses catalog specs with efficiency factors (DESIGN §4);
-    `constant` gives every step `step_time_ms` (tests and teaching)."""
+    `constant` gives every step `step_time_ms` (tests and teaching); `calibrated` uses a fitted
+    profile (`profile`: a name under calibration/profiles/ or a path to a profile YAML)."""
 
     kind: CostModelKind = "roofline"
+    profile: str | None = None
     step_time_ms: float = 10.0
     mfu: float = 0.6
     mbu: float = 0.75
@@ -202,6 +204,11 @@ class CostModelConfig:
 
     def __post_init__(self) -> None:
         _require(self.step_time_ms > 0, "cost_model.step_time_ms", "must be > 0")
+        _require(
+            self.kind != "calibrated" or self.profile is not None,
+            "cost_model.profile",
+            "required when kind is calibrated",
+        )
         _require(0 < self.mfu <= 1, "cost_model.mfu", f"must be in (0, 1], got {self.mfu}")
         _require(0 < self.mbu <= 1, "cost_model.mbu", f"must be in (0, 1], got {self.mbu}")
         _require(self.step_overhead_ms >= 0, "cost_model.step_overhead_ms", "must be >= 0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["BatchShape", "CostModel"]
+__all__ = ["BatchShape", "CostModel", "envelope_warnings"]
 
 
 class BatchShape(NamedTuple):
@@ -39,3 +39,13 @@ class CostModel(Protocol):
     def describe(self) -> dict[str, object]:
         """What model this is and where its numbers come from."""
         ...
+
+
+def envelope_warnings(cost_model: CostModel, steps: object) -> list[str]:
+    """Warnings for steps outside the data a fitted model was calibrated on.
+
+    Cost models fitted to measurements implement `envelope_warnings(steps: StepRecords)`;
+    analytical ones have no envelope and return nothing.
+    """
+    check = getattr(cost_model, "envelope_warnings", None)
+    return list(check(steps)) if check is not None else []

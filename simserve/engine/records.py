@@ -31,6 +31,8 @@ class StepRecords:
     duration_s: np.ndarray  # float64, s
     num_prefill_tokens: np.ndarray  # int64: new prompt tokens computed (chunks)
     num_decode_tokens: np.ndarray  # int64: decode/verify query tokens
+    prefill_kv_tokens: np.ndarray  # int64: sum over prefill chunks of cached + new tokens
+    decode_kv_tokens: np.ndarray  # int64: sum over decode sequences of context length
     num_seqs: np.ndarray  # int64: sequences in the batch
     kv_blocks_used: np.ndarray  # int64: after the step
     kv_blocks_total: np.ndarray  # int64

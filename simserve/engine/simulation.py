@@ -79,7 +79,7 @@ class _Replica:
             shape = state.begin(plan, now)
             duration = step_time(shape)
             yield env.timeout(duration)
-            finished = state.finish(plan, now, duration)
+            finished = state.finish(plan, shape, now, duration)
             if finished:
                 self.on_finished(finished)
 
@@ -213,6 +213,8 @@ def _collect(
         duration_s=duration,
         num_prefill_tokens=np.asarray(log.num_prefill_tokens, dtype=np.int64),
         num_decode_tokens=np.asarray(log.num_decode_tokens, dtype=np.int64),
+        prefill_kv_tokens=np.asarray(log.prefill_kv_tokens, dtype=np.int64),
+        decode_kv_tokens=np.asarray(log.decode_kv_tokens, dtype=np.int64),
         num_seqs=np.asarray(log.num_seqs, dtype=np.int64),
         kv_blocks_used=np.asarray(log.kv_blocks_used, dtype=np.int64),
         kv_blocks_total=np.asarray(log.kv_blocks_total, dtype=np.int64),

@@ -51,6 +51,8 @@ class StepLog:
     duration_s: list[float] = field(default_factory=list)
     num_prefill_tokens: list[int] = field(default_factory=list)
     num_decode_tokens: list[int] = field(default_factory=list)
+    prefill_kv_tokens: list[int] = field(default_factory=list)
+    decode_kv_tokens: list[int] = field(default_factory=list)
     num_seqs: list[int] = field(default_factory=list)
     kv_blocks_used: list[int] = field(default_factory=list)
     kv_blocks_total: list[int] = field(default_factory=list)
@@ -214,7 +216,9 @@ class ReplicaState:
         self.requests.num_preemptions[request_id] += 1
         self.waiting.appendleft(request_id)
 
-    def finish(self, plan: StepPlan, started_at: float, duration_s: float) -> int:
+    def finish(
+        self, plan: StepPlan, shape: BatchShape, started_at: float, duration_s: float
+    ) -> int:
         """Apply the step's outcome at its end: stamp tokens, complete requests, log the step.
 
         Returns the number of requests that finished (for closed-loop clients)."""
@@ -265,9 +269,11 @@ class ReplicaState:
         log.replica.append(self.index)
         log.started_at.append(started_at)
         log.duration_s.append(duration_s)
-        log.num_prefill_tokens.append(sum(plan.chunks))
-        log.num_decode_tokens.append(m)
-        log.num_seqs.append(m + sum(1 for q in plan.chunks if q))
+        log.num_prefill_tokens.append(shape.num_prefill_tokens)
+        log.num_decode_tokens.append(shape.num_decode_tokens)
+        log.prefill_kv_tokens.append(shape.prefill_kv_tokens)
+        log.decode_kv_tokens.append(shape.decode_kv_tokens)
+        log.num_seqs.append(shape.num_prefill_seqs + shape.num_decode_seqs)
         log.kv_blocks_used.append(self.num_blocks - self.free_blocks)
         log.kv_blocks_total.append(self.num_blocks)
         return finished

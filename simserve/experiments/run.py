@@ -8,6 +8,7 @@ numbers) and the same scenario and seed give byte-identical summaries.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import yaml
 
 from simserve import __version__
 from simserve.config import Scenario, scenario_to_mapping
+from simserve.costmodel import envelope_warnings
 from simserve.engine.policies import make_policy
 from simserve.engine.records import SimulationResult
 from simserve.engine.simulation import simulate
@@ -65,6 +67,9 @@ def run_scenario(scenario: Scenario) -> RunOutput:
         num_replicas=scenario.cluster.replicas,
         router=scenario.cluster.router,
     )
+    warnings = envelope_warnings(resolved.cost_model, result.steps)
+    if warnings:
+        result = dataclasses.replace(result, warnings=tuple(warnings))
     summary = summarize(result, scenario.metrics)
     summary.update(_run_metadata(resolved))
     return RunOutput(resolved, workload, result, summary)
