@@ -7,8 +7,10 @@ written; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from simserve.config import load_scenario
@@ -18,6 +20,11 @@ __all__ = ["main"]
 
 DEFAULT_BENCH_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "bench.yaml"
 
+Handler = Callable[[argparse.Namespace], int]
+
+# Modules that add subcommands: each has `register(subparsers) -> dict[name, handler]`.
+COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def _add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -25,9 +32,10 @@ def _add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="override the scenario seed")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser = argparse.ArgumentParser(prog="simserve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    handlers: dict[str, Handler] = {"run": _cmd_run, "bench": _cmd_bench}
 
     run = sub.add_parser("run", help="simulate one scenario and write a run directory")
     run.add_argument("scenario", help="scenario YAML file")
@@ -38,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--scenario", default=str(DEFAULT_BENCH_SCENARIO))
     bench.add_argument("--requests", type=int, default=None, help="override num_requests")
     _add_scenario_args(bench)
-    return parser
+    for name in COMMAND_MODULES:
+        handlers.update(importlib.import_module(name).register(sub))
+    return parser, handlers
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -75,8 +85,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `simserve` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "bench": _cmd_bench}
+    parser, handlers = _parser()
+    args = parser.parse_args(argv)
     try:
         return handlers[args.command](args)
     except InputError as exc:
