@@ -190,14 +190,20 @@ def _collect(
     duration = np.asarray(log.duration_s, dtype=np.float64)
     ended = started + duration
     if log.emit_ids:
-        ids = np.concatenate(log.emit_ids)
+        # int32 ids and step indices halve the per-token temporaries (100k requests, 20M tokens).
         lengths = np.fromiter(
             (a.size for a in log.emit_ids), dtype=np.int64, count=len(log.emit_ids)
         )
-        steps = np.repeat(np.asarray(log.emit_step, dtype=np.int64), lengths)
-        order = np.argsort(ids, kind="stable")  # steps are appended in time order
-        token_times = ended[steps[order]]
+        ids = np.concatenate(log.emit_ids)
+        log.emit_ids.clear()
+        steps = np.repeat(np.asarray(log.emit_step, dtype=np.int32), lengths)
+        order = np.argsort(ids, kind="stable")  # steps were appended in time order
         counts = np.bincount(ids, minlength=n)
+        del ids
+        token_steps = steps[order]
+        del steps, order
+        token_times = ended[token_steps]
+        del token_steps
     else:
         token_times = np.zeros(0)
         counts = np.zeros(n, dtype=np.int64)

@@ -228,7 +228,7 @@ class ReplicaState:
         m = plan.num_decodes
         finished = 0
         if m:
-            log.emit_ids.append(self.dec_ids[:m].copy())
+            log.emit_ids.append(self.dec_ids[:m].astype(np.int32))
             log.emit_step.append(step)
             self._dec[1:3, :m] += self._step_delta  # computed += 1, remaining -= 1
             self.decode_kv_sum += m
@@ -263,7 +263,7 @@ class ReplicaState:
                 self.decode_kv_sum += entry.num_computed
             self.prefilling = kept
         if completed:
-            log.emit_ids.append(np.asarray(completed, dtype=np.int64))
+            log.emit_ids.append(np.asarray(completed, dtype=np.int32))
             log.emit_step.append(step)
 
         log.replica.append(self.index)
