@@ -21,6 +21,7 @@ import yaml
 from simserve.errors import InputError
 
 __all__ = [
+    "AcceptanceConfig",
     "ArrivalConfig",
     "ClusterConfig",
     "CostModelConfig",
@@ -30,6 +31,7 @@ __all__ = [
     "MetricsConfig",
     "Scenario",
     "SloConfig",
+    "SpeculativeConfig",
     "WorkloadConfig",
     "apply_overrides",
     "load_scenario",
@@ -134,6 +136,96 @@ class WorkloadConfig:
 
 Policy = Literal["static", "prefill_first", "mixed", "chunked_prefill"]
 
+AcceptanceModel = Literal["geometric", "per_position", "empirical", "beta"]
+
+
+@dataclass(frozen=True)
+class AcceptanceConfig:
+    """How many of k drafted tokens the target accepts per verify step (DESIGN §3).
+
+    `geometric`: each position accepted with probability `alpha` until the first rejection.
+    `per_position`: conditional rates p1..pk (non-increasing). `empirical`: weights of
+    0..k accepted tokens. `beta`: each request draws its own alpha from Beta(a, b).
+    """
+
+    model: AcceptanceModel = "geometric"
+    alpha: float = 0.7
+    rates: tuple[float, ...] = ()
+    histogram: tuple[float, ...] = ()
+    a: float = 7.0
+    b: float = 3.0
+
+    def __post_init__(self) -> None:
+        _require(
+            0.0 <= self.alpha < 1.0, "acceptance.alpha", f"must be in [0, 1), got {self.alpha}"
+        )
+        if self.model == "per_position":
+            _require(bool(self.rates), "acceptance.rates", "per_position needs rates p1..pk")
+            _require(
+                all(0.0 <= r <= 1.0 for r in self.rates),
+                "acceptance.rates",
+                "each rate must be in [0, 1]",
+            )
+            _require(
+                all(x >= y for x, y in zip(self.rates, self.rates[1:], strict=False)),
+                "acceptance.rates",
+                "conditional rates must be non-increasing with position",
+            )
+        if self.model == "empirical":
+            _require(
+                len(self.histogram) >= 2 and all(w >= 0 for w in self.histogram)
+                and sum(self.histogram) > 0,
+                "acceptance.histogram",
+                "needs k+1 non-negative weights (0..k accepted) with a positive sum",
+            )
+        _require(self.a > 0 and self.b > 0, "acceptance.a", "beta parameters must be > 0")
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding: a draft proposes k tokens per request, the target verifies k+1.
+
+    `method: draft` costs k sequential steps of `draft_model` (a catalog model) at the batch's
+    size; `eagle`/`mtp` cost `draft_cost_fraction` of one target decode step per draft token.
+    `disable_above_batch`: no speculation in steps with more decodes (dynamic speculation).
+    """
+
+    method: Literal["draft", "eagle", "mtp"] = "draft"
+    num_speculative_tokens: int = 4
+    draft_model: str | None = None
+    draft_cost_fraction: float = 0.1
+    acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
+    disable_above_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        k = self.num_speculative_tokens
+        _require(k >= 1, "speculative.num_speculative_tokens", f"must be >= 1, got {k}")
+        _require(
+            self.method != "draft" or self.draft_model is not None,
+            "speculative.draft_model",
+            "required for method draft",
+        )
+        _require(
+            0 < self.draft_cost_fraction <= 1,
+            "speculative.draft_cost_fraction",
+            "must be in (0, 1]",
+        )
+        acc = self.acceptance
+        if acc.model == "per_position":
+            _require(
+                len(acc.rates) == k,
+                "speculative.acceptance.rates",
+                f"needs exactly num_speculative_tokens={k} rates, got {len(acc.rates)}",
+            )
+        if acc.model == "empirical":
+            _require(
+                len(acc.histogram) == k + 1,
+                "speculative.acceptance.histogram",
+                f"needs k+1={k + 1} weights (0..k accepted), got {len(acc.histogram)}",
+            )
+        if self.disable_above_batch is not None:
+            _require(self.disable_above_batch >= 1, "speculative.disable_above_batch", ">= 1")
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -149,6 +241,7 @@ class EngineConfig:
     max_model_len: int | None = None
     activation_reserve_gib: float = 1.0
     num_gpu_blocks_override: int | None = None
+    speculative: SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "engine.max_num_seqs", "must be >= 1")
@@ -168,6 +261,11 @@ class EngineConfig:
         _require(self.activation_reserve_gib >= 0, "engine.activation_reserve_gib", "must be >= 0")
         if self.num_gpu_blocks_override is not None:
             _require(self.num_gpu_blocks_override >= 1, "engine.num_gpu_blocks_override", ">= 1")
+        _require(
+            self.speculative is None or self.policy in ("chunked_prefill", "prefill_first"),
+            "engine.speculative",
+            f"works with policies chunked_prefill and prefill_first, not {self.policy}",
+        )
 
 
 Router = Literal["round_robin", "least_outstanding", "least_kv"]
@@ -198,7 +296,7 @@ class CostModelConfig:
     step_time_ms: float = 10.0
     mfu: float = 0.6
     mbu: float = 0.75
-    step_overhead_ms: float = 3.0
+    step_overhead_ms: float = 1.0
     allreduce_latency_us: float = 10.0
     allreduce_efficiency: float = 0.7
 

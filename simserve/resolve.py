@@ -7,11 +7,13 @@ weights and TP).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from simserve.catalog import Catalog, GpuSpec, ModelSpec, load_catalog
-from simserve.config import Scenario
+from simserve.config import Scenario, SpeculativeConfig
 from simserve.costmodel import CostModel, build_cost_model
+from simserve.costmodel.speculative import SpeculativeCostModel
 from simserve.engine.simulation import EngineLimits
 from simserve.errors import InputError
 
@@ -29,13 +31,22 @@ class ResolvedScenario:
     model: ModelSpec
     limits: EngineLimits
     cost_model: CostModel
+    draft_model: ModelSpec | None = None
 
 
-def kv_cache_blocks(scenario: Scenario, gpu: GpuSpec, model: ModelSpec) -> int:
+def kv_cache_blocks(
+    scenario: Scenario,
+    gpu: GpuSpec,
+    model: ModelSpec,
+    *,
+    draft_weight_bytes: float = 0.0,
+    draft_kv_bytes_per_token: float = 0.0,
+) -> int:
     """Paged KV blocks one replica can hold.
 
     (GPU memory x utilisation - weights/tp - activation reserve) per GPU, times tp GPUs, over
-    the KV bytes of one block (all layers, all KV heads, K and V), as vLLM's profiler does.
+    the KV bytes of one block (all layers, all KV heads, K and V), as vLLM's profiler does. A
+    speculative draft's weights and KV (one slot per target slot) share the same memory.
     """
     engine = scenario.engine
     if engine.num_gpu_blocks_override is not None:
@@ -43,10 +54,10 @@ def kv_cache_blocks(scenario: Scenario, gpu: GpuSpec, model: ModelSpec) -> int:
     tp = scenario.tp
     per_gpu_free = (
         gpu.memory_gib * GIB * engine.gpu_memory_utilization
-        - model.weight_bytes / tp
+        - (model.weight_bytes + draft_weight_bytes) / tp
         - engine.activation_reserve_gib * GIB
     )
-    block_bytes = model.kv_bytes_per_token * engine.block_size
+    block_bytes = (model.kv_bytes_per_token + draft_kv_bytes_per_token) * engine.block_size
     return int(per_gpu_free * tp // block_bytes) if per_gpu_free > 0 else 0
 
 
@@ -88,7 +99,12 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
             field="engine.max_model_len",
         )
     _check_lengths(scenario, model, max_model_len)
-    num_blocks = kv_cache_blocks(scenario, gpu, model)
+    spec = engine.speculative
+    draft = _draft_model(spec, catalog, model) if spec is not None else None
+    draft_weights, draft_kv = _draft_memory(spec, model, draft)
+    num_blocks = kv_cache_blocks(
+        scenario, gpu, model, draft_weight_bytes=draft_weights, draft_kv_bytes_per_token=draft_kv
+    )
     if num_blocks < 1:
         raise InputError(
             f"{model.name} weights ({model.weight_bytes / GIB:.1f} GiB over tp={scenario.tp}) "
@@ -104,4 +120,45 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         max_model_len=max_model_len,
     )
     cost_model = build_cost_model(scenario.cost_model, gpu, model, scenario.tp)
-    return ResolvedScenario(scenario, gpu, model, limits, cost_model)
+    if spec is not None:
+        draft_cost = None
+        if draft is not None:
+            # NOTE: a calibrated profile describes the target only; the draft is priced by the
+            # roofline with the same efficiency factors (vLLM runs it at the target's TP). Its
+            # proposals run inside the target's engine step, so the per-step scheduling
+            # overhead is paid once, by the target.
+            draft_config = dataclasses.replace(
+                scenario.cost_model, kind="roofline", profile=None, step_overhead_ms=0.0
+            )
+            draft_cost = build_cost_model(draft_config, gpu, draft, scenario.tp)
+        cost_model = SpeculativeCostModel(cost_model, draft_cost, spec.draft_cost_fraction)
+    return ResolvedScenario(scenario, gpu, model, limits, cost_model, draft)
+
+
+def _draft_model(spec: SpeculativeConfig, catalog: Catalog, target: ModelSpec) -> ModelSpec | None:
+    if spec.method != "draft" or spec.draft_model is None:
+        return None
+    try:
+        draft = catalog.model(spec.draft_model)
+    except InputError as exc:
+        raise InputError(exc.message, field="engine.speculative.draft_model") from None
+    if draft.vocab_size != target.vocab_size:
+        raise InputError(
+            f"draft {draft.name} has vocabulary {draft.vocab_size}, target {target.name} has "
+            f"{target.vocab_size}: a draft must share the target's tokenizer",
+            field="engine.speculative.draft_model",
+        )
+    return draft
+
+
+def _draft_memory(
+    spec: SpeculativeConfig | None, target: ModelSpec, draft: ModelSpec | None
+) -> tuple[float, float]:
+    """Weight bytes and KV bytes per token the drafter adds to the replica."""
+    if spec is None:
+        return 0.0, 0.0
+    if draft is not None:
+        return float(draft.weight_bytes), float(draft.kv_bytes_per_token)
+    # NOTE: an EAGLE head / MTP module is about one decoder layer of the target (Li et al.
+    # 2024; DeepSeek-V3): one layer's weights and one layer's KV per token.
+    return target.weight_bytes / target.num_layers, target.kv_bytes_per_token / target.num_layers

@@ -17,7 +17,8 @@ class StepPlan(NamedTuple):
     `chunks` gives the new tokens of every prefill entry after preemption and admission: the
     kept partial prefills in order, then the `num_admitted` requests taken from the head of the
     waiting queue. `decode_blocks` is how many new KV blocks the decodes need (those whose
-    next token starts a block), computed once by the policy.
+    next token starts a block), computed once by the policy. `decode_width` is 1 for plain
+    decoding and k+1 for a speculative verify step.
     """
 
     num_preempt_partials: int = 0
@@ -26,6 +27,7 @@ class StepPlan(NamedTuple):
     chunks: tuple[int, ...] = ()
     num_admitted: int = 0
     decode_blocks: int = 0
+    decode_width: int = 1
 
     @property
     def is_empty(self) -> bool:

@@ -31,17 +31,18 @@ class Policy(Protocol):
     def schedule(self, state: ReplicaState, now: float) -> StepPlan: ...
 
 
-def _fit_decodes(state: ReplicaState, num_decodes: int) -> tuple[int, int, int, int, int]:
+def _fit_decodes(
+    state: ReplicaState, num_decodes: int, width: int = 1
+) -> tuple[int, int, int, int, int]:
     """Preempt from the most recently admitted end until the first `num_decodes` decodes can
     each get a KV slot. Returns (preempted partials, preempted decodes, decodes, new blocks
     those decodes need, blocks left free after that)."""
     free = state.free_blocks
-    need = state.decode_block_need(num_decodes)
+    need = state.decode_block_need(num_decodes, width)
     if need <= free:
         return 0, 0, num_decodes, need, free - need
     preempt_partials = 0
     preempt_decodes = 0
-    bs = state.block_size
     # NOTE: vLLM pops the last request of its running list, which holds partial prefills
     # (the newest admissions) after the decoding requests.
     while need > free and preempt_partials < len(state.prefilling):
@@ -52,8 +53,7 @@ def _fit_decodes(state: ReplicaState, num_decodes: int) -> tuple[int, int, int, 
         free += state.decode_blocks_held(last)
         if last < num_decodes:
             num_decodes -= 1
-            if int(state.dec_computed[last]) % bs == 0:
-                need -= 1
+            need -= state.slot_block_need(last, width)
         preempt_decodes += 1
         last -= 1
     return preempt_partials, preempt_decodes, num_decodes, need, free - need
@@ -119,9 +119,14 @@ class PrefillFirstPolicy:
             chunks = _admit_whole_prompts(state, state.free_blocks, 0, state.num_running)
             if chunks:
                 return StepPlan(chunks=tuple(chunks), num_admitted=len(chunks))
-        pp, pd, m, need, _free = _fit_decodes(state, state.num_decoding)
+        width = state.decode_width(state.num_decoding)
+        pp, pd, m, need, _free = _fit_decodes(state, state.num_decoding, width)
         return StepPlan(
-            num_preempt_partials=pp, num_preempt_decodes=pd, num_decodes=m, decode_blocks=need
+            num_preempt_partials=pp,
+            num_preempt_decodes=pd,
+            num_decodes=m,
+            decode_blocks=need,
+            decode_width=width,
         )
 
 
@@ -157,9 +162,11 @@ class ChunkedPrefillPolicy:
 
     def schedule(self, state: ReplicaState, now: float) -> StepPlan:
         budget = state.max_num_batched_tokens
-        m = min(state.num_decoding, budget)
-        pp, pd, m, need, free = _fit_decodes(state, m)
-        budget -= m
+        # NOTE: verify tokens (k+1 per request) count against the token budget (vLLM v1).
+        width = state.decode_width(state.num_decoding)
+        m = min(state.num_decoding, budget // width)
+        pp, pd, m, need, free = _fit_decodes(state, m, width)
+        budget -= m * width
         chunks: list[int] = []
         num_partials = len(state.prefilling) - pp
         i = 0
@@ -200,6 +207,7 @@ class ChunkedPrefillPolicy:
             chunks=tuple(chunks),
             num_admitted=num_admitted,
             decode_blocks=need,
+            decode_width=width,
         )
 
 

@@ -58,6 +58,10 @@ class SimulationResult:
     steps: StepRecords
     kv_blocks_per_replica: int = 0
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # Speculative decoding counters (vLLM's names): k drafted tokens per draft.
+    num_speculative_tokens: int = 0
+    spec_num_drafts: int = 0
+    spec_accepted_per_position: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def num_requests(self) -> int:

@@ -6,16 +6,19 @@ A replica loops `plan = policy.schedule(state, now)`, `yield timeout(step_time(s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import simpy
 
+from simserve.config import SpeculativeConfig
 from simserve.costmodel.base import CostModel
 from simserve.engine.policies import Policy
 from simserve.engine.records import SimulationResult, StepRecords
 from simserve.engine.router import route
+from simserve.engine.speculative import AcceptanceSampler
 from simserve.engine.state import ReplicaState, RequestTable, StepLog
 from simserve.workload import Workload
 
@@ -92,8 +95,11 @@ def simulate(
     *,
     num_replicas: int = 1,
     router: str = "round_robin",
+    speculative: SpeculativeConfig | None = None,
+    acceptance_rng: np.random.Generator | None = None,
 ) -> SimulationResult:
-    """Run the workload to completion and return the records (no I/O, no randomness)."""
+    """Run the workload to completion and return the records (no I/O; the only randomness is
+    speculative acceptance, drawn from `acceptance_rng`)."""
     n = len(workload)
     arrived_at = workload.arrived_at.astype(np.float64).copy()
     closed_loop = workload.concurrency is not None
@@ -109,6 +115,11 @@ def simulate(
     probe = policy_factory()
     reserve_full = probe.name == "static"
 
+    k = speculative.num_speculative_tokens if speculative is not None else 0
+    sampler = None
+    if speculative is not None:
+        rng = acceptance_rng if acceptance_rng is not None else np.random.default_rng(0)
+        sampler = AcceptanceSampler.create(speculative.acceptance, k, rng, n)
     next_request = [0]
     routed = [0]
 
@@ -118,7 +129,7 @@ def simulate(
         code = 0
         if p + o > limits.max_model_len:
             code = REJECT_MAX_MODEL_LEN
-        elif -(-(p + o - 1) // limits.block_size) > limits.num_blocks:
+        elif -(-(p + o - 1 + k) // limits.block_size) > limits.num_blocks:
             code = REJECT_KV_CAPACITY
         elif probe.whole_prompts and p > limits.max_num_batched_tokens:
             code = REJECT_BUDGET
@@ -155,6 +166,9 @@ def simulate(
                 max_num_seqs=limits.max_num_seqs,
                 max_num_batched_tokens=limits.max_num_batched_tokens,
                 reserve_full=reserve_full,
+                num_speculative_tokens=k,
+                speculate_max_batch=speculative.disable_above_batch if speculative else None,
+                acceptance=sampler,
             ),
             policy_factory(),
             cost_model,
@@ -179,7 +193,16 @@ def simulate(
     else:
         env.process(arrivals())
     env.run()
-    return _collect(requests, log, limits, n)
+    result = _collect(requests, log, limits, n)
+    if k:
+        states = [r.state for r in replicas]
+        result = dataclasses.replace(
+            result,
+            num_speculative_tokens=k,
+            spec_num_drafts=sum(s.spec_num_drafts for s in states),
+            spec_accepted_per_position=sum(s.spec_accepted_per_position for s in states),
+        )
+    return result
 
 
 def _collect(

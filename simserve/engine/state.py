@@ -16,6 +16,7 @@ import numpy as np
 
 from simserve.costmodel.base import BatchShape
 from simserve.engine.plan import StepPlan
+from simserve.engine.speculative import AcceptanceSampler
 
 __all__ = ["PrefillEntry", "ReplicaState", "RequestTable", "StepLog"]
 
@@ -85,6 +86,9 @@ class ReplicaState:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         reserve_full: bool = False,
+        num_speculative_tokens: int = 0,
+        speculate_max_batch: int | None = None,
+        acceptance: AcceptanceSampler | None = None,
     ) -> None:
         self.index = index
         self.requests = requests
@@ -97,6 +101,13 @@ class ReplicaState:
         # NOTE: request-level batching (FasterTransformer) reserves KV for the whole sequence
         # at admission, so it never preempts.
         self.reserve_full = reserve_full
+        self.num_speculative_tokens = num_speculative_tokens
+        self.speculate_max_batch = speculate_max_batch
+        self.acceptance = acceptance
+        k = num_speculative_tokens
+        # vLLM's spec-decode counters: drafts, draft tokens, accepted tokens, accepted per position.
+        self.spec_num_drafts = 0
+        self.spec_accepted_per_position = np.zeros(k, dtype=np.int64)
         self.waiting: deque[int] = deque()
         self.prefilling: list[PrefillEntry] = []
         # One 2-D array so that compaction and the per-step update are single numpy calls.
@@ -129,14 +140,31 @@ class ReplicaState:
         """Tokens a newly admitted request must compute: prompt plus already emitted output."""
         return self.requests.prompt_len[request_id] + self.requests.emitted[request_id]
 
-    def decode_block_need(self, num_decodes: int) -> int:
-        """New KV blocks the first `num_decodes` decoding requests need for one more token."""
+    def decode_width(self, num_decodes: int) -> int:
+        """Query tokens per decoding request this step: k+1 when speculating, else 1."""
+        k = self.num_speculative_tokens
+        if k and (self.speculate_max_batch is None or num_decodes <= self.speculate_max_batch):
+            return k + 1
+        return 1
+
+    def decode_block_need(self, num_decodes: int, width: int = 1) -> int:
+        """New KV blocks the first `num_decodes` decoding requests need for `width` more tokens."""
         if self.reserve_full or num_decodes == 0:
             return 0
         computed = self.dec_computed[:num_decodes]
+        if width > 1:
+            bs = self.block_size
+            return int((-(-(computed + width) // bs) + (-computed // bs)).sum())
         if self._block_mask is not None:  # power-of-two block size: a cheaper modulo
             return int(np.count_nonzero((computed & self._block_mask) == 0))
         return int(np.count_nonzero(computed % self.block_size == 0))
+
+    def slot_block_need(self, slot: int, width: int) -> int:
+        """New KV blocks the decoding request in `slot` needs for `width` more tokens."""
+        if self.reserve_full:
+            return 0
+        c = int(self.dec_computed[slot])
+        return self.blocks_for(c + width) - self.blocks_for(c)
 
     def decode_blocks_held(self, slot: int) -> int:
         """KV blocks held by the decoding request in `slot`."""
@@ -176,6 +204,7 @@ class ReplicaState:
             self.prefilling.append(entry)
 
         m = plan.num_decodes
+        w = plan.decode_width
         self.free_blocks -= plan.decode_blocks
         prefill_tokens = 0
         prefill_seqs = 0
@@ -201,11 +230,11 @@ class ReplicaState:
             prefill_attn_pairs=attn_pairs,
             prefill_kv_tokens=prefill_kv,
             num_decode_seqs=m,
-            num_decode_tokens=m,
+            num_decode_tokens=m * w,
             decode_kv_tokens=(
-                self.decode_kv_sum + m
+                self.decode_kv_sum + m * w
                 if m == self.num_decoding
-                else int(self.dec_computed[:m].sum()) + m
+                else int(self.dec_computed[:m].sum()) + m * w
             ),
         )
 
@@ -227,11 +256,14 @@ class ReplicaState:
         req = self.requests
         m = plan.num_decodes
         finished = 0
-        if m:
+        if m and plan.decode_width > 1:
+            self._finish_verify(m, plan.decode_width, step)
+        elif m:
             log.emit_ids.append(self.dec_ids[:m].astype(np.int32))
             log.emit_step.append(step)
             self._dec[1:3, :m] += self._step_delta  # computed += 1, remaining -= 1
             self.decode_kv_sum += m
+        if m:
             done = self.dec_remaining[:m] == 0
             num_done = int(np.count_nonzero(done))
             if num_done:
@@ -277,6 +309,31 @@ class ReplicaState:
         log.kv_blocks_used.append(self.num_blocks - self.free_blocks)
         log.kv_blocks_total.append(self.num_blocks)
         return finished
+
+    def _finish_verify(self, m: int, width: int, step: int) -> None:
+        """Outcome of a speculative verify: accepted + 1 tokens each, truncated to the output
+        length, all stamped at the step's end; KV of rejected positions is freed."""
+        assert self.acceptance is not None
+        k = width - 1
+        ids = self.dec_ids[:m]
+        accepted = self.acceptance.sample(ids)
+        self.spec_num_drafts += m
+        self.spec_accepted_per_position += np.bincount(accepted, minlength=k + 1)[1:][
+            ::-1
+        ].cumsum()[::-1]
+        computed = self.dec_computed[:m]
+        remaining = self.dec_remaining[:m]
+        emitted = np.minimum(accepted + 1, remaining)
+        bs = self.block_size
+        if not self.reserve_full:
+            allocated = -(-(computed + width) // bs)
+            kept = -(-(computed + emitted) // bs)
+            self.free_blocks += int((allocated - kept).sum())
+        computed += emitted
+        remaining -= emitted
+        self.decode_kv_sum += int(emitted.sum())
+        self.log.emit_ids.append(np.repeat(ids.astype(np.int32), emitted))
+        self.log.emit_step.append(step)
 
     def _drop_finished(self, done: np.ndarray, m: int) -> None:
         """Free finished decoding requests and compact the arrays, keeping admission order."""

@@ -27,10 +27,11 @@ from simserve.engine.records import SimulationResult
 from simserve.engine.simulation import simulate
 from simserve.errors import InputError
 from simserve.metrics import request_metrics, summarize
+from simserve.metrics.speculative import spec_decode_summary
 from simserve.resolve import ResolvedScenario, resolve
 from simserve.workload import Workload, build_workload
 
-__all__ = ["RunOutput", "run_scenario", "seed_streams", "write_run_dir"]
+__all__ = ["RunOutput", "run_scenario", "seed_streams", "simulate_resolved", "write_run_dir"]
 
 STREAMS = ("arrivals", "lengths", "acceptance", "routing")
 
@@ -54,10 +55,11 @@ class RunOutput:
     summary: dict[str, object]
 
 
-def run_scenario(scenario: Scenario) -> RunOutput:
-    """Simulate a scenario and summarise it (pure: no files are written)."""
-    resolved = resolve(scenario)
-    rngs = seed_streams(scenario.seed)
+def simulate_resolved(
+    resolved: ResolvedScenario, rngs: dict[str, np.random.Generator]
+) -> tuple[Workload, SimulationResult]:
+    """Build the workload and run the engine for a resolved scenario."""
+    scenario = resolved.scenario
     workload = build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"])
     result = simulate(
         workload,
@@ -66,11 +68,21 @@ def run_scenario(scenario: Scenario) -> RunOutput:
         resolved.limits,
         num_replicas=scenario.cluster.replicas,
         router=scenario.cluster.router,
+        speculative=scenario.engine.speculative,
+        acceptance_rng=rngs["acceptance"],
     )
+    return workload, result
+
+
+def run_scenario(scenario: Scenario) -> RunOutput:
+    """Simulate a scenario and summarise it (pure: no files are written)."""
+    resolved = resolve(scenario)
+    workload, result = simulate_resolved(resolved, seed_streams(scenario.seed))
     warnings = envelope_warnings(resolved.cost_model, result.steps)
     if warnings:
         result = dataclasses.replace(result, warnings=tuple(warnings))
     summary = summarize(result, scenario.metrics)
+    summary.update(spec_decode_summary(result))
     summary.update(_run_metadata(resolved))
     return RunOutput(resolved, workload, result, summary)
 

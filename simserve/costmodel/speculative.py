@@ -1,0 +1,57 @@
+"""Step time of a speculative step: the target's verify pass plus the draft's proposals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simserve.costmodel.base import BatchShape, CostModel, envelope_warnings
+
+__all__ = ["SpeculativeCostModel"]
+
+
+@dataclass(frozen=True)
+class SpeculativeCostModel:
+    """Wraps the target's cost model; a step whose decodes are wider than one token is a verify.
+
+    The verify pass itself (k+1 query positions per request over its context) is priced by the
+    target model like any step. Drafting adds, for `draft` (a separate model), k sequential
+    decode steps of the draft model at the batch's size, and the draft's share of every prefill
+    chunk (it must build its own KV); for EAGLE/MTP heads, `draft_fraction` of one target decode
+    step per draft token (Li et al. 2024; DeepSeek-V3 MTP).
+    """
+
+    target: CostModel
+    draft: CostModel | None
+    draft_fraction: float
+
+    def step_time(self, shape: BatchShape) -> float:
+        t = self.target.step_time(shape)
+        if self.draft is not None and shape.num_prefill_tokens:
+            t += self.draft.step_time(
+                shape._replace(num_decode_seqs=0, num_decode_tokens=0, decode_kv_tokens=0)
+            )
+        m = shape.num_decode_seqs
+        if not m or shape.num_decode_tokens <= m:
+            return t
+        k = shape.num_decode_tokens // m - 1
+        context = shape.decode_kv_tokens - shape.num_decode_tokens  # sum of cached tokens
+        if self.draft is None:
+            one_decode = BatchShape(
+                num_decode_seqs=m, num_decode_tokens=m, decode_kv_tokens=context + m
+            )
+            return t + k * self.draft_fraction * self.target.step_time(one_decode)
+        for j in range(1, k + 1):
+            t += self.draft.step_time(
+                BatchShape(num_decode_seqs=m, num_decode_tokens=m, decode_kv_tokens=context + m * j)
+            )
+        return t
+
+    def describe(self) -> dict[str, object]:
+        return {
+            **self.target.describe(),
+            "speculative_draft": self.draft.describe() if self.draft is not None else None,
+            "draft_fraction": None if self.draft is not None else self.draft_fraction,
+        }
+
+    def envelope_warnings(self, steps: object) -> list[str]:
+        return envelope_warnings(self.target, steps)
