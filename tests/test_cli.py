@@ -159,3 +159,29 @@ def test_bench_prints_requests_per_second(capsys):
     assert main(["bench", "--requests", "200"]) == 0
     out = capsys.readouterr().out
     assert "simulated requests/s" in out and "steps/s" in out
+
+
+def test_scenario_catalog_file_adds_a_model(tmp_path):
+    (tmp_path / "extra.yaml").write_text(
+        "models:\n  tiny-7:\n    hf_id: example/tiny-7\n    num_layers: 4\n    hidden_size: 256\n"
+        "    num_heads: 4\n    num_kv_heads: 2\n    head_dim: 64\n    intermediate_size: 512\n"
+        "    vocab_size: 1000\n    max_model_len: 2048\n    mlp: gated\n"
+        "    tied_embeddings: true\n"
+    )
+    path = _scenario(
+        tmp_path,
+        "model: tiny-7\ncatalog: extra.yaml\nworkload:\n  num_requests: 5\n"
+        "  arrival: {rate: 1}\n  lengths: {dist: fixed, prompt_len: 32, output_len: 4}\n",
+    )
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["model_id"] == "tiny-7" and summary["completed"] == 5
+
+
+def test_python_dash_m_entry_point():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "simserve", "--help"], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0 and "run" in proc.stdout
