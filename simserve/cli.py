@@ -23,7 +23,9 @@ DEFAULT_BENCH_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / 
 Handler = Callable[[argparse.Namespace], int]
 
 # Modules that add subcommands: each has `register(subparsers) -> dict[name, handler]`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "simserve.calibration.commands",
+)
 
 
 def _add_scenario_args(p: argparse.ArgumentParser) -> None:
@@ -41,6 +43,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     run.add_argument("scenario", help="scenario YAML file")
     _add_scenario_args(run)
     run.add_argument("--out", default=None, help="run directory (default: runs/<scenario name>)")
+    run.add_argument("--plots", action="store_true",
+                     help="also write PNG figures (step timeline, token timelines, TTFT/TPOT/TBT "
+                     "CDFs, KV occupancy) into the run directory")
+    run.add_argument("--trace", action="store_true",
+                     help="also write trace.json, a Chrome/Perfetto trace of steps and request "
+                     "phases (open in ui.perfetto.dev)")
 
     bench = sub.add_parser("bench", help="simulated requests per wall-clock second")
     bench.add_argument("--scenario", default=str(DEFAULT_BENCH_SCENARIO))
@@ -69,7 +77,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     output = run_scenario(scenario)
     wall_s = time.perf_counter() - t0
-    written = write_run_dir(output, out_dir)
+    writers: list[Callable[[Path], object]] = []
+    if args.plots:
+        from simserve.plots import write_run_figures
+
+        writers.append(lambda tmp: write_run_figures(output, tmp))
+    if args.trace:
+        from simserve.experiments.trace_export import write_trace
+
+        meta = {k: output.summary.get(k) for k in ("scenario", "policy", "model_id", "hardware")}
+        writers.append(lambda tmp: write_trace(output.result, tmp / "trace.json", metadata=meta))
+    written = write_run_dir(output, out_dir, extra_writers=writers)
     print(format_summary(output.summary))
     print(f"run directory: {written}  (simulated in {wall_s:.2f} s wall-clock)")
     return 0

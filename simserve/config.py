@@ -117,14 +117,22 @@ class LengthsConfig:
 class WorkloadConfig:
     """The requests of a run; built before the run from the scenario seed."""
 
-    num_requests: int = 200
+    num_requests: int | None = 200
     trace: str | None = None
     arrival: ArrivalConfig = field(default_factory=ArrivalConfig)
     lengths: LengthsConfig = field(default_factory=LengthsConfig)
 
     def __post_init__(self) -> None:
-        _require(self.num_requests >= 1, "workload.num_requests", "must be >= 1")
         uses_trace = self.arrival.process == "trace" or self.lengths.dist == "trace"
+        if self.num_requests is None:
+            # NOTE: null means "the whole trace", for replaying a measured run row for row.
+            _require(
+                self.arrival.process == "trace",
+                "workload.num_requests",
+                "null (the whole trace) needs arrival.process trace",
+            )
+        else:
+            _require(self.num_requests >= 1, "workload.num_requests", "must be >= 1")
         _require(
             not uses_trace or self.trace is not None,
             "workload.trace",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["BatchShape", "CostModel", "envelope_warnings"]
+__all__ = ["BatchShape", "CostModel", "envelope_report", "envelope_warnings"]
 
 
 class BatchShape(NamedTuple):
@@ -49,3 +49,9 @@ def envelope_warnings(cost_model: CostModel, steps: object) -> list[str]:
     """
     check = getattr(cost_model, "envelope_warnings", None)
     return list(check(steps)) if check is not None else []
+
+
+def envelope_report(cost_model: CostModel, steps: object) -> dict[str, object] | None:
+    """Structured counts of steps outside a fitted model's envelope (None without one)."""
+    report = getattr(cost_model, "envelope_report", None)
+    return report(steps) if report is not None else None

@@ -2,13 +2,67 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from simserve.catalog import GpuSpec, ModelSpec
 from simserve.config import CostModelConfig
 from simserve.costmodel.base import CostModel
+from simserve.costmodel.calibrated import CalibratedCostModel, Profile, load_profile
 from simserve.costmodel.constant import ConstantCostModel
 from simserve.costmodel.roofline import RooflineCostModel
+from simserve.errors import InputError
 
-__all__ = ["build_cost_model"]
+__all__ = ["PROFILES_DIR", "build_cost_model", "find_profile", "profile_names"]
+
+# NOTE: the repository's shipped profiles; a scenario may also give a path to a profile YAML.
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "calibration" / "profiles"
+
+
+def profile_names(directory: Path = PROFILES_DIR) -> list[str]:
+    """Names of the profiles shipped in `directory` (file stems), sorted."""
+    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+
+
+def find_profile(name_or_path: str, directory: Path = PROFILES_DIR) -> Path:
+    """The file of a profile given by name (under calibration/profiles/) or by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise InputError("profile file not found", field="cost_model.profile",
+                             source=str(path))
+        return path
+    candidate = directory / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(profile_names(directory)) or "none"
+    raise InputError(
+        f"unknown profile {name_or_path!r} (not a file, not in {directory}); known: {known}",
+        field="cost_model.profile",
+    )
+
+
+def check_profile_matches(profile: Profile, gpu: GpuSpec, model: ModelSpec, tp: int) -> None:
+    """Refuse a profile fitted for another GPU, model or TP, saying how to get a matching one."""
+    if profile.kind != "step":
+        raise InputError(
+            f"profile {profile.name} is a {profile.kind}-layer profile (no attention or step "
+            "overheads); use it via `simserve derive-profile --linear-from`",
+            field="cost_model.profile",
+        )
+    problems = []
+    if profile.gpu.casefold() != gpu.name.casefold():
+        problems.append(f"GPU {profile.gpu} (scenario: {gpu.name})")
+    if profile.model.casefold() != model.name.casefold():
+        problems.append(f"model {profile.model} (scenario: {model.name})")
+    if profile.tp != tp:
+        problems.append(f"tp={profile.tp} (scenario: tp={tp})")
+    if problems:
+        raise InputError(
+            f"profile {profile.name} was fitted for {'; '.join(problems)}; use a matching "
+            f"profile, or derive one with `simserve derive-profile {profile.name} --model "
+            f"{model.name} --tp {tp}`",
+            field="cost_model.profile",
+        )
 
 
 def build_cost_model(
@@ -17,4 +71,9 @@ def build_cost_model(
     """The configured cost model for one replica."""
     if config.kind == "constant":
         return ConstantCostModel(config.step_time_ms * 1e-3)
+    if config.kind == "calibrated":
+        assert config.profile is not None  # CostModelConfig requires it
+        profile = load_profile(find_profile(config.profile))
+        check_profile_matches(profile, gpu, model, tp)
+        return CalibratedCostModel(profile=profile, gpu=gpu, model=model, tp=tp)
     return RooflineCostModel(gpu=gpu, model=model, tp=tp, config=config)

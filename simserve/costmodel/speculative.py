@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simserve.costmodel.base import BatchShape, CostModel, envelope_warnings
+from simserve.costmodel.base import BatchShape, CostModel, envelope_report, envelope_warnings
 
 __all__ = ["SpeculativeCostModel"]
 
@@ -55,3 +55,6 @@ class SpeculativeCostModel:
 
     def envelope_warnings(self, steps: object) -> list[str]:
         return envelope_warnings(self.target, steps)
+
+    def envelope_report(self, steps: object) -> dict[str, object] | None:
+        return envelope_report(self.target, steps)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import yaml
 
 from simserve import __version__
 from simserve.config import Scenario, scenario_to_mapping
-from simserve.costmodel import envelope_warnings
+from simserve.costmodel import envelope_report, envelope_warnings
 from simserve.engine.policies import make_policy
 from simserve.engine.records import SimulationResult
 from simserve.engine.simulation import simulate
@@ -84,6 +85,9 @@ def run_scenario(scenario: Scenario) -> RunOutput:
     summary = summarize(result, scenario.metrics)
     summary.update(spec_decode_summary(result))
     summary.update(_run_metadata(resolved))
+    envelope = envelope_report(resolved.cost_model, result.steps)
+    if envelope:
+        summary["envelope"] = envelope
     return RunOutput(resolved, workload, result, summary)
 
 
@@ -130,12 +134,19 @@ def step_columns(result: SimulationResult) -> dict[str, np.ndarray]:
     }
 
 
-def write_run_dir(output: RunOutput, out_dir: str | Path) -> Path:
+def write_run_dir(
+    output: RunOutput,
+    out_dir: str | Path,
+    *,
+    extra_writers: Sequence[Callable[[Path], object]] = (),
+) -> Path:
     """Write scenario.yaml, summary.json, requests.csv, steps.csv atomically.
 
     Files go to a temporary sibling directory that is renamed into place at the end, so a crash
     never leaves a half-written run that looks complete. An existing simserve run directory at
-    `out_dir` is replaced; any other existing path is refused.
+    `out_dir` is replaced; any other existing path is refused. Each of `extra_writers` (e.g.
+    figures, a trace) is called with the temporary directory before the rename, so its files
+    are part of the same atomic write.
     """
     out = Path(out_dir)
     replaceable = out.is_dir() and ((out / "summary.json").exists() or not any(out.iterdir()))
@@ -156,6 +167,8 @@ def write_run_dir(output: RunOutput, out_dir: str | Path) -> Path:
             tmp / "requests.csv", request_metrics(output.result, output.resolved.scenario.metrics)
         )
         _write_csv(tmp / "steps.csv", step_columns(output.result))
+        for writer in extra_writers:
+            writer(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)

@@ -68,9 +68,12 @@ def build_workload(
     arrival), so lengths stay paired with their timestamps; trace lengths with synthetic
     arrivals are rows sampled with `length_rng`.
     """
-    num_requests = config.num_requests
     arrival, lengths = config.arrival, config.lengths
     trace = _load_config_trace(config)
+    num_requests = config.num_requests
+    if num_requests is None:  # the whole trace (WorkloadConfig allows it only for replays)
+        assert trace is not None
+        num_requests = len(trace)
 
     if arrival.process == "trace":
         assert trace is not None

@@ -1,0 +1,180 @@
+"""CLI subcommands of the calibration package: calibrate, derive-profile, validate, compare.
+
+Handlers only parse, call the library and print (DESIGN §2: `cli.py` and its command modules
+hold no logic); user errors are `InputError`s, which the CLI prints as one line with exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["register"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
+    """Add the calibration subcommands to the `simserve` parser."""
+    from simserve.calibration.paths import CALIBRATION_DIR, PROFILES_DIR
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="fit cost profiles (calibration/profiles/*.yaml) to measured latencies",
+        description="Fit the calibrated cost model to measured data: a splitwise perf_model.csv, "
+        "a Vidur mlp.csv or linear_ops.csv, a DistServe profiler .json, or the CSV written by "
+        "calibration/profile_gpu.py. Writes one profile per (GPU, model, TP) and prints MAPE "
+        "and max error per regime.",
+    )
+    cal.add_argument("data", nargs="+", help="measured-data files")
+    cal.add_argument("--format", default="auto",
+                     choices=("auto", "splitwise", "distserve", "steps", "vidur"))
+    cal.add_argument("--gpu", help="only this GPU (catalog name); for a Vidur mlp.csv: its GPU")
+    cal.add_argument("--model", help="only this model (catalog name)")
+    cal.add_argument("--tp", type=int, help="only this TP degree")
+    cal.add_argument("--engine", help="engine label for the profile name (default: the data's)")
+    cal.add_argument("--name", help="profile name (only when one profile is written)")
+    cal.add_argument("--out", default=str(PROFILES_DIR), help="output folder (default: "
+                     "calibration/profiles)")
+    cal.add_argument("--holdout", type=float, default=0.2,
+                     help="share of step shapes held back to measure the error (default 0.2)")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the held-back split")
+    cal.add_argument("--catalog", help="extra catalog YAML (models or GPUs not packaged)")
+
+    der = sub.add_parser(
+        "derive-profile",
+        help="profile for an uncalibrated model from a calibrated one on the same GPU",
+        description="Apply a step profile's fitted efficiencies and engine constants to another "
+        "model's (or TP degree's) roofline terms. Runs using it say it is derived.",
+    )
+    der.add_argument("base", help="step profile (name under calibration/profiles or path)")
+    der.add_argument("--model", required=True, help="catalog model to derive for")
+    der.add_argument("--tp", type=int, help="TP degree (default: the base profile's)")
+    der.add_argument("--linear-from", help="Vidur linear profile of the same GPU whose mfu, "
+                     "mbu and ridge replace the base's")
+    der.add_argument("--name", help="profile name")
+    der.add_argument("--out", default=str(PROFILES_DIR))
+    der.add_argument("--catalog", help="extra catalog YAML")
+
+    val = sub.add_parser(
+        "validate",
+        help="regenerate calibration/REPORT.md (step errors, cross-validation, replay)",
+    )
+    val.add_argument("--out-dir", default=str(CALIBRATION_DIR),
+                     help="where REPORT.md and figures/ go (default: calibration/)")
+    val.add_argument("--no-replay", action="store_true", help="skip the end-to-end replays")
+
+    cmp_ = sub.add_parser(
+        "compare",
+        help="real `vllm bench serve --save-result` JSON vs a simserve run directory",
+    )
+    cmp_.add_argument("real", help="vllm bench serve --save-result JSON")
+    cmp_.add_argument("run_dir", help="simserve run directory (simserve run --out)")
+    return {"calibrate": _calibrate, "derive-profile": _derive, "validate": _validate,
+            "compare": _compare}
+
+
+def _fmt_errors(errors: dict[str, dict[str, float]]) -> str:
+    parts = []
+    regimes = ("linear",) if "linear" in errors else ("prefill", "decode", "mixed")
+    for regime in regimes:
+        e = errors.get(regime)
+        parts.append(f"{regime} {e['mape_pct']:5.1f}% / {e['max_err_pct']:5.1f}%" if e else
+                     f"{regime}    n/a")
+    return "  ".join(parts)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from simserve.calibration.calibrate import (
+        calibrate_linear,
+        calibrate_steps,
+        load_measured,
+        write_profile,
+    )
+    from simserve.calibration.datasets import LinearData
+    from simserve.catalog import load_catalog
+    from simserve.errors import InputError
+
+    catalog = load_catalog(args.catalog)
+    groups = []
+    for path in args.data:
+        groups += load_measured(path, args.format, catalog, args.gpu)
+    linear = [g for g in groups if isinstance(g, LinearData)]
+    steps = [g for g in groups if not isinstance(g, LinearData)]
+
+    def keep(g: object) -> bool:
+        gpu, model = getattr(g, "gpu", ""), getattr(g, "model", "")
+        return ((args.gpu is None or gpu.casefold() == args.gpu.casefold())
+                and (args.model is None or model.casefold() == args.model.casefold())
+                and (args.tp is None or getattr(g, "tp", None) == args.tp))
+
+    steps = [g for g in steps if keep(g)]
+    linear = [g for g in linear if args.gpu is None or g.gpu.casefold() == args.gpu.casefold()]
+    if not steps and not linear:
+        raise InputError("no data left after the --gpu/--model/--tp filters",
+                         source=", ".join(args.data))
+    if args.name and len(steps) + (1 if linear else 0) > 1:
+        raise InputError("--name needs exactly one (GPU, model, TP) group", field="--name")
+    print(f"{'profile':<52} MAPE / max error per regime (held back {args.holdout:.0%})")
+    for g in steps:
+        if args.engine:
+            g = dataclasses.replace(g, engine=args.engine)
+        out = calibrate_steps(g, catalog=catalog, holdout=args.holdout, seed=args.seed,
+                              name=args.name)
+        path = write_profile(out.profile, args.out)
+        print(f"{out.profile.name:<52} fit:      {_fmt_errors(out.train)}")
+        if out.holdout:
+            print(f"{'':<52} held back: {_fmt_errors(out.holdout)}")
+        print(f"{'':<52} -> {path}")
+    gpus = sorted({g.gpu for g in linear})
+    for gpu in gpus:
+        out = calibrate_linear([g for g in linear if g.gpu == gpu], catalog=catalog,
+                               holdout=args.holdout, seed=args.seed)
+        path = write_profile(out.profile, args.out)
+        print(f"{out.profile.name:<52} fit:      {_fmt_errors(out.train)}")
+        print(f"{'':<52} held back: {_fmt_errors(out.holdout)}")
+        print(f"{'':<52} -> {path}")
+    return 0
+
+
+def _derive(args: argparse.Namespace) -> int:
+    from simserve.calibration.calibrate import write_profile
+    from simserve.catalog import load_catalog
+    from simserve.costmodel.calibrated import derive_profile, load_profile
+    from simserve.costmodel.select import find_profile
+
+    catalog = load_catalog(args.catalog)
+    base = load_profile(find_profile(args.base))
+    linear = load_profile(find_profile(args.linear_from)) if args.linear_from else None
+    tp = args.tp or base.tp
+    profile = derive_profile(base, catalog.model(args.model), tp, name=args.name,
+                             linear=linear)
+    path = write_profile(profile, args.out)
+    print(f"derived {profile.name} from {base.name} (fitted on {base.model}, tp={base.tp}) "
+          f"-> {path}")
+    print("note: nothing was measured for this model; runs using it say so")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from simserve.calibration.validate import write_report
+
+    path = write_report(Path(args.out_dir), replay=not args.no_replay)
+    print(f"wrote {path} and {Path(path).parent / 'figures'}/")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from simserve.calibration.compare import compare, format_comparison, load_real, load_run
+
+    real = load_real(args.real)
+    summary, requests = load_run(args.run_dir)
+    rows = compare(real, summary, requests)
+    print(format_comparison(rows, args.real, args.run_dir))
+    r_done, s_done = real.get("completed"), summary.get("completed")
+    if r_done is not None and s_done is not None and r_done != s_done:
+        print(f"note: the runs completed different numbers of requests ({r_done} real, "
+              f"{s_done} simulated): compare like with like")
+    return 0

@@ -1,0 +1,90 @@
+"""End-to-end validation: replay a real serving run's arrivals and lengths through the simulator
+and put the measured and simulated TTFT/TPOT side by side.
+
+The ground-truth files (DistServe's vLLM runs of OPT-13B on one A100-80GB) hold per request the
+arrival time, prompt and output length and the measured `ttft_ms`, `tpot_ms`; the simulator
+replays exactly those requests (`workload.trace`, `arrival.process: trace`).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simserve.calibration.paths import REPO_ROOT
+from simserve.config import load_scenario
+from simserve.errors import InputError
+from simserve.experiments.run import RunOutput, run_scenario
+
+__all__ = ["REPLAY_METRICS", "ReplayResult", "measured_stats", "replay_trace"]
+
+DEFAULT_SCENARIO = REPO_ROOT / "scenarios" / "validation" / "opt13b-a100-vllm.yaml"
+
+# (label, measured column, statistic, simulated summary key)
+REPLAY_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("TTFT p50", "ttft_ms", "p50", "median_ttft_ms"),
+    ("TTFT p90", "ttft_ms", "p90", "p90_ttft_ms"),
+    ("TTFT mean", "ttft_ms", "mean", "mean_ttft_ms"),
+    ("TPOT p50", "tpot_ms", "p50", "median_tpot_ms"),
+    ("TPOT mean", "tpot_ms", "mean", "mean_tpot_ms"),
+)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """Measured and simulated statistics (ms) of one replayed run."""
+
+    trace: str
+    profile: str
+    num_requests: int
+    measured: dict[str, float]
+    simulated: dict[str, float]
+    output: RunOutput
+
+    def error_pct(self, label: str) -> float:
+        """Relative error of the simulation, in percent of the measured value."""
+        return 100.0 * (self.simulated[label] / self.measured[label] - 1.0)
+
+
+def measured_stats(path: str | Path) -> tuple[int, dict[str, float]]:
+    """Row count and the measured TTFT/TPOT statistics of a ground-truth CSV."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise InputError("ground-truth file not found", source=str(path)) from None
+    if not rows:
+        raise InputError("no data rows", source=str(path))
+    for col in ("ttft_ms", "tpot_ms"):
+        if col not in rows[0]:
+            raise InputError(f"missing column {col!r} (a ground-truth file has measured "
+                             "ttft_ms and tpot_ms)", source=str(path), line=1)
+    values = {c: np.array([float(r[c]) for r in rows]) for c in ("ttft_ms", "tpot_ms")}
+    stats = {}
+    for label, col, stat, _ in REPLAY_METRICS:
+        v = values[col]
+        stats[label] = float(np.mean(v) if stat == "mean" else np.percentile(v, int(stat[1:])))
+    return len(rows), stats
+
+
+def replay_trace(
+    trace: str | Path,
+    *,
+    profile: str | None = None,
+    scenario: str | Path = DEFAULT_SCENARIO,
+    overrides: list[str] | None = None,
+) -> ReplayResult:
+    """Replay one ground-truth run through the validation scenario (optionally another profile)."""
+    num_requests, measured = measured_stats(trace)
+    items = [f"workload.trace={Path(trace).resolve()}", f"workload.num_requests={num_requests}"]
+    if profile is not None:
+        items.append(f"cost_model.profile={profile}")
+    sc = load_scenario(scenario, items + list(overrides or []))
+    output = run_scenario(sc)
+    simulated = {label: float(output.summary[key]) for label, _, _, key in REPLAY_METRICS}
+    return ReplayResult(str(trace), sc.cost_model.profile or sc.cost_model.kind, num_requests,
+                        measured, simulated, output)
