@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simserve.config import FluidityConfig
-from simserve.metrics import deadline_misses, fluid_tbt_deadline_s, fluid_token_rate, fluidity_index
+from simserve.metrics import (
+    _segments,
+    deadline_misses,
+    fluid_tbt_deadline_s,
+    fluid_token_rate,
+    fluidity_index,
+)
 from simserve.metrics.fluidity import DEADLINE_TOLERANCE_S, MIN_TBT_DEADLINE_S
 
 # DESIGN §5 worked examples: ttft = D_p = 100 ms, D_d = 30 ms, 100 output tokens (99 gaps).
@@ -201,3 +207,39 @@ def test_fluid_tbt_deadline_meets_the_rate_per_reference_loop(
         assert d_i >= MIN_TBT_DEADLINE_S
         miss_rate = 1.0 - reference_fluidity(ttft, gaps, cfg.ttft_deadline_ms / 1000, d_i)
         assert miss_rate <= max_miss_rate + 1e-12
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 5, 64])
+def test_chunked_walks_give_identical_results(
+    chunk_tokens: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Requests are walked a chunk of whole requests at a time; every number must be the same
+    # as with one chunk (including empty requests and requests longer than a chunk).
+    rng = np.random.default_rng(5)
+    requests = [
+        (float(rng.integers(20, 900)),
+         list(rng.choice([0.0, 10.0, 30.0, 45.0, 400.0], size=int(rng.integers(0, 120)))))
+        for _ in range(30)
+    ]
+    times, offsets, arrived = csr(requests)
+    offsets = np.concatenate([[0], offsets[:10], offsets[10:11], offsets[10:]])  # empty ones
+    arrived = np.sort(rng.uniform(0.0, 5.0, offsets.size - 1))
+    times = times + np.repeat(arrived, np.diff(offsets))
+    prompts = rng.integers(0, 2000, offsets.size - 1)
+    include = rng.random(offsets.size - 1) < 0.7
+    cfg = FluidityConfig(max_miss_rate=0.05)
+
+    def everything() -> list[np.ndarray]:
+        args = (times, offsets, arrived, prompts, cfg)
+        return [
+            *deadline_misses(*args),
+            fluidity_index(*args),
+            fluid_tbt_deadline_s(*args),
+            fluid_tbt_deadline_s(*args, include=include),
+            np.array([fluid_token_rate(*args, include=include)]),
+        ]
+
+    want = everything()
+    monkeypatch.setattr(_segments, "CHUNK_TOKENS", chunk_tokens)
+    for got_array, want_array in zip(everything(), want, strict=True):
+        np.testing.assert_array_equal(got_array, want_array)

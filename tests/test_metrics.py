@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simserve.config import FluidityConfig, MetricsConfig, SloConfig
 from simserve.engine.records import REJECT_REASONS, SimulationResult, StepRecords
@@ -15,11 +19,14 @@ from simserve.metrics import (
     REQUEST_COLUMNS,
     VLLM_SCALAR_KEYS,
     VLLM_STAT_METRICS,
+    _segments,
     max_concurrency,
     percentile_label,
     request_metrics,
     summarize,
 )
+from simserve.metrics._segments import request_chunks
+from simserve.metrics.stats import mean_std, median_and_percentiles
 
 EXAMPLE_FLUIDITY = FluidityConfig(
     ttft_deadline_ms=100.0, ttft_deadline_ms_per_prompt_token=0.0, tbt_deadline_ms=30.0
@@ -392,6 +399,148 @@ def test_synthetic_result_is_consistent() -> None:
     inside = np.ones(gaps.size, dtype=bool)
     inside[result.token_offsets[1:-1] - 1] = False  # the step from one request to the next
     assert (gaps[inside] >= 0).all()
+
+
+# --------------------------------------------------------------------------- chunking, exactness
+
+
+def assert_same_table(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def mixed_result() -> SimulationResult:
+    """Synthetic requests plus empty, rejected, unfinished and one-token ones, interleaved."""
+    base = synthetic_result(60, seed=3)
+    token_times = [list(base.tokens_of(i)) for i in range(base.num_requests)]
+    arrivals = list(base.arrived_at)
+    for i, extra in ((5, []), (17, [arrivals[17] + 0.4]), (30, []),
+                     (44, [arrivals[44] + 0.2, arrivals[44] + 0.9])):
+        token_times.insert(i, extra)
+        arrivals.insert(i, arrivals[i])
+    rejected = [0] * len(arrivals)
+    rejected[5], rejected[30] = 1, 2
+    finished = [True] * len(arrivals)
+    finished[44] = False
+    return make_result(arrivals, token_times, rejected=rejected, finished=finished,
+                       prompt_len=list(range(16, 16 + len(arrivals))))
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 1000])
+def test_chunking_does_not_change_any_result(
+    chunk_tokens: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Per-token work runs on chunks of whole requests; each request's numbers depend on its own
+    # tokens only and pooled gaps keep their order, so the summary is byte-identical.
+    cfgs = [
+        MetricsConfig(percentiles=(50.0, 90.0, 99.0, 99.9)),
+        MetricsConfig(warmup_s=60.0, cooldown_s=60.0, slo=SloConfig(ttft_ms=900.0),
+                      fluidity=FluidityConfig(max_miss_rate=0.0), stall_threshold_ms=100.0),
+    ]
+    for result in (mixed_result(), synthetic_result(40, seed=1)):
+        expected = [(json.dumps(summarize(result, c)), request_metrics(result, c)) for c in cfgs]
+        with monkeypatch.context() as patch:
+            patch.setattr(_segments, "CHUNK_TOKENS", chunk_tokens)
+            got = [(json.dumps(summarize(result, c)), request_metrics(result, c)) for c in cfgs]
+        for (want_json, want_table), (got_json, got_table) in zip(expected, got, strict=True):
+            assert got_json == want_json
+            assert_same_table(got_table, want_table)
+
+
+def test_request_chunks_cover_requests_in_order_within_the_limit() -> None:
+    offsets = np.array([0, 3, 3, 10, 11, 11, 11, 30, 31], dtype=np.int64)
+    chunks = request_chunks(offsets, max_tokens=5)
+    assert chunks[0][0] == 0 and chunks[-1][1] == offsets.size - 1
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(chunks))
+    for r0, r1 in chunks:
+        assert r1 > r0
+        assert offsets[r1] - offsets[r0] <= 5 or r1 == r0 + 1  # a long request: its own chunk
+    assert request_chunks(np.zeros(1, dtype=np.int64)) == []
+    assert request_chunks(np.zeros(4, dtype=np.int64), max_tokens=1) == [(0, 3)]
+
+
+def same_float(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.floats(-1e3, 1e3, allow_nan=False),
+            st.sampled_from([0.0, 0.01, 0.02, 0.03, math.inf, -math.inf, math.nan]),
+        ),
+        min_size=1,
+        max_size=300,
+    ),
+    percentiles=st.lists(
+        st.one_of(st.sampled_from([50.0, 90.0, 99.0, 99.9, 100.0]), st.floats(0.001, 100.0)),
+        max_size=5,
+    ),
+)
+def test_order_statistics_are_numpys_to_the_bit(
+    values: list[float], percentiles: list[float]
+) -> None:
+    x = np.array(values)
+    with np.errstate(invalid="ignore"):
+        median, tail = median_and_percentiles(x, tuple(percentiles))
+        want_tail = np.percentile(x, percentiles) if percentiles else []
+        assert same_float(median, float(np.median(x)))
+        assert all(same_float(a, float(b)) for a, b in zip(tail, want_tail, strict=True))
+        # Moments reuse a scratch buffer; they must agree with numpy to rounding (not to the
+        # bit, so a numpy upgrade that reorders its sums cannot turn CI red).
+        got_moments = mean_std(x, scratch=np.empty_like(x))
+        assert got_moments == pytest.approx((float(np.mean(x)), float(np.std(x))), rel=1e-12,
+                                            nan_ok=True)
+
+
+def test_order_statistics_of_large_arrays_with_ties_are_numpys() -> None:
+    rng = np.random.default_rng(11)
+    for size in (100_000, 100_001, 1_000_003):
+        x = np.round(rng.exponential(0.03, size), 4)  # many equal values, like step times
+        x[rng.random(size) < 0.3] = 0.0
+        q = (1.0, 50.0, 90.0, 95.0, 99.0, 99.9)
+        median, tail = median_and_percentiles(x, q)
+        assert median == np.median(x)
+        assert tail == [float(v) for v in np.percentile(x, q)]
+        moments = mean_std(x, scratch=np.empty_like(x))
+        assert moments == pytest.approx((float(np.mean(x)), float(np.std(x))), rel=1e-12)
+
+
+def test_summary_temporaries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Per-token temporaries live in chunk-sized scratch; what grows with the run is the pool of
+    # measured gaps and one spare array as large (8 + 8 bytes per token). Before chunking the
+    # summary took ~92 bytes per token.
+    monkeypatch.setattr(_segments, "CHUNK_TOKENS", 1 << 14)
+    result = synthetic_result(2000)
+    tracemalloc.start()
+    try:
+        summarize(result, MetricsConfig())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak / result.token_times_s.size < 32.0
+
+
+@pytest.mark.bench
+def test_bench_fifty_thousand_requests_ten_million_tokens() -> None:
+    result = synthetic_result(50_000)
+    tokens = result.token_times_s.size
+    cfg = MetricsConfig(percentiles=(50.0, 90.0, 95.0, 99.0))
+    tracemalloc.start()
+    try:
+        start = time.perf_counter()
+        summarize(result, cfg)
+        summary_s = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    print(f"\nsummarize {summary_s:.2f} s, {summary_s / tokens * 1e6:.3f} s per million tokens, "
+          f"peak {peak / 2**20:.0f} MiB = {peak / tokens:.1f} bytes per token ({tokens} tokens)")
+    assert summary_s / tokens * 1e6 < 0.5
+    assert peak / tokens < 24.0
 
 
 @pytest.mark.bench

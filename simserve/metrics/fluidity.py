@@ -12,18 +12,26 @@ exactly when S_i sets a new minimum, M_(i-1) - S_i > 0, by that amount L_i, and 
 1 + floor(L_i / D_d) deadlines (Etalon's 1 + floor((ttft - D_p)/D_d) for the first token and
 floor((gap - slack)/D_d) for later ones, rewritten). So a per-request running minimum (one
 segmented accumulate) replaces the loop over tokens.
+
+Memory. Requests are independent, so the per-token arrays are built and walked one chunk of
+whole requests at a time, in scratch arrays reused from chunk to chunk (`_segments`): memory
+stays bounded at any scale and every result is the same as in one pass.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from simserve.config import FluidityConfig
 from simserve.metrics._segments import (
-    segment_ids,
+    Scratch,
+    request_chunks,
+    scratch_for,
+    segment_ids_into,
     segment_keyed,
     segment_max,
     segmented_running_min,
@@ -32,6 +40,8 @@ from simserve.metrics._segments import (
 
 __all__ = [
     "DEADLINE_TOLERANCE_S",
+    "FLUID_RATE_PERCENTILE",
+    "FLUID_REL_PRECISION",
     "MIN_TBT_DEADLINE_S",
     "deadline_misses",
     "fluid_tbt_deadline_s",
@@ -46,15 +56,19 @@ DEADLINE_TOLERANCE_S = 1e-9
 # Floor of the D_d search in `fluid_tbt_deadline_s`: a request whose tokens all beat their
 # deadlines for any D_d reports this, so fluid token rates are capped at 1e6 tokens/s.
 MIN_TBT_DEADLINE_S = 1e-6
+# Defaults of the fluid token rate (Etalon's P99) and of its D_d search precision.
+FLUID_RATE_PERCENTILE = 99.0
+FLUID_REL_PRECISION = 0.01
 
 
 @dataclass(frozen=True)
 class _Tokens:
-    """Flat per-token arrays of one CSR set of requests, as the deadline walk needs them."""
+    """Flat per-token arrays of one chunk of requests (views into the pass's `Scratch`)."""
 
-    offsets: np.ndarray  # int64, size R+1
+    offsets: np.ndarray  # int64, size R+1, starting at 0
     num_tokens: np.ndarray  # int64 per request
-    seg: np.ndarray  # int64 per token: request id
+    first: np.ndarray  # int64: flat index of the first token of every request with tokens
+    seg: np.ndarray  # int64 per token: request (0..R-1)
     base_s: np.ndarray  # float64 per token: S at D_d = 0, i.e. D_p - (t - a)
     index: np.ndarray  # float64 per token: 0-based position in its request
     gap_s: np.ndarray  # float64 per token: gap to the previous token, +inf for a first token
@@ -62,7 +76,7 @@ class _Tokens:
 
 @dataclass(frozen=True)
 class _Slots:
-    """The tokens a deadline walk visits, per request in order.
+    """The tokens a deadline walk visits, per request in order (CSR, like the tokens).
 
     A token whose gap is <= D_d is never late and never lowers the running minimum (S_i >=
     S_(i-1) >= M_(i-1)), so for D_d >= `min_gap` such tokens are dropped: bursts always, most
@@ -70,14 +84,19 @@ class _Slots:
     are always kept.
     """
 
-    num_requests: int
-    seg: np.ndarray  # int64 per slot, non-decreasing
+    offsets: np.ndarray  # int64, size R+1: the slots of request r are [offsets[r], offsets[r+1])
+    slots_per_request: np.ndarray  # int64 per request (0 for requests left out)
+    first_slot: np.ndarray  # int64: index of the first slot of every request that has slots
+    seg: np.ndarray  # int64 per slot: request, non-decreasing
     base_s: np.ndarray  # float64 per slot
     index: np.ndarray  # float64 per slot
     gap_s: np.ndarray  # float64 per slot (+inf for a first token)
-    slots_per_request: np.ndarray  # int64 per request (0 for requests left out)
-    first_slot: np.ndarray  # int64: index of the first slot of every request that has slots
-    keyed: np.ndarray  # complex128 scratch per slot, from segment_keyed
+    keyed: np.ndarray  # complex128 per slot, from segment_keyed: real -seg, imag scratch
+
+    @property
+    def num_requests(self) -> int:
+        """Requests of the chunk, with or without slots."""
+        return self.offsets.size - 1
 
 
 def _prefill_deadline_s(prompt_len: np.ndarray, config: FluidityConfig) -> np.ndarray:
@@ -88,97 +107,187 @@ def _prefill_deadline_s(prompt_len: np.ndarray, config: FluidityConfig) -> np.nd
     ) / 1000.0
 
 
+def _per_token(values: np.ndarray, seg: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`np.repeat` of per-request `values` onto elements owned by `seg`, into `out`."""
+    # NOTE: mode="clip" (indices are in range anyway) lets `take` write `out` directly.
+    return np.take(values, seg, out=out, mode="clip")
+
+
 def _tokens(
+    times: np.ndarray,
+    offsets: np.ndarray,
+    arrived_at: np.ndarray,
+    prompt_len: np.ndarray,
+    config: FluidityConfig,
+    scratch: Scratch,
+    gaps: np.ndarray | None = None,
+) -> _Tokens:
+    """Per-token arrays of one chunk; `times` and `offsets` (from 0) are the chunk's own.
+
+    `gaps`, if given, are the chunk's within-request gaps with any first-token value: this takes
+    the array over (its first-token entries become +inf) instead of computing it again.
+    """
+    size = times.size
+    counts = np.diff(offsets)
+    if gaps is None:
+        gaps, first = within_segment_gaps(
+            times, offsets, first_value=np.inf, out=scratch.get("gap", size)
+        )
+    else:
+        first = offsets[:-1][counts > 0]
+        gaps[first] = np.inf
+    seg = segment_ids_into(offsets, scratch.get("seg", size, np.int64))
+    base = _per_token(
+        _prefill_deadline_s(prompt_len, config) + arrived_at, seg, scratch.get("base", size)
+    )
+    base -= times
+    # Position in the request: exact small integers, as float64 for the deadline arithmetic.
+    index = _per_token(offsets[:-1].astype(np.float64), seg, scratch.get("index", size))
+    np.subtract(scratch.iota(size), index, out=index)
+    return _Tokens(
+        offsets=offsets, num_tokens=counts, first=first, seg=seg, base_s=base, index=index,
+        gap_s=gaps,
+    )
+
+
+def _chunks(
     token_times_s: np.ndarray,
     offsets: np.ndarray,
     arrived_at: np.ndarray,
     prompt_len: np.ndarray,
     config: FluidityConfig,
-) -> _Tokens:
+) -> Iterator[tuple[int, int, _Tokens, Scratch]]:
+    """`(r0, r1, tokens, scratch)` for consecutive chunks of whole requests `[r0, r1)`."""
     times = np.asarray(token_times_s, dtype=np.float64)
     offsets = np.asarray(offsets, dtype=np.int64)
-    counts = np.diff(offsets)
-    starts = np.repeat(offsets[:-1], counts)
-    base = np.repeat(
-        _prefill_deadline_s(prompt_len, config) + np.asarray(arrived_at, dtype=np.float64), counts
-    )
-    base -= times
-    index = np.arange(times.size, dtype=np.float64)
-    index -= starts
-    gaps, is_first = within_segment_gaps(times, offsets)
-    gaps[is_first] = np.inf
-    return _Tokens(
-        offsets=offsets,
-        num_tokens=counts,
-        seg=segment_ids(offsets),
-        base_s=base,
-        index=index,
-        gap_s=gaps,
-    )
+    arrived_at = np.asarray(arrived_at, dtype=np.float64)
+    prompt_len = np.asarray(prompt_len)
+    chunks = request_chunks(offsets)
+    scratch = scratch_for(offsets, chunks)
+    for r0, r1 in chunks:
+        t0, t1 = int(offsets[r0]), int(offsets[r1])
+        tokens = _tokens(
+            times[t0:t1], offsets[r0 : r1 + 1] - t0, arrived_at[r0:r1], prompt_len[r0:r1],
+            config, scratch,
+        )
+        yield r0, r1, tokens, scratch
 
 
-def _make_slots(seg: np.ndarray, base: np.ndarray, index: np.ndarray, gap: np.ndarray,
-                num_requests: int) -> _Slots:
-    keyed = segment_keyed(seg)
-    per_request = np.bincount(seg, minlength=num_requests).astype(np.int64)
-    starts = np.cumsum(per_request) - per_request
+def _gather_slots(
+    kept: np.ndarray,
+    source_offsets: np.ndarray,
+    source: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    scratch: Scratch,
+    bank: int,
+) -> _Slots:
+    """Slots at the sorted flat positions `kept` of a CSR source (tokens or a previous slot set)
+    whose (seg, base, index, gap) arrays are `source`, written to scratch bank 0 or 1."""
+    # NOTE: integer `take` rather than boolean masks: masks with data-dependent patterns run
+    # branch-mispredicted, several times slower than flatnonzero + take.
+    size = kept.size
+    seg, base, index, gap = (
+        np.take(array, kept, out=scratch.get(f"slot{bank}_{name}", size, array.dtype.type),
+                mode="clip")
+        for name, array in zip(("seg", "base", "index", "gap"), source, strict=True)
+    )
+    offsets = np.searchsorted(kept, source_offsets).astype(np.int64)
+    per_request = np.diff(offsets)
     return _Slots(
-        num_requests=num_requests,
+        offsets=offsets,
+        slots_per_request=per_request,
+        first_slot=offsets[:-1][per_request > 0],
         seg=seg,
         base_s=base,
         index=index,
         gap_s=gap,
-        slots_per_request=per_request,
-        first_slot=starts[per_request > 0],
-        keyed=keyed,
+        keyed=segment_keyed(seg, out=scratch.get("slot_keyed", size, np.complex128)),
     )
 
 
-def _slots(tokens: _Tokens, min_gap_s: np.ndarray, include: np.ndarray | None) -> _Slots:
-    """Slots of the included requests (all if None): first tokens and gaps > min_gap_s."""
-    keep = tokens.gap_s > np.repeat(min_gap_s, tokens.num_tokens)
+def _above(gap: np.ndarray, seg: np.ndarray, min_gap_s: float | np.ndarray,
+           include: np.ndarray | None, scratch: Scratch) -> np.ndarray:
+    """Flat positions with gap > min_gap_s (a scalar or one per request) in included requests."""
     if include is not None:
-        keep &= np.repeat(include, tokens.num_tokens)
-    return _make_slots(
-        tokens.seg[keep], tokens.base_s[keep], tokens.index[keep], tokens.gap_s[keep],
-        tokens.num_tokens.size,
-    )
+        # gap > inf never holds (not even for a first token's +inf): one comparison drops
+        # requests left out as well as small gaps.
+        min_gap_s = np.where(include, min_gap_s, np.inf)
+    if np.ndim(min_gap_s):
+        min_gap_s = _per_token(min_gap_s, seg, scratch.get("above_min", gap.size))
+    return np.flatnonzero(np.greater(gap, min_gap_s, out=scratch.get("flag", gap.size, np.bool_)))
 
 
-def _prune(slots: _Slots, min_gap_s: np.ndarray, include: np.ndarray) -> _Slots:
-    """Drop slots of requests no longer included and tokens with gap <= their new min_gap_s."""
-    keep = np.repeat(include, slots.slots_per_request)
-    keep &= slots.gap_s > np.repeat(min_gap_s, slots.slots_per_request)
-    return _make_slots(
-        slots.seg[keep], slots.base_s[keep], slots.index[keep], slots.gap_s[keep],
-        slots.num_requests,
-    )
+def _slots(tokens: _Tokens, min_gap_s: float | np.ndarray, include: np.ndarray | None,
+           scratch: Scratch) -> _Slots:
+    """Slots of the included requests (all if None): first tokens and gaps > min_gap_s (a
+    scalar, or one value per request)."""
+    kept = _above(tokens.gap_s, tokens.seg, min_gap_s, include, scratch)
+    source = (tokens.seg, tokens.base_s, tokens.index, tokens.gap_s)
+    return _gather_slots(kept, tokens.offsets, source, scratch, bank=0)
 
 
-def _misses(slots: _Slots, tbt_deadline_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Deadlines missed and late tokens per request, for a per-request D_d (seconds)."""
-    if slots.seg.size == 0:
+def _prune(slots: _Slots, min_gap_s: np.ndarray, include: np.ndarray, scratch: Scratch,
+           bank: int) -> _Slots:
+    """Drop slots of requests no longer included and tokens with gap <= their new min_gap_s
+    (into scratch `bank`, which must not be the one `slots` lives in)."""
+    kept = _above(slots.gap_s, slots.seg, min_gap_s, include, scratch)
+    source = (slots.seg, slots.base_s, slots.index, slots.gap_s)
+    return _gather_slots(kept, slots.offsets, source, scratch, bank)
+
+
+def _misses(slots: _Slots, tbt_deadline_s: float | np.ndarray,
+            scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
+    """Deadlines missed and late tokens per request, for D_d in seconds (a scalar, or one value
+    per request)."""
+    size = slots.seg.size
+    if size == 0:
         zeros = np.zeros(slots.num_requests)
         return zeros, zeros.astype(np.int64)
-    d_slot = np.repeat(tbt_deadline_s, slots.slots_per_request)
+    per_request = np.ndim(tbt_deadline_s) > 0
+    # One per-slot float buffer: D_d per slot first, then the lateness.
+    work = scratch.get("slot_work", size)
+    d_slot = _per_token(tbt_deadline_s, slots.seg, work) if per_request else tbt_deadline_s
     s = slots.keyed.imag  # a view: S is written straight into the keyed scratch
     np.multiply(slots.index, d_slot, out=s)
     s += slots.base_s
     # M_i = min(0, S_1..S_i): seed each request's running minimum with min(S_1, 0).
     s_first = s[slots.first_slot]
     s[slots.first_slot] = np.minimum(s_first, 0.0)
-    running_min = segmented_running_min(slots.keyed)
+    running_min = segmented_running_min(
+        slots.keyed, out=scratch.get("slot_min", size, np.complex128)
+    )
     # Lateness of slot p is M_(p-1) - S_p; for a first token M_0 = 0.
-    lateness = np.empty(s.size)
+    lateness = work
     lateness[0] = 0.0
     np.subtract(running_min[:-1], s[1:], out=lateness[1:])
     lateness[slots.first_slot] = -s_first
-    late = np.flatnonzero(lateness > DEADLINE_TOLERANCE_S)
-    missed_each = np.floor((lateness[late] + DEADLINE_TOLERANCE_S) / d_slot[late]) + 1.0
+    late = np.flatnonzero(
+        np.greater(lateness, DEADLINE_TOLERANCE_S, out=scratch.get("flag", size, np.bool_))
+    )
     owner = slots.seg[late]
+    d_late = np.asarray(tbt_deadline_s)[owner] if per_request else tbt_deadline_s
+    missed_each = np.floor((lateness[late] + DEADLINE_TOLERANCE_S) / d_late) + 1.0
     missed = np.bincount(owner, weights=missed_each, minlength=slots.num_requests)
     num_late = np.bincount(owner, minlength=slots.num_requests)
     return missed, num_late
+
+
+def _chunk_deadline_misses(
+    tokens: _Tokens, config: FluidityConfig, scratch: Scratch
+) -> tuple[np.ndarray, np.ndarray]:
+    """`deadline_misses` of one chunk."""
+    d = config.tbt_deadline_ms / 1000.0
+    missed, num_late = _misses(_slots(tokens, d, None, scratch), d, scratch)
+    counted = (tokens.num_tokens - num_late) + missed
+    return missed, counted
+
+
+def _chunk_fluidity_index(tokens: _Tokens, config: FluidityConfig, scratch: Scratch) -> np.ndarray:
+    """`fluidity_index` of one chunk."""
+    missed, counted = _chunk_deadline_misses(tokens, config, scratch)
+    out = np.full(missed.size, np.nan)
+    ok = counted > 0
+    out[ok] = 1.0 - missed[ok] / counted[ok]
+    return out
 
 
 def deadline_misses(
@@ -193,12 +302,10 @@ def deadline_misses(
     A token on time counts one deadline met; a late one counts its missed deadlines; so
     counted = on-time tokens + missed (Etalon).
     """
-    tokens = _tokens(token_times_s, offsets, arrived_at, prompt_len, config)
-    num_requests = tokens.num_tokens.size
-    d = np.full(num_requests, config.tbt_deadline_ms / 1000.0)
-    slots = _slots(tokens, d, None)
-    missed, num_late = _misses(slots, d)
-    counted = (tokens.num_tokens - num_late) + missed
+    num_requests = np.asarray(offsets).size - 1
+    missed, counted = np.zeros(num_requests), np.zeros(num_requests)
+    for r0, r1, tokens, scratch in _chunks(token_times_s, offsets, arrived_at, prompt_len, config):
+        missed[r0:r1], counted[r0:r1] = _chunk_deadline_misses(tokens, config, scratch)
     return missed, counted
 
 
@@ -214,26 +321,29 @@ def fluidity_index(
     It scores a stream against per-token deadlines, so a harmless burst (TBT 0 then a long gap)
     costs nothing while a stall costs one miss per deadline it spans.
     """
-    missed, counted = deadline_misses(token_times_s, offsets, arrived_at, prompt_len, config)
-    out = np.full(missed.size, np.nan)
-    ok = counted > 0
-    out[ok] = 1.0 - missed[ok] / counted[ok]
+    out = np.full(np.asarray(offsets).size - 1, np.nan)
+    for r0, r1, tokens, scratch in _chunks(token_times_s, offsets, arrived_at, prompt_len, config):
+        out[r0:r1] = _chunk_fluidity_index(tokens, config, scratch)
     return out
 
 
 def _search_bracket(
-    tokens: _Tokens, rate: float
+    tokens: _Tokens, rate: float, scratch: Scratch
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per request (lo, hi, infeasible): D_d below lo misses too often, hi meets the rate."""
     eps = DEADLINE_TOLERANCE_S
+    size = tokens.gap_s.size
     n = tokens.num_tokens.astype(np.float64)
     has_tokens = tokens.num_tokens > 0
     first_late = np.zeros(n.size)
-    first_late[has_tokens] = -tokens.base_s[tokens.offsets[:-1][has_tokens]]
+    first_late[has_tokens] = -tokens.base_s[tokens.first]
+    flag = scratch.get("flag", size, np.bool_)
 
     # Upper end: with D_d >= every gap no later token is late, and with D_d > ttft - D_p a late
     # first token misses exactly one deadline, so the miss rate there is its floor over D_d.
-    finite_gaps = np.where(np.isinf(tokens.gap_s), 0.0, tokens.gap_s)
+    finite_gaps = scratch.get("bracket_a", size)
+    np.copyto(finite_gaps, tokens.gap_s)
+    np.copyto(finite_gaps, 0.0, where=np.isinf(tokens.gap_s, out=flag))
     max_gap = segment_max(finite_gaps, tokens.offsets, empty=0.0)
     hi = np.maximum(np.maximum(max_gap, first_late + 2.0 * eps), MIN_TBT_DEADLINE_S)
     infeasible = has_tokens & (first_late > eps) & (rate * n < 1.0)
@@ -241,16 +351,55 @@ def _search_bracket(
     # Lower end, a necessary condition: the deadlines missed up to token i are at least its
     # accumulated lateness over D_d, (e_i - D_p - (i-1) D_d) / D_d, and a miss rate <= r allows
     # at most c = r n / (1 - r) misses, so D_d >= (e_i - D_p) / (i - 1 + c) for every token i.
-    denom = tokens.index + np.repeat(rate * n / (1.0 - rate), tokens.num_tokens)
-    bound = tokens.index + 1.0
+    denom = _per_token(rate * n / (1.0 - rate), tokens.seg, finite_gaps)
+    np.add(tokens.index, denom, out=denom)
+    bound = np.add(tokens.index, 1.0, out=scratch.get("bracket_b", size))
     bound *= -eps
     bound -= tokens.base_s  # e_i - D_p - i * eps
     # Only a first token with rate 0 has denom 0; its condition is the `infeasible` one above.
-    np.divide(bound, denom, out=bound, where=denom > 0)
-    bound[denom <= 0] = -np.inf
+    positive = np.greater(denom, 0.0, out=flag)
+    if positive.all():
+        np.divide(bound, denom, out=bound)
+    else:
+        np.divide(bound, denom, out=bound, where=positive)
+        np.copyto(bound, -np.inf, where=~positive)
     lower = segment_max(bound, tokens.offsets, empty=-np.inf)
     lo = np.minimum(np.maximum(lower * (1.0 - 1e-9), MIN_TBT_DEADLINE_S), hi)
     return lo, hi, infeasible
+
+
+def _chunk_fluid_tbt_deadline_s(
+    tokens: _Tokens, included: np.ndarray, rate: float, rel_precision: float, scratch: Scratch
+) -> np.ndarray:
+    """`fluid_tbt_deadline_s` of one chunk (`included`: bool per request of the chunk)."""
+    has_tokens = tokens.num_tokens > 0
+    out = np.full(has_tokens.size, np.nan)
+    if not np.any(included & has_tokens):
+        return out
+    lo, hi, infeasible = _search_bracket(tokens, rate, scratch)
+    ratio = 1.0 + rel_precision
+    searching = included & has_tokens & ~infeasible
+    active = searching & (hi > lo * ratio)
+    if np.any(active):
+        slots = _slots(tokens, lo, active, scratch)
+        bank = 0
+        for round_ in range(200):  # log-space bisection: never near this many rounds
+            if not np.any(active):
+                break
+            if round_ and round_ % 3 == 0:
+                bank = 1 - bank
+                slots = _prune(slots, lo, active, scratch, bank)
+            mid = np.where(active, np.sqrt(lo * hi), hi)
+            missed, num_late = _misses(slots, mid, scratch)
+            counted = (tokens.num_tokens - num_late) + missed
+            meets = missed <= rate * counted
+            hi = np.where(active & meets, mid, hi)
+            lo = np.where(active & ~meets, mid, lo)
+            active &= hi > lo * ratio
+
+    out = np.where(included & has_tokens, hi, np.nan)
+    out[included & infeasible] = np.inf
+    return out
 
 
 def fluid_tbt_deadline_s(
@@ -261,7 +410,7 @@ def fluid_tbt_deadline_s(
     config: FluidityConfig,
     *,
     include: np.ndarray | None = None,
-    rel_precision: float = 0.01,
+    rel_precision: float = FLUID_REL_PRECISION,
 ) -> np.ndarray:
     """Per request, the smallest D_d (s) whose deadline-miss rate is <= `config.max_miss_rate`.
 
@@ -274,32 +423,15 @@ def fluid_tbt_deadline_s(
     """
     if rel_precision <= 0:
         raise ValueError(f"rel_precision must be > 0, got {rel_precision}")
-    tokens = _tokens(token_times_s, offsets, arrived_at, prompt_len, config)
-    num_requests = tokens.num_tokens.size
+    num_requests = np.asarray(offsets).size - 1
     included = (
         np.ones(num_requests, dtype=bool) if include is None else np.asarray(include, dtype=bool)
     )
-    rate = config.max_miss_rate
-    lo, hi, infeasible = _search_bracket(tokens, rate)
-    ratio = 1.0 + rel_precision
-    searching = included & (tokens.num_tokens > 0) & ~infeasible
-    active = searching & (hi > lo * ratio)
-    slots = _slots(tokens, lo, active)
-    for round_ in range(200):  # log-space bisection: never near this many rounds
-        if not np.any(active):
-            break
-        if round_ and round_ % 3 == 0:
-            slots = _prune(slots, lo, active)
-        mid = np.where(active, np.sqrt(lo * hi), hi)
-        missed, num_late = _misses(slots, mid)
-        counted = (tokens.num_tokens - num_late) + missed
-        meets = missed <= rate * counted
-        hi = np.where(active & meets, mid, hi)
-        lo = np.where(active & ~meets, mid, lo)
-        active &= hi > lo * ratio
-
-    out = np.where(included & (tokens.num_tokens > 0), hi, np.nan)
-    out[included & infeasible] = np.inf
+    out = np.full(num_requests, np.nan)
+    for r0, r1, tokens, scratch in _chunks(token_times_s, offsets, arrived_at, prompt_len, config):
+        out[r0:r1] = _chunk_fluid_tbt_deadline_s(
+            tokens, included[r0:r1], config.max_miss_rate, rel_precision, scratch
+        )
     return out
 
 
@@ -317,6 +449,15 @@ def _percentile_allowing_inf(values: np.ndarray, q: float) -> float:
     return float(np.percentile(ordered, q))
 
 
+def _rate_of_deadlines(deadlines: np.ndarray, percentile: float) -> float:
+    """The fluid token rate given every request's `fluid_tbt_deadline_s` (NaN = left out)."""
+    deadlines = deadlines[~np.isnan(deadlines)]
+    if deadlines.size == 0:
+        return math.nan
+    tail = _percentile_allowing_inf(deadlines, percentile)
+    return 0.0 if math.isinf(tail) else 1.0 / tail
+
+
 def fluid_token_rate(
     token_times_s: np.ndarray,
     offsets: np.ndarray,
@@ -325,8 +466,8 @@ def fluid_token_rate(
     config: FluidityConfig,
     *,
     include: np.ndarray | None = None,
-    percentile: float = 99.0,
-    rel_precision: float = 0.01,
+    percentile: float = FLUID_RATE_PERCENTILE,
+    rel_precision: float = FLUID_REL_PRECISION,
 ) -> float:
     """Etalon's fluid token rate in tokens/s: 1 / (P99 over requests of the smallest D_d that
     keeps the request's miss rate <= `max_miss_rate`), the fastest token pace the system serves
@@ -340,8 +481,4 @@ def fluid_token_rate(
         token_times_s, offsets, arrived_at, prompt_len, config,
         include=include, rel_precision=rel_precision,
     )
-    deadlines = deadlines[~np.isnan(deadlines)]
-    if deadlines.size == 0:
-        return math.nan
-    tail = _percentile_allowing_inf(deadlines, percentile)
-    return 0.0 if math.isinf(tail) else 1.0 / tail
+    return _rate_of_deadlines(deadlines, percentile)

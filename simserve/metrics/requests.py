@@ -7,14 +7,26 @@ are DESIGN §5's: a = arrival, s = first scheduled, t_1..t_n = token times, f = 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from simserve.config import MetricsConfig, SloConfig
 from simserve.engine.records import REJECT_REASONS, SimulationResult
-from simserve.metrics._segments import segment_ids, segment_max, within_segment_gaps
-from simserve.metrics.fluidity import fluidity_index
+from simserve.metrics._segments import (
+    request_chunks,
+    scratch_for,
+    segment_max,
+    within_segment_gaps,
+)
+from simserve.metrics.fluidity import (
+    FLUID_REL_PRECISION,
+    _chunk_fluid_tbt_deadline_s,
+    _chunk_fluidity_index,
+    _tokens,
+)
 
-__all__ = ["REQUEST_COLUMNS", "request_metrics", "request_table_and_gaps", "window_masks"]
+__all__ = ["REQUEST_COLUMNS", "TokenPass", "request_metrics", "request_table", "window_masks"]
 
 REQUEST_COLUMNS: tuple[str, ...] = (
     "request_id",
@@ -90,12 +102,98 @@ def _reason_strings(codes: np.ndarray) -> np.ndarray:
     return lookup[np.clip(codes, 0, None)]
 
 
-def request_table_and_gaps(
-    result: SimulationResult, config: MetricsConfig
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """The per-request table plus every token gap (tbt, seconds) and its request id.
+@dataclass(frozen=True)
+class TokenPass:
+    """What one chunked pass over the token times gives: per-request token metrics, plus the
+    pooled gaps and fluid deadlines of the measured requests when the summary asks for them."""
 
-    Shared by `request_metrics` and the summary, which pools the gaps, so they are computed once.
+    max_tbt_s: np.ndarray  # float64 per request, NaN for at most one token
+    num_stalls: np.ndarray  # int64 per request
+    fluidity_index: np.ndarray  # float64 per request
+    measured_gaps_s: np.ndarray  # float64: gaps of measured requests, flat order (or empty)
+    measured_fluid_tbt_s: np.ndarray  # float64 per request, NaN if not measured (or not asked)
+
+
+def _token_pass(
+    result: SimulationResult,
+    config: MetricsConfig,
+    measured: np.ndarray,
+    *,
+    for_summary: bool,
+) -> TokenPass:
+    """Per-token metrics, chunk by chunk of whole requests so temporaries stay bounded.
+
+    With `for_summary`, also pools the gaps of `measured` requests (flat order, so exactly the
+    population a one-shot `gaps[measured[owner]]` would give) and runs the fluid-rate search on
+    them, reusing each chunk's per-token arrays.
+    """
+    offsets = np.asarray(result.token_offsets, dtype=np.int64)
+    times = np.asarray(result.token_times_s, dtype=np.float64)
+    arrived = np.asarray(result.arrived_at, dtype=np.float64)
+    prompt_len = np.asarray(result.prompt_len)
+    n = np.diff(offsets)
+    num_requests = n.size
+    max_tbt = np.full(num_requests, np.nan)
+    num_stalls = np.zeros(num_requests, dtype=np.int64)
+    fluidity = np.full(num_requests, np.nan)
+    num_pooled = int(np.maximum(n - 1, 0)[measured].sum()) if for_summary else 0
+    gaps_out = np.empty(num_pooled, dtype=np.float64)
+    fluid_out = np.full(num_requests, np.nan)
+    stall_threshold_s = config.stall_threshold_ms / 1000.0
+    chunks = request_chunks(offsets)
+    scratch = scratch_for(offsets, chunks)
+    filled = 0
+    for r0, r1 in chunks:
+        t0, t1 = int(offsets[r0]), int(offsets[r1])
+        size = t1 - t0
+        local = offsets[r0 : r1 + 1] - t0
+        # A first token has no gap: -inf keeps it out of maxima and stall counts.
+        gaps, first = within_segment_gaps(
+            times[t0:t1], local, first_value=-np.inf, out=scratch.get("gap", size)
+        )
+        max_tbt[r0:r1] = segment_max(gaps, local)
+        stalled = np.flatnonzero(
+            np.greater(gaps, stall_threshold_s, out=scratch.get("flag", size, np.bool_))
+        )
+        if stalled.size:
+            owner = np.searchsorted(local, stalled, side="right") - 1
+            num_stalls[r0:r1] = np.bincount(owner, minlength=r1 - r0)
+        # The deadline walk takes the gap array over (first tokens become +inf there).
+        tokens = _tokens(
+            times[t0:t1], local, arrived[r0:r1], prompt_len[r0:r1], config.fluidity, scratch,
+            gaps=gaps,
+        )
+        if for_summary:
+            pooled = np.take(
+                measured[r0:r1], tokens.seg, out=scratch.get("flag", size, np.bool_), mode="clip"
+            )
+            pooled[first] = False
+            kept = np.flatnonzero(pooled)
+            np.take(tokens.gap_s, kept, out=gaps_out[filled : filled + kept.size], mode="clip")
+            filled += kept.size
+        fluidity[r0:r1] = _chunk_fluidity_index(tokens, config.fluidity, scratch)
+        if for_summary:
+            fluid_out[r0:r1] = _chunk_fluid_tbt_deadline_s(
+                tokens, measured[r0:r1], config.fluidity.max_miss_rate, FLUID_REL_PRECISION,
+                scratch,
+            )
+    max_tbt[n <= 1] = np.nan
+    return TokenPass(
+        max_tbt_s=max_tbt,
+        num_stalls=num_stalls,
+        fluidity_index=fluidity,
+        measured_gaps_s=gaps_out,
+        measured_fluid_tbt_s=fluid_out,
+    )
+
+
+def request_table(
+    result: SimulationResult, config: MetricsConfig, *, for_summary: bool = False
+) -> tuple[dict[str, np.ndarray], TokenPass]:
+    """The per-request table and the token pass it came from (see `_token_pass`).
+
+    Shared by `request_metrics` and the summary, which (`for_summary`) also needs the pooled
+    gaps and fluid deadlines of measured requests, so the token times are walked once.
     """
     offsets = np.asarray(result.token_offsets, dtype=np.int64)
     times = np.asarray(result.token_times_s, dtype=np.float64)
@@ -116,19 +214,12 @@ def request_table_and_gaps(
         # NOTE: normalized latency is e2el per output token, as in the Orca and vLLM papers.
         normalized = np.where(has_tokens, e2el / n, np.nan)
 
-    gaps, is_first = within_segment_gaps(times, offsets)
-    owner = segment_ids(offsets)
-    max_tbt = segment_max(np.where(is_first, -np.inf, gaps), offsets)
-    max_tbt[n <= 1] = np.nan
-    stall_threshold_s = config.stall_threshold_ms / 1000.0
-    stalled = (gaps > stall_threshold_s) & ~is_first
-    num_stalls = np.bincount(owner[stalled], minlength=num_requests).astype(np.int64)
-    fluidity = fluidity_index(times, offsets, arrived, result.prompt_len, config.fluidity)
-
     rejected = np.asarray(result.rejected)
     served = (rejected == 0) & np.isfinite(finished)
     in_warmup, in_cooldown = window_masks(arrived, config.warmup_s, config.cooldown_s)
     measured = served & ~in_warmup & ~in_cooldown
+    token_pass = _token_pass(result, config, measured, for_summary=for_summary)
+    max_tbt = token_pass.max_tbt_s
     good = served & _is_good(config.slo, ttft, tpot, e2el, max_tbt)
 
     table: dict[str, np.ndarray] = {
@@ -147,15 +238,14 @@ def request_table_and_gaps(
         "tpot_s": tpot,
         "normalized_latency_s": normalized,
         "max_tbt_s": max_tbt,
-        "num_stalls": num_stalls,
-        "fluidity_index": fluidity,
+        "num_stalls": token_pass.num_stalls,
+        "fluidity_index": token_pass.fluidity_index,
         "num_preemptions": np.asarray(result.num_preemptions, dtype=np.int64),
         "rejected": _reason_strings(rejected),
         "measured": measured,
         "good": good,
     }
-    keep = ~is_first
-    return table, gaps[keep], owner[keep]
+    return table, token_pass
 
 
 def request_metrics(result: SimulationResult, config: MetricsConfig) -> dict[str, np.ndarray]:
@@ -166,5 +256,5 @@ def request_metrics(result: SimulationResult, config: MetricsConfig) -> dict[str
     served (not rejected, finished) and outside the warm-up/cool-down windows. `good`: served
     and meets every SLO that is set.
     """
-    table, _, _ = request_table_and_gaps(result, config)
+    table, _ = request_table(result, config)
     return table

@@ -10,7 +10,14 @@ import math
 
 import numpy as np
 
-__all__ = ["describe_ms", "json_float", "max_concurrency", "percentile_label"]
+__all__ = [
+    "describe_ms",
+    "json_float",
+    "max_concurrency",
+    "mean_std",
+    "median_and_percentiles",
+    "percentile_label",
+]
 
 
 def percentile_label(p: float) -> str:
@@ -29,13 +36,91 @@ def json_float(value: float | np.floating | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def mean_std(values_s: np.ndarray, scratch: np.ndarray | None = None) -> tuple[float, float]:
+    """`np.mean` and `np.std` (population) of a non-empty float64 array, bit for bit.
+
+    With `scratch` (a float64 array of the same size) the squared deviations are written there
+    instead of into a new array as large as the data: `np.std`'s own steps, in its order.
+    """
+    if scratch is None:
+        return float(np.mean(values_s)), float(np.std(values_s))
+    count = values_s.size
+    mean = np.add.reduce(values_s) / count
+    deviations = np.subtract(values_s, mean, out=scratch)
+    np.square(deviations, out=deviations)
+    return float(mean), float(np.sqrt(np.add.reduce(deviations) / count))
+
+
+def _select(values: np.ndarray, kth: set[int]) -> None:
+    """Partition `values` in place so each index in `kth` holds its order statistic (what
+    `values.partition(sorted(kth))` guarantees), with single-index partitions only.
+
+    NOTE: numpy's partition is a fast vectorised select for one index but falls back to a
+    generic introselect for several, which is several times slower on data with many equal
+    values (such as token gaps, multiples of a few step times).
+    """
+    stack = [(0, values.size, sorted(kth))]
+    while stack:
+        lo, hi, ks = stack.pop()
+        if not ks:
+            continue
+        middle = len(ks) // 2
+        k = ks[middle]
+        values[lo:hi].partition(k - lo)
+        stack.append((lo, k, ks[:middle]))
+        stack.append((k + 1, hi, ks[middle + 1 :]))
+
+
+def median_and_percentiles(
+    values_s: np.ndarray, percentiles: tuple[float, ...], *, overwrite_input: bool = False
+) -> tuple[float, list[float]]:
+    """`np.median` and `np.percentile` (linear interpolation) of a non-empty float64 array, the
+    very same numbers, from one in-place selection (a copy unless `overwrite_input`).
+
+    numpy's median is the mean of the middle one or two order statistics, and its linear
+    percentile interpolates between order statistics floor(v) and floor(v) + 1 at v = (n - 1) *
+    q / 100; those are selected here and numpy does the final arithmetic on them (`np.mean` on
+    the middle slice, `np.quantile` on the two bracketing values, which gives v's fraction back
+    exactly). NaNs and percentiles at the top end take numpy's own route.
+    """
+    values = values_s if overwrite_input else values_s.copy()
+    count = values.size
+    quantiles = np.true_divide(list(percentiles), 100)
+    virtual = (count - 1) * quantiles  # numpy's virtual index for its "linear" method
+    if np.isnan(np.max(values)) or np.any(virtual >= count - 1):
+        median = float(np.median(values, overwrite_input=True))
+        if not percentiles:
+            return median, []
+        return median, [float(v) for v in np.percentile(values, list(percentiles),
+                                                        overwrite_input=True)]
+    below = np.floor(virtual).astype(np.intp)
+    half = count // 2
+    middle = slice(half - 1, half + 1) if count % 2 == 0 else slice(half, half + 1)
+    _select(values, {*range(middle.start, middle.stop), *below.tolist(), *(below + 1).tolist()})
+    median = float(np.mean(values[middle]))
+    fraction = virtual - below  # numpy's gamma
+    tail = [
+        float(np.quantile(values[k : k + 2], fraction[i : i + 1])[0])
+        for i, k in enumerate(below.tolist())
+    ]
+    return median, tail
+
+
 def describe_ms(
-    name: str, values_s: np.ndarray, percentiles: tuple[float, ...]
+    name: str,
+    values_s: np.ndarray,
+    percentiles: tuple[float, ...],
+    *,
+    overwrite_input: bool = False,
+    moments: tuple[float, float] | None = None,
 ) -> dict[str, float | None]:
     """`mean_/median_/std_/p{P}_<name>_ms` of a population given in seconds (None if empty).
 
     NOTE: as vLLM: population std (ddof=0), `np.median`, and `np.percentile` with linear
-    interpolation, each computed in seconds and scaled by 1000.
+    interpolation, each computed in seconds and scaled by 1000 (the numbers numpy gives, see
+    `median_and_percentiles`). With `overwrite_input` the order statistics are selected in
+    `values_s` itself instead of a copy; the mean and std, whose float sums depend on the order,
+    are taken first, or given as `moments` (`mean_std` of the array in its original order).
     """
     values_s = np.asarray(values_s, dtype=np.float64)
     out: dict[str, float | None] = {}
@@ -46,13 +131,15 @@ def describe_ms(
         for p in percentiles:
             out[f"{percentile_label(p)}_{name}_ms"] = None
         return out
-    out[f"mean_{name}_ms"] = json_float(np.mean(values_s) * 1000.0)
-    out[f"median_{name}_ms"] = json_float(np.median(values_s) * 1000.0)
-    out[f"std_{name}_ms"] = json_float(np.std(values_s) * 1000.0)
-    if percentiles:
-        values = np.percentile(values_s, list(percentiles))
-        for p, v in zip(percentiles, values, strict=True):
-            out[f"{percentile_label(p)}_{name}_ms"] = json_float(v * 1000.0)
+    mean, std = mean_std(values_s) if moments is None else moments
+    median, tail = median_and_percentiles(
+        values_s, percentiles, overwrite_input=overwrite_input
+    )
+    out[f"mean_{name}_ms"] = json_float(mean * 1000.0)
+    out[f"median_{name}_ms"] = json_float(median * 1000.0)
+    out[f"std_{name}_ms"] = json_float(std * 1000.0)
+    for p, v in zip(percentiles, tail, strict=True):
+        out[f"{percentile_label(p)}_{name}_ms"] = json_float(v * 1000.0)
     return out
 
 

@@ -12,9 +12,9 @@ import numpy as np
 
 from simserve.config import MetricsConfig, SloConfig
 from simserve.engine.records import REJECT_REASONS, SimulationResult
-from simserve.metrics.fluidity import fluid_token_rate
-from simserve.metrics.requests import request_table_and_gaps, window_masks
-from simserve.metrics.stats import describe_ms, json_float, max_concurrency
+from simserve.metrics.fluidity import FLUID_RATE_PERCENTILE, _rate_of_deadlines
+from simserve.metrics.requests import request_table, window_masks
+from simserve.metrics.stats import describe_ms, json_float, max_concurrency, mean_std
 
 __all__ = ["VLLM_SCALAR_KEYS", "VLLM_STAT_METRICS", "summarize"]
 
@@ -32,6 +32,10 @@ VLLM_SCALAR_KEYS: tuple[str, ...] = (
 )
 # Metrics that vLLM summarises as mean_/median_/std_/p{P}_<m>_ms, in vLLM's order.
 VLLM_STAT_METRICS: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")
+# Every summarised population, in summary order: vLLM's, then simserve's.
+POPULATIONS: tuple[str, ...] = (
+    *VLLM_STAT_METRICS, "tbt", "scheduling_delay", "normalized_latency", "max_tbt"
+)
 
 
 def _any_slo(slo: SloConfig) -> bool:
@@ -48,6 +52,44 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values[~np.isnan(values)]
 
 
+def _positive_into(values: np.ndarray, out: np.ndarray, block: int = 1 << 18) -> np.ndarray:
+    """`values[values > 0]`, in order, written to the start of `out` (a view of it returned).
+
+    NOTE: flatnonzero + take block by block, not a boolean mask: bursts make the mask pattern
+    data-dependent, and masked copies then run branch-mispredicted, several times slower.
+    """
+    flags = np.empty(min(block, values.size), dtype=bool)
+    filled = 0
+    for start in range(0, values.size, block):
+        part = values[start : start + block]
+        kept = np.flatnonzero(np.greater(part, 0.0, out=flags[: part.size]))
+        np.take(part, kept, out=out[filled : filled + kept.size], mode="clip")
+        filled += kept.size
+    return out[:filled]
+
+
+def _gap_summaries(
+    tbt_s: np.ndarray, percentiles: tuple[float, ...]
+) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """TBT and ITL summaries of the pooled gaps, consuming `tbt_s` (reordered, then scratch).
+
+    NOTE: vLLM's ITL is per streamed chunk: a burst of tokens stamped at one instant is one
+    chunk, so ITL is the gaps between distinct emission times (the nonzero TBTs). TBT is per
+    token, zeros inside bursts included (Sarathi-Serve, Etalon). One more pool-sized array does
+    all the rest: TBT's squared deviations, then the ITL subset (taken in pool order, before the
+    pool is reordered), whose deviations then go into the spent pool.
+    """
+    if tbt_s.size == 0:
+        return describe_ms("tbt", tbt_s, percentiles), describe_ms("itl", tbt_s, percentiles)
+    spare = np.empty_like(tbt_s)
+    tbt_moments = mean_std(tbt_s, scratch=spare)
+    itl_s = _positive_into(tbt_s, spare)
+    tbt = describe_ms("tbt", tbt_s, percentiles, overwrite_input=True, moments=tbt_moments)
+    itl_moments = mean_std(itl_s, scratch=tbt_s[: itl_s.size]) if itl_s.size else None
+    itl = describe_ms("itl", itl_s, percentiles, overwrite_input=True, moments=itl_moments)
+    return tbt, itl
+
+
 def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, object]:
     """One run's summary dict: vLLM's keys first (same names and units), then simserve extras.
 
@@ -56,7 +98,9 @@ def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, obje
     num_requests = completed + num_rejected + num_unfinished + num_excluded_warmup +
     num_excluded_cooldown (the excluded counts are served requests in those windows).
     """
-    table, gaps_s, gap_owner = request_table_and_gaps(result, config)
+    table, token_pass = request_table(result, config, for_summary=True)
+    gaps_s, fluid_tbt_s = token_pass.measured_gaps_s, token_pass.measured_fluid_tbt_s
+    del token_pass  # so the gap pool dies as soon as its summaries are taken
     measured = table["measured"]
     completed = int(measured.sum())
     has_slo = _any_slo(config.slo)
@@ -89,36 +133,29 @@ def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, obje
         ),
     }
 
-    measured_gaps = gaps_s[measured[gap_owner]]
-    populations = {
+    gap_summaries = dict(zip(("tbt", "itl"), _gap_summaries(gaps_s, config.percentiles),
+                             strict=True))
+    del gaps_s
+    per_request = {
         "ttft": table["ttft_s"][measured],
         "tpot": _finite(table["tpot_s"][measured]),
-        # NOTE: vLLM's ITL is per streamed chunk: a burst of tokens stamped at one instant is one
-        # chunk, so ITL is the gaps between distinct emission times (the nonzero TBTs).
-        "itl": measured_gaps[measured_gaps > 0.0],
         "e2el": table["e2el_s"][measured],
-        # NOTE: TBT is per token, zeros inside bursts included (Sarathi-Serve, Etalon).
-        "tbt": measured_gaps,
         "scheduling_delay": _finite(table["scheduling_delay_s"][measured]),
         "normalized_latency": _finite(table["normalized_latency_s"][measured]),
         "max_tbt": _finite(table["max_tbt_s"][measured]),
     }
-    for name, values_s in populations.items():
-        summary.update(describe_ms(name, values_s, config.percentiles))
+    for name in POPULATIONS:
+        if name in gap_summaries:
+            summary.update(gap_summaries[name])
+        else:
+            summary.update(describe_ms(name, per_request[name], config.percentiles))
 
     reasons: dict[str, int] = {}
     for code, count in zip(*np.unique(rejected_codes[~not_rejected], return_counts=True),
                            strict=True):
         reasons[REJECT_REASONS.get(int(code), f"code_{int(code)}")] = int(count)
     fluidity = _finite(table["fluidity_index"][measured])
-    rate = fluid_token_rate(
-        result.token_times_s,
-        result.token_offsets,
-        result.arrived_at,
-        result.prompt_len,
-        config.fluidity,
-        include=measured,
-    )
+    rate = _rate_of_deadlines(fluid_tbt_s, FLUID_RATE_PERCENTILE)
     summary.update(
         {
             "num_requests": int(table["request_id"].size),
