@@ -196,12 +196,15 @@ class SpeculativeConfig:
     `method: draft` costs k sequential steps of `draft_model` (a catalog model) at the batch's
     size; `eagle`/`mtp` cost `draft_cost_fraction` of one target decode step per draft token.
     `disable_above_batch`: no speculation in steps with more decodes (dynamic speculation).
+    `draft_step_overhead_ms`: fixed cost of each draft forward pass (kernel launches, sampling);
+    unset means the target's `cost_model.step_overhead_ms`.
     """
 
     method: Literal["draft", "eagle", "mtp"] = "draft"
     num_speculative_tokens: int = 4
     draft_model: str | None = None
     draft_cost_fraction: float = 0.1
+    draft_step_overhead_ms: float | None = None
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     disable_above_batch: int | None = None
 
@@ -218,6 +221,12 @@ class SpeculativeConfig:
             "speculative.draft_cost_fraction",
             "must be in (0, 1]",
         )
+        if self.draft_step_overhead_ms is not None:
+            _require(
+                self.draft_step_overhead_ms >= 0,
+                "speculative.draft_step_overhead_ms",
+                "must be >= 0",
+            )
         acc = self.acceptance
         if acc.model == "per_position":
             _require(

@@ -124,11 +124,14 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         draft_cost = None
         if draft is not None:
             # NOTE: a calibrated profile describes the target only; the draft is priced by the
-            # roofline with the same efficiency factors (vLLM runs it at the target's TP). Its
-            # proposals run inside the target's engine step, so the per-step scheduling
-            # overhead is paid once, by the target.
+            # roofline with the same efficiency factors (vLLM runs it at the target's TP). Each
+            # of the k proposals is a separate draft forward pass with its own fixed cost
+            # (kernel launches, sampling), by default the target's per-step overhead.
+            overhead_ms = spec.draft_step_overhead_ms
+            if overhead_ms is None:
+                overhead_ms = scenario.cost_model.step_overhead_ms
             draft_config = dataclasses.replace(
-                scenario.cost_model, kind="roofline", profile=None, step_overhead_ms=0.0
+                scenario.cost_model, kind="roofline", profile=None, step_overhead_ms=overhead_ms
             )
             draft_cost = build_cost_model(draft_config, gpu, draft, scenario.tp)
         cost_model = SpeculativeCostModel(cost_model, draft_cost, spec.draft_cost_fraction)
