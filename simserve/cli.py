@@ -25,6 +25,9 @@ Handler = Callable[[argparse.Namespace], int]
 # Modules that add subcommands: each has `register(subparsers) -> dict[name, handler]`.
 COMMAND_MODULES: tuple[str, ...] = (
     "simserve.calibration.commands",
+    "simserve.experiments.commands",
+    "simserve.experiments.casestudy_commands",
+    "simserve.antipatterns.commands",
 )
 
 
@@ -35,7 +38,10 @@ def _add_scenario_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
-    parser = argparse.ArgumentParser(prog="simserve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="simserve",
+        description="Discrete-event simulator of LLM inference serving (vLLM-compatible metrics).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     handlers: dict[str, Handler] = {"run": _cmd_run, "bench": _cmd_bench}
 

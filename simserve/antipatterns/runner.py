@@ -1,0 +1,610 @@
+"""Run catalog entries: build each setup's scenarios, simulate, and state both conclusions.
+
+For every entry and setup the runner measures the reference system's saturation throughput (an
+offline run), turns loads into arrival rates, runs every system on the same replication seeds
+(common random numbers, DESIGN §9), averages over seeds with a t-interval, bisects capacities
+with `experiments.capacity.search_capacity`, and applies the entry's conclusion rule. The
+result is plain data (what verdicts.json holds); the report and figures are drawn from it only,
+so every number in the report is one in verdicts.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+from scipy import stats
+
+from simserve.antipatterns.catalog import SCENARIOS_DIR
+from simserve.antipatterns.model import (
+    CHANGE_MARGIN,
+    CONFIDENCE,
+    TIE_MARGIN,
+    TREND_MARGIN,
+    Capacity,
+    Conclusion,
+    Entry,
+    Metric,
+    Point,
+    Setup,
+    Size,
+    Sweep,
+    advantage,
+    classify,
+    conclude,
+    describe_change,
+    trend,
+)
+from simserve.config import Scenario, load_scenario, scenario_from_mapping, scenario_to_mapping
+from simserve.experiments.backends import available_cpus
+from simserve.experiments.capacity import (
+    CapacityResult,
+    CapacitySettings,
+    parse_slo_rule,
+    replication_seeds,
+    search_capacity,
+    summary_with_extras,
+)
+from simserve.experiments.casestudy import steady_throughput
+from simserve.experiments.run import run_scenario
+
+__all__ = ["CatalogRunner", "mean_ci", "ratio_ci"]
+
+Summary = dict[str, Any]
+Progress = Callable[[str], None]
+T = TypeVar("T")
+STEADY_KEY = "steady_throughput_rps"
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE
+            ) -> tuple[float | None, tuple[float, float] | None]:
+    """Mean and Student-t confidence interval of replications (no interval for one value)."""
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if arr.size == 0 or arr.size != len(values) or not np.all(np.isfinite(arr)):
+        return None, None
+    mean = float(np.mean(arr))
+    if arr.size < 2:
+        return mean, None
+    half = float(stats.t.ppf(0.5 + confidence / 2, arr.size - 1) * np.std(arr, ddof=1)
+                 / math.sqrt(arr.size))
+    return mean, (mean - half, mean + half)
+
+
+def ratio_ci(metric: Metric, candidate: Sequence[float | None], baseline: Sequence[float | None],
+             confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+    """Confidence interval of the candidate's advantage from paired seeds (same seed, same
+    requests): a t-interval on the per-seed log ratios, exponentiated."""
+    ratios = [advantage(metric, c, b) for c, b in zip(candidate, baseline, strict=True)]
+    if len(ratios) < 2 or any(r is None or not math.isfinite(r) or r <= 0 for r in ratios):
+        return None
+    logs = np.log(np.asarray(ratios, dtype=np.float64))
+    half = float(stats.t.ppf(0.5 + confidence / 2, logs.size - 1) * np.std(logs, ddof=1)
+                 / math.sqrt(logs.size))
+    centre = float(np.mean(logs))
+    return math.exp(centre - half), math.exp(centre + half)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _round_rate(rate: float) -> float:
+    """Rates with 4 significant digits (readable in scenario files and the report)."""
+    return float(f"{rate:.4g}")
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def run_task(task: Mapping[str, Any]) -> dict[str, Any]:
+    """Pool task: simulate one scenario mapping; return its summary (with the Etalon miss-rate
+    keys and the steady offline throughput)."""
+    output = run_scenario(scenario_from_mapping(task["scenario"]))
+    summary = summary_with_extras(output)
+    summary[STEADY_KEY] = steady_throughput(output)
+    return {"key": task["key"], "summary": summary}
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class CatalogRunner:
+    """Runs entries at one size with fixed seeds, caching runs by their resolved scenario.
+
+    With `jobs` > 1 the simulations run in a pool of that many processes, and the systems,
+    tuning options and setups of an entry are driven by threads that feed the pool (each
+    capacity search is a sequence of probes, so several searches run side by side); `jobs=1`
+    runs everything in this process, one run after the other.
+    """
+
+    def __init__(self, size: Size, *, root_seed: int = 0, jobs: int | None = 1,
+                 progress: Progress | None = None) -> None:
+        self.size = size
+        self.root_seed = root_seed
+        self.seeds = replication_seeds(root_seed, size.seeds)
+        self.jobs = jobs or available_cpus()
+        self.progress = progress or (lambda message: None)
+        self._cache: dict[str, Summary] = {}
+        self._inflight: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+        self.num_runs = 0
+
+    def __enter__(self) -> CatalogRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (pending runs are cancelled)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    # ----------------------------------------------------------------- simulation
+
+    def _submit(self, task: dict[str, Any]) -> Future:
+        if self._executor is None:
+            # NOTE: spawn, not fork: workers start from a clean interpreter (no copied threads
+            # or locks of the parent's driver threads).
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"))
+        return self._executor.submit(run_task, task)
+
+    def summaries(self, scenarios: Sequence[Scenario]) -> list[Summary]:
+        """Summaries of these scenarios, simulating (in parallel) only those not cached."""
+        mappings = [scenario_to_mapping(s) for s in scenarios]
+        keys = [json.dumps(m, sort_keys=True) for m in mappings]
+        if self.jobs == 1:
+            for key, mapping in zip(keys, mappings, strict=True):
+                if key not in self._cache:
+                    self._cache[key] = run_task({"key": key, "scenario": mapping})["summary"]
+                    self.num_runs += 1
+            return [self._cache[k] for k in keys]
+        waits: dict[str, Future] = {}
+        with self._lock:
+            for key, mapping in zip(keys, mappings, strict=True):
+                if key in self._cache or key in waits:
+                    continue
+                if key not in self._inflight:
+                    self._inflight[key] = self._submit({"key": key, "scenario": mapping})
+                    self.num_runs += 1
+                waits[key] = self._inflight[key]
+        for key, future in waits.items():
+            summary = future.result()["summary"]
+            with self._lock:
+                self._cache[key] = summary
+                self._inflight.pop(key, None)
+        return [self._cache[k] for k in keys]
+
+    def _parallel(self, calls: Sequence[Callable[[], T]]) -> list[T]:
+        """Call each function, side by side in threads when running with several jobs."""
+        if self.jobs == 1 or len(calls) < 2:
+            return [call() for call in calls]
+        with ThreadPoolExecutor(max_workers=len(calls)) as threads:
+            futures = [threads.submit(call) for call in calls]
+            return [f.result() for f in futures]
+
+    def _scenario(self, entry: Entry, overrides: Sequence[str]) -> Scenario:
+        return load_scenario(SCENARIOS_DIR / entry.base, list(overrides))
+
+    def _windows(self, scenario: Scenario, warmup: bool) -> Scenario:
+        """Warm-up and cool-down windows of `window_fraction` of the expected arrival span."""
+        arrival = scenario.workload.arrival
+        window = 0.0
+        if warmup and arrival.process in ("poisson", "gamma", "constant") and arrival.rate:
+            span_s = scenario.workload.num_requests / arrival.rate
+            window = float(f"{self.size.window_fraction * span_s:.4g}")
+        metrics = dataclasses.replace(scenario.metrics, warmup_s=window, cooldown_s=window)
+        return dataclasses.replace(scenario, metrics=metrics)
+
+    def _num_requests(self, factor: float) -> int:
+        return max(4, round(factor * self.size.requests))
+
+    def saturation(self, entry: Entry, setup: Setup) -> float:
+        """Steady offline throughput (req/s) of the reference system under the setup's common
+        overrides: the highest rate an open-loop arrival process can sustain."""
+        overrides = [*setup.overrides, *entry.systems[entry.reference_system],
+                     "workload.arrival.process=offline", "workload.arrival.rate=null",
+                     f"workload.num_requests={self.size.saturation_requests}",
+                     f"seed={self.seeds[0]}", "metrics.warmup_s=0", "metrics.cooldown_s=0"]
+        (summary,) = self.summaries([self._scenario(entry, overrides)])
+        steady = _number(summary.get(STEADY_KEY))
+        return steady if steady else float(summary["request_throughput"])
+
+    # ----------------------------------------------------------------- measures
+
+    def _point(self, entry: Entry, overrides: Sequence[str], point: Point,
+               saturation: float) -> dict[str, Any]:
+        n = self._num_requests(point.requests)
+        if point.load is None:
+            common = [*overrides, "workload.arrival.process=offline",
+                      "workload.arrival.rate=null", f"workload.num_requests={n}"]
+            rate = None
+        else:
+            rate = _round_rate(point.load * saturation)
+            common = [*overrides, f"workload.arrival.rate={rate}", f"workload.num_requests={n}"]
+        scenarios = [self._windows(self._scenario(entry, [*common, f"seed={seed}"]), point.warmup)
+                     for seed in self.seeds]
+        summaries = self.summaries(scenarios)
+        return {"rate_rps": rate, "load": point.load, "num_requests": n,
+                "warmup_s": scenarios[0].metrics.warmup_s, "summaries": summaries}
+
+    def _capacity(self, entry: Entry, overrides: Sequence[str], measure: Capacity,
+                  saturation: float) -> dict[str, Any]:
+        n = self._num_requests(measure.requests)
+        low, high = _round_rate(measure.low * saturation), _round_rate(measure.high * saturation)
+        scenario = self._scenario(entry, [*overrides, f"workload.arrival.rate={low}",
+                                          f"workload.num_requests={n}"])
+        settings = CapacitySettings(rule=parse_slo_rule(measure.rule), seeds=tuple(self.seeds),
+                                    tolerance=self.size.tolerance, low=low, high=high,
+                                    max_probes=self.size.max_probes)
+
+        def run_many(scenarios: list[Scenario]) -> list[dict[str, object]]:
+            return self.summaries([self._windows(s, True) for s in scenarios])
+
+        result: CapacityResult = search_capacity(scenario, settings, run_many=run_many)
+        at = result.at_capacity()
+        return {
+            "rule": result.rule,
+            "rule_text": settings.rule.describe(),
+            "capacity_rps": result.capacity_rps,
+            "status": result.status,
+            "low_rps": result.low_rps,
+            "high_rps": result.high_rps,
+            "bracket_rps": [low, high],
+            "num_requests": n,
+            "probes": [{"rate_rps": p.rate, "passed": p.passed,
+                        "values": {k: _number(v) for k, v in p.values.items()}}
+                       for p in result.probes],
+            "values_at_capacity": None if at is None else {
+                k: _number(v) for k, v in at.values.items()},
+        }
+
+    # ----------------------------------------------------------------- setups
+
+    def _system_overrides(self, entry: Entry, setup: Setup, system: str) -> list[str]:
+        return [*setup.overrides, *entry.systems[system],
+                *setup.system_overrides.get(system, ())]
+
+    def _measure(self, entry: Entry, setup: Setup, overrides: Sequence[str],
+                 saturation: float) -> dict[str, Any]:
+        measure = setup.measure
+        if isinstance(measure, Capacity):
+            return {"capacity": self._capacity(entry, overrides, measure, saturation)}
+        if isinstance(measure, Point):
+            return {"point": self._point(entry, overrides, measure, saturation)}
+        return {"sweep": [self._point(entry, overrides, p, saturation) for p in measure.points]}
+
+    def _score(self, setup: Setup, measured: Mapping[str, Any]) -> float | None:
+        """The verdict metric of one measurement (for picking the best tuning option)."""
+        if "capacity" in measured:
+            cap = measured["capacity"]
+            return cap["capacity_rps"] if cap["capacity_rps"] is not None else 0.0
+        if "point" in measured:
+            values = [_number(s.get(setup.verdict.key)) for s in measured["point"]["summaries"]]
+            return mean_ci(values)[0]
+        return None
+
+    def run_setup(self, entry: Entry, setup: Setup, label: str) -> dict[str, Any]:
+        """Measure every system under one setup and state the setup's conclusion."""
+        saturation = self.saturation(entry, setup)
+        shown = _dedupe([setup.verdict, *setup.metrics])
+        if isinstance(setup.measure, Sweep) and setup.tuning:
+            raise ValueError(f"{entry.id}: tuning is not supported with a sweep")
+        trials: list[tuple[str, tuple[str, ...]]] = [
+            (system, option)
+            for system in entry.systems
+            for option in (setup.tuning.get(system) or ((),))
+        ]
+
+        def measure(system: str, option: tuple[str, ...]) -> dict[str, Any]:
+            self.progress(f"  {entry.id} {label}: {system} {' '.join(option)}".rstrip())
+            overrides = [*self._system_overrides(entry, setup, system), *option]
+            return self._measure(entry, setup, overrides, saturation)
+
+        measured_all = self._parallel(
+            [lambda s=system, o=option: measure(s, o) for system, option in trials])
+        systems: dict[str, Any] = {}
+        for system in entry.systems:
+            mine = [(list(o), m, self._score(setup, m))
+                    for (s, o), m in zip(trials, measured_all, strict=True) if s == system]
+            option, measured, _score = mine[_best(mine, setup.verdict)]
+            record: dict[str, Any] = {
+                "overrides": [*self._system_overrides(entry, setup, system), *option]}
+            if setup.tuning.get(system):
+                record["tuning"] = {
+                    "chosen": option,
+                    "options": [{"overrides": o, "value": v} for o, _m, v in mine],
+                }
+            record.update(_condense(measured, shown))
+            systems[system] = record
+        result: dict[str, Any] = {
+            "description": setup.description,
+            "overrides": list(setup.overrides),
+            "system_overrides": {k: list(v) for k, v in setup.system_overrides.items()},
+            "measure": _measure_info(setup),
+            "reference_system": entry.reference_system,
+            "saturation_rps": saturation,
+            "verdict_metric": setup.verdict.key,
+            "slo_line": None if setup.slo_line is None else list(setup.slo_line),
+            "metrics": [m.key for m in shown],
+            "metric_info": {m.key: {"label": m.label, "unit": m.unit, "better": m.better,
+                                    "population": m.population, "axis_label": m.axis_label}
+                            for m in shown},
+            "systems": systems,
+        }
+        conclusion, per_point = _conclusion(entry, setup, systems)
+        result["conclusion"] = conclusion.to_mapping()
+        if per_point is not None:
+            result["per_point"] = per_point
+        if isinstance(setup.measure, Sweep):
+            result["trend"] = _trends(entry, setup, systems)
+        return result
+
+    def run_entry(self, entry: Entry) -> dict[str, Any]:
+        """Both setups of one entry, their conclusions and how the conclusion changed."""
+        t0 = time.perf_counter()
+        runs_before = self.num_runs
+        unfair, fair = self._parallel([
+            lambda: self.run_setup(entry, entry.unfair, "unfair"),
+            lambda: self.run_setup(entry, entry.fair, "fair"),
+        ])
+        cu = _from_mapping(entry.unfair.verdict, unfair)
+        cf = _from_mapping(entry.fair.verdict, fair)
+        outcome = classify(cu, cf)
+        trends_held = all(s.get("trend", {}).get("held") is not False for s in (unfair, fair))
+        changes = _value_changes(entry, unfair, fair)
+        changes_held = changes is None or changes["held"] is not False
+        return {
+            "id": entry.id,
+            "dimension": entry.dimension,
+            "title": entry.title,
+            "description": entry.description,
+            "base": f"scenarios/antipatterns/{entry.base}",
+            "systems": {k: list(v) for k, v in entry.systems.items()},
+            "candidate": entry.candidate,
+            "baseline": entry.baseline,
+            "unfair": unfair,
+            "fair": fair,
+            "outcome": outcome,
+            "change": describe_change(outcome, cu, cf),
+            "expected": list(entry.expected),
+            "expected_text": entry.expected_text,
+            "value_changes": changes,
+            "as_expected": outcome in entry.expected and trends_held and changes_held,
+            "figure": f"figures/{entry.id}.png",
+            "num_runs": self.num_runs - runs_before,
+            "wall_s": round(time.perf_counter() - t0, 2),
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        """Size, seeds and margins, for verdicts.json and the report."""
+        return {
+            "size": dataclasses.asdict(self.size),
+            "root_seed": self.root_seed,
+            "seeds": list(self.seeds),
+            "confidence": CONFIDENCE,
+            "tie_margin": TIE_MARGIN,
+            "change_margin": CHANGE_MARGIN,
+            "trend_margin": TREND_MARGIN,
+        }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _dedupe(metrics: Sequence[Metric]) -> list[Metric]:
+    seen: dict[str, Metric] = {}
+    for m in metrics:
+        seen.setdefault(m.key, m)
+    return list(seen.values())
+
+
+def _best(trials: Sequence[tuple[list[str], Mapping[str, Any], float | None]],
+          metric: Metric) -> int:
+    """Index of the best tuning option on the verdict metric (the first on ties)."""
+    best, best_score = 0, None
+    for i, (_option, _measured, score) in enumerate(trials):
+        if score is None:
+            continue
+        better = best_score is None or (
+            score > best_score if metric.better == "higher" else score < best_score)
+        if better:
+            best, best_score = i, score
+    return best
+
+
+def _values(summaries: Sequence[Mapping[str, Any]], metrics: Sequence[Metric]) -> dict[str, Any]:
+    out = {}
+    for m in metrics:
+        per_seed = [_number(s.get(m.key)) for s in summaries]
+        mean, ci = mean_ci(per_seed)
+        out[m.key] = {"mean": mean, "ci": None if ci is None else list(ci), "per_seed": per_seed}
+    return out
+
+
+def _point_record(point: Mapping[str, Any], metrics: Sequence[Metric]) -> dict[str, Any]:
+    summaries = point["summaries"]
+    completed = [_number(s.get("completed")) for s in summaries]
+    return {
+        "rate_rps": point["rate_rps"],
+        "load": point["load"],
+        "num_requests": point["num_requests"],
+        "warmup_s": point["warmup_s"],
+        "completed": completed,
+        "values": _values(summaries, metrics),
+    }
+
+
+def _condense(measured: Mapping[str, Any], metrics: Sequence[Metric]) -> dict[str, Any]:
+    """Keep the numbers the report needs, not whole summaries."""
+    if "capacity" in measured:
+        return {"capacity": measured["capacity"]}
+    if "point" in measured:
+        return {"point": _point_record(measured["point"], metrics)}
+    return {"sweep": [_point_record(p, metrics) for p in measured["sweep"]]}
+
+
+def _measure_info(setup: Setup) -> dict[str, Any]:
+    measure = setup.measure
+    if isinstance(measure, Capacity):
+        info: dict[str, Any] = {"kind": "capacity", "rule": measure.rule, "low": measure.low,
+                                "high": measure.high, "requests": measure.requests}
+    elif isinstance(measure, Point):
+        info = {"kind": "point", "load": measure.load, "requests": measure.requests,
+                "warmup": measure.warmup}
+    else:
+        info = {"kind": "sweep", "axis": measure.axis, "summary": measure.summary,
+                "trend": measure.trend,
+                "loads": [p.load for p in measure.points],
+                "requests": [p.requests for p in measure.points],
+                "warmup": [p.warmup for p in measure.points]}
+    info["text"] = measure.describe()
+    return info
+
+
+def _series(record: Mapping[str, Any], key: str) -> tuple[list[float | None], list[list]]:
+    """Means and per-seed values of `key` along a system's sweep."""
+    means = [p["values"][key]["mean"] for p in record["sweep"]]
+    seeds = [p["values"][key]["per_seed"] for p in record["sweep"]]
+    return means, seeds
+
+
+def _x_text(point: Mapping[str, Any], axis: str) -> str:
+    if axis == "requests":
+        return f"with {point['num_requests']} requests"
+    return f"at {point['rate_rps']:g} req/s"
+
+
+def _conclusion(entry: Entry, setup: Setup, systems: Mapping[str, Any]
+                ) -> tuple[Conclusion, list[dict[str, Any]] | None]:
+    """Apply the conclusion rule to the setup's numbers (and to each point of a sweep)."""
+    metric = setup.verdict
+    cand, base = systems[entry.candidate], systems[entry.baseline]
+    if isinstance(setup.measure, Capacity):
+        cc, cb = cand["capacity"], base["capacity"]
+        return conclude(metric, entry.candidate, entry.baseline, _cap_value(cc), _cap_value(cb),
+                        qualifiers=(_qualifier(cc), _qualifier(cb))), None
+    if isinstance(setup.measure, Point):
+        vc, vb = cand["point"]["values"][metric.key], base["point"]["values"][metric.key]
+        ci = ratio_ci(metric, vc["per_seed"], vb["per_seed"])
+        rate = cand["point"]["rate_rps"]
+        where = "offline" if rate is None else f"at {rate:g} req/s"
+        return conclude(metric, entry.candidate, entry.baseline, vc["mean"], vb["mean"],
+                        ratio_ci=ci, where=where), None
+    sweep = setup.measure
+    mc, sc = _series(cand, metric.key)
+    mb, sb = _series(base, metric.key)
+    per_point = []
+    conclusions = []
+    for i, point in enumerate(cand["sweep"]):
+        c = conclude(metric, entry.candidate, entry.baseline, mc[i], mb[i],
+                     ratio_ci=ratio_ci(metric, sc[i], sb[i]),
+                     where=_x_text(point, sweep.axis))
+        conclusions.append(c)
+        per_point.append({"index": i, **c.to_mapping()})
+    index = 0 if sweep.summary == "first" else len(conclusions) - 1
+    if sweep.summary == "worst":
+        logs = [math.log(c.ratio) if c.ratio and c.ratio > 0 and math.isfinite(c.ratio)
+                else math.inf for c in conclusions]
+        index = int(np.argmin(logs))
+    for row in per_point:
+        row["summary"] = row["index"] == index
+    return conclusions[index], per_point
+
+
+def _qualifier(capacity: Mapping[str, Any]) -> str:
+    """">= " for a capacity at the top of the searched bracket (a lower bound)."""
+    return ">= " if capacity["status"] == "above_range" else ""
+
+
+def _cap_value(capacity: Mapping[str, Any]) -> float | None:
+    if capacity["status"] == "below_range":
+        return 0.0  # fails the rule even at the lowest rate tried
+    return capacity["capacity_rps"]
+
+
+def _trends(entry: Entry, setup: Setup, systems: Mapping[str, Any]) -> dict[str, Any]:
+    """Each system's verdict metric along the sweep (factor per doubling of the axis), against
+    the catalog's expectation (if any)."""
+    assert isinstance(setup.measure, Sweep)
+    expected = setup.measure.trend
+    axis_key = "num_requests" if setup.measure.axis == "requests" else "rate_rps"
+    per_system = {}
+    for name, record in systems.items():
+        means, _ = _series(record, setup.verdict.key)
+        xs = [float(p[axis_key]) for p in record["sweep"]]
+        direction, factor = trend(xs, means)
+        per_system[name] = {"trend": direction,
+                            "per_doubling": None if math.isnan(factor) else factor,
+                            "first": means[0], "last": means[-1]}
+    held = None if expected is None else all(
+        v["trend"] == expected for v in per_system.values())
+    return {"expected": expected, "systems": per_system, "held": held}
+
+
+def _verdict_value(entry: Entry, setup: Setup, result: Mapping[str, Any], system: str
+                   ) -> float | None:
+    """The number a setup's conclusion used for one system."""
+    c = result["conclusion"]
+    value = c["candidate_value"] if system == entry.candidate else c["baseline_value"]
+    if system in (entry.candidate, entry.baseline):
+        return None if value == "inf" else value
+    record = result["systems"][system]
+    if "capacity" in record:
+        return _cap_value(record["capacity"])
+    if "point" in record:
+        return record["point"]["values"][setup.verdict.key]["mean"]
+    index = next((p["index"] for p in result.get("per_point", []) if p["summary"]), -1)
+    return record["sweep"][index]["values"][setup.verdict.key]["mean"]
+
+
+def _value_changes(entry: Entry, unfair: Mapping[str, Any], fair: Mapping[str, Any]
+                   ) -> dict[str, Any] | None:
+    """Per system, how its verdict number moved from the unfair to the fair setup (only when
+    both report the same metric), against the entry's `expected_change`."""
+    if entry.unfair.verdict != entry.fair.verdict:
+        return None
+    metric = entry.fair.verdict
+    systems = {}
+    for name in entry.systems:
+        vu = _verdict_value(entry, entry.unfair, unfair, name)
+        vf = _verdict_value(entry, entry.fair, fair, name)
+        gain = advantage(metric, vf, vu)  # > 1: the fair setup's number is better
+        direction = None if gain is None else (
+            "better" if gain > 1 else "worse" if gain < 1 else "same")
+        systems[name] = {"unfair": vu, "fair": vf, "direction": direction,
+                         "fair_over_unfair": None if (vu in (None, 0) or vf is None)
+                         else vf / vu}
+    expected = entry.expected_change
+    held = None if expected is None else all(
+        v["direction"] == expected for v in systems.values())
+    return {"metric": metric.key, "expected": expected, "systems": systems, "held": held}
+
+
+def _from_mapping(metric: Metric, setup_result: Mapping[str, Any]) -> Conclusion:
+    """Rebuild the Conclusion object of a setup result (for classify/describe_change)."""
+    c = setup_result["conclusion"]
+
+    def num(v: Any) -> float | None:
+        return math.inf if v == "inf" else v
+
+    ci = c["ratio_ci"]
+    return Conclusion(metric, c["candidate"], c["baseline"], num(c["candidate_value"]),
+                      num(c["baseline_value"]), num(c["ratio"]),
+                      None if ci is None else (num(ci[0]), num(ci[1])), c["winner"], c["text"])

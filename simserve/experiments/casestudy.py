@@ -1,0 +1,719 @@
+"""Speculative-decoding case study (DESIGN §8): one scenario with and without speculation.
+
+`run_specdec` runs a preset (a scenario YAML under `scenarios/casestudy/` plus a sweep plan)
+with and without `engine.speculative` over a sweep of Poisson arrival rates placed relative to
+the no-spec system's saturation throughput, adds speculation variants (other alpha and k) for
+the crossover figure, bisects the capacity of both systems under three SLO rules, and prices
+single steps with the cost model to explain where speculation stops paying. Everything is
+computed in memory from the runs' summaries; `casestudy_report.write_specdec` writes the
+report, the seven figures and the raw summaries. Every run uses the scenario's seed, so both
+systems (and every rate) see the same requests (common random numbers, DESIGN §9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simserve.config import Scenario, SpeculativeConfig, load_scenario
+from simserve.costmodel.base import BatchShape
+from simserve.costmodel.speculative import SpeculativeCostModel
+from simserve.engine.speculative import expected_tokens_per_step
+from simserve.errors import InputError
+from simserve.experiments.capacity import (
+    CapacitySettings,
+    SloRule,
+    parse_slo_rule,
+    search_capacity,
+    summary_with_extras,
+)
+from simserve.experiments.run import RunOutput, run_scenario
+from simserve.resolve import resolve
+
+__all__ = [
+    "BASELINE",
+    "DEFAULT_PRESET",
+    "LOAD_KEY",
+    "PRESETS",
+    "PRESETS_DIR",
+    "RULES",
+    "SPEC",
+    "CapacityEstimate",
+    "CapacityRule",
+    "RunRecord",
+    "SloTargets",
+    "SpecDecPreset",
+    "SpecDecStudy",
+    "SweepPlan",
+    "crossings",
+    "round_sig",
+    "run_specdec",
+    "steady_throughput",
+    "step_cost_table",
+    "summary_value",
+]
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "casestudy"
+
+BASELINE = "no spec"
+SPEC = "spec"
+
+
+# --------------------------------------------------------------------------- presets
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """How much one case-study run simulates.
+
+    Sweep rates are `load_fractions` of the no-spec system's saturation throughput (measured in
+    an offline run of `saturation_requests` requests, see `steady_throughput`), so the sweep
+    always reaches past the no-spec knee whatever the model, GPU or overrides. A run at rate r
+    has max(`num_requests`, r x `min_arrival_span_s`) requests, at most `max_requests`: near
+    the knee a run must be long for its queue to show whether it is stable (DESIGN §7 ES3).
+    The first and last `window_fraction` of the arrival span are warm-up/cool-down (excluded
+    by arrival time, DESIGN §5). Capacities are bisected by `capacity.search_capacity` from the
+    sweep's bracket until high - low <= `capacity_tolerance` x low, with at most
+    `capacity_max_probes` rates tried per system and rule. The runs at the rate nearest
+    `figure_load` x saturation feed figures 1-2.
+    """
+
+    load_fractions: tuple[float, ...]
+    num_requests: int
+    capacity_tolerance: float
+    capacity_max_probes: int
+    figure_load: float
+    window_fraction: float = 0.1
+    saturation_requests: int = 2000
+    min_arrival_span_s: float = 0.0
+    max_requests: int | None = None
+
+    def requests_at(self, rate: float) -> int:
+        """Requests of a run at `rate` (the same for every system: common random numbers)."""
+        n = max(self.num_requests, math.ceil(rate * self.min_arrival_span_s))
+        return min(n, self.max_requests) if self.max_requests is not None else n
+
+
+@dataclass(frozen=True)
+class SpecDecPreset:
+    """A named case-study setup: a scenario file and the sweep plans of a full and a quick run."""
+
+    name: str
+    scenario_file: str
+    description: str
+    full: SweepPlan
+    quick: SweepPlan
+    variant_alphas: tuple[float, ...] = (0.5, 0.85)
+    variant_ks: tuple[int, ...] = (2, 8)
+    reference: str | None = None
+    reference_low_load_speedup: float | None = None
+
+    @property
+    def path(self) -> Path:
+        """The preset's scenario file."""
+        return PRESETS_DIR / self.scenario_file
+
+
+_FULL = SweepPlan(
+    load_fractions=(0.05, 0.2, 0.4, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1, 1.25),
+    # NOTE: 1000 requests suffice at light load; 8 minutes of arrivals (up to 5000 requests)
+    # near and past the knee, where 1500 requests were too few to tell a stable system from
+    # an unstable one (the 70B crossover moved with the run length).
+    num_requests=1000,
+    min_arrival_span_s=480.0,
+    max_requests=5000,
+    capacity_tolerance=0.02,
+    capacity_max_probes=12,
+    figure_load=0.4,
+)
+# NOTE: sized so that `--quick` (CI) finishes in well under a minute on two cores: the same
+# figures and report from 4 rates of 100 requests and a 15% capacity bracket.
+_QUICK = SweepPlan(
+    load_fractions=(0.1, 0.5, 0.9, 1.2),
+    num_requests=100,
+    capacity_tolerance=0.15,
+    capacity_max_probes=6,
+    figure_load=0.5,
+)
+
+PRESETS: dict[str, SpecDecPreset] = {
+    p.name: p
+    for p in (
+        SpecDecPreset(
+            name="llama3-8b-h100",
+            scenario_file="specdec-llama3-8b-h100.yaml",
+            description="Llama-3-8B on 1 x H100, Llama-3.2-1B draft, k=4, alpha=0.7",
+            full=_FULL,
+            quick=_QUICK,
+        ),
+        SpecDecPreset(
+            name="llama3-70b-4xh100",
+            scenario_file="specdec-llama3-70b-4xh100.yaml",
+            description="Llama-3-70B on 4 x H100 (tp 4), Llama-3.2-1B draft, k=4, alpha=0.7",
+            full=_FULL,
+            quick=_QUICK,
+            reference=(
+                "published measurements for a 70B target on 4 x H100 (as quoted in the "
+                "speculative-decoding issue): about 1.5x lower mean latency at low load, "
+                "slower than no speculation at high load"
+            ),
+            reference_low_load_speedup=1.5,
+        ),
+    )
+}
+DEFAULT_PRESET = "llama3-8b-h100"
+
+
+def get_preset(name: str) -> SpecDecPreset:
+    """The preset registered under `name` (InputError listing the known ones otherwise)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InputError(
+            f"unknown preset {name!r}; known: {', '.join(PRESETS)}", field="--preset"
+        ) from None
+
+
+# --------------------------------------------------------------------------- SLO rules
+
+
+@dataclass(frozen=True)
+class SloTargets:
+    """The two numbers every rule uses: a TTFT target and one per-token target D (ms)."""
+
+    ttft_ms: float
+    per_token_ms: float
+
+    @property
+    def fluid_rate_tokens_s(self) -> float:
+        """Etalon's threshold: fluid token rate >= 1/D."""
+        return 1000.0 / self.per_token_ms
+
+
+def summary_value(summary: Mapping[str, object], key: str) -> float:
+    """A numeric summary value as a float (NaN when missing or None)."""
+    value = summary.get(key)
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+@dataclass(frozen=True)
+class CapacityRule:
+    """One of the case study's three capacity rules, as a `capacity.py` rule for given targets."""
+
+    key: str
+    label: str
+    description: str
+    text: Callable[[SloTargets], str]
+
+    def slo_rule(self, targets: SloTargets) -> SloRule:
+        """The rule as `simserve.experiments.capacity` parses it, with the load cap."""
+        return parse_slo_rule(f"{self.text(targets)},{LOAD_KEY}<=1")
+
+    def holds(self, summary: Mapping[str, object], targets: SloTargets) -> bool:
+        """Whether one run with this summary meets the rule."""
+        return self.slo_rule(targets).evaluate([summary])[0]
+
+
+# NOTE: a rate above a system's saturation throughput cannot meet any SLO in steady state (its
+# queue grows without bound), but a finite run there can still pass because the backlog has not
+# had time to build (DESIGN §7 ES3). Every rule therefore also requires the offered load, rate /
+# saturation throughput, to be at most 1; the runner adds that key to each run's summary.
+LOAD_KEY = "load_vs_saturation"
+
+
+# NOTE: the three rules share the TTFT target T and the per-token target D, so that only the
+# way tokens are judged differs: per request on average (TPOT, vLLM `--goodput` / DistServe
+# attainment), per token at the tail (P99 TBT, Sarathi-Serve), or against deadlines with slack
+# carried forward (Etalon, with D_d = D). DESIGN §5 "Goodput / SLO attainment" and "Capacity".
+RULES: tuple[CapacityRule, ...] = (
+    CapacityRule(
+        "ttft_tpot",
+        "TTFT + TPOT",
+        ">= 90% of requests have TTFT <= T and TPOT <= D (vLLM goodput, DistServe)",
+        lambda t: "attainment:0.9",
+    ),
+    CapacityRule(
+        "ttft_p99_tbt",
+        "TTFT + P99 TBT",
+        "P90 TTFT <= T and P99 TBT <= D, TBT pooled over every token gap with the zeros "
+        "inside bursts (Sarathi-Serve)",
+        lambda t: f"p90_ttft_ms<={t.ttft_ms:g},p99_tbt_ms<={t.per_token_ms:g}",
+    ),
+    CapacityRule(
+        "deadline",
+        "deadline (fluidity)",
+        "P99 over requests of the Etalon deadline-miss rate <= 0.1 (first token due "
+        "D_p(prompt) after arrival, then one every D, slack carried forward)",
+        lambda t: "etalon:0.1",
+    ),
+)
+
+
+# --------------------------------------------------------------------------- small maths
+
+
+def round_sig(x: float, digits: int = 3) -> float:
+    """`x` rounded to `digits` significant digits (rates that read well in a report)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+def crossings(
+    rates: Sequence[float], values: Sequence[float], level: float = 1.0
+) -> list[tuple[float, str]]:
+    """Where a series crosses `level`, by linear interpolation between consecutive rates.
+
+    Returns (rate, "down" | "up") per crossing; a point exactly at `level` counts as one
+    crossing there. NaN points are skipped (their neighbours are joined).
+    """
+    pts = [(float(r), float(v)) for r, v in zip(rates, values, strict=True) if math.isfinite(v)]
+    out: list[tuple[float, str]] = []
+    for (r0, v0), (r1, v1) in itertools.pairwise(pts):
+        d0, d1 = v0 - level, v1 - level
+        if d0 > 0 >= d1 or d0 < 0 <= d1:
+            at = r1 if d1 == 0 and d0 != 0 else r0 + d0 / (d0 - d1) * (r1 - r0)
+            out.append((at, "down" if d0 > 0 else "up"))
+    return out
+
+
+@dataclass(frozen=True)
+class CapacityEstimate:
+    """Capacity of one system under one rule, from `capacity.search_capacity`.
+
+    `value` is the largest rate that met the rule (0.0 when even the lowest rate tried
+    failed); `upper` the lowest rate seen to fail above it (None: every rate tried passed, so
+    the capacity is at least `value`). `status` is the search's (`ok`, `below_range`,
+    `above_range`, `max_probes`); `probes` counts the rates it tried (sweep rates included);
+    `load_limited`: the rate at `upper` met the SLO part of the rule and failed only the load
+    cap (it is above the system's saturation throughput).
+    """
+
+    value: float
+    upper: float | None
+    status: str
+    probes: int
+    tolerance: float
+    load_limited: bool = False  # `upper` fails only because it exceeds saturation
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One simulated run: which system, why, at what rate, and its summary."""
+
+    system: str
+    purpose: str  # "saturation", "sweep", "variant" or "capacity"
+    rate: float | None  # None: offline (every request at t=0)
+    summary: dict[str, object]
+    mean_batch: float  # time-weighted mean number of sequences per step
+    alpha: float | None = None
+    k: int | None = None
+    steady_throughput: float | None = None  # offline runs: see `steady_throughput`
+
+    def to_json(self) -> dict[str, object]:
+        """Plain data for summaries.json."""
+        return {
+            "system": self.system,
+            "purpose": self.purpose,
+            "rate": self.rate,
+            "alpha": self.alpha,
+            "k": self.k,
+            "mean_batch": self.mean_batch,
+            "steady_throughput": self.steady_throughput,
+            "summary": self.summary,
+        }
+
+
+def steady_throughput(output: RunOutput, trim: float = 0.1) -> float:
+    """Completions per second between the `trim` and 1 - `trim` quantiles of finish times.
+
+    NOTE: in an offline run (every request at t=0) the first finishes come before batches are
+    full and the last ones drain alone; the middle of the run is the engine at full load, the
+    rate an open-loop arrival process can sustain at most (its saturation throughput).
+    """
+    finished = np.sort(output.result.finished_at[np.isfinite(output.result.finished_at)])
+    n = finished.size
+    i, j = int(trim * n), int((1.0 - trim) * n) - 1
+    if j <= i or finished[j] <= finished[i]:
+        return math.nan
+    return (j - i) / float(finished[j] - finished[i])
+
+
+def _mean_batch(output: RunOutput) -> float:
+    steps = output.result.steps
+    total = float(np.sum(steps.duration_s))
+    return float(np.sum(steps.num_seqs * steps.duration_s) / total) if total > 0 else 0.0
+
+
+class _Runner:
+    """Runs scenarios derived from the base one and remembers every summary (with a cache)."""
+
+    def __init__(
+        self,
+        base: Scenario,
+        plan: SweepPlan,
+        systems: Mapping[str, SpeculativeConfig | None],
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        self.base = base
+        self.plan = plan
+        self.systems = dict(systems)
+        self.progress = progress
+        self.records: list[RunRecord] = []
+        self.saturation_rps: dict[str, float] = {}
+        self._cache: dict[tuple[str, float | None], RunRecord] = {}
+        self.kept: dict[tuple[str, float], RunOutput] = {}
+
+    def scenario(self, system: str, rate: float | None) -> Scenario:
+        """The base scenario for `system` at `rate` (None: offline), with the sweep's windows."""
+        b = self.base
+        n = self.plan.requests_at(rate) if rate is not None else self.plan.saturation_requests
+        if rate is None:
+            arrival = dataclasses.replace(b.workload.arrival, process="offline", rate=None)
+            window = 0.0
+        else:
+            arrival = dataclasses.replace(b.workload.arrival, process="poisson", rate=rate)
+            # NOTE: warm-up/cool-down are judged by arrival time (DESIGN §5); a fixed share of
+            # the arrival span keeps the measured population the same size at every rate.
+            window = self.plan.window_fraction * (n - 1) / rate
+        return dataclasses.replace(
+            b,
+            engine=dataclasses.replace(b.engine, speculative=self.systems[system]),
+            workload=dataclasses.replace(b.workload, num_requests=n, arrival=arrival),
+            metrics=dataclasses.replace(b.metrics, warmup_s=window, cooldown_s=window),
+        )
+
+    def run(self, system: str, rate: float | None, purpose: str, *, keep: bool = False
+            ) -> RunRecord:
+        """Simulate (or recall) one run."""
+        key = (system, rate)
+        if key in self._cache and not (keep and (system, rate) not in self.kept):
+            return self._cache[key]
+        where = "offline" if rate is None else f"{rate:g} req/s"
+        if self.progress:
+            self.progress(f"  {purpose:<10} {system:<24} {where}")
+        output = run_scenario(self.scenario(system, rate))
+        spec = self.systems[system]
+        summary = summary_with_extras(output)
+        steady = None
+        if rate is None:
+            steady = steady_throughput(output)
+            self.saturation_rps[system] = steady
+        elif system in self.saturation_rps:
+            summary[LOAD_KEY] = rate / self.saturation_rps[system]
+        record = RunRecord(
+            system=system,
+            purpose=purpose,
+            rate=rate,
+            summary=summary,
+            mean_batch=_mean_batch(output),
+            alpha=spec.acceptance.alpha if spec is not None else None,
+            k=spec.num_speculative_tokens if spec is not None else None,
+            steady_throughput=steady,
+        )
+        if key not in self._cache:
+            self.records.append(record)
+            self._cache[key] = record
+        if keep and rate is not None:
+            self.kept[(system, rate)] = output
+        return self._cache[key]
+
+    def run_many(self, system: str) -> Callable[[list[Scenario]], list[dict[str, object]]]:
+        """`search_capacity`'s runner for one system: its scenarios differ from ours only by
+        the rate (same seed), so they are run as ours (windows scaled to the rate), cached."""
+
+        def run(scenarios: list[Scenario]) -> list[dict[str, object]]:
+            out = []
+            for sc in scenarios:
+                assert sc.seed == self.base.seed and sc.workload.arrival.rate is not None
+                out.append(self.run(system, float(sc.workload.arrival.rate), "capacity").summary)
+            return out
+
+        return run
+
+
+# --------------------------------------------------------------------------- cost model
+
+
+@dataclass(frozen=True)
+class StepCostRow:
+    """Cost-model prices (ms) of one decode-only step of `batch` requests."""
+
+    batch: int
+    decode_ms: float  # plain decode, 1 token per request
+    verify_ms: float  # target's verify pass, k+1 tokens per request
+    draft_ms: float  # drafting (k draft-model steps, or the EAGLE/MTP share)
+    tokens_per_step: float  # mean tokens emitted per request per verify
+
+    @property
+    def spec_ms(self) -> float:
+        """A speculative step: the verify pass plus drafting."""
+        return self.verify_ms + self.draft_ms
+
+    @property
+    def speedup(self) -> float:
+        """Tokens per second per request with speculation over without, in such a step."""
+        return self.tokens_per_step * self.decode_ms / self.spec_ms
+
+
+def step_cost_table(
+    scenario: Scenario, context: int, tokens_per_step: float, batches: Sequence[int]
+) -> list[StepCostRow]:
+    """Price decode-only steps (no prefill) with and without speculation at a given context.
+
+    This isolates the two effects behind the crossover: the verify pass of width k+1 turns
+    compute-bound as the batch grows, and drafting costs grow with the batch.
+    """
+    resolved = resolve(scenario)
+    cost = resolved.cost_model
+    assert isinstance(cost, SpeculativeCostModel)
+    spec = scenario.engine.speculative
+    assert spec is not None
+    w = spec.num_speculative_tokens + 1
+    rows = []
+    for m in batches:
+        decode = BatchShape(num_decode_seqs=m, num_decode_tokens=m,
+                            decode_kv_tokens=m * (context + 1))
+        verify = BatchShape(num_decode_seqs=m, num_decode_tokens=m * w,
+                            decode_kv_tokens=m * (context + w))
+        t_verify = cost.target.step_time(verify)
+        rows.append(
+            StepCostRow(
+                batch=m,
+                decode_ms=cost.target.step_time(decode) * 1e3,
+                verify_ms=t_verify * 1e3,
+                draft_ms=(cost.step_time(verify) - t_verify) * 1e3,
+                tokens_per_step=tokens_per_step,
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- the study
+
+
+@dataclass
+class SpecDecStudy:
+    """Everything one case-study run computed (in memory; `write_specdec` writes it)."""
+
+    preset: SpecDecPreset
+    quick: bool
+    overrides: tuple[str, ...]
+    plan: SweepPlan
+    scenario: Scenario  # the base (speculative) scenario, after overrides
+    targets: SloTargets
+    systems: dict[str, SpeculativeConfig | None]
+    variants: list[str]  # variant system names (alpha/k), in plot order
+    saturation: dict[str, RunRecord]
+    rates: list[float]
+    sweep: dict[str, dict[float, RunRecord]]  # system -> rate -> record (sweep + variants)
+    capacities: dict[str, dict[str, CapacityEstimate]]  # rule key -> system -> estimate
+    figure_rate: float
+    figure_runs: dict[str, RunOutput]  # system -> kept run at figure_rate
+    records: list[RunRecord]
+    step_costs: list[StepCostRow]
+    cost_context: int
+    expected_tokens_per_step: float | None
+
+    # ---- derived series
+
+    def series(self, system: str, key: str) -> list[float]:
+        """A summary value of `system` at every sweep rate (NaN where missing)."""
+        return [summary_value(self.sweep[system][r].summary, key) for r in self.rates]
+
+    def ratio(self, key: str, num: str = BASELINE, den: str = SPEC) -> list[float]:
+        """num/den of a summary value at every sweep rate (NaN where undefined)."""
+        out = []
+        for a, b in zip(self.series(num, key), self.series(den, key), strict=True):
+            out.append(a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else math.nan)
+        return out
+
+    def speedup(self, system: str = SPEC, key: str = "mean_e2el_ms") -> list[float]:
+        """Speedup of `system` over no speculation: ratio of a latency (default mean E2EL)."""
+        return self.ratio(key, BASELINE, system)
+
+    def saturation_rps(self, system: str) -> float:
+        """The system's saturation throughput (req/s), see `steady_throughput`."""
+        value = self.saturation[system].steady_throughput
+        return math.nan if value is None else value
+
+    def overloaded(self, system: str, rate: float) -> bool:
+        """Whether `rate` exceeds the system's saturation throughput."""
+        sat = self.saturation_rps(system)
+        return math.isfinite(sat) and rate > sat
+
+
+def _variant_name(alpha: float, k: int) -> str:
+    return f"spec α={alpha:g}, k={k}"
+
+
+def _variants(preset: SpecDecPreset, spec: SpeculativeConfig) -> dict[str, SpeculativeConfig]:
+    """Speculation variants for the crossover figure: other alphas at the base k, other ks at
+    the base alpha (geometric acceptance only: the other models have no single alpha)."""
+    if spec.acceptance.model != "geometric":
+        return {}
+    a0, k0 = spec.acceptance.alpha, spec.num_speculative_tokens
+    pairs = [(a, k0) for a in preset.variant_alphas if a != a0]
+    pairs += [(a0, k) for k in preset.variant_ks if k != k0]
+    return {
+        _variant_name(a, k): dataclasses.replace(
+            spec,
+            num_speculative_tokens=k,
+            acceptance=dataclasses.replace(spec.acceptance, alpha=a),
+        )
+        for a, k in pairs
+    }
+
+
+def _targets(scenario: Scenario) -> SloTargets:
+    slo = scenario.metrics.slo
+    if slo.ttft_ms is None or slo.tpot_ms is None:
+        raise InputError(
+            "the case study needs metrics.slo.ttft_ms (T) and metrics.slo.tpot_ms (the "
+            "per-token target D of all three rules)",
+            field="metrics.slo",
+        )
+    return SloTargets(ttft_ms=slo.ttft_ms, per_token_ms=slo.tpot_ms)
+
+
+def _prepare(scenario: Scenario, targets: SloTargets) -> Scenario:
+    """Align the metrics with the rules: Etalon's D_d = D, P90/P99 always summarised, and no
+    max-TBT SLO (the P99 TBT rule is judged from the pooled percentile instead)."""
+    m = scenario.metrics
+    percentiles = tuple(sorted({*m.percentiles, 50.0, 90.0, 99.0}))
+    return dataclasses.replace(
+        scenario,
+        metrics=dataclasses.replace(
+            m,
+            percentiles=percentiles,
+            slo=dataclasses.replace(m.slo, max_tbt_ms=None, e2el_ms=None),
+            fluidity=dataclasses.replace(m.fluidity, tbt_deadline_ms=targets.per_token_ms),
+        ),
+    )
+
+
+def _capacity(
+    runner: _Runner, system: str, rule: CapacityRule, targets: SloTargets,
+    sweep: Mapping[float, RunRecord], plan: SweepPlan,
+) -> CapacityEstimate:
+    """Search the capacity of `system` under `rule`, bracketed by the sweep: from the largest
+    passing rate below the first failing one (bisection of capacity.py, common seed)."""
+    slo_rule = rule.slo_rule(targets)
+    known = {r: slo_rule.evaluate([rec.summary])[0] for r, rec in sorted(sweep.items())}
+    failing = [r for r, ok in known.items() if not ok]
+    high = failing[0] if failing else None
+    passing = [r for r, ok in known.items() if ok and (high is None or r < high)]
+    low = max(passing) if passing else None
+    base = runner.scenario(system, high if high is not None else low)
+    settings = CapacitySettings(
+        rule=slo_rule, seeds=(runner.base.seed,), tolerance=plan.capacity_tolerance,
+        low=low, high=high, max_probes=plan.capacity_max_probes,
+    )
+    result = search_capacity(base, settings, run_many=runner.run_many(system))
+    load_limited = False
+    if result.high_rps is not None:
+        at_high = runner.run(system, result.high_rps, "capacity").summary
+        load_limited = parse_slo_rule(rule.text(targets)).evaluate([at_high])[0]
+    return CapacityEstimate(
+        value=result.capacity_rps or 0.0,
+        upper=result.high_rps,
+        status=result.status,
+        probes=len(result.probes),
+        tolerance=plan.capacity_tolerance,
+        load_limited=load_limited,
+    )
+
+
+def run_specdec(
+    preset: str = DEFAULT_PRESET,
+    *,
+    quick: bool = False,
+    overrides: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
+) -> SpecDecStudy:
+    """Run the speculative-decoding case study of a preset (pure: nothing is written)."""
+    p = get_preset(preset)
+    plan = p.quick if quick else p.full
+    base = load_scenario(p.path, list(overrides))
+    spec = base.engine.speculative
+    if spec is None:
+        raise InputError("the case study compares a speculative scenario with the same one "
+                         "without speculation; set engine.speculative", field="engine.speculative")
+    targets = _targets(base)
+    base = _prepare(base, targets)
+    variants = _variants(p, spec)
+    systems: dict[str, SpeculativeConfig | None] = {BASELINE: None, SPEC: spec, **variants}
+    runner = _Runner(base, plan, systems, progress)
+    say = progress or (lambda _msg: None)
+
+    say("saturation throughput (offline runs)")
+    saturation = {s: runner.run(s, None, "saturation") for s in (BASELINE, SPEC)}
+    knee = runner.saturation_rps[BASELINE]
+    if not math.isfinite(knee) or knee <= 0:
+        raise InputError("the no-spec offline run completed no request; cannot place the sweep",
+                         field="workload")
+    rates = sorted({round_sig(f * knee, 3) for f in plan.load_fractions})
+    figure_rate = min(rates, key=lambda r: abs(r - plan.figure_load * knee))
+
+    say(f"sweep: {len(rates)} rates x 2 systems")
+    sweep: dict[str, dict[float, RunRecord]] = {s: {} for s in systems}
+    for rate in rates:
+        for s in (BASELINE, SPEC):
+            sweep[s][rate] = runner.run(s, rate, "sweep", keep=rate == figure_rate)
+    if variants:
+        say(f"variants: {len(variants)} (alpha, k) settings x {len(rates)} rates")
+    for name in variants:
+        for rate in rates:
+            sweep[name][rate] = runner.run(name, rate, "variant")
+
+    say("capacity search")
+    capacities: dict[str, dict[str, CapacityEstimate]] = {}
+    for rule in RULES:
+        capacities[rule.key] = {
+            s: _capacity(runner, s, rule, targets, sweep[s], plan) for s in (BASELINE, SPEC)
+        }
+
+    figure_runs = {s: runner.kept[(s, figure_rate)] for s in (BASELINE, SPEC)}
+    low = sweep[SPEC][rates[0]].summary
+    measured_tps = summary_value(low, "spec_decode_acceptance_length")
+    expected = (
+        expected_tokens_per_step(spec.acceptance.alpha, spec.num_speculative_tokens)
+        if spec.acceptance.model == "geometric" else None
+    )
+    tokens_per_step = measured_tps if math.isfinite(measured_tps) else (expected or 1.0)
+    completed = summary_value(low, "completed")
+    mean_prompt = summary_value(low, "total_input_tokens") / completed if completed else 1000.0
+    mean_output = summary_value(low, "total_output_tokens") / completed if completed else 200.0
+    context = round(mean_prompt + mean_output / 2)
+    batches = [m for m in (1, 8, 32, 64, 128, 256) if m <= base.engine.max_num_seqs]
+    step_costs = step_cost_table(base, context, tokens_per_step, batches)
+
+    return SpecDecStudy(
+        preset=p,
+        quick=quick,
+        overrides=tuple(overrides),
+        plan=plan,
+        scenario=base,
+        targets=targets,
+        systems=systems,
+        variants=list(variants),
+        saturation=saturation,
+        rates=rates,
+        sweep=sweep,
+        capacities=capacities,
+        figure_rate=figure_rate,
+        figure_runs=figure_runs,
+        records=runner.records,
+        step_costs=step_costs,
+        cost_context=context,
+        expected_tokens_per_step=expected,
+    )

@@ -1,0 +1,90 @@
+"""`simserve casestudy specdec`: the speculative-decoding case study from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["register"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
+    """Add the `casestudy` command (with its `specdec` study) to the CLI."""
+    from simserve.experiments.casestudy import DEFAULT_PRESET, PRESETS
+
+    cs = subparsers.add_parser(
+        "casestudy", help="reproducible case studies (report + figures)",
+        description="Run a case study and write its report.md and figures.",
+    )
+    studies = cs.add_subparsers(dest="study", required=True)
+    spec = studies.add_parser(
+        "specdec",
+        help="speculative decoding with and without, over a sweep of arrival rates (DESIGN §8)",
+        description="Speculative decoding with and without, over a sweep of arrival rates: "
+        "report.md and seven figures (DESIGN §8).",
+    )
+    spec.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                      help=f"scenario family (default: {DEFAULT_PRESET})")
+    spec.add_argument("--out", default=None,
+                      help="output directory (default: runs/casestudy-specdec-<preset>[-quick])")
+    spec.add_argument("--quick", action="store_true",
+                      help="reduced run (fewer rates and requests; same report and figures)")
+    spec.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY=VALUE",
+                      help="override a field of the preset scenario (both systems), e.g. "
+                      "--set engine.speculative.acceptance.alpha=0.8")
+    spec.add_argument("--seed", type=int, default=None, help="override the scenario seed")
+    spec.add_argument("--verbose", action="store_true", help="print every simulated run")
+    return {"casestudy": _cmd_casestudy}
+
+
+def _cmd_casestudy(args: argparse.Namespace) -> int:
+    from simserve.experiments.casestudy import run_specdec
+    from simserve.experiments.casestudy_report import check_out_dir, write_specdec
+
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    suffix = "-quick" if args.quick else ""
+    out = Path(args.out) if args.out else Path("runs") / f"casestudy-specdec-{args.preset}{suffix}"
+
+    def progress(message: str) -> None:
+        if args.verbose or not message.startswith("  "):
+            print(message, file=sys.stderr, flush=True)
+
+    check_out_dir(out)  # fail before minutes of simulation, not after
+    t0 = time.perf_counter()
+    study = run_specdec(args.preset, quick=args.quick, overrides=overrides, progress=progress)
+    command = "simserve casestudy specdec " + shlex.join(
+        [f"--preset={args.preset}", *(["--quick"] if args.quick else []),
+         *(f"--set={o}" for o in args.overrides),
+         *([f"--seed={args.seed}"] if args.seed is not None else [])]
+    )
+    written = write_specdec(study, out, command)
+    print(_headline(study))
+    print(f"case study: {written}/report.md ({len(study.records)} runs, "
+          f"{time.perf_counter() - t0:.1f} s wall-clock)")
+    return 0
+
+
+def _headline(study: object) -> str:
+    """A few key numbers for the console."""
+    from simserve.experiments.casestudy import BASELINE, RULES, SPEC, SpecDecStudy, crossings
+
+    assert isinstance(study, SpecDecStudy)
+    sp = study.speedup(SPEC)
+    down = [c for c, d in crossings(study.rates, sp) if d == "down"]
+    cross = f"{down[0]:.3g} req/s" if down else "not reached in the sweep"
+    caps = ", ".join(
+        f"{rule.label}: {study.capacities[rule.key][BASELINE].value:g} vs "
+        f"{study.capacities[rule.key][SPEC].value:g}"
+        for rule in RULES
+    )
+    return (f"speedup of mean E2EL at {study.rates[0]:g} req/s: {sp[0]:.2f}x; crossover: "
+            f"{cross}\ncapacity no spec vs spec (req/s): {caps}")

@@ -1,0 +1,402 @@
+"""Sweep figures: latency vs arrival rate per policy with SLO lines and 95% confidence bands
+over seeds, capacity bars, and the Pareto front of throughput vs P99 TBT.
+
+Input is a sweep directory's summary.csv (one row per run) and sweep.json (its axes, mode and
+SLO rule); output is matplotlib `Figure` objects drawn with the Agg canvas (never `show()`), so
+this works headless and touches no global pyplot state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from simserve.errors import InputError
+from simserve.experiments.capacity import SloRule, parse_slo_rule
+from simserve.experiments.sweep import STATE_FILE, SUMMARY_CSV, read_csv_rows
+
+__all__ = [
+    "SweepTable",
+    "capacity_figure",
+    "latency_vs_rate_figure",
+    "load_sweep_table",
+    "pareto_figure",
+    "write_sweep_plots",
+]
+
+RATE_KEY = "workload.arrival.rate"
+DEFAULT_METRICS = ("p99_ttft_ms", "p99_tbt_ms", "median_scheduling_delay_ms", "mean_tpot_ms")
+DEFAULT_RULE = "sarathi"
+_ACRONYMS = {"ttft": "TTFT", "tpot": "TPOT", "tbt": "TBT", "itl": "ITL", "e2el": "E2EL",
+             "slo": "SLO", "kv": "KV"}
+_UNITS = {
+    "request_throughput": "req/s",
+    "request_goodput": "req/s",
+    "output_throughput": "tok/s",
+    "total_token_throughput": "tok/s",
+    "fluid_token_rate": "tok/s",
+    "capacity_rps": "req/s",
+    RATE_KEY: "req/s",
+}
+
+
+@dataclass(frozen=True)
+class SweepTable:
+    """A finished sweep's rows and what sweep.json says about them."""
+
+    rows: list[dict[str, Any]]
+    axes: tuple[str, ...]
+    mode: str
+    slo: str | None
+    name: str
+
+
+def load_sweep_table(sweep_dir: str | Path) -> SweepTable:
+    """Read summary.csv and sweep.json of a sweep directory (InputError if it is not one)."""
+    sweep_dir = Path(sweep_dir)
+    state_file = sweep_dir / STATE_FILE
+    if not state_file.is_file():
+        raise InputError("is not a sweep directory (no sweep.json)", source=str(sweep_dir))
+    summary = sweep_dir / SUMMARY_CSV
+    if not summary.is_file():
+        raise InputError("has no summary.csv yet: finish the sweep with `simserve sweep SPEC "
+                         "--resume --out DIR`", source=str(sweep_dir))
+    state = json.loads(state_file.read_text())
+    rows = read_csv_rows(summary)
+    if not rows:
+        raise InputError("summary.csv has no rows", source=str(sweep_dir))
+    return SweepTable(rows=rows, axes=tuple(state.get("axes", ())), mode=state.get("mode", "runs"),
+                      slo=state.get("slo"), name=state.get("name", sweep_dir.name))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _label(key: str) -> str:
+    """An axis label with units, e.g. 'P99 TBT (ms)', 'arrival rate (req/s)'."""
+    if key == RATE_KEY:
+        return "arrival rate (req/s)"
+    unit = _UNITS.get(key)
+    stem = key
+    if key.endswith("_ms"):
+        stem, unit = key[:-3], "ms"
+    words = []
+    for word in stem.split("."):
+        for part in word.split("_"):
+            if part in _ACRONYMS:
+                words.append(_ACRONYMS[part])
+            elif part[:1] == "p" and part[1:].replace(".", "").isdigit():
+                words.append(part.upper())
+            else:
+                words.append(part)
+    text = " ".join(words)
+    return f"{text} ({unit})" if unit else text
+
+
+def _number(value: Any) -> float | None:
+    """A finite number as float, else None (missing, text, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and the t-based 95% confidence interval over seeds (zero width for one seed)."""
+    data = np.asarray(values, dtype=np.float64)
+    mean = float(np.mean(data))
+    if data.size < 2:
+        return mean, mean, mean
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, data.size - 1) * np.std(data, ddof=1) / math.sqrt(data.size))
+    return mean, mean - half, mean + half
+
+
+def _short(key: str) -> str:
+    """The last part of a dotted field, for labels."""
+    return key.split(".")[-1]
+
+
+def _series_keys(table: SweepTable, x: str | None) -> list[str]:
+    """The axes that tell curves apart: every axis but the x axis and the seed."""
+    return [a for a in table.axes if a not in (x, "seed")]
+
+
+def _series_label(row: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """A curve's legend label from its axis values."""
+    if not keys:
+        return "all"
+    if len(keys) == 1:
+        return str(row.get(keys[0]))
+    return ", ".join(f"{_short(k)}={row.get(k)}" for k in keys)
+
+
+def _group(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, list]:
+    """Rows by series label, in first-seen order."""
+    groups: dict[str, list] = {}
+    for row in rows:
+        groups.setdefault(_series_label(row, keys), []).append(row)
+    return groups
+
+
+def _point_means(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict]:
+    """One row per sweep point with the mean over seeds of every numeric column."""
+    by_point: dict[Any, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_point.setdefault(row.get("point"), []).append(row)
+    out = []
+    for group in by_point.values():
+        merged: dict[str, Any] = {k: group[0].get(k) for k in keys}
+        for key in group[0]:
+            if key in merged:
+                continue
+            numbers = [_number(r.get(key)) for r in group]
+            finite = [v for v in numbers if v is not None]
+            merged[key] = float(np.mean(finite)) if len(finite) == len(group) else None
+        out.append(merged)
+    return out
+
+
+def _slo_lines(ax: Any, rule: SloRule | None, key: str, horizontal: bool = True) -> None:
+    if rule is None:
+        return
+    for cond in rule.conditions:
+        if cond.key != key:
+            continue
+        label = f"SLO: {cond}"
+        if horizontal:
+            ax.axhline(cond.threshold, color="crimson", linestyle="--", linewidth=1.2,
+                       label=label)
+        else:
+            ax.axvline(cond.threshold, color="crimson", linestyle="--", linewidth=1.2,
+                       label=label)
+
+
+def _default_x(table: SweepTable) -> str | None:
+    """The arrival rate if it is an axis, else the first numeric axis."""
+    if RATE_KEY in table.axes:
+        return RATE_KEY
+    for key in table.axes:
+        if all(_number(r.get(key)) is not None for r in table.rows):
+            return key
+    return None
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def latency_vs_rate_figure(
+    table: SweepTable, metrics: Sequence[str], x: str, rule: SloRule | None
+) -> Figure:
+    """One panel per metric: the mean over seeds vs `x` per series, a 95% confidence band over
+    seeds, and the rule's threshold on that metric as a dashed line."""
+    ncols = 2 if len(metrics) > 1 else 1
+    nrows = math.ceil(len(metrics) / ncols)
+    fig = Figure(figsize=(6.4 * ncols, 4.2 * nrows), layout="constrained")
+    groups = _group(table.rows, _series_keys(table, x))
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        positive = True
+        all_means: list[float] = []
+        for label, rows in groups.items():
+            by_x: dict[float, list[float]] = {}
+            for row in rows:
+                xv, yv = _number(row.get(x)), _number(row.get(metric))
+                if xv is not None and yv is not None:
+                    by_x.setdefault(xv, []).append(yv)
+            if not by_x:
+                continue
+            xs = sorted(by_x)
+            stats = [_mean_ci(by_x[v]) for v in xs]
+            means = [s[0] for s in stats]
+            positive &= all(v > 0 for v in means)
+            (line,) = ax.plot(xs, means, marker="o", markersize=4, label=label)
+            # NOTE: latencies and rates are >= 0, so the band is clipped there.
+            lows = [max(s[1], 0.0) for s in stats]
+            ax.fill_between(xs, lows, [s[2] for s in stats], color=line.get_color(), alpha=0.2,
+                            linewidth=0)
+            all_means.extend(means)
+        _slo_lines(ax, rule, metric)
+        ax.set_xlabel(_label(x))
+        ax.set_ylabel(_label(metric))
+        ax.set_title(f"{_label(metric)} vs {_label(x).split(' (')[0]}")
+        if positive and all_means and max(all_means) / min(all_means) > 50:
+            # Curves spanning decades (a saturated policy next to healthy ones) stay readable.
+            ax.set_yscale("log")
+            ax.set_ylim(bottom=min(all_means) / 3)
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend(fontsize="small")
+    fig.suptitle(f"{table.name}: mean over seeds, 95% confidence band")
+    return fig
+
+
+def _swept_capacity(rows: Sequence[Mapping[str, Any]], x: str, rule: SloRule) -> tuple[float, str]:
+    """Largest swept rate up to which the rule holds at every rate (on means over seeds)."""
+    by_x: dict[float, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        xv = _number(row.get(x))
+        if xv is not None:
+            by_x.setdefault(xv, []).append(row)
+    best, note = 0.0, "none meets"
+    for rate in sorted(by_x):
+        passed, _values = rule.evaluate(by_x[rate])
+        if not passed:
+            return best, note
+        best, note = rate, ""
+    return best, f"≥ {best:g}" if best else "none meets"
+
+
+def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None) -> Figure | None:
+    """Capacity per series: the searched capacity (capacity sweeps, bracket as error bar) or the
+    largest swept rate meeting the rule (rate sweeps). None when neither applies."""
+    if table.mode == "capacity":
+        num_bars = len(table.rows)
+    elif rule is not None and x is not None:
+        num_bars = len(_group(table.rows, _series_keys(table, x)))
+    else:
+        return None
+    fig = Figure(figsize=(min(16.0, max(7.0, 1.9 * num_bars + 1.5)), 4.8), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    if table.mode == "capacity":
+        keys = _series_keys(table, None)
+        labels = [_series_label(r, keys) for r in table.rows]
+        caps = [_number(r.get("capacity_rps")) or 0.0 for r in table.rows]
+        highs = [_number(r.get("capacity_high_rps")) for r in table.rows]
+        upper = [max(0.0, (h if h is not None else c) - c) for c, h in zip(caps, highs,
+                                                                          strict=True)]
+        colors = _colors_by_first_axis(table.rows, keys)
+        ax.bar(range(len(caps)), caps, color=colors, yerr=[[0.0] * len(caps), upper],
+               capsize=4)
+        for i, row in enumerate(table.rows):
+            status = row.get("capacity_status")
+            if status and status != "ok":
+                ax.annotate(str(status), (i, caps[i]), ha="center", va="bottom", fontsize=8)
+        rule_text = table.rows[0].get("slo_rule") or (rule.text if rule else "")
+        ax.set_title(f"Capacity under {rule_text}\nbisection; error bar up to the first "
+                     "failing rate", fontsize="medium")
+    else:
+        assert rule is not None and x is not None
+        groups = _group(table.rows, _series_keys(table, x))
+        labels, caps = [], []
+        for label, rows in groups.items():
+            cap, note = _swept_capacity(rows, x, rule)
+            labels.append(label)
+            caps.append(cap)
+            ax.annotate(note, (len(caps) - 1, cap), ha="center", va="bottom", fontsize=8)
+        colors = [f"C{i % 10}" for i in range(len(caps))]
+        ax.bar(range(len(caps)), caps, color=colors)
+        ax.set_title(f"Capacity under {rule.text}: the largest swept rate up to which\n"
+                     "every rate meets it (resolution: the rate grid; ≥: all meet it)",
+                     fontsize="medium")
+    labels = [label.replace(", ", "\n") for label in labels]
+    crowded = len(labels) > 4 and max(len(x) for line in labels for x in line.split("\n")) > 8
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if crowded else 0,
+                  ha="right" if crowded else "center", fontsize="small")
+    ax.set_ylabel("capacity: arrival rate (req/s)")
+    ax.set_xlabel(", ".join(_short(k) for k in _series_keys(table, x)) or "sweep")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _colors_by_first_axis(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
+    if not keys:
+        return ["C0"] * len(rows)
+    values = list(dict.fromkeys(str(r.get(keys[0])) for r in rows))
+    return [f"C{values.index(str(r.get(keys[0]))) % 10}" for r in rows]
+
+
+def pareto_figure(table: SweepTable, rule: SloRule | None, x_metric: str = "p99_tbt_ms",
+                  y_metric: str = "output_throughput") -> Figure:
+    """Every sweep point (mean over seeds) as throughput vs P99 TBT, coloured by series, with
+    the Pareto front (no other point has both more throughput and a lower P99 TBT)."""
+    x = _default_x(table) if table.mode != "capacity" else None
+    series_keys = _series_keys(table, x)
+    points = _point_means(table.rows, list(table.axes))
+    fig = Figure(figsize=(6.8, 4.8), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    coords = []
+    for i, (label, rows) in enumerate(_group(points, series_keys).items()):
+        kept = [r for r in rows
+                if _number(r.get(x_metric)) is not None and _number(r.get(y_metric)) is not None]
+        if not kept:
+            continue
+        meets = [rule is None or rule.evaluate([r])[0] for r in kept]
+        color = f"C{i % 10}"
+        xs = [float(r[x_metric]) for r in kept]
+        ys = [float(r[y_metric]) for r in kept]
+        ax.scatter(xs, ys, s=30, label=label, facecolors=[color if m else "none" for m in meets],
+                   edgecolors=color)
+        coords.extend(zip(xs, ys, strict=True))
+    if coords:
+        front = []
+        best_y = -math.inf
+        for px, py in sorted(coords, key=lambda p: (p[0], -p[1])):
+            if py > best_y:
+                front.append((px, py))
+                best_y = py
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black",
+                linewidth=1.0, alpha=0.7, label="Pareto front")
+    _slo_lines(ax, rule, x_metric, horizontal=False)
+    ax.set_xlabel(_label(x_metric))
+    ax.set_ylabel(_label(y_metric))
+    where = " at capacity" if table.mode == "capacity" else ""
+    hollow = f"; hollow: misses {rule.text}" if rule is not None else ""
+    ax.set_title(f"{_label(y_metric).split(' (')[0]} vs {_label(x_metric).split(' (')[0]}{where}"
+                 f" (mean over seeds{hollow})", fontsize="medium")
+    ax.grid(alpha=0.3)
+    if coords:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def write_sweep_plots(
+    sweep_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    slo: str | None = None,
+    x: str | None = None,
+    metrics: Sequence[str] | None = None,
+) -> list[Path]:
+    """Draw the sweep's figures as PNG files (default: SWEEP_DIR/plots/) and return their paths.
+
+    The SLO rule drawn is `slo`, else the sweep's own (`slo:` or `capacity.slo` in the spec),
+    else `sarathi` (P99 TBT <= 200 ms and median scheduling delay <= 2 s).
+    """
+    table = load_sweep_table(sweep_dir)
+    rule = parse_slo_rule(slo or table.slo or DEFAULT_RULE)
+    out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "plots"
+    columns = set().union(*(row.keys() for row in table.rows))
+    if x is not None and x not in columns:
+        raise InputError(f"is not a column of summary.csv (axes: {', '.join(table.axes)})",
+                         field="--x")
+    for metric in metrics or ():
+        if metric not in columns:
+            raise InputError("is not a column of summary.csv", field=f"--metric {metric}")
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Figure | None] = {}
+    if table.mode != "capacity":
+        x = x or _default_x(table)
+        if x is not None:
+            chosen = list(metrics or dict.fromkeys(
+                [k for k in rule.keys if k in columns] + list(DEFAULT_METRICS)))[:6]
+            figures["latency_vs_rate.png"] = latency_vs_rate_figure(table, chosen, x, rule)
+    figures["capacity.png"] = capacity_figure(table, rule, x)
+    figures["pareto.png"] = pareto_figure(table, rule)
+    written = []
+    for name, fig in figures.items():
+        if fig is None:
+            continue
+        path = out / name
+        tmp = path.with_name(f".{name}.tmp.png")
+        fig.savefig(tmp, dpi=120)
+        tmp.replace(path)
+        written.append(path)
+    return written

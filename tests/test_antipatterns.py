@@ -1,0 +1,313 @@
+"""Anti-pattern catalog: conclusion rules, catalog structure, a tiny run of every entry, the
+report and figures written from verdicts.json, and the `antipatterns` command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+
+import pytest
+
+from simserve.antipatterns.catalog import CATALOG, SCENARIOS_DIR, SIZES, get_entries
+from simserve.antipatterns.model import (
+    CHANGE_MARGIN,
+    METRICS,
+    OUTCOMES,
+    TIE_MARGIN,
+    Capacity,
+    Conclusion,
+    Entry,
+    Metric,
+    Point,
+    Setup,
+    Sweep,
+    advantage,
+    capacity_metric,
+    classify,
+    conclude,
+    trend,
+)
+from simserve.antipatterns.report import fmt_value, render_report, write_outputs
+from simserve.antipatterns.runner import CatalogRunner, mean_ci, ratio_ci
+from simserve.cli import main
+from simserve.config import load_scenario
+from simserve.errors import InputError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LOWER = Metric("p99_tbt_ms", "P99 TBT", "ms", "lower")
+HIGHER = Metric("capacity_rps", "capacity", "req/s", "higher")
+
+
+# --------------------------------------------------------------------------- conclusion rules
+
+
+def test_advantage_is_oriented_by_direction():
+    assert advantage(LOWER, 50.0, 100.0) == pytest.approx(2.0)  # candidate lower: better
+    assert advantage(HIGHER, 50.0, 100.0) == pytest.approx(0.5)  # candidate lower: worse
+    assert advantage(LOWER, 0.0, 10.0) == math.inf
+    assert advantage(LOWER, 0.0, 0.0) is None
+    assert advantage(LOWER, None, 1.0) is None
+    assert advantage(LOWER, math.nan, 1.0) is None
+
+
+def test_conclude_names_the_winner_and_the_ratio():
+    c = conclude(LOWER, "chunked", "pf", 50.0, 150.0, where="at 3 req/s")
+    assert c.winner == "chunked"
+    assert c.ratio == pytest.approx(3.0)
+    assert c.text.startswith("chunked is 3.00x better than pf on P99 TBT at 3 req/s")
+    flipped = conclude(HIGHER, "chunked", "pf", 5.0, 10.0)
+    assert flipped.winner == "pf"
+    assert "pf is 2.00x better than chunked" in flipped.text
+
+
+def test_conclude_reports_no_clear_winner_inside_the_tie_band():
+    inside = conclude(LOWER, "a", "b", 100.0, 100.0 * (1 + TIE_MARGIN * 0.9))
+    assert inside.winner is None and inside.text.startswith("no clear winner")
+    outside = conclude(LOWER, "a", "b", 100.0, 100.0 * (1 + TIE_MARGIN * 1.1))
+    assert outside.winner == "a"
+
+
+def test_conclude_without_numbers_gives_no_verdict():
+    c = conclude(LOWER, "a", "b", None, 3.0)
+    assert c.ratio is None and c.winner is None and c.text.startswith("no verdict")
+
+
+def _c(ratio: float | None, tie: float = TIE_MARGIN) -> Conclusion:
+    """A conclusion with the given candidate advantage."""
+    if ratio is None:
+        return conclude(HIGHER, "a", "b", None, 1.0)
+    if math.isinf(ratio):
+        return conclude(HIGHER, "a", "b", 1.0, 0.0)  # the baseline fails entirely
+    return conclude(HIGHER, "a", "b", ratio, 1.0, tie_margin=tie)
+
+
+@pytest.mark.parametrize(
+    ("unfair", "fair", "expected"),
+    [
+        (1.5, 0.6, "flipped"),  # a wins, then b wins
+        (0.5, 2.0, "flipped"),
+        (3.4, 1.1, "shrank"),
+        (1.5, 1.02, "shrank"),  # clear winner -> no clear winner
+        (1.02, 2.0, "grew"),  # no clear winner -> clear winner
+        (1.1, 1.12, "unchanged"),
+        (1.02, 0.98, "unchanged"),  # both ties: no winner named, no flip
+        (2.0, 2.0 * (1 + CHANGE_MARGIN) * 1.01, "grew"),
+        (2.0, 2.0 * (1 + CHANGE_MARGIN) * 0.99, "unchanged"),
+        (math.inf, 2.0, "shrank"),
+        (None, 2.0, "undetermined"),
+    ],
+)
+def test_classify(unfair, fair, expected):
+    assert classify(_c(unfair), _c(fair)) == expected
+
+
+def test_trend_is_measured_per_doubling():
+    xs = [100, 200, 400, 800]
+    assert trend(xs, [1.0, 2.0, 4.0, 8.0]) == ("increasing", pytest.approx(2.0))
+    assert trend(xs, [1.0, 1.05, 1.1, 1.3])[0] == "flat"  # x1.09 per doubling
+    assert trend(xs, [8.0, 4.0, 2.0, 1.0])[0] == "decreasing"
+    assert trend(xs, [1.0, None, None, None])[0] == "undetermined"
+    assert trend([1, 1], [1.0, 2.0])[0] == "undetermined"
+
+
+def test_mean_ci_is_a_student_t_interval():
+    mean, ci = mean_ci([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0)
+    # t(0.975, 2) = 4.302653; sd = 1; half width = 4.302653 / sqrt(3)
+    assert ci == pytest.approx((2.0 - 2.484138, 2.0 + 2.484138), rel=1e-5)
+    assert mean_ci([5.0]) == (5.0, None)
+    assert mean_ci([1.0, None]) == (None, None)
+
+
+def test_ratio_ci_pairs_seeds():
+    ci = ratio_ci(LOWER, [50.0, 50.0, 50.0], [100.0, 100.0, 100.0])
+    assert ci == pytest.approx((2.0, 2.0))
+    lo, hi = ratio_ci(LOWER, [50.0, 40.0], [100.0, 100.0])
+    assert lo < 2.0 < hi
+    assert ratio_ci(LOWER, [1.0], [2.0]) is None
+
+
+def test_metric_validation_and_format():
+    with pytest.raises(ValueError):
+        Metric("x", "x", "", "sideways")  # type: ignore[arg-type]
+    assert METRICS["p99_tbt_ms"].format(53.456) == "53.46 ms"
+    assert capacity_metric("sarathi").better == "higher"
+    assert fmt_value(1234.5, "ms") == "1,234 ms" or fmt_value(1234.5, "ms") == "1,235 ms"
+    assert fmt_value(None) == "n/a" and fmt_value("inf") == "unbounded"
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def test_catalog_has_every_design_entry_once():
+    ids = [e.id for e in CATALOG]
+    assert ids == ["BF1", "BF2", "BF3", "ES1", "ES2", "ES3", "ES4", "MD1", "MD2", "MD3", "MD4"]
+    for e in CATALOG:
+        assert e.description.endswith(".") and len(e.description) < 200
+        assert set(e.expected) <= set(OUTCOMES) and e.expected
+
+
+@pytest.mark.parametrize("entry", CATALOG, ids=lambda e: e.id)
+def test_every_setup_and_system_builds_a_valid_scenario(entry):
+    for setup in (entry.unfair, entry.fair):
+        for system, overrides in entry.systems.items():
+            options = setup.tuning.get(system) or ((),)
+            for option in options:
+                scenario = load_scenario(SCENARIOS_DIR / entry.base, [
+                    *setup.overrides, *overrides, *setup.system_overrides.get(system, ()),
+                    *option])
+                assert scenario.workload.arrival.process in ("poisson", "gamma")
+
+
+def test_entry_validation_refuses_unknown_systems():
+    entry = CATALOG[0]
+    with pytest.raises(ValueError, match="not in systems"):
+        dataclasses.replace(entry, candidate="nope")
+    with pytest.raises(ValueError, match="unknown expected outcome"):
+        dataclasses.replace(entry, expected=("maybe",))
+    with pytest.raises(ValueError):
+        Capacity("sarathi", low=2.0, high=1.0)
+    with pytest.raises(ValueError):
+        Sweep(points=(Point(0.5),), axis="load")
+
+
+def test_get_entries_filters_and_refuses_unknown_ids():
+    assert [e.id for e in get_entries(["md1", "BF1"])] == ["BF1", "MD1"]
+    with pytest.raises(InputError, match="XX9"):
+        get_entries(["XX9"])
+
+
+# --------------------------------------------------------------------------- tiny run
+
+
+@pytest.fixture(scope="module")
+def tiny_verdicts():
+    """The whole catalog at the test-only `tiny` size, in this process."""
+    with CatalogRunner(SIZES["tiny"], jobs=1) as runner:
+        entries = [runner.run_entry(e) for e in CATALOG]
+        meta = runner.metadata()
+        num_runs = runner.num_runs
+    return {"simserve_version": "test", "command": "simserve antipatterns --size=tiny",
+            **meta, "num_runs": num_runs, "wall_s": 0.0, "entries": entries}
+
+
+def test_every_entry_produces_a_verdict(tiny_verdicts):
+    assert [e["id"] for e in tiny_verdicts["entries"]] == [e.id for e in CATALOG]
+    for e in tiny_verdicts["entries"]:
+        assert e["outcome"] in OUTCOMES
+        assert isinstance(e["as_expected"], bool)
+        for key in ("unfair", "fair"):
+            c = e[key]["conclusion"]
+            assert c["text"] and c["metric"] == e[key]["verdict_metric"]
+            assert c["ratio"] is not None, (e["id"], key, c["text"])
+            assert e[key]["saturation_rps"] > 0
+        assert e["change"].endswith(".")
+    json.dumps(tiny_verdicts, allow_nan=False)  # verdicts.json is strict JSON
+
+
+def test_seeds_are_fixed_and_shared_by_both_systems(tiny_verdicts):
+    from simserve.experiments.capacity import replication_seeds
+
+    assert tiny_verdicts["seeds"] == replication_seeds(0, SIZES["tiny"].seeds)
+    md1 = next(e for e in tiny_verdicts["entries"] if e["id"] == "MD1")
+    # Both setups of MD1 report from the same runs: the same rate and request count.
+    for key in ("unfair", "fair"):
+        points = [s["point"] for s in md1[key]["systems"].values()]
+        assert len({(p["rate_rps"], p["num_requests"]) for p in points}) == 1
+
+
+def test_report_and_figures_are_rendered_from_verdicts(tiny_verdicts, tmp_path):
+    out = write_outputs(tiny_verdicts, tmp_path / "ap")
+    report = (out / "report.md").read_text()
+    data = json.loads((out / "verdicts.json").read_text())
+    assert data == json.loads(json.dumps(tiny_verdicts))
+    for e in data["entries"]:
+        assert f"## {e['id']} · {e['title']}" in report
+        assert (out / e["figure"]).read_bytes()[:8] == PNG_MAGIC
+        for key in ("unfair", "fair"):
+            assert e[key]["conclusion"]["text"] in report
+        assert f"**Outcome: {e['outcome']}.**" in report
+    assert "Seeds " + str(data["seeds"][0]) in report
+    assert not list(tmp_path.glob(".ap.tmp-*"))  # nothing half-written left behind
+
+
+def test_report_numbers_are_the_verdicts_numbers(tiny_verdicts):
+    report = render_report(tiny_verdicts)
+    for e in tiny_verdicts["entries"]:
+        for key in ("unfair", "fair"):
+            setup = e[key]
+            if setup["measure"]["kind"] != "point":
+                continue
+            unit = setup["metric_info"][setup["verdict_metric"]]["unit"]
+            for record in setup["systems"].values():
+                mean = record["point"]["values"][setup["verdict_metric"]]["mean"]
+                assert fmt_value(mean, unit) in report
+
+
+def test_an_entry_without_a_difference_says_so():
+    """Two identical systems: the conclusion comes from the numbers, not from the entry's text."""
+    base = next(e for e in CATALOG if e.id == "MD1")
+    same = ("engine.policy=chunked_prefill",)
+    entry = dataclasses.replace(
+        base, id="XX1", systems={"a": same, "b": same}, candidate="a", baseline="b",
+        unfair=dataclasses.replace(base.unfair, measure=Point(0.3)),
+        fair=dataclasses.replace(base.fair, measure=Point(0.3)))
+    with CatalogRunner(SIZES["tiny"], jobs=1) as runner:
+        result = runner.run_entry(entry)
+    assert result["unfair"]["conclusion"]["winner"] is None
+    assert result["fair"]["conclusion"]["winner"] is None
+    assert result["outcome"] == "unchanged"
+    assert not result["as_expected"]
+    assert "no clear winner" in result["fair"]["conclusion"]["text"]
+
+
+def test_tuning_keeps_the_best_option():
+    entry = Entry(
+        id="XX2", dimension="baseline fairness", title="t", description="d.",
+        base="llama3-8b-h100-conv.yaml",
+        systems={"a": ("engine.policy=chunked_prefill",), "b": ("engine.policy=chunked_prefill",)},
+        candidate="a", baseline="b",
+        unfair=Setup("u", Point(0.5), METRICS["mean_e2el_ms"]),
+        fair=Setup("f", Point(0.5), METRICS["mean_e2el_ms"], tuning={
+            "b": (("cost_model.step_overhead_ms=20",), ("cost_model.step_overhead_ms=1",))}),
+        expected=("unchanged",), expected_text="x")
+    with CatalogRunner(SIZES["tiny"], jobs=1) as runner:
+        result = runner.run_entry(entry)
+    tuning = result["fair"]["systems"]["b"]["tuning"]
+    assert tuning["chosen"] == ["cost_model.step_overhead_ms=1"]
+    values = [o["value"] for o in tuning["options"]]
+    assert values[1] < values[0]
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_runs_one_entry_and_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "ap"
+    code = main(["antipatterns", "--size", "tiny", "--only", "MD1", "--jobs", "1",
+                 "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^MD1 \w+ +unfair: .*; fair: ", printed, re.M)
+    assert (out / "report.md").exists() and (out / "figures" / "MD1.png").exists()
+    data = json.loads((out / "verdicts.json").read_text())
+    assert [e["id"] for e in data["entries"]] == ["MD1"]
+    assert "--only MD1" in data["command"]
+    # Rerunning into the same directory replaces the earlier report.
+    assert main(["antipatterns", "--size", "tiny", "--only", "MD1", "--jobs", "1",
+                 "--out", str(out)]) == 0
+
+
+def test_cli_refuses_bad_arguments_before_running(tmp_path, capsys):
+    assert main(["antipatterns", "--only", "ZZ1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--only" in err and "ZZ1" in err and len(err.strip().splitlines()) == 1
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    assert main(["antipatterns", "--size", "tiny", "--out", str(occupied)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert (occupied / "notes.txt").read_text() == "mine"
+    assert main(["antipatterns", "--jobs", "0", "--out", str(tmp_path / "y")]) == 2

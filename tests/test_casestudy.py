@@ -1,0 +1,217 @@
+"""Speculative-decoding case study: presets, crossover/rule helpers, and `--quick` end to end
+(report and seven figures written, the report's numbers equal to the runs' summaries)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from simserve.catalog import load_catalog
+from simserve.cli import main
+from simserve.config import load_scenario
+from simserve.experiments.casestudy import (
+    BASELINE,
+    LOAD_KEY,
+    PRESETS,
+    RULES,
+    SPEC,
+    SloTargets,
+    crossings,
+    round_sig,
+)
+from simserve.experiments.casestudy_figures import FIGURE_FILES
+from simserve.experiments.casestudy_report import SWEEP_COLUMNS, _verdicts
+from simserve.resolve import resolve
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_scenarios_load_resolve_and_share_the_tokenizer(name):
+    preset = PRESETS[name]
+    scenario = load_scenario(preset.path)
+    spec = scenario.engine.speculative
+    assert spec is not None and spec.method == "draft"
+    catalog = load_catalog()
+    assert catalog.model(spec.draft_model).vocab_size == catalog.model(scenario.model).vocab_size
+    resolved = resolve(scenario)  # vocabulary, KV fit and TP checks
+    assert resolved.draft_model is not None
+    assert scenario.metrics.slo.ttft_ms and scenario.metrics.slo.tpot_ms
+    assert Path(scenario.workload.trace).name == "splitwise_conv.csv"
+    assert scenario.workload.arrival.process == "poisson"
+
+
+def test_70b_preset_is_tp4_on_h100():
+    scenario = load_scenario(PRESETS["llama3-70b-4xh100"].path)
+    assert (scenario.model, scenario.hardware, scenario.tp) == ("llama-3-70b", "h100-80gb-sxm", 4)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_crossings_interpolate_linearly_and_skip_nan():
+    assert crossings([1, 2, 3, 4], [2.0, 1.5, 0.5, 0.8]) == [(2.5, "down")]
+    assert crossings([1, 2, 3], [0.5, math.nan, 1.5]) == [(2.0, "up")]
+    assert crossings([1, 2, 3], [1.2, 1.0, 0.9]) == [(2.0, "down")]
+    assert crossings([1, 2], [1.3, 1.1]) == []
+
+
+def test_round_sig():
+    assert round_sig(8.6135, 3) == 8.61
+    assert round_sig(0.43068, 3) == 0.431
+    assert round_sig(19.42, 3) == 19.4
+
+
+def test_verdicts_use_the_no_difference_band():
+    assert _verdicts([1.5, 1.01, 0.99, 0.5, math.nan]) == ["better", "same", "same", "worse",
+                                                           "n/a"]
+
+
+def test_rules_read_the_summary():
+    t = SloTargets(ttft_ms=2000.0, per_token_ms=40.0)
+    good = {"completed": 10, "slo_attainment": 0.95, "p90_ttft_ms": 500.0, "p99_tbt_ms": 30.0,
+            "p99_deadline_miss_rate": 0.05, LOAD_KEY: 0.9}
+    rules = {r.key: r for r in RULES}
+    assert all(r.holds(good, t) for r in RULES)
+    assert not rules["ttft_tpot"].holds({**good, "slo_attainment": 0.85}, t)
+    assert not rules["ttft_p99_tbt"].holds({**good, "p99_tbt_ms": 41.0}, t)
+    assert not rules["ttft_p99_tbt"].holds({**good, "p90_ttft_ms": 2500.0}, t)
+    assert not rules["deadline"].holds({**good, "p99_deadline_miss_rate": 0.2}, t)
+    assert not rules["deadline"].holds({**good, "p99_deadline_miss_rate": None}, t)
+    # Past saturation every rule fails, whatever a short run measured.
+    assert not any(r.holds({**good, LOAD_KEY: 1.01}, t) for r in RULES)
+
+
+# --------------------------------------------------------------------------- --quick end to end
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("casestudy") / "specdec"
+    assert main(["casestudy", "specdec", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def _table_rows(report: str, first_header: str) -> list[list[str]]:
+    """The body rows of the Markdown table whose header starts with `first_header`."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header}"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def _close(printed: str, value: object) -> bool:
+    """Whether a 4-significant-digit cell matches a summary value ('n/a' for None)."""
+    if value is None:
+        return printed == "n/a"
+    return math.isclose(float(printed), float(value), rel_tol=6e-4, abs_tol=1e-12)
+
+
+def test_quick_writes_report_and_seven_figures(quick_run):
+    names = {p.name for p in quick_run.iterdir()}
+    assert {"report.md", "summaries.json", "results.json", "scenario.yaml"} <= names
+    for stem in FIGURE_FILES:
+        png = quick_run / f"{stem}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC, stem
+        assert f"]({stem}.png)" in (quick_run / "report.md").read_text()
+    assert len(FIGURE_FILES) == 7
+    assert not [n for n in names if n.startswith(".")]  # no temporary directories left
+
+
+def test_quick_report_numbers_match_the_run_summaries(quick_run):
+    report = (quick_run / "report.md").read_text()
+    records = json.loads((quick_run / "summaries.json").read_text())
+    results = json.loads((quick_run / "results.json").read_text())
+    sweep = {(r["system"], r["rate"]): r for r in records if r["purpose"] == "sweep"}
+    rates = results["rates"]
+    rows = _table_rows(report, "rate (req/s) | system")
+    assert len(rows) == 2 * len(rates)
+    for row in rows:
+        rate = float(row[0].rstrip(" †"))
+        record = sweep[(row[1], rate)]
+        for (_header, key), cell in zip(SWEEP_COLUMNS, row[2:], strict=False):
+            assert _close(cell, record["summary"][key]), (row[1], rate, key, cell)
+        assert _close(row[-1], record["mean_batch"])
+    # Speedups in the report and in results.json are the runs' mean-E2EL ratios.
+    ratio_rows = _table_rows(report, "rate (req/s) | speedup")
+    for rate, row, speedup in zip(rates, ratio_rows, results["speedup_mean_e2el"][SPEC],
+                                  strict=True):
+        expected = (sweep[(BASELINE, rate)]["summary"]["mean_e2el_ms"]
+                    / sweep[(SPEC, rate)]["summary"]["mean_e2el_ms"])
+        assert speedup == pytest.approx(expected)
+        assert row[1] == f"{expected:.2f}x"
+    # Saturation throughputs quoted in the report are the offline runs'.
+    saturation = [r for r in records if r["purpose"] == "saturation"]
+    assert {r["system"] for r in saturation} == {BASELINE, SPEC}
+    for r in saturation:
+        assert f"{r['system']} {r['steady_throughput']:.4g} req/s" in report
+        assert f"{r['summary']['request_throughput']:.4g}" in report
+        assert results["saturation_throughput"][r["system"]] == r["steady_throughput"]
+    # Every capacity in results.json is printed, and equals a rate that met the rule.
+    cap_rows = {row[0]: row for row in _table_rows(report, "rule | meets")}
+    runs = {(r["system"], r["rate"]): r["summary"] for r in records if r["rate"] is not None}
+    targets = SloTargets(**{
+        "ttft_ms": results["targets"]["ttft_ms"],
+        "per_token_ms": results["targets"]["per_token_ms"],
+    })
+    for rule in RULES:
+        row = cap_rows[rule.label]
+        for col, system in ((2, BASELINE), (3, SPEC)):
+            cap = results["capacities"][rule.key][system]
+            assert f"{cap['value']:.4g}" in row[col] or cap["status"] == "below_range"
+            if cap["value"] > 0:
+                assert rule.holds(runs[(system, cap["value"])], targets)
+            if cap["upper"] is not None:
+                assert not rule.holds(runs[(system, cap["upper"])], targets)
+
+
+def test_quick_uses_common_random_numbers(quick_run):
+    records = json.loads((quick_run / "summaries.json").read_text())
+    scenario_seed = json.loads((quick_run / "results.json").read_text())["seed"]
+    report = (quick_run / "report.md").read_text()
+    assert re.search(rf"\| seed \| {scenario_seed} for every run", report)
+    by_rate: dict[float, list[dict]] = {}
+    for r in records:
+        if r["purpose"] == "sweep":
+            by_rate.setdefault(r["rate"], []).append(r["summary"])
+    for summaries in by_rate.values():
+        # Same seed, same requests: both systems measure the same prompts.
+        assert len({s["total_input_tokens"] for s in summaries}) == 1
+        assert len({s["seed"] for s in summaries}) == 1
+
+
+def test_quick_report_states_a_conclusion_per_metric_family(quick_run):
+    report = (quick_run / "report.md").read_text()
+    for heading in ("### Naive view", "### TBT view", "### Deadline view",
+                    "### Speedup and crossover", "## Capacity under three SLO rules"):
+        assert heading in report
+    assert report.count("Conclusion") >= 3
+    assert "Crossover: the mean-E2EL speedup of spec" in report
+
+
+def test_bad_preset_and_foreign_out_dir_are_input_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["casestudy", "specdec", "--preset", "nope"])
+    assert exc.value.code == 2
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["casestudy", "specdec", "--quick", "--out", str(foreign)]) == 2
+    assert "not a case-study output directory" in capsys.readouterr().err
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    code = main(["casestudy", "specdec", "--quick", "--out", str(tmp_path / "new"),
+                 "--set", "engine.speculative=null"])
+    assert code == 2
+    assert "engine.speculative" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

@@ -1,0 +1,97 @@
+"""`simserve plot SWEEP_DIR`: latency-vs-rate curves with bands and SLO lines, capacity, Pareto."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simserve.cli import main
+from simserve.experiments.capacity import parse_slo_rule
+from simserve.plots_sweep import (
+    capacity_figure,
+    latency_vs_rate_figure,
+    load_sweep_table,
+    pareto_figure,
+)
+
+BASE = """\
+name: tiny
+cost_model: {kind: constant, step_time_ms: 5.0}
+engine: {max_num_seqs: 4, max_num_batched_tokens: 64}
+workload:
+  num_requests: 30
+  arrival: {process: poisson, rate: 20.0}
+  lengths: {dist: fixed, prompt_len: 32, output_len: 6}
+"""
+
+SPEC = """\
+name: plot_sweep
+base: base.yaml
+grid:
+  engine.policy: [prefill_first, chunked_prefill]
+  workload.arrival.rate: [10, 40, 80]
+replications: 2
+slo: p99_tbt_ms<=12,median_scheduling_delay_ms<=20
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("plots")
+    (tmp / "base.yaml").write_text(BASE)
+    (tmp / "spec.yaml").write_text(SPEC)
+    assert main(["sweep", str(tmp / "spec.yaml"), "--out", str(tmp / "sw"), "--jobs", "1"]) == 0
+    return tmp / "sw"
+
+
+def test_plot_writes_the_three_figures(sweep_dir, capsys):
+    assert main(["plot", str(sweep_dir)]) == 0
+    printed = capsys.readouterr().out.split()
+    names = sorted(Path(p).name for p in printed)
+    assert names == ["capacity.png", "latency_vs_rate.png", "pareto.png"]
+    for path in printed:
+        data = Path(path).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_figures_have_labelled_axes_bands_and_slo_lines(sweep_dir):
+    table = load_sweep_table(sweep_dir)
+    rule = parse_slo_rule(table.slo)
+    fig = latency_vs_rate_figure(table, ["p99_tbt_ms", "p99_ttft_ms"], "workload.arrival.rate",
+                                 rule)
+    tbt, ttft = fig.axes
+    assert tbt.get_xlabel() == "arrival rate (req/s)" and tbt.get_ylabel() == "P99 TBT (ms)"
+    assert [line.get_label() for line in tbt.get_lines()] == [
+        "prefill_first", "chunked_prefill", "SLO: p99_tbt_ms<=12"
+    ]
+    assert len(tbt.collections) == 2  # one confidence band per policy
+    assert not any("SLO" in line.get_label() for line in ttft.get_lines())
+
+    cap = capacity_figure(table, rule, "workload.arrival.rate")
+    (ax,) = cap.axes
+    assert ax.get_ylabel() == "capacity: arrival rate (req/s)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["prefill_first", "chunked_prefill"]
+
+    pareto = pareto_figure(table, rule)
+    (ax,) = pareto.axes
+    assert ax.get_xlabel() == "P99 TBT (ms)" and ax.get_ylabel() == "output throughput (tok/s)"
+    assert "Pareto front" in [line.get_label() for line in ax.get_lines()]
+
+
+def test_plot_options_and_bad_input(sweep_dir, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["plot", str(sweep_dir), "--out", str(out), "--slo", "sarathi:20",
+                 "--metric", "mean_e2el_ms"]) == 0
+    assert (out / "latency_vs_rate.png").is_file()
+    capsys.readouterr()
+    for args, expected in [
+        ([str(tmp_path)], "not a sweep directory"),
+        ([str(sweep_dir), "--metric", "p99_nothing_ms"], "not a column"),
+        ([str(sweep_dir), "--x", "engine.nothing"], "not a column"),
+        ([str(sweep_dir), "--slo", "bogus"], "cannot parse"),
+    ]:
+        assert main(["plot", *args, "--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "never").exists()
