@@ -19,7 +19,8 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/simserve run $(SCENARIO)
+	$(BIN)/simserve run $(SCENARIO) --plots
+	$(BIN)/simserve antipatterns --quick
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check simserve tests
