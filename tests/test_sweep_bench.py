@@ -4,6 +4,11 @@
 10 seeds) one by one in this process, on a 2-worker local pool, and on a 2-CPU local Ray
 instance; plus Ray's round trip for a no-op task. Prints wall times, the speed-up and the Ray
 overhead per task.
+
+Measured on the 2-core dev machine with nothing else running (2026-11): one by one 22.0-24.4 s,
+2 workers 10.9-12.6 s (1.8-2.05x, median 1.9x); Ray on a local 2-CPU instance within -7..+19 ms
+per task of the pool (median +3 ms on these ~110 ms runs), a no-op Ray task 0.8-1.0 ms, and
+3-6.5 s to start the local Ray instance.
 """
 
 from __future__ import annotations
