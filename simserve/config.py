@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from simserve.errors import InputError
+from simserve.yaml_lines import key_lines, line_for
 
 __all__ = [
     "AcceptanceConfig",
@@ -502,36 +503,6 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         raise InputError(exc.message, field=name) from None
 
 
-def _key_lines(text: str) -> dict[str, int]:
-    """Map dotted keys of a YAML mapping to their 1-based line numbers (for error messages)."""
-    lines: dict[str, int] = {}
-
-    def walk(node: yaml.Node, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                dotted = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-                lines[dotted] = key_node.start_mark.line + 1
-                walk(value_node, dotted)
-
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-    if root is not None:
-        walk(root, "")
-    return lines
-
-
-def _line_for(dotted: str, lines: Mapping[str, int]) -> int | None:
-    parts = dotted.split(".")
-    while parts:
-        key = ".".join(parts).split("[")[0]
-        if key in lines:
-            return lines[key]
-        parts.pop()
-    return None
-
-
 def scenario_from_mapping(data: Mapping[str, Any]) -> Scenario:
     """Build a validated Scenario from a plain mapping (raises InputError)."""
     if not isinstance(data, Mapping):
@@ -616,7 +587,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise InputError("a scenario must be a YAML mapping", source=str(path))
-    lines = _key_lines(text)
+    lines = key_lines(text)
     overridden: set[str] = set()
     try:
         overridden = {_parse_override(o)[0] for o in overrides}
@@ -627,7 +598,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         field_name = exc.field or ""
         if field_name in overridden or any(field_name.startswith(o + ".") for o in overridden):
             raise exc.located("--set", None) from None
-        raise exc.located(str(path), _line_for(field_name, lines)) from None
+        raise exc.located(str(path), line_for(field_name, lines)) from None
 
 
 def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import yaml
 
 from simserve.antipatterns.catalog import CATALOG
 from simserve.errors import InputError
+from simserve.yaml_lines import key_lines, line_for
 
 __all__ = [
     "CHECKS",
@@ -241,41 +242,6 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _key_lines(text: str) -> dict[str, int]:
-    """Dotted paths (with [i] for list items) of a YAML document -> 1-based line numbers."""
-    lines: dict[str, int] = {}
-
-    def walk(node: yaml.Node, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                dotted = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-                lines[dotted] = key_node.start_mark.line + 1
-                walk(value_node, dotted)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                dotted = f"{prefix}[{i}]"
-                lines[dotted] = item.start_mark.line + 1
-                walk(item, dotted)
-
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-    if root is not None:
-        walk(root, "")
-    return lines
-
-
-def _line_for(dotted: str, lines: Mapping[str, int]) -> int | None:
-    key = dotted
-    while key:
-        if key in lines:
-            return lines[key]
-        cut = max(key.rfind("."), key.rfind("["))
-        key = key[:cut] if cut > 0 else ""
-    return None
-
-
 def parse_eval(data: Any) -> EvalDesc:
     """Validate a plain mapping as an evaluation description (raises InputError)."""
     desc = _build(EvalDesc, data, "")
@@ -303,7 +269,7 @@ def load_eval(path: str | Path) -> EvalDesc:
     try:
         return parse_eval(data)
     except InputError as exc:
-        raise exc.located(str(path), _line_for(exc.field or "", _key_lines(text))) from None
+        raise exc.located(str(path), line_for(exc.field or "", key_lines(text))) from None
 
 
 # --------------------------------------------------------------------------- checks

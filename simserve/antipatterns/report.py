@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from simserve.antipatterns.figures import save_entry_figure
 from simserve.errors import InputError
+from simserve.experiments.atomic import write_dir_atomically
 
 __all__ = ["check_out_dir", "fmt_value", "render_report", "short_verdict", "write_outputs"]
 
@@ -379,21 +377,11 @@ def check_out_dir(out: str | Path) -> Path:
 def write_outputs(verdicts: Mapping[str, Any], out: str | Path) -> Path:
     """Write report.md, verdicts.json and figures/<ID>.png atomically into `out`."""
     path = check_out_dir(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         for entry in verdicts["entries"]:
             save_entry_figure(entry, tmp / entry["figure"])
         (tmp / MARKER).write_text(json.dumps(verdicts, indent=2, allow_nan=False) + "\n")
         (tmp / "report.md").write_text(render_report(verdicts))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+
+    return write_dir_atomically(path, write)

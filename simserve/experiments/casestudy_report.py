@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import yaml
 from simserve import __version__
 from simserve.config import scenario_to_mapping
 from simserve.errors import InputError
+from simserve.experiments.atomic import write_dir_atomically
 from simserve.experiments.casestudy import (
     BASELINE,
     RULES,
@@ -621,9 +619,8 @@ def write_specdec(study: SpecDecStudy, out_dir: str | Path, command: str) -> Pat
 
     out = Path(out_dir)
     check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         (tmp / "report.md").write_text(render_report(study, command))
         for name, fig in specdec_figures(study).items():
             save_figure(fig, tmp / f"{name}.png")
@@ -632,14 +629,5 @@ def write_specdec(study: SpecDecStudy, out_dir: str | Path, command: str) -> Pat
         (tmp / "results.json").write_text(json.dumps(study_results(study), indent=2) + "\n")
         scenario = {"simserve_version": __version__, **scenario_to_mapping(study.scenario)}
         (tmp / "scenario.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_dir_atomically(out, write)

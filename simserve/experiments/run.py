@@ -10,9 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ from simserve.engine.policies import make_policy
 from simserve.engine.records import SimulationResult
 from simserve.engine.simulation import simulate
 from simserve.errors import InputError
+from simserve.experiments.atomic import write_dir_atomically
 from simserve.metrics import request_metrics, summarize
 from simserve.metrics.speculative import spec_decode_summary
 from simserve.resolve import ResolvedScenario, resolve
@@ -156,9 +154,8 @@ def write_run_dir(
             field="--out",
             source=str(out),
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         scenario_map = scenario_to_mapping(output.resolved.scenario)
         scenario_map = {"simserve_version": __version__, **scenario_map}
         (tmp / "scenario.yaml").write_text(yaml.safe_dump(scenario_map, sort_keys=False))
@@ -169,14 +166,5 @@ def write_run_dir(
         _write_csv(tmp / "steps.csv", step_columns(output.result))
         for writer in extra_writers:
             writer(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_dir_atomically(out, write)

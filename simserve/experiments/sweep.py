@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,6 +45,7 @@ from simserve.config import (
     scenario_to_mapping,
 )
 from simserve.errors import InputError
+from simserve.experiments.atomic import write_dir_atomically
 from simserve.experiments.capacity import (
     CapacityResult,
     CapacitySettings,
@@ -596,20 +596,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _write_dir_atomically(out: Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary sibling directory, then rename it to `out` (replacing a stale one)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _write_capacity_dir(result: CapacityResult, scenario: Scenario, out: Path) -> None:
     """A capacity point's directory: its scenario.yaml and capacity.json, written atomically."""
     def write(tmp: Path) -> None:
@@ -617,7 +603,7 @@ def _write_capacity_dir(result: CapacityResult, scenario: Scenario, out: Path) -
         (tmp / "scenario.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
         (tmp / CAPACITY_FILE).write_text(json.dumps(capacity_document([result]), indent=2) + "\n")
 
-    _write_dir_atomically(out, write)
+    write_dir_atomically(out, write)
 
 
 def capacity_document(results: Sequence[CapacityResult]) -> dict[str, Any]:
