@@ -9,8 +9,6 @@ valid one; checks that need the catalog (model context length, KV fit) live in `
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from simserve.errors import InputError
+from simserve.schema import build_dataclass
 from simserve.yaml_lines import key_lines, line_for
 
 __all__ = [
@@ -419,95 +418,11 @@ class Scenario:
         _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
 
-# --------------------------------------------------------------------------- generic loading
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, dotted: str) -> Any:
-    """Check/convert a YAML value to the annotated type; raise InputError naming `dotted`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, dotted)
-            except InputError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise InputError(
-                f"must be one of {', '.join(map(str, choices))}; got {value!r}", field=dotted
-            )
-        return value
-    if origin is tuple:
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise InputError(f"expected a list, got {value!r}", field=dotted)
-        return tuple(_convert(v, item_tp, f"{dotted}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise InputError(f"expected a mapping, got {value!r}", field=dotted)
-        return _build(tp, value, dotted)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise InputError(f"expected true/false, got {value!r}", field=dotted)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise InputError(f"expected an integer, got {value!r}", field=dotted)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(f"expected a number, got {value!r}", field=dotted)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise InputError(f"expected a string, got {value!r}", field=dotted)
-        return value
-    raise TypeError(f"unsupported config type {_type_name(tp)} at {dotted}")  # programming error
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in known:
-            raise InputError(
-                f"unknown key (known: {', '.join(sorted(known))})", field=dotted
-            )
-        kwargs[key] = _convert(value, hints[key], dotted)
-    try:
-        return cls(**kwargs)
-    except InputError as exc:
-        # Constructors name fields relative to their own section; make them absolute.
-        name = exc.field or ""
-        section = prefix.split(".")[-1] if prefix else ""
-        if prefix and name.startswith(section + ".") and not name.startswith(prefix):
-            name = prefix[: -len(section)] + name
-        elif prefix and not name.startswith(prefix):
-            name = f"{prefix}.{name}"
-        raise InputError(exc.message, field=name) from None
-
-
 def scenario_from_mapping(data: Mapping[str, Any]) -> Scenario:
     """Build a validated Scenario from a plain mapping (raises InputError)."""
     if not isinstance(data, Mapping):
         raise InputError("a scenario must be a YAML mapping")
-    return _build(Scenario, data, "")
+    return build_dataclass(Scenario, data, "")
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

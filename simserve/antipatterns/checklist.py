@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import yaml
 
 from simserve.antipatterns.catalog import CATALOG
 from simserve.errors import InputError
+from simserve.schema import build_dataclass
 from simserve.yaml_lines import key_lines, line_for
 
 __all__ = [
@@ -182,69 +181,9 @@ def _check_values(desc: EvalDesc) -> None:
 # --------------------------------------------------------------------------- loading
 
 
-def _convert(value: Any, tp: Any, dotted: str) -> Any:
-    """Check a YAML value against an annotated type; raise InputError naming `dotted`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(value, args[0], dotted)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise InputError(f"must be one of {', '.join(map(str, choices))}; got {value!r}",
-                             field=dotted)
-        return value
-    if origin is tuple:
-        item_tp = typing.get_args(tp)[0]
-        if not isinstance(value, list):
-            raise InputError(f"expected a list, got {value!r}", field=dotted)
-        return tuple(_convert(v, item_tp, f"{dotted}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, dotted)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise InputError(f"expected true/false, got {value!r}", field=dotted)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"expected an integer, got {value!r}", field=dotted)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(f"expected a number, got {value!r}", field=dotted)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise InputError(f"expected a string, got {value!r}", field=dotted)
-        return value
-    raise TypeError(f"unsupported schema type {tp!r} at {dotted}")  # programming error
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise InputError(f"expected a mapping, got {data!r}", field=prefix or None)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            raise InputError(f"unknown key (known: {', '.join(fields)})", field=dotted)
-        kwargs[key] = _convert(value, hints[key], dotted)
-    for name, f in fields.items():
-        no_default = (f.default is dataclasses.MISSING
-                      and f.default_factory is dataclasses.MISSING)
-        if no_default and name not in kwargs:
-            raise InputError("required key is missing",
-                             field=f"{prefix}.{name}" if prefix else name)
-    return cls(**kwargs)
-
-
 def parse_eval(data: Any) -> EvalDesc:
     """Validate a plain mapping as an evaluation description (raises InputError)."""
-    desc = _build(EvalDesc, data, "")
+    desc = build_dataclass(EvalDesc, data, "")
     _check_values(desc)
     return desc
 
