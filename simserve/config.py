@@ -18,7 +18,7 @@ import yaml
 
 from simserve.errors import InputError
 from simserve.schema import build_dataclass
-from simserve.yaml_lines import key_lines, line_for
+from simserve.yaml_lines import key_lines, line_for, read_yaml_file
 
 __all__ = [
     "AcceptanceConfig",
@@ -486,19 +486,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     """Load and validate a scenario file; errors name the field, the file and the line."""
     path = Path(path)
     overrides = overrides or []
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError("scenario file not found", source=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"cannot read scenario file ({exc.strerror})", source=str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise InputError(f"invalid YAML: {problem}", source=str(path), line=line) from None
+    data, text = read_yaml_file(path, "scenario file")
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise InputError("a scenario must be a YAML mapping", source=str(path))

@@ -1,12 +1,36 @@
-"""Where each key of a YAML document is, so errors can name the file's line (DESIGN §9)."""
+"""Reading YAML input files so that errors name the file and the line (DESIGN §9)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import yaml
 
-__all__ = ["key_lines", "line_for"]
+from simserve.errors import InputError
+
+__all__ = ["key_lines", "line_for", "read_yaml_file"]
+
+
+def read_yaml_file(path: str | Path, what: str) -> tuple[Any, str]:
+    """The parsed document and its text; a missing, unreadable or malformed file is a one-line
+    InputError naming `what` (e.g. "scenario file"), the file and, for bad YAML, the line."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{what} not found", source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"cannot read {what} ({reason})", source=source) from None
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or "syntax error"
+        line = mark.line + 1 if mark is not None else None
+        raise InputError(f"invalid YAML: {problem}", source=source, line=line) from None
 
 
 def key_lines(text: str) -> dict[str, int]:

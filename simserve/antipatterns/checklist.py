@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from simserve.antipatterns.catalog import CATALOG
 from simserve.errors import InputError
 from simserve.schema import build_dataclass
-from simserve.yaml_lines import key_lines, line_for
+from simserve.yaml_lines import key_lines, line_for, read_yaml_file
 
 __all__ = [
     "CHECKS",
@@ -191,18 +189,7 @@ def parse_eval(data: Any) -> EvalDesc:
 def load_eval(path: str | Path) -> EvalDesc:
     """Load and validate EVAL.yaml; errors name the field, the file and the line."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError("evaluation file not found", source=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read evaluation file ({exc})", source=str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InputError(f"invalid YAML: {getattr(exc, 'problem', None) or 'syntax error'}",
-                         source=str(path), line=None if mark is None else mark.line + 1) from None
+    data, text = read_yaml_file(path, "evaluation file")
     if not isinstance(data, Mapping):
         raise InputError("an evaluation description must be a YAML mapping", source=str(path))
     try:

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import yaml
 
 from simserve.catalog import GpuSpec, ModelSpec
 from simserve.costmodel.base import BatchShape
 from simserve.errors import InputError
+from simserve.yaml_lines import read_yaml_file
 
 __all__ = [
     "COEFFICIENT_DEFAULTS",
@@ -364,16 +364,7 @@ def profile_from_mapping(data: Any, source: str = "profile") -> Profile:
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a profile YAML file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("profile file not found", source=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"cannot read profile ({exc.strerror})", source=str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputError(f"invalid YAML: {exc}", source=str(path)) from None
+    data, _text = read_yaml_file(path, "profile file")
     return profile_from_mapping(data, str(path))
 
 

@@ -60,6 +60,7 @@ from simserve.experiments.capacity import (
 )
 from simserve.experiments.run import run_scenario, write_run_dir
 from simserve.resolve import resolve
+from simserve.yaml_lines import read_yaml_file
 
 __all__ = [
     "SPEC_FILE",
@@ -263,20 +264,7 @@ def _axes(
 def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     """Read and check a sweep spec file; `overrides` (`KEY=VALUE`) apply to the base scenario."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError("sweep spec not found", source=str(path)) from None
-    except OSError as exc:
-        raise InputError(f"cannot read sweep spec ({exc.strerror})", source=str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InputError(
-            f"invalid YAML: {getattr(exc, 'problem', None) or exc}", source=str(path),
-            line=mark.line + 1 if mark is not None else None,
-        ) from None
+    data, text = read_yaml_file(path, "sweep spec")
     if not isinstance(data, dict):
         raise InputError("a sweep spec must be a YAML mapping", source=str(path))
     source = str(path)
