@@ -28,7 +28,9 @@ __all__ = [
     "EngineConfig",
     "FluidityConfig",
     "LengthsConfig",
+    "LinkConfig",
     "MetricsConfig",
+    "PoolConfig",
     "Scenario",
     "SloConfig",
     "SpeculativeConfig",
@@ -286,15 +288,98 @@ class EngineConfig:
 
 
 Router = Literal["round_robin", "least_outstanding", "least_kv"]
+ClusterMode = Literal["colocated", "disaggregated"]
+PoolPolicy = Literal["prefill_first", "mixed", "chunked_prefill"]
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """The link that carries KV caches from prefill to decode instances.
+
+    `name`: a catalog link (`simserve/data/links.yaml`: nvlink3, nvlink4, pcie4, pcie5,
+    net100g, net200g, net400g); unset means the hardware's own GPU interconnect. Explicit
+    `bandwidth_gbps` (GB/s, one direction) and `latency_us` override the catalog's numbers.
+    """
+
+    name: str | None = None
+    bandwidth_gbps: float | None = None
+    latency_us: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.bandwidth_gbps is not None:
+            _require(
+                self.bandwidth_gbps > 0,
+                "cluster.link.bandwidth_gbps",
+                f"must be > 0, got {self.bandwidth_gbps}",
+            )
+        if self.latency_us is not None:
+            _require(self.latency_us >= 0, "cluster.link.latency_us", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One pool of a disaggregated cluster: identical instances of `tp` x `pp` GPUs each.
+
+    Unset fields take the scenario's values (`tp`, `pp`, `engine.*`, `cost_model.profile`).
+    `profile` names the calibrated profile of this pool's TP when `cost_model.kind` is
+    calibrated (a profile is fitted per TP). `policy` decides how prompts are batched on a
+    prefill instance (whole prompts or chunks); on a decode instance it only matters for
+    requests preempted there, which recompute their prefill locally as vLLM does.
+    """
+
+    instances: int = 1
+    tp: int | None = None
+    pp: int | None = None
+    router: Router = "round_robin"
+    policy: PoolPolicy | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    profile: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.instances >= 1, "instances", f"must be >= 1, got {self.instances}")
+        _require(self.tp is None or self.tp >= 1, "tp", f"must be >= 1, got {self.tp}")
+        _require(self.pp is None or self.pp >= 1, "pp", f"must be >= 1, got {self.pp}")
+        if self.max_num_seqs is not None:
+            _require(self.max_num_seqs >= 1, "max_num_seqs", "must be >= 1")
+        if self.max_num_batched_tokens is not None:
+            _require(self.max_num_batched_tokens >= 1, "max_num_batched_tokens", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
+    """Where requests run. `colocated`: `replicas` identical engines, each doing prefill and
+    decode. `disaggregated`: a `prefill` pool hands each request's KV cache over `link` to a
+    `decode` pool (DistServe, Splitwise)."""
+
+    mode: ClusterMode = "colocated"
     replicas: int = 1
     router: Router = "round_robin"
+    prefill: PoolConfig | None = None
+    decode: PoolConfig | None = None
+    link: LinkConfig = field(default_factory=LinkConfig)
 
     def __post_init__(self) -> None:
         _require(self.replicas >= 1, "cluster.replicas", f"must be >= 1, got {self.replicas}")
+        if self.mode == "colocated":
+            for pool in ("prefill", "decode"):
+                _require(
+                    getattr(self, pool) is None,
+                    f"cluster.{pool}",
+                    "only used by cluster.mode disaggregated",
+                )
+            return
+        _require(
+            self.replicas == 1,
+            "cluster.replicas",
+            "a disaggregated cluster sizes its pools with cluster.prefill.instances and "
+            "cluster.decode.instances",
+        )
+        # NOTE: an unset pool is one instance with the scenario's settings.
+        if self.prefill is None:
+            object.__setattr__(self, "prefill", PoolConfig())
+        if self.decode is None:
+            object.__setattr__(self, "decode", PoolConfig())
 
 
 # --------------------------------------------------------------------------- cost model
@@ -405,6 +490,7 @@ class Scenario:
     model: str = "llama-3-8b"
     hardware: str = "h100-80gb-sxm"
     tp: int = 1
+    pp: int = 1
     seed: int = 0
     catalog: str | None = None
     cost_model: CostModelConfig = field(default_factory=CostModelConfig)
@@ -415,6 +501,17 @@ class Scenario:
 
     def __post_init__(self) -> None:
         _require(self.tp >= 1, "tp", f"must be >= 1, got {self.tp}")
+        _require(self.pp >= 1, "pp", f"must be >= 1, got {self.pp}")
+        _require(
+            self.cluster.mode == "colocated" or self.engine.speculative is None,
+            "engine.speculative",
+            "speculative decoding is modelled on co-located clusters only",
+        )
+        _require(
+            self.cluster.mode == "colocated" or self.engine.policy != "static",
+            "engine.policy",
+            "a disaggregated cluster batches continuously; static batching is co-located only",
+        )
         _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
 

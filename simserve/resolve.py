@@ -8,23 +8,43 @@ weights and TP).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from simserve.catalog import Catalog, GpuSpec, ModelSpec, load_catalog
 from simserve.config import Scenario, SpeculativeConfig
 from simserve.costmodel import CostModel, build_cost_model
 from simserve.costmodel.speculative import SpeculativeCostModel
-from simserve.engine.simulation import EngineLimits
+from simserve.engine.simulation import EngineLimits, PoolSetup
 from simserve.errors import InputError
+from simserve.links import LinkSpec, resolve_link, stage_link
 
-__all__ = ["ResolvedScenario", "kv_cache_blocks", "resolve"]
+__all__ = ["ResolvedPool", "ResolvedScenario", "kv_cache_blocks", "resolve"]
 
 GIB = 2**30
 
 
 @dataclass(frozen=True)
+class ResolvedPool:
+    """One pool's engine setup: `role` is `replica` (co-located), `prefill` or `decode`."""
+
+    role: str
+    setup: PoolSetup
+    tp: int
+    pp: int
+
+    @property
+    def num_gpus(self) -> int:
+        return self.setup.instances * self.tp * self.pp
+
+
+@dataclass(frozen=True)
 class ResolvedScenario:
-    """A scenario with its catalog entries, engine limits and cost model."""
+    """A scenario with its catalog entries, engine limits and cost model.
+
+    `limits` and `cost_model` are those of the co-located replicas, or of the decode pool of a
+    disaggregated cluster; `pools` has every pool, and `kv_link` the prefill-to-decode link.
+    """
 
     scenario: Scenario
     gpu: GpuSpec
@@ -32,6 +52,21 @@ class ResolvedScenario:
     limits: EngineLimits
     cost_model: CostModel
     draft_model: ModelSpec | None = None
+    pools: tuple[ResolvedPool, ...] = ()
+    kv_link: LinkSpec | None = None
+
+    @property
+    def num_gpus(self) -> int:
+        """GPUs the cluster occupies (for goodput per GPU)."""
+        return sum(p.num_gpus for p in self.pools)
+
+    def kv_transfer_s(self, num_tokens: int) -> float:
+        """Seconds to move the KV cache of `num_tokens` tokens from a prefill to a decode
+        instance: every GPU of the smaller instance moves its shard over its own link."""
+        assert self.kv_link is not None
+        prefill, decode = self.pools
+        pairs = min(prefill.tp * prefill.pp, decode.tp * decode.pp)
+        return self.kv_link.transfer_s(num_tokens * self.model.kv_bytes_per_token / pairs)
 
 
 def kv_cache_blocks(
@@ -41,35 +76,42 @@ def kv_cache_blocks(
     *,
     draft_weight_bytes: float = 0.0,
     draft_kv_bytes_per_token: float = 0.0,
+    tp: int | None = None,
+    pp: int = 1,
 ) -> int:
-    """Paged KV blocks one replica can hold.
+    """Paged KV blocks one replica (all its `tp` x `pp` GPUs) can hold.
 
-    (GPU memory x utilisation - weights/tp - activation reserve) per GPU, times tp GPUs, over
-    the KV bytes of one block (all layers, all KV heads, K and V), as vLLM's profiler does. A
-    speculative draft's weights and KV (one slot per target slot) share the same memory.
+    (GPU memory x utilisation - weights/(tp pp) - activation reserve) per GPU, times tp pp GPUs,
+    over the KV bytes of one block (all layers, all KV heads, K and V), as vLLM's profiler does.
+    A speculative draft's weights and KV (one slot per target slot) share the same memory.
     """
     engine = scenario.engine
     if engine.num_gpu_blocks_override is not None:
         return engine.num_gpu_blocks_override
-    tp = scenario.tp
+    gpus = (tp or scenario.tp) * pp
     per_gpu_free = (
         gpu.memory_gib * GIB * engine.gpu_memory_utilization
-        - (model.weight_bytes + draft_weight_bytes) / tp
+        - (model.weight_bytes + draft_weight_bytes) / gpus
         - engine.activation_reserve_gib * GIB
     )
     block_bytes = (model.kv_bytes_per_token + draft_kv_bytes_per_token) * engine.block_size
-    return int(per_gpu_free * tp // block_bytes) if per_gpu_free > 0 else 0
+    return int(per_gpu_free * gpus // block_bytes) if per_gpu_free > 0 else 0
 
 
-def _check_tp(scenario: Scenario, model: ModelSpec) -> None:
-    # NOTE: vLLM shards attention heads over TP and replicates KV heads when tp exceeds them.
-    tp = scenario.tp
+def _check_parallelism(model: ModelSpec, tp: int, pp: int, prefix: str) -> None:
+    # NOTE: vLLM shards attention heads over TP and replicates KV heads when tp exceeds them;
+    # pipeline stages take whole layers, and we split them evenly.
     kv_ok = model.num_kv_heads % tp == 0 or tp % model.num_kv_heads == 0
     if model.num_heads % tp or not kv_ok:
         raise InputError(
             f"tp={tp} does not divide {model.name}'s {model.num_heads} attention heads / "
             f"{model.num_kv_heads} KV heads",
-            field="tp",
+            field=f"{prefix}tp",
+        )
+    if model.num_layers % pp:
+        raise InputError(
+            f"pp={pp} does not divide {model.name}'s {model.num_layers} layers into equal stages",
+            field=f"{prefix}pp",
         )
 
 
@@ -90,7 +132,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
     catalog = catalog or load_catalog(scenario.catalog)
     gpu = catalog.gpu(scenario.hardware)
     model = catalog.model(scenario.model)
-    _check_tp(scenario, model)
+    _check_parallelism(model, scenario.tp, scenario.pp, "")
     engine = scenario.engine
     max_model_len = engine.max_model_len or model.max_model_len
     if max_model_len > model.max_model_len:
@@ -99,19 +141,16 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
             field="engine.max_model_len",
         )
     _check_lengths(scenario, model, max_model_len)
+    if scenario.cluster.mode == "disaggregated":
+        return _resolve_disaggregated(scenario, catalog, gpu, model, max_model_len)
     spec = engine.speculative
     draft = _draft_model(spec, catalog, model) if spec is not None else None
     draft_weights, draft_kv = _draft_memory(spec, model, draft)
     num_blocks = kv_cache_blocks(
-        scenario, gpu, model, draft_weight_bytes=draft_weights, draft_kv_bytes_per_token=draft_kv
+        scenario, gpu, model, draft_weight_bytes=draft_weights,
+        draft_kv_bytes_per_token=draft_kv, pp=scenario.pp,
     )
-    if num_blocks < 1:
-        raise InputError(
-            f"{model.name} weights ({model.weight_bytes / GIB:.1f} GiB over tp={scenario.tp}) "
-            f"leave no KV-cache memory on {gpu.name} at gpu_memory_utilization="
-            f"{engine.gpu_memory_utilization}",
-            field="engine.gpu_memory_utilization",
-        )
+    _check_blocks(num_blocks, scenario, gpu, model, scenario.tp * scenario.pp, "")
     limits = EngineLimits(
         num_blocks=num_blocks,
         block_size=engine.block_size,
@@ -135,7 +174,106 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
             )
             draft_cost = build_cost_model(draft_config, gpu, draft, scenario.tp)
         cost_model = SpeculativeCostModel(cost_model, draft_cost, spec.draft_cost_fraction)
-    return ResolvedScenario(scenario, gpu, model, limits, cost_model, draft)
+    pool = PoolSetup(
+        instances=scenario.cluster.replicas,
+        limits=limits,
+        cost_model=cost_model,
+        policy=engine.policy,
+        router=scenario.cluster.router,
+        pp=scenario.pp,
+        stage_send_s=_stage_send(gpu, model, scenario.pp),
+    )
+    return ResolvedScenario(
+        scenario, gpu, model, limits, cost_model, draft,
+        pools=(ResolvedPool("replica", pool, scenario.tp, scenario.pp),),
+    )
+
+
+def _check_blocks(
+    num_blocks: int, scenario: Scenario, gpu: GpuSpec, model: ModelSpec, gpus: int, prefix: str
+) -> None:
+    if num_blocks < 1:
+        raise InputError(
+            f"{model.name} weights ({model.weight_bytes / GIB:.1f} GiB over {gpus} GPUs) "
+            f"leave no KV-cache memory on {gpu.name} at gpu_memory_utilization="
+            f"{scenario.engine.gpu_memory_utilization}",
+            field=f"{prefix}tp" if prefix else "engine.gpu_memory_utilization",
+        )
+
+
+def _stage_send(gpu: GpuSpec, model: ModelSpec, pp: int) -> Callable[[int], float] | None:
+    """Stage-to-stage send of a micro-batch's hidden states (N x hidden x dtype bytes) over
+    the measured (Vidur send_recv) or catalog link of the GPU."""
+    if pp == 1:
+        return None
+    link = stage_link(gpu.name, gpu.interconnect_gbps)
+    bytes_per_token = model.hidden_size * model.dtype_bytes
+    return lambda num_tokens: link.transfer_s(num_tokens * bytes_per_token)
+
+
+def _resolve_disaggregated(
+    scenario: Scenario, catalog: Catalog, gpu: GpuSpec, model: ModelSpec, max_model_len: int
+) -> ResolvedScenario:
+    cluster, engine = scenario.cluster, scenario.engine
+    pools = []
+    for role, pool in (("prefill", cluster.prefill), ("decode", cluster.decode)):
+        assert pool is not None  # ClusterConfig fills unset pools
+        prefix = f"cluster.{role}."
+        tp = pool.tp or scenario.tp
+        pp = pool.pp or scenario.pp
+        _check_parallelism(model, tp, pp, prefix)
+        num_blocks = kv_cache_blocks(scenario, gpu, model, tp=tp, pp=pp)
+        _check_blocks(num_blocks, scenario, gpu, model, tp * pp, prefix)
+        limits = EngineLimits(
+            num_blocks=num_blocks,
+            block_size=engine.block_size,
+            max_num_seqs=pool.max_num_seqs or engine.max_num_seqs,
+            max_num_batched_tokens=pool.max_num_batched_tokens or engine.max_num_batched_tokens,
+            max_model_len=max_model_len,
+        )
+        per_engine = num_blocks // pp
+        if role == "decode" and per_engine * engine.block_size < max_model_len:
+            raise InputError(
+                f"a decode engine holds {per_engine * engine.block_size} KV tokens "
+                f"({model.name}, tp={tp}, pp={pp}, {gpu.name}): not one {max_model_len}-token "
+                "request; add GPUs (tp/pp) or lower engine.max_model_len",
+                field=f"{prefix}tp",
+            )
+        cost_config = scenario.cost_model
+        if pool.profile is not None:
+            cost_config = dataclasses.replace(cost_config, profile=pool.profile)
+        try:
+            cost_model = build_cost_model(cost_config, gpu, model, tp)
+        except InputError as exc:
+            if exc.field != "cost_model.profile" or (pool.profile is None and tp == scenario.tp):
+                raise
+            field = f"{prefix}profile" if pool.profile is not None else "cost_model.profile"
+            raise InputError(
+                f"{exc.message} (set {prefix}profile to a profile fitted at tp={tp})",
+                field=field,
+            ) from None
+        setup = PoolSetup(
+            instances=pool.instances,
+            limits=limits,
+            cost_model=cost_model,
+            policy=pool.policy or engine.policy,
+            router=pool.router,
+            pp=pp,
+            stage_send_s=_stage_send(gpu, model, pp),
+        )
+        pools.append(ResolvedPool(role, setup, tp, pp))
+    link_config = cluster.link
+    kv_link = resolve_link(
+        link_config.name or gpu.interconnect,
+        link_config.bandwidth_gbps,
+        link_config.latency_us,
+        field="cluster.link",
+    )
+    decode = pools[1].setup
+    return ResolvedScenario(
+        scenario, gpu, model, decode.limits, decode.cost_model, None,
+        pools=tuple(pools), kv_link=kv_link,
+    )
 
 
 def _draft_model(spec: SpeculativeConfig, catalog: Catalog, target: ModelSpec) -> ModelSpec | None:

@@ -28,16 +28,17 @@ def small_runs(draw):
     policy = draw(st.sampled_from(sorted(POLICIES)))
     replicas = draw(st.integers(1, 2))
     router = draw(st.sampled_from(["round_robin", "least_outstanding", "least_kv"]))
+    pp = draw(st.integers(1, 3))
     workload = Workload(
         arrived_at=arrived, prompt_len=np.array(prompt), output_len=np.array(output)
     )
-    return workload, limits, policy, replicas, router
+    return workload, limits, policy, replicas, router, pp
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(small_runs())
 def test_engine_invariants(run):
-    workload, limits, policy, replicas, router = run
+    workload, limits, policy, replicas, router, pp = run
     r = simulate(
         workload,
         lambda: make_policy(policy),
@@ -45,6 +46,8 @@ def test_engine_invariants(run):
         limits,
         num_replicas=replicas,
         router=router,
+        pp=pp,
+        stage_send_s=lambda num_tokens: 1e-4 * num_tokens,
     )
     counts = np.diff(r.token_offsets)
     served = r.rejected == 0
@@ -53,7 +56,7 @@ def test_engine_invariants(run):
     assert np.all(counts[~served] == 0)
     assert np.all(np.isfinite(r.finished_at[served]))
     # KV blocks never above capacity.
-    assert np.all(r.steps.kv_blocks_used <= limits.num_blocks)
+    assert np.all(r.steps.kv_blocks_used <= limits.num_blocks // pp)
     assert np.all(r.steps.kv_blocks_used >= 0)
     # ttft <= e2el, scheduled after arrival, token times non-decreasing within each request.
     first = r.token_times_s[r.token_offsets[:-1][served]]
@@ -67,7 +70,8 @@ def test_engine_invariants(run):
     # Requests are rejected only for the documented reasons, and always when they apply.
     p, o = r.prompt_len, r.output_len
     too_long = p + o > limits.max_model_len
-    kv_never = -(-(p + o - 1) // limits.block_size) > limits.num_blocks
+    # With pp stages each virtual engine holds num_blocks // pp blocks (vLLM v0).
+    kv_never = -(-(p + o - 1) // limits.block_size) > limits.num_blocks // pp
     over_budget = (p > limits.max_num_batched_tokens) & make_policy(policy).whole_prompts
     assert np.array_equal(r.rejected == 1, too_long)
     assert np.array_equal(r.rejected == 2, kv_never & ~too_long)

@@ -6,8 +6,9 @@ BatchShape aggregates the simulator prices (DESIGN §4) and a measured time in m
 
 - `splitwise`: splitwise-sim `perf_model.csv` (whole-prefill time of a batch of equal prompts and
   per-token decode time at a batch size; Llama-2-70B and BLOOM-176B on A100/H100);
-- `distserve`: DistServe's fitted step-latency coefficients (`profiler-*.json`), evaluated on a
-  grid of the engine's operating range (their formula, not raw measurements);
+- `distserve`: DistServe's fitted step-latency coefficients (`profiler-<gpu>.<engine>.json`, the
+  engine from the file name: vllm or distserve), evaluated on a grid of that engine's operating
+  range (their formula, not raw measurements);
 - `steps`: the CSV that `calibration/profile_gpu.py` writes (one measured step per row);
 - `vidur`: Vidur `mlp.csv` files or simserve's reduced extract `linear_ops.csv`.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ __all__ = [
     "LinearData",
     "StepData",
     "detect_format",
+    "distserve_engine",
     "load_distserve",
     "load_splitwise",
     "load_steps_csv",
@@ -326,6 +329,82 @@ DISTSERVE_DECODE_CONTEXTS = (32, 64, 128, 256, 512, 768, 1024, 1536, 2048)
 DISTSERVE_MAX_BATCHED_TOKENS = 2048
 DISTSERVE_MAX_KV_TOKENS = 60_000
 
+# The engine a DistServe profiler file describes is named in its file name,
+# `profiler-<gpu>.<engine>.json` (DistServe ships `profiler-a100-80g.vllm.json` and
+# `profiler-a100-80g.distserve.json`); a name without an engine part (e.g. DistServe's older
+# `profiler-a100-80g.json`) is read as vLLM, the engine this loader assumed before.
+DISTSERVE_DEFAULT_ENGINE = "vllm"
+_ENGINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class DistServeGrid:
+    """The step shapes at which DistServe's formula is evaluated: one engine's operating range.
+
+    Prefill steps are `batch` prompts of `len` tokens with batch x len <= max_batched_tokens;
+    decode steps are `batch` sequences of `context` KV tokens with batch x context <=
+    max_kv_tokens (plus, per batch, the longest context that fills max_kv_tokens).
+    """
+
+    prefill_lens: tuple[int, ...]
+    prefill_batches: tuple[int, ...]
+    max_batched_tokens: int
+    decode_batches: tuple[int, ...]
+    decode_contexts: tuple[int, ...]
+    max_kv_tokens: int
+    description: str
+
+
+VLLM_GRID = DistServeGrid(
+    DISTSERVE_PREFILL_LENS, DISTSERVE_PREFILL_BATCHES, DISTSERVE_MAX_BATCHED_TOKENS,
+    DISTSERVE_DECODE_BATCHES, DISTSERVE_DECODE_CONTEXTS, DISTSERVE_MAX_KV_TOKENS,
+    "the vLLM v0 operating grid (prefill batches up to 2048 tokens, decode batches up to 256, "
+    "contexts up to 2048, <= 60k KV tokens)",
+)
+
+# NOTE: DistServe's own engine schedules prefill (context) batches up to a token budget, not
+# vLLM's 2048: its serving launcher (LLMServe/DistServe
+# distserve/evaluation/2-benchmark-serving/2-start-api-server.py, backend "distserve") passes
+# --context-max-batch-size 128 --context-max-tokens-per-batch 32768, and the profiling runs its
+# coefficients were fitted on (evaluation/0-test-single-forward-performance/main.py,
+# "distserve-profiling") cover batches of up to 192 prompts of 4-2020 tokens with
+# batch x tokens <= 49152 (TP1), 98304 (TP2), 250000 (TP4), so the formula is fitted, not
+# extrapolated, up to 32768 prefill tokens per step at every TP here. The per-request limit is the
+# same 2048 tokens (--max-num-blocks-per-req 128 x --block-size 16). The decode side keeps the
+# vLLM grid: DistServe's decode limits (--decoding-max-batch-size 1024,
+# --decoding-max-tokens-per-batch 65536, KV capacity 66144 tokens at TP1 in simdistserve's
+# estimators/profile_data/max_num_tokens.csv) lie beyond the profiled decode batches (<= 192), so a
+# wider decode grid would extrapolate DistServe's formula rather than follow it.
+DISTSERVE_ENGINE_GRID = DistServeGrid(
+    DISTSERVE_PREFILL_LENS, (*DISTSERVE_PREFILL_BATCHES, 128), 32_768,
+    DISTSERVE_DECODE_BATCHES, DISTSERVE_DECODE_CONTEXTS, DISTSERVE_MAX_KV_TOKENS,
+    "DistServe's own engine's operating grid (prefill batches of up to 128 prompts and 32768 "
+    "tokens, decode batches up to 256, contexts up to 2048, <= 60k KV tokens)",
+)
+DISTSERVE_GRIDS: dict[str, DistServeGrid] = {"vllm": VLLM_GRID, "distserve": DISTSERVE_ENGINE_GRID}
+
+
+def _engine_part(path: str | Path) -> str | None:
+    """The `<engine>` of `profiler-<gpu>.<engine>[.<anything>].json`, None when there is none."""
+    parts = Path(path).name.split(".")
+    if parts[-1].lower() == "json":
+        parts = parts[:-1]
+    return parts[1] if len(parts) >= 2 and parts[1] else None
+
+
+def distserve_engine(path: str | Path) -> str:
+    """The engine of a DistServe profiler file from its name: `profiler-<gpu>.<engine>.json` ->
+    `<engine>` (the first dot-separated part after the GPU, so `profiler-a100-80g.vllm.1.json` is
+    vllm too); a name without an engine part -> DISTSERVE_DEFAULT_ENGINE ("vllm")."""
+    engine = _engine_part(path)
+    if engine is None:
+        return DISTSERVE_DEFAULT_ENGINE
+    if not _ENGINE_NAME.fullmatch(engine):
+        raise InputError(f"engine {engine!r} in the file name is not a plain name (letters, "
+                         "digits, '-', '_'); name the file profiler-<gpu>.<engine>.json",
+                         source=str(path))
+    return engine.lower()
+
 
 def distserve_formula_ms(params: dict[str, Any], shape: dict[str, float],
                          lens: list[float]) -> float:
@@ -346,10 +425,25 @@ def distserve_formula_ms(params: dict[str, Any], shape: dict[str, float],
 
 
 def load_distserve(path: str | Path, catalog: Catalog | None = None) -> list[StepData]:
-    """Step groups from DistServe's profiler JSON, evaluated on the vLLM v0 operating grid."""
+    """Step groups from DistServe's profiler JSON, evaluated on its engine's operating grid.
+
+    The engine comes from the file name (`distserve_engine`): `.vllm.json` is DistServe's fit of
+    vLLM, `.distserve.json` of DistServe's own engine; another engine name is evaluated on the
+    vLLM grid (no other operating range is known) and says so in its notes.
+    """
     path = Path(path)
     source = str(path)
     catalog = catalog or load_catalog()
+    engine = distserve_engine(path)
+    grid = DISTSERVE_GRIDS.get(engine, VLLM_GRID)
+    notes = ["DistServe's fitted formula evaluated on a grid (no raw measurements)"]
+    if _engine_part(path) is None:
+        notes.append("no engine in the file name (profiler-<gpu>.<engine>.json): assumed "
+                     f"{DISTSERVE_DEFAULT_ENGINE}")
+    if engine != "vllm":
+        unknown = "" if engine in DISTSERVE_GRIDS else " (no operating range known for it)"
+        notes.append(f"engine {engine!r} from the file name{unknown}: evaluated on "
+                     f"{grid.description}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -374,17 +468,17 @@ def load_distserve(path: str | Path, catalog: Catalog | None = None) -> list[Ste
                     f"{hf_name}.{tp_key}: missing 'decoding_large_small_bs_threshold'",
                     source=source)
             rows, times = [], []
-            for q in DISTSERVE_PREFILL_LENS:
-                for b in DISTSERVE_PREFILL_BATCHES:
-                    if b * q <= DISTSERVE_MAX_BATCHED_TOKENS:
+            for q in grid.prefill_lens:
+                for b in grid.prefill_batches:
+                    if b * q <= grid.max_batched_tokens:
                         shape = prefill_shape(b, q)
                         rows.append(shape)
                         times.append(distserve_formula_ms(params, shape, [q] * b))
-            for b in DISTSERVE_DECODE_BATCHES:
+            for b in grid.decode_batches:
                 # The grid's contexts plus the longest that fills the KV capacity at this batch.
-                fill = min(DISTSERVE_DECODE_CONTEXTS[-1], DISTSERVE_MAX_KV_TOKENS // b)
-                for ctx in sorted({*DISTSERVE_DECODE_CONTEXTS, fill}):
-                    if b * ctx <= DISTSERVE_MAX_KV_TOKENS:
+                fill = min(grid.decode_contexts[-1], grid.max_kv_tokens // b)
+                for ctx in sorted({*grid.decode_contexts, fill}):
+                    if b * ctx <= grid.max_kv_tokens:
                         shape = decode_shape(b, ctx)
                         rows.append(shape)
                         times.append(distserve_formula_ms(params, shape, []))
@@ -393,9 +487,8 @@ def load_distserve(path: str | Path, catalog: Catalog | None = None) -> list[Ste
                 raise InputError(f"{hf_name}.{tp_key}: the coefficients give non-positive "
                                  "step times on the grid", source=source)
             out.append(StepData(
-                "distserve", source, "a100-80gb-sxm", model, int(tp_key), "vllm",
-                arch, _shapes(rows), times_arr,
-                ("DistServe's fitted formula evaluated on a grid (no raw measurements)",),
+                "distserve", source, "a100-80gb-sxm", model, int(tp_key), engine,
+                arch, _shapes(rows), times_arr, tuple(notes),
             ))
     if not out:
         raise InputError("no model of the file is in the catalog", source=source)

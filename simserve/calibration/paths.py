@@ -7,6 +7,7 @@ from pathlib import Path
 __all__ = [
     "CALIBRATION_DIR",
     "DATA_DIR",
+    "DISTSERVE_ENGINE_DATA",
     "GROUND_TRUTH_DIR",
     "PROFILES_DIR",
     "REPO_ROOT",
@@ -18,10 +19,16 @@ CALIBRATION_DIR = REPO_ROOT / "calibration"
 DATA_DIR = CALIBRATION_DIR / "data"
 PROFILES_DIR = CALIBRATION_DIR / "profiles"
 
-# The measured data shipped with the repository, by format.
+# DistServe's fitted step-latency coefficients of its OWN engine (the `*_distserve.yaml` profiles
+# that price its prefill and decode instances); "distserve" below is its fit of vLLM.
+DISTSERVE_ENGINE_DATA = DATA_DIR / "distserve" / "profiler-a100-80g.distserve.json"
+
+# The measured data shipped with the repository, by format ("distserve-engine": the same format
+# as "distserve", for DistServe's own engine).
 SHIPPED_DATA: dict[str, Path] = {
     "splitwise": DATA_DIR / "splitwise" / "perf_model.csv",
     "vidur": DATA_DIR / "vidur" / "linear_ops.csv",
     "distserve": DATA_DIR / "distserve" / "profiler-a100-80g.vllm.json",
+    "distserve-engine": DISTSERVE_ENGINE_DATA,
 }
 GROUND_TRUTH_DIR = DATA_DIR / "distserve" / "ground_truth_opt13b_sharegpt"

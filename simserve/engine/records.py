@@ -62,6 +62,12 @@ class SimulationResult:
     num_speculative_tokens: int = 0
     spec_num_drafts: int = 0
     spec_accepted_per_position: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # Disaggregated serving (None on a co-located cluster), per request: seconds the KV cache
+    # spent on the link, seconds from the end of the prefill until the transfer started
+    # (waiting for a decode slot and KV blocks, then for the link), and the decode instance.
+    kv_transfer_s: np.ndarray | None = None
+    kv_transfer_wait_s: np.ndarray | None = None
+    decode_replica: np.ndarray | None = None
 
     @property
     def num_requests(self) -> int:

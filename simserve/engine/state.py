@@ -10,6 +10,7 @@ per-token timestamps once, after the run.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,12 +120,20 @@ class ReplicaState:
         self._block_mask = block_size - 1 if block_size & (block_size - 1) == 0 else None
         self.num_decoding = 0
         self.decode_kv_sum = 0  # sum of dec_computed[:num_decoding], kept incrementally
+        # Disaggregated serving. A prefill instance hands each finished prefill to
+        # `handoff(state, request_id, num_computed, num_blocks)` and keeps its blocks
+        # (`num_held_blocks`) until the KV transfer ends; a decode instance reserves blocks and a
+        # sequence slot for each transfer in flight (`num_incoming`) before it starts.
+        self.handoff: Callable[[ReplicaState, int, int, int], None] | None = None
+        self.num_held_blocks = 0
+        self.num_incoming = 0
 
     # ------------------------------------------------------------------ views for policies
 
     @property
     def num_running(self) -> int:
-        return self.num_decoding + len(self.prefilling)
+        """Sequences holding a slot: decoding, prefilling and KV transfers on their way in."""
+        return self.num_decoding + len(self.prefilling) + self.num_incoming
 
     @property
     def num_outstanding(self) -> int:
@@ -132,6 +141,10 @@ class ReplicaState:
 
     def has_work(self) -> bool:
         return bool(self.num_decoding or self.prefilling or self.waiting)
+
+    def waits_on_transfers(self) -> bool:
+        """Whether KV blocks are tied up by transfers in flight (a step may have to wait)."""
+        return bool(self.num_held_blocks or self.num_incoming)
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -271,6 +284,7 @@ class ReplicaState:
                 self._drop_finished(done, m)
 
         completed: list[int] = []
+        handoffs: list[tuple[int, int, int]] = []
         if plan.chunks:
             kept: list[PrefillEntry] = []
             for entry, q in zip(self.prefilling, plan.chunks, strict=True):
@@ -286,6 +300,11 @@ class ReplicaState:
                     req.emitted[rid] = emitted
                     self.free_blocks += entry.num_blocks
                     finished += 1
+                    continue
+                if self.handoff is not None:
+                    req.emitted[rid] = emitted
+                    self.num_held_blocks += entry.num_blocks
+                    handoffs.append((rid, entry.num_computed, entry.num_blocks))
                     continue
                 i = self.num_decoding
                 self.dec_ids[i] = rid
@@ -308,7 +327,38 @@ class ReplicaState:
         log.num_seqs.append(shape.num_prefill_seqs + shape.num_decode_seqs)
         log.kv_blocks_used.append(self.num_blocks - self.free_blocks)
         log.kv_blocks_total.append(self.num_blocks)
+        if self.handoff is not None:
+            for rid, num_computed, num_blocks in handoffs:
+                self.handoff(self, rid, num_computed, num_blocks)
         return finished
+
+    # ------------------------------------------------------------------ KV handoff
+
+    def release_held(self, num_blocks: int) -> None:
+        """A prefill instance's KV transfer ended: its blocks are free again."""
+        self.num_held_blocks -= num_blocks
+        self.free_blocks += num_blocks
+
+    def reserve_incoming(self, num_blocks: int) -> None:
+        """A decode instance takes a slot and the blocks of a KV transfer before it starts."""
+        self.free_blocks -= num_blocks
+        self.num_incoming += 1
+        if self.free_blocks < 0 or self.num_running > self.max_num_seqs:
+            raise AssertionError(f"replica {self.index}: KV transfer over-admitted")
+
+    def accept_decoding(self, request_id: int, num_computed: int, remaining: int) -> None:
+        """A transferred request joins the decode batch (its blocks were reserved already).
+
+        Appending is safe while a step is in flight: a step touches only its first
+        `num_decodes` slots, and finished slots are compacted over the whole array.
+        """
+        i = self.num_decoding
+        self.dec_ids[i] = request_id
+        self.dec_computed[i] = num_computed
+        self.dec_remaining[i] = remaining
+        self.num_decoding = i + 1
+        self.decode_kv_sum += num_computed
+        self.num_incoming -= 1
 
     def _finish_verify(self, m: int, width: int, step: int) -> None:
         """Outcome of a speculative verify: accepted + 1 tokens each, truncated to the output

@@ -19,10 +19,10 @@ import yaml
 
 from simserve import __version__
 from simserve.config import Scenario, scenario_to_mapping
-from simserve.costmodel import envelope_report, envelope_warnings
+from simserve.costmodel import CostModel, envelope_report, envelope_warnings
 from simserve.engine.policies import make_policy
-from simserve.engine.records import SimulationResult
-from simserve.engine.simulation import simulate
+from simserve.engine.records import SimulationResult, StepRecords
+from simserve.engine.simulation import simulate, simulate_disaggregated
 from simserve.errors import InputError
 from simserve.experiments.atomic import write_dir_atomically
 from simserve.metrics import request_metrics, summarize
@@ -60,30 +60,65 @@ def simulate_resolved(
     """Build the workload and run the engine for a resolved scenario."""
     scenario = resolved.scenario
     workload = build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"])
+    if scenario.cluster.mode == "disaggregated":
+        prefill, decode = (p.setup for p in resolved.pools)
+        return workload, simulate_disaggregated(
+            workload, prefill, decode, resolved.kv_transfer_s
+        )
+    pool = resolved.pools[0].setup
     result = simulate(
         workload,
-        lambda: make_policy(scenario.engine.policy),
-        resolved.cost_model,
-        resolved.limits,
-        num_replicas=scenario.cluster.replicas,
-        router=scenario.cluster.router,
+        lambda: make_policy(pool.policy),
+        pool.cost_model,
+        pool.limits,
+        num_replicas=pool.instances,
+        router=pool.router,
         speculative=scenario.engine.speculative,
         acceptance_rng=rngs["acceptance"],
+        pp=pool.pp,
+        stage_send_s=pool.stage_send_s,
     )
     return workload, result
+
+
+def _pool_steps(
+    resolved: ResolvedScenario, steps: StepRecords
+) -> list[tuple[str, CostModel, StepRecords]]:
+    """Each pool's role, cost model and steps (instances are numbered pool by pool)."""
+    if len(resolved.pools) == 1:
+        return [("replica", resolved.pools[0].setup.cost_model, steps)]
+    out = []
+    first = 0
+    for pool in resolved.pools:
+        last = first + pool.setup.instances
+        mask = (steps.replica >= first) & (steps.replica < last)
+        subset = StepRecords(
+            **{f.name: getattr(steps, f.name)[mask] for f in dataclasses.fields(steps)}
+        )
+        out.append((pool.role, pool.setup.cost_model, subset))
+        first = last
+    return out
 
 
 def run_scenario(scenario: Scenario) -> RunOutput:
     """Simulate a scenario and summarise it (pure: no files are written)."""
     resolved = resolve(scenario)
     workload, result = simulate_resolved(resolved, seed_streams(scenario.seed))
-    warnings = envelope_warnings(resolved.cost_model, result.steps)
+    by_pool = _pool_steps(resolved, result.steps)
+    warnings = []
+    for role, cost_model, steps in by_pool:
+        prefix = f"{role} pool: " if len(by_pool) > 1 else ""
+        warnings += [prefix + w for w in envelope_warnings(cost_model, steps)]
     if warnings:
         result = dataclasses.replace(result, warnings=tuple(warnings))
     summary = summarize(result, scenario.metrics)
     summary.update(spec_decode_summary(result))
     summary.update(_run_metadata(resolved))
-    envelope = envelope_report(resolved.cost_model, result.steps)
+    reports = {role: envelope_report(cm, steps) for role, cm, steps in by_pool}
+    if len(by_pool) == 1:
+        envelope = reports["replica"]
+    else:
+        envelope = {role: r for role, r in reports.items() if r} or None
     if envelope:
         summary["envelope"] = envelope
     return RunOutput(resolved, workload, result, summary)
@@ -91,7 +126,7 @@ def run_scenario(scenario: Scenario) -> RunOutput:
 
 def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
     s = resolved.scenario
-    return {
+    meta: dict[str, object] = {
         "simserve_version": __version__,
         "scenario": s.name,
         "seed": s.seed,
@@ -104,7 +139,34 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
         "block_size": resolved.limits.block_size,
         "max_model_len": resolved.limits.max_model_len,
         "cost_model": resolved.cost_model.describe(),
+        "num_gpus": resolved.num_gpus,
     }
+    if s.pp > 1 or s.cluster.mode == "disaggregated":
+        meta["pp"] = s.pp
+        meta["cluster_mode"] = s.cluster.mode
+    if s.cluster.mode == "disaggregated":
+        assert resolved.kv_link is not None
+        meta["pools"] = {
+            p.role: {
+                "instances": p.setup.instances,
+                "tp": p.tp,
+                "pp": p.pp,
+                "policy": p.setup.policy,
+                "router": p.setup.router,
+                "max_num_seqs": p.setup.limits.max_num_seqs,
+                "max_num_batched_tokens": p.setup.limits.max_num_batched_tokens,
+                "num_gpu_blocks": p.setup.limits.num_blocks,
+                "cost_model": p.setup.cost_model.describe(),
+            }
+            for p in resolved.pools
+        }
+        link = resolved.kv_link
+        meta["kv_link"] = {
+            "name": link.name,
+            "bandwidth_gbps": link.bandwidth_gbps,
+            "latency_us": link.latency_us,
+        }
+    return meta
 
 
 def _write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:

@@ -245,6 +245,11 @@ def request_table(
         "measured": measured,
         "good": good,
     }
+    if result.kv_transfer_s is not None:
+        # Disaggregated serving: where the time between the first token and the second went.
+        table["decode_replica"] = np.asarray(result.decode_replica, dtype=np.int32)
+        table["kv_transfer_wait_s"] = np.asarray(result.kv_transfer_wait_s, dtype=np.float64)
+        table["kv_transfer_s"] = np.asarray(result.kv_transfer_s, dtype=np.float64)
     return table, token_pass
 
 

@@ -177,4 +177,9 @@ def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, obje
             "warnings": [str(w) for w in result.warnings],
         }
     )
+    if "kv_transfer_s" in table:
+        for name in ("kv_transfer", "kv_transfer_wait"):
+            summary.update(
+                describe_ms(name, _finite(table[f"{name}_s"][measured]), config.percentiles)
+            )
     return summary
