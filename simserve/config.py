@@ -391,7 +391,10 @@ CostModelKind = Literal["roofline", "constant", "calibrated"]
 class CostModelConfig:
     """Step-time model. `roofline` uses catalog specs with efficiency factors (DESIGN §4);
     `constant` gives every step `step_time_ms` (tests and teaching); `calibrated` uses a fitted
-    profile (`profile`: a name under calibration/profiles/ or a path to a profile YAML)."""
+    profile (`profile`: a name under calibration/profiles/ or a path to a profile YAML).
+    `serving_step_ms` and `serving_per_seq_ms` add the serving loop's time outside the forward
+    pass, per step (scheduling, the engine-to-worker call) and per sequence in the step
+    (sampling, detokenisation, streaming), which offline step profiles do not measure."""
 
     kind: CostModelKind = "roofline"
     profile: str | None = None
@@ -401,9 +404,13 @@ class CostModelConfig:
     step_overhead_ms: float = 1.0
     allreduce_latency_us: float = 10.0
     allreduce_efficiency: float = 0.7
+    serving_step_ms: float = 0.0
+    serving_per_seq_ms: float = 0.0
 
     def __post_init__(self) -> None:
         _require(self.step_time_ms > 0, "cost_model.step_time_ms", "must be > 0")
+        _require(self.serving_step_ms >= 0, "cost_model.serving_step_ms", "must be >= 0")
+        _require(self.serving_per_seq_ms >= 0, "cost_model.serving_per_seq_ms", "must be >= 0")
         _require(
             self.kind != "calibrated" or self.profile is not None,
             "cost_model.profile",

@@ -247,10 +247,9 @@ def _resolve_disaggregated(
         except InputError as exc:
             if exc.field != "cost_model.profile" or (pool.profile is None and tp == scenario.tp):
                 raise
-            field = f"{prefix}profile" if pool.profile is not None else "cost_model.profile"
             raise InputError(
                 f"{exc.message} (set {prefix}profile to a profile fitted at tp={tp})",
-                field=field,
+                field=f"{prefix}profile",
             ) from None
         setup = PoolSetup(
             instances=pool.instances,

@@ -97,7 +97,7 @@ def test_validate_writes_report_and_figures(tmp_path, monkeypatch):
     assert main(["validate", "--out-dir", str(tmp_path), "--no-replay"]) == 0
     report = (tmp_path / "REPORT.md").read_text()
     assert "## 1. Step level" in report and "## 2. Cross-validation" in report
-    assert "leave one model out" in report and "## 5. Targets" in report
+    assert "leave one model out" in report and "## 6. Targets" in report
     for name in ("parity_splitwise.png", "parity_distserve.png", "parity_vidur.png",
                  "crossval.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 1000

@@ -1,6 +1,6 @@
 """The fidelity report: step-level errors per dataset (held-back 20%), cross-validation across TP
-degrees and models, and the end-to-end replay of real vLLM runs; writes calibration/REPORT.md
-and its figures.
+degrees and models, the end-to-end replay of real vLLM runs and of real disaggregated DistServe
+runs; writes calibration/REPORT.md and its figures.
 
 Everything is recomputed from the shipped data with fixed seeds, so the report is reproducible
 byte for byte (`simserve validate`). Step-level fits here use the same procedure as
@@ -31,6 +31,13 @@ from simserve.calibration.datasets import (
     load_distserve,
     load_splitwise,
     load_vidur_linear,
+)
+from simserve.calibration.disaggregated import (
+    DisaggregatedReport,
+    disaggregated_figure,
+    disaggregated_markdown,
+    disaggregated_targets,
+    run_disaggregated_validation,
 )
 from simserve.calibration.fit import (
     error_stats,
@@ -95,6 +102,8 @@ class ValidationReport:
     profile_notes: dict[str, str]
     # Diagnostic only: the DistServe profile with an added per-sequence overhead (ms) -> runs.
     sensitivity: dict[float, list[ReplayResult]] = field(default_factory=dict)
+    # The replay of DistServe's real disaggregated runs.
+    disaggregated: DisaggregatedReport | None = None
 
 
 # --------------------------------------------------------------------------- step level
@@ -233,8 +242,9 @@ def run_validation(*, replay: bool = True, catalog: Catalog | None = None) -> Va
             notes[label] = name
         if "distserve" in replays:
             sensitivity = _per_seq_sensitivity(traces)
+    disaggregated = run_disaggregated_validation() if replay else None
     return ValidationReport(datasets, loto, lomo, _derived_vs_distserve(catalog, distserve),
-                            replays, notes, sensitivity)
+                            replays, notes, sensitivity, disaggregated)
 
 
 def _per_seq_sensitivity(traces: Sequence[Path]) -> dict[float, list[ReplayResult]]:
@@ -374,6 +384,8 @@ def _figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path.name)
+    if rep.disaggregated is not None:
+        written.append(disaggregated_figure(rep.disaggregated, fig_dir))
     return written
 
 
@@ -575,6 +587,9 @@ def _markdown(rep: ValidationReport, figures: list[str]) -> str:
         if "replay.png" in figures:
             lines += ["", "![replay](figures/replay.png)", "",
                       "![TTFT CDF](figures/replay_ttft_cdf.png)", ""]
+    if rep.disaggregated is not None:
+        figure = "replay_disaggregated.png" if "replay_disaggregated.png" in figures else None
+        lines += disaggregated_markdown(rep.disaggregated, figure)
     lines += verdict(rep)
     return "\n".join(lines) + "\n"
 
@@ -669,7 +684,7 @@ def misses_paragraph(rep: ValidationReport) -> list[str]:
 
 def verdict(rep: ValidationReport) -> list[str]:
     """The targets and whether each was met, from the numbers above."""
-    out = ["## 5. Targets", "", "| target | achieved | met |", "|---|---|---|"]
+    out = ["## 6. Targets", "", "| target | achieved | met |", "|---|---|---|"]
     for name, ds in rep.datasets.items():
         held_in = ds.pooled("holdout_in")
         for regime in ("prefill", "decode", "linear"):
@@ -699,6 +714,8 @@ def verdict(rep: ValidationReport) -> list[str]:
             out.append(f"| knee: p90 TTFT jumps >= 10x from 3 to 4 req/s with bounded TPOT "
                        f"({name} profile) | x{jump_sim:.0f} (measured x{jump_meas:.0f}) | "
                        f"{'yes' if ok else 'no'} |")
+    if rep.disaggregated is not None:
+        out += disaggregated_targets(rep.disaggregated)
     out.append("")
     return out
 

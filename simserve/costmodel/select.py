@@ -10,6 +10,7 @@ from simserve.costmodel.base import CostModel
 from simserve.costmodel.calibrated import CalibratedCostModel, Profile, load_profile
 from simserve.costmodel.constant import ConstantCostModel
 from simserve.costmodel.roofline import RooflineCostModel
+from simserve.costmodel.serving import ServingOverheadCostModel
 from simserve.errors import InputError
 
 __all__ = ["PROFILES_DIR", "build_cost_model", "find_profile", "profile_names"]
@@ -68,7 +69,19 @@ def check_profile_matches(profile: Profile, gpu: GpuSpec, model: ModelSpec, tp: 
 def build_cost_model(
     config: CostModelConfig, gpu: GpuSpec, model: ModelSpec, tp: int
 ) -> CostModel:
-    """The configured cost model for one replica."""
+    """The configured cost model for one replica, plus the serving loop's time outside the
+    forward pass when one is set."""
+    base = _forward_cost_model(config, gpu, model, tp)
+    if config.serving_step_ms > 0 or config.serving_per_seq_ms > 0:
+        return ServingOverheadCostModel(
+            base, config.serving_step_ms * 1e-3, config.serving_per_seq_ms * 1e-3
+        )
+    return base
+
+
+def _forward_cost_model(
+    config: CostModelConfig, gpu: GpuSpec, model: ModelSpec, tp: int
+) -> CostModel:
     if config.kind == "constant":
         return ConstantCostModel(config.step_time_ms * 1e-3)
     if config.kind == "calibrated":
