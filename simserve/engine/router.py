@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
-from simserve.engine.state import ReplicaState
-
-__all__ = ["route"]
+__all__ = ["Routable", "route"]
 
 
-def route(name: str, replicas: Sequence[ReplicaState], request_index: int) -> int:
+class Routable(Protocol):
+    """What a router reads of an instance (a replica state, or an instance of several)."""
+
+    @property
+    def num_outstanding(self) -> int: ...
+
+    @property
+    def free_blocks(self) -> int: ...
+
+
+def route(name: str, replicas: Sequence[Routable], request_index: int) -> int:
     """Index of the replica for the `request_index`-th routed request.
 
     `round_robin` cycles; `least_outstanding` picks the fewest waiting + running requests;

@@ -95,11 +95,8 @@ class _Instance:
             id(st): deque() for st in states
         }
         self.wakeups: dict[int, simpy.Event | None] = {id(st): None for st in states}
-        self.policy_name = ""
         for state in states:
-            policy = policy_factory()
-            self.policy_name = policy.name
-            env.process(self.run(state, policy))
+            env.process(self.run(state, policy_factory()))
 
     # ---------------------------------------------------------------- views for routers
 
