@@ -129,6 +129,28 @@ def test_ratio_ci_pairs_seeds():
     assert ratio_ci(LOWER, [1.0], [2.0]) is None
 
 
+def test_capacity_per_gpu_metric():
+    per_gpu = capacity_metric("attainment:0.9", per_gpu=True)
+    assert per_gpu.key == "capacity_per_gpu_rps" and per_gpu.better == "higher"
+    assert per_gpu.format(15.649) == "15.65 req/s per GPU"
+    assert capacity_metric("attainment:0.9").key == "capacity_rps"
+    # 60 req/s on 3 GPUs beats 47 req/s on 3 GPUs by the same ratio per GPU as in total.
+    assert advantage(per_gpu, 60.0 / 3, 47.0 / 3) == pytest.approx(60.0 / 47.0)
+    with pytest.raises(ValueError, match="capacity measurement"):
+        Setup("s", Capacity("sarathi"), METRICS["p99_ttft_ms"])
+
+
+def test_capacity_per_gpu_is_read_from_the_capacity_record():
+    from simserve.antipatterns.runner import _cap_value
+
+    record = {"status": "ok", "capacity_rps": 60.0, "num_gpus": 3, "capacity_per_gpu_rps": 20.0}
+    assert _cap_value(record) == 60.0
+    assert _cap_value(record, "capacity_per_gpu_rps") == 20.0
+    assert _cap_value({**record, "status": "below_range"}, "capacity_per_gpu_rps") == 0.0
+    with pytest.raises(ValueError):
+        _cap_value(record, "p99_ttft_ms")
+
+
 def test_metric_validation_and_format():
     with pytest.raises(ValueError):
         Metric("x", "x", "", "sideways")  # type: ignore[arg-type]
@@ -143,7 +165,8 @@ def test_metric_validation_and_format():
 
 def test_catalog_has_every_design_entry_once():
     ids = [e.id for e in CATALOG]
-    assert ids == ["BF1", "BF2", "BF3", "ES1", "ES2", "ES3", "ES4", "MD1", "MD2", "MD3", "MD4"]
+    assert ids == ["BF1", "BF2", "BF3", "ES1", "ES2", "ES3", "ES4", "MD1", "MD2", "MD3", "MD4",
+                   "MD5"]
     for e in CATALOG:
         assert e.description.endswith(".") and len(e.description) < 200
         assert set(e.expected) <= set(OUTCOMES) and e.expected
@@ -216,6 +239,21 @@ def test_seeds_are_fixed_and_shared_by_both_systems(tiny_verdicts):
     for key in ("unfair", "fair"):
         points = [s["point"] for s in md1[key]["systems"].values()]
         assert len({(p["rate_rps"], p["num_requests"]) for p in points}) == 1
+
+
+def test_md5_judges_goodput_per_gpu_at_equal_gpu_count(tiny_verdicts):
+    md5 = next(e for e in tiny_verdicts["entries"] if e["id"] == "MD5")
+    assert md5["unfair"]["verdict_metric"] == "mean_ttft_ms"
+    fair = md5["fair"]
+    assert fair["verdict_metric"] == "capacity_per_gpu_rps"
+    caps = {name: record["capacity"] for name, record in fair["systems"].items()}
+    assert {cap["num_gpus"] for cap in caps.values()} == {3}  # the same GPUs, placed differently
+    conclusion = fair["conclusion"]
+    for name, key in ((md5["candidate"], "candidate_value"), (md5["baseline"], "baseline_value")):
+        cap = caps[name]
+        expected = 0.0 if cap["status"] == "below_range" else cap["capacity_rps"] / 3
+        assert conclusion[key] == pytest.approx(expected)
+    assert "req/s per GPU" in render_report(tiny_verdicts)
 
 
 def test_report_and_figures_are_rendered_from_verdicts(tiny_verdicts, tmp_path):

@@ -20,6 +20,7 @@ CLEAN = EVALS / "clean.yaml"
 BAD = {
     "bad_throughput_paper.yaml": {"BF2", "BF3", "ES1", "ES2", "ES3", "MD1", "MD4"},
     "bad_latency_paper.yaml": {"BF1", "ES2", "ES3", "ES4", "MD1", "MD2", "MD3"},
+    "bad_placement_paper.yaml": {"MD5"},
 }
 
 
@@ -149,6 +150,18 @@ def test_md4_throughput_without_latency_bound():
     assert "MD4" in _ids(_with(metrics__reported=["p99_tbt", "output_throughput"]))
     assert "MD4" not in _ids(_with(metrics__reported=["p99_tbt", "output_throughput",
                                                       "goodput"]))
+
+
+def test_md5_placements_without_goodput_per_gpu():
+    split = {"systems__0__placement": "colocated", "systems__1__placement": "disaggregated"}
+    assert "MD5" in _ids(_with(**split))  # goodput and capacity, but not per GPU
+    assert "MD5" not in _ids(_with(**split, metrics__normalized_per_gpu=True))
+    assert "MD5" in _ids(_with(**split, metrics__normalized_per_gpu=True,
+                               metrics__reported=["p99_ttft", "p99_tbt"]))
+    assert "MD5" in _ids(_with(**split, metrics__normalized_per_gpu=True, slo__tbt_ms=None,
+                               slo__tpot_ms=None))
+    assert "MD5" not in _ids(_with(systems__0__placement="disaggregated",
+                                   systems__1__placement="disaggregated"))
 
 
 # --------------------------------------------------------------------------- bad input

@@ -53,6 +53,26 @@ SPECULATIVE = (
     "engine.speculative.acceptance.model=geometric",
     "engine.speculative.acceptance.alpha=0.7",
 )
+# NOTE: DistServe's own placement for OPT-13B (c21d11: one prefill instance at TP2, one decode
+# instance at TP1, KV caches over NVLink; scenarios/validation/opt13b-a100-distserve.yaml), here
+# against three co-located chunked-prefill replicas on as many GPUs. The prefill instance batches
+# whole prompts (prefill-first, vLLM v0's 8192-token budget); the decode instance keeps the
+# engine's settings, as DistServe's decode instances are plain continuous-batching engines.
+COLOCATED_3 = (*CHUNKED, "cluster.replicas=3")
+DISAGGREGATED_2P1D = (
+    *CHUNKED,
+    "cluster.mode=disaggregated",
+    "cluster.prefill.instances=1",
+    "cluster.prefill.tp=2",
+    "cluster.prefill.policy=prefill_first",
+    "cluster.prefill.max_num_batched_tokens=8192",
+    "cluster.decode.instances=1",
+    "cluster.decode.tp=1",
+)
+# NOTE: DistServe's chatbot SLOs for a 13B model (Zhong et al., OSDI 2024, Table 1): TTFT 0.25 s
+# and TPOT 0.1 s; its goodput is the highest rate at which >= 90% of requests meet both.
+DISTSERVE_CHATBOT_SLO = ("metrics.slo.ttft_ms=250", "metrics.slo.tpot_ms=100")
+GOODPUT = "attainment:0.9"
 SARATHI = "sarathi"  # P99 TBT <= 200 ms and median scheduling delay <= 2 s (Sarathi-Serve)
 INTERACTIVE = "p99_ttft_ms<=1000,p99_tbt_ms<=200"
 
@@ -407,6 +427,37 @@ CATALOG: tuple[Entry, ...] = (
         expected=("flipped",),
         expected_text="static batching with a large batch wins offline throughput and loses "
         "capacity under an SLO",
+    ),
+    Entry(
+        id="MD5",
+        dimension="metric design",
+        title="Placement judged by TTFT at one low load",
+        description="Disaggregated prefill/decode is judged by TTFT at a low rate, where its "
+        "dedicated prefill GPUs shine, instead of by goodput per GPU under TTFT and TPOT SLOs.",
+        base=CONV,
+        systems={"colocated": COLOCATED_3, "disaggregated": DISAGGREGATED_2P1D},
+        candidate="disaggregated",
+        baseline="colocated",
+        unfair=Setup(
+            description="Mean TTFT at one low rate (0.1 x saturation) of three co-located "
+            "chunked-prefill replicas (3 x TP1) vs a disaggregated cluster on the same 3 GPUs "
+            "(one prefill instance at TP2, one decode instance at TP1).",
+            overrides=DISTSERVE_CHATBOT_SLO,
+            measure=Point(load=0.1),
+            verdict=M["mean_ttft_ms"],
+            metrics=(M["p99_ttft_ms"], M["mean_tpot_ms"]),
+        ),
+        fair=Setup(
+            description="Goodput per GPU (DistServe): the highest rate per GPU at which 90% of "
+            "requests meet both TTFT <= 250 ms and TPOT <= 100 ms (DistServe's chatbot SLOs), "
+            "for the same two placements.",
+            overrides=DISTSERVE_CHATBOT_SLO,
+            measure=Capacity(GOODPUT),
+            verdict=capacity_metric(GOODPUT, per_gpu=True),
+        ),
+        expected=("flipped", "shrank"),
+        expected_text="disaggregation's TTFT lead at low load does not carry over to goodput "
+        "per GPU, which depends on the prefill:decode split and the SLOs (DistServe)",
     ),
 )
 

@@ -59,8 +59,9 @@ _METRIC = re.compile(rf"^({_STATS})_({'|'.join(_LATENCIES)})$")
 
 @dataclass(frozen=True)
 class SystemDesc:
-    """One system compared: its name, scheduling policy, engine and resources, and whether its
-    knobs were tuned for the workload and SLO."""
+    """One system compared: its name, scheduling policy, engine and resources (`gpus`: all the
+    GPUs it occupies; `placement`: prefill and decode on the same GPUs or on separate pools),
+    and whether its knobs were tuned for the workload and SLO."""
 
     name: str
     policy: str | None = None
@@ -75,6 +76,7 @@ class SystemDesc:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     speculative: bool = False
+    placement: Literal["colocated", "disaggregated"] | None = None
 
 
 @dataclass(frozen=True)
@@ -390,10 +392,31 @@ def check_md4(desc: EvalDesc) -> tuple[str, str] | None:
     return None
 
 
+def check_md5(desc: EvalDesc) -> tuple[str, str] | None:
+    """MD5: co-located and disaggregated placements ranked without goodput per GPU under both a
+    TTFT and a TPOT (or TBT) SLO, DistServe's metric (Zhong et al., OSDI 2024)."""
+    placements = _differs(desc, "placement")
+    if not placements:
+        return None
+    where = f"placements differ ({_listing(placements)})"
+    if not set(desc.metrics.reported) & {"goodput", "capacity"}:
+        return ("metrics.reported", f"{where} but no goodput or capacity is reported: one "
+                "latency at one rate cannot weigh dedicated prefill GPUs against decode ones")
+    slo = desc.slo
+    if slo is None or slo.ttft_ms is None or (slo.tpot_ms is None and slo.tbt_ms is None):
+        return ("slo", f"{where} but goodput is not judged on both a TTFT and a TPOT/TBT SLO: "
+                "each placement favours one phase")
+    if not desc.metrics.normalized_per_gpu:
+        return ("metrics.normalized_per_gpu", f"{where} and goodput is not normalised per GPU: "
+                "pools and replicas of different shapes occupy different GPU counts")
+    return None
+
+
 CHECKS: dict[str, Callable[[EvalDesc], tuple[str, str] | None]] = {
     "BF1": check_bf1, "BF2": check_bf2, "BF3": check_bf3,
     "ES1": check_es1, "ES2": check_es2, "ES3": check_es3, "ES4": check_es4,
     "MD1": check_md1, "MD2": check_md2, "MD3": check_md3, "MD4": check_md4,
+    "MD5": check_md5,
 }
 
 

@@ -91,20 +91,30 @@ def _point_panel(ax: Axes, setup: Mapping[str, Any], names: Sequence[str],
 def _capacity_panel(ax: Axes, setup: Mapping[str, Any], names: Sequence[str],
                     colors: Sequence[str]) -> str:
     caps = [setup["systems"][n]["capacity"] for n in names]
+    per_gpu = setup["verdict_metric"] == "capacity_per_gpu_rps"
     means, errors, prefixes = [], [], []
     for cap in caps:
+        # NOTE: per GPU, every number of a system (capacity, first failing rate) is divided
+        # by the GPUs that system occupies.
+        scale = 1.0 / cap["num_gpus"] if per_gpu and cap.get("num_gpus") else 1.0
         value = 0.0 if cap["status"] == "below_range" else cap["capacity_rps"]
+        value = None if value is None else value * scale
         means.append(value)
-        high = cap["high_rps"]
+        high = None if cap["high_rps"] is None else cap["high_rps"] * scale
         errors.append((value, high) if value is not None and high is not None else None)
         prefixes.append(">= " if cap["status"] == "above_range" else "")
     _bars(ax, names, means, errors, colors, prefixes)
-    ax.axhline(setup["saturation_rps"], color="0.4", linestyle=":", linewidth=1.0,
+    reference = setup["systems"][setup["reference_system"]]["capacity"]
+    saturation, unit = setup["saturation_rps"], "req/s"
+    if per_gpu and reference.get("num_gpus"):
+        saturation, unit = saturation / reference["num_gpus"], "req/s per GPU"
+    ax.axhline(saturation, color="0.4", linestyle=":", linewidth=1.0,
                label=f"offline saturation of {setup['reference_system']} "
-                     f"({_fmt(setup['saturation_rps'])} req/s)")
+                     f"({_fmt(saturation)} {unit})")
     ax.legend(fontsize=7, loc="upper right")
-    ax.set_ylabel(f"capacity (req/s) under {caps[0]['rule']}")
-    return "bars: capacity, whiskers: up to the first failing rate"
+    what = "capacity per GPU (req/s per GPU)" if per_gpu else "capacity (req/s)"
+    ax.set_ylabel(f"{what} under {caps[0]['rule']}")
+    return f"bars: {what.split(' (')[0]}, whiskers: up to the first failing rate"
 
 
 def _sweep_panel(ax: Axes, setup: Mapping[str, Any], names: Sequence[str],

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "CAPACITY_KEYS",
     "CHANGE_MARGIN",
     "CONFIDENCE",
     "METRICS",
@@ -127,8 +128,19 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def capacity_metric(rule: str) -> Metric:
-    """The metric of a capacity measurement under `rule` (higher is better)."""
+# The numbers a capacity measurement yields: the capacity of the whole cluster, and that capacity
+# per GPU the cluster occupies (summary key `num_gpus`).
+CAPACITY_KEYS: tuple[str, ...] = ("capacity_rps", "capacity_per_gpu_rps")
+
+
+def capacity_metric(rule: str, *, per_gpu: bool = False) -> Metric:
+    """The metric of a capacity measurement under `rule` (higher is better); `per_gpu` divides
+    it by the GPUs each system occupies. Under `attainment:0.9` with TTFT and TPOT SLOs the
+    per-GPU capacity is DistServe's goodput per GPU (Zhong et al., OSDI 2024), the number that
+    ranks placements of different shapes (co-located replicas, prefill and decode pools)."""
+    if per_gpu:
+        return Metric("capacity_per_gpu_rps", f"capacity per GPU under {rule}", "req/s per GPU",
+                      "higher")
     return Metric("capacity_rps", f"capacity under {rule}", "req/s", "higher")
 
 
@@ -232,6 +244,11 @@ class Setup:
     system_overrides: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     tuning: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     slo_line: tuple[float, str] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.measure, Capacity) and self.verdict.key not in CAPACITY_KEYS:
+            raise ValueError(f"a capacity measurement reports {' or '.join(CAPACITY_KEYS)}, "
+                             f"not {self.verdict.key!r}")
 
 
 @dataclass(frozen=True)

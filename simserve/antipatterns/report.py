@@ -104,18 +104,7 @@ def _system_cell(setup: Mapping[str, Any], name: str) -> str:
     key = setup["verdict_metric"]
     unit = setup["metric_info"][key]["unit"]
     if "capacity" in record:
-        cap = record["capacity"]
-        if cap["status"] == "below_range":
-            text = f"< {fmt_value(cap['bracket_rps'][0], 'req/s')} (fails at the lowest rate)"
-        elif cap["status"] == "above_range":
-            text = f">= {fmt_value(cap['capacity_rps'], 'req/s')} (meets the rule at the top)"
-        elif cap["capacity_rps"] is None:
-            text = f"n/a ({cap['status']})"
-        else:
-            text = (f"{fmt_value(cap['capacity_rps'], 'req/s')} "
-                    f"(fails at {fmt_value(cap['high_rps'])})")
-            if cap["status"] != "ok":
-                text += f" [{cap['status']}]"
+        text = _capacity_cell(record["capacity"], per_gpu=key == "capacity_per_gpu_rps")
     else:
         if "point" in record:
             values = record["point"]["values"][key]
@@ -129,6 +118,28 @@ def _system_cell(setup: Mapping[str, Any], name: str) -> str:
             f"{' '.join(o['overrides'])} → {fmt_value(o['value'])}" for o in tuning["options"])
         text += f"; tuned: `{' '.join(tuning['chosen'])}` (options: {options})"
     return text
+
+
+def _capacity_cell(cap: Mapping[str, Any], *, per_gpu: bool) -> str:
+    """A capacity, its bracket and status; per GPU (with the cluster's total and GPU count)
+    when the setup reports capacity per GPU."""
+    gpus = cap.get("num_gpus")
+    per_gpu = per_gpu and bool(gpus)
+    scale, unit = (1.0 / gpus, "req/s per GPU") if per_gpu else (1.0, "req/s")
+    on = (f" ({fmt_value(cap['capacity_rps'], 'req/s')} on {gpus} GPU{'s' if gpus != 1 else ''})"
+          if per_gpu else "")
+
+    def rate(value: float | None, with_unit: bool = True) -> str:
+        return fmt_value(None if value is None else value * scale, unit if with_unit else "")
+
+    if cap["status"] == "below_range":
+        return f"< {rate(cap['bracket_rps'][0])} (fails at the lowest rate)"
+    if cap["status"] == "above_range":
+        return f">= {rate(cap['capacity_rps'])}{on} (meets the rule at the top)"
+    if cap["capacity_rps"] is None:
+        return f"n/a ({cap['status']})"
+    text = f"{rate(cap['capacity_rps'])}{on} (fails at {rate(cap['high_rps'], False)})"
+    return text + (f" [{cap['status']}]" if cap["status"] != "ok" else "")
 
 
 # --------------------------------------------------------------------------- sections
@@ -244,7 +255,7 @@ def _changes_lines(entry: Mapping[str, Any]) -> list[str]:
     parts = []
     for name, c in changes["systems"].items():
         direction = c["direction"] or "n/a"
-        if direction == "same" and changes["metric"] == "capacity_rps":
+        if direction == "same" and changes["metric"] in ("capacity_rps", "capacity_per_gpu_rps"):
             direction = "same: equal within the bisection tolerance, not resolved"
         parts.append(f"`{name}` {fmt_value(c['unfair'], unit)} → {fmt_value(c['fair'], unit)}"
                      f" ({direction})")

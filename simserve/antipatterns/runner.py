@@ -25,6 +25,7 @@ from scipy import stats
 
 from simserve.antipatterns.catalog import SCENARIOS_DIR
 from simserve.antipatterns.model import (
+    CAPACITY_KEYS,
     CHANGE_MARGIN,
     CONFIDENCE,
     TIE_MARGIN,
@@ -263,6 +264,8 @@ class CatalogRunner:
             "rule": result.rule,
             "rule_text": settings.rule.describe(),
             "capacity_rps": result.capacity_rps,
+            "num_gpus": result.num_gpus,
+            "capacity_per_gpu_rps": result.capacity_per_gpu_rps,
             "status": result.status,
             "low_rps": result.low_rps,
             "high_rps": result.high_rps,
@@ -293,8 +296,8 @@ class CatalogRunner:
     def _score(self, setup: Setup, measured: Mapping[str, Any]) -> float | None:
         """The verdict metric of one measurement (for picking the best tuning option)."""
         if "capacity" in measured:
-            cap = measured["capacity"]
-            return cap["capacity_rps"] if cap["capacity_rps"] is not None else 0.0
+            value = _cap_value(measured["capacity"], setup.verdict.key)
+            return value if value is not None else 0.0
         if "point" in measured:
             values = [_number(s.get(setup.verdict.key)) for s in measured["point"]["summaries"]]
             return mean_ci(values)[0]
@@ -498,7 +501,8 @@ def _conclusion(entry: Entry, setup: Setup, systems: Mapping[str, Any]
     cand, base = systems[entry.candidate], systems[entry.baseline]
     if isinstance(setup.measure, Capacity):
         cc, cb = cand["capacity"], base["capacity"]
-        return conclude(metric, entry.candidate, entry.baseline, _cap_value(cc), _cap_value(cb),
+        return conclude(metric, entry.candidate, entry.baseline, _cap_value(cc, metric.key),
+                        _cap_value(cb, metric.key),
                         qualifiers=(_qualifier(cc), _qualifier(cb))), None
     if isinstance(setup.measure, Point):
         vc, vb = cand["point"]["values"][metric.key], base["point"]["values"][metric.key]
@@ -533,10 +537,13 @@ def _qualifier(capacity: Mapping[str, Any]) -> str:
     return ">= " if capacity["status"] == "above_range" else ""
 
 
-def _cap_value(capacity: Mapping[str, Any]) -> float | None:
+def _cap_value(capacity: Mapping[str, Any], key: str = "capacity_rps") -> float | None:
+    """A capacity record's number: `capacity_rps` or `capacity_per_gpu_rps` (CAPACITY_KEYS)."""
+    if key not in CAPACITY_KEYS:
+        raise ValueError(f"a capacity record has no {key!r}")
     if capacity["status"] == "below_range":
         return 0.0  # fails the rule even at the lowest rate tried
-    return capacity["capacity_rps"]
+    return capacity.get(key)
 
 
 def _trends(entry: Entry, setup: Setup, systems: Mapping[str, Any]) -> dict[str, Any]:
@@ -567,7 +574,7 @@ def _verdict_value(entry: Entry, setup: Setup, result: Mapping[str, Any], system
         return None if value == "inf" else value
     record = result["systems"][system]
     if "capacity" in record:
-        return _cap_value(record["capacity"])
+        return _cap_value(record["capacity"], setup.verdict.key)
     if "point" in record:
         return record["point"]["values"][setup.verdict.key]["mean"]
     index = next((p["index"] for p in result.get("per_point", []) if p["summary"]), -1)

@@ -16,6 +16,13 @@ With replications, a rate meets the rule when the mean over seeds of every refer
 (a missing value, e.g. no completed request, fails). Seeds are the same at every rate (common
 random numbers), so for Poisson/gamma/constant arrivals a higher rate replays the same gaps
 scaled down, and the search is over a monotone function of the rate.
+
+Every result also states the GPUs the cluster occupies (`num_gpus`, from resolving the scenario:
+the sum over pools of instances x tp x pp; it does not depend on the rate) and the capacity per
+GPU. With `attainment:0.9` on a scenario whose `metrics.slo` sets TTFT and TPOT targets, the
+capacity per GPU is DistServe's goodput per GPU (Zhong et al., OSDI 2024: the highest request
+rate per GPU at which at least 90% of requests meet both SLOs), the number that ranks
+co-located and disaggregated placements of different sizes.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from simserve.config import (
 from simserve.errors import InputError
 from simserve.experiments.run import RunOutput, run_scenario
 from simserve.metrics import deadline_misses, request_metrics
+from simserve.resolve import resolve
 
 __all__ = [
     "EXTRA_SUMMARY_KEYS",
@@ -51,6 +59,7 @@ __all__ = [
     "SloRule",
     "check_capacity_scenario",
     "check_rule",
+    "cluster_gpus",
     "parse_slo_rule",
     "replication_seeds",
     "run_summary",
@@ -366,7 +375,8 @@ class CapacityResult:
     tried fails: capacity_rps is None), `above_range` (the highest rate tried, `high`, still
     meets the rule: capacity is at least that), `max_probes` (stopped after that many bisection
     steps; bracket wider than asked) or `undefined: ...` (a key the rule reads has no value for
-    this workload, e.g. TBT with one output token).
+    this workload, e.g. TBT with one output token). `num_gpus`: GPUs the searched cluster
+    occupies (None only for results read back from files written before it was recorded).
     """
 
     rule: str
@@ -376,6 +386,15 @@ class CapacityResult:
     status: str
     tolerance: float
     probes: tuple[Probe, ...]
+    num_gpus: int | None = None
+
+    @property
+    def capacity_per_gpu_rps(self) -> float | None:
+        """Capacity divided by the GPUs the cluster occupies (DistServe's goodput per GPU under
+        an attainment rule); None without a capacity or a GPU count."""
+        if self.capacity_rps is None or not self.num_gpus:
+            return None
+        return self.capacity_rps / self.num_gpus
 
     def at_capacity(self) -> Probe | None:
         """The probe at the reported capacity (the largest rate that met the rule)."""
@@ -389,6 +408,8 @@ class CapacityResult:
         return {
             "rule": self.rule,
             "capacity_rps": self.capacity_rps,
+            "num_gpus": self.num_gpus,
+            "capacity_per_gpu_rps": self.capacity_per_gpu_rps,
             "low_rps": self.low_rps,
             "high_rps": self.high_rps,
             "status": self.status,
@@ -402,6 +423,13 @@ class CapacityResult:
 
 
 RunMany = Callable[[list[Scenario]], list[dict[str, object]]]
+
+
+def cluster_gpus(scenario: Scenario) -> int:
+    """GPUs the scenario's cluster occupies: instances x tp x pp summed over its pools
+    (co-located: replicas x tp x pp). The arrival rate does not change it, so a search states one
+    number for all its probes; it is the `num_gpus` key of every run's summary."""
+    return resolve(scenario).num_gpus
 
 
 def check_capacity_scenario(scenario: Scenario) -> float:
@@ -431,6 +459,7 @@ def search_capacity(
     summaries with the extra keys (default: one by one in this process).
     """
     start = check_capacity_scenario(scenario)
+    num_gpus = cluster_gpus(scenario)
     runner: RunMany = run_many or (lambda scenarios: [run_summary(s) for s in scenarios])
     probes: list[Probe] = []
     rule = settings.rule
@@ -454,7 +483,7 @@ def search_capacity(
 
     def result(capacity: float | None, lo: float | None, hi: float | None, status: str):
         return CapacityResult(rule.text, capacity, lo, hi, status, settings.tolerance,
-                              tuple(probes))
+                              tuple(probes), num_gpus)
 
     try:
         return _search(meets, result, start, settings)

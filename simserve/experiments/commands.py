@@ -116,10 +116,12 @@ def _results_table(outcome: Any, plan: Any, metrics: Sequence[str]) -> str:
     """The console table of a finished sweep: per point, mean ± 95% CI with replications."""
     axes = list(plan.spec.axis_keys)
     if plan.mode == "capacity":
-        header = [_short(a) for a in axes] + ["capacity (req/s)", "bracket", "status", "probes"]
+        header = [_short(a) for a in axes] + ["capacity (req/s)", "per GPU (req/s)", "GPUs",
+                                              "bracket", "status", "probes"]
         body = [
             [_fmt(r.get(a)) for a in axes]
-            + [_fmt(r.get("capacity_rps")),
+            + [_fmt(r.get("capacity_rps")), _fmt(r.get("capacity_per_gpu_rps"), 3),
+               _fmt(r.get("num_gpus")),
                f"[{_fmt(r.get('capacity_low_rps'))}, {_fmt(r.get('capacity_high_rps'))}]",
                str(r.get("capacity_status")), str(r.get("num_probes"))]
             for r in outcome.rows
@@ -297,11 +299,11 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
                 print(f"capacity: below {_fmt(result.high_rps, 4)} req/s (no rate tried meets "
                       f"{rule.text}; status {result.status})")
             elif result.status == "above_range":
-                print(f"capacity: at least {result.capacity_rps:.4g} req/s (the highest rate "
-                      "tried still meets the rule)")
+                print(f"capacity: at least {result.capacity_rps:.4g} req/s ({_per_gpu(result)}; "
+                      "the highest rate tried still meets the rule)")
             else:
-                print(f"capacity: {result.capacity_rps:.4g} req/s (meets at "
-                      f"{result.low_rps:.4g}, fails at {result.high_rps:.4g}; status "
+                print(f"capacity: {result.capacity_rps:.4g} req/s ({_per_gpu(result)}; meets "
+                      f"at {result.low_rps:.4g}, fails at {result.high_rps:.4g}; status "
                       f"{result.status})")
     print(f"{sum(len(r.probes) for r in results) * len(seeds)} runs in "
           f"{time.perf_counter() - t0:.1f} s")
@@ -318,6 +320,15 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
                       + "\n")
         print(f"wrote {out / 'capacity.json'}")
     return 0
+
+
+def _per_gpu(result: Any) -> str:
+    """'1.07 req/s per GPU, 3 GPUs': the capacity per GPU the cluster occupies (DistServe's
+    goodput per GPU under an attainment rule)."""
+    per_gpu, gpus = result.capacity_per_gpu_rps, result.num_gpus
+    if per_gpu is None:
+        return "per GPU: n/a"
+    return f"{per_gpu:.4g} req/s per GPU, {gpus} GPU{'s' if gpus != 1 else ''}"
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -52,6 +52,7 @@ from simserve.experiments.capacity import (
     Probe,
     check_capacity_scenario,
     check_rule,
+    cluster_gpus,
     parse_slo_rule,
     replication_seeds,
     run_summary,
@@ -554,12 +555,15 @@ def run_row(prefix: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
 
 def capacity_row(prefix: Mapping[str, Any], result: CapacityResult,
                  num_seeds: int) -> dict[str, Any]:
-    """One capacity row: the point, the capacity and its bracket, then the mean over seeds of
-    every numeric summary key at the capacity rate."""
+    """One capacity row: the point, the capacity (total and per GPU, with the GPUs the point's
+    cluster occupies) and its bracket, then the mean over seeds of every numeric summary key at
+    the capacity rate."""
     row = dict(prefix)
     row.update(
         {
             "capacity_rps": result.capacity_rps,
+            "capacity_per_gpu_rps": result.capacity_per_gpu_rps,
+            "num_gpus": result.num_gpus,
             "capacity_low_rps": result.low_rps,
             "capacity_high_rps": result.high_rps,
             "capacity_status": result.status,
@@ -780,10 +784,13 @@ def _row_from_disk(run: SweepRun, plan: SweepPlan, sweep_dir: Path) -> dict[str,
         return None
     data = json.loads(marker.read_text())["results"][0]
     probes = tuple(_probe_from_mapping(p) for p in data["probes"])
+    # NOTE: capacity.json files written before num_gpus was recorded: the same number from the
+    # point's scenario, so a resumed sweep's rows match an uninterrupted one's.
+    num_gpus = data.get("num_gpus") or cluster_gpus(run.scenario)
     result = CapacityResult(
         rule=data["rule"], capacity_rps=data["capacity_rps"], low_rps=data["low_rps"],
         high_rps=data["high_rps"], status=data["status"], tolerance=data["tolerance"],
-        probes=probes,
+        probes=probes, num_gpus=num_gpus,
     )
     return capacity_row(run.prefix(), result, len(plan.capacity.seeds))
 
