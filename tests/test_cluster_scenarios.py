@@ -128,3 +128,23 @@ def test_bad_cluster_input_is_one_line_exit_2(tmp_path, capsys, case):
     assert needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_sweep_zips_placements_whose_fields_only_make_sense_together(tmp_path):
+    from simserve.experiments.sweep import load_sweep_spec, plan_sweep
+
+    base = _write(tmp_path, BASE, "base.yaml")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"name: placements\nbase: {base.name}\nzip:\n"
+        "  cluster.mode: [colocated, disaggregated]\n"
+        "  cluster.replicas: [2, 1]\n"
+        "  cluster.decode: [null, {instances: 2}]\n"
+    )
+    plan = plan_sweep(load_sweep_spec(spec))
+    assert [r.scenario.cluster.mode for r in plan.runs] == ["colocated", "disaggregated"]
+    assert plan.runs[1].scenario.cluster.decode.instances == 2
+    # A zipped tuple that does not fit together is still refused, naming the spec's line.
+    spec.write_text(spec.read_text().replace("[2, 1]", "[2, 2]"))
+    code = main(["sweep", str(spec), "--out", str(tmp_path / "out")])
+    assert code == 2

@@ -467,10 +467,14 @@ def _capacity_settings(spec: SweepSpec) -> CapacitySettings | None:
 
 def plan_sweep(spec: SweepSpec) -> SweepPlan:
     """Expand the axes into runs and validate every run's scenario before anything runs."""
-    # Each axis value alone first, so a bad value is reported against its own axis.
-    for key, values in (*spec.grid, *(axis for group in spec.zips for axis in group)):
+    # Each grid value alone first, so a bad value is reported against its own axis; zipped
+    # axes vary together (e.g. cluster.mode with its pools), so each zipped tuple is checked.
+    for key, values in spec.grid:
         for value in values:
             _scenario_at(spec, [(key, value)])
+    for group in spec.zips:
+        for i in range(len(group[0][1])):
+            _scenario_at(spec, [(key, values[i]) for key, values in group])
     factors = [
         [tuple((key, values[i]) for key, values in factor) for i in range(len(factor[0][1]))]
         for factor in spec.factors()
