@@ -50,6 +50,7 @@ def test_decode_admission_queue_is_what_gets_saturation_right():
     without = replay_trace(TRACES[9.0], scenario=DISAGGREGATED_SCENARIO,
                            overrides=["engine.num_gpu_blocks_override=1000000"])
     assert with_queue.output.summary["mean_kv_transfer_wait_ms"] > 500
+    assert with_queue.output.summary["num_kv_transfer_waited"] > 30
     assert without.output.summary["mean_kv_transfer_wait_ms"] < 50
     assert abs(with_queue.error_pct("TPOT mean")) < 0.5 * abs(without.error_pct("TPOT mean"))
 

@@ -182,4 +182,8 @@ def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, obje
             summary.update(
                 describe_ms(name, _finite(table[f"{name}_s"][measured]), config.percentiles)
             )
+        # Requests whose KV could not move at once: no decode slot or KV space, or a busy link.
+        summary["num_kv_transfer_waited"] = int(
+            np.count_nonzero(table["kv_transfer_wait_s"][measured] > 0)
+        )
     return summary
