@@ -47,6 +47,8 @@ RECOMPUTE_COLOR = "#8C5A00"
 BURST_COLOR = "#CC79A7"
 SLO_COLOR = "#D55E00"
 PREEMPT_COLOR = "#D55E00"
+KV_WAIT_COLOR = "#A8DCC9"
+KV_TRANSFER_COLOR = "#009E73"
 
 DPI = 150
 # ECDFs of more samples than this are drawn through this many quantiles (exact to the eye).
@@ -84,6 +86,79 @@ def _replica_step_ids(result: SimulationResult, replica: int) -> np.ndarray:
     return ids[np.argsort(result.steps.started_at[ids], kind="stable")]
 
 
+def _role(result: SimulationResult, replica: int) -> str:
+    """What an instance does: "replica" (co-located), "prefill" or "decode" (disaggregated).
+
+    A disaggregated run's `replica` column holds prefill instances only and `decode_replica`
+    decode instances only, so the records alone tell them apart.
+    """
+    if result.decode_replica is None:
+        return "replica"
+    return "decode" if np.any(result.decode_replica == replica) else "prefill"
+
+
+def _instance_label(result: SimulationResult, replica: int) -> str:
+    """"replica 2", "prefill instance 0" or "decode instance 1" (numbered within its pool).
+
+    NOTE: decode instances follow the prefill pool's; its size is taken as the highest prefill
+    instance that served a request, + 1 (`run_figures` passes exact labels instead).
+    """
+    role = _role(result, replica)
+    if role == "replica":
+        return f"replica {replica}"
+    if role == "prefill":
+        return f"prefill instance {replica}"
+    routed = result.replica[result.replica >= 0]
+    first_decode = int(routed.max()) + 1 if routed.size else 0
+    return f"decode instance {replica - first_decode}"
+
+
+@dataclass(frozen=True)
+class _Handoff:
+    """Per request, the KV handoff of a disaggregated run (s; NaN where there was none)."""
+
+    first_token: np.ndarray  # end of the prefill on the prefill instance
+    start: np.ndarray  # KV transfer starts (after waiting for a decode slot/blocks, the link)
+    end: np.ndarray  # transfer ends: prefill instance frees the blocks, decode gets them
+
+
+def _handoff(result: SimulationResult) -> _Handoff | None:
+    """KV handoff times of every request, or None for a co-located run."""
+    if result.kv_transfer_s is None or result.kv_transfer_wait_s is None:
+        return None
+    offsets = result.token_offsets
+    has_token = offsets[1:] > offsets[:-1]
+    first = np.full(result.num_requests, np.nan)
+    first[has_token] = result.token_times_s[offsets[:-1][has_token]]
+    start = first + result.kv_transfer_wait_s
+    return _Handoff(first, start, start + result.kv_transfer_s)
+
+
+class _StepLookup:
+    """Which of one instance's steps emitted a token at a given time (token times are step
+    end times exactly). Pipeline-parallel virtual engines overlap, so this searches the steps
+    sorted by end time; for sequential steps that is their start order."""
+
+    def __init__(self, result: SimulationResult, step_ids: np.ndarray) -> None:
+        ends = _step_ends_s(result)[step_ids]
+        order = np.argsort(ends, kind="stable")
+        self.ends = ends[order]
+        self.ids = step_ids[order]
+
+    def __call__(self, times: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(self.ends, times)
+        return self.ids[np.clip(at, 0, self.ends.size - 1)]
+
+
+def _has_virtual_engines(result: SimulationResult, step_ids: np.ndarray) -> bool:
+    """True when one instance's steps overlap in time: pipeline-parallel virtual engines, each
+    with its own share of the KV blocks, take turns in its step log."""
+    if step_ids.size < 2:
+        return False
+    ends = _step_ends_s(result)[step_ids]
+    return bool(np.any(result.steps.started_at[step_ids[1:]] < ends[:-1] - 1e-12))
+
+
 # --------------------------------------------------------------------------- step timeline
 
 
@@ -114,9 +189,12 @@ class _Gantt:
     num_ran: int  # requests that ran in the window (rows are the first max_requests)
     num_waiting: int  # requests still only queued at the window's end (not drawn)
     bars: dict[str, list[tuple[int, float, float]]]  # kind -> (row, start_s, end_s)
+    role: str = "replica"  # "replica" (co-located), "prefill" or "decode"
+    kv_done: tuple[tuple[int, float], ...] = ()  # (row, time) a KV transfer ended
 
 
-GANTT_KINDS = ("queued", "prefill_span", "prefill", "recompute", "decode", "burst")
+GANTT_KINDS = ("queued", "prefill_span", "prefill", "kv_wait", "kv_transfer", "recompute",
+               "decode", "burst")
 
 
 def _gantt(result: SimulationResult, replica: int, start_step: int, max_steps: int,
@@ -127,6 +205,11 @@ def _gantt(result: SimulationResult, replica: int, start_step: int, max_steps: i
     step end times exactly); its first token closes its prefill. Prefill chunks that emit no
     token leave no per-request trace, so first-scheduled -> start of the first token's step is
     one "prefill in progress" span. None if the window holds no step.
+
+    Disaggregated: a prefill instance's rows end when their KV transfer does (the blocks are
+    held until then), with the wait for the handoff and the transfer drawn after the first
+    token; a decode instance's rows are the requests handed to it, from their first token
+    (made on the prefill instance) through the wait and transfer to their decode steps.
     """
     step_ids = _replica_step_ids(result, replica)
     lo_step = max(start_step, 0)
@@ -135,38 +218,70 @@ def _gantt(result: SimulationResult, replica: int, start_step: int, max_steps: i
         return None
     steps = result.steps
     t0 = float(steps.started_at[window[0]])
-    t1 = float(steps.started_at[window[-1]] + steps.duration_s[window[-1]])
-    rep_ends = _step_ends_s(result)[step_ids]
+    t1 = float(np.max(_step_ends_s(result)[window]))
+    step_of = _StepLookup(result, step_ids)
+    role = _role(result, replica)
+    hand = _handoff(result)
 
     arrived = result.arrived_at
     finished = np.where(np.isnan(result.finished_at), np.inf, result.finished_at)
     sched_at = np.where(np.isnan(result.first_scheduled_at), np.inf, result.first_scheduled_at)
-    on_replica = result.replica == replica
-    # Rows: requests that ran (scheduled by the window's end, not finished before it began);
-    # requests still only queued at its end are counted, not drawn.
-    ran = np.flatnonzero(on_replica & (sched_at <= t1) & (finished >= t0))
-    num_waiting = int(np.count_nonzero(on_replica & (arrived <= t1) & (sched_at > t1)))
+    if role == "decode":
+        assert hand is not None and result.decode_replica is not None
+        # Rows: requests handed to this instance (at their first token) by the window's end
+        # and not finished before it began.
+        on_replica = result.decode_replica == replica
+        entered = np.where(np.isnan(hand.first_token), np.inf, hand.first_token)
+        ran = np.flatnonzero(on_replica & (entered <= t1) & (finished >= t0))
+        num_waiting = 0
+    else:
+        on_replica = result.replica == replica
+        left = finished
+        if hand is not None:  # a prefill instance holds the KV until the transfer ends
+            left = np.where(np.isnan(hand.end), finished, hand.end)
+        # Rows: requests that ran (scheduled by the window's end, not gone before it began);
+        # requests still only queued at its end are counted, not drawn.
+        ran = np.flatnonzero(on_replica & (sched_at <= t1) & (left >= t0))
+        num_waiting = int(np.count_nonzero(on_replica & (arrived <= t1) & (sched_at > t1)))
     rows = ran[:max_requests]
     bars: dict[str, list[tuple[int, float, float]]] = {k: [] for k in GANTT_KINDS}
+    kv_done: list[tuple[int, float]] = []
 
     def add(kind: str, row: int, lo: float, hi: float) -> None:
         lo, hi = max(lo, t0), min(hi, t1)
         if hi > lo:
             bars[kind].append((row, lo, hi))
 
+    def add_handoff(row: int, rid: int) -> None:
+        assert hand is not None
+        first, start, end = (float(a[rid]) for a in (hand.first_token, hand.start, hand.end))
+        if np.isfinite(end):
+            add("kv_wait", row, first, start)
+            add("kv_transfer", row, start, end)
+            if t0 <= end <= t1:
+                kv_done.append((row, end))
+
     for row, rid in enumerate(rows.tolist()):
-        sched = float(sched_at[rid])
-        add("queued", row, float(arrived[rid]), min(sched, t1))
         tokens = result.tokens_of(rid)
-        if tokens.size == 0:
-            add("prefill_span", row, sched, t1)
-            continue
-        first_step = int(step_ids[min(int(np.searchsorted(rep_ends, tokens[0])),
-                                      rep_ends.size - 1)])
-        add("prefill_span", row, sched, float(steps.started_at[first_step]))
-        inside = tokens[(tokens > t0) & (tokens <= t1)]
-        at = np.clip(np.searchsorted(rep_ends, inside), 0, rep_ends.size - 1)
-        emit_steps, per_step = np.unique(step_ids[at], return_counts=True)
+        if role == "decode":
+            add_handoff(row, rid)
+            later = tokens[1:]
+            first_step = -1
+        else:
+            sched = float(sched_at[rid])
+            add("queued", row, float(arrived[rid]), min(sched, t1))
+            if tokens.size == 0:
+                add("prefill_span", row, sched, t1)
+                continue
+            first_step = int(step_of(tokens[:1])[0])
+            add("prefill_span", row, sched, float(steps.started_at[first_step]))
+            if role == "prefill":
+                add_handoff(row, rid)
+                later = tokens[:1]  # later tokens come from a decode instance
+            else:
+                later = tokens
+        inside = later[(later > t0) & (later <= t1)]
+        emit_steps, per_step = np.unique(step_of(inside), return_counts=True)
         for s, count in zip(emit_steps.tolist(), per_step.tolist(), strict=True):
             lo = float(steps.started_at[s])
             hi = lo + float(steps.duration_s[s])
@@ -179,7 +294,38 @@ def _gantt(result: SimulationResult, replica: int, start_step: int, max_steps: i
                 add("recompute", row, lo, hi)
             else:
                 add("burst" if count > 1 else "decode", row, lo, hi)
-    return _Gantt(window, int(step_ids.size), t0, t1, rows, int(ran.size), num_waiting, bars)
+    return _Gantt(window, int(step_ids.size), t0, t1, rows, int(ran.size), num_waiting, bars,
+                  role, tuple(kv_done))
+
+
+_GANTT_STYLE = {
+    "queued": (QUEUED_COLOR, "queued (arrived, not yet scheduled)"),
+    "prefill_span": (PREFILL_SPAN_COLOR, "prefill in progress (chunks / waiting between)"),
+    "prefill": (PREFILL_COLOR, "step that finished the prefill (1st token)"),
+    "kv_wait": (KV_WAIT_COLOR, "waiting to hand off the KV (decode slot/blocks, then link)"),
+    "kv_transfer": (KV_TRANSFER_COLOR, "KV transfer to the decode instance"),
+    "recompute": (RECOMPUTE_COLOR, "re-prefill after a preemption (prefill-only step)"),
+    "decode": (DECODE_COLOR, "decode step (1 token)"),
+    "burst": (BURST_COLOR, "step emitting >1 token (speculative burst)"),
+}
+# Legend labels that differ on a disaggregated instance.
+_GANTT_ROLE_LABELS = {
+    "prefill": {
+        "kv_wait": "prefill done, KV held: waiting for\na decode slot/blocks, then the link",
+        "kv_transfer": "KV transfer to a decode instance (blocks held until it ends)",
+    },
+    "decode": {
+        "kv_wait": "handed over (1st token done): waiting for\n"
+        "a slot/KV blocks here, then the link",
+        "kv_transfer": "KV transfer from the prefill instance",
+        "recompute": "re-prefill here after a preemption (prefill-only step)",
+    },
+}
+_KV_DONE_LABELS = {
+    "prefill": "transfer done: KV blocks freed here",
+    "decode": "KV arrived: joins the next decode step",
+}
+_THIN_KINDS = ("queued", "kv_wait")
 
 
 def step_timeline(
@@ -191,6 +337,7 @@ def step_timeline(
     max_requests: int = 80,
     token_budget: int | None = None,
     title: str | None = None,
+    instance_label: str | None = None,
 ) -> Figure:
     """Gantt chart of a window of one replica's steps: which request ran in which step, and as
     what (queued, prefill, decode, burst), above the step's prefill/decode token counts.
@@ -198,8 +345,11 @@ def step_timeline(
     Membership is reconstructed from token times (see `_gantt`); gaps in a row are steps the
     request sat out (stalls, preemptions). `start_step`/`max_steps` count this replica's steps;
     at most `max_requests` rows are drawn (earliest arrivals first); `token_budget` draws
-    `max_num_batched_tokens` on the lower panel.
+    `max_num_batched_tokens` on the lower panel. On a disaggregated run the instance's rows
+    also show each request's KV handoff (wait, then transfer); `instance_label` (e.g. "decode
+    instance 0 of 2") names the instance in the default title.
     """
+    label = instance_label or _instance_label(result, replica)
     fig = _figure(11.0, 6.0)
     ax, ax_tok = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     ax.set_ylabel("request id")
@@ -207,30 +357,32 @@ def step_timeline(
     ax_tok.set_ylabel("tokens in step")
     gantt = _gantt(result, replica, start_step, max_steps, max_requests)
     if gantt is None:
-        _no_data(ax, f"replica {replica} ran no steps in this window")
-        ax.set_title(title or f"Step timeline of replica {replica}: no steps")
+        _no_data(ax, f"{label} ran no steps in this window")
+        ax.set_title(title or f"Step timeline of {label}: no steps")
         return fig
     steps = result.steps
     window, rows, t0, t1 = gantt.window, gantt.rows, gantt.t0, gantt.t1
     starts = steps.started_at[window]
     durations = steps.duration_s[window]
 
-    style = {
-        "queued": (QUEUED_COLOR, "queued (arrived, not yet scheduled)"),
-        "prefill_span": (PREFILL_SPAN_COLOR, "prefill in progress (chunks / waiting between)"),
-        "prefill": (PREFILL_COLOR, "step that finished the prefill (1st token)"),
-        "recompute": (RECOMPUTE_COLOR, "re-prefill after a preemption (prefill-only step)"),
-        "decode": (DECODE_COLOR, "decode step (1 token)"),
-        "burst": (BURST_COLOR, "step emitting >1 token (speculative burst)"),
-    }
+    role_labels = _GANTT_ROLE_LABELS.get(gantt.role, {})
     handles = []
     for kind, segments in gantt.bars.items():
         if not segments:
             continue
-        color, label = style[kind]
+        color, text = _GANTT_STYLE[kind]
         ys, lefts, rights = (np.array(c) for c in zip(*segments, strict=True))
-        _add_rects(ax, lefts, rights - lefts, ys, 0.45 if kind == "queued" else 0.8, color)
-        handles.append(Patch(facecolor=color, label=label))
+        _add_rects(ax, lefts, rights - lefts, ys, 0.45 if kind in _THIN_KINDS else 0.8, color)
+        handles.append(Patch(facecolor=color, label=role_labels.get(kind, text)))
+    if gantt.kv_done:
+        # A marker as well as the bar: transfers often last far less than a pixel.
+        ys, xs = (np.array(c) for c in zip(*gantt.kv_done, strict=True))
+        ax.plot(xs, ys, linestyle="none", marker="D", markersize=3.0,
+                markerfacecolor=KV_TRANSFER_COLOR, markeredgecolor="black",
+                markeredgewidth=0.4)
+        handles.append(Line2D([], [], linestyle="none", marker="D", markersize=4,
+                              markerfacecolor=KV_TRANSFER_COLOR, markeredgecolor="black",
+                              markeredgewidth=0.4, label=_KV_DONE_LABELS[gantt.role]))
     ax.set_ylim(len(rows) - 0.5, -0.5)
     if len(rows) <= 40:
         ax.set_yticks(range(len(rows)), [str(r) for r in rows.tolist()], fontsize=7)
@@ -244,12 +396,18 @@ def step_timeline(
     first, last = max(start_step, 0) + 1, max(start_step, 0) + window.size
     ax.set_title(
         title
-        or f"Who ran in which step: replica {replica}, steps {first}-{last} of "
+        or f"Who ran in which step: {label}, steps {first}-{last} of "
         f"{gantt.num_replica_steps}"
     )
     note = f"{shown} shown"
     if gantt.num_waiting:
         note += f"; {gantt.num_waiting} more still queued at the end of the window (not shown)"
+    if gantt.role == "decode":
+        note += ("; rows start at the first token, made on a prefill instance; "
+                 "blank stretches: steps the request sat out (e.g. preempted, waiting to "
+                 "recompute)")
+    elif gantt.role == "prefill":
+        note += "; later tokens come from a decode instance (not shown here)"
     ax.text(0.0, -0.01, note, transform=ax.transAxes, ha="left", va="top", fontsize=7,
             color="0.35")
 
@@ -278,18 +436,34 @@ def token_timeline(
     title: str | None = None,
 ) -> Figure:
     """Cumulative output tokens against time since arrival, one staircase per request, so a
-    steady stream is a smooth ramp, a stall a plateau and a speculative burst a tall step."""
+    steady stream is a smooth ramp, a stall a plateau and a speculative burst a tall step.
+
+    On a disaggregated run each request's KV transfer (prefill -> decode instance) is shaded
+    between its first and second token, and a lower panel zooms in on that handoff (wait,
+    transfer, then the first decode step), which is usually far too short to see in seconds.
+    """
     if labels is not None and len(labels) != len(request_ids):
         raise ValueError(f"got {len(labels)} labels for {len(request_ids)} requests")
-    fig = _figure(8.0, 4.8)
-    ax = fig.subplots()
+    hand = _handoff(result)
+    handed = [int(r) for r in request_ids
+              if hand is not None and np.isfinite(hand.end[int(r)])]
+    if handed:
+        fig = _figure(8.0, 6.6)
+        ax, ax_kv = fig.subplots(2, 1, height_ratios=(3, 1.1))
+    else:
+        fig = _figure(8.0, 4.8)
+        ax = fig.subplots()
+        ax_kv = None
     ax.set_xlabel("time since arrival (s)")
     ax.set_ylabel("output tokens received")
     drawn = 0
+    colors: dict[int, str] = {}
+    names: dict[int, str] = {}
     for i, rid in enumerate(request_ids):
         rid = int(rid)
         times = result.tokens_of(rid) - result.arrived_at[rid]
         name = labels[i] if labels is not None else f"request {rid}"
+        names[rid] = name
         if times.size == 0:
             ax.plot([], [], label=f"{name}: no tokens")
             continue
@@ -300,7 +474,15 @@ def token_timeline(
         x = np.concatenate(([0.0], times))
         y = np.arange(x.size)
         (line,) = ax.step(x, y, where="post", linewidth=1.5, label=f"{name}: {detail}")
+        colors[rid] = line.get_color()
         ax.plot(times[0], 1, marker="o", color=line.get_color(), markersize=5)
+        if rid in handed:
+            assert hand is not None
+            lo, hi = (float(v[rid] - result.arrived_at[rid]) for v in (hand.start, hand.end))
+            ax.fill_between([lo, hi], 0.0, 2.0, color=KV_TRANSFER_COLOR, alpha=0.35,
+                            linewidth=0)
+            ax.plot(hi, 1, marker="D", markersize=4, markerfacecolor=KV_TRANSFER_COLOR,
+                    markeredgecolor="black", markeredgewidth=0.4, linestyle="none")
         drawn += 1
     if not drawn:
         _no_data(ax, "no tokens to draw")
@@ -310,11 +492,52 @@ def token_timeline(
     handles, _ = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color="0.3", marker="o", linestyle="none",
                           label="first token (TTFT)"))
-    ax.legend(handles=handles, fontsize=8, loc="upper left")
+    if handed:
+        handles.append(Patch(facecolor=KV_TRANSFER_COLOR, alpha=0.35,
+                             label="KV transfer to the decode instance (zoomed below)"))
+    # Staircases climb from the lower left, so a long legend goes to the lower right.
+    ax.legend(handles=handles, fontsize=8, loc="lower right" if handed else "upper left")
     ax.set_title(
         title or "Output tokens received over time (plateau = stall, tall step = burst)"
     )
+    if ax_kv is not None:
+        assert hand is not None
+        _handoff_panel(ax_kv, result, hand, handed, names, colors)
     return fig
+
+
+def _handoff_panel(ax: Axes, result: SimulationResult, hand: _Handoff, request_ids: list[int],
+                   names: Mapping[int, str], colors: Mapping[int, str]) -> None:
+    """Zoom on each request's first -> second token (ms after the first token): the wait for a
+    decode slot/blocks and the link, the KV transfer, then the decode step that emits token 2."""
+    second = {}
+    for rid in request_ids:
+        tokens = result.tokens_of(rid)
+        if tokens.size > 1:
+            second[rid] = (tokens[1] - hand.first_token[rid]) * 1e3
+    waits = [(hand.start[r] - hand.first_token[r]) * 1e3 for r in request_ids]
+    transfers = [(hand.end[r] - hand.start[r]) * 1e3 for r in request_ids]
+    rows = np.arange(len(request_ids))
+    ax.barh(rows, waits, height=0.45, color=KV_WAIT_COLOR, edgecolor="0.5", linewidth=0.4,
+            label="wait for a decode slot/KV blocks, then the link")
+    ax.barh(rows, transfers, left=waits, height=0.8, color=KV_TRANSFER_COLOR,
+            label="KV transfer")
+    for row, rid in enumerate(request_ids):
+        if rid in second:
+            ax.plot(second[rid], row, marker="o", color=colors.get(rid, "0.3"), markersize=5,
+                    linestyle="none")
+    ax.plot([], [], marker="o", color="0.3", linestyle="none",
+            label="second token (first decode step done)")
+    ax.set_yticks(rows, [names[r].split(" (")[0] for r in request_ids], fontsize=7)
+    ax.set_ylim(len(request_ids) - 0.5, -0.5)
+    ax.set_xlim(left=0.0)
+    ax.set_xlabel("time after the first token (ms)")
+    ax.set_ylabel("request")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncols=3,
+              frameon=False)
+    ax.set_title("KV handoff zoomed in: first token (prefill instance) -> second token "
+                 "(decode instance)", fontsize=9)
 
 
 # --------------------------------------------------------------------------- latency CDFs
@@ -490,85 +713,181 @@ def capacity_bars(
 # --------------------------------------------------------------------------- KV cache
 
 
+def _kv_release_times(result: SimulationResult, replica: int) -> tuple[np.ndarray, np.ndarray]:
+    """When an instance freed KV blocks other than by preempting: (finish times, ends of KV
+    transfers out of it). A co-located replica or a decode instance frees blocks when its
+    requests finish; a prefill instance when a one-token request finishes there or when a
+    request's KV transfer to a decode instance ends."""
+    role = _role(result, replica)
+    done = np.isfinite(result.finished_at)
+    none = np.zeros(0)
+    if role == "replica":
+        return result.finished_at[(result.replica == replica) & done], none
+    assert result.decode_replica is not None
+    if role == "decode":
+        return result.finished_at[(result.decode_replica == replica) & done], none
+    hand = _handoff(result)
+    assert hand is not None
+    here = result.replica == replica
+    transferred = here & np.isfinite(hand.end)
+    return result.finished_at[here & ~transferred & done], hand.end[transferred]
+
+
 def _preemption_steps(result: SimulationResult, step_ids: np.ndarray) -> np.ndarray:
     """Steps (of one replica, time order) in which KV blocks were freed while no request
-    finished: only a preemption frees blocks otherwise (a lower bound on preemption steps).
+    finished (nor, on a prefill instance, handed its KV off): only a preemption frees blocks
+    otherwise (a lower bound on preemption steps).
 
     NOTE: blocks are freed only by finishing or preempting requests (speculative rejections
-    free blocks allocated in the same step, so a step never nets a drop from them), so a drop
-    without a finish is a preemption; a preemption hidden by growth in the same step is missed.
+    free blocks allocated in the same step, so a step never nets a drop from them), and on a
+    prefill instance by KV transfers ending between steps, so a drop without one of those is a
+    preemption; a preemption hidden by growth in the same step is missed. A transfer that ends
+    exactly at a step's end may land before or after that step's record, so it explains a drop
+    in either. Steps of pipeline-parallel virtual engines (each with its own blocks) interleave
+    in one instance's log, so their drops mean nothing: callers skip those instances (and
+    an instance whose steps overlap in time gets none).
     """
-    if step_ids.size < 2:
+    if step_ids.size < 2 or _has_virtual_engines(result, step_ids):
         return np.zeros(0, dtype=np.int64)
     used = result.steps.kv_blocks_used[step_ids]
     ends = _step_ends_s(result)[step_ids]
     replica = int(result.steps.replica[step_ids[0]])
-    fin = result.finished_at[(result.replica == replica) & np.isfinite(result.finished_at)]
+    fin, released = _kv_release_times(result, replica)
+    last = ends.size - 1
     at = np.searchsorted(ends, fin)
-    finishes = np.bincount(np.clip(at, 0, ends.size - 1), minlength=ends.size)
+    explained = np.bincount(np.clip(at, 0, last), minlength=ends.size) > 0
+    for side in ("left", "right"):
+        at = np.searchsorted(ends, released, side=side)
+        explained |= np.bincount(np.clip(at, 0, last), minlength=ends.size) > 0
     dropped = np.concatenate(([False], np.diff(used) < 0))
-    return step_ids[dropped & (finishes == 0)]
+    return step_ids[dropped & ~explained]
 
 
-def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | None = None
-                 ) -> Figure:
+def _count_between(lo: np.ndarray, hi: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """How many of the intervals [lo, hi) contain each time in `at` (NaN bounds never do)."""
+    keep = np.isfinite(lo)
+    lo, hi = np.sort(lo[keep]), np.sort(np.where(np.isnan(hi[keep]), np.inf, hi[keep]))
+    return np.searchsorted(lo, at, side="right") - np.searchsorted(hi, at, side="right")
+
+
+def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | None = None,
+                 instance_label: str | None = None, pp: int | None = None) -> Figure:
     """KV-cache blocks in use (% of the replica's blocks) after every step, with steps that must
     have preempted marked, above the number of running and queued requests, so memory
-    pressure and what it does to batching can be seen together."""
+    pressure and what it does to batching can be seen together.
+
+    On a disaggregated run a prefill instance's KV includes prompts held until their transfer
+    to a decode instance ends (not preemptions), and the lower panel counts those; a decode
+    instance's includes blocks reserved for transfers in flight. With `pp` > 1 pipeline stages
+    (None: inferred from overlapping steps) the instance runs `pp` virtual engines, each with
+    its own share of the blocks: every step is a dot (% of that engine's blocks) and no
+    preemption is inferred, the count coming from the request records.
+    """
     step_ids = _replica_step_ids(result, replica)
+    label = instance_label or _instance_label(result, replica)
+    role = _role(result, replica)
     fig = _figure(10.0, 5.5)
     ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     ax.set_ylabel("KV blocks used (%)")
     ax_n.set_xlabel("time (s)")
     ax_n.set_ylabel("requests")
-    on_replica = result.replica == replica
+    if role == "decode":
+        assert result.decode_replica is not None
+        on_replica = result.decode_replica == replica
+    else:
+        on_replica = result.replica == replica
     num_preemptions = int(result.num_preemptions[on_replica].sum())
     if step_ids.size == 0:
-        _no_data(ax, f"replica {replica} ran no steps")
-        ax.set_title(title or f"KV-cache occupancy of replica {replica}: no steps")
+        _no_data(ax, f"{label} ran no steps")
+        ax.set_title(title or f"KV-cache occupancy of {label}: no steps")
         return fig
+    virtual = pp > 1 if pp is not None else _has_virtual_engines(result, step_ids)
     steps = result.steps
     ends = _step_ends_s(result)[step_ids]
-    total = steps.kv_blocks_total[step_ids]
+    total = steps.kv_blocks_total[step_ids]  # per virtual engine with pipeline parallelism
     used_pct = 100.0 * steps.kv_blocks_used[step_ids] / np.maximum(total, 1)
     starts = steps.started_at[step_ids]
-    # Blocks are allocated when a step begins and stay until a later step frees them, so the
-    # level after step i holds from its start to the next step's start (idle gaps included).
-    x = np.concatenate((starts, ends[-1:]))
-    y = np.concatenate((used_pct, used_pct[-1:]))
-    ax.step(x, y, where="post", color=DECODE_COLOR, linewidth=1.0, label="KV blocks used")
-    ax.fill_between(x, y, step="post", color=DECODE_COLOR, alpha=0.2)
-    ax.axhline(100.0, color="0.3", linestyle="--", linewidth=1,
-               label=f"capacity ({int(total.max())} blocks)")
-    marked = _preemption_steps(result, step_ids)
+    seqs = steps.num_seqs[step_ids]
+    if virtual:
+        # Virtual engines take turns in the log: a line through them would zigzag.
+        dots = {"linestyle": "none", "marker": ".", "markersize": 2.5, "color": DECODE_COLOR}
+        ax.plot(ends, used_pct, **dots,
+                label="KV blocks used by the virtual engine\nthat ran the step (1 dot per step)")
+        ax.axhline(100.0, color="0.3", linestyle="--", linewidth=1,
+                   label=f"capacity ({int(total.max())} blocks per virtual engine)")
+        marked = np.zeros(0, dtype=np.int64)
+        ax_n.plot(ends, seqs, **dots, label="sequences in the step")
+        x = starts
+    else:
+        # Blocks are allocated when a step begins and stay until a later step frees them, so
+        # the level after step i holds from its start to the next step's start (idle gaps
+        # included).
+        x = np.concatenate((starts, ends[-1:]))
+        y = np.concatenate((used_pct, used_pct[-1:]))
+        ax.step(x, y, where="post", color=DECODE_COLOR, linewidth=1.0, label="KV blocks used")
+        ax.fill_between(x, y, step="post", color=DECODE_COLOR, alpha=0.2)
+        ax.axhline(100.0, color="0.3", linestyle="--", linewidth=1,
+                   label=f"capacity ({int(total.max())} blocks)")
+        marked = _preemption_steps(result, step_ids)
+        ax_n.step(x, np.concatenate((seqs, seqs[-1:])), where="post", color=DECODE_COLOR,
+                  linewidth=1.0, label="sequences in the step")
     if marked.size:
         t_marked = _step_ends_s(result)[marked]
         pct_marked = 100.0 * steps.kv_blocks_used[marked] / np.maximum(steps.kv_blocks_total[
             marked], 1)
+        why = ("KV freed, no request finished or handed off" if role == "prefill"
+               else "KV freed, no request finished")
         ax.plot(t_marked, pct_marked, linestyle="none", marker="x", color=PREEMPT_COLOR,
-                markersize=6, label="preemption (KV freed, no request finished)")
+                markersize=6, label=f"preemption ({why})")
     ax.set_ylim(0.0, 105.0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title(
-        title
-        or f"KV-cache occupancy of replica {replica}: peak {used_pct.max():.0f}%, "
-        f"{num_preemptions} preemption{'s' if num_preemptions != 1 else ''}"
-    )
+    plural = "s" if num_preemptions != 1 else ""
+    if role == "prefill":
+        # NOTE: `num_preemptions` is per request and does not say on which instance it
+        # happened, so a prefill instance states the preemption steps found in its own log
+        # (partial prefills are preempted when KV held for transfers fills it).
+        found = (f"{marked.size} step{'s' if marked.size != 1 else ''} with a preemption"
+                 if marked.size else "no preemption found")
+        default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, {found}\n"
+                   "(each prompt's KV stays until its transfer to a decode instance ends)")
+    elif role == "decode":
+        default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, "
+                   f"{num_preemptions} preemption{plural} of its requests")
+        if num_preemptions:
+            default += ("\n(counted per request: includes any during their prefill on a "
+                        "prefill instance)")
+    else:
+        default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, "
+                   f"{num_preemptions} preemption{plural}")
+    if virtual:
+        default += (f"\n({pp} pipeline-parallel virtual engines" if pp is not None
+                    else "\n(pipeline-parallel virtual engines") + ", each with its own blocks)"
+    ax.set_title(title or default)
 
-    seqs = steps.num_seqs[step_ids]
-    ax_n.step(x, np.concatenate((seqs, seqs[-1:])), where="post", color=DECODE_COLOR,
-              linewidth=1.0, label="sequences in the step")
-    sched = result.first_scheduled_at[on_replica]
-    arrived = result.arrived_at[on_replica]
-    # Queued = arrived and not yet scheduled for the first time (re-queued preempted
-    # requests are not counted), sampled at the start of every step.
-    sched_sorted = np.sort(np.where(np.isnan(sched), np.inf, sched))
-    queued = np.searchsorted(np.sort(arrived), starts, side="right") - np.searchsorted(
-        sched_sorted, starts, side="right"
-    )
-    ax_n.step(starts, queued, where="post", color="0.45", linewidth=1.0,
-              label="queued (arrived, never scheduled yet)")
+    if role == "decode":
+        hand = _handoff(result)
+        assert hand is not None
+        incoming = _count_between(hand.first_token[on_replica], hand.end[on_replica], x)
+        ax_n.step(x, incoming, where="post", color=KV_TRANSFER_COLOR, linewidth=1.0,
+                  label="handed over, KV not arrived yet\n(waiting or in transfer)")
+    else:
+        sched = result.first_scheduled_at[on_replica]
+        arrived = result.arrived_at[on_replica]
+        # Queued = arrived and not yet scheduled for the first time (re-queued preempted
+        # requests are not counted), sampled at the start of every step.
+        sched_sorted = np.sort(np.where(np.isnan(sched), np.inf, sched))
+        queued = np.searchsorted(np.sort(arrived), starts, side="right") - np.searchsorted(
+            sched_sorted, starts, side="right"
+        )
+        ax_n.step(starts, queued, where="post", color="0.45", linewidth=1.0,
+                  label="queued (arrived, never scheduled yet)")
+        if role == "prefill":
+            hand = _handoff(result)
+            assert hand is not None
+            held = _count_between(hand.first_token[on_replica], hand.end[on_replica], starts)
+            ax_n.step(starts, held, where="post", color=KV_TRANSFER_COLOR, linewidth=1.0,
+                      label="prefill done, KV held until\nits transfer ends")
     ax_n.set_ylim(bottom=0)
     ax_n.grid(alpha=0.3)
     ax_n.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -629,32 +948,63 @@ def _measured_gaps_ms(result: SimulationResult, measured: np.ndarray) -> np.ndar
     return gaps[np.isfinite(gaps)] * 1e3
 
 
+def _mid_run_timeline(result: SimulationResult, replica: int, label: str, what: str,
+                      token_budget: int | None) -> Figure:
+    """The step timeline of `window` steps from the middle of one instance's steps."""
+    num_steps = int(np.count_nonzero(result.steps.replica == replica))
+    window = 120
+    start = max(0, num_steps // 2 - window // 2)
+    return step_timeline(
+        result,
+        replica=replica,
+        max_steps=window,
+        start_step=start,
+        token_budget=token_budget,
+        instance_label=label,
+        title=f"Who ran in which step: {what}, {label}, "
+        f"steps {start + 1}-{min(start + window, num_steps)} of {num_steps} (mid-run)",
+    )
+
+
 def run_figures(output: RunOutput) -> dict[str, Figure]:
     """The standard figures of one run, keyed by file stem: a mid-run step timeline, token
     timelines of representative requests, TTFT/TPOT/TBT CDFs with the scenario's SLOs, and the
-    KV occupancy (all for replica 0 where per replica)."""
+    KV occupancy (all for replica 0 where per replica).
+
+    A disaggregated run gets the step timeline and KV occupancy of prefill instance 0 and of
+    decode instance 0 (`*_prefill`, `*_decode`), and its token timeline shows the KV handoff.
+    """
     result = output.result
     scenario = output.resolved.scenario
     slo = scenario.metrics.slo
     policy = scenario.engine.policy
     table = request_metrics(result, scenario.metrics)
     measured = table["measured"]
-    num_replicas = scenario.cluster.replicas
-    of_replicas = f" of {num_replicas}" if num_replicas > 1 else ""
+    pools = output.resolved.pools
+    disaggregated = result.decode_replica is not None and len(pools) == 2
 
-    num_steps = int(np.count_nonzero(result.steps.replica == 0))
-    window = 120
-    start = max(0, num_steps // 2 - window // 2)
     figures: dict[str, Figure] = {}
-    figures["step_timeline"] = step_timeline(
-        result,
-        replica=0,
-        max_steps=window,
-        start_step=start,
-        token_budget=scenario.engine.max_num_batched_tokens,
-        title=f"Who ran in which step: {scenario.name}, {policy}, replica 0{of_replicas}, "
-        f"steps {start + 1}-{min(start + window, num_steps)} of {num_steps} (mid-run)",
-    )
+    if disaggregated:
+        first = 0
+        instances: list[tuple[str, int, str, int]] = []  # role, index, label, pp
+        for pool in pools:
+            n = pool.setup.instances
+            label = f"{pool.role} instance 0 of {n}"
+            instances.append((pool.role, first, label, pool.pp))
+            # A decode instance batches a handful of tokens per step: drawing its token budget
+            # (only used by re-prefills after preemptions) would flatten the bars to nothing.
+            figures[f"step_timeline_{pool.role}"] = _mid_run_timeline(
+                result, first, label, f"{scenario.name}, {pool.setup.policy}",
+                pool.setup.limits.max_num_batched_tokens if pool.role == "prefill" else None,
+            )
+            first += n
+    else:
+        num_replicas = scenario.cluster.replicas
+        of_replicas = f" of {num_replicas}" if num_replicas > 1 else ""
+        figures["step_timeline"] = _mid_run_timeline(
+            result, 0, f"replica 0{of_replicas}", f"{scenario.name}, {policy}",
+            scenario.engine.max_num_batched_tokens,
+        )
     ids, labels = _representative_requests(table)
     figures["token_timeline"] = token_timeline(
         result,
@@ -685,10 +1035,17 @@ def run_figures(output: RunOutput) -> dict[str, Figure]:
         population="per token",
         title=f"TBT (every gap between tokens) distribution ({scenario.name})",
     )
-    figures["kv_occupancy"] = kv_occupancy(
-        result,
-        replica=0,
-    )
+    if disaggregated:
+        for role, index, label, pp in instances:
+            figures[f"kv_occupancy_{role}"] = kv_occupancy(
+                result, replica=index, instance_label=label, pp=pp
+            )
+    else:
+        figures["kv_occupancy"] = kv_occupancy(
+            result,
+            replica=0,
+            pp=pools[0].pp if pools else None,
+        )
     return figures
 
 

@@ -1,6 +1,7 @@
 """Figures: every plotting function renders a labelled PNG for a tiny run; the step timeline's
 reconstruction of who ran in which step matches an exact constant-cost timeline; `run --plots`
-writes the figures into the run directory."""
+writes the figures into the run directory; a disaggregated run shows a prefill and a decode
+instance, with KV handoffs drawn as such and never as preemptions."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from matplotlib.figure import Figure
 
 from simserve import plots
 from simserve.cli import main
-from simserve.config import scenario_from_mapping
+from simserve.config import load_scenario, scenario_from_mapping
 from simserve.costmodel import ConstantCostModel
 from simserve.engine import EngineLimits, make_policy, simulate
+from simserve.engine.simulation import PoolSetup, simulate_disaggregated
 from simserve.experiments.run import run_scenario
 from simserve.metrics import request_metrics
 from simserve.workload import Workload
@@ -244,3 +246,169 @@ def test_cli_run_plots_writes_pngs_into_the_run_directory(tmp_path):
     assert json.loads((out / "summary.json").read_text())["completed"] == 24
     # No temporary directory is left beside the run.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "tiny.yaml"]
+
+
+# --------------------------------------------------------------------------- disaggregated
+
+DISAGG_YAML = """\
+name: tiny-disagg
+seed: 2
+model: opt-13b
+hardware: a100-80gb-sxm
+cost_model: {kind: roofline}
+engine: {policy: prefill_first}
+cluster:
+  mode: disaggregated
+  prefill: {instances: 1, tp: 2}
+  decode: {instances: 2, tp: 1}
+workload:
+  num_requests: 40
+  arrival: {rate: 8}
+  lengths: {dist: lognormal, prompt_len: 300, output_len: 40}
+metrics: {slo: {ttft_ms: 200, tpot_ms: 100}}
+"""
+STEP_S = 0.010
+LINK_S = 0.005
+
+
+@pytest.fixture(scope="module")
+def disagg_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("disagg") / "disagg.yaml"
+    path.write_text(DISAGG_YAML)
+    return run_scenario(load_scenario(path))
+
+
+def _pool(num_blocks: int = 100) -> PoolSetup:
+    limits = EngineLimits(num_blocks=num_blocks, block_size=16, max_num_seqs=8,
+                          max_num_batched_tokens=256, max_model_len=10_000)
+    return PoolSetup(1, limits, ConstantCostModel(STEP_S), "prefill_first")
+
+
+def _disagg(arrived_at, prompt_len, output_len, decode_blocks: int = 100):
+    workload = Workload(arrived_at=np.asarray(arrived_at, dtype=float),
+                        prompt_len=np.asarray(prompt_len), output_len=np.asarray(output_len))
+    return simulate_disaggregated(workload, _pool(), _pool(decode_blocks), lambda n: LINK_S)
+
+
+def test_disaggregated_run_figures_show_a_prefill_and_a_decode_instance(disagg_run, tmp_path):
+    result = disagg_run.result
+    figures = plots.run_figures(disagg_run)
+    assert list(figures) == ["step_timeline_prefill", "step_timeline_decode", "token_timeline",
+                             "ttft_cdf", "tpot_cdf", "tbt_cdf", "kv_occupancy_prefill",
+                             "kv_occupancy_decode"]
+    assert "prefill instance 0 of 1" in figures["step_timeline_prefill"].axes[0].get_title()
+    assert "decode instance 0 of 2" in figures["step_timeline_decode"].axes[0].get_title()
+    assert "prefill instance 0 of 1" in figures["kv_occupancy_prefill"].axes[0].get_title()
+    assert "decode instance 0 of 2" in figures["kv_occupancy_decode"].axes[0].get_title()
+    for name in ("step_timeline_prefill", "step_timeline_decode"):
+        legend = [t.get_text() for t in figures[name].axes[0].get_legend().get_texts()]
+        assert any("KV transfer" in t for t in legend), name
+        assert not any("preemption" in t for t in legend), name
+    # The token timeline zooms in on the handoff of the requests it shows.
+    token_top, token_kv = figures["token_timeline"].axes[:2]
+    assert any("KV transfer" in t.get_text() for t in token_top.get_legend().get_texts())
+    assert token_kv.get_xlabel() == "time after the first token (ms)"
+    paths = plots.write_run_figures(disagg_run, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(f"{k}.png" for k in figures)
+    for path in paths:
+        assert path.read_bytes()[:8] == PNG_MAGIC
+    # No preemption in this run, yet the prefill instance's KV drops between steps (blocks
+    # freed when transfers end): none of those drops may be drawn as a preemption.
+    assert int(result.num_preemptions.sum()) == 0
+    prefill_steps = plots._replica_step_ids(result, 0)
+    assert np.any(np.diff(result.steps.kv_blocks_used[prefill_steps]) < 0)
+    assert plots._preemption_steps(result, prefill_steps).size == 0
+    kv_ax = figures["kv_occupancy_prefill"].axes[0]
+    assert not any(ln.get_marker() == "x" for ln in kv_ax.lines)
+    assert "no preemption found" in kv_ax.get_title()
+    assert "0 preemptions" in figures["kv_occupancy_decode"].axes[0].get_title()
+
+
+def test_exact_gantt_of_a_disaggregated_handoff():
+    # r0: prefill [0, 10 ms] -> first token; KV on the link [10, 15]; decode steps [15, 25]
+    # and [25, 35]. r1 queues until 10 ms, prefills [10, 20]; the 3-block decode engine only
+    # has room once r0 finishes at 35 ms, so r1's KV waits [20, 35], moves [35, 40], and r1
+    # decodes [40, 50].
+    result = _disagg([0.0, 0.001], [32, 32], [3, 2], decode_blocks=3)
+    assert result.tokens_of(1).tolist() == pytest.approx([0.020, 0.050])
+
+    def bars(gantt, kind: str, row: int) -> list[float]:
+        """(start, end) of every bar of a kind in a row, flattened, in ms."""
+        return [round(t * 1e3, 6) for r, lo, hi in gantt.bars[kind] if r == row
+                for t in (lo, hi)]
+
+    pre = plots._gantt(result, replica=0, start_step=0, max_steps=100, max_requests=10)
+    assert pre is not None and pre.role == "prefill" and pre.rows.tolist() == [0, 1]
+    assert bars(pre, "prefill", 0) == [0.0, 10.0]
+    assert bars(pre, "kv_transfer", 0) == [10.0, 15.0]
+    assert bars(pre, "queued", 1) == [1.0, 10.0]
+    assert bars(pre, "prefill", 1) == [10.0, 20.0]
+    # The prefill instance's last step ends at 20 ms, where r1's wait begins: nothing to draw.
+    assert not pre.bars["kv_wait"]
+    assert not pre.bars["decode"] and not pre.bars["recompute"]  # decoding happens elsewhere
+    assert [(row, round(t * 1e3, 6)) for row, t in pre.kv_done] == [(0, 15.0)]
+
+    dec = plots._gantt(result, replica=1, start_step=0, max_steps=100, max_requests=10)
+    assert dec is not None and dec.role == "decode" and dec.rows.tolist() == [0, 1]
+    assert not dec.bars["queued"] and not dec.bars["prefill"]
+    # r0's transfer ends where the decode instance's first step begins (the window's start).
+    assert not bars(dec, "kv_transfer", 0)
+    assert bars(dec, "decode", 0) == [15.0, 25.0, 25.0, 35.0]
+    assert bars(dec, "kv_wait", 1) == [20.0, 35.0]
+    assert bars(dec, "kv_transfer", 1) == [35.0, 40.0]
+    assert bars(dec, "decode", 1) == [40.0, 50.0]
+    assert [(row, round(t * 1e3, 6)) for row, t in dec.kv_done] == [(0, 15.0), (1, 40.0)]
+    assert not dec.bars["recompute"] and not dec.bars["burst"]
+    fig = plots.step_timeline(result, replica=1)
+    assert "decode instance 0" in fig.axes[0].get_title()
+
+
+def test_kv_freed_by_a_finished_transfer_is_not_a_preemption(tmp_path):
+    # r0 (2 blocks) is prefilled [0, 10 ms] and its KV leaves at 15 ms; r1 (1 block) arrives at
+    # 30 ms: the prefill instance's KV drops from 2 to 1 blocks with no request finishing.
+    result = _disagg([0.0, 0.030], [32, 16], [3, 3])
+    prefill_steps = plots._replica_step_ids(result, 0)
+    assert result.steps.kv_blocks_used[prefill_steps].tolist() == [2, 1]
+    assert plots._preemption_steps(result, prefill_steps).size == 0
+    fig = plots.kv_occupancy(result, replica=0)
+    _png(fig, tmp_path, "kv_prefill")
+    assert "prefill instance 0" in fig.axes[0].get_title()
+    assert not any(ln.get_marker() == "x" for ln in fig.axes[0].lines)
+    assert any("KV held" in t.get_text() for t in fig.axes[1].get_legend().get_texts())
+
+
+def test_decode_instance_preemptions_are_marked_there():
+    # 6 decode blocks of 16 tokens: both 32-token prompts fit (2 blocks each), but growing to
+    # 32 + 40 tokens (5 blocks each) they cannot both stay: the decode instance preempts.
+    result = _disagg([0.0, 0.0], [32, 32], [40, 40], decode_blocks=6)
+    num_preemptions = int(result.num_preemptions.sum())
+    assert num_preemptions > 0
+    assert plots._preemption_steps(result, plots._replica_step_ids(result, 0)).size == 0
+    marked = plots._preemption_steps(result, plots._replica_step_ids(result, 1))
+    assert 0 < marked.size <= num_preemptions
+    fig = plots.kv_occupancy(result, replica=1)
+    assert f"{num_preemptions} preemption" in fig.axes[0].get_title()
+    # The re-prefill after the preemption happens on the decode instance and is drawn there.
+    gantt = plots._gantt(result, replica=1, start_step=0, max_steps=10_000, max_requests=10)
+    assert gantt is not None and gantt.bars["recompute"]
+
+
+def test_pipeline_parallel_kv_uses_each_virtual_engines_blocks(tmp_path):
+    workload = Workload(arrived_at=np.zeros(12), prompt_len=np.full(12, 40),
+                        output_len=np.full(12, 30))
+    limits = EngineLimits(num_blocks=40, block_size=16, max_num_seqs=4,
+                          max_num_batched_tokens=256, max_model_len=10_000)
+    result = simulate(workload, lambda: make_policy("chunked_prefill"),
+                      ConstantCostModel(STEP_S), limits, pp=2)
+    assert np.all(result.steps.kv_blocks_total == 20)
+    step_ids = plots._replica_step_ids(result, 0)
+    assert plots._has_virtual_engines(result, step_ids)
+    assert plots._preemption_steps(result, step_ids).size == 0
+    fig = plots.kv_occupancy(result, pp=2)
+    _png(fig, tmp_path, "kv_pp")
+    (dots,) = [ln for ln in fig.axes[0].lines if ln.get_marker() == "."]
+    expected = 100.0 * result.steps.kv_blocks_used[step_ids] / 20
+    np.testing.assert_allclose(dots.get_ydata(), expected)
+    assert dots.get_ydata().max() <= 100.0
+    assert "2 pipeline-parallel virtual engines" in fig.axes[0].get_title()
+    _png(plots.step_timeline(result, max_steps=60), tmp_path, "timeline_pp")

@@ -1,6 +1,7 @@
 """Chrome/Perfetto trace export: one slice per step, queued/prefill/decode slices per request in
 order, microsecond timestamps that agree with steps.csv and requests.csv, capped request tracks,
-and `run --trace` writing trace.json atomically with the rest of the run directory."""
+and `run --trace` writing trace.json atomically with the rest of the run directory; a
+disaggregated run names its processes by pool and adds each request's KV wait and transfer."""
 
 from __future__ import annotations
 
@@ -171,3 +172,99 @@ def test_failing_extra_writer_leaves_nothing_behind(tmp_path):
     out = write_run_dir(output, tmp_path / "run",
                         extra_writers=[lambda tmp: (tmp / "extra.txt").write_text("x")])
     assert (out / "extra.txt").read_text() == "x" and (out / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------- disaggregated
+
+DISAGG = {
+    "name": "tiny-disagg",
+    "seed": 2,
+    "model": "opt-13b",
+    "hardware": "a100-80gb-sxm",
+    "cost_model": {"kind": "roofline"},
+    "engine": {"policy": "prefill_first"},
+    "cluster": {"mode": "disaggregated", "prefill": {"instances": 1, "tp": 2},
+                "decode": {"instances": 2, "tp": 1}},
+    "workload": {
+        "num_requests": 40,
+        "arrival": {"process": "poisson", "rate": 8.0},
+        "lengths": {"dist": "lognormal", "prompt_len": 300, "output_len": 40},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def disagg_dir(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("trace_disagg")
+    scenario = base / "disagg.yaml"
+    scenario.write_text(yaml.safe_dump(DISAGG))
+    out = base / "run"
+    assert main(["run", str(scenario), "--out", str(out), "--trace"]) == 0
+    return out
+
+
+def test_disaggregated_processes_are_named_by_pool(disagg_dir):
+    trace = json.loads((disagg_dir / "trace.json").read_text())
+    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "process_name"}
+    assert names == {1: "prefill instance 0", 2: "decode instance 0 (replica 1)",
+                     3: "decode instance 1 (replica 2)"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"]
+               if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert threads[(2, STEP_TRACK_TID)] == "decode instance 0 (replica 1) steps"
+    # Round robin: request 0 is prefilled on instance 0 and decoded on decode instance 0.
+    assert threads[(1, 1)] == threads[(2, 1)] == "request 0"
+    # Explicit pool sizes give the same names.
+    result = run_scenario(scenario_from_mapping(DISAGG)).result
+    doc = chrome_trace(result, pools={"prefill": 1, "decode": 2}, max_steps=0)
+    assert {e["pid"]: e["args"]["name"] for e in doc["traceEvents"]
+            if e["ph"] == "M" and e["name"] == "process_name"} == names
+
+
+def test_disaggregated_requests_have_kv_wait_and_transfer_spans(disagg_dir):
+    trace = json.loads((disagg_dir / "trace.json").read_text())
+    requests = _read_csv(disagg_dir / "requests.csv")
+    tracks: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    flows: dict[int, dict[str, dict]] = defaultdict(dict)
+    for e in trace["traceEvents"]:
+        if e["ph"] == "X" and e["cat"] == "request":
+            tracks[(e["pid"], e["tid"])].append(e)
+        elif e["ph"] in ("s", "f"):
+            flows[e["id"]][e["ph"]] = e
+    handed = [row for row in requests if int(row["decode_replica"]) >= 0]
+    assert len(handed) == len(requests) > 0
+    assert len(flows) == len(handed)
+    for row in handed:
+        rid = int(row["request_id"])
+        prefill_pid, decode_pid = int(row["replica"]) + 1, int(row["decode_replica"]) + 1
+        assert prefill_pid != decode_pid
+        events = sorted(tracks[(prefill_pid, rid + 1)], key=lambda e: e["ts"])
+        assert [e["name"] for e in events] == ["queued", "prefill", "kv wait", "kv transfer"]
+        for a, b in itertools.pairwise(events):
+            assert a["ts"] + a["dur"] == pytest.approx(b["ts"], abs=2e-3)
+        wait, transfer = events[2:]
+        first_token = float(row["first_token_at"])
+        wait_s, transfer_s = float(row["kv_transfer_wait_s"]), float(row["kv_transfer_s"])
+        assert wait["ts"] == pytest.approx(first_token * US, abs=1e-3)
+        assert wait["dur"] == pytest.approx(wait_s * US, abs=2e-3)
+        assert transfer["dur"] == pytest.approx(transfer_s * US, abs=2e-3)
+        assert transfer["args"]["kv_transfer_ms"] == pytest.approx(transfer_s * 1e3, abs=1e-6)
+        assert transfer["args"]["decode_replica"] == int(row["decode_replica"])
+        # Decoding sits on the decode instance, from the KV's arrival to the last token.
+        (decode,) = tracks[(decode_pid, rid + 1)]
+        assert decode["name"] == "decode"
+        assert decode["ts"] == pytest.approx((first_token + wait_s + transfer_s) * US, abs=2e-3)
+        assert decode["ts"] + decode["dur"] == pytest.approx(
+            float(row["finished_at"]) * US, abs=2e-3
+        )
+        flow = flows[rid]
+        assert flow["s"]["pid"] == prefill_pid and flow["f"]["pid"] == decode_pid
+        assert flow["s"]["ts"] == transfer["ts"] and flow["f"]["ts"] == decode["ts"]
+
+
+def test_colocated_trace_has_no_handoff_events(trace):
+    events = trace["traceEvents"]
+    assert not any(e["ph"] in ("s", "f") for e in events)
+    names = {e["name"] for e in events if e["ph"] == "X" and e["cat"] == "request"}
+    assert names == {"queued", "prefill", "decode"}
+    assert not any("decode_replica" in e.get("args", {}) for e in events)
