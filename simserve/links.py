@@ -12,7 +12,6 @@ one node for a GPU. Every bad value raises `InputError` naming the field.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -163,9 +162,8 @@ def _read(path: Path, source: str) -> _LinkCatalog:
     return _parse(data, text, source)
 
 
-@functools.cache
 def _packaged() -> _LinkCatalog:
-    """The packaged links.yaml, parsed once per process (it is immutable)."""
+    """The packaged links.yaml (a small file, read on each call: no process-wide state)."""
     ref = resources.files("simserve").joinpath("data", "links.yaml")
     with resources.as_file(ref) as path:
         return _read(path, "simserve/data/links.yaml")
