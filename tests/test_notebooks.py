@@ -42,13 +42,14 @@ def _execute(nb: object, cwd: Path) -> None:
     client.execute()
 
 
-def test_the_five_teaching_notebooks_exist():
+def test_the_six_teaching_notebooks_exist():
     assert _ids(NOTEBOOKS) == [
         "01_batching",
         "02_stalls_and_metrics",
         "03_speculative_decoding",
         "04_antipatterns",
         "05_calibrate_your_gpu",
+        "06_disaggregated_serving",
     ]
 
 
