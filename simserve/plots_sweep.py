@@ -265,11 +265,21 @@ def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None) -> F
         return None
     fig = Figure(figsize=(min(16.0, max(7.0, 1.9 * num_bars + 1.5)), 4.8), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
+    per_gpu = False
     if table.mode == "capacity":
         keys = _series_keys(table, None)
         labels = [_series_label(r, keys) for r in table.rows]
-        caps = [_number(r.get("capacity_rps")) or 0.0 for r in table.rows]
+        # NOTE: points of different GPU counts (placements, TP, replicas) are ranked per GPU,
+        # DistServe's goodput per GPU; the whole cluster's capacity would favour the biggest.
+        gpus = [_number(r.get("num_gpus")) for r in table.rows]
+        per_gpu = all(g is not None and g > 0 for g in gpus) and len(set(gpus)) > 1
+        scale = [1.0 / g if per_gpu and g else 1.0 for g in gpus]
+        if per_gpu:
+            labels = [f"{label}\n({g:g} GPUs)" for label, g in zip(labels, gpus, strict=True)]
+        caps = [(_number(r.get("capacity_rps")) or 0.0) * f
+                for r, f in zip(table.rows, scale, strict=True)]
         highs = [_number(r.get("capacity_high_rps")) for r in table.rows]
+        highs = [h * f if h is not None else None for h, f in zip(highs, scale, strict=True)]
         upper = [max(0.0, (h if h is not None else c) - c) for c, h in zip(caps, highs,
                                                                           strict=True)]
         colors = _colors_by_first_axis(table.rows, keys)
@@ -280,7 +290,8 @@ def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None) -> F
             if status and status != "ok":
                 ax.annotate(str(status), (i, caps[i]), ha="center", va="bottom", fontsize=8)
         rule_text = table.rows[0].get("slo_rule") or (rule.text if rule else "")
-        ax.set_title(f"Capacity under {rule_text}\nbisection; error bar up to the first "
+        what = "Capacity per GPU" if per_gpu else "Capacity"
+        ax.set_title(f"{what} under {rule_text}\nbisection; error bar up to the first "
                      "failing rate", fontsize="medium")
     else:
         assert rule is not None and x is not None
@@ -300,7 +311,8 @@ def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None) -> F
     crowded = len(labels) > 4 and max(len(x) for line in labels for x in line.split("\n")) > 8
     ax.set_xticks(range(len(labels)), labels, rotation=30 if crowded else 0,
                   ha="right" if crowded else "center", fontsize="small")
-    ax.set_ylabel("capacity: arrival rate (req/s)")
+    ax.set_ylabel("capacity per GPU: arrival rate (req/s per GPU)" if per_gpu
+                  else "capacity: arrival rate (req/s)")
     ax.set_xlabel(", ".join(_short(k) for k in _series_keys(table, x)) or "sweep")
     ax.grid(axis="y", alpha=0.3)
     return fig

@@ -148,3 +148,24 @@ def test_sweep_zips_placements_whose_fields_only_make_sense_together(tmp_path):
     spec.write_text(spec.read_text().replace("[2, 1]", "[2, 2]"))
     code = main(["sweep", str(spec), "--out", str(tmp_path / "out")])
     assert code == 2
+
+
+def test_capacity_figure_ranks_points_of_different_gpu_counts_per_gpu():
+    from simserve.plots_sweep import SweepTable, capacity_figure
+
+    rows = [
+        {"cluster.replicas": 1, "capacity_rps": 20.0, "capacity_high_rps": 21.0, "num_gpus": 1,
+         "capacity_status": "ok", "slo_rule": "attainment:0.9"},
+        {"cluster.replicas": 3, "capacity_rps": 54.0, "capacity_high_rps": 57.0, "num_gpus": 3,
+         "capacity_status": "ok", "slo_rule": "attainment:0.9"},
+    ]
+    table = SweepTable(rows, ("cluster.replicas",), "capacity", None, "t")
+    ax = capacity_figure(table, None, None).axes[0]
+    assert [round(b.get_height(), 6) for b in ax.patches] == [20.0, 18.0]
+    assert "per GPU" in ax.get_ylabel() and "per GPU" in ax.get_title()
+    # One GPU count everywhere: plain capacity, as before.
+    same = SweepTable([{**r, "num_gpus": 2} for r in rows], ("cluster.replicas",), "capacity",
+                      None, "t")
+    ax = capacity_figure(same, None, None).axes[0]
+    assert [b.get_height() for b in ax.patches] == [20.0, 54.0]
+    assert "per GPU" not in ax.get_ylabel()
