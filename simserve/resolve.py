@@ -142,7 +142,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         )
     _check_lengths(scenario, model, max_model_len)
     if scenario.cluster.mode == "disaggregated":
-        return _resolve_disaggregated(scenario, catalog, gpu, model, max_model_len)
+        return _resolve_disaggregated(scenario, gpu, model, max_model_len)
     spec = engine.speculative
     draft = _draft_model(spec, catalog, model) if spec is not None else None
     draft_weights, draft_kv = _draft_memory(spec, model, draft)
@@ -212,8 +212,9 @@ def _stage_send(gpu: GpuSpec, model: ModelSpec, pp: int) -> Callable[[int], floa
 
 
 def _resolve_disaggregated(
-    scenario: Scenario, catalog: Catalog, gpu: GpuSpec, model: ModelSpec, max_model_len: int
+    scenario: Scenario, gpu: GpuSpec, model: ModelSpec, max_model_len: int
 ) -> ResolvedScenario:
+    """Each pool's limits and cost model (at its own TP and PP), and the KV link."""
     cluster, engine = scenario.cluster, scenario.engine
     pools = []
     for role, pool in (("prefill", cluster.prefill), ("decode", cluster.decode)):
