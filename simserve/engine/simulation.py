@@ -87,7 +87,8 @@ class _Instance:
         self.states = states
         self.cost_model = pool.cost_model
         self.on_step_done = on_step_done
-        self.stages = [simpy.Resource(env, 1) for _ in range(pool.pp)] if pool.pp > 1 else []
+        # When each pipeline stage next frees (empty without pipeline parallelism).
+        self.stage_free_at = [0.0] * pool.pp if pool.pp > 1 else []
         self.stage_send_s = pool.stage_send_s
         # KV transfers leaving this instance queue on its egress link, one at a time.
         self.link = simpy.Resource(env, 1)
@@ -132,11 +133,9 @@ class _Instance:
                 if not (plan.is_empty and not preempts):
                     shape = state.begin(plan, now)
                     duration = step_time(shape)
-                    if self.stages:
-                        yield from self._through_stages(duration, shape.num_tokens)
-                        duration = env.now - now
-                    else:
-                        yield env.timeout(duration)
+                    if self.stage_free_at:
+                        duration = self._through_stages(now, duration, shape.num_tokens) - now
+                    yield env.timeout(duration)
                     self.on_step_done(state, state.finish(plan, shape, now, duration))
                     continue
                 if not state.waits_on_transfers():
@@ -149,19 +148,25 @@ class _Instance:
             yield self.wakeups[key]
             self.wakeups[key] = None
 
-    def _through_stages(self, duration: float, num_tokens: int):
-        """One micro-batch through the pipeline: each stage runs 1/pp of the layers (the step's
-        time split evenly, as layers are), then sends its activations to the next stage."""
-        env = self.env
-        stage_s = duration / len(self.stages)
+    def _through_stages(self, now: float, duration: float, num_tokens: int) -> float:
+        """When a micro-batch that starts at `now` leaves the last stage. Each stage runs 1/pp
+        of the layers (the step's time split evenly, as layers are) once the stage is free,
+        then sends its activations to the next stage.
+
+        Stages are reserved in the order micro-batches start, which is the order a FIFO queue
+        at every stage would serve them (a micro-batch cannot overtake the one ahead: it starts
+        each stage after that one finished it), so one timeout per step suffices.
+        """
+        stage_s = duration / len(self.stage_free_at)
         send_s = self.stage_send_s(num_tokens) if self.stage_send_s is not None else 0.0
-        last = len(self.stages) - 1
-        for i, stage in enumerate(self.stages):
-            with stage.request() as turn:
-                yield turn
-                yield env.timeout(stage_s)
-            if i < last and send_s > 0:
-                yield env.timeout(send_s)
+        free_at = self.stage_free_at
+        ready = now
+        for i, free in enumerate(free_at):
+            if i:
+                ready += send_s
+            ready = max(ready, free) + stage_s
+            free_at[i] = ready
+        return ready
 
 
 class _Cluster:
