@@ -770,6 +770,15 @@ def _count_between(lo: np.ndarray, hi: np.ndarray, at: np.ndarray) -> np.ndarray
     return np.searchsorted(lo, at, side="right") - np.searchsorted(hi, at, side="right")
 
 
+def _plot_handed_over(ax: Axes, result: SimulationResult, on_replica: np.ndarray,
+                      times_s: np.ndarray, label: str) -> None:
+    """Requests between their first token and the end of their KV transfer, over time."""
+    hand = _handoff(result)
+    assert hand is not None
+    count = _count_between(hand.first_token[on_replica], hand.end[on_replica], times_s)
+    ax.step(times_s, count, where="post", color=KV_TRANSFER_COLOR, linewidth=1.0, label=label)
+
+
 def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | None = None,
                  instance_label: str | None = None, pp: int | None = None) -> Figure:
     """KV-cache blocks in use (% of the replica's blocks) after every step, with steps that must
@@ -866,11 +875,8 @@ def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | Non
     ax.set_title(title or default)
 
     if role == "decode":
-        hand = _handoff(result)
-        assert hand is not None
-        incoming = _count_between(hand.first_token[on_replica], hand.end[on_replica], x)
-        ax_n.step(x, incoming, where="post", color=KV_TRANSFER_COLOR, linewidth=1.0,
-                  label="handed over, KV not arrived yet\n(waiting or in transfer)")
+        _plot_handed_over(ax_n, result, on_replica, x,
+                          "handed over, KV not arrived yet\n(waiting or in transfer)")
     else:
         sched = result.first_scheduled_at[on_replica]
         arrived = result.arrived_at[on_replica]
@@ -883,11 +889,8 @@ def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | Non
         ax_n.step(starts, queued, where="post", color="0.45", linewidth=1.0,
                   label="queued (arrived, never scheduled yet)")
         if role == "prefill":
-            hand = _handoff(result)
-            assert hand is not None
-            held = _count_between(hand.first_token[on_replica], hand.end[on_replica], starts)
-            ax_n.step(starts, held, where="post", color=KV_TRANSFER_COLOR, linewidth=1.0,
-                      label="prefill done, KV held until\nits transfer ends")
+            _plot_handed_over(ax_n, result, on_replica, starts,
+                              "prefill done, KV held until\nits transfer ends")
     ax_n.set_ylim(bottom=0)
     ax_n.grid(alpha=0.3)
     ax_n.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
