@@ -67,6 +67,12 @@ def format_summary(summary: Mapping[str, object]) -> str:
         lines.append(_line(f"Median {short} (ms):", s.get(f"median_{metric}_ms")))
         for pct, key in _pct_keys(s, metric):
             lines.append(_line(f"P{pct} {short} (ms):", s.get(key)))
+    if "mean_kv_transfer_ms" in s:
+        # Disaggregated serving: where the time between the first and second token went.
+        lines.append(_rule("KV handoff (prefill -> decode)"))
+        lines.append(_line("Mean KV transfer (ms):", s.get("mean_kv_transfer_ms")))
+        lines.append(_line("Mean wait for slot or link (ms):", s.get("mean_kv_transfer_wait_ms")))
+        lines.append(_line("Requests that waited:", s.get("num_kv_transfer_waited"), 0))
     lines.append(_rule("simserve extras"))
     extras = [
         ("Mean fluidity-index:", "mean_fluidity_index", 4),
@@ -78,6 +84,7 @@ def format_summary(summary: Mapping[str, object]) -> str:
         ("Rejected requests:", "num_rejected", 0),
         ("Excluded by warm-up / cool-down:", None, 0),
         ("Max concurrent requests:", "max_concurrent_requests", 0),
+        ("GPUs:", "num_gpus", 0),
     ]
     for label, key, digits in extras:
         if key is None:

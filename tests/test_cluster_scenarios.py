@@ -50,7 +50,9 @@ def test_disaggregated_run_directory_and_summary(tmp_path, capsys):
     assert 2 < summary["mean_kv_transfer_ms"] < 30
     header = (out / "requests.csv").read_text().splitlines()[0].split(",")
     assert {"decode_replica", "kv_transfer_s", "kv_transfer_wait_s"} <= set(header)
-    assert "Mean TTFT" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Mean TTFT" in printed and "Mean KV transfer (ms):" in printed
+    assert "GPUs:                                    4" in printed
 
 
 def test_disaggregated_summary_is_deterministic(tmp_path):
