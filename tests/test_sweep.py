@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_sweep import tiny_base
 
 from simserve.cli import main
 from simserve.errors import InputError
@@ -19,16 +20,7 @@ from simserve.experiments.sweep import (
     run_sweep,
 )
 
-BASE = """\
-name: tiny
-seed: 3
-cost_model: {kind: constant, step_time_ms: 5.0}
-engine: {max_num_seqs: 4, max_num_batched_tokens: 64}
-workload:
-  num_requests: 20
-  arrival: {process: poisson, rate: 20.0}
-  lengths: {dist: fixed, prompt_len: 32, output_len: 6}
-"""
+BASE = tiny_base(20)
 
 SPEC = """\
 name: tiny_sweep

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny_sweep import tiny_base
 
 from simserve.cli import main
 from simserve.experiments.capacity import parse_slo_rule
@@ -15,15 +16,7 @@ from simserve.plots_sweep import (
     pareto_figure,
 )
 
-BASE = """\
-name: tiny
-cost_model: {kind: constant, step_time_ms: 5.0}
-engine: {max_num_seqs: 4, max_num_batched_tokens: 64}
-workload:
-  num_requests: 30
-  arrival: {process: poisson, rate: 20.0}
-  lengths: {dist: fixed, prompt_len: 32, output_len: 6}
-"""
+BASE = tiny_base(30, seed=None)
 
 SPEC = """\
 name: plot_sweep

@@ -6,22 +6,14 @@ import socket
 from pathlib import Path
 
 import pytest
+from tiny_sweep import tiny_base
 
 from simserve.cli import main
 from simserve.errors import InputError
 from simserve.experiments.backends import LocalBackend, RayBackend, check_ray_address
 from simserve.experiments.sweep import load_sweep_spec, plan_sweep, run_sweep
 
-BASE = """\
-name: tiny
-seed: 3
-cost_model: {kind: constant, step_time_ms: 5.0}
-engine: {max_num_seqs: 4, max_num_batched_tokens: 64}
-workload:
-  num_requests: 30
-  arrival: {process: poisson, rate: 20.0}
-  lengths: {dist: fixed, prompt_len: 32, output_len: 6}
-"""
+BASE = tiny_base(30)
 
 SPEC = """\
 name: ray_sweep
