@@ -124,14 +124,10 @@ class _Handoff:
 
 def _handoff(result: SimulationResult) -> _Handoff | None:
     """KV handoff times of every request, or None for a co-located run."""
-    if result.kv_transfer_s is None or result.kv_transfer_wait_s is None:
+    start = result.kv_transfer_started_at
+    if start is None or result.kv_transfer_s is None:
         return None
-    offsets = result.token_offsets
-    has_token = offsets[1:] > offsets[:-1]
-    first = np.full(result.num_requests, np.nan)
-    first[has_token] = result.token_times_s[offsets[:-1][has_token]]
-    start = first + result.kv_transfer_wait_s
-    return _Handoff(first, start, start + result.kv_transfer_s)
+    return _Handoff(result.first_token_at, start, start + result.kv_transfer_s)
 
 
 class _StepLookup:

@@ -10,15 +10,12 @@ others (`simserve/calibration/serving.py`); the report shows the replay with and
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from simserve.calibration.paths import GROUND_TRUTH_DIR, REPO_ROOT
-from simserve.calibration.replay import REPLAY_METRICS, ReplayResult
+from simserve.calibration.replay import REPLAY_METRICS, ReplayResult, trace_rate
 from simserve.calibration.serving import fit_serving_step_ms, replay_with_serving
 from simserve.config import load_scenario
 
@@ -30,6 +27,7 @@ __all__ = [
     "disaggregated_markdown",
     "disaggregated_targets",
     "disaggregated_traces",
+    "is_saturated",
     "run_disaggregated_validation",
 ]
 
@@ -47,11 +45,7 @@ UNLIMITED_BLOCKS = 10**6
 
 def disaggregated_traces() -> list[Path]:
     """The shipped DistServe runs, by rate."""
-    return sorted(GROUND_TRUTH_DIR.glob("distserve-*.csv"), key=_rate)
-
-
-def _rate(path: Path) -> float:
-    return float(Path(path).stem.split("-")[-1])
+    return sorted(GROUND_TRUTH_DIR.glob("distserve-*.csv"), key=trace_rate)
 
 
 @dataclass(frozen=True)
@@ -71,7 +65,12 @@ class DisaggregatedReport:
     cross_validation: tuple[tuple[float, float, float, float, float], ...]
 
     def saturated(self, run: ReplayResult) -> bool:
-        return run.measured["TPOT mean"] > SATURATION_MEAN_OVER_MEDIAN * run.measured["TPOT p50"]
+        return is_saturated(run)
+
+
+def is_saturated(run: ReplayResult) -> bool:
+    """Whether the MEASURED mean TPOT runs away from the median (see the NOTE above)."""
+    return run.measured["TPOT mean"] > SATURATION_MEAN_OVER_MEDIAN * run.measured["TPOT p50"]
 
 
 def run_disaggregated_validation(
@@ -84,10 +83,7 @@ def run_disaggregated_validation(
     with_serving = tuple(replay_with_serving(t, scenario, shipped) for t in traces)
     unlimited = [f"engine.num_gpu_blocks_override={UNLIMITED_BLOCKS}"]
     no_kv_limit = tuple(replay_with_serving(t, scenario, shipped, unlimited) for t in traces)
-    report = DisaggregatedReport(shipped, float("nan"), _rate(traces[0]), profile_only,
-                                 with_serving, no_kv_limit, ())
-    below = [t for t, run in zip(traces, with_serving, strict=True)
-             if not report.saturated(run)]
+    below = [t for t, run in zip(traces, with_serving, strict=True) if not is_saturated(run)]
     fits = {t: fit_serving_step_ms(t, scenario) for t in below}
     cv = []
     for train in below:
@@ -95,10 +91,12 @@ def run_disaggregated_validation(
             if test == train:
                 continue
             run = replay_with_serving(test, scenario, fits[train])
-            cv.append((_rate(train), fits[train], _rate(test), run.error_pct("TTFT p50"),
+            cv.append((trace_rate(train), fits[train], trace_rate(test), run.error_pct("TTFT p50"),
                        run.error_pct("TPOT mean")))
-    return dataclasses.replace(report, fitted_step_ms=fits.get(traces[0], float("nan")),
-                               cross_validation=tuple(cv))
+    return DisaggregatedReport(
+        shipped, fits.get(traces[0], float("nan")), trace_rate(traces[0]), profile_only,
+        with_serving, no_kv_limit, tuple(cv),
+    )
 
 
 def _kv_wait_ms(run: ReplayResult) -> float:
@@ -140,7 +138,7 @@ def disaggregated_markdown(rep: DisaggregatedReport, figure: str | None) -> list
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for base, fitted in zip(rep.profile_only, rep.with_serving, strict=True):
-        rate = _rate(Path(base.trace))
+        rate = trace_rate(base.trace)
         state = "saturated" if rep.saturated(base) else (
             "fit" if rate == rep.train_rate else "held out")
         for label, *_ in REPLAY_METRICS:
@@ -169,7 +167,7 @@ def disaggregated_markdown(rep: DisaggregatedReport, figure: str | None) -> list
         "requests wait seconds for a decode slot after their prefill. The simulated decode "
         "queue shows the same effect (mean wait between the first token and the start of the "
         "KV transfer: "
-        + ", ".join(f"{_kv_wait_ms(r):.0f} ms at {_rate(Path(r.trace)):g} req/s"
+        + ", ".join(f"{_kv_wait_ms(r):.0f} ms at {trace_rate(r.trace):g} req/s"
                     for r in rep.with_serving)
         + "). Without it, the simulator misses the mean TPOT by far more. Ablation, same "
         "replays with a decode KV cache that never fills, so every finished prefill joins the "
@@ -180,7 +178,7 @@ def disaggregated_markdown(rep: DisaggregatedReport, figure: str | None) -> list
     ]
     for fitted, free in zip(rep.with_serving, rep.no_kv_limit, strict=True):
         lines.append(
-            f"| {_rate(Path(fitted.trace)):g} | {fitted.measured['TPOT mean']:.1f} | "
+            f"| {trace_rate(fitted.trace):g} | {fitted.measured['TPOT mean']:.1f} | "
             f"{fitted.simulated['TPOT mean']:.1f} | {fitted.error_pct('TPOT mean'):+.1f}% | "
             f"{free.simulated['TPOT mean']:.1f} | {free.error_pct('TPOT mean'):+.1f}% |"
         )
@@ -200,7 +198,7 @@ def disaggregated_targets(rep: DisaggregatedReport) -> list[str]:
     """Rows of the report's target table for the held-out runs below saturation."""
     out = []
     for run in rep.with_serving:
-        rate = _rate(Path(run.trace))
+        rate = trace_rate(run.trace)
         if rep.saturated(run) or rate == rep.train_rate:
             continue
         for label in ("TTFT p50", "TPOT mean"):
@@ -217,7 +215,7 @@ def disaggregated_figure(rep: DisaggregatedReport, fig_dir: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rates = [_rate(Path(r.trace)) for r in rep.profile_only]
+    rates = [trace_rate(r.trace) for r in rep.profile_only]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, label in zip(axes, ("TTFT p50", "TPOT p50", "TPOT mean"), strict=True):
         ax.plot(rates, [r.measured[label] for r in rep.profile_only], "ko-", label="measured")
@@ -244,8 +242,3 @@ def disaggregated_figure(rep: DisaggregatedReport, fig_dir: Path) -> str:
     fig.savefig(fig_dir / name, dpi=110)
     plt.close(fig)
     return name
-
-
-def mean_error_pct(runs: Sequence[ReplayResult], label: str) -> float:
-    """Mean absolute error (%) of one statistic over runs (for tests and summaries)."""
-    return float(np.mean([abs(r.error_pct(label)) for r in runs]))

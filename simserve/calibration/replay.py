@@ -19,7 +19,7 @@ from simserve.config import load_scenario
 from simserve.errors import InputError
 from simserve.experiments.run import RunOutput, run_scenario
 
-__all__ = ["REPLAY_METRICS", "ReplayResult", "measured_stats", "replay_trace"]
+__all__ = ["REPLAY_METRICS", "ReplayResult", "measured_stats", "replay_trace", "trace_rate"]
 
 DEFAULT_SCENARIO = REPO_ROOT / "scenarios" / "validation" / "opt13b-a100-vllm.yaml"
 
@@ -47,6 +47,11 @@ class ReplayResult:
     def error_pct(self, label: str) -> float:
         """Relative error of the simulation, in percent of the measured value."""
         return 100.0 * (self.simulated[label] / self.measured[label] - 1.0)
+
+
+def trace_rate(path: str | Path) -> float:
+    """The request rate in a ground-truth file name `<engine>-...-<N>-<rate>.csv`."""
+    return float(Path(path).stem.split("-")[-1])
 
 
 def measured_stats(path: str | Path) -> tuple[int, dict[str, float]]:

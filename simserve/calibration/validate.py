@@ -47,7 +47,7 @@ from simserve.calibration.fit import (
     predict_steps,
 )
 from simserve.calibration.paths import CALIBRATION_DIR, GROUND_TRUTH_DIR, PROFILES_DIR, SHIPPED_DATA
-from simserve.calibration.replay import REPLAY_METRICS, ReplayResult, replay_trace
+from simserve.calibration.replay import REPLAY_METRICS, ReplayResult, replay_trace, trace_rate
 from simserve.catalog import Catalog, load_catalog
 from simserve.costmodel.calibrated import load_profile, predict_ms, step_terms, with_coefficients
 
@@ -234,7 +234,7 @@ def run_validation(*, replay: bool = True, catalog: Catalog | None = None) -> Va
     notes = {}
     sensitivity: dict[float, list[ReplayResult]] = {}
     if replay:
-        traces = sorted(GROUND_TRUTH_DIR.glob("vllm-*.csv"), key=lambda p: _rate(p))
+        traces = sorted(GROUND_TRUTH_DIR.glob("vllm-*.csv"), key=trace_rate)
         for label, name in (("distserve", DISTSERVE_PROFILE), ("derived", DERIVED_PROFILE)):
             if not (PROFILES_DIR / f"{name}.yaml").is_file():
                 continue
@@ -263,11 +263,6 @@ def _per_seq_sensitivity(traces: Sequence[Path]) -> dict[float, list[ReplayResul
             path = write_profile(prof, tmp)
             out[extra] = [replay_trace(t, profile=str(path)) for t in traces]
     return out
-
-
-def _rate(path: Path) -> float:
-    """The request rate in a ground-truth file name vllm-<N>-<rate>.csv."""
-    return float(path.stem.split("-")[-1])
 
 
 # --------------------------------------------------------------------------- figures
@@ -341,7 +336,7 @@ def _figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
     if rep.replays:
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
         first = next(iter(rep.replays.values()))
-        rates = [_rate(Path(r.trace)) for r in first]
+        rates = [trace_rate(r.trace) for r in first]
         panels = (("TTFT p50", "TTFT p50 (ms)", False), ("TTFT p90", "TTFT p90 (ms)", True),
                   ("TPOT mean", "mean TPOT (ms)", False))
         for ax, (label, ylabel, logy) in zip(axes, panels, strict=True):
@@ -374,7 +369,7 @@ def _figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("TTFT (s)")
-            ax.set_title(f"{_rate(Path(first[i].trace)):g} req/s", fontsize=9)
+            ax.set_title(f"{trace_rate(first[i].trace):g} req/s", fontsize=9)
             ax.grid(alpha=0.3)
         np.atleast_1d(axes)[0].set_ylabel("fraction of requests")
         np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower right")
@@ -564,7 +559,7 @@ def _markdown(rep: ValidationReport, figures: list[str]) -> str:
                       "| run | rate | metric | measured (ms) | simulated (ms) | error |",
                       "|---|---|---|---|---|---|"]
             for r in runs:
-                rate = _rate(Path(r.trace))
+                rate = trace_rate(r.trace)
                 for label, *_ in REPLAY_METRICS:
                     err = r.error_pct(label)
                     bold = (label in ("TTFT p50", "TPOT mean") and rate <= 3
@@ -579,7 +574,7 @@ def _markdown(rep: ValidationReport, figures: list[str]) -> str:
                       "|---|---|---|---|"]
             for r in runs:
                 m, s = _decoding_concurrency(r)
-                lines.append(f"| {_rate(Path(r.trace)):g} | {m:.1f} | {s:.1f} | "
+                lines.append(f"| {trace_rate(r.trace):g} | {m:.1f} | {s:.1f} | "
                              f"{r.output.summary.get('num_preemptions', 0)} |")
             lines.append("")
         lines += knee_paragraph(rep)
@@ -605,7 +600,7 @@ def knee_paragraph(rep: ValidationReport) -> list[str]:
     """What happens between 3 and 4 req/s, in numbers."""
     out = ["### The saturation knee", ""]
     for name, runs in rep.replays.items():
-        by_rate = {_rate(Path(r.trace)): r for r in runs}
+        by_rate = {trace_rate(r.trace): r for r in runs}
         if 3.0 in by_rate and 4.0 in by_rate:
             r3, r4 = by_rate[3.0], by_rate[4.0]
             out.append(
@@ -633,7 +628,7 @@ def misses_paragraph(rep: ValidationReport) -> list[str]:
     runs = rep.replays.get("distserve")
     if not runs:
         return []
-    by_rate = {_rate(Path(r.trace)): r for r in runs}
+    by_rate = {trace_rate(r.trace): r for r in runs}
     r2 = by_rate.get(2.0)
     out = ["### Where the replay misses, and why", ""]
     if r2 is not None:
@@ -663,7 +658,7 @@ def misses_paragraph(rep: ValidationReport) -> list[str]:
             "|---|---|---|---|" + "---|" * len(extras),
         ]
         for i, r in enumerate(runs):
-            rate = _rate(Path(r.trace))
+            rate = trace_rate(r.trace)
             for label in ("TPOT mean", "TTFT p90"):
                 cells = " | ".join(
                     f"{rep.sensitivity[e][i].simulated[label]:.0f} "
@@ -698,14 +693,14 @@ def verdict(rep: ValidationReport) -> list[str]:
                    f"{r['held_out']} | {v:.1f}% | {'yes' if v <= LOTO_TARGET_PCT else 'no'} |")
     for name, runs in rep.replays.items():
         for r in runs:
-            rate = _rate(Path(r.trace))
+            rate = trace_rate(r.trace)
             if rate > 3:
                 continue
             for label in ("TTFT p50", "TPOT mean"):
                 v = r.error_pct(label)
                 out.append(f"| e2e {label} within 15% at {rate:g} req/s ({name} profile) | "
                            f"{v:+.1f}% | {'yes' if abs(v) <= E2E_TARGET_PCT else 'no'} |")
-        by_rate = {_rate(Path(r.trace)): r for r in runs}
+        by_rate = {trace_rate(r.trace): r for r in runs}
         if 3.0 in by_rate and 4.0 in by_rate:
             jump_sim = by_rate[4.0].simulated["TTFT p90"] / by_rate[3.0].simulated["TTFT p90"]
             jump_meas = by_rate[4.0].measured["TTFT p90"] / by_rate[3.0].measured["TTFT p90"]

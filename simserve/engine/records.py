@@ -62,16 +62,33 @@ class SimulationResult:
     num_speculative_tokens: int = 0
     spec_num_drafts: int = 0
     spec_accepted_per_position: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    # Disaggregated serving (None on a co-located cluster), per request: seconds the KV cache
-    # spent on the link, seconds from the end of the prefill until the transfer started
-    # (waiting for a decode slot and KV blocks, then for the link), and the decode instance.
+    # Disaggregated serving (None on a co-located cluster), per request (NaN / -1 without a
+    # transfer): when the KV transfer started, seconds the KV cache spent on the link, and the
+    # decode instance.
+    kv_transfer_started_at: np.ndarray | None = None
     kv_transfer_s: np.ndarray | None = None
-    kv_transfer_wait_s: np.ndarray | None = None
     decode_replica: np.ndarray | None = None
 
     @property
     def num_requests(self) -> int:
         return int(self.arrived_at.size)
+
+    @property
+    def first_token_at(self) -> np.ndarray:
+        """Time of every request's first token (NaN if it got none)."""
+        offsets = self.token_offsets
+        has_token = offsets[1:] > offsets[:-1]
+        first = np.full(self.num_requests, np.nan)
+        first[has_token] = self.token_times_s[offsets[:-1][has_token]]
+        return first
+
+    @property
+    def kv_transfer_wait_s(self) -> np.ndarray | None:
+        """Seconds from the first token (the end of the prefill) to the start of the KV
+        transfer: waiting for a decode slot and KV blocks, then for the link."""
+        if self.kv_transfer_started_at is None:
+            return None
+        return self.kv_transfer_started_at - self.first_token_at
 
     def tokens_of(self, request_id: int) -> np.ndarray:
         """Emission times of one request's tokens (a view)."""

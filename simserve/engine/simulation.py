@@ -403,17 +403,10 @@ class _Cluster:
                 spec_accepted_per_position=sum(s.spec_accepted_per_position for s in states),
             )
         if self.disaggregated:
-            offsets = result.token_offsets
-            has_token = offsets[1:] > offsets[:-1]
-            prefill_done = np.full(self.n, np.nan)  # the first token ends the prefill
-            prefill_done[has_token] = result.token_times_s[offsets[:-1][has_token]]
-            handed = np.isfinite(self.transfer_started_at)
             result = dataclasses.replace(
                 result,
+                kv_transfer_started_at=self.transfer_started_at,
                 kv_transfer_s=self.transfer_done_at - self.transfer_started_at,
-                kv_transfer_wait_s=np.where(
-                    handed, self.transfer_started_at - prefill_done, np.nan
-                ),
                 decode_replica=self.decode_replica,
             )
         return result

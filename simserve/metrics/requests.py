@@ -196,7 +196,6 @@ def request_table(
     gaps and fluid deadlines of measured requests, so the token times are walked once.
     """
     offsets = np.asarray(result.token_offsets, dtype=np.int64)
-    times = np.asarray(result.token_times_s, dtype=np.float64)
     arrived = np.asarray(result.arrived_at, dtype=np.float64)
     finished = np.asarray(result.finished_at, dtype=np.float64)
     scheduled = np.asarray(result.first_scheduled_at, dtype=np.float64)
@@ -204,8 +203,7 @@ def request_table(
     n = np.diff(offsets)
     has_tokens = n > 0
 
-    first_token_at = np.full(num_requests, np.nan)
-    first_token_at[has_tokens] = times[offsets[:-1][has_tokens]]
+    first_token_at = result.first_token_at
     ttft = first_token_at - arrived
     e2el = finished - arrived
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -248,7 +246,7 @@ def request_table(
     if result.kv_transfer_s is not None:
         # Disaggregated serving: where the time between the first token and the second went.
         table["decode_replica"] = np.asarray(result.decode_replica, dtype=np.int32)
-        table["kv_transfer_wait_s"] = np.asarray(result.kv_transfer_wait_s, dtype=np.float64)
+        table["kv_transfer_wait_s"] = result.kv_transfer_started_at - first_token_at
         table["kv_transfer_s"] = np.asarray(result.kv_transfer_s, dtype=np.float64)
     return table, token_pass
 
