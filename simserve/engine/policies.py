@@ -142,7 +142,7 @@ class MixedPolicy:
         chunks: list[int] = []
         if not (pp or pd) and state.waiting:
             # NOTE: as in vLLM, nobody is admitted in a step that had to preempt.
-            chunks = _admit_whole_prompts(state, free, m, m + state.num_incoming)
+            chunks = _admit_whole_prompts(state, free, m, state.num_running)
         return StepPlan(
             num_preempt_partials=pp,
             num_preempt_decodes=pd,
@@ -188,7 +188,9 @@ class ChunkedPrefillPolicy:
             i += 1
         num_admitted = 0
         if not (pp or pd):
-            running = state.num_decoding + num_partials + state.num_incoming
+            # Nobody was preempted, so every running sequence (and KV transfer on its way in)
+            # holds a slot.
+            running = state.num_running
             for rid in state.waiting:
                 if budget <= 0 or running + num_admitted >= state.max_num_seqs:
                     break
