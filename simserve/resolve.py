@@ -42,18 +42,26 @@ class ResolvedPool:
 class ResolvedScenario:
     """A scenario with its catalog entries, engine limits and cost model.
 
-    `limits` and `cost_model` are those of the co-located replicas, or of the decode pool of a
-    disaggregated cluster; `pools` has every pool, and `kv_link` the prefill-to-decode link.
+    `pools` has every pool (one for a co-located cluster; prefill then decode for a
+    disaggregated one), and `kv_link` the prefill-to-decode link.
     """
 
     scenario: Scenario
     gpu: GpuSpec
     model: ModelSpec
-    limits: EngineLimits
-    cost_model: CostModel
+    pools: tuple[ResolvedPool, ...]
     draft_model: ModelSpec | None = None
-    pools: tuple[ResolvedPool, ...] = ()
     kv_link: LinkSpec | None = None
+
+    @property
+    def limits(self) -> EngineLimits:
+        """The co-located replicas' limits, or the decode pool's."""
+        return self.pools[-1].setup.limits
+
+    @property
+    def cost_model(self) -> CostModel:
+        """The co-located replicas' cost model, or the decode pool's."""
+        return self.pools[-1].setup.cost_model
 
     @property
     def num_gpus(self) -> int:
@@ -184,8 +192,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         stage_send_s=_stage_send(gpu, model, scenario.pp),
     )
     return ResolvedScenario(
-        scenario, gpu, model, limits, cost_model, draft,
-        pools=(ResolvedPool("replica", pool, scenario.tp, scenario.pp),),
+        scenario, gpu, model, (ResolvedPool("replica", pool, scenario.tp, scenario.pp),), draft
     )
 
 
@@ -269,11 +276,7 @@ def _resolve_disaggregated(
         link_config.latency_us,
         field="cluster.link",
     )
-    decode = pools[1].setup
-    return ResolvedScenario(
-        scenario, gpu, model, decode.limits, decode.cost_model, None,
-        pools=tuple(pools), kv_link=kv_link,
-    )
+    return ResolvedScenario(scenario, gpu, model, tuple(pools), kv_link=kv_link)
 
 
 def _draft_model(spec: SpeculativeConfig, catalog: Catalog, target: ModelSpec) -> ModelSpec | None:
