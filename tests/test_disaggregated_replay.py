@@ -16,7 +16,7 @@ from simserve.calibration.disaggregated import (
     disaggregated_traces,
 )
 from simserve.calibration.replay import replay_trace
-from simserve.calibration.serving import fit_serving_step_ms
+from simserve.calibration.serving import fit_serving_term
 from simserve.config import load_scenario
 
 TRACES = {float(p.stem.split("-")[-1]): p for p in disaggregated_traces()}
@@ -38,9 +38,8 @@ def test_replay_below_saturation_within_tolerance(rate):
 
 def test_shipped_serving_time_is_the_refit_on_the_lowest_rate():
     shipped = load_scenario(DISAGGREGATED_SCENARIO).cost_model.serving_step_ms
-    assert fit_serving_step_ms(TRACES[3.0], DISAGGREGATED_SCENARIO) == pytest.approx(
-        shipped, rel=0.02
-    )
+    refit = fit_serving_term(TRACES[3.0], DISAGGREGATED_SCENARIO, "serving_step_ms")
+    assert refit == pytest.approx(shipped, rel=0.02)
 
 
 def test_decode_admission_queue_is_what_gets_saturation_right():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from simserve.calibration.paths import GROUND_TRUTH_DIR, REPO_ROOT
 from simserve.calibration.replay import REPLAY_METRICS, ReplayResult, trace_rate
-from simserve.calibration.serving import fit_serving_step_ms, replay_with_serving
+from simserve.calibration.serving import fit_serving_term, replay_with_serving
 from simserve.config import load_scenario
 
 __all__ = [
@@ -41,6 +41,8 @@ SATURATION_MEAN_OVER_MEDIAN = 1.25
 TARGET_PCT = 15.0
 # More KV blocks than the 300 requests of a run could ever use (ablation without a KV limit).
 UNLIMITED_BLOCKS = 10**6
+# DistServe's decode step is priced by its own profile; what it misses is per step (REPORT §5).
+_TERM = "serving_step_ms"
 
 
 def disaggregated_traces() -> list[Path]:
@@ -79,18 +81,18 @@ def run_disaggregated_validation(
     """Replay every run twice, refit the serving time and cross-validate it."""
     traces = list(traces or disaggregated_traces())
     shipped = load_scenario(scenario).cost_model.serving_step_ms
-    profile_only = tuple(replay_with_serving(t, scenario, 0.0) for t in traces)
-    with_serving = tuple(replay_with_serving(t, scenario, shipped) for t in traces)
+    profile_only = tuple(replay_with_serving(t, scenario, _TERM, 0.0) for t in traces)
+    with_serving = tuple(replay_with_serving(t, scenario, _TERM, shipped) for t in traces)
     unlimited = [f"engine.num_gpu_blocks_override={UNLIMITED_BLOCKS}"]
-    no_kv_limit = tuple(replay_with_serving(t, scenario, shipped, unlimited) for t in traces)
+    no_kv_limit = tuple(replay_with_serving(t, scenario, _TERM, shipped, unlimited) for t in traces)
     below = [t for t, run in zip(traces, with_serving, strict=True) if not is_saturated(run)]
-    fits = {t: fit_serving_step_ms(t, scenario) for t in below}
+    fits = {t: fit_serving_term(t, scenario, _TERM) for t in below}
     cv = []
     for train in below:
         for test in below:
             if test == train:
                 continue
-            run = replay_with_serving(test, scenario, fits[train])
+            run = replay_with_serving(test, scenario, _TERM, fits[train])
             cv.append((trace_rate(train), fits[train], trace_rate(test), run.error_pct("TTFT p50"),
                        run.error_pct("TPOT mean")))
     return DisaggregatedReport(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -50,7 +50,6 @@ __all__ = [
     "profile_to_mapping",
     "smooth_max",
     "step_terms",
-    "with_coefficients",
 ]
 
 PROFILE_FORMAT = "simserve-profile/1"
@@ -572,8 +571,3 @@ def envelope_counts(env: Envelope, steps: Any) -> dict[str, int]:
         any_out |= mask
     counts["outside"] = int(any_out.sum())
     return counts
-
-
-def with_coefficients(profile: Profile, **updates: float) -> Profile:
-    """A copy of `profile` with some coefficients replaced (for sensitivity studies)."""
-    return replace(profile, coefficients={**profile.coefficients, **updates})
