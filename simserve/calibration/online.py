@@ -56,6 +56,8 @@ class OnlineReport:
     # rate -> the offline profile's decode step (ms) at that run's mean batch and context
     profile_step_ms: dict[float, float]
     shipped_blocks: int
+    catalog_blocks: int  # what simserve's memory arithmetic gives for the scenario's settings
+    block_bytes: int
     fits: dict[float, float]  # rate -> serving_per_seq_ms fitted on that run alone
     shipped_ms: float
     profile_only: tuple[ReplayResult, ...]  # the shipped scenario without the online term
@@ -77,6 +79,8 @@ def run_online_validation(
     peak = {trace_rate(t): measured_kv_occupancy(t, block_size).peak_blocks for t in traces}
     measured = {trace_rate(t): fit_decode_step(t) for t in traces}
     offline = resolve(load_scenario(scenario, [f"cost_model.{ONLINE_TERM}=0"])).cost_model
+    arithmetic = resolve(load_scenario(scenario, ["engine.num_gpu_blocks_override=null"]))
+    block_bytes = arithmetic.model.kv_bytes_per_token * block_size
     profile_ms = {rate: _decode_step_ms(offline, m.mean_batch, m.mean_context_tokens)
                   for rate, m in measured.items()}
     profile_only = tuple(replay_with_serving(t, scenario, ONLINE_TERM, 0.0) for t in traces)
@@ -91,7 +95,8 @@ def run_online_validation(
             run = replay_with_serving(t_test, scenario, ONLINE_TERM, value)
             cv.append((trace_rate(t_train), value, trace_rate(t_test),
                        run.error_pct("TTFT p50"), run.error_pct("TPOT mean")))
-    return OnlineReport(peak, measured, profile_ms, sc.engine.num_gpu_blocks_override or 0, fits,
+    return OnlineReport(peak, measured, profile_ms, sc.engine.num_gpu_blocks_override or 0,
+                        arithmetic.limits.num_blocks, int(block_bytes), fits,
                         sc.cost_model.serving_per_seq_ms, profile_only, tuple(cv))
 
 
@@ -100,6 +105,15 @@ def _decode_step_ms(cost_model: object, batch: float, context_tokens: float) -> 
     shape = BatchShape(num_decode_seqs=num_seqs, num_decode_tokens=num_seqs,
                        decode_kv_tokens=round(num_seqs * context_tokens))
     return 1e3 * cost_model.step_time(shape)  # type: ignore[attr-defined]
+
+
+def _profile_slope_ms(rep: OnlineReport) -> float:
+    """The offline profile's decode step growth per sequence between the lightest and the
+    busiest run (ms per sequence)."""
+    lo = min(rep.measured_steps, key=lambda r: rep.measured_steps[r].mean_batch)
+    hi = max(rep.measured_steps, key=lambda r: rep.measured_steps[r].mean_batch)
+    span = rep.measured_steps[hi].mean_batch - rep.measured_steps[lo].mean_batch
+    return (rep.profile_step_ms[hi] - rep.profile_step_ms[lo]) / span if span > 0 else 0.0
 
 
 def online_markdown(rep: OnlineReport, shipped: Sequence[ReplayResult]) -> list[str]:
@@ -116,10 +130,13 @@ def online_markdown(rep: OnlineReport, shipped: Sequence[ReplayResult]) -> list[
         + ". The two runs that fill the cache top out at the same value, and they stay near it "
         "(the admission stall that makes the knee), so that flat top is the capacity the real "
         f"engine had; the scenario sets `num_gpu_blocks_override: {rep.shipped_blocks}`. "
-        "simserve's memory arithmetic for the launcher's gpu_memory_utilization 0.95 gives "
-        "4184 blocks: the real engine kept about 8 GB more outside the KV cache than the "
-        "1 GiB activation reserve simserve assumes (vLLM v0's profiling pass over 16,384 "
-        "batched tokens and 1,024 sequences, allocator slack).",
+        f"simserve's memory arithmetic for the launcher's settings gives {rep.catalog_blocks} "
+        f"blocks: the real engine kept about "
+        f"{(rep.catalog_blocks - rep.shipped_blocks) * rep.block_bytes / 1e9:.0f} GB more "
+        "outside the KV cache than the weights and the activation reserve simserve assumes "
+        "(vLLM v0 sizes the cache after a profiling pass over 16,384 batched tokens and 1,024 "
+        "sequences; the launcher's gpu_memory_utilization may also not be what these runs "
+        "used).",
         "",
         "**Online time per sequence.** DistServe's profile times the forward pass offline. A "
         "served vLLM v0 step also does Python work per running sequence (input preparation, "
@@ -166,11 +183,12 @@ def online_markdown(rep: OnlineReport, shipped: Sequence[ReplayResult]) -> list[
             f"{step:.1f} | {m.per_seq_ms:.2f} | {rep.profile_step_ms[r]:.1f} |")
     lines += [
         "",
-        "Every run's step grows by about a millisecond per running sequence, more than the "
-        "offline profile's KV read and sampling account for; that gap is what the online term "
-        "prices. The fixed part differs between runs of one setup by several milliseconds (the "
-        "2 req/s run is the slow one), which is the measurement's own spread and bounds how "
-        "close any simulator can come to all four runs at once.",
+        "Every run's step grows by about a millisecond per running sequence; the offline "
+        f"profile's grows by {_profile_slope_ms(rep):.2f} ms (its KV read and sampling). That "
+        "gap is what the online term prices. The fixed part differs between runs of one "
+        "setup by several milliseconds (the 2 req/s run is the slow one), which is the "
+        "measurement's own spread and bounds how close any simulator can come to all four "
+        "runs at once.",
         "",
         "The shipped scenario against the same replays without the online term (capacity "
         "kept):",
