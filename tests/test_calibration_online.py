@@ -135,3 +135,36 @@ def test_held_out_knee_run_matches_its_ttft_tail():
 def test_without_the_online_term_decode_is_too_fast():
     run = replay_trace(TRACES[3.0], overrides=[f"cost_model.{ONLINE_TERM}=0"])
     assert run.error_pct("TPOT mean") < -15
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_inspect_run_prints_capacity_and_step_beside_the_scenario(capsys):
+    from simserve.cli import main
+
+    code = main(["inspect-run", str(TRACES[4.0]), "--scenario", str(DEFAULT_SCENARIO)])
+    out = capsys.readouterr().out
+    assert code == 0
+    peak = measured_kv_occupancy(TRACES[4.0], 16).peak_blocks
+    assert f"peak {peak} blocks of 16 tokens" in out
+    fit = fit_decode_step(TRACES[4.0])
+    assert f"{fit.fixed_ms:.1f} ms + {fit.per_seq_ms:.2f} ms per running sequence" in out
+    capacity = load_scenario(DEFAULT_SCENARIO).engine.num_gpu_blocks_override
+    assert f"KV capacity {capacity} blocks (run's peak: {peak})" in out
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("arrival_s,prompt_len,output_len\n0,10,3\n", "missing column 'ttft_ms'"),
+    (HEADER + "0,x,3,1,1,2\n", "column 'prompt_len': every value must be a number"),
+    (HEADER + "0,10,3,-1,1,2\n", "column 'ttft_ms': values must be finite and >= 0"),
+    (HEADER + "0,10,30,1,1,2\n", "fewer than 8 requests"),
+])
+def test_inspect_run_bad_input_is_one_line_exit_2(tmp_path, capsys, content, message):
+    from simserve.cli import main
+
+    path = tmp_path / "run.csv"
+    path.write_text(content)
+    assert main(["inspect-run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(path) in err and "\n" not in err

@@ -1,4 +1,5 @@
-"""CLI subcommands of the calibration package: calibrate, derive-profile, validate, compare.
+"""CLI subcommands of the calibration package: calibrate, derive-profile, validate, compare,
+inspect-run.
 
 Handlers only parse, call the library and print (DESIGN §2: `cli.py` and its command modules
 hold no logic); user errors are `InputError`s, which the CLI prints as one line with exit 2.
@@ -72,8 +73,21 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     )
     cmp_.add_argument("real", help="vllm bench serve --save-result JSON")
     cmp_.add_argument("run_dir", help="simserve run directory (simserve run --out)")
+
+    ins = sub.add_parser(
+        "inspect-run",
+        help="KV capacity and decode step of a real served run, from its per-request timings",
+        description="Read a served run's per-request CSV (arrival_s, prompt_len, output_len, "
+        "ttft_ms, latency_ms) and print its measured KV occupancy (whose flat top, when "
+        "admission stalled on a full cache, is the engine's num_gpu_blocks) and its decode "
+        "step (fixed + per running sequence) from a regression on the concurrency each request "
+        "met. With --scenario, the scenario's step and KV capacity are printed beside them.",
+    )
+    ins.add_argument("run", help="per-request CSV of a real served run")
+    ins.add_argument("--block-size", type=int, default=16, help="KV block size (default 16)")
+    ins.add_argument("--scenario", help="scenario whose cost model and KV capacity to compare")
     return {"calibrate": _calibrate, "derive-profile": _derive, "validate": _validate,
-            "compare": _compare}
+            "compare": _compare, "inspect-run": _inspect_run}
 
 
 def _fmt_errors(errors: dict[str, dict[str, float]]) -> str:
@@ -177,4 +191,34 @@ def _compare(args: argparse.Namespace) -> int:
     if r_done is not None and s_done is not None and r_done != s_done:
         print(f"note: the runs completed different numbers of requests ({r_done} real, "
               f"{s_done} simulated): compare like with like")
+    return 0
+
+
+def _inspect_run(args: argparse.Namespace) -> int:
+    from simserve.calibration.occupancy import measured_kv_occupancy
+    from simserve.calibration.online import scenario_decode_step_ms
+    from simserve.calibration.step_regression import fit_decode_step
+    from simserve.config import load_scenario
+    from simserve.resolve import resolve
+
+    occ = measured_kv_occupancy(args.run, args.block_size)
+    step = fit_decode_step(args.run)
+    peak = occ.peak_blocks
+    print(f"run {args.run}")
+    print(f"  KV occupancy: peak {peak} blocks of {args.block_size} tokens; "
+          f"{occ.share_of_time_above(0.95 * peak):.0%} of the run within 5% of it "
+          "(a long stay there means admission stalled on a full cache: the peak is the "
+          "engine's capacity)")
+    print(f"  decode step: {step.fixed_ms:.1f} ms + {step.per_seq_ms:.2f} ms per running "
+          f"sequence (regression over {step.num_requests} requests, MAPE {step.mape_pct:.1f}%); "
+          f"mean batch {step.mean_batch:.1f}, mean context {step.mean_context_tokens:.0f} "
+          "tokens")
+    if args.scenario:
+        resolved = resolve(load_scenario(args.scenario))
+        at_mean = step.fixed_ms + step.per_seq_ms * step.mean_batch
+        simulated = scenario_decode_step_ms(resolved.cost_model, step.mean_batch,
+                                            step.mean_context_tokens)
+        print(f"  scenario {args.scenario}: decode step at that batch and context "
+              f"{simulated:.1f} ms (run: {at_mean:.1f} ms, {100 * (simulated / at_mean - 1):+.0f}%"
+              f"); KV capacity {resolved.limits.num_blocks} blocks (run's peak: {peak})")
     return 0

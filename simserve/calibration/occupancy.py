@@ -17,9 +17,9 @@ import numpy as np
 
 from simserve.errors import InputError
 
-__all__ = ["KvOccupancy", "measured_kv_occupancy"]
+__all__ = ["TIMING_COLUMNS", "KvOccupancy", "measured_kv_occupancy", "read_run_timings"]
 
-_COLUMNS = ("arrival_s", "prompt_len", "output_len", "ttft_ms", "latency_ms")
+TIMING_COLUMNS = ("arrival_s", "prompt_len", "output_len", "ttft_ms", "latency_ms")
 # NOTE: 20 samples per second of a run resolve every decode step of these engines (20-100 ms)
 # closely enough for a peak: the occupancy moves by at most one block per request per step.
 _SAMPLES_PER_S = 20.0
@@ -42,7 +42,9 @@ class KvOccupancy:
         return float(np.mean(self.blocks > blocks)) if self.blocks.size else 0.0
 
 
-def _read(path: Path) -> dict[str, np.ndarray]:
+def read_run_timings(path: str | Path) -> dict[str, np.ndarray]:
+    """The per-request timing columns of a served run's CSV (extra columns are ignored)."""
+    path = Path(path)
     try:
         with path.open(newline="") as fh:
             rows = list(csv.DictReader(fh))
@@ -50,11 +52,20 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         raise InputError("ground-truth file not found", source=str(path)) from None
     if not rows:
         raise InputError("no data rows", source=str(path))
-    for col in _COLUMNS:
+    for col in TIMING_COLUMNS:
         if col not in rows[0]:
-            raise InputError(f"missing column {col!r} (needed to rebuild the KV occupancy)",
-                             source=str(path), line=1)
-    return {c: np.array([float(r[c]) for r in rows]) for c in _COLUMNS}
+            raise InputError(f"missing column {col!r} (a served run's per-request timings: "
+                             f"{', '.join(TIMING_COLUMNS)})", source=str(path), line=1)
+    out = {}
+    for col in TIMING_COLUMNS:
+        try:
+            out[col] = np.array([float(r[col]) for r in rows])
+        except (TypeError, ValueError):
+            raise InputError(f"column {col!r}: every value must be a number",
+                             source=str(path)) from None
+        if not np.all(np.isfinite(out[col])) or np.any(out[col] < 0):
+            raise InputError(f"column {col!r}: values must be finite and >= 0", source=str(path))
+    return out
 
 
 def measured_kv_occupancy(path: str | Path, block_size: int) -> KvOccupancy:
@@ -67,8 +78,7 @@ def measured_kv_occupancy(path: str | Path, block_size: int) -> KvOccupancy:
     """
     if block_size < 1:
         raise InputError(f"block_size must be >= 1, got {block_size}", field="block_size")
-    path = Path(path)
-    col = _read(path)
+    col = read_run_timings(path)
     first_s = col["arrival_s"] + col["ttft_ms"] / 1e3
     end_s = col["arrival_s"] + col["latency_ms"] / 1e3
     span_s = np.maximum(end_s - first_s, 1e-9)

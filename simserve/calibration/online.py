@@ -34,6 +34,7 @@ __all__ = [
     "OnlineReport",
     "online_markdown",
     "run_online_validation",
+    "scenario_decode_step_ms",
     "vllm_traces",
 ]
 
@@ -81,7 +82,7 @@ def run_online_validation(
     offline = resolve(load_scenario(scenario, [f"cost_model.{ONLINE_TERM}=0"])).cost_model
     arithmetic = resolve(load_scenario(scenario, ["engine.num_gpu_blocks_override=null"]))
     block_bytes = arithmetic.model.kv_bytes_per_token * block_size
-    profile_ms = {rate: _decode_step_ms(offline, m.mean_batch, m.mean_context_tokens)
+    profile_ms = {rate: scenario_decode_step_ms(offline, m.mean_batch, m.mean_context_tokens)
                   for rate, m in measured.items()}
     profile_only = tuple(replay_with_serving(t, scenario, ONLINE_TERM, 0.0) for t in traces)
     train = [t for t in traces if trace_rate(t) in FIT_RATES]
@@ -100,7 +101,8 @@ def run_online_validation(
                         sc.cost_model.serving_per_seq_ms, profile_only, tuple(cv))
 
 
-def _decode_step_ms(cost_model: object, batch: float, context_tokens: float) -> float:
+def scenario_decode_step_ms(cost_model: object, batch: float, context_tokens: float) -> float:
+    """A cost model's plain decode step (ms) at a (mean) batch and context per sequence."""
     num_seqs = max(round(batch), 1)
     shape = BatchShape(num_decode_seqs=num_seqs, num_decode_tokens=num_seqs,
                        decode_kv_tokens=round(num_seqs * context_tokens))

@@ -14,18 +14,17 @@ cost as the served engine ran it, the yardstick for a profile measured offline.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import nnls
 
+from simserve.calibration.occupancy import read_run_timings
 from simserve.errors import InputError
 
 __all__ = ["DecodeStepFit", "fit_decode_step"]
 
-_COLUMNS = ("arrival_s", "prompt_len", "output_len", "ttft_ms", "latency_ms")
 # NOTE: requests with a handful of tokens carry more timing noise than decode time.
 MIN_OUTPUT_TOKENS = 20
 _GRID = 100  # samples of the concurrency over each request's decode interval
@@ -47,12 +46,7 @@ class DecodeStepFit:
 
 def fit_decode_step(path: str | Path) -> DecodeStepFit:
     """Fit the decode step of the run in `path` (a ground-truth CSV with measured latencies)."""
-    path = Path(path)
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or any(c not in rows[0] for c in _COLUMNS):
-        raise InputError(f"needs columns {', '.join(_COLUMNS)}", source=str(path), line=1)
-    col = {c: np.array([float(r[c]) for r in rows]) for c in _COLUMNS}
+    col = read_run_timings(path)
     first_s = col["arrival_s"] + col["ttft_ms"] / 1e3
     end_s = col["arrival_s"] + col["latency_ms"] / 1e3
     steps = col["output_len"] - 1
