@@ -1,0 +1,210 @@
+"""KV-cache occupancy of one instance over time, with the steps that must have preempted."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from simserve.engine.records import SimulationResult
+from simserve.plots.canvas import (
+    DECODE_COLOR,
+    KV_TRANSFER_COLOR,
+    PREEMPT_COLOR,
+    _figure,
+    _no_data,
+)
+from simserve.plots.instances import (
+    _handoff,
+    _has_virtual_engines,
+    _instance_label,
+    _replica_step_ids,
+    _role,
+    _step_ends_s,
+)
+
+__all__ = ["kv_occupancy"]
+
+
+def _kv_release_times(result: SimulationResult, replica: int) -> tuple[np.ndarray, np.ndarray]:
+    """When an instance freed KV blocks other than by preempting: (finish times, ends of KV
+    transfers out of it). A co-located replica or a decode instance frees blocks when its
+    requests finish; a prefill instance when a one-token request finishes there or when a
+    request's KV transfer to a decode instance ends."""
+    role = _role(result, replica)
+    done = np.isfinite(result.finished_at)
+    none = np.zeros(0)
+    if role == "replica":
+        return result.finished_at[(result.replica == replica) & done], none
+    assert result.decode_replica is not None
+    if role == "decode":
+        return result.finished_at[(result.decode_replica == replica) & done], none
+    hand = _handoff(result)
+    assert hand is not None
+    here = result.replica == replica
+    transferred = here & np.isfinite(hand.end)
+    return result.finished_at[here & ~transferred & done], hand.end[transferred]
+
+
+def _preemption_steps(result: SimulationResult, step_ids: np.ndarray) -> np.ndarray:
+    """Steps (of one replica, time order) in which KV blocks were freed while no request
+    finished (nor, on a prefill instance, handed its KV off): only a preemption frees blocks
+    otherwise (a lower bound on preemption steps).
+
+    NOTE: blocks are freed only by finishing or preempting requests (speculative rejections
+    free blocks allocated in the same step, so a step never nets a drop from them), and on a
+    prefill instance by KV transfers ending between steps, so a drop without one of those is a
+    preemption; a preemption hidden by growth in the same step is missed. A transfer that ends
+    exactly at a step's end may land before or after that step's record, so it explains a drop
+    in either. Steps of pipeline-parallel virtual engines (each with its own blocks) interleave
+    in one instance's log, so their drops mean nothing: callers skip those instances (and
+    an instance whose steps overlap in time gets none).
+    """
+    if step_ids.size < 2 or _has_virtual_engines(result, step_ids):
+        return np.zeros(0, dtype=np.int64)
+    used = result.steps.kv_blocks_used[step_ids]
+    ends = _step_ends_s(result)[step_ids]
+    replica = int(result.steps.replica[step_ids[0]])
+    fin, released = _kv_release_times(result, replica)
+    last = ends.size - 1
+    at = np.searchsorted(ends, fin)
+    explained = np.bincount(np.clip(at, 0, last), minlength=ends.size) > 0
+    for side in ("left", "right"):
+        at = np.searchsorted(ends, released, side=side)
+        explained |= np.bincount(np.clip(at, 0, last), minlength=ends.size) > 0
+    dropped = np.concatenate(([False], np.diff(used) < 0))
+    return step_ids[dropped & ~explained]
+
+
+def _count_between(lo: np.ndarray, hi: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """How many of the intervals [lo, hi) contain each time in `at` (NaN bounds never do)."""
+    keep = np.isfinite(lo)
+    lo, hi = np.sort(lo[keep]), np.sort(np.where(np.isnan(hi[keep]), np.inf, hi[keep]))
+    return np.searchsorted(lo, at, side="right") - np.searchsorted(hi, at, side="right")
+
+
+def _plot_handed_over(ax: Axes, result: SimulationResult, on_replica: np.ndarray,
+                      times_s: np.ndarray, label: str) -> None:
+    """Requests between their first token and the end of their KV transfer, over time."""
+    hand = _handoff(result)
+    assert hand is not None
+    count = _count_between(hand.first_token[on_replica], hand.end[on_replica], times_s)
+    ax.step(times_s, count, where="post", color=KV_TRANSFER_COLOR, linewidth=1.0, label=label)
+
+
+def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | None = None,
+                 instance_label: str | None = None, pp: int | None = None) -> Figure:
+    """KV-cache blocks in use (% of the replica's blocks) after every step, with steps that must
+    have preempted marked, above the number of running and queued requests, so memory
+    pressure and what it does to batching can be seen together.
+
+    On a disaggregated run a prefill instance's KV includes prompts held until their transfer
+    to a decode instance ends (not preemptions), and the lower panel counts those; a decode
+    instance's includes blocks reserved for transfers in flight. With `pp` > 1 pipeline stages
+    (None: inferred from overlapping steps) the instance runs `pp` virtual engines, each with
+    its own share of the blocks: every step is a dot (% of that engine's blocks) and no
+    preemption is inferred, the count coming from the request records.
+    """
+    step_ids = _replica_step_ids(result, replica)
+    label = instance_label or _instance_label(result, replica)
+    role = _role(result, replica)
+    fig = _figure(10.0, 5.5)
+    ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    ax.set_ylabel("KV blocks used (%)")
+    ax_n.set_xlabel("time (s)")
+    ax_n.set_ylabel("requests")
+    if role == "decode":
+        assert result.decode_replica is not None
+        on_replica = result.decode_replica == replica
+    else:
+        on_replica = result.replica == replica
+    num_preemptions = int(result.num_preemptions[on_replica].sum())
+    if step_ids.size == 0:
+        _no_data(ax, f"{label} ran no steps")
+        ax.set_title(title or f"KV-cache occupancy of {label}: no steps")
+        return fig
+    virtual = pp > 1 if pp is not None else _has_virtual_engines(result, step_ids)
+    steps = result.steps
+    ends = _step_ends_s(result)[step_ids]
+    total = steps.kv_blocks_total[step_ids]  # per virtual engine with pipeline parallelism
+    used_pct = 100.0 * steps.kv_blocks_used[step_ids] / np.maximum(total, 1)
+    starts = steps.started_at[step_ids]
+    seqs = steps.num_seqs[step_ids]
+    if virtual:
+        # Virtual engines take turns in the log: a line through them would zigzag.
+        dots = {"linestyle": "none", "marker": ".", "markersize": 2.5, "color": DECODE_COLOR}
+        ax.plot(ends, used_pct, **dots,
+                label="KV blocks used by the virtual engine\nthat ran the step (1 dot per step)")
+        ax.axhline(100.0, color="0.3", linestyle="--", linewidth=1,
+                   label=f"capacity ({int(total.max())} blocks per virtual engine)")
+        marked = np.zeros(0, dtype=np.int64)
+        ax_n.plot(ends, seqs, **dots, label="sequences in the step")
+        x = starts
+    else:
+        # Blocks are allocated when a step begins and stay until a later step frees them, so
+        # the level after step i holds from its start to the next step's start (idle gaps
+        # included).
+        x = np.concatenate((starts, ends[-1:]))
+        y = np.concatenate((used_pct, used_pct[-1:]))
+        ax.step(x, y, where="post", color=DECODE_COLOR, linewidth=1.0, label="KV blocks used")
+        ax.fill_between(x, y, step="post", color=DECODE_COLOR, alpha=0.2)
+        ax.axhline(100.0, color="0.3", linestyle="--", linewidth=1,
+                   label=f"capacity ({int(total.max())} blocks)")
+        marked = _preemption_steps(result, step_ids)
+        ax_n.step(x, np.concatenate((seqs, seqs[-1:])), where="post", color=DECODE_COLOR,
+                  linewidth=1.0, label="sequences in the step")
+    if marked.size:
+        t_marked = _step_ends_s(result)[marked]
+        pct_marked = 100.0 * steps.kv_blocks_used[marked] / np.maximum(steps.kv_blocks_total[
+            marked], 1)
+        why = ("KV freed, no request finished or handed off" if role == "prefill"
+               else "KV freed, no request finished")
+        ax.plot(t_marked, pct_marked, linestyle="none", marker="x", color=PREEMPT_COLOR,
+                markersize=6, label=f"preemption ({why})")
+    ax.set_ylim(0.0, 105.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    plural = "s" if num_preemptions != 1 else ""
+    if role == "prefill":
+        # NOTE: `num_preemptions` is per request and does not say on which instance it
+        # happened, so a prefill instance states the preemption steps found in its own log
+        # (partial prefills are preempted when KV held for transfers fills it).
+        found = (f"{marked.size} step{'s' if marked.size != 1 else ''} with a preemption"
+                 if marked.size else "no preemption found")
+        default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, {found}\n"
+                   "(each prompt's KV stays until its transfer to a decode instance ends)")
+    elif role == "decode":
+        default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, "
+                   f"{num_preemptions} preemption{plural} of its requests")
+        if num_preemptions:
+            default += ("\n(counted per request: includes any during their prefill on a "
+                        "prefill instance)")
+    else:
+        default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, "
+                   f"{num_preemptions} preemption{plural}")
+    if virtual:
+        default += (f"\n({pp} pipeline-parallel virtual engines" if pp is not None
+                    else "\n(pipeline-parallel virtual engines") + ", each with its own blocks)"
+    ax.set_title(title or default)
+
+    if role == "decode":
+        _plot_handed_over(ax_n, result, on_replica, x,
+                          "handed over, KV not arrived yet\n(waiting or in transfer)")
+    else:
+        sched = result.first_scheduled_at[on_replica]
+        arrived = result.arrived_at[on_replica]
+        # Queued = arrived and not yet scheduled for the first time (re-queued preempted
+        # requests are not counted), sampled at the start of every step.
+        sched_sorted = np.sort(np.where(np.isnan(sched), np.inf, sched))
+        queued = np.searchsorted(np.sort(arrived), starts, side="right") - np.searchsorted(
+            sched_sorted, starts, side="right"
+        )
+        ax_n.step(starts, queued, where="post", color="0.45", linewidth=1.0,
+                  label="queued (arrived, never scheduled yet)")
+        if role == "prefill":
+            _plot_handed_over(ax_n, result, on_replica, starts,
+                              "prefill done, KV held until\nits transfer ends")
+    ax_n.set_ylim(bottom=0)
+    ax_n.grid(alpha=0.3)
+    ax_n.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
