@@ -92,7 +92,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from simserve.experiments.trace_export import write_trace
 
         meta = {k: output.summary.get(k) for k in ("scenario", "policy", "model_id", "hardware")}
-        writers.append(lambda tmp: write_trace(output.result, tmp / "trace.json", metadata=meta))
+        # The pool sizes number decode instances after ALL prefill instances, idle ones too.
+        pools = ({p.role: p.setup.instances for p in output.resolved.pools}
+                 if len(output.resolved.pools) > 1 else None)
+        writers.append(lambda tmp: write_trace(output.result, tmp / "trace.json", metadata=meta,
+                                               pools=pools))
     written = write_run_dir(output, out_dir, extra_writers=writers)
     print(format_summary(output.summary))
     print(f"run directory: {written}  (simulated in {wall_s:.2f} s wall-clock)")

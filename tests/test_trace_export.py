@@ -221,6 +221,22 @@ def test_disaggregated_processes_are_named_by_pool(disagg_dir):
             if e["ph"] == "M" and e["name"] == "process_name"} == names
 
 
+def test_idle_prefill_instance_does_not_shift_the_decode_numbering(tmp_path):
+    # One request, two prefill instances: instance 1 never works, yet the decode instance
+    # is replica 2, and the trace must say so (not "decode instance 1 (replica 2)").
+    one = {**DISAGG, "cluster": {**DISAGG["cluster"], "prefill": {"instances": 2, "tp": 1}},
+           "workload": {**DISAGG["workload"], "num_requests": 1}}
+    scenario = tmp_path / "one.yaml"
+    scenario.write_text(yaml.safe_dump(one))
+    assert main(["run", str(scenario), "--out", str(tmp_path / "run"), "--trace"]) == 0
+    trace = json.loads((tmp_path / "run" / "trace.json").read_text())
+    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "process_name"}
+    assert names[1] == "prefill instance 0"
+    assert "decode instance 0 (replica 2)" in names.values()
+    assert not any(n.startswith("decode instance 1") for n in names.values())
+
+
 def test_disaggregated_requests_have_kv_wait_and_transfer_spans(disagg_dir):
     trace = json.loads((disagg_dir / "trace.json").read_text())
     requests = _read_csv(disagg_dir / "requests.csv")
