@@ -325,6 +325,8 @@ class PoolConfig:
     calibrated (a profile is fitted per TP). `policy` decides how prompts are batched on a
     prefill instance (whole prompts or chunks); on a decode instance it only matters for
     requests preempted there, which recompute their prefill locally as vLLM does.
+    `num_gpu_blocks_override` fixes this pool's KV blocks per instance (else
+    `engine.num_gpu_blocks_override`, else the memory arithmetic at this pool's TP and PP).
     """
 
     instances: int = 1
@@ -335,9 +337,12 @@ class PoolConfig:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     profile: str | None = None
+    num_gpu_blocks_override: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.instances >= 1, "instances", f"must be >= 1, got {self.instances}")
+        if self.num_gpu_blocks_override is not None:
+            _require(self.num_gpu_blocks_override >= 1, "num_gpu_blocks_override", "must be >= 1")
         _require(self.tp is None or self.tp >= 1, "tp", f"must be >= 1, got {self.tp}")
         _require(self.pp is None or self.pp >= 1, "pp", f"must be >= 1, got {self.pp}")
         if self.max_num_seqs is not None:

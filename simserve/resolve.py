@@ -230,7 +230,8 @@ def _resolve_disaggregated(
         tp = pool.tp or scenario.tp
         pp = pool.pp or scenario.pp
         _check_parallelism(model, tp, pp, prefix)
-        num_blocks = kv_cache_blocks(scenario, gpu, model, tp=tp, pp=pp)
+        num_blocks = pool.num_gpu_blocks_override or kv_cache_blocks(
+            scenario, gpu, model, tp=tp, pp=pp)
         _check_blocks(num_blocks, scenario, gpu, model, tp * pp, prefix)
         limits = EngineLimits(
             num_blocks=num_blocks,
@@ -241,11 +242,18 @@ def _resolve_disaggregated(
         )
         per_engine = num_blocks // pp
         if role == "decode" and per_engine * engine.block_size < max_model_len:
+            # NOTE: name the knob that set the capacity, so the fix is where the error points.
+            if pool.num_gpu_blocks_override is not None:
+                knob, fix = f"{prefix}num_gpu_blocks_override", "raise it"
+            elif engine.num_gpu_blocks_override is not None:
+                knob, fix = "engine.num_gpu_blocks_override", "raise it"
+            else:
+                knob, fix = f"{prefix}tp", "add GPUs (tp/pp)"
             raise InputError(
                 f"a decode engine holds {per_engine * engine.block_size} KV tokens "
                 f"({model.name}, tp={tp}, pp={pp}, {gpu.name}): not one {max_model_len}-token "
-                "request; add GPUs (tp/pp) or lower engine.max_model_len",
-                field=f"{prefix}tp",
+                f"request; {fix} or lower engine.max_model_len",
+                field=knob,
             )
         cost_config = scenario.cost_model
         if pool.profile is not None:

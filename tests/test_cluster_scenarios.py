@@ -68,6 +68,19 @@ def test_faster_link_gives_faster_transfers(tmp_path):
     assert fast["mean_kv_transfer_ms"] < slow["mean_kv_transfer_ms"] / 10
 
 
+def test_pool_kv_override_sets_that_pool_only(tmp_path):
+    path = _write(tmp_path, DISAGGREGATED)
+    free = run_scenario(load_scenario(path)).summary["pools"]
+    fixed = run_scenario(load_scenario(path, ["cluster.decode.num_gpu_blocks_override=300"]))
+    pools = fixed.summary["pools"]
+    assert pools["decode"]["num_gpu_blocks"] == 300
+    assert pools["prefill"]["num_gpu_blocks"] == free["prefill"]["num_gpu_blocks"] != 300
+    # The decode instances really run with 300 blocks each.
+    steps = fixed.result.steps
+    decode_rows = steps.replica >= fixed.resolved.pools[0].setup.instances
+    assert steps.kv_blocks_total[decode_rows].max() == 300
+
+
 def test_colocated_pipeline_parallel_run(tmp_path):
     sc = load_scenario(_write(tmp_path, BASE + "pp: 2\n"))
     summary = run_scenario(sc).summary
@@ -96,7 +109,15 @@ BAD = {
                      "cluster.link"),
     "decode KV below one request": (
         "engine: {num_gpu_blocks_override: 50}\ncluster: {mode: disaggregated}\n",
-        "cluster.decode",
+        "engine.num_gpu_blocks_override",
+    ),
+    "decode KV below one request, pool override": (
+        "cluster: {mode: disaggregated, decode: {num_gpu_blocks_override: 50}}\n",
+        "cluster.decode.num_gpu_blocks_override: a decode engine holds 800 KV tokens",
+    ),
+    "pool override not positive": (
+        "cluster: {mode: disaggregated, prefill: {num_gpu_blocks_override: 0}}\n",
+        "cluster.prefill.num_gpu_blocks_override",
     ),
     "pools on a colocated cluster": ("cluster: {decode: {instances: 2}}\n", "cluster.decode"),
     "replicas on a disaggregated cluster": ("cluster: {mode: disaggregated, replicas: 2}\n",
