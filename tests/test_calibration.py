@@ -332,7 +332,7 @@ def test_envelope_report_and_warning_count_the_same_steps():
         num_prefill_tokens=np.array([100, 4096, 0, 0]), num_decode_tokens=np.array([0, 0, 8, 300]),
         prefill_kv_tokens=np.array([100, 4096, 0, 0]),
         decode_kv_tokens=np.array([0, 0, 800, 300 * 100]), num_seqs=np.array([1, 1, 8, 300]),
-        kv_blocks_used=z, kv_blocks_total=z + 10)
+        kv_blocks_used=z, kv_blocks_total=z + 10, num_preempted=z)
     report = model.envelope_report(steps)
     assert report["num_steps"] == 4 and report["num_steps_outside"] == 2
     assert report["by_limit"]["with more sequences than 256"] == 1

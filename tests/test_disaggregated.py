@@ -197,3 +197,5 @@ def test_disaggregated_invariants(run):
         assert np.all(np.diff(t) >= 0)
     assert np.all(r.replica[served] < first_decode)
     assert np.all(r.decode_replica[multi] >= first_decode)
+    # Each preemption is logged once, by the instance (prefill or decode) that made it.
+    assert int(r.steps.num_preempted.sum()) == int(r.num_preemptions.sum())

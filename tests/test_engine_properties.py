@@ -67,6 +67,8 @@ def test_engine_invariants(run):
         assert np.all(np.diff(r.tokens_of(i)) >= 0)
     # No step exceeds the batch caps (static ignores the token budget by design).
     assert np.all(r.steps.num_seqs <= limits.max_num_seqs)
+    # Each preemption is logged once, with the step that made it.
+    assert int(r.steps.num_preempted.sum()) == int(r.num_preemptions.sum())
     # Requests are rejected only for the documented reasons, and always when they apply.
     p, o = r.prompt_len, r.output_len
     too_long = p + o > limits.max_model_len

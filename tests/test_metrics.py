@@ -360,7 +360,7 @@ def empty_steps() -> StepRecords:
         replica=np.zeros(0, dtype=np.int32), started_at=empty_f, duration_s=empty_f,
         num_prefill_tokens=empty_i, num_decode_tokens=empty_i, num_seqs=empty_i,
         prefill_kv_tokens=empty_i, decode_kv_tokens=empty_i,
-        kv_blocks_used=empty_i, kv_blocks_total=empty_i,
+        kv_blocks_used=empty_i, kv_blocks_total=empty_i, num_preempted=empty_i,
     )
 
 

@@ -36,6 +36,9 @@ class StepRecords:
     num_seqs: np.ndarray  # int64: sequences in the batch
     kv_blocks_used: np.ndarray  # int64: after the step
     kv_blocks_total: np.ndarray  # int64
+    # int64: requests preempted (recompute: blocks freed, back to the queue) when this step was
+    # planned, on this step's replica; sums to the per-request counts over the run
+    num_preempted: np.ndarray
 
     def __len__(self) -> int:
         return int(self.started_at.size)

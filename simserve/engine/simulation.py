@@ -498,6 +498,7 @@ def _collect(
         num_seqs=np.asarray(log.num_seqs, dtype=np.int64),
         kv_blocks_used=np.asarray(log.kv_blocks_used, dtype=np.int64),
         kv_blocks_total=np.asarray(log.kv_blocks_total, dtype=np.int64),
+        num_preempted=np.asarray(log.num_preempted, dtype=np.int64),
     )
     return SimulationResult(
         arrived_at=np.asarray(requests.arrived_at, dtype=np.float64),

@@ -58,6 +58,7 @@ class StepLog:
     num_seqs: list[int] = field(default_factory=list)
     kv_blocks_used: list[int] = field(default_factory=list)
     kv_blocks_total: list[int] = field(default_factory=list)
+    num_preempted: list[int] = field(default_factory=list)
     emit_ids: list[np.ndarray] = field(default_factory=list)  # request ids, one array per step
     emit_step: list[int] = field(default_factory=list)
 
@@ -327,6 +328,7 @@ class ReplicaState:
         log.num_seqs.append(shape.num_prefill_seqs + shape.num_decode_seqs)
         log.kv_blocks_used.append(self.num_blocks - self.free_blocks)
         log.kv_blocks_total.append(self.num_blocks)
+        log.num_preempted.append(plan.num_preempt_decodes + plan.num_preempt_partials)
         if self.handoff is not None:
             for rid, num_computed, num_blocks in handoffs:
                 self.handoff(self, rid, num_computed, num_blocks)

@@ -191,6 +191,7 @@ def step_columns(result: SimulationResult) -> dict[str, np.ndarray]:
         "num_seqs": st.num_seqs,
         "kv_blocks_used": st.kv_blocks_used,
         "kv_blocks_total": st.kv_blocks_total,
+        "num_preempted": st.num_preempted,
     }
 
 

@@ -1,4 +1,4 @@
-"""KV-cache occupancy of one instance over time, with the steps that must have preempted."""
+"""KV-cache occupancy of one instance over time, with the steps that preempted."""
 
 from __future__ import annotations
 
@@ -26,54 +26,9 @@ from simserve.plots.instances import (
 __all__ = ["kv_occupancy"]
 
 
-def _kv_release_times(result: SimulationResult, replica: int) -> tuple[np.ndarray, np.ndarray]:
-    """When an instance freed KV blocks other than by preempting: (finish times, ends of KV
-    transfers out of it). A co-located replica or a decode instance frees blocks when its
-    requests finish; a prefill instance when a one-token request finishes there or when a
-    request's KV transfer to a decode instance ends."""
-    role = _role(result, replica)
-    done = np.isfinite(result.finished_at)
-    none = np.zeros(0)
-    if role == "replica":
-        return result.finished_at[(result.replica == replica) & done], none
-    assert result.decode_replica is not None
-    if role == "decode":
-        return result.finished_at[(result.decode_replica == replica) & done], none
-    hand = _handoff(result)
-    assert hand is not None
-    here = result.replica == replica
-    transferred = here & np.isfinite(hand.end)
-    return result.finished_at[here & ~transferred & done], hand.end[transferred]
-
-
 def _preemption_steps(result: SimulationResult, step_ids: np.ndarray) -> np.ndarray:
-    """Steps (of one replica, time order) in which KV blocks were freed while no request
-    finished (nor, on a prefill instance, handed its KV off): only a preemption frees blocks
-    otherwise (a lower bound on preemption steps).
-
-    NOTE: blocks are freed only by finishing or preempting requests (speculative rejections
-    free blocks allocated in the same step, so a step never nets a drop from them), and on a
-    prefill instance by KV transfers ending between steps, so a drop without one of those is a
-    preemption; a preemption hidden by growth in the same step is missed. A transfer that ends
-    exactly at a step's end may land before or after that step's record, so it explains a drop
-    in either. Steps of pipeline-parallel virtual engines (each with its own blocks) interleave
-    in one instance's log, so their drops mean nothing: callers skip those instances (and
-    an instance whose steps overlap in time gets none).
-    """
-    if step_ids.size < 2 or _has_virtual_engines(result, step_ids):
-        return np.zeros(0, dtype=np.int64)
-    used = result.steps.kv_blocks_used[step_ids]
-    ends = _step_ends_s(result)[step_ids]
-    replica = int(result.steps.replica[step_ids[0]])
-    fin, released = _kv_release_times(result, replica)
-    last = ends.size - 1
-    at = np.searchsorted(ends, fin)
-    explained = np.bincount(np.clip(at, 0, last), minlength=ends.size) > 0
-    for side in ("left", "right"):
-        at = np.searchsorted(ends, released, side=side)
-        explained |= np.bincount(np.clip(at, 0, last), minlength=ends.size) > 0
-    dropped = np.concatenate(([False], np.diff(used) < 0))
-    return step_ids[dropped & ~explained]
+    """The steps among `step_ids` (one instance's, time order) planned with a preemption."""
+    return step_ids[result.steps.num_preempted[step_ids] > 0]
 
 
 def _count_between(lo: np.ndarray, hi: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -94,16 +49,16 @@ def _plot_handed_over(ax: Axes, result: SimulationResult, on_replica: np.ndarray
 
 def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | None = None,
                  instance_label: str | None = None, pp: int | None = None) -> Figure:
-    """KV-cache blocks in use (% of the replica's blocks) after every step, with steps that must
-    have preempted marked, above the number of running and queued requests, so memory
-    pressure and what it does to batching can be seen together.
+    """KV-cache blocks in use (% of the replica's blocks) after every step, with the steps that
+    preempted marked, above the number of running and queued requests, so memory pressure and
+    what it does to batching can be seen together.
 
     On a disaggregated run a prefill instance's KV includes prompts held until their transfer
     to a decode instance ends (not preemptions), and the lower panel counts those; a decode
     instance's includes blocks reserved for transfers in flight. With `pp` > 1 pipeline stages
     (None: inferred from overlapping steps) the instance runs `pp` virtual engines, each with
-    its own share of the blocks: every step is a dot (% of that engine's blocks) and no
-    preemption is inferred, the count coming from the request records.
+    its own share of the blocks: every step is a dot (% of that engine's blocks). Preemptions
+    are the engine's own per-step count (`steps.num_preempted`) on this instance.
     """
     step_ids = _replica_step_ids(result, replica)
     label = instance_label or _instance_label(result, replica)
@@ -118,7 +73,7 @@ def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | Non
         on_replica = result.decode_replica == replica
     else:
         on_replica = result.replica == replica
-    num_preemptions = int(result.num_preemptions[on_replica].sum())
+    num_preemptions = int(result.steps.num_preempted[step_ids].sum())
     if step_ids.size == 0:
         _no_data(ax, f"{label} ran no steps")
         ax.set_title(title or f"KV-cache occupancy of {label}: no steps")
@@ -137,7 +92,6 @@ def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | Non
                 label="KV blocks used by the virtual engine\nthat ran the step (1 dot per step)")
         ax.axhline(100.0, color="0.3", linestyle="--", linewidth=1,
                    label=f"capacity ({int(total.max())} blocks per virtual engine)")
-        marked = np.zeros(0, dtype=np.int64)
         ax_n.plot(ends, seqs, **dots, label="sequences in the step")
         x = starts
     else:
@@ -150,38 +104,23 @@ def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | Non
         ax.fill_between(x, y, step="post", color=DECODE_COLOR, alpha=0.2)
         ax.axhline(100.0, color="0.3", linestyle="--", linewidth=1,
                    label=f"capacity ({int(total.max())} blocks)")
-        marked = _preemption_steps(result, step_ids)
         ax_n.step(x, np.concatenate((seqs, seqs[-1:])), where="post", color=DECODE_COLOR,
                   linewidth=1.0, label="sequences in the step")
+    marked = _preemption_steps(result, step_ids)
     if marked.size:
         t_marked = _step_ends_s(result)[marked]
         pct_marked = 100.0 * steps.kv_blocks_used[marked] / np.maximum(steps.kv_blocks_total[
             marked], 1)
-        why = ("KV freed, no request finished or handed off" if role == "prefill"
-               else "KV freed, no request finished")
         ax.plot(t_marked, pct_marked, linestyle="none", marker="x", color=PREEMPT_COLOR,
-                markersize=6, label=f"preemption ({why})")
+                markersize=6, label="step that preempted (recompute: KV freed, request requeued)")
     ax.set_ylim(0.0, 105.0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     plural = "s" if num_preemptions != 1 else ""
+    default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, "
+               f"{num_preemptions} preemption{plural} here")
     if role == "prefill":
-        # NOTE: `num_preemptions` is per request and does not say on which instance it
-        # happened, so a prefill instance states the preemption steps found in its own log
-        # (partial prefills are preempted when KV held for transfers fills it).
-        found = (f"{marked.size} step{'s' if marked.size != 1 else ''} with a preemption"
-                 if marked.size else "no preemption found")
-        default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, {found}\n"
-                   "(each prompt's KV stays until its transfer to a decode instance ends)")
-    elif role == "decode":
-        default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, "
-                   f"{num_preemptions} preemption{plural} of its requests")
-        if num_preemptions:
-            default += ("\n(counted per request: includes any during their prefill on a "
-                        "prefill instance)")
-    else:
-        default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, "
-                   f"{num_preemptions} preemption{plural}")
+        default += "\n(each prompt's KV stays until its transfer to a decode instance ends)"
     if virtual:
         default += (f"\n({pp} pipeline-parallel virtual engines" if pp is not None
                     else "\n(pipeline-parallel virtual engines") + ", each with its own blocks)"
