@@ -118,7 +118,7 @@ def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | Non
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     plural = "s" if num_preemptions != 1 else ""
     default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, "
-               f"{num_preemptions} preemption{plural} here")
+               f"{num_preemptions} preemption{plural}" + (" here" if role != "replica" else ""))
     if role == "prefill":
         default += "\n(each prompt's KV stays until its transfer to a decode instance ends)"
     if virtual:
