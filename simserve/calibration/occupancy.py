@@ -9,12 +9,12 @@ capacity; the flat top of the measured occupancy is therefore the capacity the r
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from simserve.calibration.served_run import read_run_columns
 from simserve.errors import InputError
 
 __all__ = ["TIMING_COLUMNS", "KvOccupancy", "measured_kv_occupancy", "read_run_timings"]
@@ -44,28 +44,8 @@ class KvOccupancy:
 
 def read_run_timings(path: str | Path) -> dict[str, np.ndarray]:
     """The per-request timing columns of a served run's CSV (extra columns are ignored)."""
-    path = Path(path)
-    try:
-        with path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except FileNotFoundError:
-        raise InputError("ground-truth file not found", source=str(path)) from None
-    if not rows:
-        raise InputError("no data rows", source=str(path))
-    for col in TIMING_COLUMNS:
-        if col not in rows[0]:
-            raise InputError(f"missing column {col!r} (a served run's per-request timings: "
-                             f"{', '.join(TIMING_COLUMNS)})", source=str(path), line=1)
-    out = {}
-    for col in TIMING_COLUMNS:
-        try:
-            out[col] = np.array([float(r[col]) for r in rows])
-        except (TypeError, ValueError):
-            raise InputError(f"column {col!r}: every value must be a number",
-                             source=str(path)) from None
-        if not np.all(np.isfinite(out[col])) or np.any(out[col] < 0):
-            raise InputError(f"column {col!r}: values must be finite and >= 0", source=str(path))
-    return out
+    return read_run_columns(path, TIMING_COLUMNS,
+                            f"a served run's per-request timings: {', '.join(TIMING_COLUMNS)}")
 
 
 def measured_kv_occupancy(path: str | Path, block_size: int) -> KvOccupancy:

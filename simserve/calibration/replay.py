@@ -8,15 +8,14 @@ replays exactly those requests (`workload.trace`, `arrival.process: trace`).
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from simserve.calibration.paths import REPO_ROOT
+from simserve.calibration.served_run import read_run_columns
 from simserve.config import load_scenario
-from simserve.errors import InputError
 from simserve.experiments.run import RunOutput, run_scenario
 
 __all__ = ["REPLAY_METRICS", "ReplayResult", "measured_stats", "replay_trace", "trace_rate"]
@@ -56,24 +55,13 @@ def trace_rate(path: str | Path) -> float:
 
 def measured_stats(path: str | Path) -> tuple[int, dict[str, float]]:
     """Row count and the measured TTFT/TPOT statistics of a ground-truth CSV."""
-    path = Path(path)
-    try:
-        with path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except FileNotFoundError:
-        raise InputError("ground-truth file not found", source=str(path)) from None
-    if not rows:
-        raise InputError("no data rows", source=str(path))
-    for col in ("ttft_ms", "tpot_ms"):
-        if col not in rows[0]:
-            raise InputError(f"missing column {col!r} (a ground-truth file has measured "
-                             "ttft_ms and tpot_ms)", source=str(path), line=1)
-    values = {c: np.array([float(r[c]) for r in rows]) for c in ("ttft_ms", "tpot_ms")}
+    values = read_run_columns(path, ("ttft_ms", "tpot_ms"),
+                              "a ground-truth file has measured ttft_ms and tpot_ms")
     stats = {}
     for label, col, stat, _ in REPLAY_METRICS:
         v = values[col]
         stats[label] = float(np.mean(v) if stat == "mean" else np.percentile(v, int(stat[1:])))
-    return len(rows), stats
+    return int(values["ttft_ms"].size), stats
 
 
 def replay_trace(
