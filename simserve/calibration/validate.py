@@ -636,17 +636,6 @@ def misses_paragraph(rep: ValidationReport) -> list[str]:
         f"{label} at {rate:g} req/s ({err:+.1f}%)" for rate, label, err in misses) + ".")
     out.append("")
     missed = {(rate, label) for rate, label, _ in misses}
-    for r in runs:
-        if (trace_rate(r.trace), "TTFT p50") in missed and trace_rate(r.trace) == 1.0:
-            short, long_ = _ttft_by_prompt(r)
-            out += [
-                "At 1 req/s requests rarely meet, so TTFT is mostly one prefill: the simulated "
-                f"median TTFT is {100 * (short[1] / short[0] - 1):+.0f}% off for prompts under "
-                f"{PROMPT_SPLIT} tokens and {100 * (long_[1] / long_[0] - 1):+.0f}% for longer "
-                "ones. Prefill is priced by DistServe's offline prefill formula; nothing in "
-                "these runs is used to correct it.",
-                "",
-            ]
     if any(label == "TPOT mean" for _, label in missed):
         out += [
             "The TPOT misses follow the spread between runs shown above: a run whose decode "
@@ -655,22 +644,6 @@ def misses_paragraph(rep: ValidationReport) -> list[str]:
             "",
         ]
     return out
-
-
-PROMPT_SPLIT = 1000
-
-
-def _ttft_by_prompt(run: ReplayResult) -> tuple[tuple[float, float], tuple[float, float]]:
-    """(measured, simulated) median TTFT (ms) of prompts shorter and not shorter than the split.
-
-    The replay keeps the trace's request order, so request i of the run is row i of the file.
-    """
-    data = np.genfromtxt(run.trace, delimiter=",", names=True)
-    res = run.output.result
-    sim = (res.first_token_at - res.arrived_at) * 1e3
-    short = data["prompt_len"] < PROMPT_SPLIT
-    return ((float(np.median(data["ttft_ms"][short])), float(np.median(sim[short]))),
-            (float(np.median(data["ttft_ms"][~short])), float(np.median(sim[~short]))))
 
 
 def verdict(rep: ValidationReport) -> list[str]:
