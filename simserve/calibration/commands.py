@@ -215,7 +215,7 @@ def _inspect_run(args: argparse.Namespace) -> int:
           "tokens")
     if args.scenario:
         resolved = resolve(load_scenario(args.scenario))
-        at_mean = step.fixed_ms + step.per_seq_ms * step.mean_batch
+        at_mean = step.mean_step_ms
         simulated = scenario_decode_step_ms(resolved.cost_model, step.mean_batch,
                                             step.mean_context_tokens)
         print(f"  scenario {args.scenario}: decode step at that batch and context "

@@ -178,11 +178,10 @@ def online_markdown(rep: OnlineReport, shipped: Sequence[ReplayResult]) -> list[
     ]
     for r in rates:
         m = rep.measured_steps[r]
-        step = m.fixed_ms + m.per_seq_ms * m.mean_batch
         lines.append(
             f"| {r:g} | {m.num_requests} | {m.mape_pct:.1f}% | {m.mean_batch:.1f} | "
             f"{m.mean_context_tokens:.0f} | {m.fixed_ms:.1f} + {m.per_seq_ms:.2f} x batch = "
-            f"{step:.1f} | {m.per_seq_ms:.2f} | {rep.profile_step_ms[r]:.1f} |")
+            f"{m.mean_step_ms:.1f} | {m.per_seq_ms:.2f} | {rep.profile_step_ms[r]:.1f} |")
     lines += [
         "",
         "Every run's step grows by about a millisecond per running sequence; the offline "

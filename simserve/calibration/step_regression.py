@@ -43,6 +43,11 @@ class DecodeStepFit:
     num_requests: int
     mape_pct: float
 
+    @property
+    def mean_step_ms(self) -> float:
+        """The fitted decode step at the run's mean batch."""
+        return self.fixed_ms + self.per_seq_ms * self.mean_batch
+
 
 def fit_decode_step(path: str | Path) -> DecodeStepFit:
     """Fit the decode step of the run in `path` (a ground-truth CSV with measured latencies)."""
