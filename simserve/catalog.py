@@ -28,7 +28,15 @@ import yaml
 
 from simserve.errors import InputError
 
-__all__ = ["Catalog", "GpuSpec", "MlpKind", "ModelSpec", "load_catalog"]
+__all__ = [
+    "Catalog",
+    "GpuSpec",
+    "MlpKind",
+    "ModelSpec",
+    "check_number",
+    "check_text",
+    "load_catalog",
+]
 
 MlpKind = Literal["gated", "plain"]
 _MLP_KINDS: tuple[str, ...] = ("gated", "plain")
@@ -44,7 +52,8 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
-def _check_str(value: object, field_name: str) -> str:
+def check_text(value: object, field_name: str) -> str:
+    """A non-empty string, or a one-line InputError naming `field_name`."""
     if not isinstance(value, str):
         raise InputError(f"must be a string, got {_type_name(value)} {value!r}", field=field_name)
     if not value.strip():
@@ -60,11 +69,13 @@ def _check_pos_int(value: object, field_name: str) -> int:
     return value
 
 
-def _check_pos_float(value: object, field_name: str) -> float:
+def check_number(value: object, field_name: str, *, allow_zero: bool = False) -> float:
+    """A finite number > 0 (>= 0 with `allow_zero`) as a float, or a one-line InputError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"must be a number, got {_type_name(value)} {value!r}", field=field_name)
-    if not math.isfinite(value) or value <= 0:
-        raise InputError(f"must be a finite number > 0, got {value}", field=field_name)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InputError(f"must be a finite number {bound}, got {value}", field=field_name)
     return float(value)
 
 
@@ -98,8 +109,8 @@ class GpuSpec:
     interconnect_gbps: float
 
     def __post_init__(self) -> None:
-        _check_str(self.name, "name")
-        _check_str(self.interconnect, "interconnect")
+        check_text(self.name, "name")
+        check_text(self.interconnect, "interconnect")
         for name in (
             "memory_gib",
             "mem_bandwidth_gbps",
@@ -107,7 +118,7 @@ class GpuSpec:
             "fp8_tflops",
             "interconnect_gbps",
         ):
-            object.__setattr__(self, name, _check_pos_float(getattr(self, name), name))
+            object.__setattr__(self, name, check_number(getattr(self, name), name))
 
     @property
     def memory_bytes(self) -> float:
@@ -138,8 +149,8 @@ class ModelSpec:
     dtype_bytes: int = 2
 
     def __post_init__(self) -> None:
-        _check_str(self.name, "name")
-        _check_str(self.hf_id, "hf_id")
+        check_text(self.name, "name")
+        check_text(self.hf_id, "hf_id")
         for name in (
             "num_layers",
             "hidden_size",

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from simserve.catalog import check_number, check_text
 from simserve.errors import InputError
 from simserve.yaml_lines import key_lines, line_for, read_yaml_file
 
@@ -38,23 +39,6 @@ _TOP_LEVEL = ("links", "stage_links")
 _SPEC_FIELDS = ("bandwidth_gbps", "latency_us", "source")
 
 
-def _check_number(value: object, field_name: str, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(
-            f"must be a number, got {type(value).__name__} {value!r}", field=field_name
-        )
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise InputError(f"must be a finite number {bound}, got {value}", field=field_name)
-    return float(value)
-
-
-def _check_text(value: object, field_name: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(f"must be a non-empty string, got {value!r}", field=field_name)
-    return value
-
-
 @dataclass(frozen=True)
 class LinkSpec:
     """One data link: `bandwidth_gbps` GB/s (1e9 bytes/s) per direction, `latency_us` per transfer.
@@ -69,10 +53,10 @@ class LinkSpec:
     source: str
 
     def __post_init__(self) -> None:
-        _check_text(self.name, "name")
-        _check_text(self.source, "source")
-        bandwidth = _check_number(self.bandwidth_gbps, "bandwidth_gbps", allow_zero=False)
-        latency = _check_number(self.latency_us, "latency_us", allow_zero=True)
+        check_text(self.name, "name")
+        check_text(self.source, "source")
+        bandwidth = check_number(self.bandwidth_gbps, "bandwidth_gbps")
+        latency = check_number(self.latency_us, "latency_us", allow_zero=True)
         object.__setattr__(self, "bandwidth_gbps", bandwidth)
         object.__setattr__(self, "latency_us", latency)
 
@@ -250,7 +234,7 @@ def stage_link(gpu_name: str, interconnect_gbps: float | None = None) -> LinkSpe
             f"{', '.join(sorted(catalog.stage_links))}); pass its interconnect_gbps",
             field="hardware",
         )
-    bandwidth_gbps = _check_number(interconnect_gbps, "interconnect_gbps", allow_zero=False)
+    bandwidth_gbps = check_number(interconnect_gbps, "interconnect_gbps")
     return LinkSpec(
         name=f"{gpu_name}-pp-derived",
         bandwidth_gbps=bandwidth_gbps,
