@@ -379,9 +379,7 @@ def _figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
 def _sim_ttfts(output: object) -> np.ndarray:
     """Simulated per-request TTFT (ms) of the served requests."""
     res = output.result  # type: ignore[attr-defined]
-    first = np.array([res.token_times_s[res.token_offsets[i]] if res.token_offsets[i + 1] >
-                      res.token_offsets[i] else np.nan for i in range(res.num_requests)])
-    ttft = (first - res.arrived_at) * 1e3
+    ttft = (res.first_token_at - res.arrived_at) * 1e3
     return ttft[np.isfinite(ttft)]
 
 
@@ -391,9 +389,8 @@ def _decoding_concurrency(run: ReplayResult) -> tuple[float, float]:
     end = float((data["arrival_s"] + data["latency_ms"] / 1e3).max())
     measured = float(((data["latency_ms"] - data["ttft_ms"]) / 1e3).sum() / end)
     res = run.output.result
-    first = res.token_times_s[res.token_offsets[:-1]]
     sim_end = float(np.nanmax(res.finished_at))
-    simulated = float(np.nansum(res.finished_at - first) / sim_end)
+    simulated = float(np.nansum(res.finished_at - res.first_token_at) / sim_end)
     return measured, simulated
 
 
