@@ -39,14 +39,18 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("trace")
-    scenario = base / "tiny.yaml"
-    scenario.write_text(yaml.safe_dump(TINY))
+def _run_with_trace(base: Path, mapping: dict) -> Path:
+    """`simserve run --trace` of a scenario mapping; returns the run directory."""
+    scenario = base / "scenario.yaml"
+    scenario.write_text(yaml.safe_dump(mapping))
     out = base / "run"
     assert main(["run", str(scenario), "--out", str(out), "--trace"]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return _run_with_trace(tmp_path_factory.mktemp("trace"), TINY)
 
 
 @pytest.fixture(scope="module")
@@ -195,12 +199,7 @@ DISAGG = {
 
 @pytest.fixture(scope="module")
 def disagg_dir(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("trace_disagg")
-    scenario = base / "disagg.yaml"
-    scenario.write_text(yaml.safe_dump(DISAGG))
-    out = base / "run"
-    assert main(["run", str(scenario), "--out", str(out), "--trace"]) == 0
-    return out
+    return _run_with_trace(tmp_path_factory.mktemp("trace_disagg"), DISAGG)
 
 
 def test_disaggregated_processes_are_named_by_pool(disagg_dir):
@@ -226,10 +225,7 @@ def test_idle_prefill_instance_does_not_shift_the_decode_numbering(tmp_path):
     # is replica 2, and the trace must say so (not "decode instance 1 (replica 2)").
     one = {**DISAGG, "cluster": {**DISAGG["cluster"], "prefill": {"instances": 2, "tp": 1}},
            "workload": {**DISAGG["workload"], "num_requests": 1}}
-    scenario = tmp_path / "one.yaml"
-    scenario.write_text(yaml.safe_dump(one))
-    assert main(["run", str(scenario), "--out", str(tmp_path / "run"), "--trace"]) == 0
-    trace = json.loads((tmp_path / "run" / "trace.json").read_text())
+    trace = json.loads((_run_with_trace(tmp_path, one) / "trace.json").read_text())
     names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"]
              if e["ph"] == "M" and e["name"] == "process_name"}
     assert names[1] == "prefill instance 0"
