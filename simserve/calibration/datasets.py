@@ -35,12 +35,15 @@ from simserve.costmodel.calibrated import Arch
 from simserve.errors import InputError
 
 __all__ = [
+    "ALLREDUCE_COLUMNS",
     "FORMATS",
     "STEP_COLUMNS",
+    "AllReduceData",
     "LinearData",
     "StepData",
     "detect_format",
     "distserve_engine",
+    "load_allreduce",
     "load_distserve",
     "load_splitwise",
     "load_steps_csv",
@@ -582,6 +585,50 @@ def load_vidur_linear(path: str | Path, gpu: str | None = None) -> list[LinearDa
         out.append(LinearData("vidur", source, g, m, arch, tokens[ix], tps[ix].astype(int),
                               np.asarray(time_ms)[ix]))
     return out
+
+
+# --------------------------------------------------------------------------- collectives
+
+ALLREDUCE_COLUMNS = ("gpu", "num_workers", "size_bytes", "time_ms")
+
+
+@dataclass(frozen=True, eq=False)
+class AllReduceData:
+    """Measured all-reduce times (ms) of one GPU type over message size and number of GPUs."""
+
+    source: str
+    gpu: str
+    num_workers: np.ndarray
+    size_bytes: np.ndarray
+    time_ms: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.time_ms.size)
+
+    def interpolate_ms(self, num_workers: int, size_bytes: float) -> float:
+        """The measured time at `size_bytes` on `num_workers` GPUs, interpolated log-log
+        (messages outside the measured sizes take the nearest measured time per byte)."""
+        rows = self.num_workers == num_workers
+        if not rows.any():
+            raise InputError(f"no all-reduce measured on {num_workers} GPUs of {self.gpu}",
+                             source=self.source)
+        order = np.argsort(self.size_bytes[rows])
+        x = np.log(self.size_bytes[rows][order])
+        y = np.log(self.time_ms[rows][order])
+        return float(np.exp(np.interp(np.log(size_bytes), x, y)))
+
+
+def load_allreduce(path: str | Path) -> list[AllReduceData]:
+    """All-reduce times per GPU type from simserve's Vidur extract (`all_reduce.csv`)."""
+    path = Path(path)
+    source = str(path)
+    cols, lines = _read_csv(path, ALLREDUCE_COLUMNS)
+    workers = _numbers(cols, "num_workers", lines, source, positive=True)
+    sizes = _numbers(cols, "size_bytes", lines, source, positive=True)
+    times = _numbers(cols, "time_ms", lines, source, positive=True)
+    gpus = np.array(cols["gpu"], dtype=object)
+    return [AllReduceData(source, g, workers[gpus == g].astype(int), sizes[gpus == g],
+                          times[gpus == g]) for g in sorted(set(cols["gpu"]))]
 
 
 # --------------------------------------------------------------------------- detection

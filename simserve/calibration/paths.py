@@ -28,6 +28,7 @@ DISTSERVE_ENGINE_DATA = DATA_DIR / "distserve" / "profiler-a100-80g.distserve.js
 SHIPPED_DATA: dict[str, Path] = {
     "splitwise": DATA_DIR / "splitwise" / "perf_model.csv",
     "vidur": DATA_DIR / "vidur" / "linear_ops.csv",
+    "allreduce": DATA_DIR / "vidur" / "all_reduce.csv",
     "distserve": DATA_DIR / "distserve" / "profiler-a100-80g.vllm.json",
     "distserve-engine": DISTSERVE_ENGINE_DATA,
 }

@@ -22,9 +22,16 @@ from simserve.calibration.calibrate import (
     calibrate_linear,
     calibrate_steps,
 )
+from simserve.calibration.consistency import (
+    ConsistencyReport,
+    distserve_markdown,
+    run_consistency_checks,
+    splitwise_markdown,
+)
 from simserve.calibration.datasets import (
     LinearData,
     StepData,
+    load_allreduce,
     load_distserve,
     load_splitwise,
     load_vidur_linear,
@@ -107,6 +114,8 @@ class ValidationReport:
     online: OnlineReport | None = None
     # The replay of DistServe's real disaggregated runs.
     disaggregated: DisaggregatedReport | None = None
+    # Model-free checks of the step data (why some step targets cannot be met).
+    consistency: ConsistencyReport | None = None
 
 
 # --------------------------------------------------------------------------- step level
@@ -250,8 +259,10 @@ def run_validation(*, replay: bool = True, catalog: Catalog | None = None) -> Va
             notes[label] = name
         online = run_online_validation(traces)
     disaggregated = run_disaggregated_validation() if replay else None
+    consistency = run_consistency_checks(splitwise, vidur, distserve, SHIPPED_DATA["distserve"],
+                                         load_allreduce(SHIPPED_DATA["allreduce"]))
     return ValidationReport(datasets, loto, lomo, _derived_vs_distserve(catalog, distserve),
-                            replays, notes, online, disaggregated)
+                            replays, notes, online, disaggregated, consistency)
 
 
 # --------------------------------------------------------------------------- figures
@@ -449,13 +460,8 @@ def _markdown(rep: ValidationReport, figures: list[str]) -> str:
         for note in ds.notes:
             lines.append(f"- {name}: {note}")
     lines += [
-        "- splitwise: the prefill rows are not mutually consistent at TP4/TP8: e.g. on A100 TP4 "
-        "a batch of 4 x 512-token prompts takes 571 ms but one 2048-token prompt 403 ms (same "
-        "tokens, less attention, 42% apart), and the time per token jumps by 20-40% between 2048 "
-        "and 4096 tokens per step at TP4/TP8 (both GPUs, both models) and then stays flat; no "
-        "term of DESIGN §4 (nor DistServe's quadratic) produces either effect, so the fit splits "
-        "the difference and the prefill error there is the data's, not a fitting failure. Decode "
-        "rows are consistent (a few % apart between measuring campaigns of one shape).",
+        "- splitwise: the prefill rows are not mutually consistent at TP4/TP8 (table below); "
+        "the decode rows are (a few % apart between measuring campaigns of one shape).",
         "- distserve: the 'measurements' are DistServe's own fitted formula evaluated on the "
         "vLLM v0 operating grid (prefill batches up to 2048 tokens, decode batches up to 256, "
         "contexts up to 2048, <= 60k KV tokens); the error is the cost of expressing their "
@@ -474,6 +480,9 @@ def _markdown(rep: ValidationReport, figures: list[str]) -> str:
         "roofline ridge (64-1024 tokens), which a smooth model cannot follow.",
         "",
     ]
+    if rep.consistency is not None:
+        held = {key: _err_cell(h, "prefill") for key, _t, h in rep.datasets["splitwise"].groups}
+        lines += splitwise_markdown(rep.consistency, held)
     if "parity_splitwise.png" in figures:
         lines += ["![parity splitwise](figures/parity_splitwise.png) "
                   "![parity distserve](figures/parity_distserve.png) "
@@ -501,6 +510,8 @@ def _markdown(rep: ValidationReport, figures: list[str]) -> str:
                 f"{r['held_out']} | {r.get('trained_on', 'others')} | {_err_cell(e, 'prefill')} "
                 f"| {_err_cell(e, 'decode')} | {_err_cell(e, 'linear')} | "
                 f"{_err_cell(e, 'all')} | {ok} |")
+    if rep.consistency is not None:
+        lines += ["", *distserve_markdown(rep.consistency)]
     if "crossval.png" in figures:
         lines += ["", "![cross-validation](figures/crossval.png)"]
     lines += [""]
