@@ -18,7 +18,14 @@ from simserve.calibration.served_run import read_run_columns
 from simserve.config import load_scenario
 from simserve.experiments.run import RunOutput, run_scenario
 
-__all__ = ["REPLAY_METRICS", "ReplayResult", "measured_stats", "replay_trace", "trace_rate"]
+__all__ = [
+    "REPLAY_METRICS",
+    "ReplayResult",
+    "measured_stats",
+    "replay_trace",
+    "tpot_ratio_per_request",
+    "trace_rate",
+]
 
 DEFAULT_SCENARIO = REPO_ROOT / "scenarios" / "validation" / "opt13b-a100-vllm.yaml"
 
@@ -81,3 +88,20 @@ def replay_trace(
     simulated = {label: float(output.summary[key]) for label, _, _, key in REPLAY_METRICS}
     return ReplayResult(str(trace), sc.cost_model.profile or sc.cost_model.kind, num_requests,
                         measured, simulated, output)
+
+
+def tpot_ratio_per_request(run: ReplayResult) -> tuple[np.ndarray, np.ndarray]:
+    """Simulated over measured TPOT of every request with more than one output token, and
+    its arrival time (s), in trace order.
+
+    TPOT is vLLM's: (finish - first token) / (output tokens - 1). A replay keeps the trace's
+    requests in order, so row i of the trace is request i of the simulation.
+    """
+    values = read_run_columns(run.trace, ("arrival_s", "output_len", "tpot_ms"),
+                              "a ground-truth file has arrival_s, output_len and tpot_ms")
+    r = run.output.result
+    if r.num_requests != values["tpot_ms"].size or np.any(r.output_len != values["output_len"]):
+        raise ValueError(f"{run.trace}: the simulation does not hold the trace's requests in order")
+    keep = (r.output_len > 1) & (values["tpot_ms"] > 0)
+    simulated_ms = 1e3 * (r.finished_at - r.first_token_at)[keep] / (r.output_len[keep] - 1)
+    return simulated_ms / values["tpot_ms"][keep], values["arrival_s"][keep]

@@ -58,7 +58,13 @@ from simserve.calibration.online import (
     vllm_traces,
 )
 from simserve.calibration.paths import CALIBRATION_DIR, PROFILES_DIR, SHIPPED_DATA
-from simserve.calibration.replay import REPLAY_METRICS, ReplayResult, replay_trace, trace_rate
+from simserve.calibration.replay import (
+    REPLAY_METRICS,
+    ReplayResult,
+    replay_trace,
+    tpot_ratio_per_request,
+    trace_rate,
+)
 from simserve.catalog import Catalog, load_catalog
 from simserve.costmodel.calibrated import load_profile, predict_ms, step_terms
 
@@ -648,7 +654,26 @@ def misses_paragraph(rep: ValidationReport) -> list[str]:
         out += [
             "The TPOT misses follow the spread between runs shown above: a run whose decode "
             "steps carry several milliseconds more fixed time than the others (the 2 req/s "
-            "one) cannot be matched by a setting shared by all runs.",
+            "one) cannot be matched by a setting shared by all runs. Request by request "
+            "(simulated / measured TPOT, every request with more than one output token; "
+            "`tpot_ratio_per_request`):",
+            "",
+            "| rate | p10 | p25 | median | p75 | p90 | median, first / middle / last third of "
+            "the arrivals |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for run in runs:
+            ratio, arrived_s = tpot_ratio_per_request(run)
+            q = np.percentile(ratio, [10, 25, 50, 75, 90])
+            thirds = [float(np.median(ratio[i])) for i in
+                      np.array_split(np.argsort(arrived_s, kind="stable"), 3)]
+            out.append(f"| {trace_rate(run.trace):g} | " + " | ".join(f"{x:.2f}" for x in q)
+                       + " | " + " / ".join(f"{x:.2f}" for x in thirds) + " |")
+        out += [
+            "",
+            "A missed run whose requests are all off by about the same factor, early and late "
+            "alike, while the runs at lower and at higher load are not, is slower as a whole; "
+            "an effect of the load would have to vanish both below and above it.",
             "",
         ]
     return out
