@@ -19,7 +19,7 @@ from simserve.engine.simulation import EngineLimits, PoolSetup
 from simserve.errors import InputError
 from simserve.links import LinkSpec, resolve_link, stage_link
 
-__all__ = ["ResolvedPool", "ResolvedScenario", "kv_cache_blocks", "resolve"]
+__all__ = ["ResolvedPool", "ResolvedScenario", "kv_cache_blocks", "kv_cache_bytes", "resolve"]
 
 GIB = 2**30
 
@@ -77,6 +77,27 @@ class ResolvedScenario:
         return self.kv_link.transfer_s(num_tokens * self.model.kv_bytes_per_token / pairs)
 
 
+def kv_cache_bytes(
+    gpu: GpuSpec,
+    weight_bytes: float,
+    gpus: int,
+    gpu_memory_utilization: float,
+    activation_reserve_gib: float,
+) -> float:
+    """Bytes left for the KV cache on `gpus` GPUs holding `weight_bytes` of weights in all
+    (0 when the weights do not fit).
+
+    (GPU memory x utilisation - weights/gpus - activation reserve) per GPU, times the GPUs, as
+    vLLM's profiler sizes the cache.
+    """
+    per_gpu_free = (
+        gpu.memory_gib * GIB * gpu_memory_utilization
+        - weight_bytes / gpus
+        - activation_reserve_gib * GIB
+    )
+    return per_gpu_free * gpus if per_gpu_free > 0 else 0.0
+
+
 def kv_cache_blocks(
     scenario: Scenario,
     gpu: GpuSpec,
@@ -87,23 +108,18 @@ def kv_cache_blocks(
     tp: int | None = None,
     pp: int = 1,
 ) -> int:
-    """Paged KV blocks one replica (all its `tp` x `pp` GPUs) can hold.
+    """Paged KV blocks one replica (all its `tp` x `pp` GPUs) can hold (`kv_cache_bytes` over
+    the KV bytes of one block: all layers, all KV heads, K and V).
 
-    (GPU memory x utilisation - weights/(tp pp) - activation reserve) per GPU, times tp pp GPUs,
-    over the KV bytes of one block (all layers, all KV heads, K and V), as vLLM's profiler does.
     A speculative draft's weights and KV (one slot per target slot) share the same memory.
     """
     engine = scenario.engine
     if engine.num_gpu_blocks_override is not None:
         return engine.num_gpu_blocks_override
-    gpus = (tp or scenario.tp) * pp
-    per_gpu_free = (
-        gpu.memory_gib * GIB * engine.gpu_memory_utilization
-        - (model.weight_bytes + draft_weight_bytes) / gpus
-        - engine.activation_reserve_gib * GIB
-    )
+    free = kv_cache_bytes(gpu, model.weight_bytes + draft_weight_bytes, (tp or scenario.tp) * pp,
+                          engine.gpu_memory_utilization, engine.activation_reserve_gib)
     block_bytes = (model.kv_bytes_per_token + draft_kv_bytes_per_token) * engine.block_size
-    return int(per_gpu_free * gpus // block_bytes) if per_gpu_free > 0 else 0
+    return int(free // block_bytes)
 
 
 def _check_parallelism(model: ModelSpec, tp: int, pp: int, prefix: str) -> None:

@@ -14,6 +14,7 @@ from simserve.calibration.datasets import (
     DISTSERVE_ENGINE_GRID,
     VLLM_GRID,
     distserve_engine,
+    kv_capacity_tokens,
     load_distserve,
 )
 from simserve.calibration.paths import DISTSERVE_ENGINE_DATA, SHIPPED_DATA
@@ -84,8 +85,9 @@ def test_engine_name_with_odd_characters_is_refused():
 def test_shipped_files_give_their_engines():
     ds = load_distserve(DISTSERVE_ENGINE_DATA, CATALOG)
     vl = load_distserve(VLLM_DATA, CATALOG)
-    assert {(g.model, g.tp, g.engine) for g in ds} == {("opt-13b", tp, "distserve")
-                                                       for tp in (1, 2, 4)}
+    assert {(g.model, g.tp, g.engine) for g in ds} == {
+        *(("opt-13b", tp, "distserve") for tp in (1, 2, 4)),
+        *(("opt-66b", tp, "distserve") for tp in (2, 3, 4, 8))}
     assert {g.engine for g in vl} == {"vllm"}
     # DistServe's engine batches prefills up to its token budget; vLLM's grid stops at 2048.
     assert max(g.shapes["num_prefill_tokens"].max() for g in ds) == \
@@ -93,6 +95,24 @@ def test_shipped_files_give_their_engines():
     assert max(g.shapes["num_prefill_seqs"].max() for g in ds) == 128
     assert max(g.shapes["num_prefill_tokens"].max() for g in vl) == VLLM_GRID.max_batched_tokens
     assert all(g.shapes["num_decode_seqs"].max() == 256 for g in ds + vl)
+
+
+def test_grid_stops_at_the_kv_capacity_of_the_model_and_tp():
+    # OPT-66B at TP2 leaves ~10 GB per A100 for KV: DistServe's formula is not evaluated on
+    # steps that cache could not hold; OPT-13B's grids keep the engine's own limits.
+    for path, grid in ((VLLM_DATA, VLLM_GRID), (DISTSERVE_ENGINE_DATA, DISTSERVE_ENGINE_GRID)):
+        groups = {(g.model, g.tp): g for g in load_distserve(path, CATALOG)}
+        for (model, tp), g in groups.items():
+            capacity = kv_capacity_tokens(CATALOG, model, g.gpu, tp, grid.gpu_memory_utilization)
+            limit = min(capacity, grid.max_kv_tokens)
+            # the fill context of each batch rounds down: within one context step per sequence
+            assert limit - max(g.shapes["num_decode_seqs"]) < g.shapes["decode_kv_tokens"].max() \
+                <= limit
+            assert g.shapes["num_prefill_tokens"].max() <= min(capacity, grid.max_batched_tokens)
+            assert any("KV capacity" in n for n in g.notes) == (capacity < grid.max_kv_tokens)
+        assert kv_capacity_tokens(CATALOG, "opt-66b", "a100-80gb-sxm", 2,
+                                  grid.gpu_memory_utilization) < 12_000
+        assert groups[("opt-13b", 1)].shapes["decode_kv_tokens"].max() == grid.max_kv_tokens
 
 
 def test_custom_engine_name_in_a_tmp_dir(tmp_path):
@@ -160,15 +180,19 @@ def test_decode_batch1_ctx512_is_priced_as_distserve_not_vllm():
     assert _model(1, "vllm").step_time(_decode(1, 512)) * 1e3 > got * (1 + 2 * DECODE_B1_REL)
 
 
-@pytest.mark.parametrize(("data", "engine", "tp"), [(VLLM_DATA, "vllm", 1),
-                                                    (DISTSERVE_ENGINE_DATA, "distserve", 2)])
-def test_shipped_profiles_are_what_the_loader_fits(data, engine, tp, monkeypatch):
+@pytest.mark.parametrize(("data", "engine", "model", "tp"), [
+    (VLLM_DATA, "vllm", "opt-13b", 1),
+    (DISTSERVE_ENGINE_DATA, "distserve", "opt-13b", 2),
+    (VLLM_DATA, "vllm", "opt-66b", 2),  # its grid stops at the KV capacity
+])
+def test_shipped_profiles_are_what_the_loader_fits(data, engine, model, tp, monkeypatch):
     # The vLLM profiles must not move with engine detection, and the DistServe ones must match
     # the loader's grid (regenerate with `simserve calibrate <file>` when this fails).
     monkeypatch.chdir(ROOT)
-    (group,) = [g for g in load_distserve(data.relative_to(ROOT), CATALOG) if g.tp == tp]
+    (group,) = [g for g in load_distserve(data.relative_to(ROOT), CATALOG)
+                if g.model == model and g.tp == tp]
     fitted = calibrate_steps(group, catalog=CATALOG).profile
-    shipped = load_profile(PROFILES / f"a100-80gb-sxm_opt-13b_tp{tp}_{engine}.yaml")
+    shipped = load_profile(PROFILES / f"a100-80gb-sxm_{model}_tp{tp}_{engine}.yaml")
     assert (fitted.name, fitted.engine, fitted.envelope) == (shipped.name, shipped.engine,
                                                              shipped.envelope)
     assert fitted.source == shipped.source

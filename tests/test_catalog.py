@@ -23,6 +23,7 @@ PUBLISHED_PARAMS = {
     "mistral-7b": 7.24e9,
     "qwen2-7b": 7.62e9,
     "opt-13b": 12.9e9,
+    "opt-66b": 66e9,  # OPT paper (Zhang et al. 2022), Table 1
     "bloom-176b": 176e9,
     "llama-3.2-1b": 1.24e9,
     "tinyllama-1.1b": 1.1e9,

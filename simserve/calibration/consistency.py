@@ -220,11 +220,14 @@ def _range(bounds: tuple[float, float] | None, tp: int) -> str:
     return "–" if bounds is None else f"{bounds[0]:.2f}-{bounds[1]:.2f}"
 
 
-def distserve_markdown(rep: ConsistencyReport) -> list[str]:
-    """§2's paragraph on why DistServe's formula does not carry across TP degrees."""
+def distserve_markdown(rep: ConsistencyReport, missed_tps: Sequence[int]) -> list[str]:
+    """§2's paragraph on how DistServe's formula scales with TP (`missed_tps`: the held-out TP
+    degrees of its model that miss the target)."""
     d = rep.distserve
+    why = (f"Why the {d.model} rows miss at " + " and ".join(f"TP{t}" for t in missed_tps)
+           if missed_tps else f"How the {d.model} formula scales with TP")
     lines = [
-        f"Why the DistServe rows miss at TP1 and TP4: DistServe's vLLM prefill formula for "
+        f"{why}: DistServe's vLLM prefill formula for "
         f"{d.model} spends b ms per prompt token. Times the TP degree that is the GPU time per "
         "token of the whole group, which the linear layers leave unchanged: Vidur's measured "
         f"linear layers on the same GPU (steps of >= {PREFILL_MIN_TOKENS} tokens; range over "

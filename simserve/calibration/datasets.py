@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 
 from simserve.catalog import Catalog, load_catalog
+from simserve.config import EngineConfig
 from simserve.costmodel.base import BatchShape
 from simserve.costmodel.calibrated import Arch
 from simserve.errors import InputError
+from simserve.resolve import kv_cache_bytes
 
 __all__ = [
     "ALLREDUCE_COLUMNS",
@@ -43,6 +45,7 @@ __all__ = [
     "StepData",
     "detect_format",
     "distserve_engine",
+    "kv_capacity_tokens",
     "load_allreduce",
     "load_distserve",
     "load_splitwise",
@@ -331,6 +334,8 @@ DISTSERVE_DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256)
 DISTSERVE_DECODE_CONTEXTS = (32, 64, 128, 256, 512, 768, 1024, 1536, 2048)
 DISTSERVE_MAX_BATCHED_TOKENS = 2048
 DISTSERVE_MAX_KV_TOKENS = 60_000
+# DistServe profiled both engines on A100-80GB (`profiler-a100-80g.*.json`).
+DISTSERVE_GPU = "a100-80gb-sxm"
 
 # The engine a DistServe profiler file describes is named in its file name,
 # `profiler-<gpu>.<engine>.json` (DistServe ships `profiler-a100-80g.vllm.json` and
@@ -356,6 +361,9 @@ class DistServeGrid:
     decode_contexts: tuple[int, ...]
     max_kv_tokens: int
     description: str
+    # The engine's KV memory share: no step can hold more tokens than the KV cache of its
+    # (model, TP) at this setting, so the grid stops there too (`kv_capacity_tokens`).
+    gpu_memory_utilization: float
 
 
 VLLM_GRID = DistServeGrid(
@@ -363,6 +371,7 @@ VLLM_GRID = DistServeGrid(
     DISTSERVE_DECODE_BATCHES, DISTSERVE_DECODE_CONTEXTS, DISTSERVE_MAX_KV_TOKENS,
     "the vLLM v0 operating grid (prefill batches up to 2048 tokens, decode batches up to 256, "
     "contexts up to 2048, <= 60k KV tokens)",
+    0.9,  # vLLM v0's default
 )
 
 # NOTE: DistServe's own engine schedules prefill (context) batches up to a token budget, not
@@ -383,6 +392,7 @@ DISTSERVE_ENGINE_GRID = DistServeGrid(
     DISTSERVE_DECODE_BATCHES, DISTSERVE_DECODE_CONTEXTS, DISTSERVE_MAX_KV_TOKENS,
     "DistServe's own engine's operating grid (prefill batches of up to 128 prompts and 32768 "
     "tokens, decode batches up to 256, contexts up to 2048, <= 60k KV tokens)",
+    0.92,  # the launcher's --gpu-memory-utilization (scenarios/validation/opt13b-a100-distserve)
 )
 DISTSERVE_GRIDS: dict[str, DistServeGrid] = {"vllm": VLLM_GRID, "distserve": DISTSERVE_ENGINE_GRID}
 
@@ -407,6 +417,16 @@ def distserve_engine(path: str | Path) -> str:
                          "digits, '-', '_'); name the file profiler-<gpu>.<engine>.json",
                          source=str(path))
     return engine.lower()
+
+
+def kv_capacity_tokens(catalog: Catalog, model: str, gpu: str, tp: int,
+                       gpu_memory_utilization: float) -> int:
+    """Tokens the KV cache of `model` on `tp` GPUs holds, with the engine's default
+    activation reserve (the arithmetic of `simserve.resolve.kv_cache_blocks`)."""
+    spec = catalog.model(model)
+    free = kv_cache_bytes(catalog.gpu(gpu), spec.weight_bytes, tp, gpu_memory_utilization,
+                          EngineConfig().activation_reserve_gib)
+    return int(free // spec.kv_bytes_per_token)
 
 
 def distserve_formula_ms(params: dict[str, Any], shape: dict[str, float],
@@ -470,18 +490,31 @@ def load_distserve(path: str | Path, catalog: Catalog | None = None) -> list[Ste
                 raise InputError(
                     f"{hf_name}.{tp_key}: missing 'decoding_large_small_bs_threshold'",
                     source=source)
+            tp = int(tp_key)
+            capacity = kv_capacity_tokens(catalog, model, DISTSERVE_GPU, tp,
+                                          grid.gpu_memory_utilization)
+            max_prefill = min(grid.max_batched_tokens, capacity)
+            max_kv = min(grid.max_kv_tokens, capacity)
+            group_notes = list(notes)
+            if capacity < grid.max_kv_tokens:
+                # NOTE: DistServe's formula is a fit; beyond what the KV cache of this (model,
+                # TP) holds it describes steps the engine never ran (e.g. OPT-66B at TP2 keeps
+                # ~10 GB per GPU for KV), so the grid stops at the capacity.
+                group_notes.append(
+                    f"{model} tp{tp}: grid limited to the {capacity:,}-token KV capacity of "
+                    f"{DISTSERVE_GPU} at gpu_memory_utilization {grid.gpu_memory_utilization}")
             rows, times = [], []
             for q in grid.prefill_lens:
                 for b in grid.prefill_batches:
-                    if b * q <= grid.max_batched_tokens:
+                    if b * q <= max_prefill:
                         shape = prefill_shape(b, q)
                         rows.append(shape)
                         times.append(distserve_formula_ms(params, shape, [q] * b))
             for b in grid.decode_batches:
                 # The grid's contexts plus the longest that fills the KV capacity at this batch.
-                fill = min(grid.decode_contexts[-1], grid.max_kv_tokens // b)
+                fill = min(grid.decode_contexts[-1], max_kv // b)
                 for ctx in sorted({*grid.decode_contexts, fill}):
-                    if b * ctx <= grid.max_kv_tokens:
+                    if ctx > 0 and b * ctx <= max_kv:
                         shape = decode_shape(b, ctx)
                         rows.append(shape)
                         times.append(distserve_formula_ms(params, shape, []))
@@ -490,8 +523,8 @@ def load_distserve(path: str | Path, catalog: Catalog | None = None) -> list[Ste
                 raise InputError(f"{hf_name}.{tp_key}: the coefficients give non-positive "
                                  "step times on the grid", source=source)
             out.append(StepData(
-                "distserve", source, "a100-80gb-sxm", model, int(tp_key), engine,
-                arch, _shapes(rows), times_arr, tuple(notes),
+                "distserve", source, DISTSERVE_GPU, model, tp, engine,
+                arch, _shapes(rows), times_arr, tuple(group_notes),
             ))
     if not out:
         raise InputError("no model of the file is in the catalog", source=source)

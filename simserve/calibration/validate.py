@@ -517,7 +517,11 @@ def _markdown(rep: ValidationReport, figures: list[str]) -> str:
                 f"| {_err_cell(e, 'decode')} | {_err_cell(e, 'linear')} | "
                 f"{_err_cell(e, 'all')} | {ok} |")
     if rep.consistency is not None:
-        lines += ["", *distserve_markdown(rep.consistency)]
+        model = rep.consistency.distserve.model
+        missed = [int(r["held_out"][2:]) for r in rep.loto
+                  if r["dataset"] == "distserve" and r["model"] == model
+                  and r["errors"]["all"]["mape_pct"] > LOTO_TARGET_PCT]
+        lines += ["", *distserve_markdown(rep.consistency, missed)]
     if "crossval.png" in figures:
         lines += ["", "![cross-validation](figures/crossval.png)"]
     lines += [""]
