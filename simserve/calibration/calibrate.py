@@ -29,6 +29,7 @@ from simserve.calibration.fit import (
     fit_steps,
     holdout_mask,
     inside_envelope,
+    merged_envelope,
     predict_linear,
     predict_steps,
 )
@@ -74,7 +75,7 @@ def load_measured(
     raise InputError(f"unknown format {fmt!r}", field="--format")
 
 
-def profile_name(gpu: str, model: str, tp: int, engine: str) -> str:
+def profile_name(gpu: str, model: str, tp: int | str, engine: str) -> str:
     """The file stem of a profile: gpu_model_tpN_engine."""
     return f"{gpu}_{model}_tp{tp}_{engine}".replace("/", "-")
 
@@ -88,26 +89,39 @@ def _relpath(path: str) -> str:
 
 
 def calibrate_steps(
-    data: StepData,
+    data: StepData | Sequence[StepData],
     *,
     catalog: Catalog | None = None,
     holdout: float = HOLDOUT_FRACTION,
     seed: int = 0,
     name: str | None = None,
 ) -> CalibrationOutcome:
-    """Fit one step group: errors on a held-back share, then a final fit on all points."""
+    """Fit one step group, or pool several TP degrees of one (GPU, model, engine) into one
+    coefficient set: errors on a held-back share of each group, then a final fit on all points.
+    """
     catalog = catalog or load_catalog()
-    held = holdout_mask(data.regimes, holdout, seed) if holdout > 0 else np.zeros(len(data), bool)
-    train_data = data.subset(~held)
-    trial = fit_steps([train_data], catalog)
-    pred = predict_steps(trial.coefficients, data, catalog)
-    train_err = error_stats(pred[~held], data.time_ms[~held], data.regimes[~held])
-    held_err = error_stats(pred[held], data.time_ms[held], data.regimes[held])
-    inside = held & inside_envelope(envelope_of(train_data), data)
-    held_in_err = error_stats(pred[inside], data.time_ms[inside], data.regimes[inside])
-    final = fit_steps([data], catalog) if held.any() else trial
-    final_pred = predict_steps(final.coefficients, data, catalog)
-    all_err = error_stats(final_pred, data.time_ms, data.regimes)
+    groups = [data] if isinstance(data, StepData) else sorted(data, key=lambda g: g.tp)
+    first = groups[0]
+    if len({(g.gpu, g.model, g.engine) for g in groups}) > 1 or \
+            len({g.tp for g in groups}) < len(groups):
+        raise InputError("pooling needs distinct TP degrees of one (GPU, model, engine); got "
+                         + ", ".join(f"{g.key} ({g.engine})" for g in groups))
+    helds = [holdout_mask(g.regimes, holdout, seed) if holdout > 0
+             else np.zeros(len(g), bool) for g in groups]
+    trains = [g.subset(~h) for g, h in zip(groups, helds, strict=True)]
+    trial = fit_steps(trains, catalog)
+    envelope_train = merged_envelope([envelope_of(t) for t in trains])
+    pred = np.concatenate([predict_steps(trial.coefficients, g, catalog) for g in groups])
+    held = np.concatenate(helds)
+    measured = np.concatenate([g.time_ms for g in groups])
+    regimes = np.concatenate([g.regimes for g in groups])
+    inside = held & np.concatenate([inside_envelope(envelope_train, g) for g in groups])
+    train_err = error_stats(pred[~held], measured[~held], regimes[~held])
+    held_err = error_stats(pred[held], measured[held], regimes[held])
+    held_in_err = error_stats(pred[inside], measured[inside], regimes[inside])
+    final = fit_steps(groups, catalog) if held.any() else trial
+    final_pred = np.concatenate([predict_steps(final.coefficients, g, catalog) for g in groups])
+    all_err = error_stats(final_pred, measured, regimes)
     fit_info = {
         **final.describe(),
         "errors_pct": {k: {"mape": v["mape_pct"], "max": v["max_err_pct"], "n": v["n"]}
@@ -120,17 +134,21 @@ def calibrate_steps(
         },
         "created_by": f"simserve {__version__}",
     }
+    tps = tuple(g.tp for g in groups)
+    source = {"dataset": first.dataset, "file": _relpath(first.source),
+              "num_points": int(measured.size),
+              "notes": list(dict.fromkeys(n for g in groups for n in g.notes))}
     profile = Profile(
-        name=name or profile_name(data.gpu, data.model, data.tp, data.engine),
-        gpu=data.gpu,
-        model=data.model,
-        tp=data.tp,
-        engine=data.engine,
+        name=name or profile_name(first.gpu, first.model, "-".join(map(str, tps)), first.engine),
+        gpu=first.gpu,
+        model=first.model,
+        tp=tps[0],
+        engine=first.engine,
         coefficients=final.coefficients,
-        envelope=envelope_of(data),
-        source={"dataset": data.dataset, "file": _relpath(data.source),
-                "num_points": len(data), "notes": list(data.notes)},
+        envelope=merged_envelope([envelope_of(g) for g in groups]),
+        source=source,
         fit=fit_info,
+        pooled_tps=tps if len(tps) > 1 else (),
     )
     return CalibrationOutcome(profile, train_err, held_err, held_in_err)
 

@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     cal.add_argument("--gpu", help="only this GPU (catalog name); for a Vidur mlp.csv: its GPU")
     cal.add_argument("--model", help="only this model (catalog name)")
     cal.add_argument("--tp", type=int, help="only this TP degree")
+    cal.add_argument("--pool-tp", action="store_true",
+                     help="one profile per (GPU, model, engine) fitted on all its TP degrees "
+                          "at once (valid at each), instead of one per TP degree")
     cal.add_argument("--engine", help="engine label for the profile name (default: the data's)")
     cal.add_argument("--name", help="profile name (only when one profile is written)")
     cal.add_argument("--out", default=str(PROFILES_DIR), help="output folder (default: "
@@ -107,7 +110,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         load_measured,
         write_profile,
     )
-    from simserve.calibration.datasets import LinearData
+    from simserve.calibration.datasets import LinearData, StepData
     from simserve.catalog import load_catalog
     from simserve.errors import InputError
 
@@ -129,13 +132,20 @@ def _calibrate(args: argparse.Namespace) -> int:
     if not steps and not linear:
         raise InputError("no data left after the --gpu/--model/--tp filters",
                          source=", ".join(args.data))
-    if args.name and len(steps) + (1 if linear else 0) > 1:
-        raise InputError("--name needs exactly one (GPU, model, TP) group", field="--name")
+    if args.engine:
+        steps = [dataclasses.replace(g, engine=args.engine) for g in steps]
+    fits: list[list[StepData]] = [[g] for g in steps]
+    if args.pool_tp:
+        pooled: dict[tuple[str, str, str], list[StepData]] = {}
+        for g in steps:
+            pooled.setdefault((g.gpu, g.model, g.engine), []).append(g)
+        fits = list(pooled.values())
+    if args.name and len(fits) + (1 if linear else 0) > 1:
+        raise InputError("--name needs exactly one (GPU, model, TP) group, or one (GPU, model, "
+                         "engine) with --pool-tp", field="--name")
     print(f"{'profile':<52} MAPE / max error per regime (held back {args.holdout:.0%})")
-    for g in steps:
-        if args.engine:
-            g = dataclasses.replace(g, engine=args.engine)
-        out = calibrate_steps(g, catalog=catalog, holdout=args.holdout, seed=args.seed,
+    for group in fits:
+        out = calibrate_steps(group, catalog=catalog, holdout=args.holdout, seed=args.seed,
                               name=args.name)
         path = write_profile(out.profile, args.out)
         print(f"{out.profile.name:<52} fit:      {_fmt_errors(out.train)}")
@@ -166,7 +176,7 @@ def _derive(args: argparse.Namespace) -> int:
     profile = derive_profile(base, catalog.model(args.model), tp, name=args.name,
                              linear=linear)
     path = write_profile(profile, args.out)
-    print(f"derived {profile.name} from {base.name} (fitted on {base.model}, tp={base.tp}) "
+    print(f"derived {profile.name} from {base.name} (fitted on {base.model}, {base.tp_label}) "
           f"-> {path}")
     print("note: nothing was measured for this model; runs using it say so")
     return 0

@@ -42,6 +42,7 @@ __all__ = [
     "holdout_mask",
     "inside_envelope",
     "linear_terms",
+    "merged_envelope",
     "predict_linear",
     "predict_steps",
     "terms_of",
@@ -295,6 +296,19 @@ def envelope_of(data: StepData) -> Envelope:
         max_decode_kv_tokens=int(r.decode_kv_tokens.max()),
         max_prefill_kv_tokens=int(r.prefill_kv_tokens.max()),
         regimes=regimes,
+    )
+
+
+def merged_envelope(envelopes: Sequence[Envelope]) -> Envelope:
+    """The smallest envelope holding all of `envelopes` (the data of several step groups)."""
+    regimes = {r for e in envelopes for r in e.regimes}
+    return Envelope(
+        max_num_tokens=max(e.max_num_tokens for e in envelopes),
+        max_num_seqs=max(e.max_num_seqs for e in envelopes),
+        max_decode_context=max(e.max_decode_context for e in envelopes),
+        max_decode_kv_tokens=max(e.max_decode_kv_tokens for e in envelopes),
+        max_prefill_kv_tokens=max(e.max_prefill_kv_tokens for e in envelopes),
+        regimes=tuple(r for r in ("prefill", "decode", "mixed") if r in regimes),
     )
 
 

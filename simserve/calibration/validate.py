@@ -70,6 +70,7 @@ from simserve.costmodel.calibrated import load_profile, predict_ms, step_terms
 
 __all__ = [
     "DERIVED_PROFILE",
+    "DERIVED_VLLM_PROFILE",
     "DISTSERVE_PROFILE",
     "DatasetReport",
     "ValidationReport",
@@ -79,6 +80,9 @@ __all__ = [
 
 DISTSERVE_PROFILE = "a100-80gb-sxm_opt-13b_tp1_vllm"
 DERIVED_PROFILE = "a100-80gb-sxm_opt-13b_tp1_derived"
+# OPT-13B at TP1 derived from one coefficient set fitted on DistServe's vLLM formula for OPT-66B
+# at TP 2, 3, 4 and 8 (`simserve calibrate --pool-tp`): same engine and GPU, another model.
+DERIVED_VLLM_PROFILE = "a100-80gb-sxm_opt-13b_tp1_derived-vllm"
 STEP_TARGET_PCT = 5.0
 LOTO_TARGET_PCT = 15.0
 E2E_TARGET_PCT = 15.0
@@ -219,14 +223,18 @@ def _loo_linear(groups: Sequence[LinearData], catalog: Catalog) -> tuple[list[di
 
 
 def _derived_vs_distserve(catalog: Catalog, distserve: Sequence[StepData]) -> dict:
-    """Step-level error of the derived OPT-13B profile against DistServe's formula grid."""
-    path = PROFILES_DIR / f"{DERIVED_PROFILE}.yaml"
+    """Step-level error of each derived OPT-13B profile against DistServe's formula grid."""
     target = next((g for g in distserve if g.model == "opt-13b" and g.tp == 1), None)
-    if not path.is_file() or target is None:
-        return {}
-    prof = load_profile(path)
-    terms = step_terms(target.arch, catalog.gpu(target.gpu), 1, target.shapes)
-    return error_stats(predict_ms(prof.coefficients, terms), target.time_ms, target.regimes)
+    out = {}
+    for name in (DERIVED_PROFILE, DERIVED_VLLM_PROFILE):
+        path = PROFILES_DIR / f"{name}.yaml"
+        if not path.is_file() or target is None:
+            continue
+        prof = load_profile(path)
+        terms = step_terms(target.arch, catalog.gpu(target.gpu), 1, target.shapes)
+        out[name] = error_stats(predict_ms(prof.coefficients, terms), target.time_ms,
+                                target.regimes)
+    return out
 
 
 # --------------------------------------------------------------------------- run everything
@@ -253,11 +261,12 @@ def run_validation(*, replay: bool = True, catalog: Catalog | None = None) -> Va
     online = None
     if replay:
         traces = vllm_traces()
-        # NOTE: the derived profile is the no-OPT-13B-data baseline, so it gets nothing fitted
+        # NOTE: the derived profiles are the no-OPT-13B-data baselines, so they get nothing fitted
         # to these runs' timings: no online term.
         for label, name, overrides in (
             ("distserve", DISTSERVE_PROFILE, []),
             ("derived", DERIVED_PROFILE, [f"cost_model.{ONLINE_TERM}=0"]),
+            ("derived-vllm", DERIVED_VLLM_PROFILE, [f"cost_model.{ONLINE_TERM}=0"]),
         ):
             if not (PROFILES_DIR / f"{name}.yaml").is_file():
                 continue
@@ -347,7 +356,7 @@ def _figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
                   ("TPOT mean", "mean TPOT (ms)", False))
         for ax, (label, ylabel, logy) in zip(axes, panels, strict=True):
             ax.plot(rates, [r.measured[label] for r in first], "ko-", label="measured (vLLM)")
-            for (name, runs), style in zip(rep.replays.items(), ("s--", "^:"), strict=False):
+            for (name, runs), style in zip(rep.replays.items(), ("s--", "^:", "v-."), strict=False):
                 ax.plot(rates, [r.simulated[label] for r in runs], style,
                         label=f"simserve ({name} profile)")
             if rep.online is not None:
@@ -371,7 +380,7 @@ def _figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
             meas = np.sort(np.loadtxt(first[i].trace, delimiter=",", skiprows=1, usecols=3))
             ax.plot(meas / 1e3, np.linspace(0, 1, meas.size), "k-", lw=1.4,
                     label="measured (vLLM)")
-            for (name, runs), style in zip(rep.replays.items(), ("--", ":"), strict=False):
+            for (name, runs), style in zip(rep.replays.items(), ("--", ":", "-."), strict=False):
                 sim = np.sort(_sim_ttfts(runs[i].output))
                 ax.plot(sim / 1e3, np.linspace(0, 1, sim.size), style, lw=1.2,
                         label=f"simserve ({name})")
@@ -527,9 +536,9 @@ def _markdown(rep: ValidationReport, figures: list[str]) -> str:
     lines += [""]
 
     lines += [
-        "## 3. OPT-13B on A100: two ways to get a profile",
+        "## 3. OPT-13B on A100: three ways to get a profile",
         "",
-        "There are no raw step measurements of OPT-13B on A100. Two profiles are shipped:",
+        "There are no raw step measurements of OPT-13B on A100. Three profiles are shipped:",
         "",
         f"- `{DISTSERVE_PROFILE}` (used by `scenarios/validation/opt13b-a100-vllm.yaml`): "
         "simserve's "
@@ -539,16 +548,19 @@ def _markdown(rep: ValidationReport, figures: list[str]) -> str:
         "operating grid;",
         f"- `{DERIVED_PROFILE}`: no OPT-13B data at all: the efficiencies and engine constants "
         "fitted on splitwise's Llama-2-70B TP2 A100 measurements applied to OPT-13B's roofline "
-        "terms (`simserve derive-profile`).",
+        "terms (`simserve derive-profile`): same GPU, another model and another engine;",
+        f"- `{DERIVED_VLLM_PROFILE}`: no OPT-13B data either: one coefficient set fitted on "
+        "DistServe's vLLM formula for OPT-66B at TP 2, 3, 4 and 8 together (`simserve "
+        "calibrate --pool-tp`), applied to OPT-13B at TP1: same GPU and engine, another model "
+        "and another TP degree.",
         "",
     ]
     if rep.derived_vs_distserve:
-        d = rep.derived_vs_distserve
-        lines += [
-            "Step level, derived profile against DistServe's formula on the same grid (MAPE / max "
-            f"%): prefill {_err_cell(d, 'prefill')}, decode {_err_cell(d, 'decode')}.",
-            "",
-        ]
+        lines += ["Step level, each derived profile against DistServe's OPT-13B formula on the "
+                  "same grid (MAPE / max %):", ""]
+        lines += [f"- `{name}`: prefill {_err_cell(d, 'prefill')}, decode "
+                  f"{_err_cell(d, 'decode')}" for name, d in rep.derived_vs_distserve.items()]
+        lines.append("")
 
     if rep.replays:
         lines += [
@@ -704,8 +716,10 @@ def verdict(rep: ValidationReport) -> list[str]:
                 continue
             for label in ("TTFT p50", "TPOT mean"):
                 v = r.error_pct(label)
+                # Two decimals where one would round onto the target and hide the verdict.
+                cell = f"{v:+.2f}%" if round(abs(v), 1) == E2E_TARGET_PCT else f"{v:+.1f}%"
                 out.append(f"| e2e {label} within 15% at {rate:g} req/s ({name} profile) | "
-                           f"{v:+.1f}% | {'yes' if abs(v) <= E2E_TARGET_PCT else 'no'} |")
+                           f"{cell} | {'yes' if abs(v) <= E2E_TARGET_PCT else 'no'} |")
         by_rate = {trace_rate(r.trace): r for r in runs}
         if 3.0 in by_rate and 4.0 in by_rate:
             jump_sim = by_rate[4.0].simulated["TTFT p90"] / by_rate[3.0].simulated["TTFT p90"]

@@ -268,6 +268,19 @@ class Profile:
     fit: dict[str, Any] = field(default_factory=dict)
     derived_from: dict[str, Any] | None = None
     path: str | None = None
+    # A profile fitted on several TP degrees of its model at once (`simserve calibrate
+    # --pool-tp`) holds one coefficient set for all of them: it prices each (leave-one-TP-out
+    # in calibration/REPORT.md measures how well), and `tp` is the smallest.
+    pooled_tps: tuple[int, ...] = ()
+
+    def covers_tp(self, tp: int) -> bool:
+        """Whether the profile was fitted for `tp` (alone or pooled with other degrees)."""
+        return tp == self.tp or tp in self.pooled_tps
+
+    @property
+    def tp_label(self) -> str:
+        """`tp=2`, or `tp=2,3,4,8` for a pooled profile."""
+        return "tp=" + ",".join(str(t) for t in (self.pooled_tps or (self.tp,)))
 
     def __post_init__(self) -> None:
         missing = [k for k in COEFFICIENT_NAMES if k not in self.coefficients]
@@ -301,6 +314,7 @@ def profile_to_mapping(profile: Profile) -> dict[str, Any]:
                          for k, v in profile.coefficients.items()},
         "envelope": profile.envelope.to_mapping() if profile.envelope else None,
         "fit": profile.fit,
+        **({"pooled_tps": list(profile.pooled_tps)} if profile.pooled_tps else {}),
     }
 
 
@@ -341,6 +355,11 @@ def profile_from_mapping(data: Any, source: str = "profile") -> Profile:
     coefficients = data["coefficients"]
     if not isinstance(coefficients, Mapping):
         raise InputError("must be a mapping", field="coefficients", source=source)
+    pooled = data.get("pooled_tps") or []
+    if not isinstance(pooled, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in pooled):
+        raise InputError("must be a list of TP degrees (integers > 0)", field="pooled_tps",
+                         source=source)
     try:
         return Profile(
             name=str(data["name"]),
@@ -355,6 +374,7 @@ def profile_from_mapping(data: Any, source: str = "profile") -> Profile:
             fit=dict(data.get("fit") or {}),
             derived_from=data.get("derived_from"),
             path=source,
+            pooled_tps=tuple(pooled),
         )
     except InputError as exc:
         raise exc.located(source, None) from None
@@ -410,7 +430,8 @@ def derive_profile(
                         "model with the fitted efficiencies of the base profile"},
         fit={},
         derived_from={"profile": base.name, "model": base.model, "tp": base.tp,
-                      "linear_from": linear_note},
+                      "linear_from": linear_note,
+                      **({"pooled_tps": list(base.pooled_tps)} if base.pooled_tps else {})},
     )
 
 

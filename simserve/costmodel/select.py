@@ -55,8 +55,8 @@ def check_profile_matches(profile: Profile, gpu: GpuSpec, model: ModelSpec, tp: 
         problems.append(f"GPU {profile.gpu} (scenario: {gpu.name})")
     if profile.model.casefold() != model.name.casefold():
         problems.append(f"model {profile.model} (scenario: {model.name})")
-    if profile.tp != tp:
-        problems.append(f"tp={profile.tp} (scenario: tp={tp})")
+    if not profile.covers_tp(tp):
+        problems.append(f"{profile.tp_label} (scenario: tp={tp})")
     if problems:
         raise InputError(
             f"profile {profile.name} was fitted for {'; '.join(problems)}; use a matching "
