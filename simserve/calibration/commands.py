@@ -183,7 +183,7 @@ def _derive(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from simserve.calibration.validate import write_report
+    from simserve.calibration.report import write_report
 
     path = write_report(Path(args.out_dir), replay=not args.no_replay)
     print(f"wrote {path} and {Path(path).parent / 'figures'}/")
