@@ -1,0 +1,151 @@
+"""Running a sweep: send a plan's unfinished tasks to a backend, collect their rows with a
+progress bar, and write the summary tables.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from simserve.experiments.sweep.layout import (
+    BY_POINT_CSV,
+    BY_POINT_PARQUET,
+    ERRORS_FILE,
+    POINTS_DIR,
+    SUMMARY_CSV,
+    SUMMARY_PARQUET,
+)
+from simserve.experiments.sweep.spec import SweepPlan, SweepRun
+from simserve.experiments.sweep.store import (
+    _init_sweep_dir,
+    _row_from_disk,
+    _write_text_atomically,
+    aggregate_rows,
+    check_sweep_dir,
+    write_table,
+)
+from simserve.experiments.sweep.worker import execute_task
+
+
+class TaskRunner(Protocol):
+    """A backend: runs `fn` on every task and yields the results as they complete."""
+
+    def imap_unordered(
+        self, fn: Callable[[Mapping[str, Any]], dict[str, Any]],
+        tasks: Sequence[Mapping[str, Any]],
+    ) -> Iterator[dict[str, Any]]: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What a sweep call did: rows of every finished run, failures, counts and wall time."""
+
+    sweep_dir: Path
+    rows: list[dict[str, Any]]
+    by_point: list[dict[str, Any]] | None
+    errors: dict[str, str]
+    num_resumed: int
+    num_ran: int
+    wall_s: float
+    notes: list[str]
+
+
+class _NoProgress:
+    """Stands in for a tqdm bar when tqdm is not installed."""
+
+    def update(self, n: int = 1) -> None:
+        """Do nothing."""
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        """Do nothing."""
+
+    def close(self) -> None:
+        """Do nothing."""
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    """A tqdm bar with rate and ETA on stderr (a no-op one when disabled or without tqdm)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoProgress()
+    return tqdm(total=total, initial=initial, unit="run", desc="sweep", file=sys.stderr,
+                disable=not enabled, dynamic_ncols=True, smoothing=0.05)
+
+
+def run_sweep(
+    plan: SweepPlan,
+    sweep_dir: str | Path,
+    backend: TaskRunner,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    checked: bool = False,
+) -> SweepOutcome:
+    """Run every unfinished run of `plan` on `backend`, then write the summary tables.
+
+    A run is finished when its directory is complete (it was renamed into place atomically),
+    so after a kill at any moment `resume=True` reruns exactly the unfinished ones and the
+    summary comes out the same as an uninterrupted sweep's.
+    """
+    sweep_dir = Path(sweep_dir)
+    t0 = time.perf_counter()
+    if not checked:
+        check_sweep_dir(plan, sweep_dir, resume)
+    _init_sweep_dir(plan, sweep_dir)
+    rows: dict[str, dict[str, Any]] = {}
+    pending: list[SweepRun] = []
+    for run in plan.runs:
+        row = _row_from_disk(run, plan, sweep_dir)
+        if row is None:
+            stale = sweep_dir / POINTS_DIR / run.run_id
+            if stale.exists():
+                shutil.rmtree(stale)
+            pending.append(run)
+        else:
+            rows[run.run_id] = row
+    num_resumed = len(rows)
+    errors: dict[str, str] = {}
+    # Absolute paths: workers (Ray's especially) need not share this process's directory.
+    tasks = [plan.task(run, sweep_dir.resolve()) for run in pending]
+    bar = _progress(len(plan.runs), num_resumed, progress)
+    try:
+        for result in backend.imap_unordered(execute_task, tasks):
+            if "error" in result:
+                errors[result["id"]] = result["error"]
+                bar.set_postfix(failed=len(errors))
+            else:
+                rows[result["id"]] = result["row"]
+            bar.update(1)
+    finally:
+        bar.close()
+    ordered = [rows[r.run_id] for r in plan.runs if r.run_id in rows]
+    notes = write_table(ordered, sweep_dir / SUMMARY_CSV, sweep_dir / SUMMARY_PARQUET)
+    by_point = None
+    if plan.capacity is None and plan.spec.replications > 1:
+        by_point = aggregate_rows(ordered, plan.spec.axis_keys)
+        notes += write_table(by_point, sweep_dir / BY_POINT_CSV, sweep_dir / BY_POINT_PARQUET)
+    errors_file = sweep_dir / ERRORS_FILE
+    if errors:
+        _write_text_atomically(errors_file, json.dumps(errors, indent=2, sort_keys=True) + "\n")
+    elif errors_file.exists():
+        errors_file.unlink()
+    return SweepOutcome(
+        sweep_dir=sweep_dir, rows=ordered, by_point=by_point, errors=errors,
+        num_resumed=num_resumed, num_ran=len(tasks), wall_s=time.perf_counter() - t0,
+        notes=notes,
+    )
+
+
+def count_finished(plan: SweepPlan, sweep_dir: Path) -> int:
+    """How many runs of `plan` already have a complete directory under `sweep_dir`."""
+    return sum(_row_from_disk(r, plan, sweep_dir) is not None for r in plan.runs)
+
