@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
+from test_calibration import _synthetic
 
 from simserve.calibration.calibrate import calibrate_steps, write_profile
-from simserve.calibration.datasets import SHAPE_FIELDS, StepData, decode_shape, prefill_shape
-from simserve.calibration.fit import predict_steps
+from simserve.calibration.datasets import StepData
 from simserve.calibration.online import vllm_traces
 from simserve.calibration.paths import PROFILES_DIR, SHIPPED_DATA
 from simserve.calibration.replay import replay_trace, trace_rate
@@ -22,7 +21,6 @@ from simserve.cli import main
 from simserve.config import load_scenario
 from simserve.costmodel.calibrated import (
     COEFFICIENT_NAMES,
-    Arch,
     derive_profile,
     load_profile,
     profile_from_mapping,
@@ -41,23 +39,14 @@ TRUE = {"step_overhead_ms": 5.0, "prefill_overhead_ms": 2.0, "per_seq_ms": 0.08,
 
 
 def _group(tp: int) -> StepData:
-    rows = [prefill_shape(b, q, c) for q in (16, 64, 256, 1024, 4096) for c in (0, 2048)
-            for b in (1, 4)]
-    rows += [decode_shape(b, ctx) for b in (1, 8, 32, 128) for ctx in (256, 2048, 8192)]
-    mixed = prefill_shape(1, 512)
-    mixed.update(decode_shape(16, 1024))
-    rows.append(mixed)
-    shapes = {f: np.array([r.get(f, 0) for r in rows], dtype=float) for f in SHAPE_FIELDS}
-    spec = CATALOG.model("opt-66b")
-    g = StepData("synthetic", "synthetic", "a100-80gb-sxm", spec.name, tp, "mine",
-                 Arch.from_model(spec), shapes, np.ones(len(rows)))
-    return dataclasses.replace(g, time_ms=predict_steps(TRUE, g, CATALOG))
+    # The grid of the single-TP recovery test (tests/test_calibration.py), on OPT-66B.
+    return _synthetic(tp, TRUE, model="opt-66b", gpu="a100-80gb-sxm")
 
 
 def test_pooled_fit_recovers_one_coefficient_set_for_all_tp_degrees():
     out = calibrate_steps([_group(tp) for tp in (8, 2, 4)], catalog=CATALOG)
     p = out.profile
-    assert (p.name, p.tp, p.pooled_tps) == ("a100-80gb-sxm_opt-66b_tp2-4-8_mine", 2, (2, 4, 8))
+    assert (p.name, p.tp, p.pooled_tps) == ("a100-80gb-sxm_opt-66b_tp2-4-8_test", 2, (2, 4, 8))
     for name in COEFFICIENT_NAMES:
         assert p.coefficients[name] == pytest.approx(TRUE[name], rel=0.01), name
     assert out.holdout["all"]["mape_pct"] < 0.5

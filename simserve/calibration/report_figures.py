@@ -4,6 +4,7 @@ dataset, cross-validation errors, and the end-to-end replays against the measure
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,7 +12,20 @@ from simserve.calibration.disaggregated import disaggregated_figure
 from simserve.calibration.replay import trace_rate
 from simserve.calibration.validate import LOTO_TARGET_PCT, ValidationReport
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["validation_figures"]
+
+
+def _save(fig: Figure, path: Path) -> str:
+    """Lay out, write at the report's 110 dpi and close `fig`; its file name."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def validation_figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
@@ -51,11 +65,7 @@ def validation_figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
         ax.set_title(f"{name}: held-back MAPE {held_all.get('mape_pct', float('nan')):.1f}% "
                      "(dotted: ±5%)", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
-        fig.tight_layout()
-        path = fig_dir / f"parity_{name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(_save(fig, fig_dir / f"parity_{name}.png"))
 
     # Cross-validation bars.
     rows = rep.loto + rep.lomo
@@ -73,11 +83,7 @@ def validation_figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
         ax.set_ylabel("MAPE on the held-out TP degree / model (%)")
         ax.set_title("Cross-validation (gray: leave one TP out, red: leave one model out; "
                      "dashed: 15%)", fontsize=9)
-        fig.tight_layout()
-        path = fig_dir / "crossval.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(_save(fig, fig_dir / "crossval.png"))
 
     # End-to-end replay.
     if rep.replays:
@@ -101,11 +107,7 @@ def validation_figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.suptitle("OPT-13B on one A100-80GB, vLLM v0: replay of the measured runs", fontsize=10)
-        fig.tight_layout()
-        path = fig_dir / "replay.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(_save(fig, fig_dir / "replay.png"))
 
         fig, axes = plt.subplots(1, len(first), figsize=(3.2 * len(first), 3.4), sharey=True)
         for i, ax in enumerate(np.atleast_1d(axes)):
@@ -124,11 +126,7 @@ def validation_figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
         np.atleast_1d(axes)[0].set_ylabel("fraction of requests")
         np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower right")
         fig.suptitle("TTFT distribution, measured vs replayed", fontsize=10)
-        fig.tight_layout()
-        path = fig_dir / "replay_ttft_cdf.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(_save(fig, fig_dir / "replay_ttft_cdf.png"))
     if rep.disaggregated is not None:
         written.append(disaggregated_figure(rep.disaggregated, fig_dir))
     return written
