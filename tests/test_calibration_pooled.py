@@ -73,7 +73,7 @@ def test_pooled_profile_round_trips_and_bad_pooled_tps_is_named(tmp_path):
     back = load_profile(write_profile(p, tmp_path))
     assert back.pooled_tps == (2, 4) and back.tp_label == "tp=2,4"
     data = profile_to_mapping(p)
-    for bad in (["two"], 3, [0], [True]):
+    for bad in (["two"], 3, 0, [0], [True]):
         with pytest.raises(InputError, match="pooled_tps") as err:
             profile_from_mapping({**data, "pooled_tps": bad}, "bad.yaml")
         assert "bad.yaml" in str(err.value)

@@ -4,11 +4,13 @@ The step-level targets of `calibration/REPORT.md` miss in two places (splitwise 
 DistServe's vLLM formula carried across TP degrees). These checks show why without fitting
 anything, so the report can tell a modelling failure from an inconsistency in the data:
 
-- `splitwise_batch_ratios`: a prefill step of b prompts of 512 tokens runs the same linear-layer
-  tokens as one prompt of 512 b tokens and b times fewer attention pairs. In every cost model of
-  DESIGN §4 (and in DistServe's and Vidur's) it can only cost more by the per-sequence overhead
-  (input preparation, sampling: well under a millisecond per prompt in vLLM). A ratio well
-  above 1 is something the data does that no such model does.
+- `splitwise_prefill_check`: a prefill step of b prompts of 512 tokens runs the same
+  linear-layer tokens as one prompt of 512 b tokens and b times fewer attention pairs, and the
+  same attention per token as a batch of any other size. In every cost model of DESIGN §4 (and
+  in DistServe's and Vidur's) it can cost more than the one long prompt only by the
+  per-sequence overhead (input preparation, sampling: well under a millisecond per prompt in
+  vLLM), and its time per token cannot grow with b. Data that does either is something no
+  such model follows.
 - `distserve_tp_scaling`: DistServe's vLLM prefill formula spends `b` ms per prompt token; times
   the TP degree this is the GPU time per token of the whole group, which the linear layers make
   TP-independent: Vidur's measured linear layers (A100, TP 1-8) keep it within a few percent.

@@ -640,7 +640,7 @@ class AllReduceData:
 
     def interpolate_ms(self, num_workers: int, size_bytes: float) -> float:
         """The measured time at `size_bytes` on `num_workers` GPUs, interpolated log-log
-        (messages outside the measured sizes take the nearest measured time per byte)."""
+        (a message outside the measured sizes takes the time of the nearest one)."""
         rows = self.num_workers == num_workers
         if not rows.any():
             raise InputError(f"no all-reduce measured on {num_workers} GPUs of {self.gpu}",

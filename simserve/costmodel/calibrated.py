@@ -355,7 +355,8 @@ def profile_from_mapping(data: Any, source: str = "profile") -> Profile:
     coefficients = data["coefficients"]
     if not isinstance(coefficients, Mapping):
         raise InputError("must be a mapping", field="coefficients", source=source)
-    pooled = data.get("pooled_tps") or []
+    pooled = data.get("pooled_tps")
+    pooled = [] if pooled is None else pooled
     if not isinstance(pooled, list) or not all(
             isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in pooled):
         raise InputError("must be a list of TP degrees (integers > 0)", field="pooled_tps",
