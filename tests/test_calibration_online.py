@@ -20,6 +20,7 @@ from simserve.calibration.replay import (
 )
 from simserve.calibration.serving import fit_serving_term
 from simserve.calibration.step_regression import fit_decode_step
+from simserve.calibration.validate import UNCALIBRATED_OVERRIDES
 from simserve.config import load_scenario
 from simserve.errors import InputError
 
@@ -148,6 +149,14 @@ def test_the_two_req_s_miss_is_a_uniform_factor_over_the_run():
     assert max(thirds) - min(thirds) < 0.05
     ratio_1, _ = tpot_ratio_per_request(replay_trace(TRACES[1.0]))
     assert np.percentile(ratio_1, 25) < 1.0 < np.percentile(ratio_1, 75)
+
+
+def test_uncalibrated_roofline_misses_by_far_more_than_the_profile():
+    # REPORT §4's baseline: the roofline's default efficiencies on the same replay.
+    run = replay_trace(TRACES[3.0], overrides=list(UNCALIBRATED_OVERRIDES))
+    assert run.profile == "roofline"
+    assert run.error_pct("TPOT mean") < -30
+    assert abs(replay_trace(TRACES[3.0]).error_pct("TPOT mean")) < 15
 
 
 def test_without_the_online_term_decode_is_too_fast():

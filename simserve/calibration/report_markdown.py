@@ -26,7 +26,14 @@ from simserve.calibration.validate import (
     ValidationReport,
 )
 
-__all__ = ["first_blocks", "knee_paragraph", "misses_paragraph", "report_markdown", "verdict"]
+__all__ = [
+    "first_blocks",
+    "knee_paragraph",
+    "misses_paragraph",
+    "report_markdown",
+    "uncalibrated_paragraph",
+    "verdict",
+]
 
 
 def _decoding_concurrency(run: ReplayResult) -> tuple[float, float]:
@@ -219,6 +226,7 @@ def report_markdown(rep: ValidationReport, figures: list[str]) -> str:
                 lines.append(f"| {trace_rate(r.trace):g} | {m:.1f} | {s:.1f} | "
                              f"{r.output.summary.get('num_preemptions', 0)} |")
             lines.append("")
+        lines += uncalibrated_paragraph(rep)
         lines += knee_paragraph(rep)
         lines += misses_paragraph(rep)
         if "replay.png" in figures:
@@ -236,6 +244,33 @@ def first_blocks(rep: ValidationReport) -> str:
     for runs in rep.replays.values():
         return str(runs[0].output.summary.get("num_gpu_blocks"))
     return "n/a"
+
+
+def uncalibrated_paragraph(rep: ValidationReport) -> list[str]:
+    """The same replays with no calibration: what the profiles are worth."""
+    runs = rep.uncalibrated
+    if not runs:
+        return []
+    out = ["### No calibration at all: the roofline's defaults", "",
+           "The same replays priced by `cost_model: {kind: roofline}` with its default "
+           "efficiencies (`simserve/config.py`), no profile and no online term; the KV capacity "
+           "is the measured one (error of the simulation, %):", "",
+           "| rate | TTFT p50 | TTFT p90 | TPOT mean |", "|---|---|---|---|"]
+    for r in runs:
+        out.append(f"| {trace_rate(r.trace):g} | " + " | ".join(
+            f"{r.error_pct(label):+.1f}%" for label in ("TTFT p50", "TTFT p90", "TPOT mean"))
+            + " |")
+    tpot = [r.error_pct("TPOT mean") for r in runs]
+    by_rate = {trace_rate(r.trace): r for r in runs}
+    knee = ""
+    if 3.0 in by_rate and 4.0 in by_rate:
+        jump = by_rate[4.0].simulated["TTFT p90"] / by_rate[3.0].simulated["TTFT p90"]
+        knee = (f" From 3 to 4 req/s its p90 TTFT grows x{jump:.1f} (measured "
+                f"x{by_rate[4.0].measured['TTFT p90'] / by_rate[3.0].measured['TTFT p90']:.0f}): "
+                + ("the knee is there." if jump >= 10 else
+                   "priced this fast, the GPU keeps up with 4 req/s and the knee is missing."))
+    out += ["", f"Its mean TPOT is off by {min(tpot):+.0f}% to {max(tpot):+.0f}%.{knee}", ""]
+    return out
 
 
 def knee_paragraph(rep: ValidationReport) -> list[str]:

@@ -76,6 +76,10 @@ DERIVED_PROFILE = "a100-80gb-sxm_opt-13b_tp1_derived"
 # OPT-13B at TP1 derived from one coefficient set fitted on DistServe's vLLM formula for OPT-66B
 # at TP 2, 3, 4 and 8 (`simserve calibrate --pool-tp`): same engine and GPU, another model.
 DERIVED_VLLM_PROFILE = "a100-80gb-sxm_opt-13b_tp1_derived-vllm"
+# The validation scenario with no calibration at all: the roofline's default efficiencies
+# (config.CostModelConfig), no profile, no online term; the KV capacity stays the measured one.
+UNCALIBRATED_OVERRIDES = ("cost_model.kind=roofline", "cost_model.profile=null",
+                          f"cost_model.{ONLINE_TERM}=0")
 STEP_TARGET_PCT = 5.0
 LOTO_TARGET_PCT = 15.0
 E2E_TARGET_PCT = 15.0
@@ -119,6 +123,8 @@ class ValidationReport:
     disaggregated: DisaggregatedReport | None = None
     # Model-free checks of the step data (why some step targets cannot be met).
     consistency: ConsistencyReport | None = None
+    # The same vLLM replays priced by the roofline's defaults: no measurement at all.
+    uncalibrated: tuple[ReplayResult, ...] = ()
 
 
 # --------------------------------------------------------------------------- step level
@@ -252,6 +258,7 @@ def run_validation(*, replay: bool = True, catalog: Catalog | None = None) -> Va
     replays: dict[str, list[ReplayResult]] = {}
     notes = {}
     online = None
+    uncalibrated: tuple[ReplayResult, ...] = ()
     if replay:
         traces = vllm_traces()
         # NOTE: the derived profiles are the no-OPT-13B-data baselines, so they get nothing fitted
@@ -266,8 +273,10 @@ def run_validation(*, replay: bool = True, catalog: Catalog | None = None) -> Va
             replays[label] = [replay_trace(t, profile=name, overrides=overrides) for t in traces]
             notes[label] = name
         online = run_online_validation(traces)
+        uncalibrated = tuple(replay_trace(t, overrides=list(UNCALIBRATED_OVERRIDES))
+                             for t in traces)
     disaggregated = run_disaggregated_validation() if replay else None
     consistency = run_consistency_checks(splitwise, vidur, distserve, SHIPPED_DATA["distserve"],
                                          load_allreduce(SHIPPED_DATA["allreduce"]))
     return ValidationReport(datasets, loto, lomo, _derived_vs_distserve(catalog, distserve),
-                            replays, notes, online, disaggregated, consistency)
+                            replays, notes, online, disaggregated, consistency, uncalibrated)
