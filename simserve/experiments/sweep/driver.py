@@ -23,12 +23,12 @@ from simserve.experiments.sweep.layout import (
 )
 from simserve.experiments.sweep.spec import SweepPlan, SweepRun
 from simserve.experiments.sweep.store import (
-    _init_sweep_dir,
-    _row_from_disk,
-    _write_text_atomically,
     aggregate_rows,
     check_sweep_dir,
+    init_sweep_dir,
+    row_from_disk,
     write_table,
+    write_text_atomically,
 )
 from simserve.experiments.sweep.worker import execute_task
 
@@ -100,11 +100,11 @@ def run_sweep(
     t0 = time.perf_counter()
     if not checked:
         check_sweep_dir(plan, sweep_dir, resume)
-    _init_sweep_dir(plan, sweep_dir)
+    init_sweep_dir(plan, sweep_dir)
     rows: dict[str, dict[str, Any]] = {}
     pending: list[SweepRun] = []
     for run in plan.runs:
-        row = _row_from_disk(run, plan, sweep_dir)
+        row = row_from_disk(run, plan, sweep_dir)
         if row is None:
             stale = sweep_dir / POINTS_DIR / run.run_id
             if stale.exists():
@@ -135,7 +135,7 @@ def run_sweep(
         notes += write_table(by_point, sweep_dir / BY_POINT_CSV, sweep_dir / BY_POINT_PARQUET)
     errors_file = sweep_dir / ERRORS_FILE
     if errors:
-        _write_text_atomically(errors_file, json.dumps(errors, indent=2, sort_keys=True) + "\n")
+        write_text_atomically(errors_file, json.dumps(errors, indent=2, sort_keys=True) + "\n")
     elif errors_file.exists():
         errors_file.unlink()
     return SweepOutcome(
@@ -147,5 +147,5 @@ def run_sweep(
 
 def count_finished(plan: SweepPlan, sweep_dir: Path) -> int:
     """How many runs of `plan` already have a complete directory under `sweep_dir`."""
-    return sum(_row_from_disk(r, plan, sweep_dir) is not None for r in plan.runs)
+    return sum(row_from_disk(r, plan, sweep_dir) is not None for r in plan.runs)
 

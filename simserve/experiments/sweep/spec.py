@@ -89,7 +89,7 @@ class SweepRun:
         if self.replication is not None:
             row["replication"] = self.replication
         for key, value in self.axes:
-            row[key] = _cell(value)
+            row[key] = table_cell(value)
         return row
 
 
@@ -366,7 +366,7 @@ def _scenario_at(spec: SweepSpec, assignment: Sequence[tuple[str, Any]]) -> Scen
                          line=line) from None
 
 
-def _cell(value: Any) -> Any:
+def table_cell(value: Any) -> Any:
     """A table cell: plain scalars as they are (numpy ones converted), anything else as sorted
     JSON."""
     if isinstance(value, np.generic):
@@ -469,7 +469,7 @@ def _plan_hash(runs: Sequence[SweepRun], point_mappings: Sequence[dict[str, Any]
         "capacity": None if capacity is None else capacity.to_mapping(),
         "points": [{**m, "seed": None} for m in point_mappings],
         "runs": [
-            [r.run_id, r.point, [[k, _cell(v)] for k, v in r.axes], r.scenario.seed]
+            [r.run_id, r.point, [[k, table_cell(v)] for k, v in r.axes], r.scenario.seed]
             for r in runs
         ],
     }

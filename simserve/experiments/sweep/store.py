@@ -26,13 +26,13 @@ from simserve.experiments.sweep.layout import (
     STATE_FILE,
 )
 from simserve.experiments.sweep.spec import SweepPlan, SweepRun
-from simserve.experiments.sweep.worker import _is_number, capacity_row, run_row
+from simserve.experiments.sweep.worker import capacity_row, is_number, run_row
 
 # Columns that identify a row rather than measure it.
 ID_COLUMNS = ("run_id", "point", "replication", "seed")
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
     """Write a file through a temporary sibling and a rename, so readers never see half of it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
@@ -101,7 +101,7 @@ def _arrow_column(values: list[Any]) -> Any:
         return pa.array(values, type=pa.bool_())
     if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
         return pa.array(values, type=pa.int64())
-    if present and all(_is_number(v) for v in present):
+    if present and all(is_number(v) for v in present):
         return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
     return pa.array([None if v is None else _format_cell(v) for v in values], type=pa.string())
 
@@ -111,7 +111,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], csv_path: Path,
     """Write rows as CSV (and parquet when pyarrow is installed), each atomically; returns
     notes for the user (e.g. parquet skipped)."""
     columns = _columns(rows)
-    _write_text_atomically(csv_path, _csv_text(rows, columns))
+    write_text_atomically(csv_path, _csv_text(rows, columns))
     if parquet_path is None:
         return []
     try:
@@ -151,8 +151,8 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]], axis_keys: Sequence[str]) 
             if key in skip:
                 continue
             values = [r.get(key) for r in group]
-            numbers = [float(v) for v in values if _is_number(v)]
-            if not numbers or any(v is not None and not _is_number(v) for v in values):
+            numbers = [float(v) for v in values if is_number(v)]
+            if not numbers or any(v is not None and not is_number(v) for v in values):
                 continue
             data = np.asarray(numbers)
             agg[f"{key}_mean"] = float(np.mean(data))
@@ -164,7 +164,7 @@ def aggregate_rows(rows: Sequence[Mapping[str, Any]], axis_keys: Sequence[str]) 
     return out
 
 
-def _row_from_disk(run: SweepRun, plan: SweepPlan, sweep_dir: Path) -> dict[str, Any] | None:
+def row_from_disk(run: SweepRun, plan: SweepPlan, sweep_dir: Path) -> dict[str, Any] | None:
     """The row of a finished run, rebuilt from its directory (None if not finished)."""
     out = sweep_dir / POINTS_DIR / run.run_id
     if plan.capacity is None:
@@ -248,12 +248,12 @@ def check_sweep_dir(plan: SweepPlan, sweep_dir: Path, resume: bool) -> None:
         )
 
 
-def _init_sweep_dir(plan: SweepPlan, sweep_dir: Path) -> None:
+def init_sweep_dir(plan: SweepPlan, sweep_dir: Path) -> None:
     """Create the directory (spec and state files once) and clear leftovers of killed writes."""
     (sweep_dir / POINTS_DIR).mkdir(parents=True, exist_ok=True)
     if not (sweep_dir / STATE_FILE).is_file():
-        _write_text_atomically(sweep_dir / SPEC_FILE, plan.spec.text)
-        _write_text_atomically(sweep_dir / STATE_FILE, json.dumps(_state(plan), indent=2) + "\n")
+        write_text_atomically(sweep_dir / SPEC_FILE, plan.spec.text)
+        write_text_atomically(sweep_dir / STATE_FILE, json.dumps(_state(plan), indent=2) + "\n")
     # Leftovers of workers killed mid-write (temporary or replaced directories).
     for entry in (sweep_dir / POINTS_DIR).iterdir():
         if entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name):

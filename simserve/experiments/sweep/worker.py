@@ -27,7 +27,7 @@ from simserve.experiments.capacity import (
 )
 from simserve.experiments.run import run_scenario, write_run_dir
 from simserve.experiments.sweep.layout import CAPACITY_FILE
-from simserve.experiments.sweep.spec import _cell
+from simserve.experiments.sweep.spec import table_cell
 
 
 def run_row(prefix: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def run_row(prefix: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
     row = dict(prefix)
     for key, value in summary.items():
         if key not in row:
-            row[key] = _cell(value)
+            row[key] = table_cell(value)
     return row
 
 
@@ -63,13 +63,13 @@ def capacity_row(prefix: Mapping[str, Any], result: CapacityResult,
     if probe is not None:
         for key in probe.summaries[0]:
             column = [s.get(key) for s in probe.summaries]
-            if key in row or not all(_is_number(v) for v in column):
+            if key in row or not all(is_number(v) for v in column):
                 continue
             row[key] = float(np.mean(np.asarray(column, dtype=np.float64)))
     return row
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     """An int or float cell (booleans are not numbers here)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
