@@ -51,9 +51,11 @@ __all__ = [
 EFFICIENCIES = ("mfu", "mbu", "attn_eff", "kv_eff", "allreduce_eff")
 # Bounds of the optimiser's variables: additive constants >= 0, efficiencies in [0.01, 1]
 # (stored as their inverses), ridge sharpness in [1, 20].
-_LOWER = {"ridge_sharpness": 1.0, **{k: 1.0 for k in EFFICIENCIES}}
+_LOWER = {"ridge_sharpness": 1.0, "allreduce_latency_us": 0.1, **{k: 1.0 for k in EFFICIENCIES}}
 _UPPER = {"ridge_sharpness": 20.0, **{k: 100.0 for k in EFFICIENCIES}}
 PRIOR_WEIGHT = 0.02
+# Coefficients with a weak log-prior towards their defaults.
+PRIORED = (*EFFICIENCIES, "ridge_sharpness")
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,16 @@ def fit_terms(
     lower = np.array([_LOWER.get(k, 0.0) for k in free])
     upper = np.array([_UPPER.get(k, np.inf) for k in free])
     x0 = np.clip(x0, lower, np.where(np.isfinite(upper), upper, x0 + 1))
-    prior_idx = [i for i, k in enumerate(free) if k in EFFICIENCIES or k == "ridge_sharpness"]
+    priored = set(PRIORED)
+    busy = terms["one"] > 0
+    if "allreduce_latency_us" in free and np.ptp(terms["ar_n"][busy] / terms["one"][busy]) == 0:
+        # NOTE: at one TP degree the all-reduce latency hops are the same in every step, so the
+        # latency and the step overhead are one constant. A weak prior on the latency makes
+        # their split unique (its default where the data allows it) instead of leaving it to
+        # the optimiser's path and the machine's rounding; with several TP degrees the data
+        # separates them and no prior is needed.
+        priored.add("allreduce_latency_us")
+    prior_idx = [i for i, k in enumerate(free) if k in priored]
     prior_center = np.array([math.log(_to_var(free[i], COEFFICIENT_DEFAULTS[free[i]]))
                              for i in prior_idx])
 
