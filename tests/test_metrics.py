@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simserve.config import FluidityConfig, MetricsConfig, SloConfig
-from simserve.engine.records import REJECT_REASONS, SimulationResult, StepRecords
+from simserve.engine.records import REJECT_REASONS, FlatTokenTimes, SimulationResult, StepRecords
 from simserve.metrics import (
     REQUEST_COLUMNS,
     VLLM_SCALAR_KEYS,
@@ -71,8 +71,7 @@ def make_result(
         num_preemptions=np.array(num_preemptions or [0] * n, dtype=np.int64),
         replica=np.where(rejected_arr == 0, 0, -1).astype(np.int32),
         rejected=rejected_arr,
-        token_offsets=offsets,
-        token_times_s=flat,
+        tokens=FlatTokenTimes(offsets, flat),
         steps=empty_steps(),
         warnings=warnings,
     )
@@ -386,7 +385,7 @@ def synthetic_result(num_requests: int, seed: int = 0) -> SimulationResult:
         arrived_at=arrived, prompt_len=rng.integers(16, 2048, n), output_len=counts,
         first_scheduled_at=arrived + 0.01, finished_at=times[offsets[1:] - 1],
         num_preemptions=np.zeros(n, dtype=np.int64), replica=np.zeros(n, dtype=np.int32),
-        rejected=np.zeros(n, dtype=np.int8), token_offsets=offsets, token_times_s=times,
+        rejected=np.zeros(n, dtype=np.int8), tokens=FlatTokenTimes(offsets, times),
         steps=empty_steps(),
     )
 

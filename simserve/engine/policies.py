@@ -48,14 +48,17 @@ def _fit_decodes(
     while need > free and preempt_partials < len(state.prefilling):
         preempt_partials += 1
         free += state.prefilling[-preempt_partials].num_blocks
-    last = state.num_decoding - 1
-    while need > free and last >= 0:
-        free += state.decode_blocks_held(last)
-        if last < num_decodes:
-            num_decodes -= 1
-            need -= state.slot_block_need(last, width)
-        preempt_decodes += 1
-        last -= 1
+    if need > free:
+        last = state.num_decoding - 1
+        for held, slot_need in state.decodes_newest_first(width):
+            if need <= free:
+                break
+            free += held
+            if last < num_decodes:
+                num_decodes -= 1
+                need -= slot_need
+            preempt_decodes += 1
+            last -= 1
     return preempt_partials, preempt_decodes, num_decodes, need, free - need
 
 

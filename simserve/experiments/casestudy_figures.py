@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from simserve import plots
-from simserve.engine.records import SimulationResult
+from simserve.engine.records import FlatTokenTimes, SimulationResult
 from simserve.experiments.casestudy import BASELINE, RULES, SPEC, SpecDecStudy
 from simserve.experiments.run import RunOutput
 from simserve.metrics import request_metrics
@@ -104,8 +104,9 @@ def _pair_result(study: SpecDecStudy, rid: int) -> SimulationResult:
         num_preemptions=pick("num_preemptions"),
         replica=pick("replica"),
         rejected=pick("rejected"),
-        token_offsets=np.array([0, times[0].size, times[0].size + times[1].size]),
-        token_times_s=np.concatenate(times),
+        tokens=FlatTokenTimes(
+            np.array([0, times[0].size, times[0].size + times[1].size]), np.concatenate(times)
+        ),
         steps=runs[0].steps,
     )
 

@@ -55,15 +55,19 @@ class RunOutput:
 
 
 def simulate_resolved(
-    resolved: ResolvedScenario, rngs: dict[str, np.random.Generator]
+    resolved: ResolvedScenario,
+    rngs: dict[str, np.random.Generator],
+    *,
+    fast_forward: bool = True,
 ) -> tuple[Workload, SimulationResult]:
-    """Build the workload and run the engine for a resolved scenario."""
+    """Build the workload and run the engine for a resolved scenario (`fast_forward=False`
+    waits for every step as its own event: slower, same records)."""
     scenario = resolved.scenario
     workload = build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"])
     if scenario.cluster.mode == "disaggregated":
         prefill, decode = (p.setup for p in resolved.pools)
         return workload, simulate_disaggregated(
-            workload, prefill, decode, resolved.kv_transfer_s
+            workload, prefill, decode, resolved.kv_transfer_s, fast_forward=fast_forward
         )
     pool = resolved.pools[0].setup
     result = simulate(
@@ -77,6 +81,7 @@ def simulate_resolved(
         acceptance_rng=rngs["acceptance"],
         pp=pool.pp,
         stage_send_s=pool.stage_send_s,
+        fast_forward=fast_forward,
     )
     return workload, result
 
@@ -100,10 +105,12 @@ def _pool_steps(
     return out
 
 
-def run_scenario(scenario: Scenario) -> RunOutput:
+def run_scenario(scenario: Scenario, *, fast_forward: bool = True) -> RunOutput:
     """Simulate a scenario and summarise it (pure: no files are written)."""
     resolved = resolve(scenario)
-    workload, result = simulate_resolved(resolved, seed_streams(scenario.seed))
+    workload, result = simulate_resolved(
+        resolved, seed_streams(scenario.seed), fast_forward=fast_forward
+    )
     by_pool = _pool_steps(resolved, result.steps)
     warnings = []
     for role, cost_model, steps in by_pool:
