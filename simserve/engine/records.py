@@ -72,6 +72,12 @@ class TokenTimes(Protocol):
         """Per request, the time of its first and of its last token (NaN without tokens)."""
         ...
 
+    def gap_multiset(self, include: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The gaps between consecutive tokens of the `include`d requests, pooled, as values
+        and how often each occurs (None: once each), in no particular order: each value is
+        exactly the float `t_i - t_(i-1)` a per-token pass computes."""
+        ...
+
 
 @dataclass(frozen=True)
 class FlatTokenTimes:
@@ -92,6 +98,19 @@ class FlatTokenTimes:
         last[has] = self.times_s[off[1:][has] - 1]
         return first, last
 
+    def gap_multiset(self, include: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        off = np.asarray(self.offsets, dtype=np.int64)
+        # Token j is pooled (with the gap to token j-1) when its request is included and it
+        # is not the request's first token.
+        pooled = np.repeat(np.asarray(include, dtype=bool), np.diff(off))
+        pooled[off[:-1][off[:-1] < off[1:]]] = False
+        index = np.flatnonzero(pooled)
+        del pooled
+        gaps = self.times_s[index]
+        index -= 1
+        gaps -= self.times_s[index]
+        return gaps, None
+
 
 @dataclass(frozen=True)
 class StepTokenTimes:
@@ -110,18 +129,26 @@ class StepTokenTimes:
     piece_len: np.ndarray  # int64 per piece
     piece_offsets: np.ndarray  # int64, n+1: pieces of request i
 
+    @cached_property
+    def _source_end_s(self) -> np.ndarray:
+        """The end time of every entry of `source` (one gather per token instead of two)."""
+        return self.step_end_s[self.source]
+
     def chunk(self, r0: int, r1: int) -> np.ndarray:
         p0, p1 = int(self.piece_offsets[r0]), int(self.piece_offsets[r1])
-        lengths = self.piece_len[p0:p1]
         total = int(self.offsets[r1] - self.offsets[r0])
         if total == 0:
             return np.zeros(0)
-        # Index of every token into `source`: its piece's start plus its place in the piece,
-        # i.e. arange(total) shifted per piece by (piece start - piece's first output slot).
-        shift = self.piece_start[p0:p1] - (np.cumsum(lengths) - lengths)
-        index = np.repeat(shift, lengths)
-        index += np.arange(total, dtype=np.int64)
-        return self.step_end_s[self.source[index]]
+        starts = self.piece_start[p0:p1]
+        lengths = self.piece_len[p0:p1]
+        # Index of every token into `source`: +1 from one token to the next within a piece,
+        # a jump to the next piece's start at each piece boundary; one cumulative sum.
+        index = np.ones(total, dtype=np.int64)
+        first_slot = np.cumsum(lengths) - lengths
+        index[first_slot[1:]] = starts[1:] - (starts[:-1] + lengths[:-1] - 1)
+        index[0] = starts[0]
+        np.cumsum(index, out=index)
+        return self._source_end_s[index]
 
     def first_and_last(self) -> tuple[np.ndarray, np.ndarray]:
         n = self.offsets.size - 1
@@ -133,6 +160,34 @@ class StepTokenTimes:
         end = self.piece_start[p_last] + self.piece_len[p_last] - 1
         last[has] = self.step_end_s[self.source[end]]
         return first, last
+
+    def gap_multiset(self, include: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gaps inside a piece are between consecutive `source` entries, the same for every
+        piece that covers both, so they are counted per source entry (no per-token work);
+        each piece after a request's first adds the gap from the previous piece's last
+        token."""
+        ends = self._source_end_s
+        num_pieces = self.piece_start.size
+        piece_rid = np.repeat(np.arange(self.offsets.size - 1), np.diff(self.piece_offsets))
+        kept = np.asarray(include, dtype=bool)[piece_rid]
+        start, length = self.piece_start[kept], self.piece_len[kept]
+        size = ends.size
+        # How many kept pieces contain both entry j-1 and entry j (j in [start+1, start+len)).
+        count = np.bincount(start + 1, minlength=size + 1)
+        count -= np.bincount(start + length, minlength=size + 1)
+        np.cumsum(count, out=count)
+        step_gaps = ends[1:] - ends[:-1]
+        covered = count[1:size] > 0
+        values = [step_gaps[covered]]
+        weights = [count[1:size][covered]]
+        # Pieces after the first of their request: the gap from the previous piece.
+        later = kept & (np.arange(num_pieces) > self.piece_offsets[piece_rid])
+        p = np.flatnonzero(later)
+        if p.size:
+            prev_last = self.piece_start[p - 1] + self.piece_len[p - 1] - 1
+            values.append(ends[self.piece_start[p]] - ends[prev_last])
+            weights.append(np.ones(p.size, dtype=np.int64))
+        return np.concatenate(values), np.concatenate(weights)
 
 
 @dataclass(frozen=True)
