@@ -5,7 +5,8 @@ request, a tick counter `tick` counts the decode steps applied so far, and each 
 `base_computed = computed - tick` and `base_remaining = remaining + tick`, so its progress is
 read off the counter. What a step needs to know follows from counters too:
 
-- which requests finish: `_finishing[t]` lists the requests whose last token comes at tick t;
+- which requests finish: a heap of (tick of the last token, request), checked lazily against
+  the member's counters (an entry is stale once its request left or its finish moved);
 - how many new KV blocks the step needs: a request starts a new block every `block_size`
   ticks, at the ticks congruent to `-base_computed` modulo `block_size`, so the need of a
   step is one entry of `_residues`;
@@ -76,8 +77,7 @@ class CounterDecodes:
         self.kv_sum = 0  # sum of computed tokens over members
         self._rec: dict[int, list[int]] = {}
         self._residues = [0] * block_size
-        self._finishing: dict[int, list[int]] = {}
-        self._finish_heap: list[int] = []
+        self._finishing: list[tuple[int, int]] = []  # heap of (finish tick, request id)
         self.runs = Runs()
         # Engine step of every tick, stored where (step - tick) changes: (tick, step) pairs.
         self.tick_breaks: list[tuple[int, int]] = []
@@ -130,21 +130,14 @@ class CounterDecodes:
     def ticks_to_first_finish(self) -> int:
         """Ticks from the next one up to and including the first tick at which a member
         finishes (a very large number without members)."""
-        heap = self._finishing_heap_clean()
-        return heap[0] - self.tick + 1 if heap else 1 << 62
-
-    def _finishing_heap_clean(self) -> list[int]:
-        """The finish-tick heap with stale entries (past ticks, moved requests) dropped from
-        its top, and their buckets with them, so a later finish at that tick is pushed anew."""
-        heap = self._finish_heap
+        heap, rec = self._finishing, self._rec
         while heap:
-            t = heap[0]
-            if t >= self.tick and any(self._finishes_at(rid, t)
-                                      for rid in self._finishing.get(t, ())):
-                break
-            heapq.heappop(heap)
-            self._finishing.pop(t, None)
-        return heap
+            t, rid = heap[0]
+            member = rec.get(rid)
+            if member is not None and member[1] - 1 == t:
+                return t - self.tick + 1
+            heapq.heappop(heap)  # stale: the request left, or its finish moved
+        return 1 << 62
 
     def block_need_run(self, num_ticks: int) -> list[int]:
         """Blocks needed by each of the next `num_ticks` full-batch ticks."""
@@ -170,10 +163,6 @@ class CounterDecodes:
         what a run's per-step block needs follow from."""
         return None if self.reserve_full else tuple(self._residues)
 
-    def _finishes_at(self, rid: int, t: int) -> bool:
-        rec = self._rec.get(rid)
-        return rec is not None and rec[1] - 1 == t
-
     # ------------------------------------------------------------------ membership
 
     def join(self, rid: int, computed: int, remaining: int) -> None:
@@ -182,16 +171,8 @@ class CounterDecodes:
         base_r = remaining + tick
         self._rec[rid] = [base_c, base_r, tick]
         self._residues[-base_c % self.block_size] += 1
-        self._schedule_finish(rid, base_r - 1)
+        heapq.heappush(self._finishing, (base_r - 1, rid))
         self.kv_sum += computed
-
-    def _schedule_finish(self, rid: int, t: int) -> None:
-        bucket = self._finishing.get(t)
-        if bucket is None:
-            self._finishing[t] = [rid]
-            heapq.heappush(self._finish_heap, t)
-        else:
-            bucket.append(rid)
 
     def _leave(self, rid: int) -> tuple[int, int]:
         """Remove a member; returns its (computed, remaining)."""
@@ -227,7 +208,7 @@ class CounterDecodes:
                 rec[0] -= 1
                 rec[1] += 1
                 res[-rec[0] % bs] += 1
-                self._schedule_finish(rid, rec[1] - 1)
+                heapq.heappush(self._finishing, (rec[1] - 1, rid))
                 self.runs.add_run(rid, rec[2], tick)
                 rec[2] = tick + 1
         offset = step - self.tick
@@ -241,12 +222,13 @@ class CounterDecodes:
         """Finish the tick in flight: the members whose last token it was leave, as
         (request id, computed tokens)."""
         t = self.tick - 1
-        bucket = self._finishing.pop(t, None)
-        if not bucket:
-            return []
+        heap, rec = self._finishing, self._rec
         done = []
-        for rid in bucket:
-            if self._finishes_at(rid, t):
+        # Entries at or before this tick: valid ones finish now, the rest are stale.
+        while heap and heap[0][0] <= t:
+            t_finish, rid = heapq.heappop(heap)
+            member = rec.get(rid)
+            if member is not None and member[1] - 1 == t_finish:
                 computed, _ = self._leave(rid)
                 done.append((rid, computed))
         return done

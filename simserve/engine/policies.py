@@ -165,9 +165,15 @@ class ChunkedPrefillPolicy:
 
     def schedule(self, state: ReplicaState, now: float) -> StepPlan:
         budget = state.max_num_batched_tokens
+        num_decoding = state.num_decoding
         # NOTE: verify tokens (k+1 per request) count against the token budget (vLLM v1).
-        width = state.decode_width(state.num_decoding)
-        m = min(state.num_decoding, budget // width)
+        width = state.decode_width(num_decoding)
+        if not state.prefilling and not state.waiting and num_decoding * width <= budget:
+            # Only decodes to run, all within the budget (the common step between arrivals).
+            need = state.decode_block_need(num_decoding, width)
+            if need <= state.free_blocks:
+                return StepPlan(0, 0, num_decoding, (), 0, need, width)
+        m = min(num_decoding, budget // width)
         pp, pd, m, need, free = _fit_decodes(state, m, width)
         budget -= m * width
         chunks: list[int] = []

@@ -156,26 +156,29 @@ class _Instance:
     def run(self, state: ReplicaState, policy: Policy):
         env, key = self.env, id(state)
         schedule, step_time = policy.schedule, self.cost_model.step_time
+        begin, finish, on_step_done = state.begin, state.finish, self.on_step_done
+        fast_forward, plain_decode_run = self.fast_forward, state.plain_decode_run
+        stages = self.stage_free_at
         while True:
             if state.has_work():
                 now = env.now
                 plan = schedule(state, now)
                 preempts = plan.num_preempt_decodes or plan.num_preempt_partials
                 if not (plan.is_empty and not preempts):
-                    if self.fast_forward and state.plain_decode_run(plan):
+                    if fast_forward and plain_decode_run(plan):
                         run = self._plan_run(state, now)
                         if run is not None:
                             yield from self._run_steps(state, run)
                             continue
-                    shape = state.begin(plan, now)
+                    shape = begin(plan, now)
                     duration = step_time(shape)
-                    if self.stage_free_at:
-                        leave = _through_stages(self.stage_free_at, now, duration,
+                    if stages:
+                        leave = _through_stages(stages, now, duration,
                                                 self._send_s(shape.num_tokens))
                         duration = leave - now
                     self.num_events += 1
                     yield env.timeout(duration)
-                    self.on_step_done(state, state.finish(plan, shape, now, duration))
+                    on_step_done(state, finish(plan, shape, now, duration))
                     continue
                 if not state.waits_on_transfers():
                     raise AssertionError(
@@ -343,6 +346,7 @@ class _Cluster:
         ])
         probe = factories[0]()
         self.whole_prompts = probe.whole_prompts
+        self._rejection = self._rejections(workload)
         self.next_request = 0
         self.routed = [0] * len(self.pools)
         if self.disaggregated:
@@ -395,29 +399,33 @@ class _Cluster:
 
     # ---------------------------------------------------------------- arrivals
 
-    def _blocks(self, pool: PoolSetup, num_tokens: int) -> int:
-        return -(-num_tokens // pool.limits.block_size)
-
-    def _rejection(self, rid: int) -> int:
-        p, o = self.requests.prompt_len[rid], self.requests.output_len[rid]
+    def _rejections(self, workload: Workload) -> list[int]:
+        """Why each request would be refused at arrival (0: it is served), decided by its
+        lengths and the pools' limits alone, so for all requests at once."""
+        p = np.asarray(workload.prompt_len, dtype=np.int64)
+        o = np.asarray(workload.output_len, dtype=np.int64)
         first, last = self.pools[0], self.pools[-1]
-        if p + o > first.limits.max_model_len:
-            return REJECT_MAX_MODEL_LEN
+
+        def blocks(pool: PoolSetup, num_tokens: np.ndarray) -> np.ndarray:
+            return -(-num_tokens // pool.limits.block_size)
+
         if self.disaggregated:
             # The prompt's KV must fit a prefill engine, the whole sequence a decode engine.
-            if self._blocks(first, p) > first.blocks_per_engine:
-                return REJECT_KV_CAPACITY
-            if self._blocks(last, p + o - 1) > last.blocks_per_engine:
-                return REJECT_KV_CAPACITY
-        elif self._blocks(first, p + o - 1 + self.k) > first.blocks_per_engine:
-            return REJECT_KV_CAPACITY
-        if self.whole_prompts and p > first.limits.max_num_batched_tokens:
-            return REJECT_BUDGET
-        return 0
+            kv_never = (blocks(first, p) > first.blocks_per_engine) | (
+                blocks(last, p + o - 1) > last.blocks_per_engine
+            )
+        else:
+            kv_never = blocks(first, p + o - 1 + self.k) > first.blocks_per_engine
+        codes = np.zeros(p.size, dtype=np.int64)
+        if self.whole_prompts:
+            codes[p > first.limits.max_num_batched_tokens] = REJECT_BUDGET
+        codes[kv_never] = REJECT_KV_CAPACITY
+        codes[p + o > first.limits.max_model_len] = REJECT_MAX_MODEL_LEN
+        return codes.tolist()
 
     def admit(self, rid: int) -> None:
         """Route one arriving request to the first pool, or reject it with a reason."""
-        code = self._rejection(rid)
+        code = self._rejection[rid]
         if code:
             self.requests.rejected[rid] = code
             if self.closed_loop:
@@ -443,10 +451,10 @@ class _Cluster:
             self.admit(rid)
 
     def arrivals(self):
-        env, arrived_at, n = self.env, self.arrived_at, self.n
+        env, arrived_at, n = self.env, self.arrived_at.tolist(), self.n
         i = 0
         while i < n:
-            t = float(arrived_at[i])
+            t = arrived_at[i]
             if t > env.now:
                 yield env.timeout(t - env.now)
             # Every request arriving at this instant joins before any engine steps.

@@ -294,15 +294,17 @@ class ReplicaState:
     def begin(self, plan: StepPlan, now: float) -> BatchShape:
         """Preempt, admit and allocate as planned; return the shape the cost model prices."""
         req = self.requests
-        for _ in range(plan.num_preempt_partials):
-            entry = self.prefilling.pop()
-            self._preempt(entry.request_id, entry.num_blocks)
         decodes = self.decodes
-        for _ in range(plan.num_preempt_decodes):
-            rid, computed, remaining = decodes.preempt_newest()
-            req.emitted[rid] = req.output_len[rid] - remaining
-            held = self.reserve_blocks(rid) if self.reserve_full else self.blocks_for(computed)
-            self._preempt(rid, held)
+        if plan.num_preempt_partials or plan.num_preempt_decodes:
+            for _ in range(plan.num_preempt_partials):
+                entry = self.prefilling.pop()
+                self._preempt(entry.request_id, entry.num_blocks)
+            for _ in range(plan.num_preempt_decodes):
+                rid, computed, remaining = decodes.preempt_newest()
+                req.emitted[rid] = req.output_len[rid] - remaining
+                held = (self.reserve_blocks(rid) if self.reserve_full
+                        else self.blocks_for(computed))
+                self._preempt(rid, held)
         for _ in range(plan.num_admitted):
             rid = self.waiting.popleft()
             if req.first_scheduled_at[rid] != req.first_scheduled_at[rid]:  # NaN: first time
