@@ -21,6 +21,7 @@ Both expose the same operations to `ReplicaState`.
 from __future__ import annotations
 
 import heapq
+from array import array
 from collections.abc import Iterator
 
 import numpy as np
@@ -40,11 +41,13 @@ class Runs:
     """
 
     def __init__(self) -> None:
-        self.rid: list[int] = []
-        self.first_tick: list[int] = []
-        self.end_tick: list[int] = []
-        self.single_rid: list[int] = []
-        self.single_step: list[int] = []
+        # `array.array` columns: 8 bytes an entry, at least one run and one first token per
+        # request.
+        self.rid = array("q")
+        self.first_tick = array("q")
+        self.end_tick = array("q")
+        self.single_rid = array("q")
+        self.single_step = array("q")
         self.burst_rid: list[np.ndarray] = []
         self.burst_count: list[np.ndarray] = []
         self.burst_step: list[int] = []

@@ -327,11 +327,7 @@ class _Cluster:
             arrived_at[:] = np.nan
         self.arrived_at = arrived_at
         self.concurrency = workload.concurrency
-        self.requests = RequestTable(
-            prompt_len=workload.prompt_len.tolist(),
-            output_len=workload.output_len.tolist(),
-            arrived_at=arrived_at.tolist(),
-        )
+        self.requests = RequestTable(workload.prompt_len, workload.output_len, arrived_at)
         self.env = simpy.Environment()
         self.pools = list(pools)
         self.disaggregated = len(self.pools) == 2

@@ -11,9 +11,10 @@ after the run.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -33,26 +34,21 @@ __all__ = [
 ]
 
 
-@dataclass
 class RequestTable:
-    """Per-request data shared by all engines (plain lists: scalar access is cheaper)."""
+    """Per-request data shared by all engines, in `array.array` columns: scalar access gives
+    Python numbers (cheaper than numpy's), at 8 bytes a value (a list of ints takes ~36)."""
 
-    prompt_len: list[int]
-    output_len: list[int]
-    arrived_at: list[float]
-    emitted: list[int] = field(default_factory=list)  # tokens emitted so far (kept on preemption)
-    first_scheduled_at: list[float] = field(default_factory=list)
-    num_preemptions: list[int] = field(default_factory=list)
-    replica: list[int] = field(default_factory=list)
-    rejected: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        n = len(self.prompt_len)
-        self.emitted = [0] * n
-        self.first_scheduled_at = [float("nan")] * n
-        self.num_preemptions = [0] * n
-        self.replica = [-1] * n
-        self.rejected = [0] * n
+    def __init__(self, prompt_len: np.ndarray, output_len: np.ndarray,
+                 arrived_at: np.ndarray) -> None:
+        n = len(prompt_len)
+        self.prompt_len = array("q", np.asarray(prompt_len, dtype=np.int64).tobytes())
+        self.output_len = array("q", np.asarray(output_len, dtype=np.int64).tobytes())
+        self.arrived_at = array("d", np.asarray(arrived_at, dtype=np.float64).tobytes())
+        self.emitted = array("q", bytes(8 * n))  # tokens emitted so far (kept on preemption)
+        self.first_scheduled_at = array("d", [float("nan")]) * n
+        self.num_preemptions = array("q", bytes(8 * n))
+        self.replica = array("q", [-1]) * n
+        self.rejected = array("q", bytes(8 * n))
 
 
 # One row per step, in this order (see `StepRecords` for their meaning).
@@ -84,27 +80,35 @@ class EngineLog:
     per step), fast-forwarded runs as a few numbers each (their other columns follow from the
     run's batch size and KV), assembled into columns once, after the run."""
 
+    # Rows kept as tuples before they are packed into an array (bounds their memory).
+    ROWS_PER_TABLE = 1 << 15
+
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
         self.num_steps = 0
         self._rows: list[tuple] = []
-        self._row_at: list[int] = []  # engine step index of every row
+        self._tables: list[np.ndarray] = []  # packed rows, float64 (exact for these values)
+        self._row_at = array("q")  # engine step index of every row
         # Fast-forwarded runs: first step index, steps, batch size, first step's decode KV,
         # how their block use grows, the block use after the last step; and their steps' start
         # times and durations, flat.
-        self._run_at: list[int] = []
-        self._run_len: list[int] = []
-        self._run_seqs: list[int] = []
-        self._run_kv: list[int] = []
+        self._run_at = array("q")
+        self._run_len = array("q")
+        self._run_seqs = array("q")
+        self._run_kv = array("q")
         self._run_start: list[RunStart] = []
-        self._run_used_last: list[int] = []
-        self._run_started: list[float] = []
-        self._run_duration: list[float] = []
+        self._run_used_last = array("q")
+        self._run_started = array("d")
+        self._run_duration = array("d")
 
     def add_row(self, row: tuple) -> None:
-        self._rows.append(row)
+        rows = self._rows
+        rows.append(row)
         self._row_at.append(self.num_steps)
         self.num_steps += 1
+        if len(rows) == self.ROWS_PER_TABLE:
+            self._tables.append(np.array(rows, dtype=np.float64))
+            rows.clear()
 
     def add_run(self, num_seqs: int, started_at: list[float], duration_s: list[float],
                 first_decode_kv: int, start: RunStart, blocks_used_last: int) -> None:
@@ -128,15 +132,15 @@ class EngineLog:
                            else np.int64)
             for name in STEP_COLUMNS
         }
+        tables = [*self._tables, np.array(self._rows, dtype=np.float64)]
+        table = np.concatenate([t.reshape(-1, len(STEP_COLUMNS)) for t in tables])
         if not self._run_at:
-            # Only single steps, in order: one conversion of the whole table.
-            table = np.array(self._rows, dtype=np.float64).reshape(-1, len(STEP_COLUMNS))
+            # Only single steps, in order.
             for i, name in enumerate(STEP_COLUMNS):
                 out[name] = table[:, i].astype(out[name].dtype)
             return out
-        if self._rows:
-            at = np.asarray(self._row_at, dtype=np.int64)
-            table = np.array(self._rows, dtype=np.float64)
+        if table.size:
+            at = np.frombuffer(self._row_at, dtype=np.int64)
             for i, name in enumerate(STEP_COLUMNS):
                 out[name][at] = table[:, i]
         self._run_columns(out)
@@ -149,8 +153,8 @@ class EngineLog:
         within = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(first, sizes)
         at = np.repeat(np.asarray(self._run_at, dtype=np.int64), sizes) + within
         seqs = np.repeat(np.asarray(self._run_seqs, dtype=np.int64), sizes)
-        out["started_at"][at] = np.array(self._run_started, dtype=np.float64)
-        out["duration_s"][at] = np.array(self._run_duration, dtype=np.float64)
+        out["started_at"][at] = np.frombuffer(self._run_started, dtype=np.float64)
+        out["duration_s"][at] = np.frombuffer(self._run_duration, dtype=np.float64)
         out["decode_kv_tokens"][at] = (
             np.repeat(np.asarray(self._run_kv, dtype=np.int64), sizes) + seqs * within
         )
