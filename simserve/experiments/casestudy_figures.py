@@ -19,7 +19,6 @@ from simserve import plots
 from simserve.engine.records import FlatTokenTimes, SimulationResult
 from simserve.experiments.casestudy import BASELINE, RULES, SPEC, SpecDecStudy
 from simserve.experiments.run import RunOutput
-from simserve.metrics import request_metrics
 
 __all__ = ["FIGURE_FILES", "figure_request", "measured_gaps_ms", "run_table", "specdec_figures"]
 
@@ -58,7 +57,7 @@ def _mark_saturation(fig: Figure, study: SpecDecStudy, slo_label: str | None = N
 
 def run_table(run: RunOutput) -> dict[str, np.ndarray]:
     """Per-request metrics of a run under its own metrics config (its warm-up windows)."""
-    return request_metrics(run.result, run.resolved.scenario.metrics)
+    return run.requests
 
 
 def measured_gaps_ms(result: SimulationResult, measured: np.ndarray) -> np.ndarray:

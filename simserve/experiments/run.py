@@ -25,8 +25,9 @@ from simserve.engine.records import SimulationResult, StepRecords
 from simserve.engine.simulation import simulate, simulate_disaggregated
 from simserve.errors import InputError
 from simserve.experiments.atomic import write_dir_atomically
-from simserve.metrics import request_metrics, summarize
+from simserve.metrics.requests import request_table
 from simserve.metrics.speculative import spec_decode_summary
+from simserve.metrics.summary import summarize_table
 from simserve.resolve import ResolvedScenario, resolve
 from simserve.workload import Workload, build_workload
 
@@ -46,12 +47,15 @@ def seed_streams(seed: int) -> dict[str, np.random.Generator]:
 
 @dataclass(frozen=True)
 class RunOutput:
-    """Everything one run produced, in memory."""
+    """Everything one run produced, in memory: the records, the per-request table
+    (`requests.csv`), each request's Etalon deadline-miss rate, and the summary."""
 
     resolved: ResolvedScenario
     workload: Workload
     result: SimulationResult
     summary: dict[str, object]
+    requests: dict[str, np.ndarray]
+    deadline_miss_rate: np.ndarray
 
 
 def simulate_resolved(
@@ -118,7 +122,8 @@ def run_scenario(scenario: Scenario, *, fast_forward: bool = True) -> RunOutput:
         warnings += [prefix + w for w in envelope_warnings(cost_model, steps)]
     if warnings:
         result = dataclasses.replace(result, warnings=tuple(warnings))
-    summary = summarize(result, scenario.metrics)
+    table, token_pass = request_table(result, scenario.metrics, for_summary=True)
+    summary = summarize_table(result, scenario.metrics, table, token_pass)
     summary.update(spec_decode_summary(result))
     summary.update(_run_metadata(resolved))
     reports = {role: envelope_report(cm, steps) for role, cm, steps in by_pool}
@@ -128,7 +133,7 @@ def run_scenario(scenario: Scenario, *, fast_forward: bool = True) -> RunOutput:
         envelope = {role: r for role, r in reports.items() if r} or None
     if envelope:
         summary["envelope"] = envelope
-    return RunOutput(resolved, workload, result, summary)
+    return RunOutput(resolved, workload, result, summary, table, token_pass.deadline_miss_rate)
 
 
 def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
@@ -239,9 +244,7 @@ def write_run_dir(
         scenario_map = {"simserve_version": __version__, **scenario_map}
         (tmp / "scenario.yaml").write_text(yaml.safe_dump(scenario_map, sort_keys=False))
         (tmp / "summary.json").write_text(json.dumps(output.summary, indent=2) + "\n")
-        _write_csv(
-            tmp / "requests.csv", request_metrics(output.result, output.resolved.scenario.metrics)
-        )
+        _write_csv(tmp / "requests.csv", output.requests)
         _write_csv(tmp / "steps.csv", step_columns(output.result))
         for writer in extra_writers:
             writer(tmp)

@@ -283,11 +283,19 @@ def _chunk_deadline_misses(
 
 def _chunk_fluidity_index(tokens: _Tokens, config: FluidityConfig, scratch: Scratch) -> np.ndarray:
     """`fluidity_index` of one chunk."""
+    return _chunk_fluidity(tokens, config, scratch)[0]
+
+
+def _chunk_fluidity(tokens: _Tokens, config: FluidityConfig,
+                    scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
+    """Fluidity-index and deadline-miss rate (missed / counted) of each request of one chunk
+    (NaN where no deadline counts)."""
     missed, counted = _chunk_deadline_misses(tokens, config, scratch)
-    out = np.full(missed.size, np.nan)
+    index, rate = np.full(missed.size, np.nan), np.full(missed.size, np.nan)
     ok = counted > 0
-    out[ok] = 1.0 - missed[ok] / counted[ok]
-    return out
+    rate[ok] = missed[ok] / counted[ok]
+    index[ok] = 1.0 - rate[ok]
+    return index, rate
 
 
 def deadline_misses(

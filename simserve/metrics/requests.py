@@ -22,7 +22,7 @@ from simserve.metrics._segments import (
 from simserve.metrics.fluidity import (
     FLUID_REL_PRECISION,
     _chunk_fluid_tbt_deadline_s,
-    _chunk_fluidity_index,
+    _chunk_fluidity,
     _tokens,
 )
 from simserve.metrics.stats import GapMoments
@@ -117,6 +117,7 @@ class TokenPass:
     max_tbt_s: np.ndarray  # float64 per request, NaN for at most one token
     num_stalls: np.ndarray  # int64 per request
     fluidity_index: np.ndarray  # float64 per request
+    deadline_miss_rate: np.ndarray  # float64 per request: missed / counted deadlines (Etalon)
     # "tbt"/"itl" -> (count, mean, std) of the pooled gaps of measured requests, or None
     gap_moments: dict[str, tuple[int, float, float] | None]
     measured_fluid_tbt_s: np.ndarray  # float64 per request, NaN if not measured (or not asked)
@@ -144,6 +145,7 @@ def _token_pass(
     max_tbt = np.full(num_requests, np.nan)
     num_stalls = np.zeros(num_requests, dtype=np.int64)
     fluidity = np.full(num_requests, np.nan)
+    miss_rate = np.full(num_requests, np.nan)
     num_pooled = int(np.maximum(n - 1, 0)[measured].sum()) if for_summary else 0
     gap_moments = GapMoments(min(num_pooled, GAP_BUFFER))
     fluid_out = np.full(num_requests, np.nan)
@@ -180,7 +182,7 @@ def _token_pass(
             gap_moments.add(
                 np.take(walk.gap_s, kept, out=scratch.get("pooled", kept.size), mode="clip")
             )
-        fluidity[r0:r1] = _chunk_fluidity_index(walk, config.fluidity, scratch)
+        fluidity[r0:r1], miss_rate[r0:r1] = _chunk_fluidity(walk, config.fluidity, scratch)
         if for_summary:
             fluid_out[r0:r1] = _chunk_fluid_tbt_deadline_s(
                 walk, measured[r0:r1], config.fluidity.max_miss_rate, FLUID_REL_PRECISION,
@@ -191,6 +193,7 @@ def _token_pass(
         max_tbt_s=max_tbt,
         num_stalls=num_stalls,
         fluidity_index=fluidity,
+        deadline_miss_rate=miss_rate,
         gap_moments=gap_moments.result(),
         measured_fluid_tbt_s=fluid_out,
     )

@@ -13,10 +13,10 @@ import numpy as np
 from simserve.config import MetricsConfig, SloConfig
 from simserve.engine.records import REJECT_REASONS, SimulationResult
 from simserve.metrics.fluidity import FLUID_RATE_PERCENTILE, _rate_of_deadlines
-from simserve.metrics.requests import request_table, window_masks
+from simserve.metrics.requests import TokenPass, request_table, window_masks
 from simserve.metrics.stats import describe_ms, describe_weighted_ms, json_float, max_concurrency
 
-__all__ = ["VLLM_SCALAR_KEYS", "VLLM_STAT_METRICS", "summarize"]
+__all__ = ["VLLM_SCALAR_KEYS", "VLLM_STAT_METRICS", "summarize", "summarize_table"]
 
 # Scalar keys of `vllm bench serve --save-result` that simserve fills, in vLLM's order.
 VLLM_SCALAR_KEYS: tuple[str, ...] = (
@@ -86,7 +86,13 @@ def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, obje
     num_requests = completed + num_rejected + num_unfinished + num_excluded_warmup +
     num_excluded_cooldown (the excluded counts are served requests in those windows).
     """
-    table, token_pass = request_table(result, config, for_summary=True)
+    return summarize_table(result, config, *request_table(result, config, for_summary=True))
+
+
+def summarize_table(result: SimulationResult, config: MetricsConfig,
+                    table: dict[str, np.ndarray], token_pass: TokenPass) -> dict[str, object]:
+    """`summarize` from the request table and token pass already taken (`request_table` with
+    `for_summary`), for callers that keep the table too."""
     fluid_tbt_s = token_pass.measured_fluid_tbt_s
     measured = table["measured"]
     completed = int(measured.sum())
