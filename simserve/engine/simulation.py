@@ -108,7 +108,7 @@ class _Instance:
         states: list[ReplicaState],
         pool: PoolSetup,
         policy_factory: Callable[[], Policy],
-        on_step_done: Callable[[ReplicaState, int], None],
+        on_step_done: Callable[[ReplicaState, int], None] | None,
         fast_forward: bool,
     ) -> None:
         self.env = env
@@ -178,7 +178,9 @@ class _Instance:
                         duration = leave - now
                     self.num_events += 1
                     yield env.timeout(duration)
-                    on_step_done(state, finish(plan, shape, now, duration))
+                    finished = finish(plan, shape, now, duration)
+                    if on_step_done is not None:
+                        on_step_done(state, finished)
                     continue
                 if not state.waits_on_transfers():
                     raise AssertionError(
@@ -274,7 +276,8 @@ class _Instance:
         self.num_events += 1
         yield self.env.timeout(run.end - run.starts[0])
         finished = state.finish_run(run.num_seqs, run.starts, run.durations, run.first_kv, start)
-        self.on_step_done(state, finished)
+        if self.on_step_done is not None:
+            self.on_step_done(state, finished)
 
     def _send_s(self, num_tokens: int) -> float:
         return self.stage_send_s(num_tokens) if self.stage_send_s is not None else 0.0
@@ -383,7 +386,9 @@ class _Cluster:
                         states,
                         pool,
                         factories[p],
-                        self._step_done,
+                        # Finishes matter to the cluster only with closed-loop clients (a
+                        # client sends its next request) or KV transfers (a slot frees).
+                        self._step_done if self.closed_loop or self.disaggregated else None,
                         fast_forward,
                     )
                 )
