@@ -68,6 +68,11 @@ class TokenTimes(Protocol):
         """Times (s) of the tokens of requests `[r0, r1)`, flat and in CSR order (a new array)."""
         ...
 
+    def take(self, request_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Times of the tokens of the given requests (in that order), flat, and their CSR
+        offsets (from 0)."""
+        ...
+
     def first_and_last(self) -> tuple[np.ndarray, np.ndarray]:
         """Per request, the time of its first and of its last token (NaN without tokens)."""
         ...
@@ -88,6 +93,15 @@ class FlatTokenTimes:
 
     def chunk(self, r0: int, r1: int) -> np.ndarray:
         return self.times_s[self.offsets[r0] : self.offsets[r1]].copy()
+
+    def take(self, request_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        off = np.asarray(self.offsets, dtype=np.int64)
+        counts = off[1:][request_ids] - off[:-1][request_ids]
+        local = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=local[1:])
+        index = np.repeat(off[:-1][request_ids] - local[:-1], counts)
+        index += np.arange(int(local[-1]), dtype=np.int64)
+        return self.times_s[index], local
 
     def first_and_last(self) -> tuple[np.ndarray, np.ndarray]:
         off = np.asarray(self.offsets, dtype=np.int64)
@@ -136,11 +150,24 @@ class StepTokenTimes:
 
     def chunk(self, r0: int, r1: int) -> np.ndarray:
         p0, p1 = int(self.piece_offsets[r0]), int(self.piece_offsets[r1])
-        total = int(self.offsets[r1] - self.offsets[r0])
+        return self._expand(self.piece_start[p0:p1], self.piece_len[p0:p1])
+
+    def take(self, request_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        first = self.piece_offsets[:-1][request_ids]
+        num_pieces = self.piece_offsets[1:][request_ids] - first
+        # The pieces of the requests asked for, request after request.
+        pieces = np.repeat(first - (np.cumsum(num_pieces) - num_pieces), num_pieces)
+        pieces += np.arange(int(num_pieces.sum()), dtype=np.int64)
+        counts = self.offsets[1:][request_ids] - self.offsets[:-1][request_ids]
+        local = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=local[1:])
+        return self._expand(self.piece_start[pieces], self.piece_len[pieces]), local
+
+    def _expand(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Times of the tokens of these pieces, in order."""
+        total = int(lengths.sum())
         if total == 0:
             return np.zeros(0)
-        starts = self.piece_start[p0:p1]
-        lengths = self.piece_len[p0:p1]
         # Index of every token into `source`: +1 from one token to the next within a piece,
         # a jump to the next piece's start at each piece boundary; one cumulative sum.
         index = np.ones(total, dtype=np.int64)

@@ -21,7 +21,8 @@ from simserve.metrics._segments import (
 )
 from simserve.metrics.fluidity import (
     FLUID_REL_PRECISION,
-    _chunk_fluid_tbt_deadline_s,
+    DeadlineSearch,
+    _chunk_fluid_search,
     _chunk_fluidity,
     _tokens,
 )
@@ -103,6 +104,10 @@ def _reason_strings(codes: np.ndarray) -> np.ndarray:
     return lookup[np.clip(codes, 0, None)]
 
 
+# Bisection rounds of every measured request's fluid-rate search in the token pass; only the
+# requests that can decide the rate's percentile are searched further (`search_fluid_rate`).
+FLUID_FIRST_ROUNDS = 2
+
 # Pooled gaps buffered at a time for their mean and std (`Moments`): 32 MiB; a summary of up to
 # this many gaps is exactly numpy's mean and std of the pooled array.
 GAP_BUFFER = 1 << 22
@@ -120,7 +125,9 @@ class TokenPass:
     deadline_miss_rate: np.ndarray  # float64 per request: missed / counted deadlines (Etalon)
     # "tbt"/"itl" -> (count, mean, std) of the pooled gaps of measured requests, or None
     gap_moments: dict[str, tuple[int, float, float] | None]
-    measured_fluid_tbt_s: np.ndarray  # float64 per request, NaN if not measured (or not asked)
+    # The search for each measured request's fluid D_d, stopped after a few rounds (see
+    # `fluidity.search_fluid_rate`); None unless asked for.
+    fluid_search: DeadlineSearch | None
 
 
 def _token_pass(
@@ -147,8 +154,9 @@ def _token_pass(
     fluidity = np.full(num_requests, np.nan)
     miss_rate = np.full(num_requests, np.nan)
     num_pooled = int(np.maximum(n - 1, 0)[measured].sum()) if for_summary else 0
-    gap_moments = GapMoments(min(num_pooled, GAP_BUFFER))
-    fluid_out = np.full(num_requests, np.nan)
+    gap_moments = GapMoments(num_pooled, GAP_BUFFER)
+    fluid = (np.full(num_requests, np.nan), np.full(num_requests, np.nan),
+             np.zeros(num_requests, dtype=bool), np.zeros(num_requests, dtype=bool))
     stall_threshold_s = config.stall_threshold_ms / 1000.0
     chunks = request_chunks(offsets)
     scratch = scratch_for(offsets, chunks)
@@ -184,10 +192,13 @@ def _token_pass(
             )
         fluidity[r0:r1], miss_rate[r0:r1] = _chunk_fluidity(walk, config.fluidity, scratch)
         if for_summary:
-            fluid_out[r0:r1] = _chunk_fluid_tbt_deadline_s(
+            part = _chunk_fluid_search(
                 walk, measured[r0:r1], config.fluidity.max_miss_rate, FLUID_REL_PRECISION,
-                scratch,
+                scratch, max_rounds=FLUID_FIRST_ROUNDS,
             )
+            for whole, piece in zip(fluid, (part.lo, part.hi, part.done, part.included),
+                                    strict=True):
+                whole[r0:r1] = piece
     max_tbt[n <= 1] = np.nan
     return TokenPass(
         max_tbt_s=max_tbt,
@@ -195,7 +206,7 @@ def _token_pass(
         fluidity_index=fluidity,
         deadline_miss_rate=miss_rate,
         gap_moments=gap_moments.result(),
-        measured_fluid_tbt_s=fluid_out,
+        fluid_search=DeadlineSearch(*fluid) if for_summary else None,
     )
 
 

@@ -144,20 +144,25 @@ class GapMoments:
     """Mean and population std of the pooled gaps (TBT) and of their positive part (ITL),
     streamed in population order, in bounded memory.
 
-    Gaps are buffered up to `capacity`; a full buffer is reduced as `mean_std` would reduce
-    it (numpy's pairwise sum, then squared deviations), its positive gaps likewise, and
-    buffers are combined with Chan et al.'s pairwise update. A stream that fits one buffer
-    gives `mean_std`'s very numbers for both.
+    A stream of `total` gaps that fits `capacity` is buffered whole and reduced as `mean_std`
+    would reduce it (numpy's pairwise sum, then squared deviations), its positive gaps
+    likewise: `mean_std`'s very numbers. A longer stream is reduced array by array as it comes
+    (while each is still in cache) and the parts are combined with Chan et al.'s pairwise
+    update.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self._buffer = np.empty(capacity)
-        self._scratch = np.empty(capacity)
+    def __init__(self, total: int, capacity: int) -> None:
+        self._whole = total <= capacity
+        self._buffer = np.empty(total if self._whole else 0)
+        self._scratch = np.empty(total if self._whole else 0)
         self._filled = 0
-        # Per folded buffer: (count, mean, sum of squared deviations).
+        # Per reduced part: (count, mean, sum of squared deviations).
         self._parts: dict[str, list[tuple[int, float, float]]] = {"tbt": [], "itl": []}
 
     def add(self, gaps_s: np.ndarray) -> None:
+        if not self._whole:
+            self._reduce(gaps_s, np.empty(gaps_s.size))
+            return
         start = 0
         while start < gaps_s.size:
             room = self._buffer.size - self._filled
@@ -170,14 +175,18 @@ class GapMoments:
             start += part.size
 
     def _fold(self) -> None:
-        n = self._filled
-        if n:
-            tbt = self._buffer[:n]
-            self._parts["tbt"].append(_moments(tbt, self._scratch[:n]))
-            itl = _positive_into(tbt, self._scratch)
-            if itl.size:
-                self._parts["itl"].append(_moments(itl, self._buffer[: itl.size]))
+        if self._filled:
+            self._reduce(self._buffer[: self._filled], self._scratch)
         self._filled = 0
+
+    def _reduce(self, tbt: np.ndarray, scratch: np.ndarray) -> None:
+        """Add the moments of `tbt` and of its positive part (`tbt` is overwritten)."""
+        if not tbt.size:
+            return
+        self._parts["tbt"].append(_moments(tbt, scratch[: tbt.size]))
+        itl = _positive_into(tbt, scratch)
+        if itl.size:
+            self._parts["itl"].append(_moments(itl, tbt[: itl.size]))
 
     def result(self) -> dict[str, tuple[int, float, float] | None]:
         """'tbt'/'itl' -> (count, mean, std), or None for no gaps."""

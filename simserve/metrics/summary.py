@@ -12,7 +12,7 @@ import numpy as np
 
 from simserve.config import MetricsConfig, SloConfig
 from simserve.engine.records import REJECT_REASONS, SimulationResult
-from simserve.metrics.fluidity import FLUID_RATE_PERCENTILE, _rate_of_deadlines
+from simserve.metrics.fluidity import search_fluid_rate
 from simserve.metrics.requests import TokenPass, request_table, window_masks
 from simserve.metrics.stats import describe_ms, describe_weighted_ms, json_float, max_concurrency
 
@@ -93,7 +93,6 @@ def summarize_table(result: SimulationResult, config: MetricsConfig,
                     table: dict[str, np.ndarray], token_pass: TokenPass) -> dict[str, object]:
     """`summarize` from the request table and token pass already taken (`request_table` with
     `for_summary`), for callers that keep the table too."""
-    fluid_tbt_s = token_pass.measured_fluid_tbt_s
     measured = table["measured"]
     completed = int(measured.sum())
     has_slo = _any_slo(config.slo)
@@ -146,7 +145,9 @@ def summarize_table(result: SimulationResult, config: MetricsConfig,
                            strict=True):
         reasons[REJECT_REASONS.get(int(code), f"code_{int(code)}")] = int(count)
     fluidity = _finite(table["fluidity_index"][measured])
-    rate = _rate_of_deadlines(fluid_tbt_s, FLUID_RATE_PERCENTILE)
+    assert token_pass.fluid_search is not None
+    rate = search_fluid_rate(result.tokens, result.arrived_at, result.prompt_len,
+                             config.fluidity, token_pass.fluid_search)
     summary.update(
         {
             "num_requests": int(table["request_id"].size),
