@@ -268,15 +268,17 @@ class VerifyDecodes:
         self._n = 0
         self.kv_sum = 0
         self.runs = Runs()
-        # vLLM's spec-decode counters: drafts and accepted tokens per position.
+        # vLLM's spec-decode counters: drafts, and how many verifies accepted 0..k tokens.
         self.num_drafts = 0
-        self.accepted_per_position = np.zeros(k, dtype=np.int64)
+        self._accepted_hist = np.zeros(k + 1, dtype=np.int64)
 
     def __len__(self) -> int:
         return self._n
 
-    def computed(self, rid: int) -> int:  # pragma: no cover - not used by the engine
-        return int(self.computed_arr[np.flatnonzero(self.ids[: self._n] == rid)[0]])
+    @property
+    def accepted_per_position(self) -> np.ndarray:
+        """Verifies that accepted draft position j (1..k): those accepting at least j."""
+        return self._accepted_hist[1:][::-1].cumsum()[::-1]
 
     def block_need(self, m: int, width: int = 1) -> int:
         if self.reserve_full or m == 0:
@@ -321,7 +323,7 @@ class VerifyDecodes:
         if width > 1:
             freed = self._verify(m, width, step)
         else:
-            self.runs.add_burst(step, self.ids[:m].astype(np.int32), np.ones(m, np.int32))
+            self.runs.add_burst(step, self.ids[:m].copy(), np.ones(m, np.int64))
             self._dec[1:3, :m] += self._step_delta  # computed += 1, remaining -= 1
             self.kv_sum += m
         done = self.remaining_arr[:m] == 0
@@ -345,9 +347,7 @@ class VerifyDecodes:
         ids = self.ids[:m]
         accepted = self.acceptance.sample(ids)
         self.num_drafts += m
-        self.accepted_per_position += np.bincount(accepted, minlength=k + 1)[1:][
-            ::-1
-        ].cumsum()[::-1]
+        self._accepted_hist += np.bincount(accepted, minlength=k + 1)
         computed = self.computed_arr[:m]
         remaining = self.remaining_arr[:m]
         emitted = np.minimum(accepted + 1, remaining)
@@ -360,5 +360,5 @@ class VerifyDecodes:
         computed += emitted
         remaining -= emitted
         self.kv_sum += int(emitted.sum())
-        self.runs.add_burst(step, ids.astype(np.int32), emitted.astype(np.int32))
+        self.runs.add_burst(step, ids.copy(), emitted)
         return freed

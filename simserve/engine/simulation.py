@@ -691,18 +691,27 @@ def _token_pieces(states: Sequence[ReplicaState], global_steps: Sequence[np.ndar
             first = np.asarray(runs.first_tick, dtype=np.int64)
             add(tick_global, np.asarray(runs.rid, dtype=np.int64), first,
                 np.asarray(runs.end_tick, dtype=np.int64) - first)
-        if runs.single_rid:
-            single = to_global[np.asarray(runs.single_step, dtype=np.int64)]
-            add(single, np.asarray(runs.single_rid, dtype=np.int64),
-                np.arange(single.size, dtype=np.int64), np.ones(single.size, dtype=np.int64))
-        if runs.burst_rid:
-            rid = np.concatenate(runs.burst_rid).astype(np.int64)
-            count = np.concatenate(runs.burst_count).astype(np.int64)
-            per_burst = np.asarray([a.size for a in runs.burst_rid], dtype=np.int64)
-            step = np.repeat(to_global[np.asarray(runs.burst_step, dtype=np.int64)], per_burst)
-            keep = count > 0
-            rid, count, step = rid[keep], count[keep], step[keep]
-            add(np.repeat(step, count), rid, np.cumsum(count) - count, count)
+        single_rid = np.asarray(runs.single_rid, dtype=np.int64)
+        single_step = to_global[np.asarray(runs.single_step, dtype=np.int64)]
+        if not runs.burst_rid:
+            if single_rid.size:
+                add(single_step, single_rid, np.arange(single_step.size, dtype=np.int64),
+                    np.ones(single_step.size, dtype=np.int64))
+            continue
+        # A speculating engine: its emissions (first tokens and verify bursts) sorted by
+        # request and step, then one piece per request over their tokens' steps.
+        per_burst = np.asarray([a.size for a in runs.burst_rid], dtype=np.int64)
+        rid = np.concatenate([single_rid, *runs.burst_rid])
+        count = np.concatenate([np.ones(single_rid.size, np.int64), *runs.burst_count])
+        step = np.concatenate([single_step, np.repeat(
+            to_global[np.asarray(runs.burst_step, dtype=np.int64)], per_burst)])
+        order = np.lexsort((step, rid))
+        rid, count, step = rid[order], count[order], step[order]
+        source = np.repeat(step, count)
+        owners, first_event = np.unique(rid, return_index=True)
+        tokens = np.add.reduceat(count, first_event)
+        token_start = np.concatenate(([0], np.cumsum(count)))[first_event]
+        add(source, owners, token_start, tokens)
 
     if rids:
         source = np.concatenate(sources)

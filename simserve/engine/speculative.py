@@ -7,7 +7,7 @@ stamped at the step's end (DESIGN §3). Randomness comes only from the generator
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,8 @@ class AcceptanceSampler:
     k: int
     rng: np.random.Generator
     request_alpha: np.ndarray | None = None  # beta model: one alpha per request
+    # geometric model: alpha and its log per batch size, made once
+    _alpha_by_size: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -44,10 +46,15 @@ class AcceptanceSampler:
         """Accepted draft tokens (0..k) for each request id, int64."""
         k, cfg, m = self.k, self.config, request_ids.size
         if cfg.model == "geometric":
-            return self._geometric(np.full(m, cfg.alpha))
+            cached = self._alpha_by_size.get(m)
+            if cached is None:
+                alpha = np.full(m, cfg.alpha)
+                cached = self._alpha_by_size[m] = (alpha, _log(alpha))
+            return self._geometric(*cached)
         if cfg.model == "beta":
             assert self.request_alpha is not None
-            return self._geometric(self.request_alpha[request_ids])
+            alpha = self.request_alpha[request_ids]
+            return self._geometric(alpha, _log(alpha))
         if cfg.model == "per_position":
             accept = self.rng.random((m, k)) < np.asarray(cfg.rates)
             # Accepted = leading run of successes (stop at the first rejection).
@@ -55,10 +62,15 @@ class AcceptanceSampler:
         weights = np.asarray(cfg.histogram, dtype=float)
         return self.rng.choice(k + 1, size=m, p=weights / weights.sum()).astype(np.int64)
 
-    def _geometric(self, alpha: np.ndarray) -> np.ndarray:
+    def _geometric(self, alpha: np.ndarray, log_alpha: np.ndarray) -> np.ndarray:
         # Successes before the first failure: P(A >= j) = alpha^j, capped at k.
         u = self.rng.random(alpha.size)
-        with np.errstate(divide="ignore"):
-            count = np.floor(np.log(u) / np.log(alpha))
+        count = np.floor(_log(u) / log_alpha)
         count = np.where(alpha > 0, count, 0)
         return np.minimum(count, self.k).astype(np.int64)
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    """Natural log, -inf at 0 (without numpy's divide-by-zero warning machinery per call)."""
+    out = np.full(x.size, -np.inf)
+    return np.log(x, out=out, where=x > 0.0)
