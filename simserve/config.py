@@ -246,9 +246,20 @@ class SpeculativeConfig:
             _require(self.disable_above_batch >= 1, "speculative.disable_above_batch", ">= 1")
 
 
+EngineVersion = Literal["v0", "v1"]
+KvCacheDtype = Literal["auto", "fp8"]
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    """Scheduler and KV-cache knobs, with vLLM's names and (v1) defaults."""
+    """Scheduler and KV-cache knobs, with vLLM's names and (v1) defaults.
+
+    `version` is the vLLM engine generation the kernel cost model prices (its CPU loop and CUDA
+    graphs): `v0` (vLLM <= 0.6) or `v1` (>= 0.8); unset, it follows the policy (prefill_first:
+    v0, whose scheduler ran prefills alone; otherwise v1). `kv_cache_dtype` is vLLM's: `auto`
+    keeps the model's KV dtype, `fp8` stores one byte per element. `enforce_eager` turns CUDA
+    graphs off, as vLLM's flag of that name.
+    """
 
     policy: Policy = "chunked_prefill"
     max_num_seqs: int = 256
@@ -261,6 +272,16 @@ class EngineConfig:
     activation_reserve_gib: float = 1.0
     num_gpu_blocks_override: int | None = None
     speculative: SpeculativeConfig | None = None
+    version: EngineVersion | None = None
+    kv_cache_dtype: KvCacheDtype = "auto"
+    enforce_eager: bool = False
+
+    @property
+    def engine_version(self) -> str:
+        """`version`, or the generation the policy implies when unset."""
+        if self.version is not None:
+            return self.version
+        return "v0" if self.policy == "prefill_first" else "v1"
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "engine.max_num_seqs", "must be >= 1")
@@ -389,20 +410,23 @@ class ClusterConfig:
 
 # --------------------------------------------------------------------------- cost model
 
-CostModelKind = Literal["roofline", "constant", "calibrated"]
+CostModelKind = Literal["roofline", "constant", "calibrated", "kernels"]
 
 
 @dataclass(frozen=True)
 class CostModelConfig:
     """Step-time model. `roofline` uses catalog specs with efficiency factors (DESIGN §4);
     `constant` gives every step `step_time_ms` (tests and teaching); `calibrated` uses a fitted
-    profile (`profile`: a name under calibration/profiles/ or a path to a profile YAML).
+    profile (`profile`: a name under calibration/profiles/ or a path to a profile YAML);
+    `kernels` prices every op of a step from GPU kernel latencies measured inside `framework`
+    (calibration/kernels/), plus the engine loop's CPU time fitted on real serving runs.
     `serving_step_ms` and `serving_per_seq_ms` add the serving loop's time outside the forward
     pass, per step (scheduling, the engine-to-worker call) and per sequence in the step
     (sampling, detokenisation, streaming), which offline step profiles do not measure."""
 
     kind: CostModelKind = "roofline"
     profile: str | None = None
+    framework: Literal["vllm"] = "vllm"
     step_time_ms: float = 10.0
     mfu: float = 0.6
     mbu: float = 0.75

@@ -23,13 +23,18 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
 
     cal = sub.add_parser(
         "calibrate",
-        help="fit cost profiles (calibration/profiles/*.yaml) to measured latencies",
+        help="fit cost profiles (calibration/profiles/*.yaml) to measured latencies, or "
+        "`calibrate kernels`: extract the measured kernel tables (calibration/kernels/)",
         description="Fit the calibrated cost model to measured data: a splitwise perf_model.csv, "
         "a Vidur mlp.csv or linear_ops.csv, a DistServe profiler .json, or the CSV written by "
         "calibration/profile_gpu.py. Writes one profile per (GPU, model, TP) and prints MAPE "
-        "and max error per regime.",
+        "and max error per regime. `simserve calibrate kernels [--gpu G] [--framework vllm]` "
+        "instead writes the compact kernel tables of the kernel cost model from the installed "
+        "aiconfigurator-core package (pip install 'simserve[calibrate]').",
     )
-    cal.add_argument("data", nargs="+", help="measured-data files")
+    cal.add_argument("data", nargs="+", help="measured-data files, or the word `kernels`")
+    cal.add_argument("--framework", default="vllm",
+                     help="with `kernels`: the serving framework whose tables to extract")
     cal.add_argument("--format", default="auto",
                      choices=("auto", "splitwise", "distserve", "steps", "vidur"))
     cal.add_argument("--gpu", help="only this GPU (catalog name); for a Vidur mlp.csv: its GPU")
@@ -40,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
                           "at once (valid at each), instead of one per TP degree")
     cal.add_argument("--engine", help="engine label for the profile name (default: the data's)")
     cal.add_argument("--name", help="profile name (only when one profile is written)")
-    cal.add_argument("--out", default=str(PROFILES_DIR), help="output folder (default: "
-                     "calibration/profiles)")
+    cal.add_argument("--out", default=None, help="output folder (default: "
+                     "calibration/profiles; with `kernels`: calibration/kernels)")
     cal.add_argument("--holdout", type=float, default=0.2,
                      help="share of step shapes held back to measure the error (default 0.2)")
     cal.add_argument("--seed", type=int, default=0, help="seed of the held-back split")
@@ -111,9 +116,13 @@ def _calibrate(args: argparse.Namespace) -> int:
         write_profile,
     )
     from simserve.calibration.datasets import LinearData, StepData
+    from simserve.calibration.paths import PROFILES_DIR
     from simserve.catalog import load_catalog
     from simserve.errors import InputError
 
+    if args.data == ["kernels"] and not Path("kernels").exists():
+        return _calibrate_kernels(args)
+    args.out = args.out or str(PROFILES_DIR)
     catalog = load_catalog(args.catalog)
     groups = []
     for path in args.data:
@@ -160,6 +169,18 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"{out.profile.name:<52} fit:      {_fmt_errors(out.train)}")
         print(f"{'':<52} held back: {_fmt_errors(out.holdout)}")
         print(f"{'':<52} -> {path}")
+    return 0
+
+
+def _calibrate_kernels(args: argparse.Namespace) -> int:
+    from simserve.calibration.kernel_extract import AIC_PACKAGE, AIC_VERSION, extract_kernels
+
+    written = extract_kernels(args.out, gpus=[args.gpu] if args.gpu else None,
+                              framework=args.framework)
+    for gpu, files in written.items():
+        size_kb = sum(f.stat().st_size for f in files) / 1024
+        print(f"{gpu:<16} {len(files)} files, {size_kb:,.0f} KiB -> {files[0].parent}")
+    print(f"from {AIC_PACKAGE} {AIC_VERSION} (Apache-2.0); latencies in us")
     return 0
 
 

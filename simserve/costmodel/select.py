@@ -5,15 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from simserve.catalog import GpuSpec, ModelSpec
-from simserve.config import CostModelConfig
+from simserve.config import CostModelConfig, EngineConfig
 from simserve.costmodel.base import CostModel
 from simserve.costmodel.calibrated import CalibratedCostModel, Profile, load_profile
 from simserve.costmodel.constant import ConstantCostModel
+from simserve.costmodel.engine_loop import loop_terms
+from simserve.costmodel.kernel_ops import KernelCoverageError
+from simserve.costmodel.kernels import KernelCostModel, KernelSetup
 from simserve.costmodel.roofline import RooflineCostModel
 from simserve.costmodel.serving import ServingOverheadCostModel
 from simserve.errors import InputError
 
-__all__ = ["PROFILES_DIR", "build_cost_model", "find_profile", "profile_names"]
+__all__ = [
+    "PROFILES_DIR",
+    "build_cost_model",
+    "find_profile",
+    "kernel_cost_model",
+    "profile_names",
+]
 
 # NOTE: the repository's shipped profiles; a scenario may also give a path to a profile YAML.
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "calibration" / "profiles"
@@ -66,12 +75,43 @@ def check_profile_matches(profile: Profile, gpu: GpuSpec, model: ModelSpec, tp: 
         )
 
 
+def kernel_cost_model(
+    config: CostModelConfig, gpu: GpuSpec, model: ModelSpec, tp: int, engine: EngineConfig,
+    *, with_loop: bool = True,
+) -> KernelCostModel:
+    """The measured-kernel cost model of one replica; a scenario the tables cannot price is an
+    InputError saying why (`with_loop=False`: the GPU time only, e.g. a speculative draft's
+    passes inside the target's step)."""
+    version = engine.engine_version
+    setup = KernelSetup(
+        version=version,
+        max_num_seqs=engine.max_num_seqs,
+        max_num_batched_tokens=engine.max_num_batched_tokens,
+        kv_dtype="fp8" if model.kv_bytes == 1 else "bfloat16",
+        enforce_eager=engine.enforce_eager,
+        **({"loop": loop_terms(version, config.framework)} if with_loop else {}),
+    )
+    try:
+        return KernelCostModel(gpu, model, tp, setup, config.framework)
+    except KernelCoverageError as exc:
+        raise InputError(
+            f"{model.name} at tp={tp} on {gpu.name} cannot be priced from the measured "
+            f"{config.framework} kernels: {exc}; use cost_model.kind roofline",
+            field="cost_model.kind",
+        ) from None
+
+
 def build_cost_model(
-    config: CostModelConfig, gpu: GpuSpec, model: ModelSpec, tp: int
+    config: CostModelConfig, gpu: GpuSpec, model: ModelSpec, tp: int,
+    engine: EngineConfig | None = None,
 ) -> CostModel:
     """The configured cost model for one replica, plus the serving loop's time outside the
-    forward pass when one is set."""
-    base = _forward_cost_model(config, gpu, model, tp)
+    forward pass when one is set. `engine` (scheduler limits, engine generation, KV dtype) is
+    needed by the kernel model; the others ignore it."""
+    if config.kind == "kernels":
+        base: CostModel = kernel_cost_model(config, gpu, model, tp, engine or EngineConfig())
+    else:
+        base = _forward_cost_model(config, gpu, model, tp)
     if config.serving_step_ms > 0 or config.serving_per_seq_ms > 0:
         return ServingOverheadCostModel(
             base, config.serving_step_ms * 1e-3, config.serving_per_seq_ms * 1e-3
