@@ -419,7 +419,9 @@ class CostModelConfig:
     `constant` gives every step `step_time_ms` (tests and teaching); `calibrated` uses a fitted
     profile (`profile`: a name under calibration/profiles/ or a path to a profile YAML);
     `kernels` prices every op of a step from GPU kernel latencies measured inside `framework`
-    (calibration/kernels/), plus the engine loop's CPU time fitted on real serving runs.
+    (calibration/kernels/), plus the engine loop's CPU time fitted on real serving runs;
+    `loop_per_step_us`, `loop_per_seq_us` and `loop_per_token_us` replace the fitted loop terms
+    of `engine.version` (unset: the shipped fit).
     `serving_step_ms` and `serving_per_seq_ms` add the serving loop's time outside the forward
     pass, per step (scheduling, the engine-to-worker call) and per sequence in the step
     (sampling, detokenisation, streaming), which offline step profiles do not measure."""
@@ -427,6 +429,9 @@ class CostModelConfig:
     kind: CostModelKind = "roofline"
     profile: str | None = None
     framework: Literal["vllm"] = "vllm"
+    loop_per_step_us: float | None = None
+    loop_per_seq_us: float | None = None
+    loop_per_token_us: float | None = None
     step_time_ms: float = 10.0
     mfu: float = 0.6
     mbu: float = 0.75
@@ -440,6 +445,9 @@ class CostModelConfig:
         _require(self.step_time_ms > 0, "cost_model.step_time_ms", "must be > 0")
         _require(self.serving_step_ms >= 0, "cost_model.serving_step_ms", "must be >= 0")
         _require(self.serving_per_seq_ms >= 0, "cost_model.serving_per_seq_ms", "must be >= 0")
+        for name in ("loop_per_step_us", "loop_per_seq_us", "loop_per_token_us"):
+            value = getattr(self, name)
+            _require(value is None or value >= 0, f"cost_model.{name}", "must be >= 0")
         _require(
             self.kind != "calibrated" or self.profile is not None,
             "cost_model.profile",

@@ -21,6 +21,7 @@ from simserve.costmodel.kernels import KernelCostModel, KernelSetup, capture_siz
 from simserve.costmodel.select import build_cost_model
 from simserve.errors import InputError
 from simserve.experiments.run import run_scenario
+from simserve.resolve import resolve
 
 CATALOG = load_catalog()
 H100 = CATALOG.gpu("h100-80gb-sxm")
@@ -155,13 +156,15 @@ def test_uncovered_scenarios_are_refused_with_the_reason() -> None:
         (H100, "qwen3-32b", 3, "tp=3 does not divide"),
         (CATALOG.gpu("gb200"), "llama-3.1-70b", 8, "all-reduce over 8 GPUs"),
         (CATALOG.gpu("mi300x"), "qwen3-32b", 1, "no measured kernel tables for GPU 'mi300x'"),
-        (a100, "mixtral-8x7b", 4, "MoE layer"),
         (a100, "qwen3-32b-fp8", 1, "no fp8_block GEMMs"),
     ]
     for gpu, name, tp, reason in cases:
         with pytest.raises(InputError, match=reason) as info:
             build_cost_model(config, gpu, CATALOG.model(name), tp, EngineConfig())
         assert info.value.field == "cost_model.kind"
+    unmeasured_moe = dataclasses.replace(CATALOG.model("qwen3-30b-a3b"), num_experts=64)
+    with pytest.raises(InputError, match="top-8 of 64 experts at TP1/EP1 was measured"):
+        build_cost_model(config, H100, unmeasured_moe, 1, EngineConfig())
     fp8_kv = dataclasses.replace(CATALOG.model("llama-3.1-8b"), kv_dtype_bytes=1)
     with pytest.raises(InputError, match="fp8 KV cache"):
         build_cost_model(config, a100, fp8_kv, 1, EngineConfig())
@@ -201,3 +204,24 @@ def test_running_simserve_never_imports_the_calibrate_extra(tmp_path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_speculative_draft_and_verify_priced_from_the_same_tables() -> None:
+    sc = load_scenario("scenarios/casestudy/specdec-llama3-70b-4xh100.yaml",
+                       ["cost_model.kind=kernels", "workload.num_requests=10"])
+    cm = resolve(sc).cost_model
+    assert cm.describe()["kind"] == "kernels"
+    assert cm.describe()["speculative_draft"]["kind"] == "kernels"
+    assert cm.draft.setup.loop.per_step_us == 0  # the loop runs once per step, in the target
+    b, context, k = 32, 1000, 4
+    plain = BatchShape(num_decode_seqs=b, num_decode_tokens=b, decode_kv_tokens=b * context)
+    verify = BatchShape(num_decode_seqs=b, num_decode_tokens=b * (k + 1),
+                        decode_kv_tokens=b * (context + k + 1))
+    target_plain = cm.target.step_time(plain)
+    target_verify = cm.target.step_time(verify)
+    # k+1 tokens per sequence at batch 32 (160 GEMM rows): more than one decode, far less
+    # than five (the weights are read once).
+    assert target_plain < target_verify < 1.6 * target_plain
+    drafts = cm.step_time(verify) - target_verify
+    one_draft = cm.draft.step_time(plain)
+    assert drafts == pytest.approx(k * one_draft, rel=0.05)

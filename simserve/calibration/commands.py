@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "instead writes the compact kernel tables of the kernel cost model from the installed "
         "aiconfigurator-core package (pip install 'simserve[calibrate]').",
     )
-    cal.add_argument("data", nargs="+", help="measured-data files, or the word `kernels`")
+    cal.add_argument("data", nargs="+", help="measured-data files, or `kernels` (extract the "
+                     "kernel tables), or `engine-loop` (fit the engine loop on the real runs)")
     cal.add_argument("--framework", default="vllm",
                      help="with `kernels`: the serving framework whose tables to extract")
     cal.add_argument("--format", default="auto",
@@ -122,6 +123,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     if args.data == ["kernels"] and not Path("kernels").exists():
         return _calibrate_kernels(args)
+    if args.data == ["engine-loop"] and not Path("engine-loop").exists():
+        return _calibrate_engine_loop()
     args.out = args.out or str(PROFILES_DIR)
     catalog = load_catalog(args.catalog)
     groups = []
@@ -181,6 +184,20 @@ def _calibrate_kernels(args: argparse.Namespace) -> int:
         size_kb = sum(f.stat().st_size for f in files) / 1024
         print(f"{gpu:<16} {len(files)} files, {size_kb:,.0f} KiB -> {files[0].parent}")
     print(f"from {AIC_PACKAGE} {AIC_VERSION} (Apache-2.0); latencies in us")
+    return 0
+
+
+def _calibrate_engine_loop() -> int:
+    from simserve.calibration.engine_loop_fit import fit_loop, loop_runs, write_loop_terms
+
+    runs = loop_runs()
+    fits = []
+    for version in ("v0", "v1"):
+        fit = fit_loop(version, [r for r in runs if r.version == version and r.fit])
+        fits.append(fit)
+        terms = ", ".join(f"{k} {v:g}" for k, v in fit.terms.items())
+        print(f"{version}: {terms}  (fitted on {', '.join(fit.fitted_on)})")
+    print(f"-> {write_loop_terms(fits)}")
     return 0
 
 

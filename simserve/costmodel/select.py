@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from simserve.catalog import GpuSpec, ModelSpec
@@ -83,13 +84,19 @@ def kernel_cost_model(
     InputError saying why (`with_loop=False`: the GPU time only, e.g. a speculative draft's
     passes inside the target's step)."""
     version = engine.engine_version
+    loop = loop_terms(version, config.framework)
+    given = {name: getattr(config, f"loop_{name}") for name in
+             ("per_step_us", "per_seq_us", "per_token_us")}
+    if any(v is not None for v in given.values()):
+        loop = dataclasses.replace(loop, source="scenario",
+                                   **{k: v for k, v in given.items() if v is not None})
     setup = KernelSetup(
         version=version,
         max_num_seqs=engine.max_num_seqs,
         max_num_batched_tokens=engine.max_num_batched_tokens,
         kv_dtype="fp8" if model.kv_bytes == 1 else "bfloat16",
         enforce_eager=engine.enforce_eager,
-        **({"loop": loop_terms(version, config.framework)} if with_loop else {}),
+        **({"loop": loop} if with_loop else {}),
     )
     try:
         return KernelCostModel(gpu, model, tp, setup, config.framework)
