@@ -10,7 +10,7 @@ from simserve.config import CostModelConfig, EngineConfig
 from simserve.costmodel.base import CostModel
 from simserve.costmodel.calibrated import CalibratedCostModel, Profile, load_profile
 from simserve.costmodel.constant import ConstantCostModel
-from simserve.costmodel.engine_loop import loop_terms
+from simserve.costmodel.engine_loop import LoopTerms, loop_terms
 from simserve.costmodel.kernel_ops import KernelCoverageError
 from simserve.costmodel.kernels import KernelCostModel, KernelSetup
 from simserve.costmodel.roofline import RooflineCostModel
@@ -96,7 +96,7 @@ def kernel_cost_model(
         max_num_batched_tokens=engine.max_num_batched_tokens,
         kv_dtype="fp8" if model.kv_bytes == 1 else "bfloat16",
         enforce_eager=engine.enforce_eager,
-        **({"loop": loop} if with_loop else {}),
+        loop=loop if with_loop else LoopTerms(version, source="none: GPU time only"),
     )
     try:
         return KernelCostModel(gpu, model, tp, setup, config.framework)
