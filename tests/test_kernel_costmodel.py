@@ -225,3 +225,16 @@ def test_speculative_draft_and_verify_priced_from_the_same_tables() -> None:
     drafts = cm.step_time(verify) - target_verify
     one_draft = cm.draft.step_time(plain)
     assert drafts == pytest.approx(k * one_draft, rel=0.05)
+
+
+def test_fp8_kv_cache_doubles_capacity_and_uses_the_fp8_attention_rows(tmp_path) -> None:
+    base = load_scenario(_tiny_scenario(tmp_path))
+    fp8 = load_scenario(_tiny_scenario(tmp_path), ["engine.kv_cache_dtype=fp8"])
+    blocks = resolve(base).limits.num_blocks, resolve(fp8).limits.num_blocks
+    assert blocks[1] == pytest.approx(2 * blocks[0], rel=0.01)
+    assert resolve(fp8).cost_model.describe()["kv_cache_dtype"] == "fp8"
+    step = _decode(128, 4000)
+    bf16_attn = resolve(base).cost_model._gen(128, 4000)
+    fp8_attn = resolve(fp8).cost_model._gen(128, 4000)
+    assert fp8_attn < bf16_attn  # half the KV bytes to read
+    assert resolve(fp8).cost_model.gpu_time_us(step) < resolve(base).cost_model.gpu_time_us(step)
