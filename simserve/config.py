@@ -410,12 +410,14 @@ class ClusterConfig:
 
 # --------------------------------------------------------------------------- cost model
 
-CostModelKind = Literal["roofline", "constant", "calibrated", "kernels"]
+CostModelKind = Literal["auto", "roofline", "constant", "calibrated", "kernels"]
 
 
 @dataclass(frozen=True)
 class CostModelConfig:
-    """Step-time model. `roofline` uses catalog specs with efficiency factors (DESIGN §4);
+    """Step-time model. `auto` (the default) is `kernels` wherever the measured kernel tables
+    cover the scenario's GPU, model, TP and dtypes, and `roofline` elsewhere, with a one-line
+    warning saying why; `roofline` uses catalog specs with efficiency factors (DESIGN §4);
     `constant` gives every step `step_time_ms` (tests and teaching); `calibrated` uses a fitted
     profile (`profile`: a name under calibration/profiles/ or a path to a profile YAML);
     `kernels` prices every op of a step from GPU kernel latencies measured inside `framework`
@@ -426,7 +428,7 @@ class CostModelConfig:
     pass, per step (scheduling, the engine-to-worker call) and per sequence in the step
     (sampling, detokenisation, streaming), which offline step profiles do not measure."""
 
-    kind: CostModelKind = "roofline"
+    kind: CostModelKind = "auto"
     profile: str | None = None
     framework: Literal["vllm"] = "vllm"
     loop_per_step_us: float | None = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from simserve.catalog import Catalog, GpuSpec, ModelSpec, load_catalog
 from simserve.config import Scenario, SpeculativeConfig
 from simserve.costmodel import CostModel, build_cost_model
+from simserve.costmodel.kernels import KernelCostModel
 from simserve.costmodel.select import kernel_cost_model
 from simserve.costmodel.speculative import SpeculativeCostModel
 from simserve.engine.simulation import EngineLimits, PoolSetup
@@ -188,7 +189,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
     cost_model = build_cost_model(scenario.cost_model, gpu, model, scenario.tp, engine)
     if spec is not None:
         draft_cost = None
-        if draft is not None and scenario.cost_model.kind == "kernels":
+        if draft is not None and isinstance(_base_model(cost_model), KernelCostModel):
             # NOTE: the draft's k proposals are forward passes inside the target's step, priced
             # from the same kernel tables (GPU time only: the engine loop runs once per step).
             draft_cost = kernel_cost_model(scenario.cost_model, gpu, draft, scenario.tp, engine,
@@ -312,6 +313,11 @@ def _resolve_disaggregated(
         field="cluster.link",
     )
     return ResolvedScenario(scenario, gpu, model, tuple(pools), kv_link=kv_link)
+
+
+def _base_model(cost_model: CostModel) -> CostModel:
+    """The forward-pass model under a serving-overhead wrapper."""
+    return getattr(cost_model, "base", cost_model)
 
 
 def _with_kv_dtype(model: ModelSpec, scenario: Scenario) -> ModelSpec:

@@ -238,3 +238,17 @@ def test_fp8_kv_cache_doubles_capacity_and_uses_the_fp8_attention_rows(tmp_path)
     fp8_attn = resolve(fp8).cost_model._gen(128, 4000)
     assert fp8_attn < bf16_attn  # half the KV bytes to read
     assert resolve(fp8).cost_model.gpu_time_us(step) < resolve(base).cost_model.gpu_time_us(step)
+
+def test_default_is_the_kernel_model_where_covered_else_roofline_with_a_warning(tmp_path) -> None:
+    covered = resolve(load_scenario(_tiny_scenario(tmp_path, "auto")))
+    described = covered.cost_model.describe()
+    assert described["kind"] == "kernels" and described["selected_by"].startswith("auto")
+    path = tmp_path / "mi.yaml"
+    path.write_text(_tiny_scenario(tmp_path, "auto").read_text().replace(
+        "hardware: h100-80gb-sxm", "hardware: mi300x"))
+    out = run_scenario(load_scenario(path))
+    assert out.summary["cost_model"]["kind"] == "roofline"
+    assert "no measured kernel tables for GPU 'mi300x'" in out.summary["cost_model"][
+        "fallback_reason"]
+    warnings = [w for w in out.summary["warnings"] if w.startswith("cost model: roofline")]
+    assert len(warnings) == 1 and "\n" not in warnings[0]

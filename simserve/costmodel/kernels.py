@@ -29,6 +29,8 @@ few list lookups and float operations.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,14 +96,30 @@ class KernelCostModel:
     """Per-step time from measured kernels for one replica of `tp` GPUs (see module doc)."""
 
     def __init__(self, gpu: GpuSpec, model: ModelSpec, tp: int, setup: KernelSetup,
-                 framework: str = "vllm", ops: KernelOps | None = None) -> None:
+                 framework: str = "vllm", ops: KernelOps | None = None,
+                 selected_by: str | None = None) -> None:
+        if ops is None:
+            # NOTE: the tables of one (GPU, model, TP, engine limits) are built once per
+            # process: sweeps and capacity searches resolve the same setup many times.
+            state = _built_state(gpu, model, tp, dataclasses.replace(setup, loop=LoopTerms()),
+                                 framework)
+            self.__dict__.update(state)
+            self.notes = list(state["notes"])
+        else:
+            self._init(gpu, model, tp, setup, framework, ops)
+        self.setup = setup
+        self._cpu_us = setup.loop
+        self.selected_by = selected_by
+
+    def _init(self, gpu: GpuSpec, model: ModelSpec, tp: int, setup: KernelSetup,
+              framework: str, ops: KernelOps) -> None:
         self.gpu = gpu
         self.model = model
         self.tp = tp
         self.setup = setup
         self.framework = framework
         self.meta = kernel_meta(gpu.name, framework)
-        self.ops = ops or KernelOps(gpu.name, framework)
+        self.ops = ops
         self.notes: list[str] = []
         self._build()
 
@@ -155,7 +173,6 @@ class KernelCostModel:
         lm[0] = 0.0
         self._lm = DenseCurve(lm, 1.0)
         self._build_attention()
-        self._cpu_us = setup.loop
         self._build_envelope()
 
     def _ew_us(self, num_bytes: np.ndarray, kernels: float) -> np.ndarray:
@@ -297,6 +314,7 @@ class KernelCostModel:
                        + ", ".join(f"{name} {t.get('framework_version')}"
                                    for name, t in sorted(tables.items()))),
             "notes": list(self.notes),
+            **({"selected_by": self.selected_by} if self.selected_by else {}),
         }
 
     def _outside(self, steps: Any) -> dict[str, np.ndarray]:
@@ -334,8 +352,9 @@ class KernelCostModel:
                 "notes": list(self.notes)}
 
     def envelope_warnings(self, steps: Any) -> list[str]:
-        """The model-level approximations, and a count of extrapolated steps (if any)."""
-        out = [f"cost model: {note}" for note in self.notes]
+        """A count of the steps priced past the measured tables (none inside them). The
+        model-level approximations (`notes`) are in the run's cost-model description."""
+        out: list[str] = []
         total = len(steps)
         if not total:
             return out
@@ -349,6 +368,15 @@ class KernelCostModel:
             out.append(f"{outside} of {total} steps ({100.0 * outside / total:.1f}%) outside the "
                        f"measured kernel tables ({detail}); their times are extrapolated")
         return out
+
+
+@functools.lru_cache(maxsize=32)
+def _built_state(gpu: GpuSpec, model: ModelSpec, tp: int, setup: KernelSetup,
+                 framework: str) -> dict[str, Any]:
+    """The precomputed tables of a kernel model (without its engine loop)."""
+    km = KernelCostModel.__new__(KernelCostModel)
+    km._init(gpu, model, tp, setup, framework, KernelOps(gpu.name, framework))
+    return dict(vars(km))
 
 
 def _beyond(extent: tuple[list[float], list[float]], batch: np.ndarray,

@@ -26,6 +26,9 @@ class RooflineCostModel:
     model: ModelSpec
     tp: int
     config: CostModelConfig
+    # Why the default (`kind: auto`) fell back to the roofline: the measured kernels could not
+    # price this scenario. None when the scenario asked for the roofline.
+    fallback: str | None = None
 
     def __post_init__(self) -> None:
         # Precompute per-unit costs once so step_time is a handful of float operations.
@@ -87,7 +90,7 @@ class RooflineCostModel:
         return linear + lm_head + prefill_attn + decode_attn + allreduce + self._overhead_s
 
     def describe(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "kind": "roofline",
             "gpu": self.gpu.name,
             "model": self.model.name,
@@ -97,3 +100,13 @@ class RooflineCostModel:
             "step_overhead_ms": self.config.step_overhead_ms,
             "note": "analytical roofline from catalog specs; not calibrated to measurements",
         }
+        if self.fallback is not None:
+            out["selected_by"] = "auto: no measured kernels for this scenario"
+            out["fallback_reason"] = self.fallback
+        return out
+
+    def envelope_warnings(self, steps: object) -> list[str]:
+        """The one-line warning of a default that fell back to the roofline."""
+        if self.fallback is None:
+            return []
+        return [f"cost model: roofline (uncalibrated catalog peaks): {self.fallback}"]

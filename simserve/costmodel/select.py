@@ -20,6 +20,7 @@ from simserve.errors import InputError
 __all__ = [
     "PROFILES_DIR",
     "build_cost_model",
+    "default_cost_model",
     "find_profile",
     "kernel_cost_model",
     "profile_names",
@@ -78,7 +79,7 @@ def check_profile_matches(profile: Profile, gpu: GpuSpec, model: ModelSpec, tp: 
 
 def kernel_cost_model(
     config: CostModelConfig, gpu: GpuSpec, model: ModelSpec, tp: int, engine: EngineConfig,
-    *, with_loop: bool = True,
+    *, with_loop: bool = True, selected_by: str | None = None,
 ) -> KernelCostModel:
     """The measured-kernel cost model of one replica; a scenario the tables cannot price is an
     InputError saying why (`with_loop=False`: the GPU time only, e.g. a speculative draft's
@@ -99,13 +100,26 @@ def kernel_cost_model(
         loop=loop if with_loop else LoopTerms(version, source="none: GPU time only"),
     )
     try:
-        return KernelCostModel(gpu, model, tp, setup, config.framework)
+        return KernelCostModel(gpu, model, tp, setup, config.framework, selected_by=selected_by)
     except KernelCoverageError as exc:
         raise InputError(
             f"{model.name} at tp={tp} on {gpu.name} cannot be priced from the measured "
             f"{config.framework} kernels: {exc}; use cost_model.kind roofline",
             field="cost_model.kind",
         ) from None
+
+
+def default_cost_model(
+    config: CostModelConfig, gpu: GpuSpec, model: ModelSpec, tp: int, engine: EngineConfig
+) -> CostModel:
+    """`kind: auto`: the measured-kernel model where its tables cover the scenario, else the
+    roofline carrying the reason (its one-line warning in every run)."""
+    try:
+        return kernel_cost_model(config, gpu, model, tp, engine,
+                                 selected_by="auto: measured kernels cover this scenario")
+    except InputError as exc:
+        reason = exc.message.removesuffix("; use cost_model.kind roofline")
+        return RooflineCostModel(gpu=gpu, model=model, tp=tp, config=config, fallback=reason)
 
 
 def build_cost_model(
@@ -117,6 +131,8 @@ def build_cost_model(
     needed by the kernel model; the others ignore it."""
     if config.kind == "kernels":
         base: CostModel = kernel_cost_model(config, gpu, model, tp, engine or EngineConfig())
+    elif config.kind == "auto":
+        base = default_cost_model(config, gpu, model, tp, engine or EngineConfig())
     else:
         base = _forward_cost_model(config, gpu, model, tp)
     if config.serving_step_ms > 0 or config.serving_per_seq_ms > 0:
