@@ -239,6 +239,7 @@ def test_fp8_kv_cache_doubles_capacity_and_uses_the_fp8_attention_rows(tmp_path)
     assert fp8_attn < bf16_attn  # half the KV bytes to read
     assert resolve(fp8).cost_model.gpu_time_us(step) < resolve(base).cost_model.gpu_time_us(step)
 
+
 def test_default_is_the_kernel_model_where_covered_else_roofline_with_a_warning(tmp_path) -> None:
     covered = resolve(load_scenario(_tiny_scenario(tmp_path, "auto")))
     described = covered.cost_model.describe()
@@ -252,3 +253,26 @@ def test_default_is_the_kernel_model_where_covered_else_roofline_with_a_warning(
         "fallback_reason"]
     warnings = [w for w in out.summary["warnings"] if w.startswith("cost model: roofline")]
     assert len(warnings) == 1 and "\n" not in warnings[0]
+
+
+def test_derive_profile_fits_the_kernel_model_and_transfer_keeps_the_old_way(tmp_path,
+                                                                             capsys) -> None:
+    from simserve.cli import main
+    from simserve.costmodel.calibrated import CalibratedCostModel, load_profile
+
+    base = "h100-80gb-sxm_llama-2-70b_tp2_splitwise-sim"
+    assert main(["derive-profile", base, "--model", "llama-3-8b", "--tp", "1", "--out",
+                 str(tmp_path), "--name", "fit"]) == 0
+    assert main(["derive-profile", base, "--model", "llama-3-8b", "--tp", "1", "--out",
+                 str(tmp_path), "--name", "old", "--transfer"]) == 0
+    assert "fitted to the kernel model" in capsys.readouterr().out
+    model = CATALOG.model("llama-3-8b")
+    fit, old = (CalibratedCostModel(load_profile(tmp_path / f"{n}.yaml"), H100, model, 1)
+                for n in ("fit", "old"))
+    km = build_cost_model(CostModelConfig(kind="kernels"), H100, model, 1, EngineConfig())
+    for b in (1, 64, 256):
+        step = _decode(b, 1000)
+        assert fit.step_time(step) == pytest.approx(km.step_time(step), rel=0.08)
+    # The transferred profile carries splitwise's per-sequence term to batch 256: several
+    # times the measured kernels' step, which the fitted derivation no longer does.
+    assert old.step_time(_decode(256, 1000)) > 3 * km.step_time(_decode(256, 1000))

@@ -56,8 +56,11 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     der = sub.add_parser(
         "derive-profile",
         help="profile for an uncalibrated model from a calibrated one on the same GPU",
-        description="Apply a step profile's fitted efficiencies and engine constants to another "
-        "model's (or TP degree's) roofline terms. Runs using it say it is derived.",
+        description="Where the measured kernel tables cover the base profile's GPU and the "
+        "model and TP: a profile fitted to the kernel model's step times (engine loop of "
+        "--engine-version included). Elsewhere, or with --transfer: the base profile's fitted "
+        "efficiencies and engine constants applied to the model's roofline terms. Runs using "
+        "either say it is derived.",
     )
     der.add_argument("base", help="step profile (name under calibration/profiles or path)")
     der.add_argument("--model", required=True, help="catalog model to derive for")
@@ -67,6 +70,11 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     der.add_argument("--name", help="profile name")
     der.add_argument("--out", default=str(PROFILES_DIR))
     der.add_argument("--catalog", help="extra catalog YAML")
+    der.add_argument("--engine-version", choices=("v0", "v1"), default="v1",
+                     help="engine loop of the kernel model the profile is fitted to")
+    der.add_argument("--transfer", action="store_true",
+                     help="carry the base profile's coefficients (the old derivation) even "
+                     "where kernel tables exist")
 
     val = sub.add_parser(
         "validate",
@@ -211,8 +219,27 @@ def _derive(args: argparse.Namespace) -> int:
     base = load_profile(find_profile(args.base))
     linear = load_profile(find_profile(args.linear_from)) if args.linear_from else None
     tp = args.tp or base.tp
-    profile = derive_profile(base, catalog.model(args.model), tp, name=args.name,
-                             linear=linear)
+    model = catalog.model(args.model)
+    if not args.transfer and linear is None:
+        from simserve.calibration.derive_kernels import derive_from_kernels
+        from simserve.config import EngineConfig
+        from simserve.errors import InputError
+
+        try:
+            out = derive_from_kernels(catalog.gpu(base.gpu), model, tp, name=args.name,
+                                      base=base.name,
+                                      engine=EngineConfig(version=args.engine_version))
+        except InputError as exc:
+            print(f"note: {exc.message}; carrying {base.name}'s coefficients instead")
+        else:
+            path = write_profile(out.profile, args.out)
+            held = out.holdout.get("all", {})
+            print(f"derived {out.profile.name}: fitted to the kernel model of {base.gpu} "
+                  f"(engine loop {args.engine_version}); held-back error against it "
+                  f"{held.get('mape_pct', float('nan')):.1f}% MAPE -> {path}")
+            print("note: nothing was measured for this model; runs using it say so")
+            return 0
+    profile = derive_profile(base, model, tp, name=args.name, linear=linear)
     path = write_profile(profile, args.out)
     print(f"derived {profile.name} from {base.name} (fitted on {base.model}, {base.tp_label}) "
           f"-> {path}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -54,6 +55,7 @@ from simserve.costmodel.select import kernel_cost_model
 
 __all__ = [
     "AicRow",
+    "DeriveRow",
     "E2ERow",
     "KernelReport",
     "OpHoldout",
@@ -301,6 +303,8 @@ class KernelReport:
     occupancy: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     aic: list[AicRow] = field(default_factory=list)
     aic_note: str = ""
+    derive: list[DeriveRow] = field(default_factory=list)
+    derive_replays: list[tuple[float, ReplayResult]] = field(default_factory=list)
 
 
 def _roofline_replay(run: LoopRun) -> ReplayResult:
@@ -428,6 +432,82 @@ def aic_rows() -> tuple[list[AicRow], str]:
     return rows, ""
 
 
+# --------------------------------------------------------------------------- derive-profile
+
+
+@dataclass(frozen=True)
+class DeriveRow:
+    """Decode steps of one scenario priced three ways: the kernel model, `derive-profile`
+    fitted to it, and the old derivation carrying a base profile's coefficients."""
+
+    label: str
+    base: str
+    batches: tuple[int, ...]
+    kernel_ms: tuple[float, ...]
+    derived_ms: tuple[float, ...]
+    transfer_ms: tuple[float, ...]
+    derived_holdout_mape: float
+
+
+DERIVE_CASES: tuple[tuple[str, str, str, int, str, str], ...] = (
+    # (label, base profile, GPU, TP, model, engine version)
+    ("Llama-3-8B H100 (default scenario)", "h100-80gb-sxm_llama-2-70b_tp2_splitwise-sim",
+     "h100-80gb-sxm", 1, "llama-3-8b", "v1"),
+    ("OPT-13B A100 (the vLLM runs)", "a100-80gb-sxm_opt-66b_tp2-3-4-8_vllm", "a100-80gb-sxm", 1,
+     "opt-13b", "v0"),
+)
+DERIVE_BATCHES = (1, 16, 64, 256)
+
+
+def _derived_profile(case: tuple[str, str, str, int, str, str]):
+    from simserve.calibration.derive_kernels import derive_from_kernels
+
+    _label, base, gpu, tp, model, version = case
+    catalog = load_catalog()
+    return derive_from_kernels(catalog.gpu(gpu), catalog.model(model), tp, base=base,
+                               engine=EngineConfig(version=version))
+
+
+def derive_rows() -> list[DeriveRow]:
+    """Decode steps (context 1000) of each case priced by the three models."""
+    from simserve.costmodel.calibrated import CalibratedCostModel, derive_profile
+
+    catalog = load_catalog()
+    rows = []
+    for case in DERIVE_CASES:
+        label, base, gpu, tp, model, version = case
+        g, m = catalog.gpu(gpu), catalog.model(model)
+        km = kernel_cost_model(CostModelConfig(kind="kernels"), g, m, tp,
+                               EngineConfig(version=version))
+        out = _derived_profile(case)
+        derived = CalibratedCostModel(out.profile, g, m, tp)
+        transfer = CalibratedCostModel(
+            derive_profile(load_profile(PROFILES_DIR / f"{base}.yaml"), m, tp), g, m, tp)
+        shapes = [BatchShape(num_decode_seqs=b, num_decode_tokens=b, decode_kv_tokens=b * 1000)
+                  for b in DERIVE_BATCHES]
+        rows.append(DeriveRow(
+            label, base, DERIVE_BATCHES,
+            tuple(km.step_time(x) * 1e3 for x in shapes),
+            tuple(derived.step_time(x) * 1e3 for x in shapes),
+            tuple(transfer.step_time(x) * 1e3 for x in shapes),
+            float(out.holdout["all"]["mape_pct"])))
+    return rows
+
+
+def derive_replays(tmp_dir) -> list[tuple[float, ReplayResult]]:
+    """The V0 OPT-13B runs replayed with the kernel-derived OPT-13B profile."""
+    from simserve.calibration.calibrate import write_profile
+    from simserve.calibration.replay import trace_rate
+
+    path = write_profile(_derived_profile(DERIVE_CASES[1]).profile, tmp_dir)
+    out = []
+    for run in loop_runs():
+        if run.version == "v0":
+            out.append((trace_rate(run.trace), replay_trace(
+                run.trace, profile=str(path), overrides=["cost_model.serving_per_seq_ms=0"])))
+    return out
+
+
 # --------------------------------------------------------------------------- everything
 
 
@@ -446,5 +526,8 @@ def run_kernel_validation(profile_replays: dict[float, ReplayResult] | None = No
         report.e2e = e2e_rows(profile_replays)
         report.loro = loro_rows()
         report.occupancy = v1_occupancy(report.e2e)
+        with tempfile.TemporaryDirectory() as tmp:
+            report.derive_replays = derive_replays(tmp)
     report.aic, report.aic_note = aic_rows()
+    report.derive = derive_rows()
     return report
