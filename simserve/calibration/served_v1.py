@@ -12,7 +12,6 @@ beside it as `requests.csv` (a test checks it is exactly what `v1_run_csv` write
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,9 +100,3 @@ def occupancy_series(arrived_s: np.ndarray, scheduled_s: np.ndarray, finished_s:
     running = ((scheduled_s[None, :] <= t[:, None]) & (finished_s[None, :] > t[:, None])).sum(1)
     waiting = ((arrived_s[None, :] <= t[:, None]) & (scheduled_s[None, :] > t[:, None])).sum(1)
     return t, running, waiting
-
-
-def read_csv_column(path: Path, column: str) -> np.ndarray:
-    """One numeric column of a per-request CSV."""
-    with path.open(newline="") as fh:
-        return np.array([float(r[column]) for r in csv.DictReader(fh)])

@@ -140,10 +140,6 @@ class DenseCurve:
             return self._values[x]
         return self._last * ((x / (self._n - 1)) ** self.exponent)
 
-    @property
-    def size(self) -> int:
-        return self._n
-
 
 class LogGrid:
     """f(a, b) sampled on a uniform grid in (log2 a, log2 b), `per_octave` points per octave

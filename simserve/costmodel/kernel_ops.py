@@ -196,10 +196,6 @@ class KernelOps:
                 f"{', '.join(map(str, have)) or 'none'})")
         return curve(elems)
 
-    def allreduce_max_elems(self, num_gpus: int) -> float:
-        curve = self._curve("allreduce", ("graph", num_gpus))
-        return curve.x_max if curve is not None else 0.0
-
     def moe(self, dtype: str, hidden: int, inter: int, topk: int, experts: int, moe_tp: int,
             moe_ep: int, tokens: np.ndarray | float) -> np.ndarray:
         """Latency of one fused MoE layer (routing, experts' gate/up and down GEMMs) at

@@ -113,10 +113,6 @@ class KernelTable:
         idx = {name: self.spec.keys.index(name) for name in fixed}
         return [k for k in self.curves if all(k[i] == fixed[n] for n, i in idx.items())]
 
-    @property
-    def num_points(self) -> int:
-        return sum(len(x) for x, _ in self.curves.values())
-
 
 def _cell(raw: str) -> Any:
     try:
