@@ -8,8 +8,9 @@ whose `gpus:` and `models:` mappings add entries or replace them whole. Lookups 
 case-insensitive; every bad value raises `InputError` naming the file, the entry and the field.
 
 Parameter counts (`ModelSpec.num_params`) cover the weight matrices only: the token embedding,
-per-layer attention (q, k, v, o) and MLP matrices, and the LM head unless it is tied. Norms,
-biases and learned position embeddings are ignored (under 0.2% of every packaged model).
+per-layer attention (q, k, v, o) and MLP matrices (for a mixture of experts: every expert and the
+router), and the LM head unless it is tied. Norms, biases and learned position embeddings are
+ignored (under 0.2% of every packaged model).
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ __all__ = [
     "GpuSpec",
     "MlpKind",
     "ModelSpec",
+    "WeightQuant",
     "check_number",
     "check_text",
     "load_catalog",
 ]
 
 MlpKind = Literal["gated", "plain"]
+WeightQuant = Literal["none", "fp8", "fp8_block"]
 _MLP_KINDS: tuple[str, ...] = ("gated", "plain")
+_WEIGHT_QUANTS: tuple[str, ...] = ("none", "fp8", "fp8_block")
 _DTYPE_BYTES: tuple[int, ...] = (1, 2, 4)
 _PACKAGED_FILES: tuple[str, ...] = ("gpus.yaml", "models.yaml")
 _Spec = TypeVar("_Spec", "GpuSpec", "ModelSpec")
@@ -131,7 +135,13 @@ class ModelSpec:
     """A decoder-only transformer's shape, from which weight, KV-cache and FLOP sizes derive.
 
     `mlp` is "gated" (SwiGLU: gate, up and down matrices; Llama, Mistral, Qwen2) or "plain"
-    (up and down matrices; OPT, BLOOM). `dtype_bytes` is the bytes per weight and per KV element.
+    (up and down matrices; OPT, BLOOM). `dtype_bytes` is the bytes per weight of the decoder
+    layers; `kv_dtype_bytes` the bytes per KV-cache element (unset: `dtype_bytes`).
+    `weight_quant` says how 1-byte weights are scaled ("fp8": per tensor or channel; "fp8_block":
+    128 x 128 blocks, as Qwen3's and DeepSeek's FP8 checkpoints); FP8 checkpoints keep the
+    embedding, the LM head and a MoE router in bf16. A mixture of experts sets `num_experts`,
+    `num_experts_per_tok` and `moe_intermediate_size` (every decoder layer's MLP is the MoE; the
+    dense `intermediate_size` is then unused).
     """
 
     name: str
@@ -147,6 +157,11 @@ class ModelSpec:
     mlp: MlpKind
     tied_embeddings: bool
     dtype_bytes: int = 2
+    kv_dtype_bytes: int | None = None
+    weight_quant: WeightQuant = "none"
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
 
     def __post_init__(self) -> None:
         check_text(self.name, "name")
@@ -178,6 +193,39 @@ class ModelSpec:
                 f"({self.num_kv_heads})",
                 field="num_kv_heads",
             )
+        kv_bytes = self.kv_dtype_bytes
+        if kv_bytes is not None and (isinstance(kv_bytes, bool) or kv_bytes not in _DTYPE_BYTES):
+            raise InputError(
+                f"must be one of {', '.join(map(str, _DTYPE_BYTES))}, got {kv_bytes!r}",
+                field="kv_dtype_bytes",
+            )
+        if self.weight_quant not in _WEIGHT_QUANTS:
+            raise InputError(f"must be one of {', '.join(_WEIGHT_QUANTS)}, got "
+                             f"{self.weight_quant!r}", field="weight_quant")
+        if self.weight_quant != "none" and self.dtype_bytes != 1:
+            raise InputError(f"{self.weight_quant} weights take dtype_bytes 1, got "
+                             f"{self.dtype_bytes}", field="dtype_bytes")
+        moe = (self.num_experts, self.num_experts_per_tok, self.moe_intermediate_size)
+        for name, value in zip(("num_experts", "num_experts_per_tok", "moe_intermediate_size"),
+                               moe, strict=True):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"must be an integer >= 0, got {value!r}", field=name)
+        if any(moe) and not all(moe):
+            raise InputError("a mixture of experts sets num_experts, num_experts_per_tok and "
+                             "moe_intermediate_size (all > 0)", field="num_experts")
+        if self.num_experts_per_tok > self.num_experts:
+            raise InputError(f"num_experts_per_tok ({self.num_experts_per_tok}) exceeds "
+                             f"num_experts ({self.num_experts})", field="num_experts_per_tok")
+
+    @property
+    def is_moe(self) -> bool:
+        """Whether the MLP of every layer is a mixture of experts."""
+        return self.num_experts > 0
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes per KV-cache element."""
+        return self.kv_dtype_bytes if self.kv_dtype_bytes is not None else self.dtype_bytes
 
     @property
     def attention_params_per_layer(self) -> int:
@@ -187,10 +235,33 @@ class ModelSpec:
         return 2 * self.hidden_size * q_width + 2 * self.hidden_size * kv_width
 
     @property
+    def _mlp_matrices(self) -> int:
+        return 3 if self.mlp == "gated" else 2
+
+    @property
+    def expert_params(self) -> int:
+        """Weights of one expert's MLP (0 for a dense model)."""
+        return self._mlp_matrices * self.hidden_size * self.moe_intermediate_size
+
+    @property
+    def router_params_per_layer(self) -> int:
+        """Weights of one layer's MoE router (hidden x experts; 0 for a dense model)."""
+        return self.hidden_size * self.num_experts
+
+    @property
     def mlp_params_per_layer(self) -> int:
-        """Weights of one layer's MLP: 3 matrices when gated (SwiGLU), 2 when plain."""
-        num_matrices = 3 if self.mlp == "gated" else 2
-        return num_matrices * self.hidden_size * self.intermediate_size
+        """Weights of one layer's MLP: 3 matrices when gated (SwiGLU), 2 when plain; for a
+        mixture of experts, every expert plus the router."""
+        if self.is_moe:
+            return self.num_experts * self.expert_params + self.router_params_per_layer
+        return self._mlp_matrices * self.hidden_size * self.intermediate_size
+
+    @property
+    def active_mlp_params_per_layer(self) -> int:
+        """Weights one token multiplies in one layer's MLP (its top-k experts and the router)."""
+        if self.is_moe:
+            return self.num_experts_per_tok * self.expert_params + self.router_params_per_layer
+        return self.mlp_params_per_layer
 
     @property
     def embedding_params(self) -> int:
@@ -206,18 +277,31 @@ class ModelSpec:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of weights (`num_params` x `dtype_bytes`), before any tensor-parallel split."""
-        return self.num_params * self.dtype_bytes
+        """Bytes of weights, before any tensor-parallel split: `num_params` x `dtype_bytes`,
+        except that quantized (1-byte) checkpoints keep the embedding, LM head and router in
+        bf16 (NOTE: their configs' `modules_to_not_convert`, e.g. Qwen3-30B-A3B-FP8)."""
+        high = self.embedding_params + self.num_layers * self.router_params_per_layer
+        if not self.tied_embeddings:
+            high += self.embedding_params
+        high_bytes = max(self.dtype_bytes, 2)
+        return (self.num_params - high) * self.dtype_bytes + high * high_bytes
 
     @property
     def kv_bytes_per_token(self) -> int:
         """KV-cache bytes one token occupies across all layers, before a tensor-parallel split."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_bytes
+
+    def kv_bytes_per_token_at(self, tp: int) -> int:
+        """KV-cache bytes of one token over the `tp` GPUs of a replica. NOTE: vLLM replicates
+        KV heads when tp exceeds them (each GPU keeps at least one), so the replica holds
+        max(num_kv_heads, tp) heads' worth."""
+        return 2 * self.num_layers * max(self.num_kv_heads, tp) * self.head_dim * self.kv_bytes
 
     @property
     def linear_flops_per_token(self) -> int:
-        """FLOPs per token of all layers' attention and MLP matrices (2 per weight), no LM head."""
-        per_layer = self.attention_params_per_layer + self.mlp_params_per_layer
+        """FLOPs per token of all layers' attention and MLP matrices (2 per weight), no LM head;
+        a mixture of experts counts the top-k experts a token goes through."""
+        per_layer = self.attention_params_per_layer + self.active_mlp_params_per_layer
         return 2 * self.num_layers * per_layer
 
     @property
@@ -450,7 +534,8 @@ def load_catalog(extra: str | Path | None = None) -> Catalog:
     """The packaged GPU and model catalog, plus the entries of the user YAML file `extra`.
 
     `extra` may hold top-level `gpus:` and `models:` mappings of name -> fields; each entry
-    gives every field (except `dtype_bytes`, default 2) and adds a new name or replaces the
+    gives every field (except the optional `dtype_bytes`, default 2, `kv_dtype_bytes`,
+    `weight_quant` and the mixture-of-experts fields) and adds a new name or replaces the
     packaged entry of the same name (case-insensitive) whole.
     """
     base = _packaged_catalog()

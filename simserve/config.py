@@ -246,9 +246,20 @@ class SpeculativeConfig:
             _require(self.disable_above_batch >= 1, "speculative.disable_above_batch", ">= 1")
 
 
+EngineVersion = Literal["v0", "v1"]
+KvCacheDtype = Literal["auto", "fp8"]
+
+
 @dataclass(frozen=True)
 class EngineConfig:
-    """Scheduler and KV-cache knobs, with vLLM's names and (v1) defaults."""
+    """Scheduler and KV-cache knobs, with vLLM's names and (v1) defaults.
+
+    `version` is the vLLM engine generation the kernel cost model prices (its CPU loop and CUDA
+    graphs): `v0` (vLLM <= 0.6) or `v1` (>= 0.8); unset, it follows the policy (prefill_first:
+    v0, whose scheduler ran prefills alone; otherwise v1). `kv_cache_dtype` is vLLM's: `auto`
+    keeps the model's KV dtype, `fp8` stores one byte per element. `enforce_eager` turns CUDA
+    graphs off, as vLLM's flag of that name.
+    """
 
     policy: Policy = "chunked_prefill"
     max_num_seqs: int = 256
@@ -261,6 +272,16 @@ class EngineConfig:
     activation_reserve_gib: float = 1.0
     num_gpu_blocks_override: int | None = None
     speculative: SpeculativeConfig | None = None
+    version: EngineVersion | None = None
+    kv_cache_dtype: KvCacheDtype = "auto"
+    enforce_eager: bool = False
+
+    @property
+    def engine_version(self) -> str:
+        """`version`, or the generation the policy implies when unset."""
+        if self.version is not None:
+            return self.version
+        return "v0" if self.policy == "prefill_first" else "v1"
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "engine.max_num_seqs", "must be >= 1")
@@ -389,20 +410,30 @@ class ClusterConfig:
 
 # --------------------------------------------------------------------------- cost model
 
-CostModelKind = Literal["roofline", "constant", "calibrated"]
+CostModelKind = Literal["auto", "roofline", "constant", "calibrated", "kernels"]
 
 
 @dataclass(frozen=True)
 class CostModelConfig:
-    """Step-time model. `roofline` uses catalog specs with efficiency factors (DESIGN §4);
+    """Step-time model. `auto` (the default) is `kernels` wherever the measured kernel tables
+    cover the scenario's GPU, model, TP and dtypes, and `roofline` elsewhere, with a one-line
+    warning saying why; `roofline` uses catalog specs with efficiency factors (DESIGN §4);
     `constant` gives every step `step_time_ms` (tests and teaching); `calibrated` uses a fitted
-    profile (`profile`: a name under calibration/profiles/ or a path to a profile YAML).
+    profile (`profile`: a name under calibration/profiles/ or a path to a profile YAML);
+    `kernels` prices every op of a step from GPU kernel latencies measured inside `framework`
+    (calibration/kernels/), plus the engine loop's CPU time fitted on real serving runs;
+    `loop_per_step_us`, `loop_per_seq_us` and `loop_per_token_us` replace the fitted loop terms
+    of `engine.version` (unset: the shipped fit).
     `serving_step_ms` and `serving_per_seq_ms` add the serving loop's time outside the forward
     pass, per step (scheduling, the engine-to-worker call) and per sequence in the step
     (sampling, detokenisation, streaming), which offline step profiles do not measure."""
 
-    kind: CostModelKind = "roofline"
+    kind: CostModelKind = "auto"
     profile: str | None = None
+    framework: Literal["vllm"] = "vllm"
+    loop_per_step_us: float | None = None
+    loop_per_seq_us: float | None = None
+    loop_per_token_us: float | None = None
     step_time_ms: float = 10.0
     mfu: float = 0.6
     mbu: float = 0.75
@@ -416,6 +447,9 @@ class CostModelConfig:
         _require(self.step_time_ms > 0, "cost_model.step_time_ms", "must be > 0")
         _require(self.serving_step_ms >= 0, "cost_model.serving_step_ms", "must be >= 0")
         _require(self.serving_per_seq_ms >= 0, "cost_model.serving_per_seq_ms", "must be >= 0")
+        for name in ("loop_per_step_us", "loop_per_seq_us", "loop_per_token_us"):
+            value = getattr(self, name)
+            _require(value is None or value >= 0, f"cost_model.{name}", "must be >= 0")
         _require(
             self.kind != "calibrated" or self.profile is not None,
             "cost_model.profile",

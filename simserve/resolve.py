@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from simserve.catalog import Catalog, GpuSpec, ModelSpec, load_catalog
 from simserve.config import Scenario, SpeculativeConfig
 from simserve.costmodel import CostModel, build_cost_model
+from simserve.costmodel.kernels import KernelCostModel
+from simserve.costmodel.select import kernel_cost_model
 from simserve.costmodel.speculative import SpeculativeCostModel
 from simserve.engine.simulation import EngineLimits, PoolSetup
 from simserve.errors import InputError
@@ -118,7 +120,8 @@ def kv_cache_blocks(
         return engine.num_gpu_blocks_override
     free = kv_cache_bytes(gpu, model.weight_bytes + draft_weight_bytes, (tp or scenario.tp) * pp,
                           engine.gpu_memory_utilization, engine.activation_reserve_gib)
-    block_bytes = (model.kv_bytes_per_token + draft_kv_bytes_per_token) * engine.block_size
+    kv_per_token = model.kv_bytes_per_token_at(tp or scenario.tp)
+    block_bytes = (kv_per_token + draft_kv_bytes_per_token) * engine.block_size
     return int(free // block_bytes)
 
 
@@ -155,7 +158,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
     """Validate a scenario against the catalog and derive what the engine needs."""
     catalog = catalog or load_catalog(scenario.catalog)
     gpu = catalog.gpu(scenario.hardware)
-    model = catalog.model(scenario.model)
+    model = _with_kv_dtype(catalog.model(scenario.model), scenario)
     _check_parallelism(model, scenario.tp, scenario.pp, "")
     engine = scenario.engine
     max_model_len = engine.max_model_len or model.max_model_len
@@ -169,6 +172,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         return _resolve_disaggregated(scenario, gpu, model, max_model_len)
     spec = engine.speculative
     draft = _draft_model(spec, catalog, model) if spec is not None else None
+    draft = _with_kv_dtype(draft, scenario) if draft is not None else None
     draft_weights, draft_kv = _draft_memory(spec, model, draft)
     num_blocks = kv_cache_blocks(
         scenario, gpu, model, draft_weight_bytes=draft_weights,
@@ -182,10 +186,15 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         max_num_batched_tokens=engine.max_num_batched_tokens,
         max_model_len=max_model_len,
     )
-    cost_model = build_cost_model(scenario.cost_model, gpu, model, scenario.tp)
+    cost_model = build_cost_model(scenario.cost_model, gpu, model, scenario.tp, engine)
     if spec is not None:
         draft_cost = None
-        if draft is not None:
+        if draft is not None and isinstance(_base_model(cost_model), KernelCostModel):
+            # NOTE: the draft's k proposals are forward passes inside the target's step, priced
+            # from the same kernel tables (GPU time only: the engine loop runs once per step).
+            draft_cost = kernel_cost_model(scenario.cost_model, gpu, draft, scenario.tp, engine,
+                                           with_loop=False)
+        elif draft is not None:
             # NOTE: a calibrated profile describes the target only; the draft is priced by the
             # roofline with the same efficiency factors (vLLM runs it at the target's TP). Each
             # of the k proposals is a separate draft forward pass with its own fixed cost
@@ -274,8 +283,11 @@ def _resolve_disaggregated(
         cost_config = scenario.cost_model
         if pool.profile is not None:
             cost_config = dataclasses.replace(cost_config, profile=pool.profile)
+        pool_engine = dataclasses.replace(
+            engine, policy=pool.policy or engine.policy, max_num_seqs=limits.max_num_seqs,
+            max_num_batched_tokens=limits.max_num_batched_tokens, speculative=None)
         try:
-            cost_model = build_cost_model(cost_config, gpu, model, tp)
+            cost_model = build_cost_model(cost_config, gpu, model, tp, pool_engine)
         except InputError as exc:
             if exc.field != "cost_model.profile" or (pool.profile is None and tp == scenario.tp):
                 raise
@@ -301,6 +313,18 @@ def _resolve_disaggregated(
         field="cluster.link",
     )
     return ResolvedScenario(scenario, gpu, model, tuple(pools), kv_link=kv_link)
+
+
+def _base_model(cost_model: CostModel) -> CostModel:
+    """The forward-pass model under a serving-overhead wrapper."""
+    return getattr(cost_model, "base", cost_model)
+
+
+def _with_kv_dtype(model: ModelSpec, scenario: Scenario) -> ModelSpec:
+    """The model with the scenario's KV-cache dtype (vLLM's kv_cache_dtype: fp8 = 1 byte)."""
+    if scenario.engine.kv_cache_dtype == "fp8":
+        return dataclasses.replace(model, kv_dtype_bytes=1)
+    return model
 
 
 def _draft_model(spec: SpeculativeConfig, catalog: Catalog, target: ModelSpec) -> ModelSpec | None:

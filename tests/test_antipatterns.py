@@ -313,12 +313,12 @@ def test_tuning_keeps_the_best_option():
         candidate="a", baseline="b",
         unfair=Setup("u", Point(0.5), METRICS["mean_e2el_ms"]),
         fair=Setup("f", Point(0.5), METRICS["mean_e2el_ms"], tuning={
-            "b": (("cost_model.step_overhead_ms=20",), ("cost_model.step_overhead_ms=1",))}),
+            "b": (("cost_model.serving_step_ms=20",), ("cost_model.serving_step_ms=1",))}),
         expected=("unchanged",), expected_text="x")
     with CatalogRunner(SIZES["tiny"], jobs=1) as runner:
         result = runner.run_entry(entry)
     tuning = result["fair"]["systems"]["b"]["tuning"]
-    assert tuning["chosen"] == ["cost_model.step_overhead_ms=1"]
+    assert tuning["chosen"] == ["cost_model.serving_step_ms=1"]
     values = [o["value"] for o in tuning["options"]]
     assert values[1] < values[0]
 

@@ -27,9 +27,30 @@ PUBLISHED_PARAMS = {
     "bloom-176b": 176e9,
     "llama-3.2-1b": 1.24e9,
     "tinyllama-1.1b": 1.1e9,
+    "llama-3.1-405b": 405e9,
+    "llama-3.3-70b": 70.6e9,
+    "llama-3.1-8b-fp8": 8.03e9,
+    "llama-3.1-70b-fp8": 70.6e9,
+    "llama-3.1-405b-fp8": 405e9,
+    # Qwen3 technical report (Yang et al. 2025), Tables 1-2: total parameters
+    "qwen3-8b": 8.2e9,
+    "qwen3-32b": 32.8e9,
+    "qwen3-32b-fp8": 32.8e9,
+    "qwen3-30b-a3b": 30.5e9,
+    "qwen3-30b-a3b-fp8": 30.5e9,
+    "qwen3-235b-a22b": 235e9,
+    "qwen3-235b-a22b-fp8": 235e9,
+    # Mixtral of Experts (Jiang et al. 2024): 47B (8x7B) and the 8x22B model card's 141B
+    "mixtral-8x7b": 46.7e9,
+    "mixtral-8x22b": 141e9,
 }
+# Active parameters per token (same sources): Qwen3-30B-A3B 3.3B, Qwen3-235B-A22B 22B, Mixtral
+# 12.9B / 39B, counted with the embedding and LM head (which `linear_flops_per_token` leaves out).
+PUBLISHED_ACTIVE = {"qwen3-30b-a3b": 3.3e9, "qwen3-235b-a22b": 22e9, "mixtral-8x7b": 12.9e9,
+                    "mixtral-8x22b": 39e9}
 
-EXPECTED_GPUS = ("a100-80gb-sxm", "h100-80gb-sxm", "h200", "l40s", "mi300x")
+EXPECTED_GPUS = ("a100-80gb-sxm", "h100-80gb-sxm", "h200", "l40s", "mi300x", "b200", "gb200",
+                 "rtx-pro-6000")
 
 MODEL_FIELDS = """\
     hf_id: acme/test-model
@@ -72,7 +93,8 @@ def test_every_packaged_entry_loads() -> None:
         model = catalog.model(name)
         assert isinstance(model, ModelSpec)
         assert model.name == name
-        assert model.weight_bytes == model.num_params * model.dtype_bytes
+        if model.dtype_bytes == 2:
+            assert model.weight_bytes == model.num_params * model.dtype_bytes
     for name in catalog.gpu_names():
         assert isinstance(catalog.gpu(name), GpuSpec)
 
@@ -81,6 +103,49 @@ def test_every_packaged_entry_loads() -> None:
 def test_param_count_within_3_percent_of_published(name: str, published: float) -> None:
     model = load_catalog().model(name)
     assert model.num_params == pytest.approx(published, rel=0.03)
+
+
+@pytest.mark.parametrize(("name", "published"), sorted(PUBLISHED_ACTIVE.items()))
+def test_moe_active_params_within_5_percent_of_published(name: str, published: float) -> None:
+    model = load_catalog().model(name)
+    active = model.linear_flops_per_token / 2 + 2 * model.embedding_params
+    assert active == pytest.approx(published, rel=0.05)
+    assert model.num_params > 3 * active  # all experts are held, few are used per token
+
+
+def test_fp8_checkpoints_keep_embeddings_in_bf16_and_kv_in_bf16() -> None:
+    catalog = load_catalog()
+    for bf16, fp8 in (("llama-3.1-70b", "llama-3.1-70b-fp8"), ("qwen3-32b", "qwen3-32b-fp8"),
+                      ("qwen3-235b-a22b", "qwen3-235b-a22b-fp8")):
+        dense, quant = catalog.model(bf16), catalog.model(fp8)
+        assert quant.num_params == dense.num_params
+        embed = 2 * dense.embedding_params + dense.num_layers * dense.router_params_per_layer
+        assert quant.weight_bytes == (dense.num_params - embed) + 2 * embed
+        assert quant.kv_bytes_per_token == dense.kv_bytes_per_token
+    assert catalog.model("qwen3-32b-fp8").weight_quant == "fp8_block"
+    assert catalog.model("llama-3.1-70b-fp8").weight_quant == "fp8"
+
+
+def test_moe_sizes_from_hf_config() -> None:
+    model = load_catalog().model("qwen3-30b-a3b")
+    expert = 3 * 2048 * 768
+    assert model.mlp_params_per_layer == 128 * expert + 2048 * 128
+    assert model.active_mlp_params_per_layer == 8 * expert + 2048 * 128
+    # GQA: 4 KV heads of 128; at TP8 each GPU keeps one head (replicated), so 8 in the replica
+    assert model.kv_bytes_per_token == 2 * 48 * 4 * 128 * 2
+    assert model.kv_bytes_per_token_at(8) == 2 * model.kv_bytes_per_token
+    assert model.kv_bytes_per_token_at(4) == model.kv_bytes_per_token
+
+
+def test_moe_fields_validated() -> None:
+    with pytest.raises(InputError, match="num_experts: a mixture of experts sets"):
+        ModelSpec("m", "a/b", 2, 64, 4, 4, 16, 128, 100, 512, "gated", False, num_experts=8)
+    with pytest.raises(InputError, match=r"num_experts_per_tok: .* exceeds"):
+        ModelSpec("m", "a/b", 2, 64, 4, 4, 16, 128, 100, 512, "gated", False, num_experts=2,
+                  num_experts_per_tok=4, moe_intermediate_size=32)
+    with pytest.raises(InputError, match="dtype_bytes: fp8_block weights take dtype_bytes 1"):
+        ModelSpec("m", "a/b", 2, 64, 4, 4, 16, 128, 100, 512, "gated", False,
+                  weight_quant="fp8_block")
 
 
 def test_llama_3_8b_kv_bytes_per_token() -> None:
@@ -149,7 +214,8 @@ def test_unknown_gpu_is_a_hardware_error() -> None:
     with pytest.raises(InputError) as info:
         load_catalog().gpu("tpu-v5")
     assert info.value.field == "hardware"
-    assert "unknown GPU 'tpu-v5'; known: a100-80gb-sxm, h100-80gb-sxm" in str(info.value)
+    assert "unknown GPU 'tpu-v5'; known: a100-80gb-sxm, b200, gb200, h100-80gb-sxm" in str(
+        info.value)
 
 
 def test_direct_construction_validates() -> None:

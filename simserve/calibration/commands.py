@@ -23,13 +23,19 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
 
     cal = sub.add_parser(
         "calibrate",
-        help="fit cost profiles (calibration/profiles/*.yaml) to measured latencies",
+        help="fit cost profiles (calibration/profiles/*.yaml) to measured latencies, or "
+        "`calibrate kernels`: extract the measured kernel tables (calibration/kernels/)",
         description="Fit the calibrated cost model to measured data: a splitwise perf_model.csv, "
         "a Vidur mlp.csv or linear_ops.csv, a DistServe profiler .json, or the CSV written by "
         "calibration/profile_gpu.py. Writes one profile per (GPU, model, TP) and prints MAPE "
-        "and max error per regime.",
+        "and max error per regime. `simserve calibrate kernels [--gpu G] [--framework vllm]` "
+        "instead writes the compact kernel tables of the kernel cost model from the installed "
+        "aiconfigurator-core package (pip install 'simserve[calibrate]').",
     )
-    cal.add_argument("data", nargs="+", help="measured-data files")
+    cal.add_argument("data", nargs="+", help="measured-data files, or `kernels` (extract the "
+                     "kernel tables), or `engine-loop` (fit the engine loop on the real runs)")
+    cal.add_argument("--framework", default="vllm",
+                     help="with `kernels`: the serving framework whose tables to extract")
     cal.add_argument("--format", default="auto",
                      choices=("auto", "splitwise", "distserve", "steps", "vidur"))
     cal.add_argument("--gpu", help="only this GPU (catalog name); for a Vidur mlp.csv: its GPU")
@@ -40,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
                           "at once (valid at each), instead of one per TP degree")
     cal.add_argument("--engine", help="engine label for the profile name (default: the data's)")
     cal.add_argument("--name", help="profile name (only when one profile is written)")
-    cal.add_argument("--out", default=str(PROFILES_DIR), help="output folder (default: "
-                     "calibration/profiles)")
+    cal.add_argument("--out", default=None, help="output folder (default: "
+                     "calibration/profiles; with `kernels`: calibration/kernels)")
     cal.add_argument("--holdout", type=float, default=0.2,
                      help="share of step shapes held back to measure the error (default 0.2)")
     cal.add_argument("--seed", type=int, default=0, help="seed of the held-back split")
@@ -50,8 +56,11 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     der = sub.add_parser(
         "derive-profile",
         help="profile for an uncalibrated model from a calibrated one on the same GPU",
-        description="Apply a step profile's fitted efficiencies and engine constants to another "
-        "model's (or TP degree's) roofline terms. Runs using it say it is derived.",
+        description="Where the measured kernel tables cover the base profile's GPU and the "
+        "model and TP: a profile fitted to the kernel model's step times (engine loop of "
+        "--engine-version included). Elsewhere, or with --transfer: the base profile's fitted "
+        "efficiencies and engine constants applied to the model's roofline terms. Runs using "
+        "either say it is derived.",
     )
     der.add_argument("base", help="step profile (name under calibration/profiles or path)")
     der.add_argument("--model", required=True, help="catalog model to derive for")
@@ -61,6 +70,11 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     der.add_argument("--name", help="profile name")
     der.add_argument("--out", default=str(PROFILES_DIR))
     der.add_argument("--catalog", help="extra catalog YAML")
+    der.add_argument("--engine-version", choices=("v0", "v1"), default="v1",
+                     help="engine loop of the kernel model the profile is fitted to")
+    der.add_argument("--transfer", action="store_true",
+                     help="carry the base profile's coefficients (the old derivation) even "
+                     "where kernel tables exist")
 
     val = sub.add_parser(
         "validate",
@@ -111,9 +125,15 @@ def _calibrate(args: argparse.Namespace) -> int:
         write_profile,
     )
     from simserve.calibration.datasets import LinearData, StepData
+    from simserve.calibration.paths import PROFILES_DIR
     from simserve.catalog import load_catalog
     from simserve.errors import InputError
 
+    if args.data == ["kernels"] and not Path("kernels").exists():
+        return _calibrate_kernels(args)
+    if args.data == ["engine-loop"] and not Path("engine-loop").exists():
+        return _calibrate_engine_loop()
+    args.out = args.out or str(PROFILES_DIR)
     catalog = load_catalog(args.catalog)
     groups = []
     for path in args.data:
@@ -163,6 +183,32 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate_kernels(args: argparse.Namespace) -> int:
+    from simserve.calibration.kernel_extract import AIC_PACKAGE, AIC_VERSION, extract_kernels
+
+    written = extract_kernels(args.out, gpus=[args.gpu] if args.gpu else None,
+                              framework=args.framework)
+    for gpu, files in written.items():
+        size_kb = sum(f.stat().st_size for f in files) / 1024
+        print(f"{gpu:<16} {len(files)} files, {size_kb:,.0f} KiB -> {files[0].parent}")
+    print(f"from {AIC_PACKAGE} {AIC_VERSION} (Apache-2.0); latencies in us")
+    return 0
+
+
+def _calibrate_engine_loop() -> int:
+    from simserve.calibration.engine_loop_fit import fit_loop, loop_runs, write_loop_terms
+
+    runs = loop_runs()
+    fits = []
+    for version in ("v0", "v1"):
+        fit = fit_loop(version, [r for r in runs if r.version == version and r.fit])
+        fits.append(fit)
+        terms = ", ".join(f"{k} {v:g}" for k, v in fit.terms.items())
+        print(f"{version}: {terms}  (fitted on {', '.join(fit.fitted_on)})")
+    print(f"-> {write_loop_terms(fits)}")
+    return 0
+
+
 def _derive(args: argparse.Namespace) -> int:
     from simserve.calibration.calibrate import write_profile
     from simserve.catalog import load_catalog
@@ -173,8 +219,27 @@ def _derive(args: argparse.Namespace) -> int:
     base = load_profile(find_profile(args.base))
     linear = load_profile(find_profile(args.linear_from)) if args.linear_from else None
     tp = args.tp or base.tp
-    profile = derive_profile(base, catalog.model(args.model), tp, name=args.name,
-                             linear=linear)
+    model = catalog.model(args.model)
+    if not args.transfer and linear is None:
+        from simserve.calibration.derive_kernels import derive_from_kernels
+        from simserve.config import EngineConfig
+        from simserve.errors import InputError
+
+        try:
+            out = derive_from_kernels(catalog.gpu(base.gpu), model, tp, name=args.name,
+                                      base=base.name,
+                                      engine=EngineConfig(version=args.engine_version))
+        except InputError as exc:
+            print(f"note: {exc.message}; carrying {base.name}'s coefficients instead")
+        else:
+            path = write_profile(out.profile, args.out)
+            held = out.holdout.get("all", {})
+            print(f"derived {out.profile.name}: fitted to the kernel model of {base.gpu} "
+                  f"(engine loop {args.engine_version}); held-back error against it "
+                  f"{held.get('mape_pct', float('nan')):.1f}% MAPE -> {path}")
+            print("note: nothing was measured for this model; runs using it say so")
+            return 0
+    profile = derive_profile(base, model, tp, name=args.name, linear=linear)
     path = write_profile(profile, args.out)
     print(f"derived {profile.name} from {base.name} (fitted on {base.model}, {base.tp_label}) "
           f"-> {path}")

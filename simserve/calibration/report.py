@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from simserve.calibration.kernel_report import kernel_figures, kernel_markdown
 from simserve.calibration.paths import CALIBRATION_DIR
 from simserve.calibration.report_figures import validation_figures
 from simserve.calibration.report_markdown import report_markdown
@@ -17,8 +18,12 @@ def write_report(out_dir: str | Path = CALIBRATION_DIR, *, replay: bool = True) 
     out_dir = Path(out_dir)
     rep = run_validation(replay=replay)
     figures = validation_figures(rep, out_dir / "figures")
+    text = report_markdown(rep, figures)
+    if rep.kernels is not None:
+        kernel_figures(rep.kernels, out_dir / "figures")
+        text += "\n" + "\n".join(kernel_markdown(rep.kernels)) + "\n"
     path = out_dir / "REPORT.md"
     tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(report_markdown(rep, figures), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path

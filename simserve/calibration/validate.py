@@ -45,6 +45,7 @@ from simserve.calibration.fit import (
     predict_linear,
     predict_steps,
 )
+from simserve.calibration.kernel_validation import KernelReport, run_kernel_validation
 from simserve.calibration.online import (
     ONLINE_TERM,
     OnlineReport,
@@ -55,6 +56,7 @@ from simserve.calibration.paths import PROFILES_DIR, SHIPPED_DATA
 from simserve.calibration.replay import (
     ReplayResult,
     replay_trace,
+    trace_rate,
 )
 from simserve.catalog import Catalog, load_catalog
 from simserve.costmodel.calibrated import load_profile, predict_ms, step_terms
@@ -125,6 +127,8 @@ class ValidationReport:
     consistency: ConsistencyReport | None = None
     # The same vLLM replays priced by the roofline's defaults: no measurement at all.
     uncalibrated: tuple[ReplayResult, ...] = ()
+    # The kernel cost model (REPORT.md §7).
+    kernels: KernelReport | None = None
 
 
 # --------------------------------------------------------------------------- step level
@@ -278,5 +282,8 @@ def run_validation(*, replay: bool = True, catalog: Catalog | None = None) -> Va
     disaggregated = run_disaggregated_validation() if replay else None
     consistency = run_consistency_checks(splitwise, vidur, distserve, SHIPPED_DATA["distserve"],
                                          load_allreduce(SHIPPED_DATA["allreduce"]))
+    profile_replays = {trace_rate(r.trace): r for r in replays.get("distserve", [])}
+    kernels = run_kernel_validation(profile_replays, replay=replay)
     return ValidationReport(datasets, loto, lomo, _derived_vs_distserve(catalog, distserve),
-                            replays, notes, online, disaggregated, consistency, uncalibrated)
+                            replays, notes, online, disaggregated, consistency, uncalibrated,
+                            kernels)

@@ -29,6 +29,9 @@ class RooflineCostModel:
     model: ModelSpec
     tp: int
     config: CostModelConfig
+    # Why the default (`kind: auto`) fell back to the roofline: the measured kernels could not
+    # price this scenario. None when the scenario asked for the roofline.
+    fallback: str | None = None
 
     def __post_init__(self) -> None:
         # Precompute per-unit costs once so step_time is a handful of float operations.
@@ -37,12 +40,19 @@ class RooflineCostModel:
         bytes_per_s = g.mem_bandwidth_gbps * 1e9 * c.mbu
         set_ = object.__setattr__
         set_(self, "_linear_s_per_token", m.linear_flops_per_token / tp / flops_per_s)
-        set_(self, "_weights_s", m.weight_bytes / tp / bytes_per_s)
+        # NOTE: a mixture of experts reads only the experts its tokens are routed to: with N
+        # tokens of top-k routing over E experts (uniform, independent), E (1 - (1 - k/E)^N)
+        # distinct experts per layer (the weight read is `_weights_s` at N = 0 plus that many).
+        expert_bytes = m.num_layers * m.num_experts * m.expert_params * m.dtype_bytes
+        set_(self, "_weights_s", (m.weight_bytes - expert_bytes) / tp / bytes_per_s)
+        set_(self, "_experts_s", expert_bytes / tp / bytes_per_s)
+        set_(self, "_expert_miss", 1.0 - m.num_experts_per_tok / m.num_experts
+             if m.is_moe else 1.0)
         set_(self, "_lm_head_s_per_token", m.lm_head_flops_per_token / tp / flops_per_s)
         # QK^T and PV: 2 matmuls x 2 FLOPs per multiply-add, per head dim, per head, per layer.
         attn_flops_per_pair = 4.0 * m.num_layers * m.num_heads * m.head_dim
         set_(self, "_attn_s_per_pair", attn_flops_per_pair / tp / flops_per_s)
-        set_(self, "_kv_s_per_token", m.kv_bytes_per_token / tp / bytes_per_s)
+        set_(self, "_kv_s_per_token", m.kv_bytes_per_token_at(tp) / tp / bytes_per_s)
         # NOTE: Megatron-style TP does two all-reduces per layer (after attention and MLP) of
         # N x hidden activations; a ring all-reduce moves 2 (tp-1)/tp of the message per GPU.
         if tp > 1:
@@ -59,7 +69,10 @@ class RooflineCostModel:
         n = shape.num_prefill_tokens + shape.num_decode_tokens
         if n == 0:
             return self._overhead_s
-        linear = max(n * self._linear_s_per_token, self._weights_s)
+        weights = self._weights_s
+        if self._experts_s:
+            weights += self._experts_s * (1.0 - self._expert_miss**n)
+        linear = max(n * self._linear_s_per_token, weights)
         # Logits only for the positions that sample: the last token of each prefill chunk and
         # every decode/verify position.
         lm_head = (shape.num_prefill_seqs + shape.num_decode_tokens) * self._lm_head_s_per_token
@@ -112,7 +125,7 @@ class RooflineCostModel:
         return out
 
     def describe(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "kind": "roofline",
             "gpu": self.gpu.name,
             "model": self.model.name,
@@ -122,3 +135,13 @@ class RooflineCostModel:
             "step_overhead_ms": self.config.step_overhead_ms,
             "note": "analytical roofline from catalog specs; not calibrated to measurements",
         }
+        if self.fallback is not None:
+            out["selected_by"] = "auto: no measured kernels for this scenario"
+            out["fallback_reason"] = self.fallback
+        return out
+
+    def envelope_warnings(self, steps: object) -> list[str]:
+        """The one-line warning of a default that fell back to the roofline."""
+        if self.fallback is None:
+            return []
+        return [f"cost model: roofline (uncalibrated catalog peaks): {self.fallback}"]

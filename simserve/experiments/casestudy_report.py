@@ -215,7 +215,7 @@ def _setup_section(study: SpecDecStudy) -> list[str]:
         f"| engine | {s.engine.policy}, max_num_seqs {s.engine.max_num_seqs}, "
         f"max_num_batched_tokens {s.engine.max_num_batched_tokens}, block_size "
         f"{s.engine.block_size} |",
-        f"| cost model | {cost.get('kind')}: {cost.get('note', '')} |",
+        f"| cost model | {_cost_text(cost)} |",
         f"| workload | {_requests_text(plan)}; prompt/output lengths sampled from "
         f"`{Path(s.workload.trace or '').name}` (mean {fmt(mean_p)} / {fmt(mean_o)} tokens in "
         f"the measured requests); Poisson arrivals |",
@@ -498,12 +498,39 @@ def _cost_section(study: SpecDecStudy) -> list[str]:
             f"drafting {fmt(b1.draft_ms)} ms ({fmt(b1.draft_ms / k)} ms per draft forward), "
             f"so the cost model predicts {b1.speedup:.2f}x at batch 1 against a reference of "
             f"about {ref:g}x. With the same acceptance, {ref:g}x needs about "
-            f"{fmt(per_draft)} ms per draft forward pass: the roofline prices a draft forward "
-            "at its weight and KV reads only, with no per-forward fixed cost (kernel launches, "
-            "sampling); a lower acceptance rate would close the gap too."
+            f"{fmt(per_draft)} ms per draft forward pass: "
+            + (_KERNEL_DRAFT_TEXT if _is_kernels(study) else _ROOFLINE_DRAFT_TEXT)
         )
     lines.append("")
     return lines
+
+
+_ROOFLINE_DRAFT_TEXT = (
+    "the roofline prices a draft forward at its weight and KV reads only, with no per-forward "
+    "fixed cost (kernel launches, sampling); a lower acceptance rate would close the gap too.")
+_KERNEL_DRAFT_TEXT = (
+    "the kernel model prices a draft forward at the draft model's measured kernels (its GPU "
+    "time), and the engine loop once per step, in the target's step; the drafter's own CPU "
+    "work between its forwards (input preparation, sampling) is not priced, because no real "
+    "run with speculation was available to fit it; a lower acceptance rate would close the "
+    "gap too.")
+
+
+def _is_kernels(study: SpecDecStudy) -> bool:
+    cost = study.figure_runs[BASELINE].resolved.cost_model.describe()
+    return cost.get("kind") == "kernels"
+
+
+def _cost_text(cost: dict) -> str:
+    """One line naming the cost model that priced the runs and its data."""
+    if cost.get("kind") == "kernels":
+        loop = cost.get("engine_loop") or {}
+        assert isinstance(loop, dict)
+        return (f"kernels: GPU kernels measured inside vLLM on {cost.get('gpu')} "
+                f"({cost.get('source')}), engine loop {loop.get('version')} (per step "
+                f"{loop.get('per_step_us', 0):g} us, per sequence {loop.get('per_seq_us', 0):g}"
+                " us, fitted on real serving runs); the draft's forwards from the same tables")
+    return f"{cost.get('kind')}: {cost.get('note', '')}"
 
 
 def render_report(study: SpecDecStudy, command: str) -> str:

@@ -1,0 +1,441 @@
+"""REPORT.md §7 (the kernel cost model): markdown and figures from a `KernelReport`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from simserve.calibration.kernel_validation import (
+    E2E_TARGET_PCT,
+    OP_TARGET_PCT,
+    KernelReport,
+)
+from simserve.calibration.replay import ReplayResult, trace_rate
+from simserve.costmodel.engine_loop import loop_terms
+from simserve.costmodel.kernel_tables import kernel_gpus, kernel_meta
+
+__all__ = ["kernel_figures", "kernel_markdown"]
+
+# One colour per system, as in the other figures of the report (measured: black).
+COLORS = {"kernels": "tab:blue", "roofline": "tab:gray", "profile": "tab:orange"}
+
+
+def _err(sim: float, meas: float) -> float:
+    return 100.0 * (sim / meas - 1.0)
+
+
+def _pct(x: float) -> str:
+    return f"{x:+.1f}%"
+
+
+def _bold_if(x: float, limit: float) -> str:
+    return f"**{_pct(x)}**" if abs(x) > limit else _pct(x)
+
+
+def _tables_section() -> list[str]:
+    out = ["### 7.1 The measured kernels", "",
+           "`calibration/kernels/vllm/<gpu>/` (from aiconfigurator-core 0.12.0, Apache-2.0; "
+           "`simserve calibrate kernels`; `calibration/kernels/README.md`). vLLM version of "
+           "each table and measured points kept:", "",
+           "| GPU | GEMM | prefill attention | decode attention | all-reduce | MoE |",
+           "|---|---|---|---|---|---|"]
+    for gpu in kernel_gpus():
+        tables = kernel_meta(gpu)["tables"]
+        cells = []
+        for name in ("gemm", "context_attention", "generation_attention", "allreduce", "moe"):
+            t = tables.get(name)
+            cells.append(f"{t['framework_version']}: {t['rows_kept']:,}" if t else "–")
+        out.append(f"| {gpu} | " + " | ".join(cells) + " |")
+    out += ["", "Units and values are checked against each GPU's physics "
+            "(`tests/test_kernel_tables.py`): no GEMM beats the dense peak FLOP/s, no GEMM or "
+            "decode attention whose working set exceeds the L2 cache beats HBM/GDDR bandwidth, "
+            "no prefill attention beats peak; the all-reduce `message_size` counts bf16 "
+            "elements (read as bytes, A100 all-reduces would reach 38% of NVLink; as elements "
+            "66-80%).", ""]
+    return out
+
+
+def _ops_section(rep: KernelReport) -> list[str]:
+    out = ["### 7.2 Op level: held-back 20% of each table", "",
+           "Each curve (one shape, over its sweep axis) loses 20% of its measured points at "
+           "random (seed 0); the monotone log-log interpolation of the other 80% predicts them. "
+           "Points inside the kept range test the interpolation; points past either end test "
+           "the power-law extension (flagged as extrapolation in runs). Target: MAPE <= "
+           f"{OP_TARGET_PCT:g}% on interpolated points. The GEMM tables' own noise is the last "
+           "column: GEMMs of 1..16 rows do the same work (one row tile), yet neighbours differ "
+           "by that much on average, so no interpolation can predict a held-back GEMM point "
+           "better.", "",
+           "| GPU | table | interpolated points | MAPE | median | extrapolated points | MAPE | "
+           "target met | GEMM noise |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for o in rep.ops:
+        met = "yes" if o.mape_inside <= OP_TARGET_PCT else "**no**"
+        noise = f"{rep.noise[o.gpu]:.1f}%" if o.table == "gemm" else ""
+        out.append(f"| {o.gpu} | {o.table} | {o.n_inside:,} | {o.mape_inside:.2f}% | "
+                   f"{o.median_inside:.2f}% | {o.n_beyond:,} | {o.mape_beyond:.1f}% | {met} | "
+                   f"{noise} |")
+    met = sum(o.mape_inside <= OP_TARGET_PCT for o in rep.ops)
+    out += ["", f"{met} of {len(rep.ops)} tables meet the target. Their median errors are "
+            "1-7%; the means are pulled up by points where the kernel changes its tiling or "
+            "split strategy between two measured sizes (a 2-3x step that no monotone curve "
+            "through the neighbours can place), and, for GEMMs, by measurement noise of the "
+            "same size as the target (last column). Extrapolated ends miss by 10-60%: the "
+            "power law is the asymptote, not the local slope, which is why runs count steps "
+            "priced there.", ""]
+    return out
+
+
+def _shape_section(rep: KernelReport) -> list[str]:
+    a = rep.aggregation
+    return ["### 7.3 The step's shape from aggregates", "",
+            "BatchShape carries per-step sums only. Decode attention is priced at batch = decode "
+            "sequences and context = decode KV tokens / sequences; prefill chunks at the fresh "
+            "prefill with the same causal query-key pairs, or the decode-style read of their "
+            "mean context if that is slower. Against pricing every sequence at its own context "
+            "(1/b of a batch-b call), on "
+            f"{a['batches']} ShareGPT-like decode batches of 4-256 sequences (lognormal "
+            "contexts, median 600 tokens; Llama-3.1-8B, H100) the attention term differs by "
+            f"{a['attention_mean']:.1f}% on average ({a['attention_max']:.1f}% at worst, where "
+            "the kernel switches split strategy between the two contexts), the whole step by "
+            f"{a['step_mean']:.1f}% ({a['step_max']:.1f}% at worst). No field was added to "
+            "BatchShape.", ""]
+
+
+def _fmt_stats(stats: dict | None, regime: str = "all") -> str:
+    if not stats or regime not in stats:
+        return "–"
+    return f"{stats[regime]['mape_pct']:.1f}"
+
+
+def _steps_section(rep: KernelReport) -> list[str]:
+    out = ["### 7.4 Step level: the project's step data", "",
+           "The kernel model's GPU time (no engine loop) against every step dataset on a GPU "
+           "the tables cover: Vidur's per-layer linear projections (4 GEMMs), splitwise's and "
+           "DistServe's steps (priced as vLLM V0: decode steps of <= 256 sequences as CUDA "
+           "graphs). Beside it, the roofline's defaults and the shipped profile fitted to that "
+           "same data (in-sample, so it is expected to win). MAPE %, and the kernel model's "
+           "median signed error:", "",
+           "| dataset | group | kernels | kernels, median error | roofline | shipped profile |",
+           "|---|---|---|---|---|---|"]
+    for s in rep.steps:
+        prof = f"{_fmt_stats(s.profile)} (`{s.profile_name}`)" if s.profile else "–"
+        out.append(f"| {s.dataset} | {s.group} | {_fmt_stats(s.kernel)} | "
+                   f"{_pct(s.bias_pct)} | {_fmt_stats(s.roofline)} | {prof} |")
+    out += ["", "The kernel model is faster than every one of these measurements, by 4-20% on "
+            "Vidur's linear layers (timed one op at a time in eager PyTorch with CUDA events: "
+            "each op carries a launch and the events' own cost, which the engine's CUDA "
+            "graphs and the package's timing of many back-to-back calls do not) and by 18-66% "
+            "on splitwise's and DistServe's steps, growing with TP. Those are whole steps of "
+            "2023 engines: vLLM before CUDA graphs and custom all-reduce, behind Ray actors "
+            "(DistServe's launcher passes --engine-use-ray --worker-use-ray), i.e. the engine "
+            "loop that §7.5 fits, which at TP 2-8 adds a per-step synchronisation of every "
+            "worker. REPORT §1-2 found the same growth in the profiles' fitted all-reduce "
+            "latency. So these datasets bound the kernel model from above; they do not measure "
+            "what today's kernels take.", ""]
+    return out
+
+
+def _loop_section(rep: KernelReport) -> list[str]:
+    out = ["### 7.5 The engine loop, fitted on real serving runs only", "",
+           "`simserve/costmodel/engine_loop.py`: V0 (serial) step = GPU + per step + per "
+           "running sequence x sequences + per scheduled token x tokens; V1 (overlapped) step "
+           "= per step + max(GPU, per running sequence x sequences). Fitted by replaying the "
+           "real runs through the kernel model (`simserve/calibration/engine_loop_fit.py`: "
+           "bounded least squares on the log errors of p50 TTFT, p90 TTFT and mean TPOT, "
+           "started from a coarse grid). Shipped in `calibration/kernels/vllm/engine_loop.yaml`:",
+           "", "| engine | per step (us) | per sequence (us) | per token (us) | fitted on | "
+           "refitted now |", "|---|---|---|---|---|---|"]
+    refit = {f.version: f for f in rep.shipped_fits}
+    for version in ("v0", "v1"):
+        t = loop_terms(version)
+        f = refit.get(version)
+        now = (", ".join(f"{k} {v:g}" for k, v in f.terms.items()) if f else "–")
+        out.append(f"| {version} | {t.per_step_us:g} | {t.per_seq_us:g} | {t.per_token_us:g} "
+                   f"| {t.source} | {now} |")
+    out += ["", "V0's runs are DistServe's vLLM baseline (2023) behind Ray: 0.58 ms per running "
+            "sequence per step is the remote call that carries every sequence's metadata to the "
+            "worker and back, and the measured TPOT grows by about that much per request "
+            "decoding (REPORT §4's step regression: ~1 ms per sequence). Its 49 us per prefill "
+            "token is more than Python's input preparation costs: it also carries that era's "
+            "prefill kernels (fp16, xformers), ~45% slower than the vLLM 0.14 kernels in the "
+            "A100 tables; it is a property of that engine generation, not of the GPU. V1's "
+            "4.4 ms per step and nothing per sequence: at these runs' batch (~115 running) the "
+            "GPU step (25-50 ms) hides any CPU work that scales with the batch, so only the "
+            "serial part is identifiable; its value is set mostly by the Qwen3-32B TP2 run "
+            "(§7.7).", ""]
+    return out
+
+
+def _e2e_v0_section(rep: KernelReport) -> list[str]:
+    rows = [r for r in rep.e2e if r.run.version == "v0"]
+    if not rows:
+        return []
+    out = ["### 7.6 End to end, vLLM V0: the real OPT-13B A100 runs", "",
+           "The four shipped runs replayed through `scenarios/validation/opt13b-a100-vllm.yaml` "
+           "(measured KV capacity) with `cost_model.kind: kernels` (A100 tables, V0 loop "
+           "above), beside the roofline's defaults and the best existing fitted profile (the "
+           "scenario as shipped: DistServe's vLLM profile plus its online term). Error of the "
+           f"simulation; target: p50 TTFT and mean TPOT within {E2E_TARGET_PCT:g}% at 1-3 "
+           "req/s, the knee between 3 and 4 req/s. Only the loop terms were fitted, on the 1-3 "
+           "req/s runs; 4 req/s is held out.", "",
+           "| rate | metric | measured (ms) | kernels | roofline | best profile |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        rate = trace_rate(r.run.trace)
+        for m in ("TTFT p50", "TTFT p90", "TPOT mean"):
+            meas = r.kernel.measured[m]
+            limit = E2E_TARGET_PCT if rate < 4 and m != "TTFT p90" else 1e9
+            prof = _pct(_err(r.profile.simulated[m], meas)) if r.profile else "–"
+            out.append(f"| {rate:g} | {m} | {meas:.1f} | "
+                       f"{_bold_if(_err(r.kernel.simulated[m], meas), limit)} | "
+                       f"{_pct(_err(r.roofline.simulated[m], meas))} | {prof} |")
+    out += ["", *(_knee_lines(rows)), ""]
+    loro = [x for x in rep.loro if x.version == "v0"]
+    if loro:
+        out += ["Leave one run out (loop terms fitted on the other two runs below the knee):",
+                "", "| held out | terms fitted on the others | p50 TTFT | mean TPOT |",
+                "|---|---|---|---|"]
+        for x in loro:
+            terms = ", ".join(f"{k} {v:g}" for k, v in x.terms.items())
+            r = x.replay
+            out.append(f"| {x.held_out} | {terms} | "
+                       f"{_pct(_err(r.simulated['TTFT p50'], r.measured['TTFT p50']))} | "
+                       f"{_pct(_err(r.simulated['TPOT mean'], r.measured['TPOT mean']))} |")
+        out += ["", "The 2 req/s run is the one REPORT §4 already found slower as a whole "
+                "(its decode steps carry several ms more fixed time than the runs below and "
+                "above it): every setting shared by the runs misses it by 15-25%.", ""]
+    if "kernel_e2e.png" in rep_figures(rep):
+        out += ["![kernel model end to end](figures/kernel_e2e.png)", ""]
+    return out
+
+
+def _knee_lines(rows: list) -> list[str]:
+    by_rate = {trace_rate(r.run.trace): r for r in rows}
+    if 3.0 not in by_rate or 4.0 not in by_rate:
+        return []
+    lo, hi = by_rate[3.0], by_rate[4.0]
+    out = []
+    for label, key in (("kernels", "kernel"), ("roofline", "roofline"), ("best profile",
+                                                                          "profile")):
+        a, b = getattr(lo, key), getattr(hi, key)
+        if a is None or b is None:
+            continue
+        jump = b.simulated["TTFT p90"] / a.simulated["TTFT p90"]
+        out.append(f"- knee, {label}: p90 TTFT {a.simulated['TTFT p90'] / 1e3:.2f} s at 3 "
+                   f"req/s -> {b.simulated['TTFT p90'] / 1e3:.1f} s at 4 req/s (x{jump:.0f}; "
+                   f"measured {a.measured['TTFT p90'] / 1e3:.2f} s -> "
+                   f"{b.measured['TTFT p90'] / 1e3:.1f} s, "
+                   f"x{b.measured['TTFT p90'] / a.measured['TTFT p90']:.0f})")
+    return out
+
+
+def _e2e_v1_section(rep: KernelReport) -> list[str]:
+    rows = [r for r in rep.e2e if r.run.version == "v1"]
+    if not rows:
+        return []
+    out = ["### 7.7 End to end, vLLM V1: the RTX PRO 6000 runs", "",
+           "`scenarios/validation/{llama31-8b,qwen3-32b-tp2}-rtxpro6000-vllm-v1.yaml`: the "
+           "runs' engine arguments (chunked prefill, max_num_seqs 128, 2048 tokens per step), "
+           "300 ShareGPT requests at ~10.3 req/s, past saturation. Error of the simulation:", "",
+           "| run | metric | measured (ms) | kernels | roofline |", "|---|---|---|---|---|"]
+    for r in rows:
+        for m in ("TTFT p50", "TTFT p90", "TPOT mean"):
+            meas = r.kernel.measured[m]
+            out.append(f"| {r.run.label} | {m} | {meas:.1f} | "
+                       f"{_pct(_err(r.kernel.simulated[m], meas))} | "
+                       f"{_pct(_err(r.roofline.simulated[m], meas))} |")
+    loro = [x for x in rep.loro if x.version == "v1"]
+    if loro:
+        out += ["", "Leave one run out (V1 loop terms fitted on the other run only):", "",
+                "| held out | terms fitted on the other run | p50 TTFT | mean TPOT |",
+                "|---|---|---|---|"]
+        for x in loro:
+            terms = ", ".join(f"{k} {v:g}" for k, v in x.terms.items())
+            r = x.replay
+            out.append(f"| {x.held_out} | {terms} | "
+                       f"{_pct(_err(r.simulated['TTFT p50'], r.measured['TTFT p50']))} | "
+                       f"{_pct(_err(r.simulated['TPOT mean'], r.measured['TPOT mean']))} |")
+    out += ["", "The measured kernels alone leave the 8B run's decode steps ~3 ms short (its "
+            "step regression, §4's method: 11.1 ms + 0.15 ms per running sequence) and the "
+            "32B TP2 run's ~12 ms short (24.7 ms + 0.28 ms per sequence). One set of loop terms "
+            "cannot close both: what the 32B run adds grows with TP (two PCIe GPUs: a "
+            "multiprocess executor broadcasting every step, all-reduces over PCIe) or with "
+            "sustained load (a 600 W card's clocks), and two runs cannot tell which. Each run "
+            "predicted from the other shows the range: a term fitted on the 8B run leaves the "
+            "32B run too fast, one fitted on the 32B run makes the 8B run too slow.", ""]
+    if rep.occupancy:
+        out += ["Running and waiting requests over time (measured from the server's per-request "
+                "schedule and finish times; simulated from the replay):", "",
+                "![V1 occupancy](figures/kernel_v1_occupancy.png)", ""]
+    return out
+
+
+def _aic_section(rep: KernelReport) -> list[str]:
+    out = ["### 7.8 Beside aiconfigurator's own estimate", ""]
+    if not rep.aic:
+        return [*out, rep.aic_note, ""]
+    out += ["aiconfigurator-core's SDK (`EngineHandle.compile(...).run_static`: same kernel "
+            "data, a static batch of C prompts of 1024 tokens prefilled together, then 255 "
+            "decode steps) beside simserve's kernel model on the same shapes (GPU time; the "
+            "last column adds the shipped V1 engine loop):", "",
+            "| config | C | TTFT aic (ms) | TTFT simserve | diff | TPOT aic (ms) | "
+            "TPOT simserve | diff | TPOT simserve + V1 loop |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in rep.aic:
+        out.append(f"| {r.label} | {r.concurrency} | {r.aic_ttft_ms:.1f} | "
+                   f"{r.kernel_ttft_ms:.1f} | {_pct(_err(r.kernel_ttft_ms, r.aic_ttft_ms))} | "
+                   f"{r.aic_tpot_ms:.2f} | {r.kernel_tpot_ms:.2f} | "
+                   f"{_pct(_err(r.kernel_tpot_ms, r.aic_tpot_ms))} | "
+                   f"{r.kernel_tpot_loop_ms:.2f} |")
+    out += ["", "Dense models agree within a few percent: both sum the same measured GEMMs, "
+            "attention calls and all-reduces. simserve is slightly slower because it pads decode "
+            "batches to vLLM's CUDA-graph sizes and prices sampling and the elementwise kernels "
+            "per launch; aiconfigurator steps the context in strides of 32 tokens. The MoE "
+            "model differs most at 16 sequences: both use the package's skewed-routing MoE rows, "
+            "but aiconfigurator reads them through its own interpolation while simserve's is "
+            "monotone (isotonic) in tokens. Neither models the engine loop; simserve adds it "
+            "from real runs (last column), which is where the two estimates part at small "
+            "models.", ""]
+    return out
+
+
+def _derive_section(rep: KernelReport) -> list[str]:
+    if not rep.derive:
+        return []
+    out = ["### 7.9 `derive-profile`", "",
+           "`simserve derive-profile` now fits the new profile to the kernel model wherever the "
+           "tables cover the GPU, model and TP (`simserve/calibration/derive_kernels.py`); "
+           "`--transfer` keeps the old derivation, which carries the base profile's "
+           "efficiencies and its engine constants. Decode steps at a 1000-token context (ms):",
+           "", "| scenario | base profile | batch | kernel model | derived (fitted to it) | "
+           "derived by transfer |", "|---|---|---|---|---|---|"]
+    for r in rep.derive:
+        for i, b in enumerate(r.batches):
+            out.append(f"| {r.label} | `{r.base}` | {b} | {r.kernel_ms[i]:.1f} | "
+                       f"{r.derived_ms[i]:.1f} ({_pct(_err(r.derived_ms[i], r.kernel_ms[i]))}) "
+                       f"| {r.transfer_ms[i]:.1f} "
+                       f"({_pct(_err(r.transfer_ms[i], r.kernel_ms[i]))}) |")
+    worst = max(r.derived_holdout_mape for r in rep.derive)
+    out += ["", "A profile fitted to the kernel model prices like it (held-back MAPE against it "
+            f"at most {worst:.1f}% over prefill, decode and mixed steps); the transferred one "
+            "carries whatever its base engine added per sequence and per step, at batches its "
+            "base never measured.", ""]
+    if rep.derive_replays:
+        kernel = {trace_rate(r.run.trace): r.kernel for r in rep.e2e if r.run.version == "v0"}
+        out += ["The real OPT-13B vLLM runs replayed with the derived OPT-13B profile (fitted "
+                "to the kernel model with the V0 loop; no OPT-13B measurement), beside the "
+                "kernel model itself (error of the simulation):", "",
+                "| rate | metric | derived | kernel model |", "|---|---|---|---|"]
+        for rate, r in rep.derive_replays:
+            for m in ("TTFT p50", "TPOT mean"):
+                k = kernel.get(rate)
+                kcell = _pct(_err(k.simulated[m], k.measured[m])) if k else "–"
+                out.append(f"| {rate:g} | {m} | {_pct(_err(r.simulated[m], r.measured[m]))} | "
+                           f"{kcell} |")
+        out.append("")
+    return out
+
+
+def rep_figures(rep: KernelReport) -> set[str]:
+    """Names of the figures this report draws (given what it computed)."""
+    names = set()
+    if any(r.run.version == "v0" for r in rep.e2e):
+        names.add("kernel_e2e.png")
+    if rep.occupancy:
+        names.add("kernel_v1_occupancy.png")
+    return names
+
+
+def _targets(rep: KernelReport) -> list[str]:
+    out = ["### 7.10 Targets", "", "| target | achieved | met |", "|---|---|---|"]
+    for o in rep.ops:
+        out.append(f"| op level MAPE <= {OP_TARGET_PCT:g}%: {o.gpu} {o.table} | "
+                   f"{o.mape_inside:.2f}% | {'yes' if o.mape_inside <= OP_TARGET_PCT else 'no'} |")
+    for r in rep.e2e:
+        if r.run.version != "v0" or trace_rate(r.run.trace) >= 4:
+            continue
+        for m in ("TTFT p50", "TPOT mean"):
+            e = _err(r.kernel.simulated[m], r.kernel.measured[m])
+            out.append(f"| e2e V0 {m} within {E2E_TARGET_PCT:g}% at "
+                       f"{trace_rate(r.run.trace):g} req/s (kernels) | {_pct(e)} | "
+                       f"{'yes' if abs(e) <= E2E_TARGET_PCT else 'no'} |")
+    v0 = {trace_rate(r.run.trace): r for r in rep.e2e if r.run.version == "v0"}
+    if 3.0 in v0 and 4.0 in v0:
+        a, b = v0[3.0].kernel.simulated["TTFT p90"], v0[4.0].kernel.simulated["TTFT p90"]
+        out.append(f"| knee between 3 and 4 req/s (p90 TTFT jumps >= 10x) | x{b / a:.0f} | "
+                   f"{'yes' if b / a >= 10 else 'no'} |")
+    return [*out, ""]
+
+
+def kernel_markdown(rep: KernelReport) -> list[str]:
+    """The lines of REPORT.md §7."""
+    return ["## 7. The kernel cost model", "",
+            "`cost_model: {kind: kernels}` (`simserve/costmodel/kernels.py`) prices every op of "
+            "a step from GPU kernels measured inside vLLM, plus the engine loop's CPU time "
+            "fitted on real serving runs. Nothing here is fitted to published numbers.", "",
+            *_tables_section(), *_ops_section(rep), *_shape_section(rep),
+            *_steps_section(rep), *_loop_section(rep), *_e2e_v0_section(rep),
+            *_e2e_v1_section(rep), *_aic_section(rep), *_derive_section(rep),
+            *_targets(rep)]
+
+
+def kernel_figures(rep: KernelReport, fig_dir: Path) -> list[str]:
+    """Draw §7's figures into `fig_dir`; the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    rows = [r for r in rep.e2e if r.run.version == "v0"]
+    if rows:
+        rates = [trace_rate(r.run.trace) for r in rows]
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+        for ax, (m, label, logy) in zip(axes, (("TTFT p50", "p50 TTFT (ms)", False),
+                                               ("TTFT p90", "p90 TTFT (ms)", True),
+                                               ("TPOT mean", "mean TPOT (ms)", False)),
+                                        strict=True):
+            ax.plot(rates, [r.kernel.measured[m] for r in rows], "ko-", label="measured (vLLM)")
+            series: list[tuple[str, list[ReplayResult | None]]] = [
+                ("kernels", [r.kernel for r in rows]), ("roofline", [r.roofline for r in rows]),
+                ("profile", [r.profile for r in rows])]
+            for name, runs in series:
+                if all(x is not None for x in runs):
+                    ax.plot(rates, [x.simulated[m] for x in runs if x is not None], "s--",
+                            color=COLORS[name], label=f"simserve ({name})")
+            ax.set_xlabel("arrival rate (req/s)")
+            ax.set_ylabel(label)
+            if logy:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle("OPT-13B on one A100-80GB, vLLM V0: kernel model vs roofline vs fitted "
+                     "profile", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(fig_dir / "kernel_e2e.png", dpi=110)
+        plt.close(fig)
+        written.append("kernel_e2e.png")
+    if rep.occupancy:
+        fig, axes = plt.subplots(1, len(rep.occupancy), figsize=(6 * len(rep.occupancy), 3.8))
+        for ax, (name, series) in zip(np.atleast_1d(axes), rep.occupancy.items(), strict=True):
+            ax.plot(series["t_measured"], series["running_measured"], "k-",
+                    label="running, measured")
+            ax.plot(series["t_measured"], series["waiting_measured"], "k:",
+                    label="waiting, measured")
+            ax.plot(series["t_simulated"], series["running_simulated"], "-",
+                    color=COLORS["kernels"], label="running, simserve (kernels)")
+            ax.plot(series["t_simulated"], series["waiting_simulated"], ":",
+                    color=COLORS["kernels"], label="waiting, simserve (kernels)")
+            ax.set_xlabel("time since the first request (s)")
+            ax.set_ylabel("requests")
+            ax.set_title(name, fontsize=9)
+            ax.grid(alpha=0.3)
+        np.atleast_1d(axes)[0].legend(fontsize=7)
+        fig.suptitle("vLLM 0.19 (V1) on RTX PRO 6000: running and waiting requests",
+                     fontsize=10)
+        fig.tight_layout()
+        fig.savefig(fig_dir / "kernel_v1_occupancy.png", dpi=110)
+        plt.close(fig)
+        written.append("kernel_v1_occupancy.png")
+    return written

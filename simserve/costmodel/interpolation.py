@@ -1,0 +1,178 @@
+"""Monotone log-log interpolation of measured kernel latencies, and fast lookups built from it.
+
+A kernel's latency never falls when its work grows (more GEMM rows, a longer sequence, a bigger
+batch or message), and it follows power laws between a fixed floor and a bandwidth- or
+compute-bound regime; so a measured curve is first made non-decreasing by isotonic regression
+(pool-adjacent-violators, on log latency), then interpolated piecewise-linearly in
+(log x, log latency). Below its first point a curve stays at its first value (the kernel's
+launch floor); past its last point it grows as x^exponent, the op's physical asymptote
+(`TableSpec.exponent`). Two-dimensional tables (batch x sequence) interpolate log-log between
+the rows of the two nearest measured batches.
+
+Step pricing must cost a handful of float operations, so the cost model resamples what it needs
+once, at construction: `DenseCurve` holds a value per integer (GEMM rows, sampled rows), and
+`LogGrid` a uniform grid in (log2 x, log2 y) whose cells are bilinear in log space.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "DenseCurve",
+    "LogGrid",
+    "MonotoneCurve",
+    "isotonic_increasing",
+    "rows_at",
+]
+
+
+def isotonic_increasing(values: Sequence[float]) -> np.ndarray:
+    """The non-decreasing sequence closest to `values` in least squares (PAVA)."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += c
+    out: list[float] = []
+    for s, c in blocks:
+        out += [s / c] * int(c)
+    return np.asarray(out)
+
+
+@dataclass(frozen=True)
+class MonotoneCurve:
+    """A measured latency curve y(x): isotonic in log y, log-log linear between points (or, with
+    `smooth`, a monotone cubic: PCHIP, Fritsch and Carlson 1980), flat below the first point,
+    x^exponent past the last."""
+
+    log_x: np.ndarray
+    log_y: np.ndarray
+    exponent: float
+    smooth: bool = False
+
+    def __post_init__(self) -> None:
+        pchip = None
+        if self.smooth:
+            from scipy.interpolate import PchipInterpolator
+
+            pchip = PchipInterpolator(self.log_x, self.log_y, extrapolate=False)
+        object.__setattr__(self, "_pchip", pchip)
+
+    @classmethod
+    def fit(cls, xs: Sequence[float], ys: Sequence[float], exponent: float,
+            smooth: bool = False) -> MonotoneCurve:
+        """The curve through measured points (xs ascending, ys > 0)."""
+        x = np.asarray(xs, dtype=np.float64)
+        y = np.asarray(ys, dtype=np.float64)
+        if x.size == 0 or np.any(np.diff(x) <= 0) or np.any(y <= 0):
+            raise ValueError("a curve needs ascending x and positive y")
+        return cls(np.log(x), isotonic_increasing(np.log(y)), exponent, smooth and x.size >= 3)
+
+    @property
+    def x_max(self) -> float:
+        return float(np.exp(self.log_x[-1]))
+
+    def scaled(self, factor: float) -> MonotoneCurve:
+        """The same curve times `factor`."""
+        return MonotoneCurve(self.log_x, self.log_y + math.log(factor), self.exponent,
+                             self.smooth)
+
+    def __call__(self, x: np.ndarray | float) -> np.ndarray:
+        """Latency at x (vectorised)."""
+        lx = np.log(np.maximum(np.asarray(x, dtype=np.float64), 1e-300))
+        if self._pchip is not None:  # type: ignore[attr-defined]
+            inside = self._pchip(np.clip(lx, self.log_x[0], self.log_x[-1]))  # type: ignore[attr-defined]
+        else:
+            inside = np.interp(lx, self.log_x, self.log_y)
+        beyond = self.log_y[-1] + self.exponent * (lx - self.log_x[-1])
+        return np.exp(np.where(lx > self.log_x[-1], beyond, inside))
+
+
+def rows_at(
+    rows: dict[float, MonotoneCurve], row_value: np.ndarray | float, x: np.ndarray | float,
+    row_exponent: float,
+) -> np.ndarray:
+    """A two-dimensional table (one curve per measured row value, e.g. batch size) at
+    (row_value, x): log-log between the two nearest rows, flat below the first row, and
+    row_value^row_exponent past the last (vectorised; broadcasts row_value against x)."""
+    keys = sorted(rows)
+    r, x = np.broadcast_arrays(np.asarray(row_value, dtype=np.float64),
+                               np.asarray(x, dtype=np.float64))
+    log_keys = np.log(keys)
+    at_rows = np.log(np.stack([rows[k](x) for k in keys]))  # (rows, ...)
+    lr = np.log(np.maximum(r, 1e-300))
+    pos = np.clip(np.searchsorted(log_keys, lr, side="right") - 1, 0, len(keys) - 1)
+    if len(keys) == 1:
+        out = at_rows[0] + row_exponent * np.maximum(lr - log_keys[0], 0.0)
+        return np.exp(out)
+    lo = np.minimum(pos, len(keys) - 2)
+    t = (lr - log_keys[lo]) / (log_keys[lo + 1] - log_keys[lo])
+    y_lo = np.take_along_axis(at_rows, lo[None, ...], 0)[0]
+    y_hi = np.take_along_axis(at_rows, (lo + 1)[None, ...], 0)[0]
+    inside = y_lo + np.clip(t, 0.0, 1.0) * (y_hi - y_lo)
+    beyond = at_rows[-1] + row_exponent * (lr - log_keys[-1])
+    below = at_rows[0]
+    out = np.where(lr > log_keys[-1], beyond, np.where(lr < log_keys[0], below, inside))
+    return np.exp(out)
+
+
+class DenseCurve:
+    """Values at every integer 0..n-1 (a Python list: one index per lookup), growing as
+    x^exponent past the end."""
+
+    __slots__ = ("_last", "_n", "_values", "exponent")
+
+    def __init__(self, values: Sequence[float], exponent: float) -> None:
+        self._values = [float(v) for v in values]
+        self._n = len(self._values)
+        self._last = self._values[-1]
+        self.exponent = exponent
+
+    def __call__(self, x: int) -> float:
+        if x < self._n:
+            return self._values[x]
+        return self._last * ((x / (self._n - 1)) ** self.exponent)
+
+
+class LogGrid:
+    """f(a, b) sampled on a uniform grid in (log2 a, log2 b), `per_octave` points per octave
+    from 1 to 2^octaves on each axis; bilinear in (log2 a, log2 b, log f) between samples and
+    clamped to the grid's edges (callers size the grid to cover what they ask)."""
+
+    __slots__ = ("_na", "_nb", "_per", "_rows")
+
+    def __init__(self, log_values: np.ndarray, per_octave: int) -> None:
+        self._rows = [list(map(float, row)) for row in log_values]
+        self._na = len(self._rows) - 1
+        self._nb = len(self._rows[0]) - 1
+        self._per = per_octave
+
+    @staticmethod
+    def axis(octaves: int, per_octave: int) -> np.ndarray:
+        """The sample points of one axis: 2^(i / per_octave), i = 0..octaves x per_octave."""
+        return np.exp2(np.arange(octaves * per_octave + 1) / per_octave)
+
+    def __call__(self, a: float, b: float) -> float:
+        per = self._per
+        fa = math.log2(a) * per if a > 1.0 else 0.0
+        fb = math.log2(b) * per if b > 1.0 else 0.0
+        ia = int(fa)
+        ib = int(fb)
+        if ia >= self._na:
+            ia, fa = self._na - 1, float(self._na)
+        if ib >= self._nb:
+            ib, fb = self._nb - 1, float(self._nb)
+        ta = fa - ia
+        tb = fb - ib
+        r0 = self._rows[ia]
+        r1 = self._rows[ia + 1]
+        v0 = r0[ib] + tb * (r0[ib + 1] - r0[ib])
+        v1 = r1[ib] + tb * (r1[ib + 1] - r1[ib])
+        return math.exp(v0 + ta * (v1 - v0))

@@ -1,0 +1,175 @@
+"""The measured kernel tables simserve ships (calibration/kernels/): where they are, their format.
+
+`simserve calibrate kernels` writes, per framework and GPU, a compact subset of the kernel
+latencies measured by NVIDIA's aiconfigurator-core (Apache-2.0): GEMMs, prefill ("context") and
+decode ("generation") attention, the custom all-reduce and fused MoE layers. Each table is a
+"wide" CSV: a few key columns, then one column per value of the table's sweep axis (GEMM rows
+m, attention sequence length, all-reduce message size, MoE tokens), latencies in MICROSECONDS
+with 4 significant digits, an empty cell where nothing was measured. `meta.yaml` beside them
+records the package, its version and licence, the source tables and their collection metadata.
+
+Reading needs nothing but the standard library: running simserve never imports the package
+that produced the files, nor pandas.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simserve.errors import InputError
+
+__all__ = [
+    "TABLES",
+    "KernelTable",
+    "TableSpec",
+    "kernel_gpus",
+    "kernel_meta",
+    "kernels_dir",
+    "load_kernel_table",
+]
+
+
+def kernels_dir() -> Path:
+    """The folder of the shipped kernel tables (`calibration/kernels/`).
+
+    NOTE: the one place that knows where the files live, so that packaging can move them
+    (importlib.resources) by changing this function only.
+    """
+    return Path(__file__).resolve().parents[2] / "calibration" / "kernels"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One kernel table: its file, its key columns and its sweep axis (the wide columns).
+
+    `exponent` is the physical growth of latency along the axis far beyond the measured range
+    (GEMM time grows linearly in m once compute-bound, causal prefill attention
+    quadratically in the sequence length, decode attention linearly in the context, an
+    all-reduce linearly in the message, a MoE layer linearly in the tokens), used to extend a
+    curve past its last measured point.
+    """
+
+    name: str
+    keys: tuple[str, ...]
+    axis: str
+    exponent: float
+    # Monotone cubic (PCHIP) instead of linear in log-log between points: the attention and
+    # MoE curves bend smoothly from their floor to their asymptote over a coarse grid, and the
+    # cubic follows that bend (REPORT.md §7 compares both on held-back points).
+    smooth: bool = False
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}.csv"
+
+
+TABLES: dict[str, TableSpec] = {
+    "gemm": TableSpec("gemm", ("dtype", "n", "k"), "m", 1.0),
+    "context_attention": TableSpec(
+        "context_attention",
+        ("kv_dtype", "head_dim", "num_heads", "num_kv_heads", "batch"),
+        "isl",
+        2.0,
+        smooth=True,
+    ),
+    "generation_attention": TableSpec(
+        "generation_attention",
+        ("kv_dtype", "head_dim", "num_heads", "num_kv_heads", "batch"),
+        "kv_len",
+        1.0,
+        smooth=True,
+    ),
+    "allreduce": TableSpec("allreduce", ("backend", "num_gpus"), "message_elems", 1.0),
+    "moe": TableSpec(
+        "moe",
+        ("dtype", "hidden", "inter", "topk", "experts", "moe_tp", "moe_ep"),
+        "num_tokens",
+        1.0,
+        smooth=True,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class KernelTable:
+    """A parsed wide table: `curves[key] = (axis values, latencies in us)`, measured points only.
+
+    Keys are tuples of the spec's key columns (strings stay strings, numbers become ints).
+    """
+
+    spec: TableSpec
+    gpu: str
+    framework: str
+    curves: dict[tuple[Any, ...], tuple[tuple[float, ...], tuple[float, ...]]]
+
+    def keys_where(self, **fixed: Any) -> list[tuple[Any, ...]]:
+        """Keys whose named key columns equal the given values."""
+        idx = {name: self.spec.keys.index(name) for name in fixed}
+        return [k for k in self.curves if all(k[i] == fixed[n] for n, i in idx.items())]
+
+
+def _cell(raw: str) -> Any:
+    try:
+        return int(raw)
+    except ValueError:
+        return raw
+
+
+def _gpu_dir(gpu: str, framework: str) -> Path:
+    return kernels_dir() / framework / gpu
+
+
+def kernel_gpus(framework: str = "vllm") -> tuple[str, ...]:
+    """Catalog names of the GPUs with shipped kernel tables for `framework`, sorted."""
+    root = kernels_dir() / framework
+    if not root.is_dir():
+        return ()
+    return tuple(sorted(p.name for p in root.iterdir() if (p / "meta.yaml").is_file()))
+
+
+@functools.cache
+def kernel_meta(gpu: str, framework: str = "vllm") -> dict[str, Any]:
+    """The `meta.yaml` of one GPU's tables (package, licence, sources, GPU spec)."""
+    path = _gpu_dir(gpu, framework) / "meta.yaml"
+    if not path.is_file():
+        known = ", ".join(kernel_gpus(framework)) or "none"
+        raise InputError(
+            f"no measured kernel tables for GPU {gpu!r} and framework {framework!r} "
+            f"(shipped: {known})",
+            field="cost_model.kind",
+        )
+    with path.open(encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+@functools.cache
+def load_kernel_table(gpu: str, name: str, framework: str = "vllm") -> KernelTable:
+    """One shipped table of `gpu` (catalog name), parsed once per process."""
+    spec = TABLES[name]
+    path = _gpu_dir(gpu, framework) / spec.file_name
+    if not path.is_file():
+        return KernelTable(spec, gpu, framework, {})
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    header = rows[0]
+    num_keys = len(spec.keys)
+    if tuple(header[:num_keys]) != spec.keys:
+        raise InputError(f"expected key columns {','.join(spec.keys)}", source=str(path),
+                         line=1)
+    axis = [float(v) for v in header[num_keys:]]
+    curves: dict[tuple[Any, ...], tuple[tuple[float, ...], tuple[float, ...]]] = {}
+    for row in rows[1:]:
+        key = tuple(_cell(v) for v in row[:num_keys])
+        xs, ys = [], []
+        for x, raw in zip(axis, row[num_keys:], strict=True):
+            if raw:
+                xs.append(x)
+                ys.append(float(raw))
+        curves[key] = (tuple(xs), tuple(ys))
+    return KernelTable(spec, gpu, framework, curves)
