@@ -163,3 +163,21 @@ def test_unmeasured_head_configuration_maps_to_the_same_group_size() -> None:
         ops.attention_map("generation_attention", "bfloat16", 96, 32, 32)
     with pytest.raises(KernelCoverageError, match="all-reduce over 3 GPUs"):
         ops.allreduce("graph", 3, 1024.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.05, 3.0), min_size=2, max_size=12),
+       st.lists(st.floats(-2.0, 2.0), min_size=12, max_size=12))
+def test_monotone_cubic_is_scipys_pchip(steps, rises):
+    """Our PCHIP (no scipy at run time) is scipy's PchipInterpolator, on increasing data and
+    on data with flat and falling stretches."""
+    from scipy.interpolate import PchipInterpolator
+
+    from simserve.costmodel.interpolation import hermite, pchip_slopes
+
+    x = np.cumsum([0.0, *steps])
+    y = np.cumsum([0.0, *rises[: x.size - 1]])
+    at = np.linspace(x[0], x[-1], 97)
+    want = PchipInterpolator(x, y)(at)
+    got = hermite(x, y, pchip_slopes(x, y), at)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

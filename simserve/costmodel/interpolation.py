@@ -26,7 +26,9 @@ __all__ = [
     "DenseCurve",
     "LogGrid",
     "MonotoneCurve",
+    "hermite",
     "isotonic_increasing",
+    "pchip_slopes",
     "rows_at",
 ]
 
@@ -49,8 +51,8 @@ def isotonic_increasing(values: Sequence[float]) -> np.ndarray:
 @dataclass(frozen=True)
 class MonotoneCurve:
     """A measured latency curve y(x): isotonic in log y, log-log linear between points (or, with
-    `smooth`, a monotone cubic: PCHIP, Fritsch and Carlson 1980), flat below the first point,
-    x^exponent past the last."""
+    `smooth`, a monotone cubic: PCHIP, Fritsch and Carlson 1980, see `pchip_slopes`), flat
+    below the first point, x^exponent past the last."""
 
     log_x: np.ndarray
     log_y: np.ndarray
@@ -58,12 +60,8 @@ class MonotoneCurve:
     smooth: bool = False
 
     def __post_init__(self) -> None:
-        pchip = None
-        if self.smooth:
-            from scipy.interpolate import PchipInterpolator
-
-            pchip = PchipInterpolator(self.log_x, self.log_y, extrapolate=False)
-        object.__setattr__(self, "_pchip", pchip)
+        slopes = pchip_slopes(self.log_x, self.log_y) if self.smooth else None
+        object.__setattr__(self, "_slopes", slopes)
 
     @classmethod
     def fit(cls, xs: Sequence[float], ys: Sequence[float], exponent: float,
@@ -87,12 +85,57 @@ class MonotoneCurve:
     def __call__(self, x: np.ndarray | float) -> np.ndarray:
         """Latency at x (vectorised)."""
         lx = np.log(np.maximum(np.asarray(x, dtype=np.float64), 1e-300))
-        if self._pchip is not None:  # type: ignore[attr-defined]
-            inside = self._pchip(np.clip(lx, self.log_x[0], self.log_x[-1]))  # type: ignore[attr-defined]
+        slopes = self._slopes  # type: ignore[attr-defined]
+        if slopes is not None:
+            inside = hermite(self.log_x, self.log_y, slopes,
+                             np.clip(lx, self.log_x[0], self.log_x[-1]))
         else:
             inside = np.interp(lx, self.log_x, self.log_y)
         beyond = self.log_y[-1] + self.exponent * (lx - self.log_x[-1])
         return np.exp(np.where(lx > self.log_x[-1], beyond, inside))
+
+
+def pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Derivatives at the knots of the shape-preserving monotone cubic of Fritsch and Carlson
+    (1980) with Fritsch and Butland's weighted harmonic mean inside and the one-sided
+    three-point formula at the ends (the rules of Moler's `pchip`): a knot where the curve
+    turns or flattens gets slope 0, so the cubic never overshoots the data."""
+    h = np.diff(x)
+    m = np.diff(y) / h
+    d = np.zeros(x.size)
+    if x.size == 2:
+        d[:] = m[0]
+        return d
+    w1 = 2.0 * h[1:] + h[:-1]
+    w2 = h[1:] + 2.0 * h[:-1]
+    same_sign = (m[:-1] * m[1:]) > 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        harmonic = (w1 + w2) / (w1 / m[:-1] + w2 / m[1:])
+    d[1:-1] = np.where(same_sign, harmonic, 0.0)
+    d[0] = _end_slope(h[0], h[1], m[0], m[1])
+    d[-1] = _end_slope(h[-1], h[-2], m[-1], m[-2])
+    return d
+
+
+def _end_slope(h0: float, h1: float, m0: float, m1: float) -> float:
+    d = ((2.0 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+    if np.sign(d) != np.sign(m0):
+        return 0.0
+    if np.sign(m0) != np.sign(m1) and abs(d) > abs(3.0 * m0):
+        return 3.0 * m0
+    return d
+
+
+def hermite(x: np.ndarray, y: np.ndarray, slopes: np.ndarray,
+            at: np.ndarray) -> np.ndarray:
+    """The cubic Hermite interpolant through (x, y) with these slopes, at `at` (within x)."""
+    k = np.clip(np.searchsorted(x, at, side="right") - 1, 0, x.size - 2)
+    h = x[k + 1] - x[k]
+    t = (at - x[k]) / h
+    t2 = t * t
+    t3 = t2 * t
+    return ((2.0 * t3 - 3.0 * t2 + 1.0) * y[k] + (t3 - 2.0 * t2 + t) * h * slopes[k]
+            + (-2.0 * t3 + 3.0 * t2) * y[k + 1] + (t3 - t2) * h * slopes[k + 1])
 
 
 def rows_at(
