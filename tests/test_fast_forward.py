@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from test_golden import CASES, ROOT
 
 from simserve.catalog import load_catalog
-from simserve.config import CostModelConfig, load_scenario
+from simserve.config import CostModelConfig, EngineConfig, load_scenario
 from simserve.costmodel import BatchShape, ConstantCostModel
 from simserve.costmodel.base import decode_run_s, decode_step_fn
 from simserve.costmodel.calibrated import CalibratedCostModel, load_profile
 from simserve.costmodel.roofline import RooflineCostModel
-from simserve.costmodel.select import PROFILES_DIR
+from simserve.costmodel.select import PROFILES_DIR, build_cost_model
 from simserve.costmodel.serving import ServingOverheadCostModel
 from simserve.engine import POLICIES, EngineLimits, make_policy, simulate
 from simserve.engine.records import SimulationResult
@@ -129,8 +129,11 @@ def _cost_models():
     tp2 = RooflineCostModel(gpu, spec, 2, CostModelConfig())
     calibrated = CalibratedCostModel(
         load_profile(PROFILES_DIR / "a100-80gb-sxm_opt-13b_tp1_vllm.yaml"), a100, opt, 1)
+    kernels = [build_cost_model(CostModelConfig(kind="kernels"), gpu, spec, tp,
+                                EngineConfig(version=version, max_num_seqs=512))
+               for tp, version in ((1, "v1"), (2, "v0"))]
     return [roofline, tp2, calibrated, ConstantCostModel(0.012),
-            ServingOverheadCostModel(calibrated, 0.003, 0.0004)]
+            ServingOverheadCostModel(calibrated, 0.003, 0.0004), *kernels]
 
 
 @settings(max_examples=60, deadline=None)

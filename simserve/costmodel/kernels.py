@@ -32,6 +32,7 @@ import bisect
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -287,6 +288,17 @@ class KernelCostModel:
                 prefill = max(prefill, self._gen(p, kv_per_chunk))
             attn = attn + prefill - (self._attn_call_us if b else 0.0)
         return t + attn
+
+    def decode_step_fn(self, num_seqs: int) -> Callable[[int], float]:
+        """`step_time` of a plain decode step of `num_seqs` sequences as a function of its
+        decode KV tokens (the same float operations in the same order)."""
+        m = num_seqs
+        if m == 0:
+            return lambda kv: self._cpu_us.step_us(0.0, 0, 0) * 1e-6
+        head = self._tok_graph[m] if m <= self._capture_max else self._tok_eager(m)
+        head += self._lm(m)
+        gen, step_us = self._gen, self._cpu_us.step_us
+        return lambda kv: step_us(head + gen(m, kv / m), m, m) * 1e-6
 
     def step_time(self, shape: BatchShape) -> float:
         """Seconds of one engine step: GPU forward pass and the engine loop's CPU time."""
