@@ -187,11 +187,21 @@ class CounterDecodes:
         self.kv_sum -= computed
         return computed, base_r - tick
 
-    def preempt_newest(self) -> tuple[int, int, int]:
-        """Take out the newest member: (request id, computed, remaining)."""
-        rid = next(reversed(self._rec))
-        computed, remaining = self._leave(rid)
-        return rid, computed, remaining
+    def remove(self, rid: int) -> tuple[int, int]:
+        """Take a member out (preempted): its (computed, remaining)."""
+        return self._leave(rid)
+
+    def newest_first_ids(self) -> Iterator[tuple[int, int]]:
+        """(request id, computed tokens) of each member, newest first."""
+        tick = self.tick
+        for rid, rec in reversed(self._rec.items()):
+            yield rid, rec[0] + tick
+
+    def members(self) -> Iterator[tuple[int, int, int]]:
+        """(request id, computed, remaining) of each member in running order."""
+        tick = self.tick
+        for rid, rec in self._rec.items():
+            yield rid, rec[0] + tick, rec[1] - tick
 
     # ------------------------------------------------------------------ steps
 
@@ -307,13 +317,23 @@ class VerifyDecodes:
         self._n = i + 1
         self.kv_sum += computed
 
-    def preempt_newest(self) -> tuple[int, int, int]:
-        i = self._n - 1
-        rid = int(self.ids[i])
-        computed = int(self.computed_arr[i])
+    def remove(self, rid: int) -> tuple[int, int]:
+        """Take a member out (preempted): its (computed, remaining)."""
+        n = self._n
+        i = int(np.flatnonzero(self.ids[:n] == rid)[0])
+        computed, remaining = int(self.computed_arr[i]), int(self.remaining_arr[i])
+        self._dec[:, i : n - 1] = self._dec[:, i + 1 : n]
+        self._n = n - 1
         self.kv_sum -= computed
-        self._n = i
-        return rid, computed, int(self.remaining_arr[i])
+        return computed, remaining
+
+    def newest_first_ids(self) -> Iterator[tuple[int, int]]:
+        for i in range(self._n - 1, -1, -1):
+            yield int(self.ids[i]), int(self.computed_arr[i])
+
+    def members(self) -> Iterator[tuple[int, int, int]]:
+        for i in range(self._n):
+            yield int(self.ids[i]), int(self.computed_arr[i]), int(self.remaining_arr[i])
 
     def end_step(self, m: int, width: int, step: int) -> tuple[list[tuple[int, int]], int]:
         """Apply the outcome of a decode (width 1) or verify step to the first `m` members:

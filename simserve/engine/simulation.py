@@ -157,14 +157,16 @@ class _Instance:
         env, key = self.env, id(state)
         schedule, step_time = policy.schedule, self.cost_model.step_time
         begin, finish, on_step_done = state.begin, state.finish, self.on_step_done
-        fast_forward, plain_decode_run = self.fast_forward, state.plain_decode_run
+        # NOTE: only a policy that declares it plans identical decode steps while nothing
+        # changes may have them priced as a run.
+        fast_forward = self.fast_forward and policy.repeats_decode_plans
+        plain_decode_run = state.plain_decode_run
         stages = self.stage_free_at
         while True:
             if state.has_work():
                 now = env.now
                 plan = schedule(state, now)
-                preempts = plan.num_preempt_decodes or plan.num_preempt_partials
-                if not (plan.is_empty and not preempts):
+                if not plan.is_empty:
                     if fast_forward and plain_decode_run(plan):
                         run = self._plan_run(state, now)
                         if run is not None:
@@ -367,7 +369,7 @@ class _Cluster:
                         block_size=pool.limits.block_size,
                         max_num_seqs=pool.limits.max_num_seqs,
                         max_num_batched_tokens=pool.limits.max_num_batched_tokens,
-                        reserve_full=probe.name == "static",
+                        reserve_full=probe.reserves_full_kv,
                         num_speculative_tokens=self.k,
                         speculate_max_batch=(
                             speculative.disable_above_batch if speculative else None
@@ -438,7 +440,7 @@ class _Cluster:
         inst = members[idx]
         state = inst.pick_engine()
         self.requests.replica[rid] = state.index
-        state.waiting.append(rid)
+        state.waiting.push(rid)
         inst.notify(state)
 
     def issue(self, count: int) -> None:

@@ -12,7 +12,6 @@ after the run.
 from __future__ import annotations
 
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -22,6 +21,7 @@ import numpy as np
 from simserve.costmodel.base import BatchShape
 from simserve.engine.decodes import CounterDecodes, Runs, VerifyDecodes
 from simserve.engine.plan import StepPlan
+from simserve.engine.queues import FCFSQueue
 from simserve.engine.speculative import AcceptanceSampler
 
 __all__ = [
@@ -39,8 +39,15 @@ class RequestTable:
     Python numbers (cheaper than numpy's), at 8 bytes a value (a list of ints takes ~36)."""
 
     def __init__(self, prompt_len: np.ndarray, output_len: np.ndarray,
-                 arrived_at: np.ndarray) -> None:
+                 arrived_at: np.ndarray, priority: np.ndarray | None = None,
+                 ttft_deadline_s: np.ndarray | None = None) -> None:
         n = len(prompt_len)
+        # Queue-order inputs: a priority (lower first) and a TTFT budget per request.
+        self.priority = array("q", (np.zeros(n, dtype=np.int64) if priority is None
+                                    else np.asarray(priority, dtype=np.int64)).tobytes())
+        self.ttft_deadline_s = array("d", (np.full(n, np.inf) if ttft_deadline_s is None
+                                           else np.asarray(ttft_deadline_s,
+                                                           dtype=np.float64)).tobytes())
         self.prompt_len = array("q", np.asarray(prompt_len, dtype=np.int64).tobytes())
         self.output_len = array("q", np.asarray(output_len, dtype=np.int64).tobytes())
         self.arrived_at = array("d", np.asarray(arrived_at, dtype=np.float64).tobytes())
@@ -209,6 +216,7 @@ class ReplicaState:
         num_speculative_tokens: int = 0,
         speculate_max_batch: int | None = None,
         acceptance: AcceptanceSampler | None = None,
+        queue: type[FCFSQueue] = FCFSQueue,
     ) -> None:
         self.index = index
         self.engine_id = engine_id
@@ -232,7 +240,8 @@ class ReplicaState:
         else:
             self.decodes = CounterDecodes(block_size, reserve_full, self.reserve_blocks)
         self.runs: Runs = self.decodes.runs
-        self.waiting: deque[int] = deque()
+        # Waiting requests in the queue order's order (iterable, sized).
+        self.waiting: FCFSQueue = queue(requests)
         self.prefilling: list[PrefillEntry] = []
         # Disaggregated serving. A prefill instance hands each finished prefill to
         # `handoff(state, request_id, num_computed, num_blocks)` and keeps its blocks
@@ -282,10 +291,51 @@ class ReplicaState:
         """New KV blocks the first `num_decodes` decoding requests need for `width` more tokens."""
         return self.decodes.block_need(num_decodes, width)
 
-    def decodes_newest_first(self, width: int) -> Iterator[tuple[int, int]]:
-        """(KV blocks held, new blocks needed for `width` more tokens) of each decoding request,
-        most recently admitted first: the order a policy preempts in."""
-        return self.decodes.newest_first(width)
+    def preemption_order(self) -> Iterator[tuple[int, int]]:
+        """(request id, KV blocks it holds) of every running request, in the order the queue
+        order preempts them: FCFS the most recently admitted first (partial prefills, then
+        decoding requests, newest first: vLLM's running list popped from its end), keyed
+        orders the largest key first."""
+        decodes = self.decodes
+        if self.waiting.preempts_newest:
+            for entry in reversed(self.prefilling):
+                yield entry.request_id, entry.num_blocks
+            for rid, computed in decodes.newest_first_ids():
+                yield rid, self._held_by_decode(rid, computed)
+            return
+        queue = self.waiting
+        ranked = [(queue.running_key(e.request_id, self._remaining_output(e.request_id)),
+                   e.request_id, e.num_blocks) for e in self.prefilling]
+        ranked += [(queue.running_key(rid, remaining), rid,
+                    self._held_by_decode(rid, computed))
+                   for rid, computed, remaining in decodes.members()]
+        ranked.sort(reverse=True)
+        for _key, rid, held in ranked:
+            yield rid, held
+
+    def decode_block_need_without(self, left: set[int], num_decodes: int, width: int) -> int:
+        """`decode_block_need` of the first `num_decodes` decoding requests not in `left`."""
+        if self.reserve_full or num_decodes == 0:
+            return 0
+        bs = self.block_size
+        need = 0
+        counted = 0
+        for rid, computed, _remaining in self.decodes.members():
+            if counted == num_decodes:
+                break
+            if rid in left:
+                continue
+            counted += 1
+            need += -(-(computed + width) // bs) - (-(-computed // bs))
+        return need
+
+    def _held_by_decode(self, request_id: int, computed: int) -> int:
+        if self.reserve_full:
+            return self.reserve_blocks(request_id)
+        return -(-computed // self.block_size)
+
+    def _remaining_output(self, request_id: int) -> int:
+        return self.requests.output_len[request_id] - self.requests.emitted[request_id]
 
     def reserve_blocks(self, request_id: int) -> int:
         """Blocks a request holds for its whole life under full reservation."""
@@ -299,25 +349,27 @@ class ReplicaState:
         """Preempt, admit and allocate as planned; return the shape the cost model prices."""
         req = self.requests
         decodes = self.decodes
-        if plan.num_preempt_partials or plan.num_preempt_decodes:
-            for _ in range(plan.num_preempt_partials):
-                entry = self.prefilling.pop()
-                self._preempt(entry.request_id, entry.num_blocks)
-            for _ in range(plan.num_preempt_decodes):
-                rid, computed, remaining = decodes.preempt_newest()
+        if plan.preempt:
+            partial = {e.request_id: e for e in self.prefilling}
+            for rid in plan.preempt:
+                entry = partial.pop(rid, None)
+                if entry is not None:
+                    self.prefilling.remove(entry)
+                    self._preempt(rid, entry.num_blocks)
+                    continue
+                computed, remaining = decodes.remove(rid)
                 req.emitted[rid] = req.output_len[rid] - remaining
-                held = (self.reserve_blocks(rid) if self.reserve_full
-                        else self.blocks_for(computed))
-                self._preempt(rid, held)
-        for _ in range(plan.num_admitted):
-            rid = self.waiting.popleft()
-            if req.first_scheduled_at[rid] != req.first_scheduled_at[rid]:  # NaN: first time
-                req.first_scheduled_at[rid] = now
-            entry = PrefillEntry(rid, 0, self.target_tokens(rid))
-            if self.reserve_full:
-                entry.num_blocks = self.reserve_blocks(rid)
-                self.free_blocks -= entry.num_blocks
-            self.prefilling.append(entry)
+                self._preempt(rid, self._held_by_decode(rid, computed))
+        if plan.admit:
+            self.waiting.take(plan.admit)
+            for rid in plan.admit:
+                if req.first_scheduled_at[rid] != req.first_scheduled_at[rid]:  # NaN: first
+                    req.first_scheduled_at[rid] = now
+                entry = PrefillEntry(rid, 0, self.target_tokens(rid))
+                if self.reserve_full:
+                    entry.num_blocks = self.reserve_blocks(rid)
+                    self.free_blocks -= entry.num_blocks
+                self.prefilling.append(entry)
 
         m = plan.num_decodes
         w = plan.decode_width
@@ -350,11 +402,11 @@ class ReplicaState:
         )
 
     def _preempt(self, request_id: int, num_blocks: int) -> None:
-        # NOTE: vLLM's default recompute preemption frees the blocks and puts the request back
-        # at the front of the waiting queue; its emitted tokens stay emitted.
+        # NOTE: vLLM's recompute preemption frees the blocks and puts the request back in the
+        # waiting queue (FCFS: at its front); its emitted tokens stay emitted.
         self.free_blocks += num_blocks
         self.requests.num_preemptions[request_id] += 1
-        self.waiting.appendleft(request_id)
+        self.waiting.push_preempted(request_id)
 
     def finish(
         self, plan: StepPlan, shape: BatchShape, started_at: float, duration_s: float
@@ -410,7 +462,7 @@ class ReplicaState:
             started_at, duration_s, shape.num_prefill_tokens, shape.num_decode_tokens,
             shape.prefill_kv_tokens, shape.decode_kv_tokens,
             shape.num_prefill_seqs + shape.num_decode_seqs, self.num_blocks - self.free_blocks,
-            plan.num_preempt_decodes + plan.num_preempt_partials,
+            len(plan.preempt),
         ))
         if handoffs is not None:
             assert self.handoff is not None
@@ -437,8 +489,7 @@ class ReplicaState:
             plan.num_decodes == len(self.decodes)
             and plan.decode_width == 1
             and not plan.chunks
-            and not plan.num_preempt_decodes
-            and not plan.num_preempt_partials
+            and not plan.preempt
             and isinstance(self.decodes, CounterDecodes)
         )
 
