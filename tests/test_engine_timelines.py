@@ -175,3 +175,13 @@ def test_least_outstanding_router_balances_load():
         router="least_outstanding",
     )
     assert r.replica.tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize("policy", ["chunked_prefill", "prefill_first", "mixed"])
+def test_a_request_arriving_as_a_step_ends_is_in_the_next_step(policy):
+    """The rule for simultaneous events: an arrival at the instant a step ends is seen by the
+    plan made at that instant (step ends come last among the events of an instant), whatever
+    order the events were created in. Steps end at 0.01 and 0.02 here."""
+    r = _run(policy, [0.0, 0.005, 0.01], [4, 4, 4], [3, 3, 3], max_num_batched_tokens=64)
+    # r1 arrived during the first step: it starts at its end, with r2, which arrives then.
+    assert r.first_scheduled_at.tolist() == pytest.approx([0.0, 0.01, 0.01])

@@ -88,6 +88,27 @@ class PoolSetup:
         return self.limits.num_blocks // self.pp
 
 
+# SimPy processes events of one instant by priority, then creation order; engine steps end
+# after everything else of their instant.
+STEP_END = simpy.events.NORMAL + 1
+
+
+class _StepEnd(simpy.events.Timeout):
+    """The end of an engine step (or of a fast-forwarded run of steps).
+
+    NOTE: the rule for simultaneous events: a request that arrives, or a KV transfer that
+    lands, at the instant a step ends is seen by the plan made at that instant, whatever order
+    the events were created in, because step ends are processed last (priority `STEP_END`).
+    """
+
+    def __init__(self, env: simpy.Environment, delay: float) -> None:
+        simpy.events.Event.__init__(self, env)
+        self._delay = delay
+        self._ok = True
+        self._value = None
+        env.schedule(self, STEP_END, delay)
+
+
 class _Run(NamedTuple):
     """A fast-forwarded run of plain decode steps: their start times and durations, when the
     last ends, the first step's decode KV tokens, and the batch size."""
@@ -179,7 +200,7 @@ class _Instance:
                                                 self._send_s(shape.num_tokens))
                         duration = leave - now
                     self.num_events += 1
-                    yield env.timeout(duration)
+                    yield _StepEnd(env, duration)
                     finished = finish(plan, shape, now, duration)
                     if on_step_done is not None:
                         on_step_done(state, finished)
@@ -276,7 +297,7 @@ class _Instance:
         # NOTE: SimPy sets the clock to now + delay; `_plan_run` keeps only runs whose end that
         # sum reaches exactly, so records match stepping one by one bit for bit.
         self.num_events += 1
-        yield self.env.timeout(run.end - run.starts[0])
+        yield _StepEnd(self.env, run.end - run.starts[0])
         finished = state.finish_run(run.num_seqs, run.starts, run.durations, run.first_kv, start)
         if self.on_step_done is not None:
             self.on_step_done(state, finished)
