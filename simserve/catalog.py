@@ -19,7 +19,6 @@ import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
@@ -27,6 +26,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from simserve.errors import InputError
+from simserve.resources import catalog_file
 
 __all__ = [
     "Catalog",
@@ -435,11 +435,10 @@ def _parse_catalog_text(text: str, source: str) -> tuple[list[GpuSpec], list[Mod
 @functools.cache
 def _packaged_catalog() -> Catalog:
     """The catalog of the packaged YAML files, parsed once per process (it is immutable)."""
-    data_dir = resources.files("simserve").joinpath("data")
     gpus: list[GpuSpec] = []
     models: list[ModelSpec] = []
     for file_name in _PACKAGED_FILES:
-        text = data_dir.joinpath(file_name).read_text(encoding="utf-8")
+        text = catalog_file(file_name).read_text(encoding="utf-8")
         more_gpus, more_models = _parse_catalog_text(text, f"simserve/data/{file_name}")
         gpus += more_gpus
         models += more_models

@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from simserve import __version__
 from simserve.config import load_scenario
 from simserve.errors import InputError
+from simserve.resources import default_scenario, scenarios_dir
 
 __all__ = ["main"]
-
-DEFAULT_BENCH_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "bench.yaml"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -42,11 +42,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
         prog="simserve",
         description="Discrete-event simulator of LLM inference serving (vLLM-compatible metrics).",
     )
+    parser.add_argument("--version", action="version", version=f"simserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     handlers: dict[str, Handler] = {"run": _cmd_run, "bench": _cmd_bench}
 
     run = sub.add_parser("run", help="simulate one scenario and write a run directory")
-    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("scenario", nargs="?", default=None,
+                     help="scenario YAML file (default: the packaged scenarios/default.yaml)")
     _add_scenario_args(run)
     run.add_argument("--out", default=None, help="run directory (default: runs/<scenario name>)")
     run.add_argument("--plots", action="store_true",
@@ -57,7 +59,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
                      "phases (open in ui.perfetto.dev)")
 
     bench = sub.add_parser("bench", help="simulated requests per wall-clock second")
-    bench.add_argument("--scenario", default=str(DEFAULT_BENCH_SCENARIO))
+    bench.add_argument("--scenario", default=None,
+                       help="scenario YAML file (default: the packaged scenarios/bench.yaml)")
     bench.add_argument("--requests", type=int, default=None, help="override num_requests")
     _add_scenario_args(bench)
     for name in COMMAND_MODULES:
@@ -78,7 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from simserve.experiments.run import run_scenario, write_run_dir
     from simserve.report import format_summary
 
-    scenario = load_scenario(args.scenario, _overrides(args))
+    scenario = load_scenario(args.scenario or default_scenario(), _overrides(args))
     out_dir = Path(args.out) if args.out else Path("runs") / scenario.name
     t0 = time.perf_counter()
     output = run_scenario(scenario)
@@ -106,7 +109,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from simserve.experiments.bench import run_bench
 
-    scenario = load_scenario(args.scenario, _overrides(args))
+    scenario = load_scenario(args.scenario or scenarios_dir("bench.yaml"), _overrides(args))
     print(run_bench(scenario).format())
     return 0
 

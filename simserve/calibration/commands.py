@@ -19,7 +19,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     """Add the calibration subcommands to the `simserve` parser."""
-    from simserve.calibration.paths import CALIBRATION_DIR, PROFILES_DIR
+    from simserve.calibration.paths import DEFAULT_REPORT_DIR, PROFILES_DIR
 
     cal = sub.add_parser(
         "calibrate",
@@ -66,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "validate",
         help="regenerate calibration/REPORT.md (step errors, cross-validation, replay)",
     )
-    val.add_argument("--out-dir", default=str(CALIBRATION_DIR),
-                     help="where REPORT.md and figures/ go (default: calibration/)")
+    val.add_argument("--out-dir", default=str(DEFAULT_REPORT_DIR),
+                     help="where REPORT.md and figures/ go (default: ./calibration/)")
     val.add_argument("--no-replay", action="store_true", help="skip the end-to-end replays")
 
     cmp_ = sub.add_parser(

@@ -12,11 +12,12 @@ from simserve.costmodel.constant import ConstantCostModel
 from simserve.costmodel.roofline import RooflineCostModel
 from simserve.costmodel.serving import ServingOverheadCostModel
 from simserve.errors import InputError
+from simserve.resources import profiles_dir
 
 __all__ = ["PROFILES_DIR", "build_cost_model", "find_profile", "profile_names"]
 
-# NOTE: the repository's shipped profiles; a scenario may also give a path to a profile YAML.
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "calibration" / "profiles"
+# NOTE: the shipped profiles; a scenario may also give a path to a profile YAML.
+PROFILES_DIR = profiles_dir()
 
 
 def profile_names(directory: Path = PROFILES_DIR) -> list[str]:
