@@ -27,6 +27,7 @@ import yaml
 
 from simserve.errors import InputError
 from simserve.resources import catalog_file
+from simserve.yaml_lines import parse_yaml, read_yaml_text
 
 __all__ = [
     "Catalog",
@@ -310,17 +311,7 @@ def _key_lines(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple
 
 
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        line = mark.line + 1 if mark is not None else None
-        raise InputError(f"invalid YAML: {problem}", source=source, line=line) from None
-    finally:
-        loader.dispose()
+    data, node = parse_yaml(text, source)
     return data, _key_lines(node)
 
 
@@ -456,13 +447,6 @@ def load_catalog(extra: str | Path | None = None) -> Catalog:
     if extra is None:
         return base
     path = Path(extra)
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("catalog file not found", source=source) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(f"cannot read catalog file: {reason}", source=source) from None
-    gpus, models = _parse_catalog_text(text, source)
+    text = read_yaml_text(path, "catalog file")
+    gpus, models = _parse_catalog_text(text, str(path))
     return Catalog([*base.gpus.values(), *gpus], [*base.models.values(), *models])

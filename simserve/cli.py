@@ -7,15 +7,20 @@ written; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import signal
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from simserve import __version__
 from simserve.config import load_scenario
-from simserve.errors import InputError
+from simserve.errors import InputError, InputWarning
 from simserve.resources import default_scenario, scenarios_dir
 
 __all__ = ["main"]
@@ -68,61 +73,145 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     return parser, handlers
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    items = list(args.overrides)
+def _options(args: argparse.Namespace) -> dict[str, str]:
+    """The flags that stand for scenario fields, as overrides (their errors name the flag)."""
+    options = {}
     if args.seed is not None:
-        items.append(f"seed={args.seed}")
+        options["--seed"] = f"seed={args.seed}"
     if getattr(args, "requests", None) is not None:
-        items.append(f"workload.num_requests={args.requests}")
-    return items
+        options["--requests"] = f"workload.num_requests={args.requests}"
+    return options
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from simserve.experiments.run import run_scenario, write_run_dir
+    from simserve.experiments.atomic import claim_output_dir
+    from simserve.experiments.run import RUN_DIR, run_dir_writer, run_scenario
     from simserve.report import format_summary
 
-    scenario = load_scenario(args.scenario or default_scenario(), _overrides(args))
+    scenario = load_scenario(args.scenario or default_scenario(), args.overrides,
+                             options=_options(args))
     out_dir = Path(args.out) if args.out else Path("runs") / scenario.name
-    t0 = time.perf_counter()
-    output = run_scenario(scenario)
-    wall_s = time.perf_counter() - t0
-    writers: list[Callable[[Path], object]] = []
-    if args.plots:
-        from simserve.plots import write_run_figures
+    # Claimed before simulating: a directory that cannot be written or is not ours fails now.
+    with claim_output_dir(out_dir, RUN_DIR) as claim:
+        t0 = time.perf_counter()
+        output = run_scenario(scenario)
+        wall_s = time.perf_counter() - t0
+        writers: list[Callable[[Path], object]] = []
+        if args.plots:
+            from simserve.plots import write_run_figures
 
-        writers.append(lambda tmp: write_run_figures(output, tmp))
-    if args.trace:
-        from simserve.experiments.trace_export import write_trace
+            writers.append(lambda tmp: write_run_figures(output, tmp))
+        if args.trace:
+            from simserve.experiments.trace_export import write_trace
 
-        meta = {k: output.summary.get(k) for k in ("scenario", "policy", "model_id", "hardware")}
-        # The pool sizes number decode instances after ALL prefill instances, idle ones too.
-        pools = ({p.role: p.setup.instances for p in output.resolved.pools}
-                 if len(output.resolved.pools) > 1 else None)
-        writers.append(lambda tmp: write_trace(output.result, tmp / "trace.json", metadata=meta,
-                                               pools=pools))
-    written = write_run_dir(output, out_dir, extra_writers=writers)
+            meta = {k: output.summary.get(k) for k in ("scenario", "policy", "model_id",
+                                                       "hardware")}
+            # The pool sizes number decode instances after ALL prefill instances, idle ones too.
+            pools = ({p.role: p.setup.instances for p in output.resolved.pools}
+                     if len(output.resolved.pools) > 1 else None)
+            writers.append(lambda tmp: write_trace(output.result, tmp / "trace.json",
+                                                   metadata=meta, pools=pools))
+        claim.write(run_dir_writer(output, writers))
     print(format_summary(output.summary))
-    print(f"run directory: {written}  (simulated in {wall_s:.2f} s wall-clock)")
+    print(f"run directory: {out_dir}  (simulated in {wall_s:.2f} s wall-clock)")
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from simserve.experiments.bench import run_bench
 
-    scenario = load_scenario(args.scenario or scenarios_dir("bench.yaml"), _overrides(args))
+    scenario = load_scenario(args.scenario or scenarios_dir("bench.yaml"), args.overrides,
+                             options=_options(args))
     print(run_bench(scenario).format())
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: temporary output is removed on the way out."""
+
+
+def _on_sigterm(main_pid: int) -> Callable[[int, object], None]:
+    def handle(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:
+            # A worker forked after the handler was set: die the default way, at once.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    return handle
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """simserve's own warnings as one line; anything else as Python prints it."""
+    if issubclass(category, InputWarning):
+        print(f"simserve: warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="",
+              file=sys.stderr)
+
+
+def _stdout_failed(exc: OSError) -> int:
+    """Standard output cannot be written (closed pipe, full disk): say so once, on stderr, and
+    keep Python from failing again when it flushes stdout at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    if isinstance(exc, BrokenPipeError):
+        return 141  # as a shell reports a reader that went away (128 + SIGPIPE)
+    print(f"simserve: error: cannot write to standard output ({exc.strerror or exc})",
+          file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `simserve` console script; returns the exit code."""
     parser, handlers = _parser()
     args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
     try:
-        return handlers[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            code = handlers[args.command](args)
+        sys.stdout.flush()
+        return code
     except InputError as exc:
         print(f"simserve: error: {exc.one_line()}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("simserve: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("simserve: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if _is_stdout(exc):
+            return _stdout_failed(exc)
+        from simserve.experiments.atomic import is_environment_error
+
+        if not is_environment_error(exc):
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"simserve: error: cannot write{where} ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _is_stdout(exc: OSError) -> bool:
+    """Whether `exc` came from writing standard output: it names no file, and stdout still
+    refuses a line (a failed write may have dropped what was buffered, so a flush alone can
+    succeed)."""
+    if isinstance(exc, BrokenPipeError):
+        return True
+    if exc.filename is not None:
+        return False
+    try:
+        print(file=sys.stdout, flush=True)
+    except OSError:
+        return True
+    return False

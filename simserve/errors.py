@@ -7,7 +7,7 @@ field, and what is wrong.
 
 from __future__ import annotations
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "InputWarning"]
 
 
 class InputError(ValueError):
@@ -42,3 +42,8 @@ class InputError(ValueError):
             source=self.source or source,
             line=self.line or line,
         )
+
+
+class InputWarning(UserWarning):
+    """Input simserve accepts but the user should know about (e.g. a scenario written by
+    another simserve version); the CLI prints it as one `simserve: warning:` line."""

@@ -113,8 +113,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     from simserve.calibration.datasets import LinearData, StepData
     from simserve.catalog import load_catalog
     from simserve.errors import InputError
+    from simserve.experiments.atomic import check_writable_dir
 
     catalog = load_catalog(args.catalog)
+    check_writable_dir(args.out)  # before the fits, not after them
     groups = []
     for path in args.data:
         groups += load_measured(path, args.format, catalog, args.gpu)
@@ -168,8 +170,10 @@ def _derive(args: argparse.Namespace) -> int:
     from simserve.catalog import load_catalog
     from simserve.costmodel.calibrated import derive_profile, load_profile
     from simserve.costmodel.select import find_profile
+    from simserve.experiments.atomic import check_writable_dir
 
     catalog = load_catalog(args.catalog)
+    check_writable_dir(args.out)
     base = load_profile(find_profile(args.base))
     linear = load_profile(find_profile(args.linear_from)) if args.linear_from else None
     tp = args.tp or base.tp

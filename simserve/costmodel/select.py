@@ -38,7 +38,8 @@ def find_profile(name_or_path: str, directory: Path = PROFILES_DIR) -> Path:
         return candidate
     known = ", ".join(profile_names(directory)) or "none"
     raise InputError(
-        f"unknown profile {name_or_path!r} (not a file, not in {directory}); known: {known}",
+        f"unknown profile {name_or_path!r} (neither a file nor a shipped profile); shipped: "
+        f"{known}",
         field="cost_model.profile",
     )
 

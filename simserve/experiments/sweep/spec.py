@@ -19,6 +19,7 @@ import yaml
 from simserve.config import (
     Scenario,
     apply_overrides,
+    check_file_name,
     load_scenario,
     scenario_from_mapping,
     scenario_to_mapping,
@@ -33,7 +34,7 @@ from simserve.experiments.capacity import (
 )
 from simserve.experiments.sweep.layout import FORMAT_VERSION, POINTS_DIR
 from simserve.resolve import resolve
-from simserve.yaml_lines import read_yaml_file
+from simserve.yaml_lines import compose_yaml, read_yaml_file
 
 _SPEC_KEYS = (
     "name", "description", "base", "scenario", "set", "grid", "zip", "replications",
@@ -134,8 +135,8 @@ def _key_lines(text: str) -> dict[str, int]:
                 walk(item, f"{prefix}/{i}", depth + 1)
 
     try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
+        root = compose_yaml(text)
+    except InputError:
         return lines
     if root is not None:
         walk(root, "", 0)
@@ -326,9 +327,13 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
         raise InputError("must be an SLO rule string, e.g. sarathi:200", field="slo",
                          source=source, line=lines.get("slo"))
     name = data.get("name", path.stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise InputError("must be a non-empty string without '/'", field="name", source=source,
+    if not isinstance(name, str):
+        raise InputError(f"must be a string, got {name!r}", field="name", source=source,
                          line=lines.get("name"))
+    try:
+        check_file_name(name, "name")  # the default sweep directory is runs/sweeps/<name>
+    except InputError as exc:
+        raise exc.located(source, lines.get("name")) from None
     order = list(data)
     zip_first = "zip" in data and "grid" in data and order.index("zip") < order.index("grid")
     return SweepSpec(
