@@ -68,12 +68,20 @@ def build_workload(
     arrival), so lengths stay paired with their timestamps; trace lengths with synthetic
     arrivals are rows sampled with `length_rng`.
     """
+    from simserve.experiments.memory import check_run_memory, mean_output_tokens
+
     arrival, lengths = config.arrival, config.lengths
     trace = _load_config_trace(config)
     num_requests = config.num_requests
     if num_requests is None:  # the whole trace (WorkloadConfig allows it only for replays)
         assert trace is not None
         num_requests = len(trace)
+    mean_output = mean_output_tokens(lengths)
+    if mean_output is None:
+        assert trace is not None
+        rows = trace.output_len[:num_requests] if arrival.process == "trace" else trace.output_len
+        mean_output = float(rows.mean())
+    check_run_memory(num_requests, mean_output)  # before any per-request array is allocated
 
     if arrival.process == "trace":
         assert trace is not None
@@ -104,8 +112,13 @@ def build_workload(
 
 
 def _load_config_trace(config: WorkloadConfig) -> Trace | None:
-    """The trace file the config names, loaded once, or None when nothing uses it."""
+    """The trace file the config names, loaded once, or None when nothing uses it.
+
+    A replay of the first `num_requests` rows reads only those rows; lengths sampled from the
+    trace need all of them.
+    """
     if config.arrival.process != "trace" and config.lengths.dist != "trace":
         return None
     assert config.trace is not None  # WorkloadConfig requires it for these settings
-    return load_trace(config.trace)
+    max_rows = config.num_requests if config.arrival.process == "trace" else None
+    return load_trace(config.trace, max_rows=max_rows)
