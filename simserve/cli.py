@@ -194,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_environment_error(exc):
             raise
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"simserve: error: cannot write{where} ({exc.strerror or exc})", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"simserve: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     finally:
         if previous is not None:

@@ -74,8 +74,13 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "compare",
         help="real `vllm bench serve --save-result` JSON vs a simserve run directory",
     )
-    cmp_.add_argument("real", help="vllm bench serve --save-result JSON")
+    cmp_.add_argument("real", help="vllm bench serve --save-result JSON, SGLang bench_serving "
+                      "result, or a served run's per-request CSV (arrival_s, prompt_len, "
+                      "output_len, ttft_ms, latency_ms)")
     cmp_.add_argument("run_dir", help="simserve run directory (simserve run --out)")
+    cmp_.add_argument("--index", type=int, default=None,
+                      help="which result of a file holding several, one JSON per line "
+                      "(0 = the first, -1 = the last)")
 
     ins = sub.add_parser(
         "inspect-run",
@@ -195,10 +200,27 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from simserve.calibration.compare import compare, format_comparison, load_real, load_run
+    import warnings
 
-    real = load_real(args.real)
+    from simserve.calibration.compare import (
+        compare,
+        format_comparison,
+        load_real,
+        load_run,
+        mismatches,
+    )
+    from simserve.errors import InputWarning
+    from simserve.yaml_lines import parse_yaml, read_yaml_text
+
+    real = load_real(args.real, args.index)
     summary, requests = load_run(args.run_dir)
+    scenario = None
+    scenario_path = Path(args.run_dir) / "scenario.yaml"
+    if scenario_path.is_file():
+        scenario, _node = parse_yaml(read_yaml_text(scenario_path, "scenario file"),
+                                     str(scenario_path))
+    for sentence in mismatches(real, summary, scenario if isinstance(scenario, dict) else None):
+        warnings.warn(InputWarning(f"{sentence}: compare like with like"), stacklevel=1)
     rows = compare(real, summary, requests)
     print(format_comparison(rows, args.real, args.run_dir))
     r_done, s_done = real.get("completed"), summary.get("completed")

@@ -280,23 +280,31 @@ def _lock(lock_path: Path, target: Path) -> int:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             raise unwritable_error(target, exc) from None
+        locked = False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise InputError(f"another simserve process{who} is writing this directory; "
+                                 "wait for it to finish or choose another --out",
+                                 field="--out", source=str(target)) from None
+            locked = True
+            try:
+                current = os.stat(lock_path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(os.fstat(fd), current):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return fd
+        except BaseException:
+            if locked:  # interrupted holding it: remove it as an unlock would
+                with contextlib.suppress(OSError):
+                    lock_path.unlink()
             os.close(fd)
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            raise InputError(f"another simserve process{who} is writing this directory; "
-                             "wait for it to finish or choose another --out", field="--out",
-                             source=str(target)) from None
-        try:
-            current = os.stat(lock_path)
-        except FileNotFoundError:
-            current = None
-        if current is not None and os.path.samestat(os.fstat(fd), current):
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            return fd
+            raise
         os.close(fd)  # the previous holder removed the file between our open and lock
     raise InputError("could not lock the output directory", field="--out", source=str(target))
 
@@ -384,16 +392,18 @@ def claim_output_dir(out: str | Path, kind: OutputKind = GENERIC_OUTPUT) -> Iter
     target = _target_path(out)
     parent = target.parent
     created = _make_folders(parent, target)
+    lock_path = parent / f".{target.name}{_LOCK_SUFFIX}"
+    fd = None
     try:
         sweep_stale_temporaries(parent)
-        lock_path = parent / f".{target.name}{_LOCK_SUFFIX}"
         fd = _lock(lock_path, target)
-        try:
-            check_replaceable(target, kind)
-            yield OutputClaim(target, kind)
-        finally:
-            _unlock(fd, lock_path)
+        check_replaceable(target, kind)
+        yield OutputClaim(target, kind)
     finally:
+        if fd is not None:
+            _unlock(fd, lock_path)
+        else:  # interrupted while locking: the lock file may be ours, and held by nobody
+            _remove_stale_lock(lock_path)
         if not target.exists():
             _remove_empty(created)  # a failure before the write leaves no folders behind
 
