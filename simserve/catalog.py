@@ -74,7 +74,11 @@ def check_number(value: object, field_name: str, *, allow_zero: bool = False) ->
     """A finite number > 0 (>= 0 with `allow_zero`) as a float, or a one-line InputError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"must be a number, got {_type_name(value)} {value!r}", field=field_name)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise InputError(f"must be a finite number {bound}, got {value}", field=field_name)
     return float(value)

@@ -10,6 +10,13 @@ from __future__ import annotations
 __all__ = ["InputError", "InputWarning"]
 
 
+def _printable(text: str) -> str:
+    """`text` with control characters (line breaks included) escaped as Python would."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 class InputError(ValueError):
     """Bad user input: names the field and, when known, the file and the line or row."""
 
@@ -28,11 +35,13 @@ class InputError(ValueError):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
+        """`FILE:LINE: FIELD: message`, on one line whatever the input held (a key or value
+        with a line break or a control character is shown escaped)."""
         where = ""
         if self.source:
             where = f"{self.source}:{self.line}: " if self.line else f"{self.source}: "
         what = f"{self.field}: " if self.field else ""
-        return f"{where}{what}{self.message}"
+        return _printable(f"{where}{what}{self.message}")
 
     def located(self, source: str | None, line: int | None) -> InputError:
         """The same error with a file/line attached (keeps an existing location)."""

@@ -55,6 +55,10 @@ _Loader.add_implicit_resolver(
 
 
 def _yaml_error(exc: yaml.YAMLError, source: str | None) -> InputError:
+    if isinstance(exc, yaml.reader.ReaderError):
+        character = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        return InputError(f"invalid YAML: character {character!r} is not allowed (at "
+                          f"character {exc.position})", source=source)
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or "syntax error"
     line = mark.line + 1 if mark is not None else None
@@ -135,7 +139,10 @@ def compose_yaml(text: str, source: str | None = None) -> yaml.Node | None:
     if len(text) > MAX_YAML_BYTES:
         raise InputError(f"YAML text larger than {MAX_YAML_BYTES // 1024} KiB; refusing it",
                          source=source)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # checks the characters first
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source) from None
     try:
         root = loader.get_single_node()
     except yaml.YAMLError as exc:

@@ -220,3 +220,63 @@ def test_catalog_file_errors_keep_their_own_location(tmp_path):
     _write(tmp_path, "gpus:\n  g1:\n    memory_gib: 80\n    memory_gib: 81\n", "cat.yaml")
     with pytest.raises(InputError, match=r"cat.yaml:4: duplicate key 'memory_gib'"):
         load_catalog(tmp_path / "cat.yaml")
+
+
+# --------------------------------------------------------------------------- fuzzing's findings
+
+
+def test_control_characters_never_break_the_one_line(tmp_path, capsys):
+    # Found by tests/test_fuzz.py: a key holding a line break made a two-line error.
+    path = _write(tmp_path, 'name: x\n"bad\\nkey": 1\n')
+    err = _error(["run", str(path)], capsys)
+    assert "bad\\nkey: unknown key" in err
+    nul = _write(tmp_path, "name: x\x00\n", "nul.yaml")
+    err = _error(["run", str(nul)], capsys)
+    assert "invalid YAML: character '\\x00' is not allowed" in err
+
+
+def test_integers_too_large_for_a_float_are_refused_not_overflowing(tmp_path):
+    # Found by tests/test_fuzz.py: math.isfinite(10**400) raises OverflowError.
+    catalog = _write(tmp_path, "gpus:\n  g:\n    memory_gib: " + "9" * 400 + "\n    "
+                     "mem_bandwidth_gbps: 1\n    bf16_tflops: 1\n    fp8_tflops: 1\n    "
+                     "interconnect: pcie4\n    interconnect_gbps: 1\n", "cat.yaml")
+    with pytest.raises(InputError, match=r"gpus\.g\.memory_gib: must be a finite number"):
+        load_catalog(catalog)
+    scenario = _write(tmp_path, "name: x\nworkload:\n  arrival: {process: poisson, rate: "
+                      + "9" * 400 + "}\n")
+    with pytest.raises(InputError, match=r"workload\.arrival\.rate: expected a finite number"):
+        load_scenario(scenario)
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("tp", float("nan"), "tp: must be an integer >= 1"),
+    ("tp", float("inf"), "tp: must be an integer >= 1"),
+    ("tp", None, "tp: must be an integer >= 1"),
+    ("source", 1, "source: must be a mapping"),
+    ("fit", "0", "fit: must be a mapping"),
+    ("kind", "other", "kind: must be step or linear"),
+    ("envelope", {"max_num_tokens": float("inf")}, "envelope.max_num_tokens: must be a number"),
+])
+def test_a_malformed_profile_is_one_line(tmp_path, key, value, expected):
+    # Found by tests/test_fuzz.py: these gave ValueError, TypeError or OverflowError.
+    import yaml
+
+    from simserve.costmodel.calibrated import load_profile
+
+    shipped = ROOT / "calibration" / "profiles" / "a100-80gb-sxm_opt-13b_tp1_vllm.yaml"
+    data = yaml.safe_load(shipped.read_text())
+    data[key] = value
+    path = _write(tmp_path, yaml.safe_dump(data), "p.yaml")
+    with pytest.raises(InputError, match=expected):
+        load_profile(path)
+
+
+def test_a_sweep_of_too_many_runs_is_refused_before_planning(tmp_path):
+    spec = _write(tmp_path, f"name: s\nbase: {ROOT / 'scenarios' / 'default.yaml'}\n"
+                  "grid:\n  seed: [1, 2, 3]\nreplications: 1\n", "spec.yaml")
+    load_sweep_spec(spec)
+    many = _write(tmp_path, f"name: s\nbase: {ROOT / 'scenarios' / 'default.yaml'}\n"
+                  "grid:\n  engine.max_num_seqs: [1, 2, 3, 4]\nreplications: 1000000\n",
+                  "many.yaml")
+    with pytest.raises(InputError, match="the sweep has 4,000,000 runs"):
+        load_sweep_spec(many)

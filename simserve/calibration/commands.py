@@ -192,9 +192,14 @@ def _derive(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    import sys
+
     from simserve.calibration.report import write_report
 
-    path = write_report(Path(args.out_dir), replay=not args.no_replay)
+    def progress(message: str) -> None:
+        print(f"validate {message}", file=sys.stderr, flush=True)
+
+    path = write_report(Path(args.out_dir), replay=not args.no_replay, progress=progress)
     print(f"wrote {path} and {Path(path).parent / 'figures'}/")
     return 0
 

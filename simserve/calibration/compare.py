@@ -62,9 +62,14 @@ class CompareRow:
 
 
 def _number(value: Any) -> float | None:
+    """A finite number as a float (None for anything else, huge integers included)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 # Files of a few GB are not benchmark results; refuse them before reading.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from simserve.calibration.paths import DEFAULT_REPORT_DIR
@@ -13,10 +14,16 @@ from simserve.experiments.atomic import check_writable_dir, write_file_atomicall
 __all__ = ["write_report"]
 
 
-def write_report(out_dir: str | Path = DEFAULT_REPORT_DIR, *, replay: bool = True) -> Path:
-    """Run the validation and write REPORT.md and figures/ under `out_dir`."""
+def write_report(
+    out_dir: str | Path = DEFAULT_REPORT_DIR,
+    *,
+    replay: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Run the validation and write REPORT.md and figures/ under `out_dir` (each phase is
+    told to `progress`)."""
     out_dir = Path(out_dir)
     check_writable_dir(out_dir / "figures", "--out-dir")  # before minutes of validation
-    rep = run_validation(replay=replay)
+    rep = run_validation(replay=replay, progress=progress)
     figures = validation_figures(rep, out_dir / "figures")  # creates out_dir/figures
     return write_file_atomically(out_dir / "REPORT.md", report_markdown(rep, figures))

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ _SPEC_KEYS = (
     "root_seed", "capacity", "slo",
 )
 _CAPACITY_KEYS = ("slo", "tolerance", "low", "high", "max_probes")
+MAX_SWEEP_RUNS = 1_000_000
 _PATH_FIELDS = ("workload.trace", "catalog")
 
 
@@ -334,6 +336,13 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
         check_file_name(name, "name")  # the default sweep directory is runs/sweeps/<name>
     except InputError as exc:
         raise exc.located(source, lines.get("name")) from None
+    num_runs = math.prod([len(values) for _key, values in grid]
+                         + [len(group[0][1]) for group in zips])
+    num_runs *= replications if capacity is None else 1
+    if num_runs > MAX_SWEEP_RUNS:
+        # Refused before the plan lists them: a typo must not fill the memory.
+        raise InputError(f"the sweep has {num_runs:,} runs (points x replications), more than "
+                         f"{MAX_SWEEP_RUNS:,}; split it", source=source)
     order = list(data)
     zip_first = "zip" in data and "grid" in data and order.index("zip") < order.index("grid")
     return SweepSpec(
