@@ -638,7 +638,7 @@ def test_a_large_trace_takes_memory_for_its_arrays_not_its_text(tmp_path: Path) 
     # arrays (24 bytes a row) plus one chunk of text.
     path = tmp_path / "big.csv"
     rng = np.random.default_rng(0)
-    num_rows = 400_000
+    num_rows = 150_000
     table = np.column_stack([np.cumsum(rng.random(num_rows)), rng.integers(1, 4000, num_rows),
                              rng.integers(1, 900, num_rows)])
     with path.open("w") as fh:
