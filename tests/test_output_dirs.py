@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_sweep import tiny_base
 
 from simserve.cli import _on_sigterm, main
 from simserve.errors import InputError
@@ -184,6 +185,48 @@ def test_read_only_folder_is_a_one_line_error(tmp_path, monkeypatch, capsys):
         assert time.perf_counter() - t0 < 5  # refused before simulating
     locked.chmod(0o755)
     assert list(locked.iterdir()) == []
+
+
+SUBCOMMANDS_WRITING = {
+    "run": ["run", "--out", "{out}", *SMALL],
+    "sweep": ["sweep", str(ROOT / "scenarios" / "sweeps" / "01_policy_x_rate.yaml"), "--out",
+              "{out}", "--jobs", "1"],
+    "capacity": ["capacity", str(ROOT / "scenarios" / "default.yaml"), "--slo", "sarathi",
+                 "--out", "{out}"],
+    "plot": ["plot", "{sweep}", "--out", "{out}"],
+    "calibrate": ["calibrate", str(ROOT / "calibration" / "data" / "splitwise" / "perf_model.csv"),
+                  "--out", "{out}"],
+    "derive-profile": ["derive-profile", "a100-80gb-sxm_opt-13b_tp1_vllm", "--model",
+                       "llama-2-13b", "--out", "{out}"],
+    "validate": ["validate", "--out-dir", "{out}"],
+    "antipatterns": ["antipatterns", "--size", "tiny", "--only", "BF1", "--out", "{out}"],
+    "casestudy": ["casestudy", "specdec", "--quick", "--out", "{out}"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS_WRITING))
+def test_every_writing_subcommand_refuses_an_unwritable_place_in_one_line(tmp_path, capsys,
+                                                                         command):
+    # The defect: each of these gave a traceback, some after up to 24 s of simulation.
+    (tmp_path / "a_file").write_text("x")
+    sweep = tmp_path / "sweep"
+    if command == "plot":  # a finished tiny sweep to draw
+        (tmp_path / "base.yaml").write_text(tiny_base(20))
+        (tmp_path / "spec.yaml").write_text("name: s\nbase: base.yaml\ngrid:\n"
+                                            "  workload.arrival.rate: [5, 10]\n")
+        assert main(["sweep", str(tmp_path / "spec.yaml"), "--out", str(sweep), "--jobs", "1",
+                     "--no-progress"]) == 0
+        capsys.readouterr()
+    out = tmp_path / "a_file" / "out"
+    args = [a.format(out=out, sweep=sweep) for a in SUBCOMMANDS_WRITING[command]]
+    t0 = time.perf_counter()
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "a file is in the way" in err, err
+    assert time.perf_counter() - t0 < 10
+    assert (tmp_path / "a_file").read_text() == "x"
 
 
 def test_a_full_disk_during_the_write_keeps_the_old_directory(tmp_path):
