@@ -67,6 +67,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     bench.add_argument("--scenario", default=None,
                        help="scenario YAML file (default: the packaged scenarios/bench.yaml)")
     bench.add_argument("--requests", type=int, default=None, help="override num_requests")
+    bench.add_argument("--profile", metavar="FILE", default=None,
+                       help="write a cProfile of the engine phase to FILE (python -m pstats FILE)")
+    bench.add_argument("--no-fast-forward", dest="fast_forward", action="store_false",
+                       help="wait for every engine step as its own event (same results, slower: "
+                       "shows what fast-forwarding saves)")
     _add_scenario_args(bench)
     for name in COMMAND_MODULES:
         handlers.update(importlib.import_module(name).register(sub))
@@ -122,7 +127,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario or scenarios_dir("bench.yaml"), args.overrides,
                              options=_options(args))
-    print(run_bench(scenario).format())
+    print(run_bench(scenario, fast_forward=args.fast_forward, profile_to=args.profile).format())
+    if args.profile:
+        print(f"engine profile: {args.profile}  (python -m pstats {args.profile})")
     return 0
 
 

@@ -661,24 +661,7 @@ def load_scenario(
         # engine.gpu_memory_utilization when the weights do not fit): point at the model.
         fallback = lines.get("model") or lines.get("hardware")
         raise _located(exc, path, lines, overridden, flag_of, fallback) from None
-    _check_memory(scenario, path, lines, overridden, flag_of)
     return scenario
-
-
-def _check_memory(scenario: Scenario, path: Path, lines: Mapping[str, int],
-                  overridden: set[str], flag_of: Mapping[str, str]) -> None:
-    """Refuse, with the file and line, a synthetic workload too large for this machine's
-    memory (a trace workload is checked when the trace is read)."""
-    from simserve.experiments.memory import check_run_memory, mean_output_tokens
-
-    workload = scenario.workload
-    mean_output = mean_output_tokens(workload.lengths)
-    if workload.num_requests is None or mean_output is None:
-        return
-    try:
-        check_run_memory(workload.num_requests, mean_output)
-    except InputError as exc:
-        raise _located(exc, path, lines, overridden, flag_of) from None
 
 
 def _located(exc: InputError, path: Path, lines: Mapping[str, int], overridden: set[str],

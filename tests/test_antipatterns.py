@@ -7,8 +7,12 @@ import dataclasses
 import json
 import math
 import re
+import subprocess
+import sys
+import time
 
 import pytest
+from test_sweep_resume import ROOT, _alive, _children
 
 from simserve.antipatterns.catalog import CATALOG, SCENARIOS_DIR, SIZES, get_entries
 from simserve.antipatterns.model import (
@@ -366,3 +370,49 @@ def test_cli_refuses_bad_arguments_before_running(tmp_path, capsys):
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (occupied / "notes.txt").read_text() == "mine"
     assert main(["antipatterns", "--jobs", "0", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_catalog_is_the_same_with_two_workers(tiny_verdicts):
+    """Every entry at once over a pool of two processes: the same verdicts as one run after
+    the other in this process (only the wall-clock times differ)."""
+    with CatalogRunner(SIZES["tiny"], jobs=2) as runner:
+        entries = runner.run_entries(CATALOG)
+        assert runner.num_runs == tiny_verdicts["num_runs"]
+
+    def strip(entry: dict) -> dict:
+        return {k: v for k, v in entry.items() if k != "wall_s"}
+
+    assert [strip(e) for e in entries] == [strip(e) for e in tiny_verdicts["entries"]]
+
+
+BUSY_POOL = """
+import os, time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from simserve.experiments.pool import init_worker
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_worker, initargs=(os.getpid(),))
+    futures = [pool.submit(time.sleep, 120) for _ in range(2)]
+    time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_busy_workers_die_with_their_parent(tmp_path):
+    """A worker in the middle of a long run exits within about a second of its parent's
+    SIGKILL (the pool's queue closing only stops idle workers)."""
+    script = tmp_path / "busy.py"
+    script.write_text(BUSY_POOL)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while len(workers := _children(proc.pid)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+        time.sleep(0.05)
+    time.sleep(1.0)  # both now sleeping in their task
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)

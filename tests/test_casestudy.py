@@ -217,3 +217,11 @@ def test_bad_preset_and_foreign_out_dir_are_input_errors(tmp_path, capsys):
     assert code == 2
     assert "engine.speculative" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_quick_is_the_same_with_one_worker(quick_run, tmp_path):
+    # The fixture ran on every core; one worker in this process gives the same bytes.
+    out = tmp_path / "one"
+    assert main(["casestudy", "specdec", "--quick", "--jobs", "1", "--out", str(out)]) == 0
+    for name in ("summaries.json", "results.json", "report.md"):
+        assert (out / name).read_bytes() == (quick_run / name).read_bytes(), name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pstats
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,24 @@ def test_trace_replay_runs(tmp_path):
 def test_bench_prints_requests_per_second(capsys):
     assert main(["bench", "--requests", "200"]) == 0
     out = capsys.readouterr().out
-    assert "simulated requests/s" in out and "steps/s" in out
+    assert "simulated requests/s" in out and "steps/s" in out and "events/s" in out
+
+
+def _bench_counts(out: str) -> tuple[int, int]:
+    lines = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return int(lines["engine steps"]), int(lines["engine events"].split()[0])
+
+
+def test_bench_fast_forward_and_profile(capsys, tmp_path):
+    # Light load: runs of identical decode steps between arrivals and finishes.
+    argv = ["bench", "--requests", "200", "--set", "workload.arrival.rate=2"]
+    profile = tmp_path / "engine.prof"
+    assert main([*argv, "--profile", str(profile)]) == 0
+    steps, events = _bench_counts(capsys.readouterr().out)
+    assert steps > 3 * events
+    assert "simulate" in str(pstats.Stats(str(profile)).stats)
+    assert main([*argv, "--no-fast-forward"]) == 0
+    assert _bench_counts(capsys.readouterr().out) == (steps, steps)
 
 
 def test_scenario_catalog_file_adds_a_model(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +244,24 @@ def test_chunked_walks_give_identical_results(
     monkeypatch.setattr(_segments, "CHUNK_TOKENS", chunk_tokens)
     for got_array, want_array in zip(everything(), want, strict=True):
         np.testing.assert_array_equal(got_array, want_array)
+
+
+@pytest.mark.parametrize("first_rounds", [0, 1, 2, 5])
+def test_stopped_search_gives_the_full_searchs_rate(first_rounds, monkeypatch):
+    """The summary searches every request's D_d for a few rounds only, then finishes the
+    requests that can decide the percentile: the rate is the full search's to the bit."""
+    from simserve.config import load_scenario
+    from simserve.experiments.run import run_scenario
+    from simserve.metrics import requests as requests_module
+    from simserve.metrics import summarize
+
+    root = Path(__file__).resolve().parent.parent
+    sc = load_scenario(root / "scenarios/bench.yaml",
+                       ["workload.num_requests=600", "workload.arrival.rate=25"])
+    result = run_scenario(sc).result
+    monkeypatch.setattr(requests_module, "FLUID_FIRST_ROUNDS", first_rounds)
+    got = summarize(result, sc.metrics)["fluid_token_rate"]
+    measured = requests_module.request_metrics(result, sc.metrics)["measured"]
+    want = fluid_token_rate(result.token_times_s, result.token_offsets, result.arrived_at,
+                            result.prompt_len, sc.metrics.fluidity, include=measured)
+    assert got == want

@@ -7,14 +7,16 @@ import json
 import math
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simserve.config import FluidityConfig, MetricsConfig, SloConfig
-from simserve.engine.records import REJECT_REASONS, SimulationResult, StepRecords
+from simserve.config import FluidityConfig, MetricsConfig, SloConfig, load_scenario
+from simserve.engine.records import REJECT_REASONS, FlatTokenTimes, SimulationResult, StepRecords
+from simserve.experiments.run import run_scenario
 from simserve.metrics import (
     REQUEST_COLUMNS,
     VLLM_SCALAR_KEYS,
@@ -25,8 +27,15 @@ from simserve.metrics import (
     request_metrics,
     summarize,
 )
+from simserve.metrics import requests as requests_module
 from simserve.metrics._segments import request_chunks
-from simserve.metrics.stats import mean_std, median_and_percentiles
+from simserve.metrics.stats import (
+    mean_std,
+    median_and_percentiles,
+    weighted_median_and_percentiles,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 EXAMPLE_FLUIDITY = FluidityConfig(
     ttft_deadline_ms=100.0, ttft_deadline_ms_per_prompt_token=0.0, tbt_deadline_ms=30.0
@@ -71,8 +80,7 @@ def make_result(
         num_preemptions=np.array(num_preemptions or [0] * n, dtype=np.int64),
         replica=np.where(rejected_arr == 0, 0, -1).astype(np.int32),
         rejected=rejected_arr,
-        token_offsets=offsets,
-        token_times_s=flat,
+        tokens=FlatTokenTimes(offsets, flat),
         steps=empty_steps(),
         warnings=warnings,
     )
@@ -386,7 +394,7 @@ def synthetic_result(num_requests: int, seed: int = 0) -> SimulationResult:
         arrived_at=arrived, prompt_len=rng.integers(16, 2048, n), output_len=counts,
         first_scheduled_at=arrived + 0.01, finished_at=times[offsets[1:] - 1],
         num_preemptions=np.zeros(n, dtype=np.int64), replica=np.zeros(n, dtype=np.int32),
-        rejected=np.zeros(n, dtype=np.int8), token_offsets=offsets, token_times_s=times,
+        rejected=np.zeros(n, dtype=np.int8), tokens=FlatTokenTimes(offsets, times),
         steps=empty_steps(),
     )
 
@@ -510,9 +518,10 @@ def test_order_statistics_of_large_arrays_with_ties_are_numpys() -> None:
 
 
 def test_summary_temporaries_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Per-token temporaries live in chunk-sized scratch; what grows with the run is the pool of
-    # measured gaps and one spare array as large (8 + 8 bytes per token). Before chunking the
-    # summary took ~92 bytes per token.
+    # Per-token temporaries live in chunk-sized scratch; what grows with the run is the buffer
+    # of measured gaps for their mean and std and one spare array as large (8 + 8 bytes per
+    # token, up to `GAP_BUFFER` gaps), and for explicit token times the pooled gaps' values
+    # for their percentiles. Before chunking the summary took ~92 bytes per token.
     monkeypatch.setattr(_segments, "CHUNK_TOKENS", 1 << 14)
     result = synthetic_result(2000)
     tracemalloc.start()
@@ -559,3 +568,37 @@ def test_bench_ten_thousand_requests_two_million_tokens() -> None:
           f"(10k requests, {result.token_times_s.size} tokens)")
     assert summary["completed"] == 10_000
     assert summary_s < 1.0
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.001, 0.0125, 0.03, 0.5, 2.0]),
+                          st.integers(1, 5)), min_size=1, max_size=40),
+       st.lists(st.sampled_from([1.0, 25.0, 50.0, 90.0, 99.0, 99.9, 100.0]), max_size=4))
+def test_weighted_order_statistics_are_numpys(pairs, percentiles):
+    values = np.array([v for v, _ in pairs])
+    counts = np.array([c for _, c in pairs])
+    expanded = np.repeat(values, counts)
+    assert weighted_median_and_percentiles(values, counts, tuple(percentiles)) == (
+        median_and_percentiles(expanded, tuple(percentiles))
+    )
+
+
+def test_gap_moments_over_several_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose pooled gaps overflow the moments buffer: TBT and ITL mean and std combine
+    buffers (Chan et al.) to within rounding of numpy's on the whole pool; order statistics,
+    taken from distinct values and counts, are numpy's exactly."""
+    sc = load_scenario(ROOT / "scenarios/bench.yaml", ["workload.num_requests=300"])
+    result = run_scenario(sc).result
+    whole = summarize(result, sc.metrics)
+    monkeypatch.setattr(requests_module, "GAP_BUFFER", 997)
+    folded = summarize(result, sc.metrics)
+    measured = np.flatnonzero(request_metrics(result, sc.metrics)["measured"])
+    gaps = np.concatenate([np.diff(result.tokens_of(r)) for r in measured])
+    for name, pool in (("tbt", gaps), ("itl", gaps[gaps > 0])):
+        assert whole[f"mean_{name}_ms"] == float(np.mean(pool)) * 1000.0
+        assert whole[f"std_{name}_ms"] == float(np.std(pool)) * 1000.0
+        assert folded[f"mean_{name}_ms"] == pytest.approx(whole[f"mean_{name}_ms"], rel=1e-12)
+        assert folded[f"std_{name}_ms"] == pytest.approx(whole[f"std_{name}_ms"], rel=1e-9)
+        for key in ("median", "p99"):
+            want = float(np.percentile(pool, 50 if key == "median" else 99)) * 1000.0
+            assert whole[f"{key}_{name}_ms"] == folded[f"{key}_{name}_ms"] == want

@@ -83,25 +83,27 @@ def _cmd_antipatterns(args: argparse.Namespace) -> int:
          *([f"--seed={args.seed}"] if args.seed else [])]).strip()
 
     def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    def done(result: dict) -> None:
+        sys.stdout.write(
+            f"{result['id']} {result['outcome']:<9} unfair: "
+            f"{short_verdict(result['unfair']['conclusion'])}; fair: "
+            f"{short_verdict(result['fair']['conclusion'])} "
+            f"[{'as expected' if result['as_expected'] else 'NOT as expected'}, "
+            f"{result['wall_s']:.1f} s]\n")
+        sys.stdout.flush()
 
     t0 = time.perf_counter()
-    results = []
     # Claimed before the runs: an unwritable or foreign --out fails now, not after minutes.
     with claim_output_dir(out, REPORT_DIR) as claim:
         check_keeps_entries(out, [e.id for e in entries])
         with CatalogRunner(size, root_seed=args.seed, jobs=args.jobs,
                            progress=progress) as runner:
-            print(f"anti-pattern catalog ({size.name}): {len(entries)} entries, seeds "
-                  f"{runner.seeds}, {runner.jobs} process(es)", file=sys.stderr, flush=True)
-            for entry in entries:
-                result = runner.run_entry(entry)
-                results.append(result)
-                print(f"{entry.id} {result['outcome']:<9} unfair: "
-                      f"{short_verdict(result['unfair']['conclusion'])}; fair: "
-                      f"{short_verdict(result['fair']['conclusion'])} "
-                      f"[{'as expected' if result['as_expected'] else 'NOT as expected'}, "
-                      f"{result['wall_s']:.1f} s]", flush=True)
+            runner.pool.say(f"anti-pattern catalog ({size.name}): {len(entries)} entries, "
+                            f"seeds {runner.seeds}, {runner.jobs} process(es)")
+            results = runner.run_entries(entries, on_done=done)
             verdicts = {
                 "simserve_version": __version__,
                 "command": command,

@@ -10,14 +10,12 @@ so every number in the report is one in verdicts.json.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
-import json
 import math
-import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -44,25 +42,24 @@ from simserve.antipatterns.model import (
     describe_change,
     trend,
 )
-from simserve.config import Scenario, load_scenario, scenario_from_mapping, scenario_to_mapping
-from simserve.experiments.backends import available_cpus
+from simserve.config import Scenario, load_scenario
 from simserve.experiments.capacity import (
     CapacityResult,
     CapacitySettings,
     parse_slo_rule,
     replication_seeds,
     search_capacity,
-    summary_with_extras,
 )
-from simserve.experiments.casestudy import steady_throughput
-from simserve.experiments.run import run_scenario
+from simserve.experiments.pool import STEADY_KEY, RunPool, scenario_key
 
 __all__ = ["CatalogRunner", "mean_ci", "ratio_ci"]
 
 Summary = dict[str, Any]
 Progress = Callable[[str], None]
 T = TypeVar("T")
-STEADY_KEY = "steady_throughput_rps"
+# The distinct runs the entry being run asked for (its `num_runs`, whoever simulated them).
+_ENTRY_RUNS: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
+    "entry_runs", default=None)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -107,28 +104,15 @@ def _round_rate(rate: float) -> float:
     return float(f"{rate:.4g}")
 
 
-# --------------------------------------------------------------------------- worker
-
-
-def run_task(task: Mapping[str, Any]) -> dict[str, Any]:
-    """Pool task: simulate one scenario mapping; return its summary (with the Etalon miss-rate
-    keys and the steady offline throughput)."""
-    output = run_scenario(scenario_from_mapping(task["scenario"]))
-    summary = summary_with_extras(output)
-    summary[STEADY_KEY] = steady_throughput(output)
-    return {"key": task["key"], "summary": summary}
-
-
-# --------------------------------------------------------------------------- runner
-
-
 class CatalogRunner:
-    """Runs entries at one size with fixed seeds, caching runs by their resolved scenario.
+    """Runs entries at one size with fixed seeds over one `RunPool` (runs cached by their
+    resolved scenario).
 
-    With `jobs` > 1 the simulations run in a pool of that many processes, and the systems,
-    tuning options and setups of an entry are driven by threads that feed the pool (each
-    capacity search is a sequence of probes, so several searches run side by side); `jobs=1`
-    runs everything in this process, one run after the other.
+    With `jobs` > 1 the simulations run in a pool of that many processes, and the entries,
+    their setups, systems and tuning options are driven by threads that feed the pool (each
+    capacity search is a sequence of probes, so several searches run side by side, and every
+    entry's runs at once: the pool stays busy until the catalog's last run); `jobs=1` runs
+    everything in this process, one run after the other. Results do not depend on `jobs`.
     """
 
     def __init__(self, size: Size, *, root_seed: int = 0, jobs: int | None = 1,
@@ -136,13 +120,9 @@ class CatalogRunner:
         self.size = size
         self.root_seed = root_seed
         self.seeds = replication_seeds(root_seed, size.seeds)
-        self.jobs = jobs or available_cpus()
-        self.progress = progress or (lambda message: None)
-        self._cache: dict[str, Summary] = {}
-        self._inflight: dict[str, Future] = {}
-        self._lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
-        self.num_runs = 0
+        self.pool = RunPool(jobs, progress)
+        self.jobs = self.pool.jobs
+        self._done_lock = threading.Lock()
 
     def __enter__(self) -> CatalogRunner:
         return self
@@ -152,53 +132,25 @@ class CatalogRunner:
 
     def close(self) -> None:
         """Stop the worker processes (pending runs are cancelled)."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
+
+    @property
+    def num_runs(self) -> int:
+        """Distinct scenarios simulated so far."""
+        return self.pool.num_runs
 
     # ----------------------------------------------------------------- simulation
 
-    def _submit(self, task: dict[str, Any]) -> Future:
-        if self._executor is None:
-            # NOTE: spawn, not fork: workers start from a clean interpreter (no copied threads
-            # or locks of the parent's driver threads).
-            self._executor = ProcessPoolExecutor(
-                max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"))
-        return self._executor.submit(run_task, task)
-
     def summaries(self, scenarios: Sequence[Scenario]) -> list[Summary]:
-        """Summaries of these scenarios, simulating (in parallel) only those not cached."""
-        mappings = [scenario_to_mapping(s) for s in scenarios]
-        keys = [json.dumps(m, sort_keys=True) for m in mappings]
-        if self.jobs == 1:
-            for key, mapping in zip(keys, mappings, strict=True):
-                if key not in self._cache:
-                    self._cache[key] = run_task({"key": key, "scenario": mapping})["summary"]
-                    self.num_runs += 1
-            return [self._cache[k] for k in keys]
-        waits: dict[str, Future] = {}
-        with self._lock:
-            for key, mapping in zip(keys, mappings, strict=True):
-                if key in self._cache or key in waits:
-                    continue
-                if key not in self._inflight:
-                    self._inflight[key] = self._submit({"key": key, "scenario": mapping})
-                    self.num_runs += 1
-                waits[key] = self._inflight[key]
-        for key, future in waits.items():
-            summary = future.result()["summary"]
-            with self._lock:
-                self._cache[key] = summary
-                self._inflight.pop(key, None)
-        return [self._cache[k] for k in keys]
+        """Summaries of these scenarios, simulating (in parallel) only those not yet run."""
+        used = _ENTRY_RUNS.get()
+        if used is not None:
+            used.update(scenario_key(s) for s in scenarios)
+        return self.pool.summaries(scenarios)
 
     def _parallel(self, calls: Sequence[Callable[[], T]]) -> list[T]:
         """Call each function, side by side in threads when running with several jobs."""
-        if self.jobs == 1 or len(calls) < 2:
-            return [call() for call in calls]
-        with ThreadPoolExecutor(max_workers=len(calls)) as threads:
-            futures = [threads.submit(call) for call in calls]
-            return [f.result() for f in futures]
+        return self.pool.concurrently(calls)
 
     def _scenario(self, entry: Entry, overrides: Sequence[str]) -> Scenario:
         return load_scenario(SCENARIOS_DIR / entry.base, list(overrides))
@@ -316,7 +268,7 @@ class CatalogRunner:
         ]
 
         def measure(system: str, option: tuple[str, ...]) -> dict[str, Any]:
-            self.progress(f"  {entry.id} {label}: {system} {' '.join(option)}".rstrip())
+            self.pool.say(f"  {entry.id} {label}: {system} {' '.join(option)}".rstrip())
             overrides = [*self._system_overrides(entry, setup, system), *option]
             return self._measure(entry, setup, overrides, saturation)
 
@@ -359,10 +311,26 @@ class CatalogRunner:
             result["trend"] = _trends(entry, setup, systems)
         return result
 
+    def run_entries(self, entries: Sequence[Entry],
+                    on_done: Callable[[dict[str, Any]], None] | None = None
+                    ) -> list[dict[str, Any]]:
+        """`run_entry` of every entry, all at once over the pool; results in catalog order.
+        `on_done` is called with each result as its entry finishes."""
+
+        def one(entry: Entry) -> dict[str, Any]:
+            result = self.run_entry(entry)
+            if on_done is not None:
+                with self._done_lock:
+                    on_done(result)
+            return result
+
+        return self._parallel([lambda e=entry: one(e) for entry in entries])
+
     def run_entry(self, entry: Entry) -> dict[str, Any]:
         """Both setups of one entry, their conclusions and how the conclusion changed."""
         t0 = time.perf_counter()
-        runs_before = self.num_runs
+        used: set[str] = set()
+        _ENTRY_RUNS.set(used)
         unfair, fair = self._parallel([
             lambda: self.run_setup(entry, entry.unfair, "unfair"),
             lambda: self.run_setup(entry, entry.fair, "fair"),
@@ -391,7 +359,7 @@ class CatalogRunner:
             "value_changes": changes,
             "as_expected": outcome in entry.expected and trends_held and changes_held,
             "figure": f"figures/{entry.id}.png",
-            "num_runs": self.num_runs - runs_before,
+            "num_runs": len(used),
             "wall_s": round(time.perf_counter() - t0, 2),
         }
 

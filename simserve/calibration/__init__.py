@@ -4,11 +4,15 @@
 tables; `fit` fits the physical terms of `simserve.costmodel.calibrated` on relative error;
 `calibrate` writes profile YAML files; `validate` writes calibration/REPORT.md; `replay` replays
 real serving runs; `compare` puts a real `vllm bench serve` result beside a simserve run.
+
+The names below are imported on first use (PEP 562), so commands that never fit anything do
+not pay for scipy.optimize.
 """
 
-from simserve.calibration.calibrate import calibrate_linear, calibrate_steps, load_measured
-from simserve.calibration.datasets import LinearData, StepData
-from simserve.calibration.fit import FitResult, fit_linear, fit_steps
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "FitResult",
@@ -20,3 +24,21 @@ __all__ = [
     "fit_steps",
     "load_measured",
 ]
+
+_HOMES = {
+    "FitResult": "fit",
+    "LinearData": "datasets",
+    "StepData": "datasets",
+    "calibrate_linear": "calibrate",
+    "calibrate_steps": "calibrate",
+    "fit_linear": "fit",
+    "fit_steps": "fit",
+    "load_measured": "calibrate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

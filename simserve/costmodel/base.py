@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["BatchShape", "CostModel", "envelope_report", "envelope_warnings"]
+import numpy as np
+
+__all__ = [
+    "BatchShape",
+    "CostModel",
+    "decode_run_s",
+    "decode_step_fn",
+    "envelope_report",
+    "envelope_warnings",
+]
 
 
 class BatchShape(NamedTuple):
@@ -39,6 +49,40 @@ class CostModel(Protocol):
     def describe(self) -> dict[str, object]:
         """What model this is and where its numbers come from."""
         ...
+
+
+def decode_run_s(cost_model: CostModel, num_seqs: int,
+                 decode_kv_tokens: np.ndarray) -> np.ndarray:
+    """Seconds of each of a run of plain decode steps: `num_seqs` sequences, one token each,
+    reading `decode_kv_tokens[i]` KV tokens in step i (the engine's fast-forward).
+
+    Cost models may implement `decode_run_s(num_seqs, decode_kv_tokens)` with numpy; it must
+    give exactly the floats `step_time` gives step by step (the same operations in the same
+    order), which tests check. Others are priced step by step here.
+    """
+    vectorised = getattr(cost_model, "decode_run_s", None)
+    if vectorised is not None:
+        return vectorised(num_seqs, decode_kv_tokens)
+    step_time = cost_model.step_time
+    return np.array([
+        step_time(BatchShape(0, 0, 0.0, 0, num_seqs, num_seqs, kv))
+        for kv in decode_kv_tokens.tolist()
+    ])
+
+
+def decode_step_fn(cost_model: CostModel, num_seqs: int) -> Callable[[int], float]:
+    """Seconds of a plain decode step of `num_seqs` sequences as a function of its decode KV
+    tokens (the engine's fast-forward prices runs of such steps one after another).
+
+    Cost models may implement `decode_step_fn(num_seqs)` returning a closure with the terms
+    that do not depend on the KV folded in; it must give exactly the float `step_time` gives
+    (the same operations in the same order), which tests check.
+    """
+    specialised = getattr(cost_model, "decode_step_fn", None)
+    if specialised is not None:
+        return specialised(num_seqs)
+    step_time = cost_model.step_time
+    return lambda kv: step_time(BatchShape(0, 0, 0.0, 0, num_seqs, num_seqs, kv))
 
 
 def envelope_warnings(cost_model: CostModel, steps: object) -> list[str]:

@@ -20,7 +20,7 @@ so a run that leaves it can say so.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -525,6 +525,42 @@ class CalibratedCostModel:
             + self._ar_fixed_s
             + n * self._ar_tok_s
         )
+
+    def decode_step_fn(self, num_seqs: int) -> Callable[[int], float]:
+        """`step_time` of a plain decode step of `num_seqs` sequences as a function of its
+        decode KV tokens (the same float operations in the same order)."""
+        n = num_seqs
+        if n == 0:
+            return lambda kv: self._overhead_s
+        fixed = self._fixed(n)
+        kv_s, ar_fixed, ar_tok = self._kv_s, self._ar_fixed_s, n * self._ar_tok_s
+        return lambda kv: fixed + kv * kv_s + ar_fixed + ar_tok
+
+    def _fixed(self, n: int) -> float:
+        """The terms of a plain decode step of `n` sequences before its decode KV term."""
+        compute = n * self._lin_c_s
+        memory = self._lin_m_s
+        hi, lo = (compute, memory) if compute >= memory else (memory, compute)
+        linear = hi * (1.0 + (lo / hi) ** self._p) ** (1.0 / self._p)
+        return (
+            self._overhead_s
+            + 0.0
+            + n * self._seq_s
+            + linear
+            + (0 + n) * self._lm_s
+            + 0.0 * self._pair_s
+        )
+
+    def decode_run_s(self, num_seqs: int, decode_kv_tokens: np.ndarray) -> np.ndarray:
+        """`step_time` of plain decode steps of `num_seqs` sequences, vectorised over their
+        decode KV tokens (the same float operations in the same order)."""
+        n = num_seqs
+        if n == 0:
+            return np.full(decode_kv_tokens.size, self._overhead_s)
+        out = self._fixed(n) + decode_kv_tokens.astype(np.float64) * self._kv_s
+        out += self._ar_fixed_s
+        out += n * self._ar_tok_s
+        return out
 
     def describe(self) -> dict[str, object]:
         p = self.profile

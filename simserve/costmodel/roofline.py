@@ -9,7 +9,10 @@ measured for a (GPU, model); the run metadata says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from simserve.catalog import GpuSpec, ModelSpec
 from simserve.config import CostModelConfig
@@ -75,6 +78,38 @@ class RooflineCostModel:
         )
         allreduce = n * self._ar_s_per_token + self._ar_fixed_s
         return linear + lm_head + prefill_attn + decode_attn + allreduce + self._overhead_s
+
+    def decode_step_fn(self, num_seqs: int) -> Callable[[int], float]:
+        """`step_time` of a plain decode step of `num_seqs` sequences as a function of its
+        decode KV tokens (the same float operations in the same order)."""
+        n = num_seqs
+        if n == 0:
+            return lambda kv: self._overhead_s
+        head = max(n * self._linear_s_per_token, self._weights_s) + (
+            (0 + n) * self._lm_head_s_per_token
+        ) + max(0.0 * self._attn_s_per_pair, 0 * self._kv_s_per_token)
+        ratio = n / n
+        pair_s, kv_s = self._attn_s_per_pair, self._kv_s_per_token
+        allreduce = n * self._ar_s_per_token + self._ar_fixed_s
+        overhead = self._overhead_s
+        return lambda kv: head + max(kv * ratio * pair_s, kv * kv_s) + allreduce + overhead
+
+    def decode_run_s(self, num_seqs: int, decode_kv_tokens: np.ndarray) -> np.ndarray:
+        """`step_time` of plain decode steps of `num_seqs` sequences, vectorised over their
+        decode KV tokens (the same float operations in the same order)."""
+        n = num_seqs
+        if n == 0:
+            return np.full(decode_kv_tokens.size, self._overhead_s)
+        linear = max(n * self._linear_s_per_token, self._weights_s)
+        lm_head = (0 + n) * self._lm_head_s_per_token
+        prefill_attn = max(0.0 * self._attn_s_per_pair, 0 * self._kv_s_per_token)
+        kv = decode_kv_tokens.astype(np.float64)
+        decode_attn = np.maximum((kv * (n / n)) * self._attn_s_per_pair, kv * self._kv_s_per_token)
+        allreduce = n * self._ar_s_per_token + self._ar_fixed_s
+        out = (linear + lm_head + prefill_attn) + decode_attn
+        out += allreduce
+        out += self._overhead_s
+        return out
 
     def describe(self) -> dict[str, object]:
         return {

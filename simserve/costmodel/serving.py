@@ -11,9 +11,19 @@ served run (`simserve/calibration/serving.py`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from simserve.costmodel.base import BatchShape, CostModel, envelope_report, envelope_warnings
+import numpy as np
+
+from simserve.costmodel.base import (
+    BatchShape,
+    CostModel,
+    decode_run_s,
+    decode_step_fn,
+    envelope_report,
+    envelope_warnings,
+)
 
 __all__ = ["ServingOverheadCostModel"]
 
@@ -29,6 +39,16 @@ class ServingOverheadCostModel:
     def step_time(self, shape: BatchShape) -> float:
         seqs = shape.num_prefill_seqs + shape.num_decode_seqs
         return self.base.step_time(shape) + self.per_step_s + self.per_seq_s * seqs
+
+    def decode_step_fn(self, num_seqs: int) -> Callable[[int], float]:
+        base = decode_step_fn(self.base, num_seqs)
+        per_step, per_seqs = self.per_step_s, self.per_seq_s * num_seqs
+        return lambda kv: base(kv) + per_step + per_seqs
+
+    def decode_run_s(self, num_seqs: int, decode_kv_tokens: np.ndarray) -> np.ndarray:
+        out = decode_run_s(self.base, num_seqs, decode_kv_tokens) + self.per_step_s
+        out += self.per_seq_s * num_seqs
+        return out
 
     def describe(self) -> dict[str, object]:
         return {

@@ -48,14 +48,17 @@ def _fit_decodes(
     while need > free and preempt_partials < len(state.prefilling):
         preempt_partials += 1
         free += state.prefilling[-preempt_partials].num_blocks
-    last = state.num_decoding - 1
-    while need > free and last >= 0:
-        free += state.decode_blocks_held(last)
-        if last < num_decodes:
-            num_decodes -= 1
-            need -= state.slot_block_need(last, width)
-        preempt_decodes += 1
-        last -= 1
+    if need > free:
+        last = state.num_decoding - 1
+        for held, slot_need in state.decodes_newest_first(width):
+            if need <= free:
+                break
+            free += held
+            if last < num_decodes:
+                num_decodes -= 1
+                need -= slot_need
+            preempt_decodes += 1
+            last -= 1
     return preempt_partials, preempt_decodes, num_decodes, need, free - need
 
 
@@ -162,9 +165,15 @@ class ChunkedPrefillPolicy:
 
     def schedule(self, state: ReplicaState, now: float) -> StepPlan:
         budget = state.max_num_batched_tokens
+        num_decoding = state.num_decoding
         # NOTE: verify tokens (k+1 per request) count against the token budget (vLLM v1).
-        width = state.decode_width(state.num_decoding)
-        m = min(state.num_decoding, budget // width)
+        width = state.decode_width(num_decoding)
+        if not state.prefilling and not state.waiting and num_decoding * width <= budget:
+            # Only decodes to run, all within the budget (the common step between arrivals).
+            need = state.decode_block_need(num_decoding, width)
+            if need <= state.free_blocks:
+                return StepPlan(0, 0, num_decoding, (), 0, need, width)
+        m = min(num_decoding, budget // width)
         pp, pd, m, need, free = _fit_decodes(state, m, width)
         budget -= m * width
         chunks: list[int] = []

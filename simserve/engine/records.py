@@ -1,17 +1,29 @@
 """What leaves a simulation: per-request, per-token and per-step records as numpy arrays.
 
 Records, not plots or summaries, cross the engine/metrics boundary (DESIGN §9). Token times are
-stored flat in CSR form (`token_offsets`), ordered by request then time, so metrics are computed
-with vectorised numpy and never by looping over tokens.
+laid out in CSR form (`token_offsets`: the tokens of request i are `[off[i], off[i+1])`, in time
+order), but the engine does not store one time per token: a request that decodes for 500 steps
+is one run of 500 consecutive steps of its engine. `StepTokenTimes` keeps those runs and expands
+them into times only for the requests a caller asks for (`chunk`), so memory stays proportional
+to steps and requests, not to tokens; `FlatTokenTimes` holds explicit times (tests, figures).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["REJECT_REASONS", "SimulationResult", "StepRecords"]
+__all__ = [
+    "REJECT_REASONS",
+    "FlatTokenTimes",
+    "SimulationResult",
+    "StepRecords",
+    "StepTokenTimes",
+    "TokenTimes",
+]
 
 # Codes stored in `SimulationResult.rejected`; 0 means the request was served.
 REJECT_REASONS: dict[int, str] = {
@@ -24,7 +36,7 @@ REJECT_REASONS: dict[int, str] = {
 
 @dataclass(frozen=True)
 class StepRecords:
-    """One row per engine step (all replicas, in order of completion)."""
+    """One row per engine step (all engines), ordered by end time, then engine."""
 
     replica: np.ndarray  # int32
     started_at: np.ndarray  # float64, s
@@ -44,6 +56,167 @@ class StepRecords:
         return int(self.started_at.size)
 
 
+class TokenTimes(Protocol):
+    """Emission times of every token, by request (CSR offsets), expanded on demand."""
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """int64, size n+1: the tokens of request i are `[offsets[i], offsets[i+1])`."""
+        ...
+
+    def chunk(self, r0: int, r1: int) -> np.ndarray:
+        """Times (s) of the tokens of requests `[r0, r1)`, flat and in CSR order (a new array)."""
+        ...
+
+    def take(self, request_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Times of the tokens of the given requests (in that order), flat, and their CSR
+        offsets (from 0)."""
+        ...
+
+    def first_and_last(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per request, the time of its first and of its last token (NaN without tokens)."""
+        ...
+
+    def gap_multiset(self, include: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The gaps between consecutive tokens of the `include`d requests, pooled, as values
+        and how often each occurs (None: once each), in no particular order: each value is
+        exactly the float `t_i - t_(i-1)` a per-token pass computes."""
+        ...
+
+
+@dataclass(frozen=True)
+class FlatTokenTimes:
+    """Explicit token times in CSR form."""
+
+    offsets: np.ndarray
+    times_s: np.ndarray
+
+    def chunk(self, r0: int, r1: int) -> np.ndarray:
+        return self.times_s[self.offsets[r0] : self.offsets[r1]].copy()
+
+    def take(self, request_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        off = np.asarray(self.offsets, dtype=np.int64)
+        counts = off[1:][request_ids] - off[:-1][request_ids]
+        local = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=local[1:])
+        index = np.repeat(off[:-1][request_ids] - local[:-1], counts)
+        index += np.arange(int(local[-1]), dtype=np.int64)
+        return self.times_s[index], local
+
+    def first_and_last(self) -> tuple[np.ndarray, np.ndarray]:
+        off = np.asarray(self.offsets, dtype=np.int64)
+        n = off.size - 1
+        has = off[1:] > off[:-1]
+        first, last = np.full(n, np.nan), np.full(n, np.nan)
+        first[has] = self.times_s[off[:-1][has]]
+        last[has] = self.times_s[off[1:][has] - 1]
+        return first, last
+
+    def gap_multiset(self, include: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        off = np.asarray(self.offsets, dtype=np.int64)
+        # Token j is pooled (with the gap to token j-1) when its request is included and it
+        # is not the request's first token.
+        pooled = np.repeat(np.asarray(include, dtype=bool), np.diff(off))
+        pooled[off[:-1][off[:-1] < off[1:]]] = False
+        index = np.flatnonzero(pooled)
+        del pooled
+        gaps = self.times_s[index]
+        index -= 1
+        gaps -= self.times_s[index]
+        return gaps, None
+
+
+@dataclass(frozen=True)
+class StepTokenTimes:
+    """Token times as pieces of step indices (see the module docstring).
+
+    `source` lists global step indices; piece p gives `piece_len[p]` tokens whose steps are
+    `source[piece_start[p] : piece_start[p] + piece_len[p]]` (a run of decode steps, or one
+    step repeated for a burst). Pieces are sorted by request, then time; `piece_offsets` is
+    their CSR index by request. A token's time is the end of its step, `step_end_s[step]`.
+    """
+
+    offsets: np.ndarray  # int64, n+1: tokens per request (CSR)
+    step_end_s: np.ndarray  # float64 per global step
+    source: np.ndarray  # int64 global step indices
+    piece_start: np.ndarray  # int64 per piece, into `source`
+    piece_len: np.ndarray  # int64 per piece
+    piece_offsets: np.ndarray  # int64, n+1: pieces of request i
+
+    @cached_property
+    def _source_end_s(self) -> np.ndarray:
+        """The end time of every entry of `source` (one gather per token instead of two)."""
+        return self.step_end_s[self.source]
+
+    def chunk(self, r0: int, r1: int) -> np.ndarray:
+        p0, p1 = int(self.piece_offsets[r0]), int(self.piece_offsets[r1])
+        return self._expand(self.piece_start[p0:p1], self.piece_len[p0:p1])
+
+    def take(self, request_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        first = self.piece_offsets[:-1][request_ids]
+        num_pieces = self.piece_offsets[1:][request_ids] - first
+        # The pieces of the requests asked for, request after request.
+        pieces = np.repeat(first - (np.cumsum(num_pieces) - num_pieces), num_pieces)
+        pieces += np.arange(int(num_pieces.sum()), dtype=np.int64)
+        counts = self.offsets[1:][request_ids] - self.offsets[:-1][request_ids]
+        local = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=local[1:])
+        return self._expand(self.piece_start[pieces], self.piece_len[pieces]), local
+
+    def _expand(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Times of the tokens of these pieces, in order."""
+        total = int(lengths.sum())
+        if total == 0:
+            return np.zeros(0)
+        # Index of every token into `source`: +1 from one token to the next within a piece,
+        # a jump to the next piece's start at each piece boundary; one cumulative sum.
+        index = np.ones(total, dtype=np.int64)
+        first_slot = np.cumsum(lengths) - lengths
+        index[first_slot[1:]] = starts[1:] - (starts[:-1] + lengths[:-1] - 1)
+        index[0] = starts[0]
+        np.cumsum(index, out=index)
+        return self._source_end_s[index]
+
+    def first_and_last(self) -> tuple[np.ndarray, np.ndarray]:
+        n = self.offsets.size - 1
+        first, last = np.full(n, np.nan), np.full(n, np.nan)
+        has = self.piece_offsets[1:] > self.piece_offsets[:-1]
+        p_first = self.piece_offsets[:-1][has]
+        p_last = self.piece_offsets[1:][has] - 1
+        first[has] = self.step_end_s[self.source[self.piece_start[p_first]]]
+        end = self.piece_start[p_last] + self.piece_len[p_last] - 1
+        last[has] = self.step_end_s[self.source[end]]
+        return first, last
+
+    def gap_multiset(self, include: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gaps inside a piece are between consecutive `source` entries, the same for every
+        piece that covers both, so they are counted per source entry (no per-token work);
+        each piece after a request's first adds the gap from the previous piece's last
+        token."""
+        ends = self._source_end_s
+        num_pieces = self.piece_start.size
+        piece_rid = np.repeat(np.arange(self.offsets.size - 1), np.diff(self.piece_offsets))
+        kept = np.asarray(include, dtype=bool)[piece_rid]
+        start, length = self.piece_start[kept], self.piece_len[kept]
+        size = ends.size
+        # How many kept pieces contain both entry j-1 and entry j (j in [start+1, start+len)).
+        count = np.bincount(start + 1, minlength=size + 1)
+        count -= np.bincount(start + length, minlength=size + 1)
+        np.cumsum(count, out=count)
+        step_gaps = ends[1:] - ends[:-1]
+        covered = count[1:size] > 0
+        values = [step_gaps[covered]]
+        weights = [count[1:size][covered]]
+        # Pieces after the first of their request: the gap from the previous piece.
+        later = kept & (np.arange(num_pieces) > self.piece_offsets[piece_rid])
+        p = np.flatnonzero(later)
+        if p.size:
+            prev_last = self.piece_start[p - 1] + self.piece_len[p - 1] - 1
+            values.append(ends[self.piece_start[p]] - ends[prev_last])
+            weights.append(np.ones(p.size, dtype=np.int64))
+        return np.concatenate(values), np.concatenate(weights)
+
+
 @dataclass(frozen=True)
 class SimulationResult:
     """Everything a run produced. Arrays are indexed by request id (0..n-1, arrival order)."""
@@ -56,8 +229,7 @@ class SimulationResult:
     num_preemptions: np.ndarray  # int64
     replica: np.ndarray  # int32 (-1 if rejected before routing)
     rejected: np.ndarray  # int8 code, see REJECT_REASONS
-    token_offsets: np.ndarray  # int64, size n+1: tokens of request i are [off[i], off[i+1])
-    token_times_s: np.ndarray  # float64, emission time of every token
+    tokens: TokenTimes  # emission time of every token, by request
     steps: StepRecords
     kv_blocks_per_replica: int = 0
     warnings: tuple[str, ...] = field(default_factory=tuple)
@@ -71,19 +243,28 @@ class SimulationResult:
     kv_transfer_started_at: np.ndarray | None = None
     kv_transfer_s: np.ndarray | None = None
     decode_replica: np.ndarray | None = None
+    # SimPy events the engines waited for, one per step or per fast-forwarded run of steps.
+    num_step_events: int = 0
 
     @property
     def num_requests(self) -> int:
         return int(self.arrived_at.size)
 
     @property
+    def token_offsets(self) -> np.ndarray:
+        """int64, size n+1: tokens of request i are [off[i], off[i+1])."""
+        return self.tokens.offsets
+
+    @cached_property
+    def token_times_s(self) -> np.ndarray:
+        """Emission time of every token, flat in CSR order (expanded once; for a large run
+        prefer `tokens.chunk`, which expands a range of requests at a time)."""
+        return self.tokens.chunk(0, self.num_requests)
+
+    @cached_property
     def first_token_at(self) -> np.ndarray:
         """Time of every request's first token (NaN if it got none)."""
-        offsets = self.token_offsets
-        has_token = offsets[1:] > offsets[:-1]
-        first = np.full(self.num_requests, np.nan)
-        first[has_token] = self.token_times_s[offsets[:-1][has_token]]
-        return first
+        return self.tokens.first_and_last()[0]
 
     @property
     def kv_transfer_wait_s(self) -> np.ndarray | None:
@@ -94,6 +275,5 @@ class SimulationResult:
         return self.kv_transfer_started_at - self.first_token_at
 
     def tokens_of(self, request_id: int) -> np.ndarray:
-        """Emission times of one request's tokens (a view)."""
-        lo, hi = self.token_offsets[request_id], self.token_offsets[request_id + 1]
-        return self.token_times_s[lo:hi]
+        """Emission times of one request's tokens."""
+        return self.tokens.chunk(request_id, request_id + 1)

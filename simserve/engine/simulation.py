@@ -9,25 +9,36 @@ each request's KV cache over a link to a decode pool. An instance of `pp` pipeli
 `pp` virtual engines, each with its own queues and 1/pp of the KV blocks (vLLM v0's
 `virtual_engine` schedulers), whose micro-batches flow through the stages one after another:
 a stage takes the next micro-batch as soon as it frees (GPipe-style pipelining, Huang 2019).
+
+Fast-forward. When a step is a plain decode of every running request and nothing can change the
+batch for a while, the engine prices the next K identical steps at once and waits for them as
+one SimPy event: K is bounded by the first request to finish (its step is the run's last), by
+the KV blocks the run needs, and by the next event anywhere in the simulation (`env.peek()`:
+no arrival, transfer or other engine acts before then, so no step after the first would have
+been planned differently, and nothing reads this engine's state while the run's steps before
+the last are in flight). Records are the same as stepping one by one (a test compares both).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import simpy
 
 from simserve.config import SpeculativeConfig
-from simserve.costmodel.base import CostModel
+from simserve.costmodel.base import CostModel, decode_run_s, decode_step_fn
+from simserve.engine.decodes import CounterDecodes, VerifyDecodes
 from simserve.engine.policies import Policy, make_policy
-from simserve.engine.records import SimulationResult, StepRecords
+from simserve.engine.records import SimulationResult, StepRecords, StepTokenTimes
 from simserve.engine.router import route
 from simserve.engine.speculative import AcceptanceSampler
-from simserve.engine.state import ReplicaState, RequestTable, StepLog
+from simserve.engine.state import ReplicaState, RequestTable
 from simserve.workload import Workload
 
 __all__ = ["EngineLimits", "PoolSetup", "simulate", "simulate_disaggregated"]
@@ -35,6 +46,11 @@ __all__ = ["EngineLimits", "PoolSetup", "simulate", "simulate_disaggregated"]
 REJECT_MAX_MODEL_LEN = 1
 REJECT_KV_CAPACITY = 2
 REJECT_BUDGET = 3
+
+# Longest run of steps priced at once by the fast-forward (bounds its temporary arrays), and
+# the length from which its steps are priced by numpy rather than one by one.
+MAX_RUN_STEPS = 4096
+VECTORISE_FROM = 48
 
 # NOTE: vLLM's block manager keeps 1% of the blocks free when admitting a sequence
 # (`watermark=0.01`) so running requests can grow without an immediate preemption; a decode
@@ -72,6 +88,17 @@ class PoolSetup:
         return self.limits.num_blocks // self.pp
 
 
+class _Run(NamedTuple):
+    """A fast-forwarded run of plain decode steps: their start times and durations, when the
+    last ends, the first step's decode KV tokens, and the batch size."""
+
+    starts: list[float]
+    durations: list[float]
+    end: float
+    first_kv: int
+    num_seqs: int
+
+
 class _Instance:
     """One instance: its virtual engines' SimPy processes and its pipeline stages."""
 
@@ -81,12 +108,14 @@ class _Instance:
         states: list[ReplicaState],
         pool: PoolSetup,
         policy_factory: Callable[[], Policy],
-        on_step_done: Callable[[ReplicaState, int], None],
+        on_step_done: Callable[[ReplicaState, int], None] | None,
+        fast_forward: bool,
     ) -> None:
         self.env = env
         self.states = states
         self.cost_model = pool.cost_model
         self.on_step_done = on_step_done
+        self.fast_forward = fast_forward
         # When each pipeline stage next frees (empty without pipeline parallelism).
         self.stage_free_at = [0.0] * pool.pp if pool.pp > 1 else []
         self.stage_send_s = pool.stage_send_s
@@ -96,6 +125,8 @@ class _Instance:
             id(st): deque() for st in states
         }
         self.wakeups: dict[int, simpy.Event | None] = {id(st): None for st in states}
+        self.num_events = 0  # step events waited for (a fast-forwarded run is one)
+        self._decode_step_fns: dict[int, Callable[[int], float]] = {}
         for state in states:
             env.process(self.run(state, policy_factory()))
 
@@ -125,18 +156,31 @@ class _Instance:
     def run(self, state: ReplicaState, policy: Policy):
         env, key = self.env, id(state)
         schedule, step_time = policy.schedule, self.cost_model.step_time
+        begin, finish, on_step_done = state.begin, state.finish, self.on_step_done
+        fast_forward, plain_decode_run = self.fast_forward, state.plain_decode_run
+        stages = self.stage_free_at
         while True:
             if state.has_work():
                 now = env.now
                 plan = schedule(state, now)
                 preempts = plan.num_preempt_decodes or plan.num_preempt_partials
                 if not (plan.is_empty and not preempts):
-                    shape = state.begin(plan, now)
+                    if fast_forward and plain_decode_run(plan):
+                        run = self._plan_run(state, now)
+                        if run is not None:
+                            yield from self._run_steps(state, run)
+                            continue
+                    shape = begin(plan, now)
                     duration = step_time(shape)
-                    if self.stage_free_at:
-                        duration = self._through_stages(now, duration, shape.num_tokens) - now
+                    if stages:
+                        leave = _through_stages(stages, now, duration,
+                                                self._send_s(shape.num_tokens))
+                        duration = leave - now
+                    self.num_events += 1
                     yield env.timeout(duration)
-                    self.on_step_done(state, state.finish(plan, shape, now, duration))
+                    finished = finish(plan, shape, now, duration)
+                    if on_step_done is not None:
+                        on_step_done(state, finished)
                     continue
                 if not state.waits_on_transfers():
                     raise AssertionError(
@@ -148,25 +192,120 @@ class _Instance:
             yield self.wakeups[key]
             self.wakeups[key] = None
 
-    def _through_stages(self, now: float, duration: float, num_tokens: int) -> float:
-        """When a micro-batch that starts at `now` leaves the last stage. Each stage runs 1/pp
-        of the layers (the step's time split evenly, as layers are) once the stage is free,
-        then sends its activations to the next stage.
+    def _plan_run(self, state: ReplicaState, now: float) -> _Run | None:
+        """The fast-forwarded run starting now, or None when fewer than two steps qualify
+        (see the module docstring)."""
+        horizon = self.env.peek()
+        if horizon <= now:
+            return None
+        k = state.max_run_ticks(MAX_RUN_STEPS)
+        if k < 2:
+            return None
+        m = state.num_decoding
+        first = state.decodes.kv_sum + m
+        step_s = self._decode_step_fns.get(m)
+        if step_s is None:
+            step_s = self._decode_step_fns[m] = decode_step_fn(self.cost_model, m)
+        if horizon != float("inf"):
+            # Steps only get longer as contexts grow, so at most this many start before the
+            # horizon; the exact cut is taken from the start times.
+            k = min(k, int((horizon - now) / step_s(first)) + 2)
+            if k < 2:
+                return None
+        if self.stage_free_at:
+            starts, durations = self._stage_run(now, horizon, k, first, m, step_s)
+        elif k > VECTORISE_FROM:
+            kv = np.arange(first, first + m * k, m, dtype=np.int64)[:k]
+            run_s = decode_run_s(self.cost_model, m, kv)
+            # The start of step i+1 is the end of step i, summed in order as SimPy would.
+            ends = np.add.accumulate(np.concatenate(([now], run_s)))
+            # Steps after the first must start before anything else happens.
+            k = int(np.searchsorted(ends[1:k], horizon, side="left")) + 1
+            starts = ends[: k + 1].tolist()
+            durations = run_s[:k].tolist()
+        else:
+            starts, durations = [now], []
+            t, kv = now, first
+            for _ in range(k):
+                if durations and t >= horizon:
+                    break
+                d = step_s(kv)
+                durations.append(d)
+                t = t + d
+                starts.append(t)
+                kv += m
+        # The run must end at a time that one timeout from now reaches exactly.
+        k = len(durations)
+        while k >= 2 and not _reachable(now, starts[k]):
+            k -= 1
+        if k < 2:
+            return None
+        return _Run(starts[:k], durations[:k], starts[k], first, m)
 
-        Stages are reserved in the order micro-batches start, which is the order a FIFO queue
-        at every stage would serve them (a micro-batch cannot overtake the one ahead: it starts
-        each stage after that one finished it), so one timeout per step suffices.
-        """
-        stage_s = duration / len(self.stage_free_at)
-        send_s = self.stage_send_s(num_tokens) if self.stage_send_s is not None else 0.0
-        free_at = self.stage_free_at
-        ready = now
-        for i, free in enumerate(free_at):
-            if i:
-                ready += send_s
-            ready = max(ready, free) + stage_s
-            free_at[i] = ready
-        return ready
+    def _stage_run(self, now: float, horizon: float, k: int, first: int, m: int,
+                   step_s: Callable[[int], float]) -> tuple[list[float], list[float]]:
+        """`_plan_run`'s steps through pipeline stages: each step of this virtual engine
+        starts when its previous micro-batch leaves the last stage, and reserves the stages as
+        it would step by step; the schedule after each step is kept in `self._stage_after`
+        until the run's length is settled."""
+        free_at = list(self.stage_free_at)
+        send_s = self._send_s(m)
+        starts, durations = [now], []
+        after: list[list[float]] = []
+        t, kv = now, first
+        for _ in range(k):
+            if durations and t >= horizon:
+                break
+            duration = _through_stages(free_at, t, step_s(kv), send_s) - t
+            durations.append(duration)
+            after.append(list(free_at))
+            t = t + duration
+            starts.append(t)
+            kv += m
+        self._stage_after = after
+        return starts, durations
+
+    def _run_steps(self, state: ReplicaState, run: _Run):
+        """Wait for a fast-forwarded run as one event, then log its steps."""
+        k = len(run.durations)
+        if self.stage_free_at:
+            self.stage_free_at[:] = self._stage_after[k - 1]
+        start = state.begin_run(k)
+        # NOTE: SimPy sets the clock to now + delay; `_plan_run` keeps only runs whose end that
+        # sum reaches exactly, so records match stepping one by one bit for bit.
+        self.num_events += 1
+        yield self.env.timeout(run.end - run.starts[0])
+        finished = state.finish_run(run.num_seqs, run.starts, run.durations, run.first_kv, start)
+        if self.on_step_done is not None:
+            self.on_step_done(state, finished)
+
+    def _send_s(self, num_tokens: int) -> float:
+        return self.stage_send_s(num_tokens) if self.stage_send_s is not None else 0.0
+
+
+def _reachable(now: float, end: float) -> bool:
+    """Whether SimPy's clock lands exactly on `end` after a timeout of `end - now` (always when
+    now <= end <= 2 now, by Sterbenz's lemma; early in a run, not always)."""
+    return now + (end - now) == end
+
+
+def _through_stages(free_at: list[float], now: float, duration: float, send_s: float) -> float:
+    """When a micro-batch that starts at `now` leaves the last stage, given when each stage
+    frees (`free_at`, updated). Each stage runs 1/pp of the layers (the step's time split
+    evenly, as layers are) once the stage is free, then sends its activations to the next.
+
+    Stages are reserved in the order micro-batches start, which is the order a FIFO queue at
+    every stage would serve them (a micro-batch cannot overtake the one ahead: it starts each
+    stage after that one finished it), so one timeout per step suffices.
+    """
+    stage_s = duration / len(free_at)
+    ready = now
+    for i, free in enumerate(free_at):
+        if i:
+            ready += send_s
+        ready = max(ready, free) + stage_s
+        free_at[i] = ready
+    return ready
 
 
 class _Cluster:
@@ -181,6 +320,7 @@ class _Cluster:
         speculative: SpeculativeConfig | None = None,
         acceptance_rng: np.random.Generator | None = None,
         policy_factories: Sequence[Callable[[], Policy]] | None = None,
+        fast_forward: bool = True,
     ) -> None:
         n = len(workload)
         self.n = n
@@ -190,12 +330,7 @@ class _Cluster:
             arrived_at[:] = np.nan
         self.arrived_at = arrived_at
         self.concurrency = workload.concurrency
-        self.requests = RequestTable(
-            prompt_len=workload.prompt_len.tolist(),
-            output_len=workload.output_len.tolist(),
-            arrived_at=arrived_at.tolist(),
-        )
-        self.log = StepLog()
+        self.requests = RequestTable(workload.prompt_len, workload.output_len, arrived_at)
         self.env = simpy.Environment()
         self.pools = list(pools)
         self.disaggregated = len(self.pools) == 2
@@ -210,6 +345,7 @@ class _Cluster:
         ])
         probe = factories[0]()
         self.whole_prompts = probe.whole_prompts
+        self._rejection = self._rejections(workload)
         self.next_request = 0
         self.routed = [0] * len(self.pools)
         if self.disaggregated:
@@ -218,6 +354,7 @@ class _Cluster:
             self.decode_replica = np.full(n, -1, dtype=np.int32)
         self.instances: list[list[_Instance]] = []
         index = 0
+        engine_id = 0
         for p, pool in enumerate(self.pools):
             members = []
             for _ in range(pool.instances):
@@ -225,7 +362,7 @@ class _Cluster:
                     ReplicaState(
                         index,
                         self.requests,
-                        self.log,
+                        engine_id=engine_id + stage,
                         num_blocks=pool.blocks_per_engine,
                         block_size=pool.limits.block_size,
                         max_num_seqs=pool.limits.max_num_seqs,
@@ -237,8 +374,9 @@ class _Cluster:
                         ),
                         acceptance=sampler,
                     )
-                    for _ in range(pool.pp)
+                    for stage in range(pool.pp)
                 ]
+                engine_id += pool.pp
                 if self.disaggregated and p == 0:
                     for st in states:
                         st.handoff = self._handoff
@@ -248,7 +386,10 @@ class _Cluster:
                         states,
                         pool,
                         factories[p],
-                        self._step_done,
+                        # Finishes matter to the cluster only with closed-loop clients (a
+                        # client sends its next request) or KV transfers (a slot frees).
+                        self._step_done if self.closed_loop or self.disaggregated else None,
+                        fast_forward,
                     )
                 )
                 index += 1
@@ -259,29 +400,33 @@ class _Cluster:
 
     # ---------------------------------------------------------------- arrivals
 
-    def _blocks(self, pool: PoolSetup, num_tokens: int) -> int:
-        return -(-num_tokens // pool.limits.block_size)
-
-    def _rejection(self, rid: int) -> int:
-        p, o = self.requests.prompt_len[rid], self.requests.output_len[rid]
+    def _rejections(self, workload: Workload) -> list[int]:
+        """Why each request would be refused at arrival (0: it is served), decided by its
+        lengths and the pools' limits alone, so for all requests at once."""
+        p = np.asarray(workload.prompt_len, dtype=np.int64)
+        o = np.asarray(workload.output_len, dtype=np.int64)
         first, last = self.pools[0], self.pools[-1]
-        if p + o > first.limits.max_model_len:
-            return REJECT_MAX_MODEL_LEN
+
+        def blocks(pool: PoolSetup, num_tokens: np.ndarray) -> np.ndarray:
+            return -(-num_tokens // pool.limits.block_size)
+
         if self.disaggregated:
             # The prompt's KV must fit a prefill engine, the whole sequence a decode engine.
-            if self._blocks(first, p) > first.blocks_per_engine:
-                return REJECT_KV_CAPACITY
-            if self._blocks(last, p + o - 1) > last.blocks_per_engine:
-                return REJECT_KV_CAPACITY
-        elif self._blocks(first, p + o - 1 + self.k) > first.blocks_per_engine:
-            return REJECT_KV_CAPACITY
-        if self.whole_prompts and p > first.limits.max_num_batched_tokens:
-            return REJECT_BUDGET
-        return 0
+            kv_never = (blocks(first, p) > first.blocks_per_engine) | (
+                blocks(last, p + o - 1) > last.blocks_per_engine
+            )
+        else:
+            kv_never = blocks(first, p + o - 1 + self.k) > first.blocks_per_engine
+        codes = np.zeros(p.size, dtype=np.int64)
+        if self.whole_prompts:
+            codes[p > first.limits.max_num_batched_tokens] = REJECT_BUDGET
+        codes[kv_never] = REJECT_KV_CAPACITY
+        codes[p + o > first.limits.max_model_len] = REJECT_MAX_MODEL_LEN
+        return codes.tolist()
 
     def admit(self, rid: int) -> None:
         """Route one arriving request to the first pool, or reject it with a reason."""
-        code = self._rejection(rid)
+        code = self._rejection[rid]
         if code:
             self.requests.rejected[rid] = code
             if self.closed_loop:
@@ -307,10 +452,10 @@ class _Cluster:
             self.admit(rid)
 
     def arrivals(self):
-        env, arrived_at, n = self.env, self.arrived_at, self.n
+        env, arrived_at, n = self.env, self.arrived_at.tolist(), self.n
         i = 0
         while i < n:
-            t = float(arrived_at[i])
+            t = arrived_at[i]
             if t > env.now:
                 yield env.timeout(t - env.now)
             # Every request arriving at this instant joins before any engine steps.
@@ -393,14 +538,19 @@ class _Cluster:
             self.env.process(self.arrivals())
         self.env.run()
         self._check_drained()
-        result = _collect(self.requests, self.log, self.pools[-1].limits, self.n)
         states = [st for pool in self.instances for inst in pool for st in inst.states]
+        result = _collect(self.requests, states, self.pools[-1].limits)
+        result = dataclasses.replace(
+            result,
+            num_step_events=sum(inst.num_events for pool in self.instances for inst in pool),
+        )
         if self.k:
+            verifiers = [s.decodes for s in states if isinstance(s.decodes, VerifyDecodes)]
             result = dataclasses.replace(
                 result,
                 num_speculative_tokens=self.k,
-                spec_num_drafts=sum(s.spec_num_drafts for s in states),
-                spec_accepted_per_position=sum(s.spec_accepted_per_position for s in states),
+                spec_num_drafts=sum(d.num_drafts for d in verifiers),
+                spec_accepted_per_position=sum(d.accepted_per_position for d in verifiers),
             )
         if self.disaggregated:
             result = dataclasses.replace(
@@ -424,9 +574,11 @@ def simulate(
     acceptance_rng: np.random.Generator | None = None,
     pp: int = 1,
     stage_send_s: Callable[[int], float] | None = None,
+    fast_forward: bool = True,
 ) -> SimulationResult:
     """Run the workload on `num_replicas` co-located replicas and return the records (no I/O;
-    the only randomness is speculative acceptance, drawn from `acceptance_rng`)."""
+    the only randomness is speculative acceptance, drawn from `acceptance_rng`).
+    `fast_forward=False` steps one event per step (the records are the same)."""
     pool = PoolSetup(
         num_replicas, limits, cost_model, policy_factory().name, router, pp, stage_send_s
     )
@@ -436,6 +588,7 @@ def simulate(
         speculative=speculative,
         acceptance_rng=acceptance_rng,
         policy_factories=[policy_factory],
+        fast_forward=fast_forward,
     ).run()
 
 
@@ -444,6 +597,8 @@ def simulate_disaggregated(
     prefill: PoolSetup,
     decode: PoolSetup,
     kv_transfer_s: Callable[[int], float],
+    *,
+    fast_forward: bool = True,
 ) -> SimulationResult:
     """Run the workload on a prefill pool that hands KV caches to a decode pool.
 
@@ -453,53 +608,46 @@ def simulate_disaggregated(
     moves over the prefill instance's link (one transfer at a time), and the prefill instance
     frees its blocks when the transfer ends.
     """
-    return _Cluster(workload, [prefill, decode], kv_transfer_s=kv_transfer_s).run()
+    return _Cluster(
+        workload, [prefill, decode], kv_transfer_s=kv_transfer_s, fast_forward=fast_forward
+    ).run()
 
 
 def _collect(
-    requests: RequestTable, log: StepLog, limits: EngineLimits, n: int
+    requests: RequestTable, states: Sequence[ReplicaState], limits: EngineLimits
 ) -> SimulationResult:
-    """Turn the step log into per-token timestamps (one sort, no per-token Python)."""
-    started = np.asarray(log.started_at, dtype=np.float64)
-    duration = np.asarray(log.duration_s, dtype=np.float64)
-    ended = started + duration
-    if log.emit_ids:
-        # int32 ids and step indices halve the per-token temporaries (100k requests, 20M tokens).
-        lengths = np.fromiter(
-            (a.size for a in log.emit_ids), dtype=np.int64, count=len(log.emit_ids)
-        )
-        ids = np.concatenate(log.emit_ids)
-        log.emit_ids.clear()
-        steps = np.repeat(np.asarray(log.emit_step, dtype=np.int32), lengths)
-        order = np.argsort(ids, kind="stable")  # steps were appended in time order
-        counts = np.bincount(ids, minlength=n)
-        del ids
-        token_steps = steps[order]
-        del steps, order
-        token_times = ended[token_steps]
-        del token_steps
-    else:
-        token_times = np.zeros(0)
-        counts = np.zeros(n, dtype=np.int64)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    output_len = np.asarray(requests.output_len, dtype=np.int64)
-    finished_at = np.full(n, np.nan)
-    done = (counts == output_len) & (counts > 0)
-    finished_at[done] = token_times[offsets[1:][done] - 1]
-    steps_rec = StepRecords(
-        replica=np.asarray(log.replica, dtype=np.int32),
-        started_at=started,
-        duration_s=duration,
-        num_prefill_tokens=np.asarray(log.num_prefill_tokens, dtype=np.int64),
-        num_decode_tokens=np.asarray(log.num_decode_tokens, dtype=np.int64),
-        prefill_kv_tokens=np.asarray(log.prefill_kv_tokens, dtype=np.int64),
-        decode_kv_tokens=np.asarray(log.decode_kv_tokens, dtype=np.int64),
-        num_seqs=np.asarray(log.num_seqs, dtype=np.int64),
-        kv_blocks_used=np.asarray(log.kv_blocks_used, dtype=np.int64),
-        kv_blocks_total=np.asarray(log.kv_blocks_total, dtype=np.int64),
-        num_preempted=np.asarray(log.num_preempted, dtype=np.int64),
+    """Records from the engines' logs: steps in one order (by end time, then engine), and the
+    token runs as pieces of that order's step indices (no per-token work here)."""
+    n = len(requests.prompt_len)
+    columns = [st.log.columns() for st in states]
+    sizes = [c["started_at"].size for c in columns]
+    merged = {name: np.concatenate([c[name] for c in columns]) for name in columns[0]}
+    merged["replica"] = np.repeat(np.asarray([st.index for st in states], dtype=np.int32), sizes)
+    merged["kv_blocks_total"] = np.repeat(
+        np.asarray([st.num_blocks for st in states], dtype=np.int64), sizes
     )
+    ended = merged["started_at"] + merged["duration_s"]
+    if len(states) > 1:
+        # NOTE: steps ending at the same instant on two engines are ordered by engine, a fixed
+        # rule that stepping and fast-forwarding give alike.
+        engine_of = np.repeat(np.arange(len(states)), sizes)
+        order = np.lexsort((engine_of, ended))
+        global_index = np.empty(order.size, dtype=np.int64)
+        global_index[order] = np.arange(order.size, dtype=np.int64)
+        merged = {name: column[order] for name, column in merged.items()}
+        ended = ended[order]
+    else:
+        global_index = np.arange(ended.size, dtype=np.int64)
+    first_step = np.concatenate(([0], np.cumsum(sizes)))
+    steps = StepRecords(**{f.name: merged[f.name] for f in dataclasses.fields(StepRecords)})
+    step_end_s = ended
+    tokens = _token_pieces(states, [global_index[a:b] for a, b in
+                                    itertools.pairwise(first_step)],
+                           step_end_s, n)
+    output_len = np.asarray(requests.output_len, dtype=np.int64)
+    counts = np.diff(tokens.offsets)
+    _, last = tokens.first_and_last()
+    finished_at = np.where((counts == output_len) & (counts > 0), last, np.nan)
     return SimulationResult(
         arrived_at=np.asarray(requests.arrived_at, dtype=np.float64),
         prompt_len=np.asarray(requests.prompt_len, dtype=np.int64),
@@ -509,8 +657,68 @@ def _collect(
         num_preemptions=np.asarray(requests.num_preemptions, dtype=np.int64),
         replica=np.asarray(requests.replica, dtype=np.int32),
         rejected=np.asarray(requests.rejected, dtype=np.int8),
-        token_offsets=offsets,
-        token_times_s=token_times,
-        steps=steps_rec,
+        tokens=tokens,
+        steps=steps,
         kv_blocks_per_replica=limits.num_blocks,
+    )
+
+
+def _token_pieces(states: Sequence[ReplicaState], global_steps: Sequence[np.ndarray],
+                  step_end_s: np.ndarray, n: int) -> StepTokenTimes:
+    """Every engine's runs, single tokens and bursts as pieces over one source array of global
+    step indices, sorted by request and then by time."""
+    sources: list[np.ndarray] = []
+    rids: list[np.ndarray] = []
+    starts: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    keys: list[np.ndarray] = []
+    offset = 0
+
+    def add(source: np.ndarray, rid: np.ndarray, start: np.ndarray, length: np.ndarray) -> None:
+        nonlocal offset
+        sources.append(source)
+        rids.append(rid)
+        starts.append(start + offset)
+        lengths.append(length)
+        keys.append(source[start] if start.size else start)
+        offset += source.size
+
+    for st, to_global in zip(states, global_steps, strict=True):
+        runs = st.runs
+        decodes = st.decodes
+        if isinstance(decodes, CounterDecodes) and runs.rid:
+            tick_global = to_global[decodes.tick_steps()]
+            first = np.asarray(runs.first_tick, dtype=np.int64)
+            add(tick_global, np.asarray(runs.rid, dtype=np.int64), first,
+                np.asarray(runs.end_tick, dtype=np.int64) - first)
+        if runs.single_rid:
+            single = to_global[np.asarray(runs.single_step, dtype=np.int64)]
+            add(single, np.asarray(runs.single_rid, dtype=np.int64),
+                np.arange(single.size, dtype=np.int64), np.ones(single.size, dtype=np.int64))
+        if runs.burst_rid:
+            rid = np.concatenate(runs.burst_rid).astype(np.int64)
+            count = np.concatenate(runs.burst_count).astype(np.int64)
+            per_burst = np.asarray([a.size for a in runs.burst_rid], dtype=np.int64)
+            step = np.repeat(to_global[np.asarray(runs.burst_step, dtype=np.int64)], per_burst)
+            keep = count > 0
+            rid, count, step = rid[keep], count[keep], step[keep]
+            add(np.repeat(step, count), rid, np.cumsum(count) - count, count)
+
+    if rids:
+        source = np.concatenate(sources)
+        rid = np.concatenate(rids)
+        start = np.concatenate(starts)
+        length = np.concatenate(lengths)
+        key = np.concatenate(keys)
+        order = np.lexsort((key, rid))
+        rid, start, length = rid[order], start[order], length[order]
+    else:
+        source = rid = start = length = np.zeros(0, dtype=np.int64)
+    piece_offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rid, minlength=n), out=piece_offsets[1:])
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rid, weights=length, minlength=n).astype(np.int64), out=offsets[1:])
+    return StepTokenTimes(
+        offsets=offsets, step_end_s=step_end_s, source=source, piece_start=start,
+        piece_len=length, piece_offsets=piece_offsets,
     )

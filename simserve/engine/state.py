@@ -1,66 +1,180 @@
-"""Mutable state of one replica: waiting queue, running requests, paged KV blocks.
+"""Mutable state of one engine: waiting queue, partial prefills, decodes, paged KV blocks.
 
-Decoding requests live in fixed-capacity numpy arrays kept in admission order, so a decode
-step is a few vectorised operations over the batch, never a loop over requests or tokens
-(DESIGN §9: per-step work O(batch) with small constants). Partial prefills are few and live in
-a short list. Token emissions are recorded as (step index, request ids) and turned into
-per-token timestamps once, after the run.
+Per-step work is O(1) for plain decoding: decoding requests advance by a tick counter
+(`engine.decodes.CounterDecodes`), finishing requests are found in per-tick buckets and KV block
+boundaries by residue counts, so a step costs the same whatever the batch size (DESIGN §9).
+Speculative verify steps, whose outcome differs per request, use vectorised numpy instead
+(`VerifyDecodes`). Partial prefills are few and live in a short list. Steps are logged per
+engine (`EngineLog`) and token emissions as runs of ticks (`Runs`); both become records once,
+after the run.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from simserve.costmodel.base import BatchShape
+from simserve.engine.decodes import CounterDecodes, Runs, VerifyDecodes
 from simserve.engine.plan import StepPlan
 from simserve.engine.speculative import AcceptanceSampler
 
-__all__ = ["PrefillEntry", "ReplicaState", "RequestTable", "StepLog"]
+__all__ = [
+    "STEP_COLUMNS",
+    "EngineLog",
+    "PrefillEntry",
+    "ReplicaState",
+    "RequestTable",
+    "RunStart",
+]
 
 
-@dataclass
 class RequestTable:
-    """Per-request data shared by all replicas (plain lists: scalar access is cheaper)."""
+    """Per-request data shared by all engines, in `array.array` columns: scalar access gives
+    Python numbers (cheaper than numpy's), at 8 bytes a value (a list of ints takes ~36)."""
 
-    prompt_len: list[int]
-    output_len: list[int]
-    arrived_at: list[float]
-    emitted: list[int] = field(default_factory=list)  # tokens emitted so far (kept on preemption)
-    first_scheduled_at: list[float] = field(default_factory=list)
-    num_preemptions: list[int] = field(default_factory=list)
-    replica: list[int] = field(default_factory=list)
-    rejected: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        n = len(self.prompt_len)
-        self.emitted = [0] * n
-        self.first_scheduled_at = [float("nan")] * n
-        self.num_preemptions = [0] * n
-        self.replica = [-1] * n
-        self.rejected = [0] * n
+    def __init__(self, prompt_len: np.ndarray, output_len: np.ndarray,
+                 arrived_at: np.ndarray) -> None:
+        n = len(prompt_len)
+        self.prompt_len = array("q", np.asarray(prompt_len, dtype=np.int64).tobytes())
+        self.output_len = array("q", np.asarray(output_len, dtype=np.int64).tobytes())
+        self.arrived_at = array("d", np.asarray(arrived_at, dtype=np.float64).tobytes())
+        self.emitted = array("q", bytes(8 * n))  # tokens emitted so far (kept on preemption)
+        self.first_scheduled_at = array("d", [float("nan")]) * n
+        self.num_preemptions = array("q", bytes(8 * n))
+        self.replica = array("q", [-1]) * n
+        self.rejected = array("q", bytes(8 * n))
 
 
-@dataclass
-class StepLog:
-    """Append-only per-step records and token emissions of every replica."""
+# One row per step, in this order (see `StepRecords` for their meaning).
+STEP_COLUMNS: tuple[str, ...] = (
+    "started_at",
+    "duration_s",
+    "num_prefill_tokens",
+    "num_decode_tokens",
+    "prefill_kv_tokens",
+    "decode_kv_tokens",
+    "num_seqs",
+    "kv_blocks_used",
+    "num_preempted",
+)
 
-    replica: list[int] = field(default_factory=list)
-    started_at: list[float] = field(default_factory=list)
-    duration_s: list[float] = field(default_factory=list)
-    num_prefill_tokens: list[int] = field(default_factory=list)
-    num_decode_tokens: list[int] = field(default_factory=list)
-    prefill_kv_tokens: list[int] = field(default_factory=list)
-    decode_kv_tokens: list[int] = field(default_factory=list)
-    num_seqs: list[int] = field(default_factory=list)
-    kv_blocks_used: list[int] = field(default_factory=list)
-    kv_blocks_total: list[int] = field(default_factory=list)
-    num_preempted: list[int] = field(default_factory=list)
-    emit_ids: list[np.ndarray] = field(default_factory=list)  # request ids, one array per step
-    emit_step: list[int] = field(default_factory=list)
+
+class RunStart(NamedTuple):
+    """What a fast-forwarded run's per-step KV block use follows from: the blocks in use and
+    the tick before it, and the decoding requests per block-boundary residue (None: no block
+    is allocated per step, as under full reservation)."""
+
+    blocks_used: int
+    tick: int
+    residues: tuple[int, ...] | None
+
+
+class EngineLog:
+    """The steps of one engine in the order they ran: single steps as row tuples (one append
+    per step), fast-forwarded runs as a few numbers each (their other columns follow from the
+    run's batch size and KV), assembled into columns once, after the run."""
+
+    # Rows kept as tuples before they are packed into an array (bounds their memory).
+    ROWS_PER_TABLE = 1 << 15
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.num_steps = 0
+        self._rows: list[tuple] = []
+        self._tables: list[np.ndarray] = []  # packed rows, float64 (exact for these values)
+        self._row_at = array("q")  # engine step index of every row
+        # Fast-forwarded runs: first step index, steps, batch size, first step's decode KV,
+        # how their block use grows, the block use after the last step; and their steps' start
+        # times and durations, flat.
+        self._run_at = array("q")
+        self._run_len = array("q")
+        self._run_seqs = array("q")
+        self._run_kv = array("q")
+        self._run_start: list[RunStart] = []
+        self._run_used_last = array("q")
+        self._run_started = array("d")
+        self._run_duration = array("d")
+
+    def add_row(self, row: tuple) -> None:
+        rows = self._rows
+        rows.append(row)
+        self._row_at.append(self.num_steps)
+        self.num_steps += 1
+        if len(rows) == self.ROWS_PER_TABLE:
+            self._tables.append(np.array(rows, dtype=np.float64))
+            rows.clear()
+
+    def add_run(self, num_seqs: int, started_at: list[float], duration_s: list[float],
+                first_decode_kv: int, start: RunStart, blocks_used_last: int) -> None:
+        """A run of plain decode steps of `num_seqs` sequences (no prefill, no preemption)."""
+        k = len(duration_s)
+        self._run_at.append(self.num_steps)
+        self._run_len.append(k)
+        self._run_seqs.append(num_seqs)
+        self._run_kv.append(first_decode_kv)
+        self._run_start.append(start)
+        self._run_used_last.append(blocks_used_last)
+        self._run_started.extend(started_at)
+        self._run_duration.extend(duration_s)
+        self.num_steps += k
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every step as numpy columns named by `STEP_COLUMNS`."""
+        total = self.num_steps
+        out = {
+            name: np.zeros(total, dtype=np.float64 if name in ("started_at", "duration_s")
+                           else np.int64)
+            for name in STEP_COLUMNS
+        }
+        tables = [*self._tables, np.array(self._rows, dtype=np.float64)]
+        table = np.concatenate([t.reshape(-1, len(STEP_COLUMNS)) for t in tables])
+        if not self._run_at:
+            # Only single steps, in order.
+            for i, name in enumerate(STEP_COLUMNS):
+                out[name] = table[:, i].astype(out[name].dtype)
+            return out
+        if table.size:
+            at = np.frombuffer(self._row_at, dtype=np.int64)
+            for i, name in enumerate(STEP_COLUMNS):
+                out[name][at] = table[:, i]
+        self._run_columns(out)
+        return out
+
+    def _run_columns(self, out: dict[str, np.ndarray]) -> None:
+        sizes = np.asarray(self._run_len, dtype=np.int64)
+        first = np.cumsum(sizes) - sizes
+        # Place of every fast-forwarded step in its run, and its engine step index.
+        within = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(first, sizes)
+        at = np.repeat(np.asarray(self._run_at, dtype=np.int64), sizes) + within
+        seqs = np.repeat(np.asarray(self._run_seqs, dtype=np.int64), sizes)
+        out["started_at"][at] = np.frombuffer(self._run_started, dtype=np.float64)
+        out["duration_s"][at] = np.frombuffer(self._run_duration, dtype=np.float64)
+        out["decode_kv_tokens"][at] = (
+            np.repeat(np.asarray(self._run_kv, dtype=np.int64), sizes) + seqs * within
+        )
+        out["num_decode_tokens"][at] = seqs
+        out["num_seqs"][at] = seqs
+        # Blocks in use after step i of a run: before the run, plus the blocks of the members
+        # whose residue comes up at each tick up to i (none under full reservation); the last
+        # step's count is the one logged live (after its finishes).
+        bs = self.block_size
+        starts = self._run_start
+        residues = np.asarray([r.residues or (0,) * bs for r in starts], dtype=np.int64)
+        ticks = np.asarray([r.tick for r in starts], dtype=np.int64)
+        run_of = np.repeat(np.arange(sizes.size), sizes)
+        need = residues[run_of, (ticks[run_of] + within) % bs]
+        grown = np.cumsum(need)
+        grown -= np.repeat(grown[first] - need[first], sizes)
+        used = np.repeat(np.asarray([r.blocks_used for r in starts], dtype=np.int64), sizes)
+        used += grown
+        used[first + sizes - 1] = self._run_used_last
+        out["kv_blocks_used"][at] = used
 
 
 @dataclass
@@ -75,14 +189,18 @@ class PrefillEntry:
 
 
 class ReplicaState:
-    """One replica's queues and KV cache; `begin` applies a plan, `finish` applies its outcome."""
+    """One engine's queues and KV cache; `begin` applies a plan, `finish` applies its outcome.
+
+    `index` is the instance (what requests report as their replica); `engine_id` is unique
+    per engine, also among the virtual engines of a pipeline-parallel instance.
+    """
 
     def __init__(
         self,
         index: int,
         requests: RequestTable,
-        log: StepLog,
         *,
+        engine_id: int,
         num_blocks: int,
         block_size: int,
         max_num_seqs: int,
@@ -93,8 +211,9 @@ class ReplicaState:
         acceptance: AcceptanceSampler | None = None,
     ) -> None:
         self.index = index
+        self.engine_id = engine_id
         self.requests = requests
-        self.log = log
+        self.log = EngineLog(block_size)
         self.num_blocks = num_blocks
         self.free_blocks = num_blocks
         self.block_size = block_size
@@ -105,22 +224,16 @@ class ReplicaState:
         self.reserve_full = reserve_full
         self.num_speculative_tokens = num_speculative_tokens
         self.speculate_max_batch = speculate_max_batch
-        self.acceptance = acceptance
-        k = num_speculative_tokens
-        # vLLM's spec-decode counters: drafts, draft tokens, accepted tokens, accepted per position.
-        self.spec_num_drafts = 0
-        self.spec_accepted_per_position = np.zeros(k, dtype=np.int64)
+        self.decodes: CounterDecodes | VerifyDecodes
+        if num_speculative_tokens:
+            assert acceptance is not None
+            self.decodes = VerifyDecodes(block_size, reserve_full, self.reserve_blocks,
+                                         max_num_seqs, acceptance, num_speculative_tokens)
+        else:
+            self.decodes = CounterDecodes(block_size, reserve_full, self.reserve_blocks)
+        self.runs: Runs = self.decodes.runs
         self.waiting: deque[int] = deque()
         self.prefilling: list[PrefillEntry] = []
-        # One 2-D array so that compaction and the per-step update are single numpy calls.
-        self._dec = np.zeros((3, max_num_seqs), dtype=np.int64)
-        self.dec_ids = self._dec[0]
-        self.dec_computed = self._dec[1]  # tokens whose KV is cached
-        self.dec_remaining = self._dec[2]  # output tokens still to emit
-        self._step_delta = np.array([[1], [-1]], dtype=np.int64)
-        self._block_mask = block_size - 1 if block_size & (block_size - 1) == 0 else None
-        self.num_decoding = 0
-        self.decode_kv_sum = 0  # sum of dec_computed[:num_decoding], kept incrementally
         # Disaggregated serving. A prefill instance hands each finished prefill to
         # `handoff(state, request_id, num_computed, num_blocks)` and keeps its blocks
         # (`num_held_blocks`) until the KV transfer ends; a decode instance reserves blocks and a
@@ -132,16 +245,20 @@ class ReplicaState:
     # ------------------------------------------------------------------ views for policies
 
     @property
+    def num_decoding(self) -> int:
+        return len(self.decodes)
+
+    @property
     def num_running(self) -> int:
         """Sequences holding a slot: decoding, prefilling and KV transfers on their way in."""
-        return self.num_decoding + len(self.prefilling) + self.num_incoming
+        return len(self.decodes) + len(self.prefilling) + self.num_incoming
 
     @property
     def num_outstanding(self) -> int:
         return self.num_running + len(self.waiting)
 
     def has_work(self) -> bool:
-        return bool(self.num_decoding or self.prefilling or self.waiting)
+        return bool(len(self.decodes) or self.prefilling or self.waiting)
 
     def waits_on_transfers(self) -> bool:
         """Whether KV blocks are tied up by transfers in flight (a step may have to wait)."""
@@ -163,28 +280,12 @@ class ReplicaState:
 
     def decode_block_need(self, num_decodes: int, width: int = 1) -> int:
         """New KV blocks the first `num_decodes` decoding requests need for `width` more tokens."""
-        if self.reserve_full or num_decodes == 0:
-            return 0
-        computed = self.dec_computed[:num_decodes]
-        if width > 1:
-            bs = self.block_size
-            return int((-(-(computed + width) // bs) + (-computed // bs)).sum())
-        if self._block_mask is not None:  # power-of-two block size: a cheaper modulo
-            return int(np.count_nonzero((computed & self._block_mask) == 0))
-        return int(np.count_nonzero(computed % self.block_size == 0))
+        return self.decodes.block_need(num_decodes, width)
 
-    def slot_block_need(self, slot: int, width: int) -> int:
-        """New KV blocks the decoding request in `slot` needs for `width` more tokens."""
-        if self.reserve_full:
-            return 0
-        c = int(self.dec_computed[slot])
-        return self.blocks_for(c + width) - self.blocks_for(c)
-
-    def decode_blocks_held(self, slot: int) -> int:
-        """KV blocks held by the decoding request in `slot`."""
-        if self.reserve_full:
-            return self.reserve_blocks(int(self.dec_ids[slot]))
-        return self.blocks_for(int(self.dec_computed[slot]))
+    def decodes_newest_first(self, width: int) -> Iterator[tuple[int, int]]:
+        """(KV blocks held, new blocks needed for `width` more tokens) of each decoding request,
+        most recently admitted first: the order a policy preempts in."""
+        return self.decodes.newest_first(width)
 
     def reserve_blocks(self, request_id: int) -> int:
         """Blocks a request holds for its whole life under full reservation."""
@@ -197,16 +298,17 @@ class ReplicaState:
     def begin(self, plan: StepPlan, now: float) -> BatchShape:
         """Preempt, admit and allocate as planned; return the shape the cost model prices."""
         req = self.requests
-        for _ in range(plan.num_preempt_partials):
-            entry = self.prefilling.pop()
-            self._preempt(entry.request_id, entry.num_blocks)
-        for _ in range(plan.num_preempt_decodes):
-            i = self.num_decoding - 1
-            rid = int(self.dec_ids[i])
-            req.emitted[rid] = req.output_len[rid] - int(self.dec_remaining[i])
-            self.decode_kv_sum -= int(self.dec_computed[i])
-            self._preempt(rid, self.decode_blocks_held(i))
-            self.num_decoding = i
+        decodes = self.decodes
+        if plan.num_preempt_partials or plan.num_preempt_decodes:
+            for _ in range(plan.num_preempt_partials):
+                entry = self.prefilling.pop()
+                self._preempt(entry.request_id, entry.num_blocks)
+            for _ in range(plan.num_preempt_decodes):
+                rid, computed, remaining = decodes.preempt_newest()
+                req.emitted[rid] = req.output_len[rid] - remaining
+                held = (self.reserve_blocks(rid) if self.reserve_full
+                        else self.blocks_for(computed))
+                self._preempt(rid, held)
         for _ in range(plan.num_admitted):
             rid = self.waiting.popleft()
             if req.first_scheduled_at[rid] != req.first_scheduled_at[rid]:  # NaN: first time
@@ -224,32 +326,27 @@ class ReplicaState:
         prefill_seqs = 0
         attn_pairs = 0.0
         prefill_kv = 0
-        for entry, q in zip(self.prefilling, plan.chunks, strict=True):
-            if q == 0:
-                continue
-            c = entry.num_computed
-            if not self.reserve_full:
-                blocks = self.blocks_for(c + q)
-                self.free_blocks -= blocks - entry.num_blocks
-                entry.num_blocks = blocks
-            prefill_tokens += q
-            prefill_seqs += 1
-            attn_pairs += q * (c + q / 2)
-            prefill_kv += c + q
+        if plan.chunks:
+            reserve_full = self.reserve_full
+            for entry, q in zip(self.prefilling, plan.chunks, strict=True):
+                if q == 0:
+                    continue
+                c = entry.num_computed
+                if not reserve_full:
+                    blocks = -(-(c + q) // self.block_size)
+                    self.free_blocks -= blocks - entry.num_blocks
+                    entry.num_blocks = blocks
+                prefill_tokens += q
+                prefill_seqs += 1
+                attn_pairs += q * (c + q / 2)
+                prefill_kv += c + q
         if self.free_blocks < 0:
             raise AssertionError(f"replica {self.index}: KV over-allocated by the policy")
+        decode_kv = decodes.kv_sum if m == len(decodes) else _first_kv_sum(decodes, m)
+        if m and isinstance(decodes, CounterDecodes):
+            decodes.begin_ticks(m, self.log.num_steps)
         return BatchShape(
-            num_prefill_tokens=prefill_tokens,
-            num_prefill_seqs=prefill_seqs,
-            prefill_attn_pairs=attn_pairs,
-            prefill_kv_tokens=prefill_kv,
-            num_decode_seqs=m,
-            num_decode_tokens=m * w,
-            decode_kv_tokens=(
-                self.decode_kv_sum + m * w
-                if m == self.num_decoding
-                else int(self.dec_computed[:m].sum()) + m * w
-            ),
+            prefill_tokens, prefill_seqs, attn_pairs, prefill_kv, m, m * w, decode_kv + m * w
         )
 
     def _preempt(self, request_id: int, num_blocks: int) -> None:
@@ -262,39 +359,36 @@ class ReplicaState:
     def finish(
         self, plan: StepPlan, shape: BatchShape, started_at: float, duration_s: float
     ) -> int:
-        """Apply the step's outcome at its end: stamp tokens, complete requests, log the step.
+        """Apply the step's outcome at its end: complete requests, log the step and the tokens.
 
         Returns the number of requests that finished (for closed-loop clients)."""
-        log = self.log
-        step = len(log.started_at)
+        step = self.log.num_steps
         req = self.requests
         m = plan.num_decodes
         finished = 0
-        if m and plan.decode_width > 1:
-            self._finish_verify(m, plan.decode_width, step)
-        elif m:
-            log.emit_ids.append(self.dec_ids[:m].astype(np.int32))
-            log.emit_step.append(step)
-            self._dec[1:3, :m] += self._step_delta  # computed += 1, remaining -= 1
-            self.decode_kv_sum += m
         if m:
-            done = self.dec_remaining[:m] == 0
-            num_done = int(np.count_nonzero(done))
-            if num_done:
-                finished += num_done
-                self._drop_finished(done, m)
+            decodes = self.decodes
+            if isinstance(decodes, CounterDecodes):
+                done = decodes.end_tick()
+            else:
+                done, freed = decodes.end_step(m, plan.decode_width, step)
+                self.free_blocks += freed
+            if done:
+                finished += len(done)
+                self._free_finished(done)
 
-        completed: list[int] = []
-        handoffs: list[tuple[int, int, int]] = []
+        handoffs: list[tuple[int, int, int]] | None = None
         if plan.chunks:
             kept: list[PrefillEntry] = []
+            runs = self.runs
             for entry, q in zip(self.prefilling, plan.chunks, strict=True):
                 entry.num_computed += q
                 if entry.num_computed < entry.num_target:
                     kept.append(entry)
                     continue
                 rid = entry.request_id
-                completed.append(rid)
+                runs.single_rid.append(rid)
+                runs.single_step.append(step)
                 emitted = req.emitted[rid] + 1
                 remaining_out = req.output_len[rid] - emitted
                 if remaining_out == 0:
@@ -305,34 +399,93 @@ class ReplicaState:
                 if self.handoff is not None:
                     req.emitted[rid] = emitted
                     self.num_held_blocks += entry.num_blocks
+                    if handoffs is None:
+                        handoffs = []
                     handoffs.append((rid, entry.num_computed, entry.num_blocks))
                     continue
-                i = self.num_decoding
-                self.dec_ids[i] = rid
-                self.dec_computed[i] = entry.num_computed
-                self.dec_remaining[i] = remaining_out
-                self.num_decoding = i + 1
-                self.decode_kv_sum += entry.num_computed
+                self.decodes.join(rid, entry.num_computed, remaining_out)
             self.prefilling = kept
-        if completed:
-            log.emit_ids.append(np.asarray(completed, dtype=np.int32))
-            log.emit_step.append(step)
 
-        log.replica.append(self.index)
-        log.started_at.append(started_at)
-        log.duration_s.append(duration_s)
-        log.num_prefill_tokens.append(shape.num_prefill_tokens)
-        log.num_decode_tokens.append(shape.num_decode_tokens)
-        log.prefill_kv_tokens.append(shape.prefill_kv_tokens)
-        log.decode_kv_tokens.append(shape.decode_kv_tokens)
-        log.num_seqs.append(shape.num_prefill_seqs + shape.num_decode_seqs)
-        log.kv_blocks_used.append(self.num_blocks - self.free_blocks)
-        log.kv_blocks_total.append(self.num_blocks)
-        log.num_preempted.append(plan.num_preempt_decodes + plan.num_preempt_partials)
-        if self.handoff is not None:
+        self.log.add_row((
+            started_at, duration_s, shape.num_prefill_tokens, shape.num_decode_tokens,
+            shape.prefill_kv_tokens, shape.decode_kv_tokens,
+            shape.num_prefill_seqs + shape.num_decode_seqs, self.num_blocks - self.free_blocks,
+            plan.num_preempt_decodes + plan.num_preempt_partials,
+        ))
+        if handoffs is not None:
+            assert self.handoff is not None
             for rid, num_computed, num_blocks in handoffs:
                 self.handoff(self, rid, num_computed, num_blocks)
         return finished
+
+    def _free_finished(self, done: list[tuple[int, int]]) -> None:
+        req = self.requests
+        bs = self.block_size
+        for rid, computed in done:
+            req.emitted[rid] = req.output_len[rid]
+            if self.reserve_full:
+                self.free_blocks += self.reserve_blocks(rid)
+            else:
+                self.free_blocks += -(-computed // bs)
+
+    # ------------------------------------------------------------------ fast-forward
+
+    def plain_decode_run(self, plan: StepPlan) -> bool:
+        """Whether `plan` is a decode step that, repeated, needs nothing but the tick counter:
+        every decoding request gets one plain token, nothing else happens."""
+        return (
+            plan.num_decodes == len(self.decodes)
+            and plan.decode_width == 1
+            and not plan.chunks
+            and not plan.num_preempt_decodes
+            and not plan.num_preempt_partials
+            and isinstance(self.decodes, CounterDecodes)
+        )
+
+    def max_run_ticks(self, limit: int) -> int:
+        """How many full-batch plain decode steps from now (at most `limit`) run without a
+        finish before the last of them and without running out of KV blocks: the first `k`
+        steps of which only the last may see a request finish."""
+        decodes = self.decodes
+        assert isinstance(decodes, CounterDecodes)
+        k = min(limit, decodes.ticks_to_first_finish())
+        if k <= 1:
+            return k
+        m = len(decodes)
+        bs = self.block_size
+        # Each member needs one block every `block_size` ticks; only check tick by tick when
+        # that bound could exhaust the free blocks.
+        if self.reserve_full or m * (-(-k // bs) + 1) <= self.free_blocks:
+            return k
+        free = self.free_blocks
+        for i, need in enumerate(decodes.block_need_run(k)):
+            if need > free:
+                return i
+            free -= need
+        return k
+
+    def begin_run(self, num_ticks: int) -> RunStart:
+        """Allocate and tick `num_ticks` full-batch plain decode steps at once (the first was
+        planned as usual, the others would be planned identically)."""
+        decodes = self.decodes
+        assert isinstance(decodes, CounterDecodes)
+        start = RunStart(self.num_blocks - self.free_blocks, decodes.tick, decodes.residues())
+        self.free_blocks -= decodes.run_block_need(num_ticks)
+        decodes.begin_ticks(len(decodes), self.log.num_steps, num_ticks)
+        return start
+
+    def finish_run(self, num_seqs: int, started_at: list[float], duration_s: list[float],
+                   first_decode_kv: int, start: RunStart) -> int:
+        """Log a fast-forwarded run of plain decode steps of `num_seqs` sequences and apply its
+        last step's finishes (only the last step can have any); returns the number finished."""
+        decodes = self.decodes
+        assert isinstance(decodes, CounterDecodes)
+        done = decodes.end_tick()
+        if done:
+            self._free_finished(done)
+        self.log.add_run(num_seqs, started_at, duration_s, first_decode_kv, start,
+                         self.num_blocks - self.free_blocks)
+        return len(done)
 
     # ------------------------------------------------------------------ KV handoff
 
@@ -349,56 +502,24 @@ class ReplicaState:
             raise AssertionError(f"replica {self.index}: KV transfer over-admitted")
 
     def accept_decoding(self, request_id: int, num_computed: int, remaining: int) -> None:
-        """A transferred request joins the decode batch (its blocks were reserved already).
-
-        Appending is safe while a step is in flight: a step touches only its first
-        `num_decodes` slots, and finished slots are compacted over the whole array.
-        """
-        i = self.num_decoding
-        self.dec_ids[i] = request_id
-        self.dec_computed[i] = num_computed
-        self.dec_remaining[i] = remaining
-        self.num_decoding = i + 1
-        self.decode_kv_sum += num_computed
+        """A transferred request joins the decode batch (its blocks were reserved already);
+        safe while a step is in flight, which never touches members that joined after it
+        began."""
+        self.decodes.join(request_id, num_computed, remaining)
         self.num_incoming -= 1
 
-    def _finish_verify(self, m: int, width: int, step: int) -> None:
-        """Outcome of a speculative verify: accepted + 1 tokens each, truncated to the output
-        length, all stamped at the step's end; KV of rejected positions is freed."""
-        assert self.acceptance is not None
-        k = width - 1
-        ids = self.dec_ids[:m]
-        accepted = self.acceptance.sample(ids)
-        self.spec_num_drafts += m
-        self.spec_accepted_per_position += np.bincount(accepted, minlength=k + 1)[1:][
-            ::-1
-        ].cumsum()[::-1]
-        computed = self.dec_computed[:m]
-        remaining = self.dec_remaining[:m]
-        emitted = np.minimum(accepted + 1, remaining)
-        bs = self.block_size
-        if not self.reserve_full:
-            allocated = -(-(computed + width) // bs)
-            kept = -(-(computed + emitted) // bs)
-            self.free_blocks += int((allocated - kept).sum())
-        computed += emitted
-        remaining -= emitted
-        self.decode_kv_sum += int(emitted.sum())
-        self.log.emit_ids.append(np.repeat(ids.astype(np.int32), emitted))
-        self.log.emit_step.append(step)
 
-    def _drop_finished(self, done: np.ndarray, m: int) -> None:
-        """Free finished decoding requests and compact the arrays, keeping admission order."""
-        n = self.num_decoding
-        keep = np.ones(n, dtype=bool)
-        keep[:m] = ~done
-        computed = self.dec_computed[:m][done]
-        if self.reserve_full:
-            freed = sum(self.reserve_blocks(int(r)) for r in self.dec_ids[:m][done])
-        else:
-            freed = int((-(-computed // self.block_size)).sum())
-        self.free_blocks += freed
-        self.decode_kv_sum -= int(computed.sum())
-        k = int(np.count_nonzero(keep))
-        self._dec[:, :k] = self._dec[:, :n][:, keep]
-        self.num_decoding = k
+def _first_kv_sum(decodes: CounterDecodes | VerifyDecodes, m: int) -> int:
+    """Sum of computed tokens of the first `m` decoding requests (a token budget smaller than
+    the decode batch; rare)."""
+    if m == 0:
+        return 0
+    if isinstance(decodes, VerifyDecodes):
+        return int(decodes.computed_arr[:m].sum())
+    total = 0
+    tick = decodes.tick
+    for i, rec in enumerate(decodes._rec.values()):
+        if i == m:
+            break
+        total += rec[0] + tick
+    return total

@@ -12,47 +12,20 @@ the same simserve installed and the sweep directory on a filesystem they all see
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
 import os
-import signal
 import socket
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from simserve.errors import InputError
+from simserve.experiments.pool import available_cpus, init_worker
 
 __all__ = ["LocalBackend", "RayBackend", "available_cpus", "check_ray_address", "make_backend"]
 
 Task = Mapping[str, Any]
 TaskFn = Callable[[Task], dict[str, Any]]
-
-_PR_SET_PDEATHSIG = 1
-
-
-def available_cpus() -> int:
-    """CPUs this process may use (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _init_worker(parent_pid: int) -> None:
-    """Pool worker setup: leave Ctrl-C to the parent (which stops the pool), and die with the
-    parent, so a killed sweep leaves no orphan still writing into its directory."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
 
 class LocalBackend:
     """A process pool on this machine; `jobs=1` runs tasks one by one in this process.
@@ -103,7 +76,7 @@ class LocalBackend:
             # or locks from the parent), as on macOS and Windows, and as Python 3.14's default.
             context = multiprocessing.get_context("spawn")
             self._pool = context.Pool(
-                min(self.jobs, len(tasks)), initializer=_init_worker, initargs=(os.getpid(),)
+                min(self.jobs, len(tasks)), initializer=init_worker, initargs=(os.getpid(),)
             )
         yield from self._pool.imap_unordered(fn, tasks, chunksize=1)
 

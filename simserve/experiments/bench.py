@@ -1,10 +1,17 @@
-"""`simserve bench`: simulated requests and steps per wall-clock second, and peak memory."""
+"""`simserve bench`: simulated requests and steps per wall-clock second, and peak memory.
+
+Phases are timed separately (workload build, engine, metrics), each once, in this process.
+The engine's counters say where its time goes: steps simulated, SimPy events waited for (one
+per step, or one per fast-forwarded run of identical decode steps) and their ratio.
+"""
 
 from __future__ import annotations
 
+import cProfile
 import resource
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from simserve.config import Scenario
 from simserve.experiments.run import seed_streams, simulate_resolved
@@ -19,38 +26,54 @@ __all__ = ["BenchResult", "run_bench"]
 class BenchResult:
     num_requests: int
     num_steps: int
+    num_events: int
     build_s: float
     simulate_s: float
     metrics_s: float
     peak_rss_mib: float
     completed: int
+    fast_forward: bool
 
     def format(self) -> str:
         sim = self.simulate_s or float("nan")
         total = self.build_s + self.simulate_s + self.metrics_s
+        ff = "on" if self.fast_forward else "off"
         return "\n".join(
             [
                 f"requests simulated:          {self.num_requests} ({self.completed} completed)",
                 f"engine steps:                {self.num_steps}",
+                f"engine events:               {self.num_events} (fast-forward {ff}: "
+                f"{self.num_steps / max(self.num_events, 1):.2f} steps per event)",
                 f"workload build (s):          {self.build_s:.3f}",
                 f"simulation (s):              {self.simulate_s:.3f}",
                 f"metrics (s):                 {self.metrics_s:.3f}",
                 f"simulated requests/s:        {self.num_requests / sim:,.0f} (engine only)",
                 f"simulated requests/s:        {self.num_requests / total:,.0f} (end to end)",
                 f"steps/s:                     {self.num_steps / sim:,.0f}",
+                f"events/s:                    {self.num_events / sim:,.0f}",
                 f"peak RSS (MiB):              {self.peak_rss_mib:.0f}",
             ]
         )
 
 
-def run_bench(scenario: Scenario) -> BenchResult:
-    """Time one run of `scenario`, phase by phase, in this process."""
+def run_bench(scenario: Scenario, *, fast_forward: bool = True,
+              profile_to: str | Path | None = None) -> BenchResult:
+    """Time one run of `scenario`, phase by phase, in this process. With `profile_to`, the
+    engine phase runs under cProfile and its statistics are written there (pstats format:
+    `python -m pstats FILE`, or snakeviz)."""
     resolved = resolve(scenario)
     t0 = time.perf_counter()
     rngs = seed_streams(scenario.seed)
     build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"])
     t1 = time.perf_counter()
-    workload, result = simulate_resolved(resolved, seed_streams(scenario.seed))
+    profiler = cProfile.Profile() if profile_to is not None else None
+    if profiler is not None:
+        profiler.enable()
+    workload, result = simulate_resolved(resolved, seed_streams(scenario.seed),
+                                         fast_forward=fast_forward)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(str(profile_to))
     t2 = time.perf_counter()
     summary = summarize(result, scenario.metrics)
     t3 = time.perf_counter()
@@ -60,9 +83,11 @@ def run_bench(scenario: Scenario) -> BenchResult:
     return BenchResult(
         num_requests=len(workload),
         num_steps=len(result.steps),
+        num_events=result.num_step_events,
         build_s=build_s,
         simulate_s=max(t2 - t1 - build_s, 0.0),  # simulate_resolved rebuilds the workload
         metrics_s=t3 - t2,
         peak_rss_mib=peak_mib,
         completed=int(summary["completed"]),
+        fast_forward=fast_forward,
     )

@@ -47,7 +47,6 @@ from simserve.config import (
 )
 from simserve.errors import InputError
 from simserve.experiments.run import RunOutput, run_scenario
-from simserve.metrics import deadline_misses, request_metrics
 from simserve.resolve import resolve
 
 __all__ = [
@@ -269,15 +268,8 @@ def summary_with_extras(output: RunOutput) -> dict[str, object]:
     summary = dict(output.summary)
     if all(k in summary for k in EXTRA_SUMMARY_KEYS):
         return summary
-    result = output.result
-    metrics = output.resolved.scenario.metrics
-    missed, counted = deadline_misses(
-        result.token_times_s, result.token_offsets, result.arrived_at, result.prompt_len,
-        metrics.fluidity,
-    )
-    measured = np.asarray(request_metrics(result, metrics)["measured"], dtype=bool)
-    ok = measured & (counted > 0)
-    rates = missed[ok] / counted[ok]
+    rates = output.deadline_miss_rate
+    rates = rates[np.asarray(output.requests["measured"], dtype=bool) & ~np.isnan(rates)]
     summary.setdefault("mean_deadline_miss_rate", float(np.mean(rates)) if rates.size else None)
     summary.setdefault(
         "p99_deadline_miss_rate", float(np.percentile(rates, 99.0)) if rates.size else None

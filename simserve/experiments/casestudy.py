@@ -15,11 +15,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from simserve.config import Scenario, SpeculativeConfig, load_scenario
 from simserve.costmodel.base import BatchShape
@@ -31,8 +30,8 @@ from simserve.experiments.capacity import (
     SloRule,
     parse_slo_rule,
     search_capacity,
-    summary_with_extras,
 )
+from simserve.experiments.pool import MEAN_BATCH_KEY, STEADY_KEY, RunPool
 from simserve.experiments.run import RunOutput, run_scenario
 from simserve.resolve import resolve
 from simserve.resources import scenarios_dir
@@ -55,7 +54,6 @@ __all__ = [
     "crossings",
     "round_sig",
     "run_specdec",
-    "steady_throughput",
     "step_cost_table",
     "summary_value",
 ]
@@ -74,7 +72,7 @@ class SweepPlan:
     """How much one case-study run simulates.
 
     Sweep rates are `load_fractions` of the no-spec system's saturation throughput (measured in
-    an offline run of `saturation_requests` requests, see `steady_throughput`), so the sweep
+    an offline run of `saturation_requests` requests, see `pool.steady_throughput`), so the sweep
     always reaches past the no-spec knee whatever the model, GPU or overrides. A run at rate r
     has max(`num_requests`, r x `min_arrival_span_s`) requests, at most `max_requests`: near
     the knee a run must be long for its queue to show whether it is stable (DESIGN §7 ES3).
@@ -334,45 +332,32 @@ class RunRecord:
         }
 
 
-def steady_throughput(output: RunOutput, trim: float = 0.1) -> float:
-    """Completions per second between the `trim` and 1 - `trim` quantiles of finish times.
-
-    NOTE: in an offline run (every request at t=0) the first finishes come before batches are
-    full and the last ones drain alone; the middle of the run is the engine at full load, the
-    rate an open-loop arrival process can sustain at most (its saturation throughput).
-    """
-    finished = np.sort(output.result.finished_at[np.isfinite(output.result.finished_at)])
-    n = finished.size
-    i, j = int(trim * n), int((1.0 - trim) * n) - 1
-    if j <= i or finished[j] <= finished[i]:
-        return math.nan
-    return (j - i) / float(finished[j] - finished[i])
-
-
-def _mean_batch(output: RunOutput) -> float:
-    steps = output.result.steps
-    total = float(np.sum(steps.duration_s))
-    return float(np.sum(steps.num_seqs * steps.duration_s) / total) if total > 0 else 0.0
-
-
 class _Runner:
-    """Runs scenarios derived from the base one and remembers every summary (with a cache)."""
+    """Runs scenarios derived from the base one over a `RunPool` and keeps a record of every
+    distinct run (records are created in a fixed order, whatever order runs finish in)."""
 
     def __init__(
         self,
         base: Scenario,
         plan: SweepPlan,
         systems: Mapping[str, SpeculativeConfig | None],
-        progress: Callable[[str], None] | None,
+        pool: RunPool,
     ) -> None:
         self.base = base
         self.plan = plan
         self.systems = dict(systems)
-        self.progress = progress
-        self.records: list[RunRecord] = []
+        self.pool = pool
         self.saturation_rps: dict[str, float] = {}
-        self._cache: dict[tuple[str, float | None], RunRecord] = {}
+        self._records: dict[tuple[str, float | None], RunRecord] = {}
+        self._lock = threading.Lock()
         self.kept: dict[tuple[str, float], RunOutput] = {}
+
+    @property
+    def records(self) -> list[RunRecord]:
+        """Every distinct run: offline runs first, then by system and rate."""
+        order = {name: i for i, name in enumerate(self.systems)}
+        return sorted(self._records.values(),
+                      key=lambda r: (r.rate is not None, order[r.system], r.rate or 0.0))
 
     def scenario(self, system: str, rate: float | None) -> Scenario:
         """The base scenario for `system` at `rate` (None: offline), with the sweep's windows."""
@@ -393,51 +378,63 @@ class _Runner:
             metrics=dataclasses.replace(b.metrics, warmup_s=window, cooldown_s=window),
         )
 
-    def run(self, system: str, rate: float | None, purpose: str, *, keep: bool = False
-            ) -> RunRecord:
+    def run_all(self, runs: Sequence[tuple[str, float | None, str]]) -> list[RunRecord]:
+        """Simulate (or recall) these (system, rate, purpose) runs, in parallel."""
+        for system, rate, purpose in runs:
+            where = "offline" if rate is None else f"{rate:g} req/s"
+            self.pool.say(f"  {purpose:<10} {system:<24} {where}")
+        summaries = self.pool.summaries([self.scenario(s, r) for s, r, _ in runs])
+        return [self._record(system, rate, purpose, summary)
+                for (system, rate, purpose), summary in zip(runs, summaries, strict=True)]
+
+    def run(self, system: str, rate: float | None, purpose: str) -> RunRecord:
         """Simulate (or recall) one run."""
-        key = (system, rate)
-        if key in self._cache and not (keep and (system, rate) not in self.kept):
-            return self._cache[key]
-        where = "offline" if rate is None else f"{rate:g} req/s"
-        if self.progress:
-            self.progress(f"  {purpose:<10} {system:<24} {where}")
+        return self.run_all([(system, rate, purpose)])[0]
+
+    def _record(self, system: str, rate: float | None, purpose: str,
+                summary: Mapping[str, object]) -> RunRecord:
+        with self._lock:
+            key = (system, rate)
+            if key in self._records:
+                return self._records[key]
+            spec = self.systems[system]
+            summary = dict(summary)
+            steady = None
+            if rate is None:
+                steady = float(summary[STEADY_KEY])  # type: ignore[arg-type]
+                self.saturation_rps[system] = steady
+            elif system in self.saturation_rps:
+                summary[LOAD_KEY] = rate / self.saturation_rps[system]
+            record = RunRecord(
+                system=system,
+                purpose=purpose,
+                rate=rate,
+                summary=summary,
+                mean_batch=float(summary[MEAN_BATCH_KEY]),  # type: ignore[arg-type]
+                alpha=spec.acceptance.alpha if spec is not None else None,
+                k=spec.num_speculative_tokens if spec is not None else None,
+                steady_throughput=steady,
+            )
+            self._records[key] = record
+            return record
+
+    def keep(self, system: str, rate: float) -> RunOutput:
+        """The whole output of one run (for figures of single requests), simulated here: the
+        same run the pool made, as runs are deterministic."""
         output = run_scenario(self.scenario(system, rate))
-        spec = self.systems[system]
-        summary = summary_with_extras(output)
-        steady = None
-        if rate is None:
-            steady = steady_throughput(output)
-            self.saturation_rps[system] = steady
-        elif system in self.saturation_rps:
-            summary[LOAD_KEY] = rate / self.saturation_rps[system]
-        record = RunRecord(
-            system=system,
-            purpose=purpose,
-            rate=rate,
-            summary=summary,
-            mean_batch=_mean_batch(output),
-            alpha=spec.acceptance.alpha if spec is not None else None,
-            k=spec.num_speculative_tokens if spec is not None else None,
-            steady_throughput=steady,
-        )
-        if key not in self._cache:
-            self.records.append(record)
-            self._cache[key] = record
-        if keep and rate is not None:
-            self.kept[(system, rate)] = output
-        return self._cache[key]
+        self.kept[(system, rate)] = output
+        return output
 
     def run_many(self, system: str) -> Callable[[list[Scenario]], list[dict[str, object]]]:
         """`search_capacity`'s runner for one system: its scenarios differ from ours only by
         the rate (same seed), so they are run as ours (windows scaled to the rate), cached."""
 
         def run(scenarios: list[Scenario]) -> list[dict[str, object]]:
-            out = []
             for sc in scenarios:
                 assert sc.seed == self.base.seed and sc.workload.arrival.rate is not None
-                out.append(self.run(system, float(sc.workload.arrival.rate), "capacity").summary)
-            return out
+            records = self.run_all([(system, float(sc.workload.arrival.rate), "capacity")
+                                    for sc in scenarios])
+            return [r.summary for r in records]
 
         return run
 
@@ -543,7 +540,7 @@ class SpecDecStudy:
         return self.ratio(key, BASELINE, system)
 
     def saturation_rps(self, system: str) -> float:
-        """The system's saturation throughput (req/s), see `steady_throughput`."""
+        """The system's saturation throughput (req/s), see `pool.steady_throughput`."""
         value = self.saturation[system].steady_throughput
         return math.nan if value is None else value
 
@@ -640,8 +637,16 @@ def run_specdec(
     quick: bool = False,
     overrides: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
+    jobs: int | None = 1,
 ) -> SpecDecStudy:
-    """Run the speculative-decoding case study of a preset (pure: nothing is written)."""
+    """Run the speculative-decoding case study of a preset (pure: nothing is written), its
+    runs on `jobs` worker processes (None: all cores); the study does not depend on `jobs`."""
+    with RunPool(jobs, progress) as pool:
+        return _run_specdec(preset, quick, overrides, pool)
+
+
+def _run_specdec(preset: str, quick: bool, overrides: Sequence[str],
+                 pool: RunPool) -> SpecDecStudy:
     p = get_preset(preset)
     plan = p.quick if quick else p.full
     base = load_scenario(p.path, list(overrides))
@@ -653,11 +658,12 @@ def run_specdec(
     base = _prepare(base, targets)
     variants = _variants(p, spec)
     systems: dict[str, SpeculativeConfig | None] = {BASELINE: None, SPEC: spec, **variants}
-    runner = _Runner(base, plan, systems, progress)
-    say = progress or (lambda _msg: None)
+    runner = _Runner(base, plan, systems, pool)
+    say = pool.say
 
     say("saturation throughput (offline runs)")
-    saturation = {s: runner.run(s, None, "saturation") for s in (BASELINE, SPEC)}
+    saturation = dict(zip((BASELINE, SPEC), runner.run_all(
+        [(s, None, "saturation") for s in (BASELINE, SPEC)]), strict=True))
     knee = runner.saturation_rps[BASELINE]
     if not math.isfinite(knee) or knee <= 0:
         raise InputError("the no-spec offline run completed no request; cannot place the sweep",
@@ -666,24 +672,25 @@ def run_specdec(
     figure_rate = min(rates, key=lambda r: abs(r - plan.figure_load * knee))
 
     say(f"sweep: {len(rates)} rates x 2 systems")
-    sweep: dict[str, dict[float, RunRecord]] = {s: {} for s in systems}
-    for rate in rates:
-        for s in (BASELINE, SPEC):
-            sweep[s][rate] = runner.run(s, rate, "sweep", keep=rate == figure_rate)
     if variants:
         say(f"variants: {len(variants)} (alpha, k) settings x {len(rates)} rates")
-    for name in variants:
-        for rate in rates:
-            sweep[name][rate] = runner.run(name, rate, "variant")
+    runs = [(s, rate, "sweep") for rate in rates for s in (BASELINE, SPEC)]
+    runs += [(name, rate, "variant") for name in variants for rate in rates]
+    sweep: dict[str, dict[float, RunRecord]] = {s: {} for s in systems}
+    for (system, rate, _), record in zip(runs, runner.run_all(runs), strict=True):
+        sweep[system][rate] = record
 
     say("capacity search")
-    capacities: dict[str, dict[str, CapacityEstimate]] = {}
-    for rule in RULES:
-        capacities[rule.key] = {
-            s: _capacity(runner, s, rule, targets, sweep[s], plan) for s in (BASELINE, SPEC)
-        }
+    searches = [(rule, s) for rule in RULES for s in (BASELINE, SPEC)]
+    found = pool.concurrently([
+        lambda rule=rule, s=s: _capacity(runner, s, rule, targets, sweep[s], plan)
+        for rule, s in searches
+    ])
+    capacities: dict[str, dict[str, CapacityEstimate]] = {rule.key: {} for rule in RULES}
+    for (rule, s), estimate in zip(searches, found, strict=True):
+        capacities[rule.key][s] = estimate
 
-    figure_runs = {s: runner.kept[(s, figure_rate)] for s in (BASELINE, SPEC)}
+    figure_runs = {s: runner.keep(s, figure_rate) for s in (BASELINE, SPEC)}
     low = sweep[SPEC][rates[0]].summary
     measured_tps = summary_value(low, "spec_decode_acceptance_length")
     expected = (

@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
                       "--set engine.speculative.acceptance.alpha=0.8")
     spec.add_argument("--seed", type=int, default=None, help="override the scenario seed")
     spec.add_argument("--verbose", action="store_true", help="print every simulated run")
+    spec.add_argument("--jobs", type=int, default=None,
+                      help="parallel simulation processes (default: all cores)")
     return {"casestudy": _cmd_casestudy}
 
 
@@ -60,13 +62,16 @@ def _cmd_casestudy(args: argparse.Namespace) -> int:
 
     def progress(message: str) -> None:
         if args.verbose or not message.startswith("  "):
-            print(message, file=sys.stderr, flush=True)
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
 
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError(f"must be >= 1, got {args.jobs}", field="--jobs")
     # Claimed before minutes of simulation: an unwritable or foreign --out fails now.
     with claim_output_dir(out, CASE_STUDY_DIR) as claim:
         t0 = time.perf_counter()
         study = run_specdec(args.preset, quick=args.quick, overrides=overrides,
-                            progress=progress)
+                            progress=progress, jobs=args.jobs)
         command = "simserve casestudy specdec " + shlex.join(
             [f"--preset={args.preset}", *(["--quick"] if args.quick else []),
              *(f"--set={o}" for o in args.overrides),

@@ -16,10 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from simserve import plots
-from simserve.engine.records import SimulationResult
+from simserve.engine.records import FlatTokenTimes, SimulationResult
 from simserve.experiments.casestudy import BASELINE, RULES, SPEC, SpecDecStudy
 from simserve.experiments.run import RunOutput
-from simserve.metrics import request_metrics
 
 __all__ = ["FIGURE_FILES", "figure_request", "measured_gaps_ms", "run_table", "specdec_figures"]
 
@@ -58,7 +57,7 @@ def _mark_saturation(fig: Figure, study: SpecDecStudy, slo_label: str | None = N
 
 def run_table(run: RunOutput) -> dict[str, np.ndarray]:
     """Per-request metrics of a run under its own metrics config (its warm-up windows)."""
-    return request_metrics(run.result, run.resolved.scenario.metrics)
+    return run.requests
 
 
 def measured_gaps_ms(result: SimulationResult, measured: np.ndarray) -> np.ndarray:
@@ -104,8 +103,9 @@ def _pair_result(study: SpecDecStudy, rid: int) -> SimulationResult:
         num_preemptions=pick("num_preemptions"),
         replica=pick("replica"),
         rejected=pick("rejected"),
-        token_offsets=np.array([0, times[0].size, times[0].size + times[1].size]),
-        token_times_s=np.concatenate(times),
+        tokens=FlatTokenTimes(
+            np.array([0, times[0].size, times[0].size + times[1].size]), np.concatenate(times)
+        ),
         steps=runs[0].steps,
     )
 

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ def register(subparsers: Any) -> dict[str, Handler]:
     cap.add_argument("--low", type=float, default=None, help="a rate known to meet the rule")
     cap.add_argument("--high", type=float, default=None, help="a rate known to fail it")
     cap.add_argument("--jobs", type=int, default=None,
-                     help="parallel workers for the seeds of a rate (default: all cores)")
+                     help="parallel simulation processes (default: all cores)")
     cap.add_argument("--out", default=None, help="write capacity.json and scenario.yaml here")
 
     plot = subparsers.add_parser(
@@ -254,6 +254,8 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
                                                   low=args.low, high=args.high))
         except InputError as exc:
             raise InputError(exc.message, field=f"--{exc.field}") from None
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError(f"must be >= 1, got {args.jobs}", field="--jobs")
     if args.out is None:
         return _capacity_search(args, scenario, settings_list, seeds, None)
     # Claimed before the search: an unwritable or foreign --out fails now, not after it.
@@ -267,53 +269,42 @@ def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: lis
                      seeds: tuple[int, ...], claim: Any) -> int:
     """Bisect each rule's capacity, print the probes, and write `claim` when there is one."""
     from simserve.config import scenario_from_mapping, scenario_to_mapping
-    from simserve.experiments.backends import LocalBackend
-    from simserve.experiments.capacity import Probe, search_capacity
-    from simserve.experiments.sweep import capacity_document, execute_task
+    from simserve.experiments.capacity import search_capacity
+    from simserve.experiments.pool import RunPool
+    from simserve.experiments.sweep import capacity_document
 
-    backend = LocalBackend(min(args.jobs or args.replications, args.replications))
-
-    def run_many(scenarios: list) -> list[dict[str, object]]:
-        tasks = [{"id": str(i), "kind": "summary", "scenario": scenario_to_mapping(s)}
-                 for i, s in enumerate(scenarios)]
-        by_id: dict[str, Mapping[str, Any]] = {}
-        for result in backend.imap_unordered(execute_task, tasks):
-            if "error" in result:
-                raise RuntimeError(f"run failed:\n{result['error']}")
-            by_id[result["id"]] = result["summary"]
-        return [dict(by_id[t["id"]]) for t in tasks]
-
-    results = []
     t0 = time.perf_counter()
-    with backend:
-        for settings in settings_list:
-            rule = settings.rule
-            print(f"capacity under {rule.text} ({rule.describe()}), {len(seeds)} seed(s), "
-                  f"tolerance {settings.tolerance:.1%}:", flush=True)
-            header = ["rate (req/s)", "meets", *rule.keys]
-            widths = [max(12, len(h)) for h in header]
-            print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-
-            def show(probe: Probe, widths: list[int] = widths, rule: Any = rule) -> None:
-                cells = [f"{probe.rate:.4g}", "yes" if probe.passed else "no"]
-                cells += [_fmt(probe.values.get(k), 3) for k in rule.keys]
-                print("  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)),
-                      flush=True)
-
-            result = search_capacity(scenario, settings, run_many=run_many, on_probe=show)
-            results.append(result)
-            if result.status.startswith("undefined"):
-                print(f"capacity: {result.status} (the rule cannot judge this workload)")
-            elif result.capacity_rps is None:
-                print(f"capacity: below {_fmt(result.high_rps, 4)} req/s (no rate tried meets "
-                      f"{rule.text}; status {result.status})")
-            elif result.status == "above_range":
-                print(f"capacity: at least {result.capacity_rps:.4g} req/s ({_per_gpu(result)}; "
-                      "the highest rate tried still meets the rule)")
-            else:
-                print(f"capacity: {result.capacity_rps:.4g} req/s ({_per_gpu(result)}; meets "
-                      f"at {result.low_rps:.4g}, fails at {result.high_rps:.4g}; status "
-                      f"{result.status})")
+    with RunPool(args.jobs) as pool:
+        # Every rule's search at once over one pool; each prints its table when it is done,
+        # in the order the rules were given.
+        results = pool.concurrently([
+            lambda settings=settings: search_capacity(scenario, settings,
+                                                      run_many=pool.summaries)
+            for settings in settings_list
+        ])
+    for settings, result in zip(settings_list, results, strict=True):
+        rule = settings.rule
+        print(f"capacity under {rule.text} ({rule.describe()}), {len(seeds)} seed(s), "
+              f"tolerance {settings.tolerance:.1%}:", flush=True)
+        header = ["rate (req/s)", "meets", *rule.keys]
+        widths = [max(12, len(h)) for h in header]
+        print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+        for probe in result.probes:
+            cells = [f"{probe.rate:.4g}", "yes" if probe.passed else "no"]
+            cells += [_fmt(probe.values.get(k), 3) for k in rule.keys]
+            print("  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
+        if result.status.startswith("undefined"):
+            print(f"capacity: {result.status} (the rule cannot judge this workload)")
+        elif result.capacity_rps is None:
+            print(f"capacity: below {_fmt(result.high_rps, 4)} req/s (no rate tried meets "
+                  f"{rule.text}; status {result.status})")
+        elif result.status == "above_range":
+            print(f"capacity: at least {result.capacity_rps:.4g} req/s ({_per_gpu(result)}; "
+                  "the highest rate tried still meets the rule)")
+        else:
+            print(f"capacity: {result.capacity_rps:.4g} req/s ({_per_gpu(result)}; meets "
+                  f"at {result.low_rps:.4g}, fails at {result.high_rps:.4g}; status "
+                  f"{result.status})")
     print(f"{sum(len(r.probes) for r in results) * len(seeds)} runs in "
           f"{time.perf_counter() - t0:.1f} s")
     if claim is not None:

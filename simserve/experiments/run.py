@@ -24,8 +24,9 @@ from simserve.engine.policies import make_policy
 from simserve.engine.records import SimulationResult, StepRecords
 from simserve.engine.simulation import simulate, simulate_disaggregated
 from simserve.experiments.atomic import OutputKind, write_dir_atomically
-from simserve.metrics import request_metrics, summarize
+from simserve.metrics.requests import request_table
 from simserve.metrics.speculative import spec_decode_summary
+from simserve.metrics.summary import summarize_table
 from simserve.resolve import ResolvedScenario, resolve
 from simserve.workload import Workload, build_workload
 
@@ -53,24 +54,31 @@ def seed_streams(seed: int) -> dict[str, np.random.Generator]:
 
 @dataclass(frozen=True)
 class RunOutput:
-    """Everything one run produced, in memory."""
+    """Everything one run produced, in memory: the records, the per-request table
+    (`requests.csv`), each request's Etalon deadline-miss rate, and the summary."""
 
     resolved: ResolvedScenario
     workload: Workload
     result: SimulationResult
     summary: dict[str, object]
+    requests: dict[str, np.ndarray]
+    deadline_miss_rate: np.ndarray
 
 
 def simulate_resolved(
-    resolved: ResolvedScenario, rngs: dict[str, np.random.Generator]
+    resolved: ResolvedScenario,
+    rngs: dict[str, np.random.Generator],
+    *,
+    fast_forward: bool = True,
 ) -> tuple[Workload, SimulationResult]:
-    """Build the workload and run the engine for a resolved scenario."""
+    """Build the workload and run the engine for a resolved scenario (`fast_forward=False`
+    waits for every step as its own event: slower, same records)."""
     scenario = resolved.scenario
     workload = build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"])
     if scenario.cluster.mode == "disaggregated":
         prefill, decode = (p.setup for p in resolved.pools)
         return workload, simulate_disaggregated(
-            workload, prefill, decode, resolved.kv_transfer_s
+            workload, prefill, decode, resolved.kv_transfer_s, fast_forward=fast_forward
         )
     pool = resolved.pools[0].setup
     result = simulate(
@@ -84,6 +92,7 @@ def simulate_resolved(
         acceptance_rng=rngs["acceptance"],
         pp=pool.pp,
         stage_send_s=pool.stage_send_s,
+        fast_forward=fast_forward,
     )
     return workload, result
 
@@ -107,10 +116,12 @@ def _pool_steps(
     return out
 
 
-def run_scenario(scenario: Scenario) -> RunOutput:
+def run_scenario(scenario: Scenario, *, fast_forward: bool = True) -> RunOutput:
     """Simulate a scenario and summarise it (pure: no files are written)."""
     resolved = resolve(scenario)
-    workload, result = simulate_resolved(resolved, seed_streams(scenario.seed))
+    workload, result = simulate_resolved(
+        resolved, seed_streams(scenario.seed), fast_forward=fast_forward
+    )
     by_pool = _pool_steps(resolved, result.steps)
     warnings = []
     for role, cost_model, steps in by_pool:
@@ -118,7 +129,8 @@ def run_scenario(scenario: Scenario) -> RunOutput:
         warnings += [prefix + w for w in envelope_warnings(cost_model, steps)]
     if warnings:
         result = dataclasses.replace(result, warnings=tuple(warnings))
-    summary = summarize(result, scenario.metrics)
+    table, token_pass = request_table(result, scenario.metrics, for_summary=True)
+    summary = summarize_table(result, scenario.metrics, table, token_pass)
     summary.update(spec_decode_summary(result))
     summary.update(_run_metadata(resolved))
     reports = {role: envelope_report(cm, steps) for role, cm, steps in by_pool}
@@ -128,7 +140,7 @@ def run_scenario(scenario: Scenario) -> RunOutput:
         envelope = {role: r for role, r in reports.items() if r} or None
     if envelope:
         summary["envelope"] = envelope
-    return RunOutput(resolved, workload, result, summary)
+    return RunOutput(resolved, workload, result, summary, table, token_pass.deadline_miss_rate)
 
 
 def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
@@ -176,13 +188,22 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
     return meta
 
 
+# Rows converted to Python values at a time when writing a CSV (bounds the temporaries: a
+# million-row table at once would take ~0.6 GB of Python objects).
+CSV_ROWS_PER_BLOCK = 1 << 16
+
+
 def _write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """Columns as CSV, block by block of rows; numbers as Python writes them (repr)."""
     names = list(columns)
-    rows = zip(*(np.asarray(columns[k]).tolist() for k in names), strict=True)
+    arrays = [np.asarray(columns[k]) for k in names]
+    num_rows = arrays[0].size if arrays else 0
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(names)
-        writer.writerows(rows)
+        for start in range(0, num_rows, CSV_ROWS_PER_BLOCK):
+            block = slice(start, start + CSV_ROWS_PER_BLOCK)
+            writer.writerows(zip(*(a[block].tolist() for a in arrays), strict=True))
 
 
 def step_columns(result: SimulationResult) -> dict[str, np.ndarray]:
@@ -221,9 +242,7 @@ def run_dir_writer(
         scenario_map = {"simserve_version": __version__, **scenario_map}
         (tmp / "scenario.yaml").write_text(yaml.safe_dump(scenario_map, sort_keys=False))
         (tmp / "summary.json").write_text(json.dumps(output.summary, indent=2) + "\n")
-        _write_csv(
-            tmp / "requests.csv", request_metrics(output.result, output.resolved.scenario.metrics)
-        )
+        _write_csv(tmp / "requests.csv", output.requests)
         _write_csv(tmp / "steps.csv", step_columns(output.result))
         for writer in extra_writers:
             writer(tmp)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simserve.config import FluidityConfig
+from simserve.engine.records import TokenTimes
 from simserve.metrics._segments import (
     Scratch,
     request_chunks,
@@ -43,10 +44,12 @@ __all__ = [
     "FLUID_RATE_PERCENTILE",
     "FLUID_REL_PRECISION",
     "MIN_TBT_DEADLINE_S",
+    "DeadlineSearch",
     "deadline_misses",
     "fluid_tbt_deadline_s",
     "fluid_token_rate",
     "fluidity_index",
+    "search_fluid_rate",
 ]
 
 # NOTE: token times are sums of float step durations, so a token due exactly at its deadline
@@ -283,11 +286,19 @@ def _chunk_deadline_misses(
 
 def _chunk_fluidity_index(tokens: _Tokens, config: FluidityConfig, scratch: Scratch) -> np.ndarray:
     """`fluidity_index` of one chunk."""
+    return _chunk_fluidity(tokens, config, scratch)[0]
+
+
+def _chunk_fluidity(tokens: _Tokens, config: FluidityConfig,
+                    scratch: Scratch) -> tuple[np.ndarray, np.ndarray]:
+    """Fluidity-index and deadline-miss rate (missed / counted) of each request of one chunk
+    (NaN where no deadline counts)."""
     missed, counted = _chunk_deadline_misses(tokens, config, scratch)
-    out = np.full(missed.size, np.nan)
+    index, rate = np.full(missed.size, np.nan), np.full(missed.size, np.nan)
     ok = counted > 0
-    out[ok] = 1.0 - missed[ok] / counted[ok]
-    return out
+    rate[ok] = missed[ok] / counted[ok]
+    index[ok] = 1.0 - rate[ok]
+    return index, rate
 
 
 def deadline_misses(
@@ -368,22 +379,43 @@ def _search_bracket(
     return lo, hi, infeasible
 
 
-def _chunk_fluid_tbt_deadline_s(
-    tokens: _Tokens, included: np.ndarray, rate: float, rel_precision: float, scratch: Scratch
-) -> np.ndarray:
-    """`fluid_tbt_deadline_s` of one chunk (`included`: bool per request of the chunk)."""
+@dataclass(frozen=True)
+class DeadlineSearch:
+    """Where the per-request search for the fluid D_d stands: each included request's value
+    is known (`done`: the search's answer `hi`, `inf` when infeasible) or lies in (lo, hi]."""
+
+    lo: np.ndarray  # float64 per request
+    hi: np.ndarray  # float64 per request
+    done: np.ndarray  # bool per request
+    included: np.ndarray  # bool per request: measured, with tokens
+
+    def values(self) -> np.ndarray:
+        """The searched D_d of every included request (all must be done), NaN elsewhere."""
+        return np.where(self.included, self.hi, np.nan)
+
+
+def _chunk_fluid_search(
+    tokens: _Tokens, included: np.ndarray, rate: float, rel_precision: float, scratch: Scratch,
+    *, max_rounds: int | None = None, start: tuple[np.ndarray, np.ndarray] | None = None,
+) -> DeadlineSearch:
+    """The log-space bisection for the fluid D_d of one chunk's requests (`included`: bool per
+    request), for at most `max_rounds` rounds (None: to the precision), from the bracket of
+    `_search_bracket` or from `start`'s (lo, hi), as a stopped search left them: stopping and
+    resuming goes through the very same midpoints."""
     has_tokens = tokens.num_tokens > 0
-    out = np.full(has_tokens.size, np.nan)
-    if not np.any(included & has_tokens):
-        return out
-    lo, hi, infeasible = _search_bracket(tokens, rate, scratch)
+    included = included & has_tokens
+    if start is None:
+        lo, hi, infeasible = _search_bracket(tokens, rate, scratch)
+        hi = np.where(infeasible, np.inf, hi)
+    else:
+        lo, hi = (np.array(a, dtype=np.float64) for a in start)
+        infeasible = np.isinf(hi)
     ratio = 1.0 + rel_precision
-    searching = included & has_tokens & ~infeasible
-    active = searching & (hi > lo * ratio)
-    if np.any(active):
+    active = included & ~infeasible & (hi > lo * ratio)
+    if np.any(active) and max_rounds != 0:
         slots = _slots(tokens, lo, active, scratch)
         bank = 0
-        for round_ in range(200):  # log-space bisection: never near this many rounds
+        for round_ in range(200 if max_rounds is None else max_rounds):
             if not np.any(active):
                 break
             if round_ and round_ % 3 == 0:
@@ -396,10 +428,78 @@ def _chunk_fluid_tbt_deadline_s(
             hi = np.where(active & meets, mid, hi)
             lo = np.where(active & ~meets, mid, lo)
             active &= hi > lo * ratio
+    return DeadlineSearch(lo=lo, hi=hi, done=included & ~active, included=included)
 
-    out = np.where(included & has_tokens, hi, np.nan)
-    out[included & infeasible] = np.inf
+
+def search_fluid_rate(
+    token_times: TokenTimes,
+    arrived_at: np.ndarray,
+    prompt_len: np.ndarray,
+    config: FluidityConfig,
+    search: DeadlineSearch,
+    percentile: float = FLUID_RATE_PERCENTILE,
+    rel_precision: float = FLUID_REL_PRECISION,
+) -> float:
+    """The fluid token rate from a search stopped early (`_chunk_fluid_search` with
+    `max_rounds`): exactly what finishing every request's search would give.
+
+    The rate reads a few order statistics of the requests' D_d (the P99 and its neighbours).
+    Requests whose bracket lies wholly below the lowest of them or above the highest cannot
+    be one, so only the others are searched to the end; their tokens are expanded again.
+    """
+    index = np.flatnonzero(search.included)
+    n = index.size
+    if n == 0:
+        return math.nan
+    lower = np.where(search.done[index], search.hi[index], search.lo[index])
+    upper = search.hi[index]
+    # Ranks the percentile can read (numpy's and `_percentile_allowing_inf`'s), and a margin.
+    centre = math.floor((n - 1) * percentile / 100.0)
+    first, last = max(centre - 1, 0), min(centre + 2, n - 1)
+    low_bound = float(np.partition(lower, first)[first])
+    high_bound = float(np.partition(upper, last)[last])
+    below = upper < low_bound
+    candidates = ~below & ~(lower > high_bound)
+    values = search.hi[index].copy()
+    refine = np.flatnonzero(candidates & ~search.done[index])
+    if refine.size:
+        values[refine] = _finish_search(token_times, index[refine], arrived_at, prompt_len,
+                                        config, search, rel_precision)
+    ranked = np.sort(values[candidates])
+    # A stand-in population: the order statistics around the percentile as found, everything
+    # below them at 0 and above them at +inf (D_d > 0): the percentile reads the same values.
+    proxy = np.full(n, np.inf)
+    proxy[:first] = 0.0
+    start = first - int(below.sum())
+    proxy[first : last + 1] = ranked[start : start + last + 1 - first]
+    return _rate_of_deadlines(proxy, percentile)
+
+
+def _finish_search(token_times: TokenTimes, request_ids: np.ndarray, arrived_at: np.ndarray,
+                   prompt_len: np.ndarray, config: FluidityConfig, search: DeadlineSearch,
+                   rel_precision: float) -> np.ndarray:
+    """The searched D_d of these requests, resuming their stopped searches, chunk by chunk."""
+    counts = np.diff(token_times.offsets)[request_ids]
+    out = np.empty(request_ids.size)
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    local = request_chunks(bounds)
+    scratch = scratch_for(bounds, local)
+    for a, b in local:
+        ids = request_ids[a:b]
+        times, offsets = token_times.take(ids)
+        walk = _tokens(times, offsets, arrived_at[ids], prompt_len[ids], config, scratch)
+        resumed = _chunk_fluid_search(
+            walk, np.ones(ids.size, dtype=bool), config.max_miss_rate, rel_precision, scratch,
+            start=(search.lo[ids], search.hi[ids]))
+        out[a:b] = resumed.hi
     return out
+
+
+def _chunk_fluid_tbt_deadline_s(
+    tokens: _Tokens, included: np.ndarray, rate: float, rel_precision: float, scratch: Scratch
+) -> np.ndarray:
+    """`fluid_tbt_deadline_s` of one chunk (`included`: bool per request of the chunk)."""
+    return _chunk_fluid_search(tokens, included, rate, rel_precision, scratch).values()
 
 
 def fluid_tbt_deadline_s(

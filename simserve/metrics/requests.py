@@ -21,10 +21,12 @@ from simserve.metrics._segments import (
 )
 from simserve.metrics.fluidity import (
     FLUID_REL_PRECISION,
-    _chunk_fluid_tbt_deadline_s,
-    _chunk_fluidity_index,
+    DeadlineSearch,
+    _chunk_fluid_search,
+    _chunk_fluidity,
     _tokens,
 )
+from simserve.metrics.stats import GapMoments
 
 __all__ = ["REQUEST_COLUMNS", "TokenPass", "request_metrics", "request_table", "window_masks"]
 
@@ -102,16 +104,30 @@ def _reason_strings(codes: np.ndarray) -> np.ndarray:
     return lookup[np.clip(codes, 0, None)]
 
 
+# Bisection rounds of every measured request's fluid-rate search in the token pass; only the
+# requests that can decide the rate's percentile are searched further (`search_fluid_rate`).
+FLUID_FIRST_ROUNDS = 2
+
+# Pooled gaps buffered at a time for their mean and std (`Moments`): 32 MiB; a summary of up to
+# this many gaps is exactly numpy's mean and std of the pooled array.
+GAP_BUFFER = 1 << 22
+
+
 @dataclass(frozen=True)
 class TokenPass:
     """What one chunked pass over the token times gives: per-request token metrics, plus the
-    pooled gaps and fluid deadlines of the measured requests when the summary asks for them."""
+    mean and std of the pooled gaps (TBT) and of their nonzero part (ITL) of the measured
+    requests and their fluid deadlines, when the summary asks for them."""
 
     max_tbt_s: np.ndarray  # float64 per request, NaN for at most one token
     num_stalls: np.ndarray  # int64 per request
     fluidity_index: np.ndarray  # float64 per request
-    measured_gaps_s: np.ndarray  # float64: gaps of measured requests, flat order (or empty)
-    measured_fluid_tbt_s: np.ndarray  # float64 per request, NaN if not measured (or not asked)
+    deadline_miss_rate: np.ndarray  # float64 per request: missed / counted deadlines (Etalon)
+    # "tbt"/"itl" -> (count, mean, std) of the pooled gaps of measured requests, or None
+    gap_moments: dict[str, tuple[int, float, float] | None]
+    # The search for each measured request's fluid D_d, stopped after a few rounds (see
+    # `fluidity.search_fluid_rate`); None unless asked for.
+    fluid_search: DeadlineSearch | None
 
 
 def _token_pass(
@@ -123,12 +139,12 @@ def _token_pass(
 ) -> TokenPass:
     """Per-token metrics, chunk by chunk of whole requests so temporaries stay bounded.
 
-    With `for_summary`, also pools the gaps of `measured` requests (flat order, so exactly the
-    population a one-shot `gaps[measured[owner]]` would give) and runs the fluid-rate search on
-    them, reusing each chunk's per-token arrays.
+    With `for_summary`, also streams the gaps of `measured` requests (flat order, so exactly the
+    population a one-shot `gaps[measured[owner]]` would give) into their moments and runs the
+    fluid-rate search on them, reusing each chunk's per-token arrays.
     """
     offsets = np.asarray(result.token_offsets, dtype=np.int64)
-    times = np.asarray(result.token_times_s, dtype=np.float64)
+    tokens = result.tokens
     arrived = np.asarray(result.arrived_at, dtype=np.float64)
     prompt_len = np.asarray(result.prompt_len)
     n = np.diff(offsets)
@@ -136,20 +152,22 @@ def _token_pass(
     max_tbt = np.full(num_requests, np.nan)
     num_stalls = np.zeros(num_requests, dtype=np.int64)
     fluidity = np.full(num_requests, np.nan)
+    miss_rate = np.full(num_requests, np.nan)
     num_pooled = int(np.maximum(n - 1, 0)[measured].sum()) if for_summary else 0
-    gaps_out = np.empty(num_pooled, dtype=np.float64)
-    fluid_out = np.full(num_requests, np.nan)
+    gap_moments = GapMoments(num_pooled, GAP_BUFFER)
+    fluid = (np.full(num_requests, np.nan), np.full(num_requests, np.nan),
+             np.zeros(num_requests, dtype=bool), np.zeros(num_requests, dtype=bool))
     stall_threshold_s = config.stall_threshold_ms / 1000.0
     chunks = request_chunks(offsets)
     scratch = scratch_for(offsets, chunks)
-    filled = 0
     for r0, r1 in chunks:
         t0, t1 = int(offsets[r0]), int(offsets[r1])
         size = t1 - t0
         local = offsets[r0 : r1 + 1] - t0
+        times = tokens.chunk(r0, r1)
         # A first token has no gap: -inf keeps it out of maxima and stall counts.
         gaps, first = within_segment_gaps(
-            times[t0:t1], local, first_value=-np.inf, out=scratch.get("gap", size)
+            times, local, first_value=-np.inf, out=scratch.get("gap", size)
         )
         max_tbt[r0:r1] = segment_max(gaps, local)
         stalled = np.flatnonzero(
@@ -159,31 +177,36 @@ def _token_pass(
             owner = np.searchsorted(local, stalled, side="right") - 1
             num_stalls[r0:r1] = np.bincount(owner, minlength=r1 - r0)
         # The deadline walk takes the gap array over (first tokens become +inf there).
-        tokens = _tokens(
-            times[t0:t1], local, arrived[r0:r1], prompt_len[r0:r1], config.fluidity, scratch,
+        walk = _tokens(
+            times, local, arrived[r0:r1], prompt_len[r0:r1], config.fluidity, scratch,
             gaps=gaps,
         )
         if for_summary:
             pooled = np.take(
-                measured[r0:r1], tokens.seg, out=scratch.get("flag", size, np.bool_), mode="clip"
+                measured[r0:r1], walk.seg, out=scratch.get("flag", size, np.bool_), mode="clip"
             )
             pooled[first] = False
             kept = np.flatnonzero(pooled)
-            np.take(tokens.gap_s, kept, out=gaps_out[filled : filled + kept.size], mode="clip")
-            filled += kept.size
-        fluidity[r0:r1] = _chunk_fluidity_index(tokens, config.fluidity, scratch)
-        if for_summary:
-            fluid_out[r0:r1] = _chunk_fluid_tbt_deadline_s(
-                tokens, measured[r0:r1], config.fluidity.max_miss_rate, FLUID_REL_PRECISION,
-                scratch,
+            gap_moments.add(
+                np.take(walk.gap_s, kept, out=scratch.get("pooled", kept.size), mode="clip")
             )
+        fluidity[r0:r1], miss_rate[r0:r1] = _chunk_fluidity(walk, config.fluidity, scratch)
+        if for_summary:
+            part = _chunk_fluid_search(
+                walk, measured[r0:r1], config.fluidity.max_miss_rate, FLUID_REL_PRECISION,
+                scratch, max_rounds=FLUID_FIRST_ROUNDS,
+            )
+            for whole, piece in zip(fluid, (part.lo, part.hi, part.done, part.included),
+                                    strict=True):
+                whole[r0:r1] = piece
     max_tbt[n <= 1] = np.nan
     return TokenPass(
         max_tbt_s=max_tbt,
         num_stalls=num_stalls,
         fluidity_index=fluidity,
-        measured_gaps_s=gaps_out,
-        measured_fluid_tbt_s=fluid_out,
+        deadline_miss_rate=miss_rate,
+        gap_moments=gap_moments.result(),
+        fluid_search=DeadlineSearch(*fluid) if for_summary else None,
     )
 
 

@@ -11,12 +11,15 @@ import math
 import numpy as np
 
 __all__ = [
+    "GapMoments",
     "describe_ms",
+    "describe_weighted_ms",
     "json_float",
     "max_concurrency",
     "mean_std",
     "median_and_percentiles",
     "percentile_label",
+    "weighted_median_and_percentiles",
 ]
 
 
@@ -106,6 +109,129 @@ def median_and_percentiles(
     return median, tail
 
 
+def weighted_median_and_percentiles(
+    values_s: np.ndarray, counts: np.ndarray, percentiles: tuple[float, ...]
+) -> tuple[float, list[float]]:
+    """`median_and_percentiles` of the population holding each of `values_s` `counts` times
+    (finite values, counts > 0): the same numbers, from the order statistics found on the
+    cumulative counts of the sorted distinct values, with numpy's final arithmetic on them."""
+    order = np.argsort(values_s, kind="stable")
+    values = values_s[order]
+    cum = np.cumsum(counts[order])
+    count = int(cum[-1])
+
+    def rank(k: int) -> float:
+        return float(values[np.searchsorted(cum, k, side="right")])
+
+    half = count // 2
+    middle = [half - 1, half] if count % 2 == 0 else [half]
+    median = float(np.mean(np.array([rank(k) for k in middle])))
+    quantiles = np.true_divide(list(percentiles), 100)
+    virtual = (count - 1) * quantiles  # numpy's virtual index for its "linear" method
+    below = np.floor(virtual).astype(np.intp)
+    fraction = virtual - below  # numpy's gamma
+    tail = []
+    for i, k in enumerate(below.tolist()):
+        if k >= count - 1:
+            tail.append(rank(count - 1))
+        else:
+            pair = np.array([rank(k), rank(k + 1)])
+            tail.append(float(np.quantile(pair, fraction[i : i + 1])[0]))
+    return median, tail
+
+
+class GapMoments:
+    """Mean and population std of the pooled gaps (TBT) and of their positive part (ITL),
+    streamed in population order, in bounded memory.
+
+    A stream of `total` gaps that fits `capacity` is buffered whole and reduced as `mean_std`
+    would reduce it (numpy's pairwise sum, then squared deviations), its positive gaps
+    likewise: `mean_std`'s very numbers. A longer stream is reduced array by array as it comes
+    (while each is still in cache) and the parts are combined with Chan et al.'s pairwise
+    update.
+    """
+
+    def __init__(self, total: int, capacity: int) -> None:
+        self._whole = total <= capacity
+        self._buffer = np.empty(total if self._whole else 0)
+        self._scratch = np.empty(total if self._whole else 0)
+        self._filled = 0
+        # Per reduced part: (count, mean, sum of squared deviations).
+        self._parts: dict[str, list[tuple[int, float, float]]] = {"tbt": [], "itl": []}
+
+    def add(self, gaps_s: np.ndarray) -> None:
+        if not self._whole:
+            self._reduce(gaps_s, np.empty(gaps_s.size))
+            return
+        start = 0
+        while start < gaps_s.size:
+            room = self._buffer.size - self._filled
+            if room == 0:
+                self._fold()
+                continue
+            part = gaps_s[start : start + room]
+            self._buffer[self._filled : self._filled + part.size] = part
+            self._filled += part.size
+            start += part.size
+
+    def _fold(self) -> None:
+        if self._filled:
+            self._reduce(self._buffer[: self._filled], self._scratch)
+        self._filled = 0
+
+    def _reduce(self, tbt: np.ndarray, scratch: np.ndarray) -> None:
+        """Add the moments of `tbt` and of its positive part (`tbt` is overwritten)."""
+        if not tbt.size:
+            return
+        self._parts["tbt"].append(_moments(tbt, scratch[: tbt.size]))
+        itl = _positive_into(tbt, scratch)
+        if itl.size:
+            self._parts["itl"].append(_moments(itl, tbt[: itl.size]))
+
+    def result(self) -> dict[str, tuple[int, float, float] | None]:
+        """'tbt'/'itl' -> (count, mean, std), or None for no gaps."""
+        self._fold()
+        return {name: _combine(parts) for name, parts in self._parts.items()}
+
+
+def _moments(values: np.ndarray, scratch: np.ndarray) -> tuple[int, float, float]:
+    """(count, mean, sum of squared deviations), `mean_std`'s operations in its order."""
+    n = values.size
+    mean = np.add.reduce(values) / n
+    deviations = np.subtract(values, mean, out=scratch[:n])
+    np.square(deviations, out=deviations)
+    return n, float(mean), float(np.add.reduce(deviations))
+
+
+def _combine(parts: list[tuple[int, float, float]]) -> tuple[int, float, float] | None:
+    if not parts:
+        return None
+    n, mean, m2 = parts[0]
+    for n_b, mean_b, m2_b in parts[1:]:
+        total = n + n_b
+        delta = mean_b - mean
+        mean += delta * n_b / total
+        m2 += m2_b + delta * delta * n * n_b / total
+        n = total
+    return n, mean, float(np.sqrt(m2 / n))
+
+
+def _positive_into(values: np.ndarray, out: np.ndarray, block: int = 1 << 18) -> np.ndarray:
+    """`values[values > 0]`, in order, written to the start of `out` (a view of it returned).
+
+    NOTE: flatnonzero + take block by block, not a boolean mask: bursts make the mask pattern
+    data-dependent, and masked copies then run branch-mispredicted, several times slower.
+    """
+    flags = np.empty(min(block, values.size), dtype=bool)
+    filled = 0
+    for start in range(0, values.size, block):
+        part = values[start : start + block]
+        kept = np.flatnonzero(np.greater(part, 0.0, out=flags[: part.size]))
+        np.take(part, kept, out=out[filled : filled + kept.size], mode="clip")
+        filled += kept.size
+    return out[:filled]
+
+
 def describe_ms(
     name: str,
     values_s: np.ndarray,
@@ -135,6 +261,31 @@ def describe_ms(
     median, tail = median_and_percentiles(
         values_s, percentiles, overwrite_input=overwrite_input
     )
+    return _summary_ms(name, mean, std, median, tail, percentiles)
+
+
+def describe_weighted_ms(
+    name: str,
+    values_s: np.ndarray,
+    counts: np.ndarray | None,
+    percentiles: tuple[float, ...],
+    moments: tuple[float, float],
+) -> dict[str, float | None]:
+    """`describe_ms` of a population given as values and how often each occurs (None: once
+    each; `values_s` is then reordered in place), with its mean and std computed elsewhere
+    (`GapMoments`, over the population in its order)."""
+    if values_s.size == 0:
+        return describe_ms(name, values_s, percentiles)
+    if counts is None:
+        median, tail = median_and_percentiles(values_s, percentiles, overwrite_input=True)
+    else:
+        median, tail = weighted_median_and_percentiles(values_s, counts, percentiles)
+    return _summary_ms(name, *moments, median, tail, percentiles)
+
+
+def _summary_ms(name: str, mean: float, std: float, median: float, tail: list[float],
+                percentiles: tuple[float, ...]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
     out[f"mean_{name}_ms"] = json_float(mean * 1000.0)
     out[f"median_{name}_ms"] = json_float(median * 1000.0)
     out[f"std_{name}_ms"] = json_float(std * 1000.0)

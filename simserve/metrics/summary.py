@@ -12,11 +12,11 @@ import numpy as np
 
 from simserve.config import MetricsConfig, SloConfig
 from simserve.engine.records import REJECT_REASONS, SimulationResult
-from simserve.metrics.fluidity import FLUID_RATE_PERCENTILE, _rate_of_deadlines
-from simserve.metrics.requests import request_table, window_masks
-from simserve.metrics.stats import describe_ms, json_float, max_concurrency, mean_std
+from simserve.metrics.fluidity import search_fluid_rate
+from simserve.metrics.requests import TokenPass, request_table, window_masks
+from simserve.metrics.stats import describe_ms, describe_weighted_ms, json_float, max_concurrency
 
-__all__ = ["VLLM_SCALAR_KEYS", "VLLM_STAT_METRICS", "summarize"]
+__all__ = ["VLLM_SCALAR_KEYS", "VLLM_STAT_METRICS", "summarize", "summarize_table"]
 
 # Scalar keys of `vllm bench serve --save-result` that simserve fills, in vLLM's order.
 VLLM_SCALAR_KEYS: tuple[str, ...] = (
@@ -52,42 +52,30 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values[~np.isnan(values)]
 
 
-def _positive_into(values: np.ndarray, out: np.ndarray, block: int = 1 << 18) -> np.ndarray:
-    """`values[values > 0]`, in order, written to the start of `out` (a view of it returned).
-
-    NOTE: flatnonzero + take block by block, not a boolean mask: bursts make the mask pattern
-    data-dependent, and masked copies then run branch-mispredicted, several times slower.
-    """
-    flags = np.empty(min(block, values.size), dtype=bool)
-    filled = 0
-    for start in range(0, values.size, block):
-        part = values[start : start + block]
-        kept = np.flatnonzero(np.greater(part, 0.0, out=flags[: part.size]))
-        np.take(part, kept, out=out[filled : filled + kept.size], mode="clip")
-        filled += kept.size
-    return out[:filled]
-
-
 def _gap_summaries(
-    tbt_s: np.ndarray, percentiles: tuple[float, ...]
-) -> tuple[dict[str, float | None], dict[str, float | None]]:
-    """TBT and ITL summaries of the pooled gaps, consuming `tbt_s` (reordered, then scratch).
+    result: SimulationResult,
+    measured: np.ndarray,
+    moments: dict[str, tuple[int, float, float] | None],
+    percentiles: tuple[float, ...],
+) -> dict[str, dict[str, float | None]]:
+    """TBT and ITL summaries of the pooled gaps of measured requests: mean and std streamed
+    by the token pass, median and percentiles from the gaps' distinct values and counts.
 
     NOTE: vLLM's ITL is per streamed chunk: a burst of tokens stamped at one instant is one
     chunk, so ITL is the gaps between distinct emission times (the nonzero TBTs). TBT is per
-    token, zeros inside bursts included (Sarathi-Serve, Etalon). One more pool-sized array does
-    all the rest: TBT's squared deviations, then the ITL subset (taken in pool order, before the
-    pool is reordered), whose deviations then go into the spent pool.
+    token, zeros inside bursts included (Sarathi-Serve, Etalon).
     """
-    if tbt_s.size == 0:
-        return describe_ms("tbt", tbt_s, percentiles), describe_ms("itl", tbt_s, percentiles)
-    spare = np.empty_like(tbt_s)
-    tbt_moments = mean_std(tbt_s, scratch=spare)
-    itl_s = _positive_into(tbt_s, spare)
-    tbt = describe_ms("tbt", tbt_s, percentiles, overwrite_input=True, moments=tbt_moments)
-    itl_moments = mean_std(itl_s, scratch=tbt_s[: itl_s.size]) if itl_s.size else None
-    itl = describe_ms("itl", itl_s, percentiles, overwrite_input=True, moments=itl_moments)
-    return tbt, itl
+    values, counts = result.tokens.gap_multiset(measured)
+    positive = np.flatnonzero(values > 0.0)
+    itl = (values[positive], None if counts is None else counts[positive])
+    out = {}
+    for name, (v, c) in (("itl", itl), ("tbt", (values, counts))):
+        stats = moments[name]
+        if stats is None:
+            out[name] = describe_ms(name, np.zeros(0), percentiles)
+        else:
+            out[name] = describe_weighted_ms(name, v, c, percentiles, stats[1:])
+    return {"tbt": out["tbt"], "itl": out["itl"]}
 
 
 def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, object]:
@@ -98,9 +86,13 @@ def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, obje
     num_requests = completed + num_rejected + num_unfinished + num_excluded_warmup +
     num_excluded_cooldown (the excluded counts are served requests in those windows).
     """
-    table, token_pass = request_table(result, config, for_summary=True)
-    gaps_s, fluid_tbt_s = token_pass.measured_gaps_s, token_pass.measured_fluid_tbt_s
-    del token_pass  # so the gap pool dies as soon as its summaries are taken
+    return summarize_table(result, config, *request_table(result, config, for_summary=True))
+
+
+def summarize_table(result: SimulationResult, config: MetricsConfig,
+                    table: dict[str, np.ndarray], token_pass: TokenPass) -> dict[str, object]:
+    """`summarize` from the request table and token pass already taken (`request_table` with
+    `for_summary`), for callers that keep the table too."""
     measured = table["measured"]
     completed = int(measured.sum())
     has_slo = _any_slo(config.slo)
@@ -133,9 +125,7 @@ def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, obje
         ),
     }
 
-    gap_summaries = dict(zip(("tbt", "itl"), _gap_summaries(gaps_s, config.percentiles),
-                             strict=True))
-    del gaps_s
+    gap_summaries = _gap_summaries(result, measured, token_pass.gap_moments, config.percentiles)
     per_request = {
         "ttft": table["ttft_s"][measured],
         "tpot": _finite(table["tpot_s"][measured]),
@@ -155,7 +145,9 @@ def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, obje
                            strict=True):
         reasons[REJECT_REASONS.get(int(code), f"code_{int(code)}")] = int(count)
     fluidity = _finite(table["fluidity_index"][measured])
-    rate = _rate_of_deadlines(fluid_tbt_s, FLUID_RATE_PERCENTILE)
+    assert token_pass.fluid_search is not None
+    rate = search_fluid_rate(result.tokens, result.arrived_at, result.prompt_len,
+                             config.fluidity, token_pass.fluid_search)
     summary.update(
         {
             "num_requests": int(table["request_id"].size),

@@ -68,20 +68,12 @@ def build_workload(
     arrival), so lengths stay paired with their timestamps; trace lengths with synthetic
     arrivals are rows sampled with `length_rng`.
     """
-    from simserve.experiments.memory import check_run_memory, mean_output_tokens
-
     arrival, lengths = config.arrival, config.lengths
     trace = _load_config_trace(config)
     num_requests = config.num_requests
     if num_requests is None:  # the whole trace (WorkloadConfig allows it only for replays)
         assert trace is not None
         num_requests = len(trace)
-    mean_output = mean_output_tokens(lengths)
-    if mean_output is None:
-        assert trace is not None
-        rows = trace.output_len[:num_requests] if arrival.process == "trace" else trace.output_len
-        mean_output = float(rows.mean())
-    check_run_memory(num_requests, mean_output)  # before any per-request array is allocated
 
     if arrival.process == "trace":
         assert trace is not None

@@ -245,9 +245,17 @@ class _TraceReader:
             self._parts["arrival"].append(arrival)
 
 
+# Files smaller than this read in about a second: no bar (and no tqdm import for them).
+PROGRESS_MIN_BYTES = 16 * 2**20
+
+
 @contextlib.contextmanager
 def _progress(total_bytes: int, name: str) -> Iterator[Any]:
-    """A progress bar over the bytes read, on a terminal only, shown after two seconds."""
+    """A progress bar over the bytes read of a large file, on a terminal only, shown once the
+    read has taken two seconds."""
+    if total_bytes < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+        yield _NoBar()
+        return
     try:
         from tqdm import tqdm
     except ImportError:

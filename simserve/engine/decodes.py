@@ -1,0 +1,364 @@
+"""The decoding requests of one engine, in the order they joined, with O(1) work per step.
+
+A plain decode step gives every participating request one token. Instead of touching each
+request, a tick counter `tick` counts the decode steps applied so far, and each request keeps
+`base_computed = computed - tick` and `base_remaining = remaining + tick`, so its progress is
+read off the counter. What a step needs to know follows from counters too:
+
+- which requests finish: a heap of (tick of the last token, request), checked lazily against
+  the member's counters (an entry is stale once its request left or its finish moved);
+- how many new KV blocks the step needs: a request starts a new block every `block_size`
+  ticks, at the ticks congruent to `-base_computed` modulo `block_size`, so the need of a
+  step is one entry of `_residues`;
+- when each request emitted its tokens: one run of consecutive ticks per stay in the decode
+  set (`runs`), turned into per-token times after the simulation.
+
+Speculative verify steps emit a random number of tokens per request, so an engine that
+speculates keeps its decodes in arrays instead (`VerifyDecodes`), updated by vectorised numpy.
+Both expose the same operations to `ReplicaState`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from collections.abc import Iterator
+
+import numpy as np
+
+from simserve.engine.speculative import AcceptanceSampler
+
+__all__ = ["CounterDecodes", "Runs", "VerifyDecodes"]
+
+
+class Runs:
+    """Token emissions of one engine, appended as they happen.
+
+    `rid`, `first_tick`, `end_tick`: request `rid` emitted one token at each decode tick in
+    `[first_tick, end_tick)`. `single_*`: request `single_rid` emitted one token at engine
+    step `single_step` (a prefill's first token). `burst_*`: the requests `burst_rid` emitted
+    `burst_count` tokens each at engine step `burst_step` (speculative decoding's steps).
+    """
+
+    def __init__(self) -> None:
+        # `array.array` columns: 8 bytes an entry, at least one run and one first token per
+        # request.
+        self.rid = array("q")
+        self.first_tick = array("q")
+        self.end_tick = array("q")
+        self.single_rid = array("q")
+        self.single_step = array("q")
+        self.burst_rid: list[np.ndarray] = []
+        self.burst_count: list[np.ndarray] = []
+        self.burst_step: list[int] = []
+
+    def add_run(self, rid: int, first_tick: int, end_tick: int) -> None:
+        if end_tick > first_tick:
+            self.rid.append(rid)
+            self.first_tick.append(first_tick)
+            self.end_tick.append(end_tick)
+
+    def add_burst(self, step: int, rids: np.ndarray, counts: np.ndarray) -> None:
+        self.burst_rid.append(rids)
+        self.burst_count.append(counts)
+        self.burst_step.append(step)
+
+
+class CounterDecodes:
+    """Plain decoding by tick counters (see the module docstring).
+
+    Each member's record is `[base_computed, base_remaining, run_start]`; the dict keeps join
+    order (Python dicts are insertion-ordered), so the newest member, the preemption victim, is
+    the last key.
+    """
+
+    def __init__(self, block_size: int, reserve_full: bool, reserve_blocks) -> None:
+        self.block_size = block_size
+        self.reserve_full = reserve_full
+        self._reserve_blocks = reserve_blocks
+        self.tick = 0
+        self.kv_sum = 0  # sum of computed tokens over members
+        self._rec: dict[int, list[int]] = {}
+        self._residues = [0] * block_size
+        self._finishing: list[tuple[int, int]] = []  # heap of (finish tick, request id)
+        self.runs = Runs()
+        # Engine step of every tick, stored where (step - tick) changes: (tick, step) pairs.
+        self.tick_breaks: list[tuple[int, int]] = []
+        self._tick_offset = -1
+
+    def __len__(self) -> int:
+        return len(self._rec)
+
+    def tick_steps(self) -> np.ndarray:
+        """The engine step index of every tick so far."""
+        num_ticks = self.tick
+        if not self.tick_breaks:
+            return np.zeros(0, dtype=np.int64)
+        ticks, steps = (np.asarray(a, dtype=np.int64) for a in zip(*self.tick_breaks, strict=True))
+        lengths = np.diff(np.append(ticks, num_ticks))
+        return np.repeat(steps - ticks, lengths) + np.arange(num_ticks, dtype=np.int64)
+
+    # ------------------------------------------------------------------ reading
+
+    def computed(self, rid: int) -> int:
+        return self._rec[rid][0] + self.tick
+
+    def block_need(self, m: int, width: int = 1) -> int:
+        """New KV blocks the first `m` members need for their next token (width is always 1)."""
+        if self.reserve_full or m == 0:
+            return 0
+        if m == len(self._rec):
+            return self._residues[self.tick % self.block_size]
+        bs, tick = self.block_size, self.tick
+        need = 0
+        for i, rec in enumerate(self._rec.values()):
+            if i == m:
+                break
+            if (rec[0] + tick) % bs == 0:
+                need += 1
+        return need
+
+    def newest_first(self, width: int) -> Iterator[tuple[int, int]]:
+        """(blocks held, new blocks needed for `width` more tokens) of each member, newest
+        first: what a policy weighs when it preempts."""
+        bs, tick = self.block_size, self.tick
+        for rid, rec in reversed(self._rec.items()):
+            c = rec[0] + tick
+            if self.reserve_full:
+                yield self._reserve_blocks(rid), 0
+            else:
+                held = -(-c // bs)
+                yield held, -(-(c + width) // bs) - held
+
+    def ticks_to_first_finish(self) -> int:
+        """Ticks from the next one up to and including the first tick at which a member
+        finishes (a very large number without members)."""
+        heap, rec = self._finishing, self._rec
+        while heap:
+            t, rid = heap[0]
+            member = rec.get(rid)
+            if member is not None and member[1] - 1 == t:
+                return t - self.tick + 1
+            heapq.heappop(heap)  # stale: the request left, or its finish moved
+        return 1 << 62
+
+    def block_need_run(self, num_ticks: int) -> list[int]:
+        """Blocks needed by each of the next `num_ticks` full-batch ticks."""
+        if self.reserve_full:
+            return [0] * num_ticks
+        bs, res, t0 = self.block_size, self._residues, self.tick
+        return [res[(t0 + i) % bs] for i in range(num_ticks)]
+
+    def run_block_need(self, num_ticks: int) -> int:
+        """Blocks needed by the next `num_ticks` full-batch ticks together: each member needs
+        one every `block_size` ticks, plus the part of a period the residues give."""
+        if self.reserve_full:
+            return 0
+        bs, res = self.block_size, self._residues
+        full, rest = divmod(num_ticks, bs)
+        start = self.tick % bs
+        end = start + rest
+        part = sum(res[start:end]) if end <= bs else sum(res[start:]) + sum(res[: end - bs])
+        return full * len(self._rec) + part
+
+    def residues(self) -> tuple[int, ...] | None:
+        """Members per block-boundary residue (None under full reservation): with the tick,
+        what a run's per-step block needs follow from."""
+        return None if self.reserve_full else tuple(self._residues)
+
+    # ------------------------------------------------------------------ membership
+
+    def join(self, rid: int, computed: int, remaining: int) -> None:
+        tick = self.tick
+        base_c = computed - tick
+        base_r = remaining + tick
+        self._rec[rid] = [base_c, base_r, tick]
+        self._residues[-base_c % self.block_size] += 1
+        heapq.heappush(self._finishing, (base_r - 1, rid))
+        self.kv_sum += computed
+
+    def _leave(self, rid: int) -> tuple[int, int]:
+        """Remove a member; returns its (computed, remaining)."""
+        base_c, base_r, run_start = self._rec.pop(rid)
+        tick = self.tick
+        self._residues[-base_c % self.block_size] -= 1
+        self.runs.add_run(rid, run_start, tick)
+        computed = base_c + tick
+        self.kv_sum -= computed
+        return computed, base_r - tick
+
+    def preempt_newest(self) -> tuple[int, int, int]:
+        """Take out the newest member: (request id, computed, remaining)."""
+        rid = next(reversed(self._rec))
+        computed, remaining = self._leave(rid)
+        return rid, computed, remaining
+
+    # ------------------------------------------------------------------ steps
+
+    def begin_ticks(self, m: int, step: int, num_ticks: int = 1) -> None:
+        """Apply `num_ticks` decode steps to the first `m` members (all members when
+        `num_ticks` > 1); the steps are engine steps `step`, `step + 1`, ..."""
+        n = len(self._rec)
+        if m < n:
+            # NOTE: a token budget smaller than the decode batch leaves the newest members out
+            # of this step (vLLM v1 schedules running requests in order until the budget ends):
+            # their counters shift so that they stand still, and their runs split.
+            assert num_ticks == 1
+            tick, bs = self.tick, self.block_size
+            res = self._residues
+            for rid, rec in _last(self._rec, n - m):
+                res[-rec[0] % bs] -= 1
+                rec[0] -= 1
+                rec[1] += 1
+                res[-rec[0] % bs] += 1
+                heapq.heappush(self._finishing, (rec[1] - 1, rid))
+                self.runs.add_run(rid, rec[2], tick)
+                rec[2] = tick + 1
+        offset = step - self.tick
+        if offset != self._tick_offset:
+            self.tick_breaks.append((self.tick, step))
+            self._tick_offset = offset
+        self.tick += num_ticks
+        self.kv_sum += m * num_ticks
+
+    def end_tick(self) -> list[tuple[int, int]]:
+        """Finish the tick in flight: the members whose last token it was leave, as
+        (request id, computed tokens)."""
+        t = self.tick - 1
+        heap, rec = self._finishing, self._rec
+        done = []
+        # Entries at or before this tick: valid ones finish now, the rest are stale.
+        while heap and heap[0][0] <= t:
+            t_finish, rid = heapq.heappop(heap)
+            member = rec.get(rid)
+            if member is not None and member[1] - 1 == t_finish:
+                computed, _ = self._leave(rid)
+                done.append((rid, computed))
+        return done
+
+
+def _last(rec: dict[int, list[int]], k: int) -> list[tuple[int, list[int]]]:
+    """The last `k` items of an insertion-ordered dict, oldest first."""
+    out = []
+    for item in reversed(rec.items()):
+        if len(out) == k:
+            break
+        out.append(item)
+    out.reverse()
+    return out
+
+
+class VerifyDecodes:
+    """Decoding with speculation: members in join-ordered arrays, advanced by vectorised numpy
+    (a verify step emits accepted + 1 tokens per request, all at the step's end)."""
+
+    def __init__(self, block_size: int, reserve_full: bool, reserve_blocks, capacity: int,
+                 acceptance: AcceptanceSampler, k: int) -> None:
+        self.block_size = block_size
+        self.reserve_full = reserve_full
+        self._reserve_blocks = reserve_blocks
+        self.acceptance = acceptance
+        self.k = k
+        # One 2-D array so that compaction and the per-step update are single numpy calls.
+        self._dec = np.zeros((3, capacity), dtype=np.int64)
+        self.ids = self._dec[0]
+        self.computed_arr = self._dec[1]  # tokens whose KV is cached
+        self.remaining_arr = self._dec[2]  # output tokens still to emit
+        self._step_delta = np.array([[1], [-1]], dtype=np.int64)
+        self._n = 0
+        self.kv_sum = 0
+        self.runs = Runs()
+        # vLLM's spec-decode counters: drafts and accepted tokens per position.
+        self.num_drafts = 0
+        self.accepted_per_position = np.zeros(k, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def computed(self, rid: int) -> int:  # pragma: no cover - not used by the engine
+        return int(self.computed_arr[np.flatnonzero(self.ids[: self._n] == rid)[0]])
+
+    def block_need(self, m: int, width: int = 1) -> int:
+        if self.reserve_full or m == 0:
+            return 0
+        computed = self.computed_arr[:m]
+        bs = self.block_size
+        return int((-(-(computed + width) // bs) + (-computed // bs)).sum())
+
+    def newest_first(self, width: int) -> Iterator[tuple[int, int]]:
+        bs = self.block_size
+        for i in range(self._n - 1, -1, -1):
+            if self.reserve_full:
+                yield self._reserve_blocks(int(self.ids[i])), 0
+            else:
+                c = int(self.computed_arr[i])
+                held = -(-c // bs)
+                yield held, -(-(c + width) // bs) - held
+
+    def join(self, rid: int, computed: int, remaining: int) -> None:
+        # NOTE: appending is safe while a step is in flight: a step touches only its first
+        # `m` members, and finished members are compacted over the whole array.
+        i = self._n
+        self.ids[i] = rid
+        self.computed_arr[i] = computed
+        self.remaining_arr[i] = remaining
+        self._n = i + 1
+        self.kv_sum += computed
+
+    def preempt_newest(self) -> tuple[int, int, int]:
+        i = self._n - 1
+        rid = int(self.ids[i])
+        computed = int(self.computed_arr[i])
+        self.kv_sum -= computed
+        self._n = i
+        return rid, computed, int(self.remaining_arr[i])
+
+    def end_step(self, m: int, width: int, step: int) -> tuple[list[tuple[int, int]], int]:
+        """Apply the outcome of a decode (width 1) or verify step to the first `m` members:
+        returns the finished (request id, computed) and the KV blocks freed by rejected
+        draft positions."""
+        freed = 0
+        if width > 1:
+            freed = self._verify(m, width, step)
+        else:
+            self.runs.add_burst(step, self.ids[:m].astype(np.int32), np.ones(m, np.int32))
+            self._dec[1:3, :m] += self._step_delta  # computed += 1, remaining -= 1
+            self.kv_sum += m
+        done = self.remaining_arr[:m] == 0
+        if not done.any():
+            return [], freed
+        n = self._n
+        finished = list(zip(self.ids[:m][done].tolist(), self.computed_arr[:m][done].tolist(),
+                            strict=True))
+        keep = np.ones(n, dtype=bool)
+        keep[:m] = ~done
+        self.kv_sum -= int(self.computed_arr[:m][done].sum())
+        k = int(np.count_nonzero(keep))
+        self._dec[:, :k] = self._dec[:, :n][:, keep]
+        self._n = k
+        return finished, freed
+
+    def _verify(self, m: int, width: int, step: int) -> int:
+        """Accepted + 1 tokens each, truncated to the output length, all stamped at the step's
+        end; returns the KV blocks of rejected positions, which are freed."""
+        k = width - 1
+        ids = self.ids[:m]
+        accepted = self.acceptance.sample(ids)
+        self.num_drafts += m
+        self.accepted_per_position += np.bincount(accepted, minlength=k + 1)[1:][
+            ::-1
+        ].cumsum()[::-1]
+        computed = self.computed_arr[:m]
+        remaining = self.remaining_arr[:m]
+        emitted = np.minimum(accepted + 1, remaining)
+        bs = self.block_size
+        freed = 0
+        if not self.reserve_full:
+            allocated = -(-(computed + width) // bs)
+            kept = -(-(computed + emitted) // bs)
+            freed = int((allocated - kept).sum())
+        computed += emitted
+        remaining -= emitted
+        self.kv_sum += int(emitted.sum())
+        self.runs.add_burst(step, ids.astype(np.int32), emitted.astype(np.int32))
+        return freed

@@ -1,0 +1,214 @@
+"""One pool of worker processes for all the simulations of a command, and one way to run them.
+
+The anti-pattern catalog, the case study and capacity searches are each many independent runs
+driven by a few sequential procedures (a bisection, a sweep, a tuning choice). They all submit
+scenarios here: each distinct scenario (by its resolved mapping) is simulated once, in a worker
+process, and its summary comes back; drivers run side by side in threads (`concurrently`), so
+every worker stays busy until the last run of the command, not of one entry. What a run returns
+depends on its scenario alone, so results are the same with any number of workers.
+
+Workers are spawned, ignore Ctrl-C (the parent stops them) and exit when the parent is gone,
+so a killed command leaves no simulation running.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ctypes
+import json
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+
+from simserve.config import Scenario, scenario_from_mapping, scenario_to_mapping
+
+__all__ = [
+    "MEAN_BATCH_KEY",
+    "STEADY_KEY",
+    "RunPool",
+    "available_cpus",
+    "init_worker",
+    "run_summary_task",
+    "scenario_key",
+    "steady_throughput",
+]
+
+Summary = dict[str, Any]
+T = TypeVar("T")
+
+# Keys a pool run adds to its summary (with the Etalon miss-rate keys of `capacity`).
+STEADY_KEY = "steady_throughput_rps"
+MEAN_BATCH_KEY = "mean_batch_size"
+
+_PR_SET_PDEATHSIG = 1
+# How often a worker's watchdog checks that its parent is alive.
+PARENT_CHECK_S = 0.5
+
+
+def available_cpus() -> int:
+    """CPUs this process may use (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def init_worker(parent_pid: int) -> None:
+    """Worker setup: leave Ctrl-C to the parent (which stops the pool), and die with the
+    parent, so a killed command leaves no orphan simulating or writing.
+
+    On Linux the kernel kills the worker the moment its parent goes (PR_SET_PDEATHSIG).
+    NOTE: that signal fires when the *thread* that started the worker ends, so pools must start
+    their workers from a thread that outlives them (`RunPool` does so when it is created). A
+    watchdog thread covers other systems: an orphan is re-parented, which it sees.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died while this worker started
+        os._exit(1)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int, every_s: float = PARENT_CHECK_S) -> None:
+    while True:
+        time.sleep(every_s)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
+def steady_throughput(finished_at: np.ndarray, trim: float = 0.1) -> float:
+    """Completions per second between the `trim` and 1 - `trim` quantiles of finish times.
+
+    NOTE: in an offline run (every request at t=0) the first finishes come before batches are
+    full and the last ones drain alone; the middle of the run is the engine at full load, the
+    rate an open-loop arrival process can sustain at most (its saturation throughput).
+    """
+    finished = np.sort(finished_at[np.isfinite(finished_at)])
+    n = finished.size
+    i, j = int(trim * n), int((1.0 - trim) * n) - 1
+    if j <= i or finished[j] <= finished[i]:
+        return math.nan
+    return (j - i) / float(finished[j] - finished[i])
+
+
+def run_summary_task(mapping: Mapping[str, Any]) -> Summary:
+    """Worker task: simulate one scenario mapping and return its summary with the keys the
+    experiments read (Etalon miss rates, steady offline throughput, mean batch size)."""
+    # Imported here: the pool module itself stays light for the commands that import it.
+    from simserve.experiments.capacity import summary_with_extras
+    from simserve.experiments.run import run_scenario
+
+    output = run_scenario(scenario_from_mapping(mapping))
+    summary = summary_with_extras(output)
+    summary[STEADY_KEY] = steady_throughput(output.result.finished_at)
+    steps = output.result.steps
+    busy_s = float(np.sum(steps.duration_s))
+    summary[MEAN_BATCH_KEY] = (
+        float(np.sum(steps.num_seqs * steps.duration_s) / busy_s) if busy_s > 0 else 0.0
+    )
+    return summary
+
+
+def scenario_key(scenario: Scenario) -> str:
+    """What identifies a run: its scenario's full mapping, canonically serialised."""
+    return json.dumps(scenario_to_mapping(scenario), sort_keys=True)
+
+
+class RunPool:
+    """Runs scenarios on `jobs` worker processes (`jobs=1`: in this process), each distinct
+    scenario once; thread-safe, so several drivers can feed it at the same time."""
+
+    def __init__(self, jobs: int | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.jobs = jobs or available_cpus()
+        self._progress = progress
+        self._cache: dict[str, Summary] = {}
+        self._inflight: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._say_lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+        self.num_runs = 0  # distinct scenarios simulated
+        if self.jobs > 1:
+            self._start_workers()
+
+    def _start_workers(self) -> None:
+        """Start every worker now, from this thread (see `init_worker`): the pool starts a
+        worker per submission while none is idle, so `jobs` waiting tasks start them all."""
+        # NOTE: spawn, not fork: workers start from a clean interpreter (no copied threads or
+        # locks of the parent's driver threads).
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker, initargs=(os.getpid(),))
+        for future in [self._executor.submit(time.sleep, 0.05) for _ in range(self.jobs)]:
+            future.result()
+
+    def __enter__(self) -> RunPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (pending runs are cancelled)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def say(self, message: str) -> None:
+        """One progress line, never interleaved with another thread's."""
+        if self._progress is not None:
+            with self._say_lock:
+                self._progress(message)
+
+    # ----------------------------------------------------------------- runs
+
+    def summaries(self, scenarios: Sequence[Scenario]) -> list[Summary]:
+        """Summaries of these scenarios, simulating (in parallel) only those not yet run."""
+        keys = [scenario_key(s) for s in scenarios]
+        if self.jobs == 1:
+            for key in keys:
+                if key not in self._cache:
+                    self._cache[key] = run_summary_task(json.loads(key))
+                    self.num_runs += 1
+            return [self._cache[k] for k in keys]
+        waits: dict[str, Future] = {}
+        with self._lock:
+            for key in keys:
+                if key in self._cache or key in waits:
+                    continue
+                if key not in self._inflight:
+                    assert self._executor is not None
+                    self._inflight[key] = self._executor.submit(run_summary_task,
+                                                                json.loads(key))
+                    self.num_runs += 1
+                waits[key] = self._inflight[key]
+        for key, future in waits.items():
+            summary = future.result()
+            with self._lock:
+                self._cache[key] = summary
+                self._inflight.pop(key, None)
+        return [self._cache[k] for k in keys]
+
+    def concurrently(self, calls: Sequence[Callable[[], T]]) -> list[T]:
+        """Call each function, side by side in threads when there are several workers (each
+        call feeds the pool); results in the order of `calls`. Context variables of the
+        caller are visible in each call."""
+        if self.jobs == 1 or len(calls) < 2:
+            return [call() for call in calls]
+        with ThreadPoolExecutor(max_workers=len(calls)) as threads:
+            futures = [threads.submit(contextvars.copy_context().run, call) for call in calls]
+            return [f.result() for f in futures]
