@@ -18,7 +18,13 @@ from typing import Any, Literal
 from simserve import __version__
 from simserve.errors import InputError, InputWarning
 from simserve.schema import build_dataclass
-from simserve.yaml_lines import compose_yaml, key_lines, line_for, parse_yaml, read_yaml_file
+from simserve.yaml_lines import (
+    YamlSyntaxError,
+    key_lines,
+    line_for,
+    parse_yaml,
+    read_yaml_file,
+)
 
 __all__ = [
     "AcceptanceConfig",
@@ -566,12 +572,11 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not raw.strip():
         return key, None
     try:
-        compose_yaml(raw)
-    except InputError as exc:
-        if not exc.message.startswith("invalid YAML"):
-            raise InputError(exc.message, field="--set") from None
+        return key, parse_yaml(raw)[0]
+    except YamlSyntaxError:
         return key, raw  # not YAML: the text as a string, as a shell user means it
-    return key, parse_yaml(raw)[0]
+    except InputError as exc:  # YAML simserve refuses (an alias bomb, a duplicate key)
+        raise InputError(f"{key}={raw}: {exc.message}") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

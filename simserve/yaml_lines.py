@@ -28,6 +28,7 @@ from simserve.errors import InputError
 __all__ = [
     "MAX_YAML_BYTES",
     "MAX_YAML_VALUES",
+    "YamlSyntaxError",
     "compose_yaml",
     "key_lines",
     "line_for",
@@ -43,6 +44,10 @@ MAX_YAML_VALUES = 100_000
 _MERGE_KEY = "tag:yaml.org,2002:merge"
 
 
+class YamlSyntaxError(InputError):
+    """Text that is not YAML at all (as opposed to YAML simserve refuses)."""
+
+
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 floats (an exponent needs no dot or sign)."""
 
@@ -54,15 +59,15 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml_error(exc: yaml.YAMLError, source: str | None) -> InputError:
+def _yaml_error(exc: yaml.YAMLError, source: str | None) -> YamlSyntaxError:
     if isinstance(exc, yaml.reader.ReaderError):
         character = chr(exc.character) if isinstance(exc.character, int) else exc.character
-        return InputError(f"invalid YAML: character {character!r} is not allowed (at "
-                          f"character {exc.position})", source=source)
+        return YamlSyntaxError(f"invalid YAML: character {character!r} is not allowed (at "
+                               f"character {exc.position})", source=source)
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or "syntax error"
     line = mark.line + 1 if mark is not None else None
-    return InputError(f"invalid YAML: {problem}", source=source, line=line)
+    return YamlSyntaxError(f"invalid YAML: {problem}", source=source, line=line)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -281,16 +281,19 @@ def test_stale_temporaries_of_dead_processes_are_cleared_by_pid(tmp_path):
     stale_tmp = tmp_path / f".run.tmp-{host}-{dead}-0123abcd"
     live_tmp = tmp_path / f".run.tmp-{host}-{alive}-89abcdef"
     other_host = tmp_path / f".run.tmp-elsewhere-{dead}-0123abcd"
-    stale_file = tmp_path / f".summary.csv.tmp-{dead}"
+    stale_file = tmp_path / f".summary.csv.tmp-{host}-{dead}-0a1b2c3d"
+    users_file = tmp_path / f".notes.tmp-{dead}"  # not a simserve name: never touched
     replaced = tmp_path / f".gone.old-{host}-{dead}-0123abcd"  # killed between the renames
     for folder in (stale_tmp, live_tmp, other_host, replaced):
         folder.mkdir()
     (replaced / "summary.json").write_text("{}")
     stale_file.write_text("half")
+    users_file.write_text("mine")
     (tmp_path / "kept").mkdir()
     removed = sweep_stale_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == sorted([stale_tmp.name, stale_file.name])
     assert live_tmp.is_dir() and other_host.is_dir() and (tmp_path / "kept").is_dir()
+    assert users_file.read_text() == "mine"
     assert (tmp_path / "gone" / "summary.json").is_file()  # put back, not deleted
 
 

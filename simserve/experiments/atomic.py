@@ -49,6 +49,7 @@ __all__ = [
     "claim_output_dir",
     "is_environment_error",
     "sweep_stale_temporaries",
+    "temporary_sibling",
     "unwritable_error",
     "write_dir_atomically",
     "write_file_atomically",
@@ -61,9 +62,9 @@ _ENVIRONMENT_ERRNOS = frozenset({
     errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
     errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG, errno.EMLINK,
 })
+# `temporary_sibling` names: only these are ever removed as stale (a user's file is not).
 _TEMPORARY = re.compile(
-    r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?:(?P<host>[A-Za-z0-9._-]+)-)?(?P<pid>\d+)"
-    r"(?:-[0-9a-f]{8})?$"
+    r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<host>[A-Za-z0-9.-]+)-(?P<pid>\d+)-[0-9a-f]{8}$"
 )
 _LOCK_SUFFIX = ".lock"
 
@@ -93,6 +94,13 @@ def _host() -> str:
 
 def _temporary_name(name: str, what: str, token: str) -> str:
     return f".{name}.{what}-{_host()}-{os.getpid()}-{token}"
+
+
+def temporary_sibling(path: str | Path) -> Path:
+    """A hidden name beside `path` for writing it through a rename; if this process dies
+    before the rename, the next write in that folder removes it (`sweep_stale_temporaries`)."""
+    path = Path(path)
+    return path.with_name(_temporary_name(path.name, "tmp", secrets.token_hex(4)))
 
 
 def unwritable_error(target: Path | str, exc: OSError, field: str = "--out") -> InputError:
@@ -140,7 +148,7 @@ def sweep_stale_temporaries(folder: Path) -> list[Path]:
                 removed.append(path)
             continue
         match = _TEMPORARY.match(entry.name)
-        if match is None or (match["host"] is not None and match["host"] != host):
+        if match is None or match["host"] != host:
             continue
         if _pid_alive(int(match["pid"])):
             continue
@@ -456,6 +464,7 @@ def check_writable_dir(path: str | Path, field: str = "--out") -> Path:
     try:
         if existing is None or not existing.is_dir():
             raise OSError(errno.ENOTDIR, "a file is in the way", str(existing))
+        sweep_stale_temporaries(existing)
         probe = existing / _temporary_name("simserve-probe", "tmp", secrets.token_hex(4))
         probe.write_bytes(b"")
         probe.unlink()
@@ -468,7 +477,7 @@ def write_file_atomically(path: str | Path, data: str | bytes) -> Path:
     """Write one file through a temporary sibling and a rename, so readers never see half of
     it and a failed write leaves the old file."""
     path = Path(path)
-    tmp = path.with_name(_temporary_name(path.name, "tmp", secrets.token_hex(4)))
+    tmp = temporary_sibling(path)
     try:
         if isinstance(data, str):
             tmp.write_text(data, encoding="utf-8")
