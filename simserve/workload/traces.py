@@ -85,7 +85,7 @@ def load_trace(path: str | Path, max_rows: int | None = None) -> Trace:
     and an `InputWarning`), as unfit requests are. Rows whose timestamps decrease are sorted by
     arrival time with a stable sort (ties keep file order), and each row keeps its own lengths;
     datetime timestamps become seconds after the earliest one, numeric timestamps are kept as
-    given. A read longer than a couple of seconds shows a progress bar on a terminal. Raises
+    given. Reading a large file shows a progress bar on a terminal. Raises
     `InputError` naming the file and, for a bad value, its line (1-based, header = line 1),
     data row and column.
     """
