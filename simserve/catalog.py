@@ -20,7 +20,6 @@ import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
@@ -28,6 +27,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from simserve.errors import InputError
+from simserve.resources import catalog_file
+from simserve.yaml_lines import parse_yaml, read_yaml_text
 
 __all__ = [
     "Catalog",
@@ -77,7 +78,11 @@ def check_number(value: object, field_name: str, *, allow_zero: bool = False) ->
     """A finite number > 0 (>= 0 with `allow_zero`) as a float, or a one-line InputError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"must be a number, got {_type_name(value)} {value!r}", field=field_name)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise InputError(f"must be a finite number {bound}, got {value}", field=field_name)
     return float(value)
@@ -394,17 +399,7 @@ def _key_lines(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple
 
 
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        line = mark.line + 1 if mark is not None else None
-        raise InputError(f"invalid YAML: {problem}", source=source, line=line) from None
-    finally:
-        loader.dispose()
+    data, node = parse_yaml(text, source)
     return data, _key_lines(node)
 
 
@@ -519,11 +514,10 @@ def _parse_catalog_text(text: str, source: str) -> tuple[list[GpuSpec], list[Mod
 @functools.cache
 def _packaged_catalog() -> Catalog:
     """The catalog of the packaged YAML files, parsed once per process (it is immutable)."""
-    data_dir = resources.files("simserve").joinpath("data")
     gpus: list[GpuSpec] = []
     models: list[ModelSpec] = []
     for file_name in _PACKAGED_FILES:
-        text = data_dir.joinpath(file_name).read_text(encoding="utf-8")
+        text = catalog_file(file_name).read_text(encoding="utf-8")
         more_gpus, more_models = _parse_catalog_text(text, f"simserve/data/{file_name}")
         gpus += more_gpus
         models += more_models
@@ -542,13 +536,6 @@ def load_catalog(extra: str | Path | None = None) -> Catalog:
     if extra is None:
         return base
     path = Path(extra)
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("catalog file not found", source=source) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(f"cannot read catalog file: {reason}", source=source) from None
-    gpus, models = _parse_catalog_text(text, source)
+    text = read_yaml_text(path, "catalog file")
+    gpus, models = _parse_catalog_text(text, str(path))
     return Catalog([*base.gpus.values(), *gpus], [*base.models.values(), *models])

@@ -9,16 +9,22 @@ valid one; checks that need the catalog (model context length, KV fit) live in `
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from simserve.errors import InputError
+from simserve import __version__
+from simserve.errors import InputError, InputWarning
 from simserve.schema import build_dataclass
-from simserve.yaml_lines import key_lines, line_for, read_yaml_file
+from simserve.yaml_lines import (
+    YamlSyntaxError,
+    key_lines,
+    line_for,
+    parse_yaml,
+    read_yaml_file,
+)
 
 __all__ = [
     "AcceptanceConfig",
@@ -36,6 +42,7 @@ __all__ = [
     "SpeculativeConfig",
     "WorkloadConfig",
     "apply_overrides",
+    "check_file_name",
     "load_scenario",
     "scenario_from_mapping",
     "scenario_to_mapping",
@@ -45,6 +52,25 @@ __all__ = [
 def _require(ok: bool, field_name: str, message: str) -> None:
     if not ok:
         raise InputError(message, field=field_name)
+
+
+MAX_NAME_CHARS = 100
+
+
+def check_file_name(value: str, field_name: str) -> None:
+    """Refuse a name that cannot be used as one directory name under runs/: a path (`/`,
+    `..`), empty, hidden (leading `.`, where simserve keeps its temporaries), control
+    characters, or longer than `MAX_NAME_CHARS`."""
+    bad = (
+        not value.strip() or value != value.strip() or value.startswith(".")
+        or any(ch in value for ch in "/\\") or any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
+        or len(value) > MAX_NAME_CHARS
+    )
+    if bad:
+        raise InputError(
+            f"must be a plain directory name (no '/', not starting with '.', no surrounding "
+            f"spaces, at most {MAX_NAME_CHARS} characters), got {value!r}", field=field_name,
+        )
 
 
 # --------------------------------------------------------------------------- workload
@@ -546,6 +572,8 @@ class Scenario:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
+        # NOTE: the name is the default run directory (runs/<name>), so it must be one.
+        check_file_name(self.name, "name")
         _require(self.tp >= 1, "tp", f"must be >= 1, got {self.tp}")
         _require(self.pp >= 1, "pp", f"must be >= 1, got {self.pp}")
         _require(
@@ -575,11 +603,14 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+    if not raw.strip():
+        return key, None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+        return key, parse_yaml(raw)[0]
+    except YamlSyntaxError:
+        return key, raw  # not YAML: the text as a string, as a shell user means it
+    except InputError as exc:  # YAML simserve refuses (an alias bomb, a duplicate key)
+        raise InputError(f"{key}={raw}: {exc.message}") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -625,26 +656,87 @@ def _resolve_paths(data: dict[str, Any], base: Path, overridden: set[str]) -> No
             node[parts[-1]] = str((root / value).resolve())
 
 
-def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Load and validate a scenario file; errors name the field, the file and the line."""
+def load_scenario(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    options: Mapping[str, str] | None = None,
+) -> Scenario:
+    """Load and validate a scenario file, also against the catalog (model, GPU, profile, TP,
+    memory: `resolve.resolve`), so every error names the field, the file and the line.
+
+    `overrides` are `--set KEY=VALUE` items; `options` maps other command-line flags to the
+    override they stand for (e.g. {"--seed": "seed=3"}), so their errors name the flag.
+    """
     path = Path(path)
-    overrides = overrides or []
+    options = dict(options or {})
+    overrides = [*(overrides or []), *options.values()]
     data, text = read_yaml_file(path, "scenario file")
-    data = {} if data is None else data
+    if data is None:
+        raise InputError("the scenario file is empty (only comments or blank lines); see "
+                         "scenarios/default.yaml for one", source=str(path))
     if not isinstance(data, dict):
         raise InputError("a scenario must be a YAML mapping", source=str(path))
     lines = key_lines(text)
-    overridden: set[str] = set()
+    _check_written_version(data, path, lines)
     try:
-        overridden = {_parse_override(o)[0] for o in overrides}
+        parsed = [_parse_override(o) for o in overrides]
+    except InputError as exc:
+        raise exc.located("--set", None) from None
+    flag_of = {_parse_override(item)[0]: flag for flag, item in options.items()}
+    overridden = {key for key, _value in parsed}
+    try:
         merged = apply_overrides(data, overrides)
         _resolve_paths(merged, path.resolve().parent, overridden)
-        return scenario_from_mapping(merged)
+        scenario = scenario_from_mapping(merged)
     except InputError as exc:
-        field_name = exc.field or ""
-        if field_name in overridden or any(field_name.startswith(o + ".") for o in overridden):
-            raise exc.located("--set", None) from None
-        raise exc.located(str(path), line_for(field_name, lines)) from None
+        raise _located(exc, path, lines, overridden, flag_of) from None
+    from simserve.resolve import resolve  # the engine's modules import this one
+
+    try:
+        resolve(scenario)
+    except InputError as exc:
+        # A check against the catalog may name a field the file leaves at its default (e.g.
+        # engine.gpu_memory_utilization when the weights do not fit): point at the model.
+        fallback = lines.get("model") or lines.get("hardware")
+        raise _located(exc, path, lines, overridden, flag_of, fallback) from None
+    return scenario
+
+
+def _located(exc: InputError, path: Path, lines: Mapping[str, int], overridden: set[str],
+             flag_of: Mapping[str, str], fallback_line: int | None = None) -> InputError:
+    """`exc` with its origin: the flag or `--set` that gave the field, else the file and the
+    field's line (or `fallback_line`). An error that already names a file keeps it."""
+    field_name = exc.field or ""
+
+    def set_by(key: str) -> bool:
+        return field_name == key or field_name.startswith(key + ".")
+
+    flags = [flag for key, flag in flag_of.items() if set_by(key)]
+    if flags and not exc.source:
+        return InputError(exc.message, field=flags[0])
+    if any(set_by(key) for key in overridden):
+        return exc.located("--set", None)
+    return exc.located(str(path), line_for(field_name, lines) or fallback_line)
+
+
+VERSION_KEY = "simserve_version"
+
+
+def _check_written_version(data: dict[str, Any], path: Path, lines: Mapping[str, int]) -> None:
+    """Accept the `simserve_version` a run directory's scenario.yaml records (removed from
+    `data`), warning when another version wrote it: the same scenario may then give other
+    numbers."""
+    if VERSION_KEY not in data:
+        return
+    written = data.pop(VERSION_KEY)
+    if not isinstance(written, str):
+        raise InputError(f"expected a version string, got {written!r}", field=VERSION_KEY,
+                         source=str(path), line=lines.get(VERSION_KEY))
+    if written != __version__:
+        warnings.warn(InputWarning(
+            f"{path}: written by simserve {written}, this is simserve {__version__}; the same "
+            "scenario may give different numbers"), stacklevel=3)
 
 
 def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:

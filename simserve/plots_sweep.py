@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from simserve.errors import InputError
+from simserve.experiments.atomic import OutputKind, write_dir_atomically
 from simserve.experiments.capacity import SloRule, parse_slo_rule
 from simserve.experiments.sweep import STATE_FILE, SUMMARY_CSV, read_csv_rows
 
@@ -31,6 +32,8 @@ __all__ = [
     "write_sweep_plots",
 ]
 
+PLOTS_DIR = OutputKind("sweep figure directory",
+                       legacy_files=("latency_vs_rate.png", "capacity.png", "pareto.png"))
 RATE_KEY = "workload.arrival.rate"
 DEFAULT_METRICS = ("p99_ttft_ms", "p99_tbt_ms", "median_scheduling_delay_ms", "mean_tpot_ms")
 DEFAULT_RULE = "sarathi"
@@ -392,7 +395,6 @@ def write_sweep_plots(
     for metric in metrics or ():
         if metric not in columns:
             raise InputError("is not a column of summary.csv", field=f"--metric {metric}")
-    out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Figure | None] = {}
     if table.mode != "capacity":
         x = x or _default_x(table)
@@ -402,13 +404,11 @@ def write_sweep_plots(
             figures["latency_vs_rate.png"] = latency_vs_rate_figure(table, chosen, x, rule)
     figures["capacity.png"] = capacity_figure(table, rule, x)
     figures["pareto.png"] = pareto_figure(table, rule)
-    written = []
-    for name, fig in figures.items():
-        if fig is None:
-            continue
-        path = out / name
-        tmp = path.with_name(f".{name}.tmp.png")
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(path)
-        written.append(path)
-    return written
+    drawn = {name: fig for name, fig in figures.items() if fig is not None}
+
+    def write(tmp: Path) -> None:
+        for name, fig in drawn.items():
+            fig.savefig(tmp / name, dpi=120)
+
+    write_dir_atomically(out, write, PLOTS_DIR)
+    return [out / name for name in drawn]

@@ -160,6 +160,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
     gpu = catalog.gpu(scenario.hardware)
     model = _with_kv_dtype(catalog.model(scenario.model), scenario)
     _check_parallelism(model, scenario.tp, scenario.pp, "")
+    _check_memory(scenario)
     engine = scenario.engine
     max_model_len = engine.max_model_len or model.max_model_len
     if max_model_len > model.max_model_len:
@@ -219,6 +220,20 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
     return ResolvedScenario(
         scenario, gpu, model, (ResolvedPool("replica", pool, scenario.tp, scenario.pp),), draft
     )
+
+
+def _check_memory(scenario: Scenario) -> None:
+    """Refuse a run too large for this machine's memory, before anything is allocated."""
+    from simserve.experiments.memory import check_run_memory, mean_output_tokens
+
+    workload, engine, cluster = scenario.workload, scenario.engine, scenario.cluster
+    if workload.num_requests is None:  # the whole trace: bounded by the file
+        return
+    pools = [p for p in (cluster.prefill, cluster.decode) if p is not None]
+    max_seqs = max([engine.max_num_seqs, *(p.max_num_seqs or 0 for p in pools)])
+    width = engine.speculative.num_speculative_tokens + 1 if engine.speculative else 1
+    check_run_memory(workload.num_requests, mean_output_tokens(workload.lengths),
+                     max_seqs * width)
 
 
 def _check_blocks(

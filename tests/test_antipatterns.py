@@ -342,6 +342,23 @@ def test_cli_runs_one_entry_and_writes_the_report(tmp_path, capsys):
                  "--out", str(out)]) == 0
 
 
+def test_a_partial_run_never_replaces_a_full_report(tiny_verdicts, tmp_path, monkeypatch,
+                                                     capsys):
+    # The defect: `--only X` silently overwrote the full report in the default directory.
+    full = write_outputs(tiny_verdicts, tmp_path / "full")
+    before = (full / "verdicts.json").read_text()
+    code = main(["antipatterns", "--size", "tiny", "--only", "BF1", "--jobs", "1",
+                 "--out", str(full)])
+    err = capsys.readouterr().err
+    assert code == 2 and "would drop" in err and err.count("simserve: error") == 1
+    assert (full / "verdicts.json").read_text() == before
+    # By default a partial run writes its own directory beside the full one.
+    monkeypatch.chdir(tmp_path)
+    assert main(["antipatterns", "--size", "tiny", "--only", "BF1", "MD1", "--jobs", "1"]) == 0
+    assert (tmp_path / "runs" / "antipatterns-tiny-only-BF1-MD1" / "report.md").is_file()
+    assert not (tmp_path / "runs" / "antipatterns-tiny").exists()
+
+
 def test_cli_refuses_bad_arguments_before_running(tmp_path, capsys):
     assert main(["antipatterns", "--only", "ZZ1", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err

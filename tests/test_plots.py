@@ -19,6 +19,7 @@ from simserve.config import load_scenario, scenario_from_mapping
 from simserve.costmodel import ConstantCostModel
 from simserve.engine import EngineLimits, make_policy, simulate
 from simserve.engine.simulation import PoolSetup, simulate_disaggregated
+from simserve.experiments.atomic import MARKER
 from simserve.experiments.run import run_scenario
 from simserve.metrics import request_metrics
 from simserve.workload import Workload
@@ -237,7 +238,7 @@ def test_cli_run_plots_writes_pngs_into_the_run_directory(tmp_path):
     code = main(["run", str(_scenario_file(tmp_path)), "--out", str(out), "--plots"])
     assert code == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["requests.csv", "scenario.yaml", "steps.csv", "summary.json",
+    assert names == sorted([MARKER, "requests.csv", "scenario.yaml", "steps.csv", "summary.json",
                             "step_timeline.png", "token_timeline.png", "ttft_cdf.png",
                             "tpot_cdf.png", "tbt_cdf.png", "kv_occupancy.png"])
     for name in names:

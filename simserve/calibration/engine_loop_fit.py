@@ -35,6 +35,7 @@ from simserve.calibration.paths import REPO_ROOT
 from simserve.calibration.replay import DEFAULT_SCENARIO, ReplayResult, replay_trace, trace_rate
 from simserve.calibration.served_v1 import V1_RUNS, v1_runs
 from simserve.costmodel.engine_loop import loop_terms_path
+from simserve.costmodel.kernel_tables import kernels_dir
 
 __all__ = [
     "FIT_METRICS",
@@ -135,7 +136,9 @@ def fit_loop(version: str, runs: Sequence[LoopRun]) -> LoopFit:
 
 def write_loop_terms(fits: Sequence[LoopFit], path: Path | None = None) -> Path:
     """The shipped loop terms (one entry per engine generation)."""
-    path = path or loop_terms_path()
+    # NOTE: relative to the working directory (a checkout's root: the repository's
+    # calibration/kernels/), never into an installed package.
+    path = path or Path("calibration") / loop_terms_path().relative_to(kernels_dir().parent)
     data = {
         "format": "simserve-engine-loop/1",
         "note": "CPU time of a vLLM engine step around its forward pass, fitted on real "

@@ -34,6 +34,7 @@ from simserve.experiments.capacity import (
 from simserve.experiments.pool import MEAN_BATCH_KEY, STEADY_KEY, RunPool
 from simserve.experiments.run import RunOutput, run_scenario
 from simserve.resolve import resolve
+from simserve.resources import scenarios_dir
 
 __all__ = [
     "BASELINE",
@@ -57,7 +58,7 @@ __all__ = [
     "summary_value",
 ]
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "casestudy"
+PRESETS_DIR = scenarios_dir("casestudy")
 
 BASELINE = "no spec"
 SPEC = "spec"

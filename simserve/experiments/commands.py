@@ -172,7 +172,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if len(plan.runs) > MAX_TABLE_ROWS:
             print(f"  ... {len(plan.runs) - MAX_TABLE_ROWS} more")
         return 0
+    from simserve.experiments.atomic import check_writable_dir
+
     check_sweep_dir(plan, out, args.resume)
+    check_writable_dir(out)  # before any run: an unwritable --out is one line, not a traceback
     address = args.address
     if args.backend == "ray" and address is None:
         address = os.environ.get("RAY_ADDRESS") or None
@@ -224,22 +227,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
-    from simserve.config import load_scenario, scenario_from_mapping, scenario_to_mapping
+    from simserve.config import load_scenario
+    from simserve.experiments.atomic import OutputKind, claim_output_dir
     from simserve.experiments.capacity import (
         CapacitySettings,
         check_capacity_scenario,
         check_rule,
         parse_slo_rule,
         replication_seeds,
-        search_capacity,
     )
-    from simserve.experiments.pool import RunPool
-    from simserve.experiments.sweep import capacity_document
 
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    scenario = load_scenario(args.scenario, overrides)
+    options = {"--seed": f"seed={args.seed}"} if args.seed is not None else {}
+    scenario = load_scenario(args.scenario, args.overrides, options=options)
     if args.replications < 1:
         raise InputError(f"must be >= 1, got {args.replications}", field="--replications")
     check_capacity_scenario(scenario)
@@ -255,14 +254,25 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
                                                   low=args.low, high=args.high))
         except InputError as exc:
             raise InputError(exc.message, field=f"--{exc.field}") from None
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not (out / "capacity.json").is_file() and (
-        not out.is_dir() or any(out.iterdir())
-    ):
-        raise InputError("exists and is not a capacity directory; refusing to overwrite",
-                         field="--out", source=str(out))
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"must be >= 1, got {args.jobs}", field="--jobs")
+    if args.out is None:
+        return _capacity_search(args, scenario, settings_list, seeds, None)
+    # Claimed before the search: an unwritable or foreign --out fails now, not after it.
+    kind = OutputKind("capacity directory", legacy_files=("capacity.json", "scenario.yaml"),
+                      legacy_required=("capacity.json", "scenario.yaml"))
+    with claim_output_dir(args.out, kind) as claim:
+        return _capacity_search(args, scenario, settings_list, seeds, claim)
+
+
+def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: list[Any],
+                     seeds: tuple[int, ...], claim: Any) -> int:
+    """Bisect each rule's capacity, print the probes, and write `claim` when there is one."""
+    from simserve.config import scenario_from_mapping, scenario_to_mapping
+    from simserve.experiments.capacity import search_capacity
+    from simserve.experiments.pool import RunPool
+    from simserve.experiments.sweep import capacity_document
+
     t0 = time.perf_counter()
     with RunPool(args.jobs) as pool:
         # Every rule's search at once over one pool; each prints its table when it is done,
@@ -297,18 +307,21 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
                   f"{result.status})")
     print(f"{sum(len(r.probes) for r in results) * len(seeds)} runs in "
           f"{time.perf_counter() - t0:.1f} s")
-    if out is not None:
+    if claim is not None:
         import yaml
 
         from simserve import __version__
 
         scenario_from_mapping(scenario_to_mapping(scenario))  # round-trip check
-        out.mkdir(parents=True, exist_ok=True)
         mapping = {"simserve_version": __version__, **scenario_to_mapping(scenario)}
-        _atomic_write(out / "scenario.yaml", yaml.safe_dump(mapping, sort_keys=False))
-        _atomic_write(out / "capacity.json", json.dumps(capacity_document(results), indent=2)
-                      + "\n")
-        print(f"wrote {out / 'capacity.json'}")
+
+        def write(tmp: Path) -> None:
+            (tmp / "scenario.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
+            (tmp / "capacity.json").write_text(json.dumps(capacity_document(results), indent=2)
+                                               + "\n")
+
+        claim.write(write)
+        print(f"wrote {Path(args.out) / 'capacity.json'}")
     return 0
 
 
@@ -319,13 +332,6 @@ def _per_gpu(result: Any) -> str:
     if per_gpu is None:
         return "per GPU: n/a"
     return f"{per_gpu:.4g} req/s per GPU, {gpus} GPU{'s' if gpus != 1 else ''}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write a file through a temporary sibling and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- plot

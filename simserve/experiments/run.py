@@ -23,15 +23,22 @@ from simserve.costmodel import CostModel, envelope_report, envelope_warnings
 from simserve.engine.policies import make_policy
 from simserve.engine.records import SimulationResult, StepRecords
 from simserve.engine.simulation import simulate, simulate_disaggregated
-from simserve.errors import InputError
-from simserve.experiments.atomic import write_dir_atomically
+from simserve.experiments.atomic import OutputKind, write_dir_atomically
 from simserve.metrics.requests import request_table
 from simserve.metrics.speculative import spec_decode_summary
 from simserve.metrics.summary import summarize_table
 from simserve.resolve import ResolvedScenario, resolve
 from simserve.workload import Workload, build_workload
 
-__all__ = ["RunOutput", "run_scenario", "seed_streams", "simulate_resolved", "write_run_dir"]
+__all__ = [
+    "RUN_DIR",
+    "RunOutput",
+    "run_dir_writer",
+    "run_scenario",
+    "seed_streams",
+    "simulate_resolved",
+    "write_run_dir",
+]
 
 STREAMS = ("arrivals", "lengths", "acceptance", "routing")
 
@@ -216,28 +223,19 @@ def step_columns(result: SimulationResult) -> dict[str, np.ndarray]:
     }
 
 
-def write_run_dir(
-    output: RunOutput,
-    out_dir: str | Path,
-    *,
-    extra_writers: Sequence[Callable[[Path], object]] = (),
-) -> Path:
-    """Write scenario.yaml, summary.json, requests.csv, steps.csv atomically.
+RUN_DIR = OutputKind(
+    "run directory",
+    legacy_files=("scenario.yaml", "summary.json", "requests.csv", "steps.csv", "trace.json",
+                  "*.png"),
+    legacy_required=("scenario.yaml", "summary.json", "requests.csv", "steps.csv"),
+)
 
-    Files go to a temporary sibling directory that is renamed into place at the end, so a crash
-    never leaves a half-written run that looks complete. An existing simserve run directory at
-    `out_dir` is replaced; any other existing path is refused. Each of `extra_writers` (e.g.
-    figures, a trace) is called with the temporary directory before the rename, so its files
-    are part of the same atomic write.
-    """
-    out = Path(out_dir)
-    replaceable = out.is_dir() and ((out / "summary.json").exists() or not any(out.iterdir()))
-    if out.exists() and not replaceable:
-        raise InputError(
-            "exists and is not a simserve run directory; refusing to overwrite",
-            field="--out",
-            source=str(out),
-        )
+
+def run_dir_writer(
+    output: RunOutput, extra_writers: Sequence[Callable[[Path], object]] = ()
+) -> Callable[[Path], None]:
+    """What fills a run directory: scenario.yaml, summary.json, requests.csv, steps.csv, then
+    each of `extra_writers` (e.g. figures, a trace), all in the same atomic write."""
 
     def write(tmp: Path) -> None:
         scenario_map = scenario_to_mapping(output.resolved.scenario)
@@ -249,4 +247,19 @@ def write_run_dir(
         for writer in extra_writers:
             writer(tmp)
 
-    return write_dir_atomically(out, write)
+    return write
+
+
+def write_run_dir(
+    output: RunOutput,
+    out_dir: str | Path,
+    *,
+    extra_writers: Sequence[Callable[[Path], object]] = (),
+) -> Path:
+    """Write a run directory atomically (`run_dir_writer`; `atomic.claim_output_dir` says which
+    existing directories it may replace: only simserve run directories it can prove it wrote).
+
+    Commands that simulate for long claim the directory first and call `claim.write` with
+    `run_dir_writer`, so a bad `--out` fails before the simulation.
+    """
+    return write_dir_atomically(out_dir, run_dir_writer(output, extra_writers), RUN_DIR)

@@ -104,8 +104,13 @@ def build_workload(
 
 
 def _load_config_trace(config: WorkloadConfig) -> Trace | None:
-    """The trace file the config names, loaded once, or None when nothing uses it."""
+    """The trace file the config names, loaded once, or None when nothing uses it.
+
+    A replay of the first `num_requests` rows reads only those rows; lengths sampled from the
+    trace need all of them.
+    """
     if config.arrival.process != "trace" and config.lengths.dist != "trace":
         return None
     assert config.trace is not None  # WorkloadConfig requires it for these settings
-    return load_trace(config.trace)
+    max_rows = config.num_requests if config.arrival.process == "trace" else None
+    return load_trace(config.trace, max_rows=max_rows)

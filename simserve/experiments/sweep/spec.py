@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from simserve.config import (
     Scenario,
     apply_overrides,
+    check_file_name,
     load_scenario,
     scenario_from_mapping,
     scenario_to_mapping,
@@ -33,13 +35,14 @@ from simserve.experiments.capacity import (
 )
 from simserve.experiments.sweep.layout import FORMAT_VERSION, POINTS_DIR
 from simserve.resolve import resolve
-from simserve.yaml_lines import read_yaml_file
+from simserve.yaml_lines import compose_yaml, read_yaml_file
 
 _SPEC_KEYS = (
     "name", "description", "base", "scenario", "set", "grid", "zip", "replications",
     "root_seed", "capacity", "slo",
 )
 _CAPACITY_KEYS = ("slo", "tolerance", "low", "high", "max_probes")
+MAX_SWEEP_RUNS = 1_000_000
 _PATH_FIELDS = ("workload.trace", "catalog")
 
 
@@ -134,8 +137,8 @@ def _key_lines(text: str) -> dict[str, int]:
                 walk(item, f"{prefix}/{i}", depth + 1)
 
     try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
+        root = compose_yaml(text)
+    except InputError:
         return lines
     if root is not None:
         walk(root, "", 0)
@@ -326,9 +329,20 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
         raise InputError("must be an SLO rule string, e.g. sarathi:200", field="slo",
                          source=source, line=lines.get("slo"))
     name = data.get("name", path.stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise InputError("must be a non-empty string without '/'", field="name", source=source,
+    if not isinstance(name, str):
+        raise InputError(f"must be a string, got {name!r}", field="name", source=source,
                          line=lines.get("name"))
+    try:
+        check_file_name(name, "name")  # the default sweep directory is runs/sweeps/<name>
+    except InputError as exc:
+        raise exc.located(source, lines.get("name")) from None
+    num_runs = math.prod([len(values) for _key, values in grid]
+                         + [len(group[0][1]) for group in zips])
+    num_runs *= replications if capacity is None else 1
+    if num_runs > MAX_SWEEP_RUNS:
+        # Refused before the plan lists them: a typo must not fill the memory.
+        raise InputError(f"the sweep has {num_runs:,} runs (points x replications), more than "
+                         f"{MAX_SWEEP_RUNS:,}; split it", source=source)
     order = list(data)
     zip_first = "zip" in data and "grid" in data and order.index("zip") < order.index("grid")
     return SweepSpec(

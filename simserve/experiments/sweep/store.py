@@ -16,6 +16,7 @@ import numpy as np
 
 from simserve import __version__
 from simserve.errors import InputError
+from simserve.experiments.atomic import temporary_sibling
 from simserve.experiments.capacity import CapacityResult, Probe, cluster_gpus, replication_seeds
 from simserve.experiments.sweep.layout import (
     CAPACITY_FILE,
@@ -34,7 +35,7 @@ ID_COLUMNS = ("run_id", "point", "replication", "seed")
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Write a file through a temporary sibling and a rename, so readers never see half of it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -120,7 +121,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], csv_path: Path,
     except ImportError:
         return [f"{parquet_path.name} not written: pyarrow is not installed"]
     table = pa.table({c: _arrow_column([row.get(c) for row in rows]) for c in columns})
-    tmp = parquet_path.with_name(f".{parquet_path.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(parquet_path)
     pq.write_table(table, tmp)
     os.replace(tmp, parquet_path)
     return []
