@@ -229,6 +229,8 @@ class ChunkedPrefillPolicy(BatchingPolicy):
             budget -= q
             chunks.append(q)
             i += 1
+        # Partial prefills left unscheduled (after one preempted itself) get no tokens.
+        chunks += [0] * (len(partials) - len(chunks))
         admit: list[int] = []
         if not victims_list:
             # Nobody was preempted, so every running sequence (and KV transfer on its way in)
