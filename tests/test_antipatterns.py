@@ -416,3 +416,23 @@ def test_busy_workers_die_with_their_parent(tmp_path):
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_sigterm_stops_a_running_catalog_promptly(tmp_path):
+    """SIGTERM (or Ctrl-C) kills the pool's workers first, so the driver threads waiting on
+    their runs fail at once: the catalog exits in seconds, not when its work is done."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simserve", "antipatterns", "--quick", "--jobs", "2",
+         "--out", str(tmp_path / "out")],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(workers := _children(proc.pid)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+        time.sleep(0.05)
+    time.sleep(1.0)  # runs in progress
+    proc.terminate()
+    _out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 143 and "simserve: terminated" in err
+    assert not any(_alive(pid) for pid in workers)
+    assert not (tmp_path / "out").exists()
