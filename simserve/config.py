@@ -170,8 +170,6 @@ class WorkloadConfig:
 
 # --------------------------------------------------------------------------- engine
 
-Policy = Literal["static", "prefill_first", "mixed", "chunked_prefill"]
-
 AcceptanceModel = Literal["geometric", "per_position", "empirical", "beta"]
 
 
@@ -280,14 +278,18 @@ KvCacheDtype = Literal["auto", "fp8"]
 class EngineConfig:
     """Scheduler and KV-cache knobs, with vLLM's names and (v1) defaults.
 
-    `version` is the vLLM engine generation the kernel cost model prices (its CPU loop and CUDA
-    graphs): `v0` (vLLM <= 0.6) or `v1` (>= 0.8); unset, it follows the policy (prefill_first:
-    v0, whose scheduler ran prefills alone; otherwise v1). `kv_cache_dtype` is vLLM's: `auto`
-    keeps the model's KV dtype, `fp8` stores one byte per element. `enforce_eager` turns CUDA
-    graphs off, as vLLM's flag of that name.
+    `policy` is the batching policy and `queue` the queue order (which waiting request is
+    admitted first, which running one preempted first): a built-in name or a class of the
+    user's (`path/to/file.py:ClassName`, `package.module:ClassName`), checked by
+    `resolve` through `engine.registry`. `version` is the vLLM engine generation the kernel
+    cost model prices (its CPU loop and CUDA graphs): `v0` (vLLM <= 0.6) or `v1` (>= 0.8);
+    unset, the policy's `engine_generation`. `kv_cache_dtype` is vLLM's: `auto` keeps the
+    model's KV dtype, `fp8` stores one byte per element. `enforce_eager` turns CUDA graphs
+    off, as vLLM's flag of that name.
     """
 
-    policy: Policy = "chunked_prefill"
+    policy: str = "chunked_prefill"
+    queue: str = "fcfs"
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     block_size: int = 16
@@ -301,13 +303,6 @@ class EngineConfig:
     version: EngineVersion | None = None
     kv_cache_dtype: KvCacheDtype = "auto"
     enforce_eager: bool = False
-
-    @property
-    def engine_version(self) -> str:
-        """`version`, or the generation the policy implies when unset."""
-        if self.version is not None:
-            return self.version
-        return "v0" if self.policy == "prefill_first" else "v1"
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "engine.max_num_seqs", "must be >= 1")
@@ -327,16 +322,10 @@ class EngineConfig:
         _require(self.activation_reserve_gib >= 0, "engine.activation_reserve_gib", "must be >= 0")
         if self.num_gpu_blocks_override is not None:
             _require(self.num_gpu_blocks_override >= 1, "engine.num_gpu_blocks_override", ">= 1")
-        _require(
-            self.speculative is None or self.policy in ("chunked_prefill", "prefill_first"),
-            "engine.speculative",
-            f"works with policies chunked_prefill and prefill_first, not {self.policy}",
-        )
 
 
 Router = Literal["round_robin", "least_outstanding", "least_kv"]
 ClusterMode = Literal["colocated", "disaggregated"]
-PoolPolicy = Literal["prefill_first", "mixed", "chunked_prefill"]
 
 
 @dataclass(frozen=True)
@@ -371,7 +360,8 @@ class PoolConfig:
     `profile` names the calibrated profile of this pool's TP when `cost_model.kind` is
     calibrated (a profile is fitted per TP). `policy` decides how prompts are batched on a
     prefill instance (whole prompts or chunks); on a decode instance it only matters for
-    requests preempted there, which recompute their prefill locally as vLLM does.
+    requests preempted there, which recompute their prefill locally as vLLM does. `queue` is
+    this pool's queue order.
     `num_gpu_blocks_override` fixes this pool's KV blocks per instance (else
     `engine.num_gpu_blocks_override`, else the memory arithmetic at this pool's TP and PP).
     """
@@ -380,7 +370,8 @@ class PoolConfig:
     tp: int | None = None
     pp: int | None = None
     router: Router = "round_robin"
-    policy: PoolPolicy | None = None
+    policy: str | None = None
+    queue: str | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     profile: str | None = None
@@ -581,11 +572,6 @@ class Scenario:
             "engine.speculative",
             "speculative decoding is modelled on co-located clusters only",
         )
-        _require(
-            self.cluster.mode == "colocated" or self.engine.policy != "static",
-            "engine.policy",
-            "a disaggregated cluster batches continuously; static batching is co-located only",
-        )
         _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
 
@@ -640,20 +626,40 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
+#: Fields that hold a file path, relative to the file that writes them: plain paths, and the
+#: class references (`path/file.py:ClassName`) of the policy and queue fields.
+PATH_FIELDS = ("workload.trace", "catalog")
+CLASS_FIELDS = ("engine.policy", "engine.queue", "cluster.prefill.policy",
+                "cluster.prefill.queue", "cluster.decode.policy", "cluster.decode.queue")
+
+
+def resolve_path_value(key: str, value: Any, base_dir: Path) -> Any:
+    """`value` of field `key` with a relative file path in it made absolute against
+    `base_dir`; anything else (a built-in name, `package.module:Class`) as is."""
+    if not isinstance(value, str):
+        return value
+    if key in CLASS_FIELDS:
+        source, sep, name = value.rpartition(":")
+        if not sep or not source.endswith(".py") or Path(source).is_absolute():
+            return value
+        return f"{(base_dir / source).resolve()}:{name}"
+    if key in PATH_FIELDS and not Path(value).is_absolute():
+        return str((base_dir / value).resolve())
+    return value
+
+
 def _resolve_paths(data: dict[str, Any], base: Path, overridden: set[str]) -> None:
     """Relative paths written in a file are relative to that file; those given with --set are
     relative to the working directory (what a shell user expects)."""
-    for dotted in ("workload.trace", "catalog"):
+    for dotted in (*PATH_FIELDS, *CLASS_FIELDS):
         node: Any = data
         parts = dotted.split(".")
         for part in parts[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict):
+        if not isinstance(node, dict) or parts[-1] not in node:
             continue
-        value = node.get(parts[-1])
-        if isinstance(value, str) and not Path(value).is_absolute():
-            root = Path.cwd() if dotted in overridden else base
-            node[parts[-1]] = str((root / value).resolve())
+        root = Path.cwd() if dotted in overridden else base
+        node[parts[-1]] = resolve_path_value(dotted, node.get(parts[-1]), root)
 
 
 def load_scenario(

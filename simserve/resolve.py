@@ -12,12 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from simserve.catalog import Catalog, GpuSpec, ModelSpec, load_catalog
-from simserve.config import Scenario, SpeculativeConfig
+from simserve.config import EngineConfig, Scenario, SpeculativeConfig
 from simserve.costmodel import CostModel, build_cost_model
 from simserve.costmodel.kernels import KernelCostModel
 from simserve.costmodel.select import kernel_cost_model
 from simserve.costmodel.speculative import SpeculativeCostModel
-from simserve.engine.simulation import EngineLimits, PoolSetup
+from simserve.engine.policies import POLICIES, BatchingPolicy
+from simserve.engine.registry import policy_class, queue_class
+from simserve.engine.setup import EngineLimits, EngineSetup, PoolSetup, Speculation
 from simserve.errors import InputError
 from simserve.links import LinkSpec, resolve_link, stage_link
 
@@ -69,6 +71,16 @@ class ResolvedScenario:
     def num_gpus(self) -> int:
         """GPUs the cluster occupies (for goodput per GPU)."""
         return sum(p.num_gpus for p in self.pools)
+
+    @property
+    def engine_setup(self) -> EngineSetup:
+        """What the engine runs: the pools, the KV transfer between them, speculation."""
+        spec = self.scenario.engine.speculative
+        return EngineSetup(
+            tuple(p.setup for p in self.pools),
+            kv_transfer_s=self.kv_transfer_s if self.kv_link is not None else None,
+            speculation=Speculation.from_config(spec) if spec is not None else None,
+        )
 
     def kv_transfer_s(self, num_tokens: int) -> float:
         """Seconds to move the KV cache of `num_tokens` tokens from a prefill to a decode
@@ -171,7 +183,17 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
     _check_lengths(scenario, model, max_model_len)
     if scenario.cluster.mode == "disaggregated":
         return _resolve_disaggregated(scenario, gpu, model, max_model_len)
+    policy = policy_class(engine.policy, "engine.policy")
+    queue = queue_class(engine.queue, "engine.queue")
+    engine = _with_generation(engine, policy)
     spec = engine.speculative
+    if spec is not None and not policy.supports_speculation:
+        able = ", ".join(name for name, p in POLICIES.items() if p.supports_speculation)
+        raise InputError(
+            f"policy {policy.name} does not plan verify steps (supports_speculation is False); "
+            f"built-in policies that do: {able}",
+            field="engine.speculative",
+        )
     draft = _draft_model(spec, catalog, model) if spec is not None else None
     draft = _with_kv_dtype(draft, scenario) if draft is not None else None
     draft_weights, draft_kv = _draft_memory(spec, model, draft)
@@ -212,7 +234,8 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         instances=scenario.cluster.replicas,
         limits=limits,
         cost_model=cost_model,
-        policy=engine.policy,
+        policy=policy,
+        queue=queue,
         router=scenario.cluster.router,
         pp=scenario.pp,
         stage_send_s=_stage_send(gpu, model, scenario.pp),
@@ -267,6 +290,16 @@ def _resolve_disaggregated(
     for role, pool in (("prefill", cluster.prefill), ("decode", cluster.decode)):
         assert pool is not None  # ClusterConfig fills unset pools
         prefix = f"cluster.{role}."
+        policy_field = f"{prefix}policy" if pool.policy is not None else "engine.policy"
+        policy = policy_class(pool.policy or engine.policy, policy_field)
+        if not policy.admits_while_running:
+            raise InputError(
+                f"policy {policy.name} admits nobody while requests run (admits_while_running "
+                f"is False), so it cannot serve a disaggregated {role} pool",
+                field=policy_field,
+            )
+        queue = queue_class(pool.queue or engine.queue,
+                            f"{prefix}queue" if pool.queue is not None else "engine.queue")
         tp = pool.tp or scenario.tp
         pp = pool.pp or scenario.pp
         _check_parallelism(model, tp, pp, prefix)
@@ -298,9 +331,9 @@ def _resolve_disaggregated(
         cost_config = scenario.cost_model
         if pool.profile is not None:
             cost_config = dataclasses.replace(cost_config, profile=pool.profile)
-        pool_engine = dataclasses.replace(
+        pool_engine = _with_generation(dataclasses.replace(
             engine, policy=pool.policy or engine.policy, max_num_seqs=limits.max_num_seqs,
-            max_num_batched_tokens=limits.max_num_batched_tokens, speculative=None)
+            max_num_batched_tokens=limits.max_num_batched_tokens, speculative=None), policy)
         try:
             cost_model = build_cost_model(cost_config, gpu, model, tp, pool_engine)
         except InputError as exc:
@@ -314,7 +347,8 @@ def _resolve_disaggregated(
             instances=pool.instances,
             limits=limits,
             cost_model=cost_model,
-            policy=pool.policy or engine.policy,
+            policy=policy,
+            queue=queue,
             router=pool.router,
             pp=pp,
             stage_send_s=_stage_send(gpu, model, pp),
@@ -328,6 +362,13 @@ def _resolve_disaggregated(
         field="cluster.link",
     )
     return ResolvedScenario(scenario, gpu, model, tuple(pools), kv_link=kv_link)
+
+
+def _with_generation(engine: EngineConfig, policy: type[BatchingPolicy]) -> EngineConfig:
+    """The engine settings with `version` set: the scenario's, else the policy's generation."""
+    if engine.version is not None:
+        return engine
+    return dataclasses.replace(engine, version=policy.engine_generation)
 
 
 def _base_model(cost_model: CostModel) -> CostModel:

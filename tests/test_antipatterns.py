@@ -434,5 +434,9 @@ def test_sigterm_stops_a_running_catalog_promptly(tmp_path):
     proc.terminate()
     _out, err = proc.communicate(timeout=15)
     assert proc.returncode == 143 and "simserve: terminated" in err
+    # A killed worker's exit is asynchronous: allow it a moment to be gone.
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers)
     assert not (tmp_path / "out").exists()

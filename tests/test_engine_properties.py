@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simserve.costmodel import ConstantCostModel
-from simserve.engine import POLICIES, EngineLimits, make_policy, simulate
+from simserve.engine import POLICIES, EngineLimits, EngineSetup, simulate
 from simserve.workload import Workload
 
 
@@ -39,16 +39,10 @@ def small_runs(draw):
 @given(small_runs())
 def test_engine_invariants(run):
     workload, limits, policy, replicas, router, pp = run
-    r = simulate(
-        workload,
-        lambda: make_policy(policy),
-        ConstantCostModel(0.01),
-        limits,
-        num_replicas=replicas,
-        router=router,
-        pp=pp,
-        stage_send_s=lambda num_tokens: 1e-4 * num_tokens,
-    )
+    setup = EngineSetup.colocated(
+        POLICIES[policy], ConstantCostModel(0.01), limits, replicas=replicas, router=router,
+        pp=pp, stage_send_s=lambda num_tokens: 1e-4 * num_tokens)
+    r = simulate(workload, setup)
     counts = np.diff(r.token_offsets)
     served = r.rejected == 0
     # Every request completes or is rejected with a reason; tokens out = tokens asked.
@@ -74,7 +68,7 @@ def test_engine_invariants(run):
     too_long = p + o > limits.max_model_len
     # With pp stages each virtual engine holds num_blocks // pp blocks (vLLM v0).
     kv_never = -(-(p + o - 1) // limits.block_size) > limits.num_blocks // pp
-    over_budget = (p > limits.max_num_batched_tokens) & make_policy(policy).whole_prompts
+    over_budget = (p > limits.max_num_batched_tokens) & POLICIES[policy].whole_prompts
     assert np.array_equal(r.rejected == 1, too_long)
     assert np.array_equal(r.rejected == 2, kv_never & ~too_long)
     assert np.array_equal(r.rejected == 3, over_budget & ~kv_never & ~too_long)
@@ -104,9 +98,8 @@ def test_md1_mean_wait_matches_pollaczek_khinchine():
         workload = Workload(
             arrived_at=arrived, prompt_len=np.full(4000, 16), output_len=np.ones(4000, dtype=int)
         )
-        r = simulate(
-            workload, lambda: make_policy("prefill_first"), ConstantCostModel(step_s), limits
-        )
+        r = simulate(workload, EngineSetup.colocated(
+            POLICIES["prefill_first"], ConstantCostModel(step_s), limits))
         wait = (r.first_scheduled_at - r.arrived_at)[500:]
         means.append(wait.mean())
     means = np.asarray(means)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from simserve.costmodel import ConstantCostModel
-from simserve.engine import EngineLimits, make_policy, simulate
+from simserve.engine import POLICIES, EngineLimits, EngineSetup, simulate
 from simserve.workload import Workload
 
 STEP_S = 0.01
@@ -26,9 +26,14 @@ def _run(policy, arrived_at, prompt_len, output_len, **limits):
         prompt_len=np.asarray(prompt_len),
         output_len=np.asarray(output_len),
     )
-    return simulate(
-        workload, lambda: make_policy(policy), ConstantCostModel(STEP_S), EngineLimits(**params)
-    )
+    setup = EngineSetup.colocated(POLICIES[policy], ConstantCostModel(STEP_S),
+                                  EngineLimits(**params))
+    return simulate(workload, setup)
+
+
+def _chunked_setup(**kw) -> EngineSetup:
+    return EngineSetup.colocated(POLICIES["chunked_prefill"], ConstantCostModel(STEP_S),
+                                 EngineLimits(100, 4, 8, 32, 10_000), **kw)
 
 
 def _times(result, rid):
@@ -137,24 +142,13 @@ def test_closed_loop_issues_next_request_on_completion():
         output_len=np.array([1, 2, 1, 1]),
         concurrency=2,
     )
-    r = simulate(
-        workload,
-        lambda: make_policy("chunked_prefill"),
-        ConstantCostModel(STEP_S),
-        EngineLimits(100, 4, 8, 32, 10_000),
-    )
+    r = simulate(workload, _chunked_setup())
     assert np.round(r.arrived_at / STEP_S).astype(int).tolist() == [0, 0, 1, 2]
 
 
 def test_round_robin_spreads_requests_over_replicas():
     workload = Workload(arrived_at=np.zeros(4), prompt_len=np.full(4, 4), output_len=np.full(4, 3))
-    r = simulate(
-        workload,
-        lambda: make_policy("chunked_prefill"),
-        ConstantCostModel(STEP_S),
-        EngineLimits(100, 4, 8, 32, 10_000),
-        num_replicas=2,
-    )
+    r = simulate(workload, _chunked_setup(replicas=2))
     assert r.replica.tolist() == [0, 1, 0, 1]
     # Two replicas run in parallel: everybody done after 3 steps.
     assert np.nanmax(r.finished_at) == pytest.approx(3 * STEP_S)
@@ -166,14 +160,7 @@ def test_least_outstanding_router_balances_load():
         prompt_len=np.full(3, 4),
         output_len=np.array([50, 1, 1]),
     )
-    r = simulate(
-        workload,
-        lambda: make_policy("chunked_prefill"),
-        ConstantCostModel(STEP_S),
-        EngineLimits(100, 4, 8, 32, 10_000),
-        num_replicas=2,
-        router="least_outstanding",
-    )
+    r = simulate(workload, _chunked_setup(replicas=2, router="least_outstanding"))
     assert r.replica.tolist() == [0, 1, 0]
 
 

@@ -21,7 +21,7 @@ from simserve.costmodel.calibrated import CalibratedCostModel, load_profile
 from simserve.costmodel.roofline import RooflineCostModel
 from simserve.costmodel.select import PROFILES_DIR, build_cost_model
 from simserve.costmodel.serving import ServingOverheadCostModel
-from simserve.engine import POLICIES, EngineLimits, make_policy, simulate
+from simserve.engine import POLICIES, EngineLimits, EngineSetup, simulate
 from simserve.engine.records import SimulationResult
 from simserve.experiments.run import run_scenario
 from simserve.workload import Workload
@@ -109,8 +109,9 @@ def test_fast_forward_is_exact_on_random_small_runs(run):
     workload, limits, policy, replicas, router, pp, growing = run
     cost = (_growing_cost() if growing else ConstantCostModel(0.01))
     results = [
-        simulate(workload, lambda: make_policy(policy), cost, limits, num_replicas=replicas,
-                 router=router, pp=pp, stage_send_s=lambda t: 1e-4 * t, fast_forward=ff)
+        simulate(workload, EngineSetup.colocated(
+            POLICIES[policy], cost, limits, replicas=replicas, router=router, pp=pp,
+            stage_send_s=lambda t: 1e-4 * t), fast_forward=ff)
         for ff in (True, False)
     ]
     _assert_identical(*results)

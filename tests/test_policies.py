@@ -9,7 +9,7 @@ import pytest
 
 from simserve.costmodel.base import BatchShape
 from simserve.engine.plan import StepPlan
-from simserve.engine.policies import POLICIES, make_policy
+from simserve.engine.policies import POLICIES
 from simserve.engine.queues import QUEUES
 from simserve.engine.state import PrefillEntry, ReplicaState, RequestTable
 
@@ -67,7 +67,7 @@ def test_admission_follows_the_queue_order(policy, order):
     # Room for everything but the token budget (64) and KV: admitted in queue order until
     # the first that does not fit, never skipping ahead.
     state = _four(order, policy=policy, budget=64)
-    plan = make_policy(policy).schedule(state, 0.0)
+    plan = POLICIES[policy]().schedule(state, 0.0)
     expected = EXPECTED_ORDER[order]
     assert list(plan.admit) == expected[: len(plan.admit)]
     assert plan.admit, "something is admitted"
@@ -108,7 +108,7 @@ EXPECTED_VICTIMS = {
 @pytest.mark.parametrize("policy", ["chunked_prefill", "prefill_first", "mixed"])
 def test_preemption_follows_the_queue_order(policy, order):
     state = _full_kv_state(order, policy)
-    plan = make_policy(policy).schedule(state, 0.0)
+    plan = POLICIES[policy]().schedule(state, 0.0)
     # Each victim frees 2 blocks; each decode left needs 1: two victims leave 2 decodes.
     assert list(plan.preempt) == EXPECTED_VICTIMS[order]
     assert plan.num_decodes == 2 and plan.decode_blocks == 2
@@ -129,7 +129,7 @@ def test_preemption_follows_the_queue_order(policy, order):
 @pytest.mark.parametrize("order", ORDERS)
 def test_static_batching_never_preempts_and_takes_whole_sequences(order):
     state = _four(order, policy="static", num_blocks=30)
-    plan = make_policy("static").schedule(state, 0.0)
+    plan = POLICIES["static"]().schedule(state, 0.0)
     # Full reservation: prompt + output - 1 tokens per request, 4-token blocks, 30 blocks.
     need = {0: 9, 1: 5, 2: 5, 3: 11}
     taken, free = [], 30
@@ -147,7 +147,7 @@ def test_a_partial_prefill_that_cannot_grow_preempts_in_queue_order():
     state = _state("priority", [16, 16], [4, 4], priority=[0, 5], num_blocks=4)
     state.prefilling = [PrefillEntry(0, 8, 16, 2), PrefillEntry(1, 8, 16, 2)]
     state.free_blocks = 0
-    plan = make_policy("chunked_prefill").schedule(state, 0.0)
+    plan = POLICIES["chunked_prefill"]().schedule(state, 0.0)
     assert plan.preempt == (1,) and plan.chunks == (8,)
     # FCFS would preempt the most recently admitted, the same entry here; with priorities
     # reversed, priority preempts the first entry, the one that could not grow itself, and
@@ -156,7 +156,7 @@ def test_a_partial_prefill_that_cannot_grow_preempts_in_queue_order():
     state = _state("priority", [16, 16], [4, 4], priority=[5, 0], num_blocks=4)
     state.prefilling = [PrefillEntry(0, 8, 16, 2), PrefillEntry(1, 8, 16, 2)]
     state.free_blocks = 0
-    plan = make_policy("chunked_prefill").schedule(state, 0.0)
+    plan = POLICIES["chunked_prefill"]().schedule(state, 0.0)
     assert plan.preempt == (0,) and plan.chunks == (0,)  # the other entry waits a step
     shape = state.begin(plan, 0.0)
     assert shape.num_prefill_tokens == 0 and [e.request_id for e in state.prefilling] == [1]

@@ -160,7 +160,7 @@ def test_spec_hash_depends_on_what_runs_not_on_formatting(tmp_path):
         (SPEC.replace("engine.policy:", "engine.polcy:"), "spec.yaml:4:"),
         (SPEC.replace("[10, 40]", "[10, fast]"), "expected a number"),
         (SPEC.replace("[prefill_first, chunked_prefill]", "[prefill_first, fifo]"),
-         "must be one of"),
+         "engine.policy: unknown policy 'fifo'"),
         (SPEC.replace("[10, 40]", "10"), "must be a non-empty list"),
         (SPEC.replace("grid:", "grdi:"), "unknown key"),
         (SPEC.replace("replications: 2", "replications: 0"), "replications"),

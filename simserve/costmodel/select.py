@@ -86,7 +86,8 @@ def kernel_cost_model(
     """The measured-kernel cost model of one replica; a scenario the tables cannot price is an
     InputError saying why (`with_loop=False`: the GPU time only, e.g. a speculative draft's
     passes inside the target's step)."""
-    version = engine.engine_version
+    # NOTE: `resolve` fills in the policy's generation; v1 (current vLLM) otherwise.
+    version = engine.version or "v1"
     loop = loop_terms(version, config.framework)
     given = {name: getattr(config, f"loop_{name}") for name in
              ("per_step_us", "per_seq_us", "per_token_us")}

@@ -26,7 +26,6 @@ __all__ = [
     "PrefillFirstPolicy",
     "StaticPolicy",
     "fit_decodes",
-    "make_policy",
 ]
 
 
@@ -39,6 +38,8 @@ class Policy(Protocol):
     reserves_full_kv: bool
     supports_speculation: bool
     repeats_decode_plans: bool
+    admits_while_running: bool
+    engine_generation: str
 
     def schedule(self, state: ReplicaState, now: float) -> StepPlan: ...
 
@@ -60,6 +61,12 @@ class BatchingPolicy:
     #: the decode tick changes the state (no arrival, finish, preemption, and KV blocks still
     #: free): the engine may then price such steps as one run (fast-forward).
     repeats_decode_plans: ClassVar[bool] = False
+    #: Admits new requests while others run, so it can serve a pool that requests keep
+    #: joining (a disaggregated cluster's prefill and decode pools).
+    admits_while_running: ClassVar[bool] = False
+    #: The vLLM engine generation whose CPU loop the kernel cost model prices when the
+    #: scenario's `engine.version` is unset: "v1" (>= 0.8) or "v0" (<= 0.6).
+    engine_generation: ClassVar[str] = "v1"
 
     def schedule(self, state: ReplicaState, now: float) -> StepPlan:
         raise NotImplementedError
@@ -155,6 +162,9 @@ class PrefillFirstPolicy(BatchingPolicy):
     whole_prompts = True
     supports_speculation = True
     repeats_decode_plans = True
+    admits_while_running = True
+    # NOTE: vLLM v0's scheduler ran prefills alone; v1 has no prefill-first mode.
+    engine_generation = "v0"
 
     def schedule(self, state: ReplicaState, now: float) -> StepPlan:
         if state.waiting:
@@ -173,6 +183,7 @@ class MixedPolicy(BatchingPolicy):
     name = "mixed"
     whole_prompts = True
     repeats_decode_plans = True
+    admits_while_running = True
 
     def schedule(self, state: ReplicaState, now: float) -> StepPlan:
         victims, m, need, free = fit_decodes(state, state.num_decoding)
@@ -192,6 +203,7 @@ class ChunkedPrefillPolicy(BatchingPolicy):
     name = "chunked_prefill"
     supports_speculation = True
     repeats_decode_plans = True
+    admits_while_running = True
 
     def schedule(self, state: ReplicaState, now: float) -> StepPlan:
         budget = state.max_num_batched_tokens
@@ -264,7 +276,3 @@ POLICIES: dict[str, type[BatchingPolicy]] = {
     p.name: p for p in (StaticPolicy, PrefillFirstPolicy, MixedPolicy, ChunkedPrefillPolicy)
 }
 
-
-def make_policy(name: str) -> BatchingPolicy:
-    """The built-in policy registered under `name`."""
-    return POLICIES[name]()

@@ -25,23 +25,22 @@ import dataclasses
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import simpy
 
-from simserve.config import SpeculativeConfig
-from simserve.costmodel.base import CostModel, decode_run_s, decode_step_fn
+from simserve.costmodel.base import decode_run_s, decode_step_fn
 from simserve.engine.decodes import CounterDecodes, VerifyDecodes
-from simserve.engine.policies import Policy, make_policy
+from simserve.engine.policies import Policy
 from simserve.engine.records import SimulationResult, StepRecords, StepTokenTimes
 from simserve.engine.router import route
+from simserve.engine.setup import EngineLimits, EngineSetup, PoolSetup
 from simserve.engine.speculative import AcceptanceSampler
 from simserve.engine.state import ReplicaState, RequestTable
 from simserve.workload import Workload
 
-__all__ = ["EngineLimits", "PoolSetup", "simulate", "simulate_disaggregated"]
+__all__ = ["simulate"]
 
 REJECT_MAX_MODEL_LEN = 1
 REJECT_KV_CAPACITY = 2
@@ -56,36 +55,6 @@ VECTORISE_FROM = 48
 # (`watermark=0.01`) so running requests can grow without an immediate preemption; a decode
 # instance admits KV transfers under the same rule.
 ADMISSION_WATERMARK = 0.01
-
-
-@dataclass(frozen=True)
-class EngineLimits:
-    """Per-replica limits the engine enforces (resolved from the scenario and the catalog)."""
-
-    num_blocks: int
-    block_size: int
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    max_model_len: int
-
-
-@dataclass(frozen=True)
-class PoolSetup:
-    """A pool of identical instances. `limits` are per instance (all its stages); with `pp`
-    stages each virtual engine gets `num_blocks // pp` blocks. `stage_send_s(num_tokens)` is
-    the stage-to-stage activation send of a micro-batch (None: free)."""
-
-    instances: int
-    limits: EngineLimits
-    cost_model: CostModel
-    policy: str
-    router: str = "round_robin"
-    pp: int = 1
-    stage_send_s: Callable[[int], float] | None = None
-
-    @property
-    def blocks_per_engine(self) -> int:
-        return self.limits.num_blocks // self.pp
 
 
 # SimPy processes events of one instant by priority, then creation order; engine steps end
@@ -337,14 +306,14 @@ class _Cluster:
     def __init__(
         self,
         workload: Workload,
-        pools: Sequence[PoolSetup],
+        setup: EngineSetup,
         *,
-        kv_transfer_s: Callable[[int], float] | None = None,
-        speculative: SpeculativeConfig | None = None,
         acceptance_rng: np.random.Generator | None = None,
-        policy_factories: Sequence[Callable[[], Policy]] | None = None,
         fast_forward: bool = True,
     ) -> None:
+        pools = setup.pools
+        kv_transfer_s = setup.kv_transfer_s
+        speculative = setup.speculation
         n = len(workload)
         self.n = n
         arrived_at = workload.arrived_at.astype(np.float64).copy()
@@ -363,11 +332,7 @@ class _Cluster:
         if speculative is not None:
             rng = acceptance_rng if acceptance_rng is not None else np.random.default_rng(0)
             sampler = AcceptanceSampler.create(speculative.acceptance, self.k, rng, n)
-        factories = list(policy_factories or [
-            lambda name=pool.policy: make_policy(name) for pool in self.pools
-        ])
-        probe = factories[0]()
-        self.whole_prompts = probe.whole_prompts
+        self.whole_prompts = self.pools[0].policy.whole_prompts
         self._rejection = self._rejections(workload)
         self.next_request = 0
         self.routed = [0] * len(self.pools)
@@ -390,12 +355,13 @@ class _Cluster:
                         block_size=pool.limits.block_size,
                         max_num_seqs=pool.limits.max_num_seqs,
                         max_num_batched_tokens=pool.limits.max_num_batched_tokens,
-                        reserve_full=probe.reserves_full_kv,
+                        reserve_full=pool.policy.reserves_full_kv,
                         num_speculative_tokens=self.k,
                         speculate_max_batch=(
                             speculative.disable_above_batch if speculative else None
                         ),
                         acceptance=sampler,
+                        queue=pool.queue,
                     )
                     for stage in range(pool.pp)
                 ]
@@ -408,7 +374,7 @@ class _Cluster:
                         self.env,
                         states,
                         pool,
-                        factories[p],
+                        pool.policy,
                         # Finishes matter to the cluster only with closed-loop clients (a
                         # client sends its next request) or KV transfers (a slot frees).
                         self._step_done if self.closed_loop or self.disaggregated else None,
@@ -587,53 +553,23 @@ class _Cluster:
 
 def simulate(
     workload: Workload,
-    policy_factory: Callable[[], Policy],
-    cost_model: CostModel,
-    limits: EngineLimits,
+    setup: EngineSetup,
     *,
-    num_replicas: int = 1,
-    router: str = "round_robin",
-    speculative: SpeculativeConfig | None = None,
     acceptance_rng: np.random.Generator | None = None,
-    pp: int = 1,
-    stage_send_s: Callable[[int], float] | None = None,
     fast_forward: bool = True,
 ) -> SimulationResult:
-    """Run the workload on `num_replicas` co-located replicas and return the records (no I/O;
-    the only randomness is speculative acceptance, drawn from `acceptance_rng`).
-    `fast_forward=False` steps one event per step (the records are the same)."""
-    pool = PoolSetup(
-        num_replicas, limits, cost_model, policy_factory().name, router, pp, stage_send_s
-    )
-    return _Cluster(
-        workload,
-        [pool],
-        speculative=speculative,
-        acceptance_rng=acceptance_rng,
-        policy_factories=[policy_factory],
-        fast_forward=fast_forward,
-    ).run()
+    """Run the workload on the cluster `setup` describes and return the records (no I/O; the
+    only randomness is speculative acceptance, drawn from `acceptance_rng`).
 
-
-def simulate_disaggregated(
-    workload: Workload,
-    prefill: PoolSetup,
-    decode: PoolSetup,
-    kv_transfer_s: Callable[[int], float],
-    *,
-    fast_forward: bool = True,
-) -> SimulationResult:
-    """Run the workload on a prefill pool that hands KV caches to a decode pool.
-
-    `kv_transfer_s(num_tokens)` is the time to move a request's KV cache of that many tokens.
-    The first token is produced by the prefill instance (DistServe's TTFT); the request then
-    waits for a decode engine with a free slot and the KV blocks (vLLM's 1% watermark), its KV
-    moves over the prefill instance's link (one transfer at a time), and the prefill instance
-    frees its blocks when the transfer ends.
+    Co-located: one pool of replicas. Disaggregated: the first token is produced by a prefill
+    instance (DistServe's TTFT); the request then waits for a decode engine with a free slot
+    and the KV blocks (vLLM's 1% watermark), its KV moves over the prefill instance's link
+    (one transfer at a time, `setup.kv_transfer_s(num_tokens)`), and the prefill instance frees
+    its blocks when the transfer ends. `fast_forward=False` waits for every step as its own
+    event (the records are the same).
     """
-    return _Cluster(
-        workload, [prefill, decode], kv_transfer_s=kv_transfer_s, fast_forward=fast_forward
-    ).run()
+    return _Cluster(workload, setup, acceptance_rng=acceptance_rng,
+                    fast_forward=fast_forward).run()
 
 
 def _collect(

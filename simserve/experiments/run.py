@@ -20,9 +20,9 @@ import yaml
 from simserve import __version__
 from simserve.config import Scenario, scenario_to_mapping
 from simserve.costmodel import CostModel, envelope_report, envelope_warnings
-from simserve.engine.policies import make_policy
+from simserve.engine.queues import FCFSQueue
 from simserve.engine.records import SimulationResult, StepRecords
-from simserve.engine.simulation import simulate, simulate_disaggregated
+from simserve.engine.simulation import simulate
 from simserve.experiments.atomic import OutputKind, write_dir_atomically
 from simserve.metrics.requests import request_table
 from simserve.metrics.speculative import spec_decode_summary
@@ -75,25 +75,8 @@ def simulate_resolved(
     waits for every step as its own event: slower, same records)."""
     scenario = resolved.scenario
     workload = build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"])
-    if scenario.cluster.mode == "disaggregated":
-        prefill, decode = (p.setup for p in resolved.pools)
-        return workload, simulate_disaggregated(
-            workload, prefill, decode, resolved.kv_transfer_s, fast_forward=fast_forward
-        )
-    pool = resolved.pools[0].setup
-    result = simulate(
-        workload,
-        lambda: make_policy(pool.policy),
-        pool.cost_model,
-        pool.limits,
-        num_replicas=pool.instances,
-        router=pool.router,
-        speculative=scenario.engine.speculative,
-        acceptance_rng=rngs["acceptance"],
-        pp=pool.pp,
-        stage_send_s=pool.stage_send_s,
-        fast_forward=fast_forward,
-    )
+    result = simulate(workload, resolved.engine_setup, acceptance_rng=rngs["acceptance"],
+                      fast_forward=fast_forward)
     return workload, result
 
 
@@ -152,7 +135,8 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
         "model_id": resolved.model.name,
         "hardware": resolved.gpu.name,
         "tp": s.tp,
-        "policy": s.engine.policy,
+        # The class's own name (a user's class is referred to by a path in the scenario).
+        "policy": resolved.pools[-1].setup.policy.name,
         "replicas": s.cluster.replicas,
         "num_gpu_blocks": resolved.limits.num_blocks,
         "block_size": resolved.limits.block_size,
@@ -160,6 +144,10 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
         "cost_model": resolved.cost_model.describe(),
         "num_gpus": resolved.num_gpus,
     }
+    # Like pp and the cluster mode, the queue order is named only where it is not the default.
+    queue = resolved.pools[-1].setup.queue
+    if queue is not FCFSQueue:
+        meta["queue"] = queue.name
     if s.pp > 1 or s.cluster.mode == "disaggregated":
         meta["pp"] = s.pp
         meta["cluster_mode"] = s.cluster.mode
@@ -170,7 +158,8 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
                 "instances": p.setup.instances,
                 "tp": p.tp,
                 "pp": p.pp,
-                "policy": p.setup.policy,
+                "policy": p.setup.policy.name,
+                **({"queue": p.setup.queue.name} if p.setup.queue is not FCFSQueue else {}),
                 "router": p.setup.router,
                 "max_num_seqs": p.setup.limits.max_num_seqs,
                 "max_num_batched_tokens": p.setup.limits.max_num_batched_tokens,

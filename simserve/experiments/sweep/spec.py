@@ -18,10 +18,13 @@ import numpy as np
 import yaml
 
 from simserve.config import (
+    CLASS_FIELDS,
+    PATH_FIELDS,
     Scenario,
     apply_overrides,
     check_file_name,
     load_scenario,
+    resolve_path_value,
     scenario_from_mapping,
     scenario_to_mapping,
 )
@@ -43,7 +46,6 @@ _SPEC_KEYS = (
 )
 _CAPACITY_KEYS = ("slo", "tolerance", "low", "high", "max_probes")
 MAX_SWEEP_RUNS = 1_000_000
-_PATH_FIELDS = ("workload.trace", "catalog")
 
 
 @dataclass(frozen=True)
@@ -164,13 +166,6 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _resolve_path_value(key: str, value: Any, base_dir: Path) -> Any:
-    """A trace or catalog path written relative to `base_dir`, made absolute; other values as is."""
-    if key in _PATH_FIELDS and isinstance(value, str) and not Path(value).is_absolute():
-        return str((base_dir / value).resolve())
-    return value
-
-
 def _values(raw: Any, where: str, source: str, line: int | None) -> tuple[Any, ...]:
     """An axis's values: a non-empty YAML list."""
     if not isinstance(raw, list) or not raw:
@@ -230,13 +225,13 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
             raise InputError("must be a scenario mapping", field="scenario", source=source,
                              line=lines.get("scenario"))
         inline = json.loads(json.dumps(inline))  # a deep copy of plain data
-        for key in _PATH_FIELDS:
+        for key in (*PATH_FIELDS, *CLASS_FIELDS):
             node: Any = inline
             for part in key.split(".")[:-1]:
                 node = node.get(part) if isinstance(node, dict) else None
             last = key.split(".")[-1]
             if isinstance(node, dict) and last in node:
-                node[last] = _resolve_path_value(key, node[last], spec_dir)
+                node[last] = resolve_path_value(key, node[last], spec_dir)
         try:
             base = scenario_to_mapping(scenario_from_mapping(inline))
         except InputError as exc:
@@ -253,15 +248,15 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
     cli_keys = [item.partition("=")[0].strip() for item in overrides]
     try:
         for key, value in fixed.items():
-            _set_dotted(base, str(key), _resolve_path_value(str(key), value, spec_dir))
+            _set_dotted(base, str(key), resolve_path_value(str(key), value, spec_dir))
         base = apply_overrides(base, list(overrides))
         for key in cli_keys:
             section: Any = base
             for part in key.split(".")[:-1]:
                 section = section.get(part) if isinstance(section, dict) else None
-            if isinstance(section, dict) and key in _PATH_FIELDS:
+            if isinstance(section, dict) and key in (*PATH_FIELDS, *CLASS_FIELDS):
                 last = key.split(".")[-1]
-                section[last] = _resolve_path_value(key, section.get(last), Path.cwd())
+                section[last] = resolve_path_value(key, section.get(last), Path.cwd())
         base = scenario_to_mapping(scenario_from_mapping(base))
     except InputError as exc:
         field = exc.field or ""
@@ -370,7 +365,7 @@ def _scenario_at(spec: SweepSpec, assignment: Sequence[tuple[str, Any]]) -> Scen
     key = ""
     try:
         for key, value in assignment:
-            _set_dotted(data, key, _resolve_path_value(key, value, spec_dir))
+            _set_dotted(data, key, resolve_path_value(key, value, spec_dir))
         return scenario_from_mapping(data)
     except InputError as exc:
         where = ", ".join(f"{k}={v!r}" for k, v in assignment)
