@@ -23,7 +23,7 @@ def _state(queue: str, prompt, output, *, arrived=None, priority=None, deadline=
     table = RequestTable(np.asarray(prompt), np.asarray(output),
                          np.asarray(arrived if arrived is not None else np.arange(n) * 0.1),
                          priority=None if priority is None else np.asarray(priority),
-                         ttft_deadline_s=None if deadline is None else np.asarray(deadline))
+                         ttft_budget_s=None if deadline is None else np.asarray(deadline))
     return ReplicaState(0, table, engine_id=0, num_blocks=num_blocks, block_size=block_size,
                         max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
                         reserve_full=POLICIES[policy].reserves_full_kv, queue=QUEUES[queue])

@@ -162,7 +162,7 @@ class DeadlineQueue(KeyedQueue):
     def key(self, request_id: int) -> tuple:
         r = self.requests
         # NOTE: closed-loop requests get their arrival time when they are sent, before this.
-        return (r.arrived_at[request_id] + r.ttft_deadline_s[request_id], request_id)
+        return (r.arrived_at[request_id] + r.ttft_budget_s[request_id], request_id)
 
 
 QUEUES: dict[str, type[FCFSQueue]] = {

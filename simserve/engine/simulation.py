@@ -322,7 +322,8 @@ class _Cluster:
             arrived_at[:] = np.nan
         self.arrived_at = arrived_at
         self.concurrency = workload.concurrency
-        self.requests = RequestTable(workload.prompt_len, workload.output_len, arrived_at)
+        self.requests = RequestTable(workload.prompt_len, workload.output_len, arrived_at,
+                                     workload.priority, workload.ttft_budget_s)
         self.env = simpy.Environment()
         self.pools = list(pools)
         self.disaggregated = len(self.pools) == 2

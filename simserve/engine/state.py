@@ -40,14 +40,14 @@ class RequestTable:
 
     def __init__(self, prompt_len: np.ndarray, output_len: np.ndarray,
                  arrived_at: np.ndarray, priority: np.ndarray | None = None,
-                 ttft_deadline_s: np.ndarray | None = None) -> None:
+                 ttft_budget_s: np.ndarray | None = None) -> None:
         n = len(prompt_len)
         # Queue-order inputs: a priority (lower first) and a TTFT budget per request.
         self.priority = array("q", (np.zeros(n, dtype=np.int64) if priority is None
                                     else np.asarray(priority, dtype=np.int64)).tobytes())
-        self.ttft_deadline_s = array("d", (np.full(n, np.inf) if ttft_deadline_s is None
-                                           else np.asarray(ttft_deadline_s,
-                                                           dtype=np.float64)).tobytes())
+        self.ttft_budget_s = array("d", (np.full(n, np.inf) if ttft_budget_s is None
+                                         else np.asarray(ttft_budget_s,
+                                                         dtype=np.float64)).tobytes())
         self.prompt_len = array("q", np.asarray(prompt_len, dtype=np.int64).tobytes())
         self.output_len = array("q", np.asarray(output_len, dtype=np.int64).tobytes())
         self.arrived_at = array("d", np.asarray(arrived_at, dtype=np.float64).tobytes())

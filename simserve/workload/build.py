@@ -23,6 +23,12 @@ class Workload:
     prompt_len: np.ndarray  # int64 >= 1
     output_len: np.ndarray  # int64 >= 1
     concurrency: int | None = None  # closed_loop: number of clients (the engine issues arrivals)
+    # Queue-order inputs, None when unused: a priority (lower is served first) and the TTFT
+    # budget (s) after arrival that the deadline order sorts by; and each request's class
+    # (an index into workload.classes) for the per-class report.
+    priority: np.ndarray | None = None  # int64
+    ttft_budget_s: np.ndarray | None = None  # float64 > 0
+    class_id: np.ndarray | None = None  # int64 >= 0
 
     def __post_init__(self) -> None:
         # Copy so that freezing the arrays never touches a caller's array.
@@ -53,6 +59,20 @@ class Workload:
         object.__setattr__(self, "arrived_at", arrived_at)
         object.__setattr__(self, "prompt_len", prompt_len)
         object.__setattr__(self, "output_len", output_len)
+        for name, dtype in (("priority", np.int64), ("ttft_budget_s", np.float64),
+                            ("class_id", np.int64)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = np.array(value, dtype=dtype)
+            if value.shape != prompt_len.shape:
+                raise ValueError(f"{name} has {value.size} values for {prompt_len.size} requests")
+            value.setflags(write=False)
+            object.__setattr__(self, name, value)
+        if self.ttft_budget_s is not None and not np.all(self.ttft_budget_s > 0):
+            raise ValueError("TTFT budgets must be > 0")
+        if self.class_id is not None and np.any(self.class_id < 0):
+            raise ValueError("class ids must be >= 0")
 
     def __len__(self) -> int:
         return int(self.prompt_len.size)
