@@ -37,6 +37,7 @@ __all__ = [
     "LinkConfig",
     "MetricsConfig",
     "PoolConfig",
+    "RequestClass",
     "Scenario",
     "SloConfig",
     "SpeculativeConfig",
@@ -142,15 +143,43 @@ class LengthsConfig:
 
 
 @dataclass(frozen=True)
+class RequestClass:
+    """A class of requests (a tenant, a product tier): each request is drawn into one class
+    with probability proportional to `share`. Under `engine.queue: priority` a lower
+    `priority` is served first (vLLM's rule). `slo` is the class's own SLO; the fields it
+    leaves unset are `metrics.slo`'s. Every metric is also reported per class."""
+
+    name: str
+    share: float = 1.0
+    priority: int = 0
+    slo: SloConfig | None = None
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name.strip()) and self.name.isprintable() and len(self.name) <= 64,
+                 "name", f"must be a short printable name, got {self.name!r}")
+        _require(self.share > 0, "share", f"must be > 0, got {self.share}")
+
+
+@dataclass(frozen=True)
 class WorkloadConfig:
-    """The requests of a run; built before the run from the scenario seed."""
+    """The requests of a run; built before the run from the scenario seed.
+
+    `classes`: optional request classes (priority, share, SLO). A trace with a `priority`
+    column gives each row its priority; with classes, a row's class is the class of that
+    priority, else classes are drawn by share.
+    """
 
     num_requests: int | None = 200
     trace: str | None = None
     arrival: ArrivalConfig = field(default_factory=ArrivalConfig)
     lengths: LengthsConfig = field(default_factory=LengthsConfig)
+    classes: tuple[RequestClass, ...] = ()
 
     def __post_init__(self) -> None:
+        names = [c.name for c in self.classes]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        _require(not duplicated, "workload.classes",
+                 f"class names must differ; {', '.join(duplicated)} appears twice")
         uses_trace = self.arrival.process == "trace" or self.lengths.dist == "trace"
         if self.num_requests is None:
             # NOTE: null means "the whole trace", for replaying a measured run row for row.
@@ -498,7 +527,7 @@ class SloConfig:
     def __post_init__(self) -> None:
         for name in ("ttft_ms", "tpot_ms", "e2el_ms", "max_tbt_ms"):
             value = getattr(self, name)
-            _require(value is None or value > 0, f"metrics.slo.{name}", "must be > 0")
+            _require(value is None or value > 0, name, "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -511,6 +540,11 @@ class FluidityConfig:
     ttft_deadline_ms_per_prompt_token: float = 0.25
     tbt_deadline_ms: float = 50.0
     max_miss_rate: float = 0.1
+
+    def first_token_deadline_s(self, prompt_len: Any) -> Any:
+        """D_p in seconds after arrival, per prompt length (a number or a numpy array)."""
+        per_token = self.ttft_deadline_ms_per_prompt_token
+        return (self.ttft_deadline_ms + per_token * prompt_len) / 1000.0
 
     def __post_init__(self) -> None:
         _require(self.ttft_deadline_ms > 0, "metrics.fluidity.ttft_deadline_ms", "must be > 0")
@@ -716,7 +750,7 @@ def _located(exc: InputError, path: Path, lines: Mapping[str, int], overridden: 
     field_name = exc.field or ""
 
     def set_by(key: str) -> bool:
-        return field_name == key or field_name.startswith(key + ".")
+        return field_name == key or field_name.startswith((key + ".", key + "["))
 
     flags = [flag for key, flag in flag_of.items() if set_by(key)]
     if flags and not exc.source:

@@ -64,7 +64,8 @@ def run_bench(scenario: Scenario, *, fast_forward: bool = True,
     resolved = resolve(scenario)
     t0 = time.perf_counter()
     rngs = seed_streams(scenario.seed)
-    build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"])
+    build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"], rngs["classes"],
+                   scenario.metrics)
     t1 = time.perf_counter()
     profiler = cProfile.Profile() if profile_to is not None else None
     if profiler is not None:

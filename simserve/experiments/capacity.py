@@ -9,8 +9,11 @@ either by name or explicitly (several items joined by commas, all must hold):
 - `etalon[:RATE]`: p99_deadline_miss_rate <= RATE (default 0.1): the P99 over requests of each
   request's Etalon deadline-miss rate (deadlines from `metrics.fluidity`);
 - `attainment[:FRACTION]`: slo_attainment >= FRACTION (default 0.9); needs `metrics.slo`;
+- `class_attainment[:FRACTION]`: every request class (`workload.classes`) meets its own SLO
+  for at least FRACTION of its requests (min_class_slo_attainment >= FRACTION);
 - `KEY<=VALUE`, `KEY>=VALUE`, `KEY<VALUE`, `KEY>VALUE` on any numeric summary key, e.g.
-  `p99_tbt_ms<=200,p99_ttft_ms<=2000`.
+  `p99_tbt_ms<=200,p99_ttft_ms<=2000`; a request class's keys are `class.<name>.<key>`, e.g.
+  `class.premium.p99_ttft_ms<=300`.
 
 With replications, a rate meets the rule when the mean over seeds of every referenced key does
 (a missing value, e.g. no completed request, fails). Seeds are the same at every rate (common
@@ -47,6 +50,7 @@ from simserve.config import (
 )
 from simserve.errors import InputError
 from simserve.experiments.run import RunOutput, run_scenario
+from simserve.metrics.summary import flat_summary
 from simserve.resolve import resolve
 
 __all__ = [
@@ -81,7 +85,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
 }
 _CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(<=|>=|<|>)\s*(\S+)\s*$")
-_NAMED = re.compile(r"^\s*(sarathi|etalon|attainment)\s*(?::(.*))?$")
+_NAMED = re.compile(r"^\s*(sarathi|etalon|attainment|class_attainment)\s*(?::(.*))?$")
 
 
 # --------------------------------------------------------------------------- rules
@@ -112,6 +116,7 @@ class SloRule:
     text: str
     conditions: tuple[Condition, ...]
     needs_slo: bool = False
+    needs_classes: bool = False
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -125,8 +130,9 @@ class SloRule:
     def mean_values(self, summaries: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
         """Mean over seeds of each key the rule reads (None if any seed lacks a value)."""
         values: dict[str, float | None] = {}
+        flat = [flat_summary(s) for s in summaries]
         for key in self.keys:
-            column = [s.get(key) for s in summaries]
+            column = [s.get(key) for s in flat]
             if not column or any(not _is_number(v) for v in column):
                 values[key] = None
             else:
@@ -165,7 +171,8 @@ def _params(name: str, raw: str | None, count: int) -> list[float]:
 
 
 def _named_conditions(name: str, raw: str | None) -> tuple[list[Condition], bool]:
-    """A named rule's conditions, and whether it needs per-request SLOs in the scenario."""
+    """A named rule's conditions, and whether it needs per-request SLOs in the scenario (and,
+    for `class_attainment`, request classes)."""
     if name == "sarathi":
         params = _params(name, raw, 2)
         tbt = params[0] if params else DEFAULT_SARATHI_TBT_MS
@@ -183,8 +190,9 @@ def _named_conditions(name: str, raw: str | None) -> tuple[list[Condition], bool
     params = _params(name, raw, 1)
     fraction = params[0] if params else DEFAULT_ATTAINMENT
     if fraction > 1:
-        raise InputError(f"'attainment' fraction must be <= 1, got {fraction:g}", field="--slo")
-    return [Condition("slo_attainment", ">=", fraction)], True
+        raise InputError(f"'{name}' fraction must be <= 1, got {fraction:g}", field="--slo")
+    key = "min_class_slo_attainment" if name == "class_attainment" else "slo_attainment"
+    return [Condition(key, ">=", fraction)], True
 
 
 def parse_slo_rule(text: str) -> SloRule:
@@ -192,13 +200,14 @@ def parse_slo_rule(text: str) -> SloRule:
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"an SLO rule must be a non-empty string, got {text!r}", field="--slo")
     conditions: list[Condition] = []
-    needs_slo = False
+    needs_slo = needs_classes = False
     for item in text.split(","):
         named = _NAMED.match(item)
         if named:
             found, needs = _named_conditions(named.group(1), named.group(2))
             conditions.extend(found)
             needs_slo |= needs
+            needs_classes |= named.group(1) == "class_attainment"
             continue
         match = _CONDITION.match(item)
         if not match:
@@ -215,15 +224,16 @@ def parse_slo_rule(text: str) -> SloRule:
         if not math.isfinite(threshold):
             raise InputError(f"threshold of {key} must be finite, got {raw!r}", field="--slo")
         conditions.append(Condition(key, op, threshold))
-    return SloRule(text=text.strip(), conditions=tuple(conditions), needs_slo=needs_slo)
+    return SloRule(text=text.strip(), conditions=tuple(conditions), needs_slo=needs_slo,
+                   needs_classes=needs_classes)
 
 
 def _probe_keys(scenario: Scenario, cache: dict[str, frozenset[str]]) -> frozenset[str]:
     """Summary keys a run of `scenario` produces, from a two-request run of the same metrics and
     engine configuration (cached per configuration)."""
     mapping = scenario_to_mapping(scenario)
-    token = json.dumps([mapping.get(k) for k in ("metrics", "engine", "cost_model")],
-                       sort_keys=True)
+    token = json.dumps([mapping.get(k) for k in ("metrics", "engine", "cost_model")]
+                       + [mapping["workload"].get("classes")], sort_keys=True)
     if token not in cache:
         tiny = dataclasses.replace(
             scenario,
@@ -231,9 +241,10 @@ def _probe_keys(scenario: Scenario, cache: dict[str, frozenset[str]]) -> frozens
                 num_requests=2,
                 arrival=ArrivalConfig(process="constant", rate=1.0),
                 lengths=LengthsConfig(prompt_len=4, output_len=1),
+                classes=scenario.workload.classes,
             ),
         )
-        cache[token] = frozenset(summary_with_extras(run_scenario(tiny)))
+        cache[token] = frozenset(flat_summary(summary_with_extras(run_scenario(tiny))))
     return cache[token]
 
 
@@ -241,6 +252,13 @@ def check_rule(
     rule: SloRule, scenario: Scenario, cache: dict[str, frozenset[str]] | None = None
 ) -> None:
     """Refuse a rule that names an unknown summary key or needs SLOs the scenario lacks."""
+    classes = scenario.workload.classes
+    if rule.needs_classes and not classes:
+        raise InputError(
+            f"rule {rule.text!r} judges each request class by its own SLO: set "
+            "workload.classes (name, share, priority, slo)",
+            field="--slo",
+        )
     known = _probe_keys(scenario, {} if cache is None else cache)
     for key in rule.keys:
         if key not in known:
@@ -249,9 +267,9 @@ def check_rule(
                 f"unknown summary key {key!r} in rule {rule.text!r} (e.g. {numeric_hint})",
                 field="--slo",
             )
-    slo = scenario.metrics.slo
+    slos = [scenario.metrics.slo, *(c.slo for c in classes if c.slo is not None)]
     if rule.needs_slo and all(
-        v is None for v in (slo.ttft_ms, slo.tpot_ms, slo.e2el_ms, slo.max_tbt_ms)
+        v is None for slo in slos for v in (slo.ttft_ms, slo.tpot_ms, slo.e2el_ms, slo.max_tbt_ms)
     ):
         raise InputError(
             f"rule {rule.text!r} needs per-request SLOs: set metrics.slo (ttft_ms, tpot_ms, ...)",

@@ -54,7 +54,8 @@ def register(subparsers: Any) -> dict[str, Handler]:
         "capacity", help="largest arrival rate meeting an SLO rule (bisection)",
         description="Bisect the arrival rate for the largest one whose runs meet the rule. "
         "Rules: sarathi[:TBT_MS[:DELAY_MS]] (P99 TBT and median scheduling delay), "
-        "etalon[:RATE] (P99 deadline-miss rate), attainment[:FRACTION] (needs metrics.slo), or "
+        "etalon[:RATE] (P99 deadline-miss rate), attainment[:FRACTION] (needs metrics.slo), "
+        "class_attainment[:FRACTION] (every workload class meets its own SLO), or "
         "KEY<=VALUE / KEY>=VALUE on summary keys, joined by commas.",
     )
     cap.add_argument("scenario", help="scenario YAML file")

@@ -29,6 +29,7 @@ from simserve.metrics.speculative import spec_decode_summary
 from simserve.metrics.summary import summarize_table
 from simserve.resolve import ResolvedScenario, resolve
 from simserve.workload import Workload, build_workload
+from simserve.workload.classes import ClassLabels
 
 __all__ = [
     "RUN_DIR",
@@ -40,7 +41,9 @@ __all__ = [
     "write_run_dir",
 ]
 
-STREAMS = ("arrivals", "lengths", "acceptance", "routing")
+# NOTE: a stream is only ever appended: SeedSequence children are numbered, so the streams
+# before it stay the same and older runs reproduce.
+STREAMS = ("arrivals", "lengths", "acceptance", "routing", "classes")
 
 
 def seed_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -74,7 +77,8 @@ def simulate_resolved(
     """Build the workload and run the engine for a resolved scenario (`fast_forward=False`
     waits for every step as its own event: slower, same records)."""
     scenario = resolved.scenario
-    workload = build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"])
+    workload = build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"],
+                              rngs["classes"], scenario.metrics)
     result = simulate(workload, resolved.engine_setup, acceptance_rng=rngs["acceptance"],
                       fast_forward=fast_forward)
     return workload, result
@@ -112,8 +116,13 @@ def run_scenario(scenario: Scenario, *, fast_forward: bool = True) -> RunOutput:
         warnings += [prefix + w for w in envelope_warnings(cost_model, steps)]
     if warnings:
         result = dataclasses.replace(result, warnings=tuple(warnings))
-    table, token_pass = request_table(result, scenario.metrics, for_summary=True)
-    summary = summarize_table(result, scenario.metrics, table, token_pass)
+    classes = None
+    if workload.class_id is not None:
+        classes = ClassLabels.of(scenario.workload.classes, scenario.metrics.slo,
+                                 workload.class_id)
+    table, token_pass = request_table(result, scenario.metrics, for_summary=True,
+                                      classes=classes)
+    summary = summarize_table(result, scenario.metrics, table, token_pass, classes=classes)
     summary.update(spec_decode_summary(result))
     summary.update(_run_metadata(resolved))
     reports = {role: envelope_report(cm, steps) for role, cm, steps in by_pool}

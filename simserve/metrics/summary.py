@@ -8,6 +8,10 @@ per measured request; ITL and TBT are per gap, pooled over measured requests. Mi
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from simserve.config import MetricsConfig, SloConfig
@@ -16,7 +20,12 @@ from simserve.metrics.fluidity import search_fluid_rate
 from simserve.metrics.requests import TokenPass, request_table, window_masks
 from simserve.metrics.stats import describe_ms, describe_weighted_ms, json_float, max_concurrency
 
-__all__ = ["VLLM_SCALAR_KEYS", "VLLM_STAT_METRICS", "summarize", "summarize_table"]
+if TYPE_CHECKING:
+    from simserve.workload.classes import ClassLabels
+
+__all__ = [
+    "VLLM_SCALAR_KEYS", "VLLM_STAT_METRICS", "class_summaries", "flat_summary", "summarize",
+    "summarize_table"]
 
 # Scalar keys of `vllm bench serve --save-result` that simserve fills, in vLLM's order.
 VLLM_SCALAR_KEYS: tuple[str, ...] = (
@@ -52,14 +61,26 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values[~np.isnan(values)]
 
 
+def _multiset_moments(values: np.ndarray,
+                      counts: np.ndarray | None) -> tuple[int, float, float] | None:
+    """(count, mean, population std) of values occurring `counts` times (None: once each)."""
+    total = values.size if counts is None else int(counts.sum())
+    if total == 0:
+        return None
+    mean = float(np.average(values, weights=counts))
+    std = float(np.sqrt(np.average((values - mean) ** 2, weights=counts)))
+    return total, mean, std
+
+
 def _gap_summaries(
     result: SimulationResult,
     measured: np.ndarray,
-    moments: dict[str, tuple[int, float, float] | None],
+    moments: dict[str, tuple[int, float, float] | None] | None,
     percentiles: tuple[float, ...],
 ) -> dict[str, dict[str, float | None]]:
     """TBT and ITL summaries of the pooled gaps of measured requests: mean and std streamed
-    by the token pass, median and percentiles from the gaps' distinct values and counts.
+    by the token pass (`moments`; None: from the gaps' values and counts, for a subset of the
+    requests), median and percentiles from the gaps' distinct values and counts.
 
     NOTE: vLLM's ITL is per streamed chunk: a burst of tokens stamped at one instant is one
     chunk, so ITL is the gaps between distinct emission times (the nonzero TBTs). TBT is per
@@ -70,7 +91,7 @@ def _gap_summaries(
     itl = (values[positive], None if counts is None else counts[positive])
     out = {}
     for name, (v, c) in (("itl", itl), ("tbt", (values, counts))):
-        stats = moments[name]
+        stats = moments[name] if moments is not None else _multiset_moments(v, c)
         if stats is None:
             out[name] = describe_ms(name, np.zeros(0), percentiles)
         else:
@@ -89,13 +110,27 @@ def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, obje
     return summarize_table(result, config, *request_table(result, config, for_summary=True))
 
 
-def summarize_table(result: SimulationResult, config: MetricsConfig,
-                    table: dict[str, np.ndarray], token_pass: TokenPass) -> dict[str, object]:
+def summarize_table(
+    result: SimulationResult,
+    config: MetricsConfig,
+    table: dict[str, np.ndarray],
+    token_pass: TokenPass,
+    *,
+    classes: ClassLabels | None = None,
+    members: np.ndarray | None = None,
+) -> dict[str, object]:
     """`summarize` from the request table and token pass already taken (`request_table` with
-    `for_summary`), for callers that keep the table too."""
-    measured = table["measured"]
+    `for_summary`, and the same `classes`), for callers that keep the table too.
+
+    With request `classes`, goodput and SLO attainment judge each request by its class's SLO,
+    and `classes` holds the whole summary of each class (`class_summaries`). `members`
+    restricts the summary to those requests (a class).
+    """
+    every = np.ones(table["request_id"].size, dtype=bool)
+    members = every if members is None else members
+    measured = table["measured"] & members
     completed = int(measured.sum())
-    has_slo = _any_slo(config.slo)
+    has_slo = _any_slo(config.slo) if classes is None else any(map(_any_slo, classes.slos))
 
     duration: float | None = None
     if completed:
@@ -105,7 +140,8 @@ def summarize_table(result: SimulationResult, config: MetricsConfig,
     num_good = int((table["good"] & measured).sum())
 
     rejected_codes = np.asarray(result.rejected, dtype=np.int64)
-    not_rejected = rejected_codes == 0
+    not_rejected = (rejected_codes == 0) & members
+    rejected = (rejected_codes != 0) & members
     served = not_rejected & np.isfinite(table["finished_at"])
     in_warmup, in_cooldown = window_masks(table["arrived_at"], config.warmup_s, config.cooldown_s)
 
@@ -125,7 +161,9 @@ def summarize_table(result: SimulationResult, config: MetricsConfig,
         ),
     }
 
-    gap_summaries = _gap_summaries(result, measured, token_pass.gap_moments, config.percentiles)
+    whole = members is every
+    gap_summaries = _gap_summaries(result, measured, token_pass.gap_moments if whole else None,
+                                   config.percentiles)
     per_request = {
         "ttft": table["ttft_s"][measured],
         "tpot": _finite(table["tpot_s"][measured]),
@@ -141,17 +179,20 @@ def summarize_table(result: SimulationResult, config: MetricsConfig,
             summary.update(describe_ms(name, per_request[name], config.percentiles))
 
     reasons: dict[str, int] = {}
-    for code, count in zip(*np.unique(rejected_codes[~not_rejected], return_counts=True),
+    for code, count in zip(*np.unique(rejected_codes[rejected], return_counts=True),
                            strict=True):
         reasons[REJECT_REASONS.get(int(code), f"code_{int(code)}")] = int(count)
     fluidity = _finite(table["fluidity_index"][measured])
-    assert token_pass.fluid_search is not None
+    search = token_pass.fluid_search
+    assert search is not None
+    if not whole:
+        search = dataclasses.replace(search, included=search.included & members)
     rate = search_fluid_rate(result.tokens, result.arrived_at, result.prompt_len,
-                             config.fluidity, token_pass.fluid_search)
+                             config.fluidity, search)
     summary.update(
         {
-            "num_requests": int(table["request_id"].size),
-            "num_rejected": int((~not_rejected).sum()),
+            "num_requests": int(members.sum()),
+            "num_rejected": int(rejected.sum()),
             "num_unfinished": int((not_rejected & ~served).sum()),
             "rejected_reasons": reasons,
             "num_excluded_warmup": int((served & in_warmup).sum()),
@@ -178,4 +219,44 @@ def summarize_table(result: SimulationResult, config: MetricsConfig,
         summary["num_kv_transfer_waited"] = int(
             np.count_nonzero(table["kv_transfer_wait_s"][measured] > 0)
         )
+    if classes is not None:
+        per_class = class_summaries(result, config, table, token_pass, classes)
+        summary["classes"] = per_class
+        # What a capacity search requiring every class's own SLO reads (`class_attainment`):
+        # classes without any SLO are not judged; one with no completed request fails.
+        attained = [c["slo_attainment"] for c in per_class.values() if c["slo"]]
+        summary["min_class_slo_attainment"] = (
+            None if not attained or any(a is None for a in attained) else min(attained))
     return summary
+
+
+def class_summaries(result: SimulationResult, config: MetricsConfig,
+                    table: dict[str, np.ndarray], token_pass: TokenPass,
+                    classes: ClassLabels) -> dict[str, dict[str, object]]:
+    """The summary of each request class (its own SLO, every metric), by class name."""
+    out: dict[str, dict[str, object]] = {}
+    for index, name in enumerate(classes.names):
+        members = classes.class_id == index
+        slo = classes.slos[index]
+        part = summarize_table(result, dataclasses.replace(config, slo=slo), table, token_pass,
+                               members=members)
+        del part["warnings"]  # the run's, reported once
+        out[name] = {
+            "priority": classes.priorities[index],
+            "slo": {k: v for k, v in dataclasses.asdict(slo).items() if v is not None},
+            **part,
+        }
+    return out
+
+
+def flat_summary(summary: Mapping[str, object]) -> dict[str, object]:
+    """The summary with each class's scalar entries as top-level `class.<name>.<key>` keys in
+    place of the nested `classes` (the form tables and SLO rules read)."""
+    flat = {k: v for k, v in summary.items() if k != "classes"}
+    classes = summary.get("classes")
+    if isinstance(classes, Mapping):
+        for name, part in classes.items():
+            for key, value in part.items():
+                if not isinstance(value, Mapping | list):
+                    flat[f"class.{name}.{key}"] = value
+    return flat

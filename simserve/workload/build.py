@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simserve.config import WorkloadConfig
+from simserve.config import MetricsConfig, WorkloadConfig
 from simserve.errors import InputError
 from simserve.workload.arrivals import replay_arrivals, sample_arrivals
-from simserve.workload.lengths import sample_lengths, sample_trace_lengths
+from simserve.workload.classes import assign_classes, ttft_budgets_s
+from simserve.workload.lengths import sample_lengths, sample_trace_rows
 from simserve.workload.traces import Trace, load_trace
 
 __all__ = ["Workload", "build_workload"]
@@ -79,10 +80,16 @@ class Workload:
 
 
 def build_workload(
-    config: WorkloadConfig, arrival_rng: np.random.Generator, length_rng: np.random.Generator
+    config: WorkloadConfig,
+    arrival_rng: np.random.Generator,
+    length_rng: np.random.Generator,
+    class_rng: np.random.Generator | None = None,
+    metrics: MetricsConfig | None = None,
 ) -> Workload:
-    """All requests of a run, drawing arrivals only from `arrival_rng` and lengths only from
-    `length_rng`, so the same generator states give identical arrays (common random numbers).
+    """All requests of a run, drawing arrivals only from `arrival_rng`, lengths only from
+    `length_rng` and classes only from `class_rng`, so the same generator states give
+    identical arrays (common random numbers). Each request's TTFT budget (what the deadline
+    queue order sorts by) follows from its class and `metrics` (`classes.ttft_budgets_s`).
 
     When both arrivals and lengths come from the trace, request i is trace row i (sorted by
     arrival), so lengths stay paired with their timestamps; trace lengths with synthetic
@@ -109,18 +116,31 @@ def build_workload(
     else:
         arrived_at = sample_arrivals(arrival, num_requests, arrival_rng)
 
+    trace_priority = None
     if lengths.dist == "trace":
         assert trace is not None
-        if arrival.process == "trace":
-            prompt_len = trace.prompt_len[:num_requests]
-            output_len = trace.output_len[:num_requests]
-        else:
-            prompt_len, output_len = sample_trace_lengths(trace, num_requests, length_rng)
+        rows: np.ndarray | slice = slice(0, num_requests)
+        if arrival.process != "trace":
+            rows = sample_trace_rows(trace, num_requests, length_rng)
+        prompt_len = trace.prompt_len[rows].astype(np.int64)
+        output_len = trace.output_len[rows].astype(np.int64)
+        trace_priority = trace.priority[rows] if trace.priority is not None else None
     else:
         prompt_len, output_len = sample_lengths(lengths, num_requests, length_rng)
+        if trace is not None and trace.priority is not None:
+            trace_priority = trace.priority[:num_requests]  # replayed arrivals, own lengths
 
+    if config.classes and class_rng is None:
+        raise ValueError("workload classes are drawn from a class_rng; none was given")
+    priority, class_id = assign_classes(
+        config.classes, num_requests, class_rng if class_rng is not None else arrival_rng,
+        trace_priority, str(trace.source) if trace is not None else None)
+    metrics = metrics or MetricsConfig()
+    budget_s = ttft_budgets_s(prompt_len, class_id, config.classes, metrics.slo,
+                              metrics.fluidity)
     concurrency = arrival.concurrency if arrival.process == "closed_loop" else None
-    return Workload(arrived_at, prompt_len, output_len, concurrency=concurrency)
+    return Workload(arrived_at, prompt_len, output_len, concurrency=concurrency,
+                    priority=priority, ttft_budget_s=budget_s, class_id=class_id)
 
 
 def _load_config_trace(config: WorkloadConfig) -> Trace | None:

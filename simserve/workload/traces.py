@@ -8,7 +8,9 @@ file as published without converting it:
 - Vidur processed traces: `arrived_at,num_prefill_tokens,num_decode_tokens`;
 - Azure LLM inference trace 2023: `TIMESTAMP,ContextTokens,GeneratedTokens`.
 
-The arrival column is optional in every layout (the arXiv summarization file holds only lengths).
+The arrival column is optional in every layout (the arXiv summarization file holds only lengths),
+and so is a `priority` column (whole numbers, lower is served first under `engine.queue:
+priority`, as in vLLM).
 Arrival values are seconds, or datetime strings such as `2023-11-16 18:15:46.6805900` (Azure),
 which become seconds after the earliest timestamp.
 """
@@ -32,6 +34,8 @@ from simserve.errors import InputError, InputWarning
 
 __all__ = ["CHUNK_ROWS", "MAX_TOKENS", "TRACE_FORMATS", "Trace", "TraceFormat", "load_trace"]
 
+# An optional column of every layout: the request's priority (lower is served first).
+PRIORITY_COLUMN = "priority"
 # Rows parsed at a time: the text of one chunk is in memory, never the whole file's.
 CHUNK_ROWS = 16_384
 # NOTE: no model's context comes near a billion tokens: larger lengths are garbage (and from
@@ -70,6 +74,7 @@ class Trace:
     source: Path
     format: str
     num_skipped: int = 0  # rows with zero prompt or output tokens, left out
+    priority: np.ndarray | None = None  # int64; None if the file has no priority column
 
     def __len__(self) -> int:
         return int(self.prompt_len.size)
@@ -92,7 +97,7 @@ def load_trace(path: str | Path, max_rows: int | None = None) -> Trace:
     path = Path(path)
     source = str(path)
     reader = _TraceReader(path, max_rows)
-    arrival_s, prompt_len, output_len = reader.read()
+    arrival_s, prompt_len, output_len, priority = reader.read()
     if reader.num_skipped:
         warnings.warn(InputWarning(
             f"{source}: skipped {reader.num_skipped} row(s) with zero prompt or output tokens "
@@ -104,9 +109,12 @@ def load_trace(path: str | Path, max_rows: int | None = None) -> Trace:
             arrival_s = arrival_s[order]
             prompt_len = prompt_len[order]
             output_len = output_len[order]
+            priority = priority[order] if priority is not None else None
         arrival_s.setflags(write=False)
     prompt_len.setflags(write=False)
     output_len.setflags(write=False)
+    if priority is not None:
+        priority.setflags(write=False)
     return Trace(
         arrival_s=arrival_s,
         prompt_len=prompt_len,
@@ -114,6 +122,7 @@ def load_trace(path: str | Path, max_rows: int | None = None) -> Trace:
         source=path,
         format=reader.format.name,
         num_skipped=reader.num_skipped,
+        priority=priority,
     )
 
 
@@ -129,12 +138,14 @@ class _TraceReader:
         self.num_rows = 0  # usable rows kept
         self.num_skipped = 0
         self.first_skipped_line: int | None = None
-        self._parts: dict[str, list[np.ndarray]] = {"arrival": [], "prompt": [], "output": []}
+        self._parts: dict[str, list[np.ndarray]] = {
+            "arrival": [], "prompt": [], "output": [], "priority": []}
         self._datetimes = False
         self._data_rows = 0  # data rows parsed so far (rows are numbered in messages)
 
-    def read(self) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        """The arrival times (or None), prompt and output lengths of the usable rows."""
+    def read(self) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The arrival times (or None), prompt and output lengths and priorities (or None) of
+        the usable rows."""
         try:
             size = self.path.stat().st_size
             with self.path.open(newline="", encoding="utf-8-sig") as handle, _progress(
@@ -167,7 +178,8 @@ class _TraceReader:
             arrival = np.concatenate(self._parts["arrival"])
             if self._datetimes:
                 arrival = (arrival - arrival.min()).astype(np.int64).astype(np.float64) / 1e9
-        return arrival, prompt, output
+        priority = np.concatenate(self._parts["priority"]) if self._parts["priority"] else None
+        return arrival, prompt, output, priority
 
     def _read_stream(self, handle: Any, bar: Any) -> None:
         def lines() -> Iterator[str]:
@@ -226,6 +238,9 @@ class _TraceReader:
                 arrival = _parse_datetimes(values, fmt.arrival_column, where)
             else:
                 arrival = _parse_times(values, fmt.arrival_column, where)
+        priority = None
+        if PRIORITY_COLUMN in self.columns:
+            priority = _parse_priorities(column(PRIORITY_COLUMN), where)
         usable = (prompt > 0) & (output > 0)
         if not bool(np.all(usable)):
             skipped = np.flatnonzero(~usable)
@@ -234,15 +249,19 @@ class _TraceReader:
             self.num_skipped += int(skipped.size)
             prompt, output = prompt[usable], output[usable]
             arrival = arrival[usable] if arrival is not None else None
+            priority = priority[usable] if priority is not None else None
         if self.max_rows is not None:
             keep = max(self.max_rows - self.num_rows, 0)
             prompt, output = prompt[:keep], output[:keep]
             arrival = arrival[:keep] if arrival is not None else None
+            priority = priority[:keep] if priority is not None else None
         self.num_rows += int(prompt.size)
         self._parts["prompt"].append(prompt)
         self._parts["output"].append(output)
         if arrival is not None:
             self._parts["arrival"].append(arrival)
+        if priority is not None:
+            self._parts["priority"].append(priority)
 
 
 # Files smaller than this read in about a second: no bar (and no tqdm import for them).
@@ -287,6 +306,7 @@ def _detect_format(header: list[str], source: str) -> tuple[TraceFormat, dict[st
                 trace_format.arrival_column,
                 trace_format.prompt_column,
                 trace_format.output_column,
+                PRIORITY_COLUMN,
             )
             return trace_format, {name: index[name] for name in wanted if name in index}
     accepted = "; ".join(f.describe() for f in TRACE_FORMATS)
@@ -357,6 +377,18 @@ def _parse_lengths(values: list[str], column: str, what: str, where: _Where) -> 
         bad = int(np.argmax(huge))
         raise where.error(f"{what} length {values[bad].strip()} is more than {MAX_TOKENS:,} "
                           "tokens (no model has such a context)", column, bad)
+    return parsed.astype(np.int64)
+
+
+def _parse_priorities(values: list[str], where: _Where) -> np.ndarray:
+    """Priorities as int64: whole numbers (negative ones too, as vLLM allows)."""
+    parsed, bad = _parse_numbers(values)
+    if bad < 0:
+        wrong = (parsed != np.floor(parsed)) | (np.abs(parsed) > 2**53)
+        bad = int(np.argmax(wrong)) if np.any(wrong) else -1
+    if bad >= 0:
+        raise where.error(f"priority must be a whole number, got {values[bad].strip()!r}",
+                          PRIORITY_COLUMN, bad)
     return parsed.astype(np.int64)
 
 

@@ -28,12 +28,14 @@ from simserve.experiments.capacity import (
 from simserve.experiments.run import run_scenario, write_run_dir
 from simserve.experiments.sweep.layout import CAPACITY_FILE
 from simserve.experiments.sweep.spec import table_cell
+from simserve.metrics.summary import flat_summary
 
 
 def run_row(prefix: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
-    """One summary row: the run's identifying columns, then every summary key as a cell."""
+    """One summary row: the run's identifying columns, then every summary key as a cell (a
+    request class's as `class.<name>.<key>`)."""
     row = dict(prefix)
-    for key, value in summary.items():
+    for key, value in flat_summary(summary).items():
         if key not in row:
             row[key] = table_cell(value)
     return row
@@ -61,8 +63,9 @@ def capacity_row(prefix: Mapping[str, Any], result: CapacityResult,
     )
     probe = result.at_capacity()
     if probe is not None:
-        for key in probe.summaries[0]:
-            column = [s.get(key) for s in probe.summaries]
+        flat = [flat_summary(s) for s in probe.summaries]
+        for key in flat[0]:
+            column = [s.get(key) for s in flat]
             if key in row or not all(is_number(v) for v in column):
                 continue
             row[key] = float(np.mean(np.asarray(column, dtype=np.float64)))
