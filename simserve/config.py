@@ -314,7 +314,9 @@ class EngineConfig:
     cost model prices (its CPU loop and CUDA graphs): `v0` (vLLM <= 0.6) or `v1` (>= 0.8);
     unset, the policy's `engine_generation`. `kv_cache_dtype` is vLLM's: `auto` keeps the
     model's KV dtype, `fp8` stores one byte per element. `enforce_eager` turns CUDA graphs
-    off, as vLLM's flag of that name.
+    off, as vLLM's flag of that name. `enable_prefix_caching` (vLLM's flag): automatic prefix
+    caching; unset, the policy's default (on for chunked_prefill, as in vLLM V1; off for the
+    V0-style policies; a policy that reserves KV up front cannot cache).
     """
 
     policy: str = "chunked_prefill"
@@ -332,6 +334,7 @@ class EngineConfig:
     version: EngineVersion | None = None
     kv_cache_dtype: KvCacheDtype = "auto"
     enforce_eager: bool = False
+    enable_prefix_caching: bool | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "engine.max_num_seqs", "must be >= 1")

@@ -239,6 +239,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         router=scenario.cluster.router,
         pp=scenario.pp,
         stage_send_s=_stage_send(gpu, model, scenario.pp),
+        prefix_caching=_prefix_caching(engine, policy, "engine.policy"),
     )
     return ResolvedScenario(
         scenario, gpu, model, (ResolvedPool("replica", pool, scenario.tp, scenario.pp),), draft
@@ -352,6 +353,9 @@ def _resolve_disaggregated(
             router=pool.router,
             pp=pp,
             stage_send_s=_stage_send(gpu, model, pp),
+            # NOTE: prompts are cached where they are computed, on the prefill pool; a decode
+            # instance receives whole KV caches and only recomputes after a preemption.
+            prefix_caching=role == "prefill" and _prefix_caching(engine, policy, policy_field),
         )
         pools.append(ResolvedPool(role, setup, tp, pp))
     link_config = cluster.link
@@ -362,6 +366,21 @@ def _resolve_disaggregated(
         field="cluster.link",
     )
     return ResolvedScenario(scenario, gpu, model, tuple(pools), kv_link=kv_link)
+
+
+def _prefix_caching(engine: EngineConfig, policy: type[BatchingPolicy], policy_field: str) -> bool:
+    """Whether the policy's engines cache prefixes: the scenario's choice, else the policy's
+    default; a policy that reserves KV for whole sequences up front cannot."""
+    wanted = engine.enable_prefix_caching
+    if wanted is None:
+        return policy.caches_prefixes_by_default and not policy.reserves_full_kv
+    if wanted and policy.reserves_full_kv:
+        raise InputError(
+            f"policy {policy.name} reserves KV for whole sequences up front, so it cannot share "
+            f"cached blocks; set engine.enable_prefix_caching: false or another {policy_field}",
+            field="engine.enable_prefix_caching",
+        )
+    return wanted
 
 
 def _with_generation(engine: EngineConfig, policy: type[BatchingPolicy]) -> EngineConfig:

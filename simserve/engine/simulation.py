@@ -33,6 +33,7 @@ import simpy
 from simserve.costmodel.base import decode_run_s, decode_step_fn
 from simserve.engine.decodes import CounterDecodes, VerifyDecodes
 from simserve.engine.policies import Policy
+from simserve.engine.prefix_cache import PrefixCache
 from simserve.engine.records import SimulationResult, StepRecords, StepTokenTimes
 from simserve.engine.router import route
 from simserve.engine.setup import EngineLimits, EngineSetup, PoolSetup
@@ -363,6 +364,10 @@ class _Cluster:
                         ),
                         acceptance=sampler,
                         queue=pool.queue,
+                        prefix_cache=PrefixCache(
+                            workload.content, pool.limits.block_size,
+                            self.requests.prompt_len, self.requests.output_len,
+                        ) if pool.prefix_caching else None,
                     )
                     for stage in range(pool.pp)
                 ]
@@ -498,7 +503,7 @@ class _Cluster:
             assert self.kv_transfer_s is not None
             yield env.timeout(self.kv_transfer_s(num_computed))
         self.transfer_done_at[rid] = env.now
-        src.release_held(held)
+        src.release_held(rid, held, num_computed)
         src_inst.notify(src)
         req = self.requests
         dst.accept_decoding(rid, num_computed, req.output_len[rid] - req.emitted[rid])
@@ -513,8 +518,9 @@ class _Cluster:
             for inst in pool:
                 for st in inst.states:
                     leftover = st.num_blocks - st.free_blocks
-                    if leftover or st.num_held_blocks or st.num_incoming or st.has_work() \
-                            or inst.pending[id(st)]:
+                    held = st.prefix_cache.num_held() if st.prefix_cache is not None else 0
+                    if leftover or held or st.num_held_blocks or st.num_incoming \
+                            or st.has_work() or inst.pending[id(st)]:
                         raise AssertionError(
                             f"replica {st.index}: {leftover} KV blocks still allocated "
                             f"({st.num_held_blocks} held for transfers, {st.num_incoming} "
@@ -541,6 +547,14 @@ class _Cluster:
                 num_speculative_tokens=self.k,
                 spec_num_drafts=sum(d.num_drafts for d in verifiers),
                 spec_accepted_per_position=sum(d.accepted_per_position for d in verifiers),
+            )
+        caches = [st.prefix_cache for st in states if st.prefix_cache is not None]
+        if caches:
+            result = dataclasses.replace(
+                result,
+                cached_tokens=np.asarray(self.requests.cached_tokens, dtype=np.int64),
+                prefix_cache_queried_tokens=sum(c.queried_tokens for c in caches),
+                prefix_cache_hit_tokens=sum(c.hit_tokens for c in caches),
             )
         if self.disaggregated:
             result = dataclasses.replace(
