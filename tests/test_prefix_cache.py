@@ -166,8 +166,22 @@ def cached_runs(draw):
     arrived = np.cumsum([0.0, *gaps[1:]])
     prompt = np.array(draw(st.lists(st.integers(1, 40), min_size=n, max_size=n)))
     output = np.array(draw(st.lists(st.integers(1, 20), min_size=n, max_size=n)))
-    kind = draw(st.sampled_from(["none", "group", "stream"]))
-    if kind == "group":
+    kind = draw(st.sampled_from(["none", "group", "stream", "session"]))
+    after = think = None
+    if kind == "session":
+        # Each request after the first may be the next turn of an earlier one.
+        after = np.array([-1] + [draw(st.integers(-1, i - 1)) for i in range(1, n)])
+        think = np.array(draw(st.lists(st.floats(0, 0.03), min_size=n, max_size=n)))
+        think[after < 0] = 0.0
+        own = after < 0
+        arrived = np.where(own, 0.0, np.nan)
+        arrived[own] = np.cumsum([0.0, *gaps[1:int(own.sum())]])
+        stream = np.arange(n)
+        for i in range(n):  # a turn continues its predecessor's conversation
+            if after[i] >= 0:
+                stream[i] = stream[after[i]]
+        content = SharedContent(stream=stream)
+    elif kind == "group":
         groups = draw(st.lists(st.integers(-1, 2), min_size=n, max_size=n))
         content = SharedContent(group=groups, group_len=np.minimum(prompt, 16))
     elif kind == "stream":
@@ -184,7 +198,7 @@ def cached_runs(draw):
     replicas = draw(st.integers(1, 2))
     pp = draw(st.integers(1, 2))
     workload = Workload(arrived_at=arrived, prompt_len=prompt, output_len=output,
-                        content=content)
+                        content=content, after=after, think_s=think)
     setup = EngineSetup.colocated(POLICIES[policy], ConstantCostModel(0.01), limits,
                                   queue=QUEUES[queue], replicas=replicas, pp=pp,
                                   prefix_caching=True)
@@ -217,7 +231,34 @@ def test_prefix_cache_invariants(run):
     assert np.all(counts[~served] == 0)
     assert np.all(r.steps.kv_blocks_used <= r.steps.kv_blocks_total)
     assert np.all((r.cached_tokens >= 0) & (r.cached_tokens < np.maximum(r.prompt_len, 1)))
+    if workload.after is not None:
+        # A next turn arrives after its predecessor ended (finished or refused).
+        follows = workload.after >= 0
+        before = workload.after[follows]
+        ended = np.where(np.isnan(r.finished_at[before]), r.arrived_at[before],
+                         r.finished_at[before])
+        assert np.all(r.arrived_at[follows] >= ended - 1e-12)
     # Fast-forwarding decode runs gives the same records with prefix caching too.
     again = simulate(workload, setup, fast_forward=True)
     assert np.array_equal(r.token_times_s, again.token_times_s)
     assert np.array_equal(r.cached_tokens, again.cached_tokens)
+
+
+def test_a_sessions_next_turn_follows_the_answer_and_finds_the_history():
+    # Turn 0: 8-token prompt, 5 tokens out. Turn 1 follows 5 ms after turn 0's last token;
+    # its prompt is turn 0's 13 tokens of history plus 4 new ones.
+    content = SharedContent(stream=[0, 0])
+    limits = EngineLimits(num_blocks=100, block_size=BS, max_num_seqs=8,
+                          max_num_batched_tokens=8, max_model_len=10_000)
+    workload = Workload(arrived_at=np.array([0.0, np.nan]), prompt_len=np.array([8, 17]),
+                        output_len=np.array([5, 2]), content=content,
+                        after=np.array([-1, 0]), think_s=np.array([0.0, 0.005]))
+    setup = EngineSetup.colocated(POLICIES["chunked_prefill"], ConstantCostModel(STEP_S),
+                                  limits, prefix_caching=True)
+    r = simulate(workload, setup)
+    assert _steps(r.tokens_of(0)) == [1, 2, 3, 4, 5]
+    assert r.arrived_at[1] == pytest.approx(0.055)
+    # Turn 0 computed 12 tokens (its last token is never fed back): 3 full blocks cached.
+    # Turn 1 skips them and computes 5 tokens in one step from 0.055.
+    assert r.cached_tokens.tolist() == [0, 12]
+    assert r.tokens_of(1).tolist() == pytest.approx([0.065, 0.075])

@@ -323,6 +323,14 @@ class _Cluster:
             arrived_at[:] = np.nan
         self.arrived_at = arrived_at
         self.concurrency = workload.concurrency
+        # Multi-turn sessions: the next turns of each request, sent `think_s` after it ends.
+        self.next_turns: dict[int, list[int]] = {}
+        self.think_s = workload.think_s
+        if workload.after is not None:
+            for rid in np.flatnonzero(workload.after >= 0).tolist():
+                self.next_turns.setdefault(int(workload.after[rid]), []).append(rid)
+        self.open_loop = (np.flatnonzero(workload.after < 0).tolist()
+                          if workload.after is not None else None)
         self.requests = RequestTable(workload.prompt_len, workload.output_len, arrived_at,
                                      workload.priority, workload.ttft_budget_s)
         self.env = simpy.Environment()
@@ -375,6 +383,9 @@ class _Cluster:
                 if self.disaggregated and p == 0:
                     for st in states:
                         st.handoff = self._handoff
+                if self.next_turns:
+                    for st in states:
+                        st.ended = []
                 members.append(
                     _Instance(
                         self.env,
@@ -382,8 +393,10 @@ class _Cluster:
                         pool,
                         pool.policy,
                         # Finishes matter to the cluster only with closed-loop clients (a
-                        # client sends its next request) or KV transfers (a slot frees).
-                        self._step_done if self.closed_loop or self.disaggregated else None,
+                        # client sends its next request), sessions (the next turn follows)
+                        # or KV transfers (a slot frees).
+                        self._step_done
+                        if self.closed_loop or self.disaggregated or self.next_turns else None,
                         fast_forward,
                     )
                 )
@@ -426,6 +439,7 @@ class _Cluster:
             self.requests.rejected[rid] = code
             if self.closed_loop:
                 self.issue(1)
+            self._ended(rid)
             return
         members = self.instances[0]
         idx = route(self.pools[0].router, members, self.routed[0])
@@ -447,7 +461,11 @@ class _Cluster:
             self.admit(rid)
 
     def arrivals(self):
-        env, arrived_at, n = self.env, self.arrived_at.tolist(), self.n
+        env = self.env
+        ids = self.open_loop if self.open_loop is not None else range(self.n)
+        arrived_at = self.arrived_at[ids].tolist() if self.open_loop is not None \
+            else self.arrived_at.tolist()
+        n = len(arrived_at)
         i = 0
         while i < n:
             t = arrived_at[i]
@@ -455,10 +473,25 @@ class _Cluster:
                 yield env.timeout(t - env.now)
             # Every request arriving at this instant joins before any engine steps.
             while i < n and arrived_at[i] <= env.now:
-                self.admit(i)
+                self.admit(ids[i])
                 i += 1
 
+    def _ended(self, rid: int) -> None:
+        """A request finished or was refused: its session's next turns follow."""
+        for turn in self.next_turns.get(rid, ()):
+            self.env.process(self._next_turn(turn))
+
+    def _next_turn(self, rid: int):
+        assert self.think_s is not None
+        yield self.env.timeout(float(self.think_s[rid]))
+        self.requests.arrived_at[rid] = self.env.now
+        self.admit(rid)
+
     def _step_done(self, state: ReplicaState, finished: int) -> None:
+        if state.ended:
+            ended, state.ended = state.ended, []
+            for rid in ended:
+                self._ended(rid)
         if finished and self.closed_loop:
             self.issue(finished)
         if self.disaggregated and state.handoff is None:

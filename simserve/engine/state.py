@@ -258,6 +258,8 @@ class ReplicaState:
         # Automatic prefix caching (None: off); lookups are memoised per cache version, since
         # a policy asks about the same waiting request step after step.
         self.prefix_cache = prefix_cache
+        # Requests that finished here since the cluster last looked (None: nobody asks).
+        self.ended: list[int] | None = None
         self._lookups: dict[int, tuple[int, int]] = {}
         self._lookups_version = -1
 
@@ -516,6 +518,8 @@ class ReplicaState:
                     req.emitted[rid] = emitted
                     self._release(rid, entry.num_blocks, entry.num_computed)
                     finished += 1
+                    if self.ended is not None:
+                        self.ended.append(rid)
                     continue
                 if self.handoff is not None:
                     req.emitted[rid] = emitted
@@ -542,6 +546,8 @@ class ReplicaState:
     def _free_finished(self, done: list[tuple[int, int]]) -> None:
         req = self.requests
         bs = self.block_size
+        if self.ended is not None:
+            self.ended.extend(rid for rid, _computed in done)
         for rid, computed in done:
             req.emitted[rid] = req.output_len[rid]
             if self.reserve_full:
