@@ -356,7 +356,7 @@ class EngineConfig:
             _require(self.num_gpu_blocks_override >= 1, "engine.num_gpu_blocks_override", ">= 1")
 
 
-Router = Literal["round_robin", "least_outstanding", "least_kv"]
+Router = Literal["round_robin", "least_outstanding", "least_kv", "prefix_aware"]
 ClusterMode = Literal["colocated", "disaggregated"]
 
 
@@ -425,17 +425,25 @@ class PoolConfig:
 class ClusterConfig:
     """Where requests run. `colocated`: `replicas` identical engines, each doing prefill and
     decode. `disaggregated`: a `prefill` pool hands each request's KV cache over `link` to a
-    `decode` pool (DistServe, Splitwise)."""
+    `decode` pool (DistServe, Splitwise).
+
+    Routers: `round_robin`, `least_outstanding` (fewest waiting + running), `least_kv` (most
+    free KV blocks), `prefix_aware` (most of the prompt in the replica's prefix cache, less
+    `router_load_weight` times its load relative to the busiest replica).
+    """
 
     mode: ClusterMode = "colocated"
     replicas: int = 1
     router: Router = "round_robin"
+    router_load_weight: float = 0.5
     prefill: PoolConfig | None = None
     decode: PoolConfig | None = None
     link: LinkConfig = field(default_factory=LinkConfig)
 
     def __post_init__(self) -> None:
         _require(self.replicas >= 1, "cluster.replicas", f"must be >= 1, got {self.replicas}")
+        _require(self.router_load_weight >= 0, "cluster.router_load_weight",
+                 f"must be >= 0, got {self.router_load_weight}")
         if self.mode == "colocated":
             for pool in ("prefill", "decode"):
                 _require(

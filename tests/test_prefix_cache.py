@@ -201,6 +201,8 @@ def cached_runs(draw):
                         content=content, after=after, think_s=think)
     setup = EngineSetup.colocated(POLICIES[policy], ConstantCostModel(0.01), limits,
                                   queue=QUEUES[queue], replicas=replicas, pp=pp,
+                                  router=draw(st.sampled_from(
+                                      ["round_robin", "least_kv", "prefix_aware"])),
                                   prefix_caching=True)
     return workload, setup, limits
 
@@ -262,3 +264,22 @@ def test_a_sessions_next_turn_follows_the_answer_and_finds_the_history():
     # Turn 1 skips them and computes 5 tokens in one step from 0.055.
     assert r.cached_tokens.tolist() == [0, 12]
     assert r.tokens_of(1).tolist() == pytest.approx([0.065, 0.075])
+
+
+@pytest.mark.parametrize(("router", "replicas", "hits"), [
+    ("prefix_aware", [0, 1, 1, 0], [0, 0, 16, 16]),
+    ("round_robin", [0, 1, 0, 1], [0, 0, 0, 0]),
+])
+def test_prefix_aware_routing_sends_a_prompt_where_its_prefix_is_cached(router, replicas, hits):
+    # Groups 0, 1, 1, 0 of 16-token system prompts; the last two arrive after the first two
+    # are done, so loads are equal and only the caches differ.
+    content = SharedContent(group=[0, 1, 1, 0], group_len=[16] * 4)
+    limits = EngineLimits(num_blocks=100, block_size=BS, max_num_seqs=8,
+                          max_num_batched_tokens=64, max_model_len=10_000)
+    workload = Workload(arrived_at=np.array([0.0, 0.0, 0.2, 0.2]), prompt_len=np.full(4, 24),
+                        output_len=np.full(4, 2), content=content)
+    setup = EngineSetup.colocated(POLICIES["chunked_prefill"], ConstantCostModel(STEP_S),
+                                  limits, replicas=2, router=router, prefix_caching=True)
+    r = simulate(workload, setup)
+    assert r.replica.tolist() == replicas
+    assert r.cached_tokens.tolist() == hits

@@ -47,10 +47,14 @@ class PoolSetup:
     stage_send_s: Callable[[int], float] | None = None
     #: Automatic prefix caching on this pool's engines (vLLM's enable_prefix_caching).
     prefix_caching: bool = False
+    #: `prefix_aware` routing: weight of the load against the cached share of the prompt.
+    router_load_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if self.prefix_caching and self.policy.reserves_full_kv:
             raise ValueError(f"policy {self.policy.name} reserves KV up front: no prefix caching")
+        if self.router == "prefix_aware" and not self.prefix_caching:
+            raise ValueError("prefix_aware routing needs prefix caching on the pool")
 
     @property
     def blocks_per_engine(self) -> int:

@@ -131,6 +131,10 @@ class _Instance:
     def free_blocks(self) -> int:
         return sum(st.free_blocks for st in self.states)
 
+    def cached_tokens(self, request_id: int) -> int:
+        """Prompt tokens of a new request the instance's prefix caches hold (its best engine)."""
+        return max(st.cached_tokens(request_id) for st in self.states)
+
     def pick_engine(self) -> ReplicaState:
         """vLLM v0 adds a request to the virtual engine with the fewest unfinished requests."""
         if len(self.states) == 1:
@@ -442,7 +446,9 @@ class _Cluster:
             self._ended(rid)
             return
         members = self.instances[0]
-        idx = route(self.pools[0].router, members, self.routed[0])
+        pool = self.pools[0]
+        idx = route(pool.router, members, self.routed[0], rid, self.requests.prompt_len[rid],
+                    pool.router_load_weight)
         self.routed[0] += 1
         inst = members[idx]
         state = inst.pick_engine()
