@@ -166,7 +166,10 @@ class WorkloadConfig:
 
     `classes`: optional request classes (priority, share, SLO). A trace with a `priority`
     column gives each row its priority; with classes, a row's class is the class of that
-    priority, else classes are drawn by share.
+    priority, else classes are drawn by share. `client_timeout_s`: a client gives up on a
+    request not finished this long after sending it; the engine cancels it at its next step
+    (its KV freed, its tokens so far counted), and it counts in `num_timed_out`, not in the
+    latency metrics (as a benchmark client drops failed requests).
     """
 
     num_requests: int | None = 200
@@ -174,8 +177,12 @@ class WorkloadConfig:
     arrival: ArrivalConfig = field(default_factory=ArrivalConfig)
     lengths: LengthsConfig = field(default_factory=LengthsConfig)
     classes: tuple[RequestClass, ...] = ()
+    client_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
+        if self.client_timeout_s is not None:
+            _require(self.client_timeout_s > 0, "workload.client_timeout_s",
+                     f"must be > 0, got {self.client_timeout_s}")
         names = [c.name for c in self.classes]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         _require(not duplicated, "workload.classes",
@@ -612,6 +619,11 @@ class Scenario:
         check_file_name(self.name, "name")
         _require(self.tp >= 1, "tp", f"must be >= 1, got {self.tp}")
         _require(self.pp >= 1, "pp", f"must be >= 1, got {self.pp}")
+        _require(
+            self.cluster.mode == "colocated" or self.workload.client_timeout_s is None,
+            "workload.client_timeout_s",
+            "client timeouts are modelled on co-located clusters only",
+        )
         _require(
             self.cluster.mode == "colocated" or self.engine.speculative is None,
             "engine.speculative",

@@ -89,6 +89,9 @@ class CounterDecodes:
     def __len__(self) -> int:
         return len(self._rec)
 
+    def __contains__(self, rid: int) -> bool:
+        return rid in self._rec
+
     def tick_steps(self) -> np.ndarray:
         """The engine step index of every tick so far."""
         num_ticks = self.tick
@@ -272,6 +275,9 @@ class VerifyDecodes:
 
     def __len__(self) -> int:
         return self._n
+
+    def __contains__(self, rid: int) -> bool:
+        return bool(np.any(self.ids[: self._n] == rid))
 
     @property
     def accepted_per_position(self) -> np.ndarray:

@@ -248,6 +248,8 @@ class SimulationResult:
     # Prefix caching (None when off): prompt tokens each request found cached at its first
     # admission, and the tokens looked up and found over every admission (recomputes too).
     cached_tokens: np.ndarray | None = None  # int64 per request
+    # Client timeouts (None without): requests cancelled because their client gave up.
+    timed_out: np.ndarray | None = None  # bool per request
     prefix_cache_queried_tokens: int = 0
     prefix_cache_hit_tokens: int = 0
 

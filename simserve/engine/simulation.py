@@ -22,6 +22,7 @@ the last are in flight). Records are the same as stepping one by one (a test com
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -157,7 +158,12 @@ class _Instance:
         fast_forward = self.fast_forward and policy.repeats_decode_plans
         plain_decode_run = state.plain_decode_run
         stages = self.stage_free_at
+        deadlines = state.deadlines
         while True:
+            if deadlines and deadlines[0][0] <= env.now:
+                cancelled = state.cancel_expired(env.now)
+                if cancelled and on_step_done is not None:
+                    on_step_done(state, cancelled)
             if state.has_work():
                 now = env.now
                 plan = schedule(state, now)
@@ -192,7 +198,8 @@ class _Instance:
     def _plan_run(self, state: ReplicaState, now: float) -> _Run | None:
         """The fast-forwarded run starting now, or None when fewer than two steps qualify
         (see the module docstring)."""
-        horizon = self.env.peek()
+        # NOTE: a run stops at the next client timeout too, which is handled between steps.
+        horizon = min(self.env.peek(), state.next_deadline())
         if horizon <= now:
             return None
         k = state.max_run_ticks(MAX_RUN_STEPS)
@@ -330,6 +337,7 @@ class _Cluster:
         # Multi-turn sessions: the next turns of each request, sent `think_s` after it ends.
         self.next_turns: dict[int, list[int]] = {}
         self.think_s = workload.think_s
+        self.client_timeout_s = workload.client_timeout_s
         if workload.after is not None:
             for rid in np.flatnonzero(workload.after >= 0).tolist():
                 self.next_turns.setdefault(int(workload.after[rid]), []).append(rid)
@@ -454,6 +462,9 @@ class _Cluster:
         state = inst.pick_engine()
         self.requests.replica[rid] = state.index
         state.waiting.push(rid)
+        if self.client_timeout_s is not None:
+            heapq.heappush(state.deadlines,
+                           (self.requests.arrived_at[rid] + self.client_timeout_s, rid))
         inst.notify(state)
 
     def issue(self, count: int) -> None:
@@ -587,6 +598,9 @@ class _Cluster:
                 spec_num_drafts=sum(d.num_drafts for d in verifiers),
                 spec_accepted_per_position=sum(d.accepted_per_position for d in verifiers),
             )
+        if self.client_timeout_s is not None:
+            result = dataclasses.replace(
+                result, timed_out=np.asarray(self.requests.timed_out, dtype=bool))
         caches = [st.prefix_cache for st in states if st.prefix_cache is not None]
         if caches:
             result = dataclasses.replace(

@@ -11,6 +11,7 @@ after the run.
 
 from __future__ import annotations
 
+import heapq
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class RequestTable:
         # Prompt tokens found in the prefix cache at first admission (vLLM's
         # num_cached_tokens); 0 without prefix caching.
         self.cached_tokens = array("q", bytes(8 * n))
+        self.timed_out = array("q", bytes(8 * n))  # 1: its client gave up before the end
 
 
 # One row per step, in this order (see `StepRecords` for their meaning).
@@ -260,6 +262,8 @@ class ReplicaState:
         self.prefix_cache = prefix_cache
         # Requests that finished here since the cluster last looked (None: nobody asks).
         self.ended: list[int] | None = None
+        # Client timeouts: (deadline, request id) of the requests sent here, earliest first.
+        self.deadlines: list[tuple[float, int]] = []
         self._lookups: dict[int, tuple[int, int]] = {}
         self._lookups_version = -1
 
@@ -393,6 +397,38 @@ class ReplicaState:
         p = self.requests.prompt_len[request_id]
         n = self.requests.output_len[request_id]
         return self.blocks_for(p + n - 1)
+
+    # ------------------------------------------------------------------ client timeouts
+
+    def next_deadline(self) -> float:
+        """When the earliest client here gives up (inf: none waits)."""
+        return self.deadlines[0][0] if self.deadlines else float("inf")
+
+    def cancel_expired(self, now: float) -> int:
+        """Cancel the requests whose clients gave up by `now` (vLLM aborts a request between
+        steps): wherever it is, it leaves, its KV is freed and its tokens so far stay counted.
+        Returns how many were cancelled."""
+        req = self.requests
+        cancelled = 0
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _deadline, rid = heapq.heappop(self.deadlines)
+            if req.emitted[rid] == req.output_len[rid] or req.rejected[rid]:
+                continue  # finished in time (or never admitted)
+            entry = next((e for e in self.prefilling if e.request_id == rid), None)
+            if entry is not None:
+                self.prefilling.remove(entry)
+                self._release(rid, entry.num_blocks, entry.num_computed)
+            elif rid in self.decodes:
+                computed, remaining = self.decodes.remove(rid)
+                req.emitted[rid] = req.output_len[rid] - remaining
+                self._release(rid, self._held_by_decode(rid, computed), computed)
+            else:
+                self.waiting.take((rid,))
+            req.timed_out[rid] = 1
+            cancelled += 1
+            if self.ended is not None:
+                self.ended.append(rid)
+        return cancelled
 
     # ------------------------------------------------------------------ applying a plan
 
