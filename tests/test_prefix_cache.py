@@ -283,3 +283,20 @@ def test_prefix_aware_routing_sends_a_prompt_where_its_prefix_is_cached(router, 
     r = simulate(workload, setup)
     assert r.replica.tolist() == replicas
     assert r.cached_tokens.tolist() == hits
+
+
+def test_the_kv_figure_shows_prefix_cache_hits_over_time():
+    from simserve.plots.kv import kv_occupancy
+
+    content = SharedContent(group=[0] * 6, group_len=[16] * 6)
+    limits = EngineLimits(num_blocks=100, block_size=BS, max_num_seqs=8,
+                          max_num_batched_tokens=64, max_model_len=10_000)
+    workload = Workload(arrived_at=np.arange(6) * 0.1, prompt_len=np.full(6, 24),
+                        output_len=np.full(6, 2), content=content)
+    setup = EngineSetup.colocated(POLICIES["chunked_prefill"], ConstantCostModel(STEP_S),
+                                  limits, prefix_caching=True)
+    fig = kv_occupancy(simulate(workload, setup))
+    hits = fig.axes[2]
+    assert hits.get_ylabel().startswith("prefix-cache")
+    # Five of six prompts find 16 of 24 tokens: 80/144 of the prompt tokens over the run.
+    assert any(f"{100 * 80 / 144:.0f}%" in t.get_text() for t in hits.get_legend().get_texts())
