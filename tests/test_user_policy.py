@@ -12,9 +12,8 @@ import pytest
 
 from simserve.cli import main
 from simserve.config import load_scenario
-from simserve.engine import POLICIES, QUEUES, ReplicaState
+from simserve.engine import POLICIES, QUEUES, ReplicaState, RequestTable
 from simserve.engine.registry import policy_class
-from simserve.engine.state import RequestTable
 from simserve.experiments.run import run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent

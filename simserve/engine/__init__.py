@@ -18,7 +18,7 @@ from simserve.engine.queues import QUEUES, FCFSQueue, KeyedQueue
 from simserve.engine.records import REJECT_REASONS, SimulationResult, StepRecords
 from simserve.engine.setup import EngineLimits, EngineSetup, PoolSetup, Speculation
 from simserve.engine.simulation import simulate
-from simserve.engine.state import PrefillEntry, ReplicaState
+from simserve.engine.state import PrefillEntry, ReplicaState, RequestTable
 
 __all__ = [
     "POLICIES",
@@ -35,6 +35,7 @@ __all__ = [
     "PrefillEntry",
     "PrefillFirstPolicy",
     "ReplicaState",
+    "RequestTable",
     "SimulationResult",
     "Speculation",
     "StaticPolicy",
