@@ -135,7 +135,8 @@ def _series_keys(table: SweepTable, x: str | None) -> list[str]:
 def _value_text(value: Any) -> str:
     """An axis value for a label; a user's class (`path/file.py:Class`) by its class name."""
     text = str(value)
-    return text.rpartition(":")[2] if isinstance(value, str) and ":" in text else text
+    source, sep, name = text.rpartition(":")
+    return name if isinstance(value, str) and sep and source and name.isidentifier() else text
 
 
 def _series_label(row: Mapping[str, Any], keys: Sequence[str]) -> str:
