@@ -132,13 +132,20 @@ def _series_keys(table: SweepTable, x: str | None) -> list[str]:
     return [a for a in table.axes if a not in (x, "seed")]
 
 
+def _value_text(value: Any) -> str:
+    """An axis value for a label; a user's class (`path/file.py:Class`) by its class name."""
+    text = str(value)
+    source, sep, name = text.rpartition(":")
+    return name if isinstance(value, str) and sep and source and name.isidentifier() else text
+
+
 def _series_label(row: Mapping[str, Any], keys: Sequence[str]) -> str:
     """A curve's legend label from its axis values."""
     if not keys:
         return "all"
     if len(keys) == 1:
-        return str(row.get(keys[0]))
-    return ", ".join(f"{_short(k)}={row.get(k)}" for k in keys)
+        return _value_text(row.get(keys[0]))
+    return ", ".join(f"{_short(k)}={_value_text(row.get(k))}" for k in keys)
 
 
 def _group(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, list]:
@@ -204,6 +211,9 @@ def latency_vs_rate_figure(
     nrows = math.ceil(len(metrics) / ncols)
     fig = Figure(figsize=(6.4 * ncols, 4.2 * nrows), layout="constrained")
     groups = _group(table.rows, _series_keys(table, x))
+    # Long labels (several axes) squeeze every panel's legend into its plot: one legend of
+    # the series under the figure instead, the SLO lines keeping theirs.
+    shared_legend = len(metrics) > 1 and max(map(len, groups), default=0) > 40
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         positive = True
@@ -235,8 +245,15 @@ def latency_vs_rate_figure(
             ax.set_yscale("log")
             ax.set_ylim(bottom=min(all_means) / 3)
         ax.grid(alpha=0.3)
-        if ax.has_data():
+        slo_lines = [line for line in ax.get_lines() if line.get_label().startswith("SLO")]
+        if shared_legend and slo_lines:
+            ax.legend(handles=slo_lines, fontsize="small")
+        elif ax.has_data() and not shared_legend:
             ax.legend(fontsize="small")
+    if shared_legend:
+        handles = [line for line in fig.axes[0].get_lines()
+                   if not line.get_label().startswith("SLO")]
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
     fig.suptitle(f"{table.name}: mean over seeds, 95% confidence band")
     return fig
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_engine_properties import queue_inputs
 
 from simserve.costmodel import ConstantCostModel
 from simserve.engine import POLICIES, QUEUES, EngineLimits, EngineSetup, PoolSetup, simulate
@@ -171,7 +172,7 @@ def disaggregated_runs(draw):
     prefill, decode = pool(), pool()
     link_s_per_token = draw(st.floats(0, 1e-3))
     workload = Workload(arrived_at=arrived, prompt_len=np.array(prompt),
-                        output_len=np.array(output))
+                        output_len=np.array(output), **draw(queue_inputs(n)))
     return workload, prefill, decode, link_s_per_token
 
 

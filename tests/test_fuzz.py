@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -67,11 +68,18 @@ def _sglang_result() -> str:
                        "mean_e2e_latency_ms": 500.0, "mean_ttft_ms": 100.0}) + "\n"
 
 
+def _shipped(path: Path) -> str:
+    """A shipped file's text with its class references (`file.py:Class`, relative to the
+    file) made absolute: the fuzz cases are written to another folder."""
+    return re.sub(r"([\w./-]+\.py):", lambda m: f"{(path.parent / m.group(1)).resolve()}:",
+                  path.read_text())
+
+
 SEEDS: dict[str, list[str]] = {
-    "scenario": [p.read_text() for p in sorted((ROOT / "scenarios").glob("*.yaml"))]
-    + [p.read_text() for p in sorted((ROOT / "scenarios").glob("*/*.yaml"))
+    "scenario": [_shipped(p) for p in sorted((ROOT / "scenarios").glob("*.yaml"))]
+    + [_shipped(p) for p in sorted((ROOT / "scenarios").glob("*/*.yaml"))
        if "sweeps" not in p.parts and "evaluations" not in p.parts],
-    "sweep": [p.read_text().replace("base: ../", f"base: {ROOT}/scenarios/")
+    "sweep": [_shipped(p).replace("base: ../", f"base: {ROOT}/scenarios/")
               for p in sorted((ROOT / "scenarios" / "sweeps").glob("*.yaml"))],
     "evaluation": [p.read_text() for p in sorted((ROOT / "scenarios" / "evaluations")
                                                    .glob("*.yaml"))],

@@ -10,6 +10,7 @@ from tiny_sweep import tiny_base
 from simserve.cli import main
 from simserve.experiments.capacity import parse_slo_rule
 from simserve.plots_sweep import (
+    SweepTable,
     capacity_figure,
     latency_vs_rate_figure,
     load_sweep_table,
@@ -70,6 +71,30 @@ def test_figures_have_labelled_axes_bands_and_slo_lines(sweep_dir):
     (ax,) = pareto.axes
     assert ax.get_xlabel() == "P99 TBT (ms)" and ax.get_ylabel() == "output throughput (tok/s)"
     assert "Pareto front" in [line.get_label() for line in ax.get_lines()]
+
+
+def test_long_series_labels_share_one_legend_and_name_classes_by_class():
+    """Three axes per curve (the user-policy sweep) make long labels: one legend under the
+    panels, and a user's class as its class name rather than its path."""
+    policies = ["chunked_prefill", "../policies/shortest_prompt_first.py:ShortestPromptFirst"]
+    rows = [{"engine.policy": policy, "engine.queue": "fcfs",
+             "engine.max_num_batched_tokens": 2048, "workload.arrival.rate": rate,
+             "p99_tbt_ms": 50.0 + rate + i, "p99_ttft_ms": 300.0 + rate + i}
+            for i, policy in enumerate(policies) for rate in (10, 20)]
+    table = SweepTable(rows=rows, axes=("engine.policy", "engine.queue",
+                                        "engine.max_num_batched_tokens",
+                                        "workload.arrival.rate"),
+                       mode="runs", slo="p99_tbt_ms<=200", name="long")
+    fig = latency_vs_rate_figure(table, ["p99_tbt_ms", "p99_ttft_ms"], "workload.arrival.rate",
+                                 parse_slo_rule(table.slo))
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "policy=chunked_prefill, queue=fcfs, max_num_batched_tokens=2048",
+        "policy=ShortestPromptFirst, queue=fcfs, max_num_batched_tokens=2048",
+    ]
+    tbt, ttft = fig.axes
+    assert [t.get_text() for t in tbt.get_legend().get_texts()] == ["SLO: p99_tbt_ms<=200"]
+    assert ttft.get_legend() is None
 
 
 def test_plot_options_and_bad_input(sweep_dir, tmp_path, capsys):

@@ -8,6 +8,7 @@ the measured data must all be inside the package (found through `simserve.resour
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,16 @@ def test_wheel_commands_run_from_an_empty_directory(installed, tmp_path):
     (tmp_path / "calibrated.yaml").write_text(CALIBRATED)
     out = _run([simserve, "run", "calibrated.yaml"], cwd=tmp_path, env=env)
     assert "calibrated" in out and (tmp_path / "runs" / "calibrated" / "summary.json").is_file()
+
+
+def test_wheel_runs_the_user_policy_example(installed, tmp_path):
+    """The example of a user-defined policy ships with its Python file, found relative to
+    the scenario inside the installed package."""
+    venv, env = installed
+    example = _run([str(venv / "bin" / "python"), "-c", "from simserve.resources import "
+                    "scenarios_dir; print(scenarios_dir('policies', 'example.yaml'))"],
+                   cwd=tmp_path, env=env).strip()
+    _run([str(venv / "bin" / "simserve"), "run", example, "--set", "workload.num_requests=40",
+          "--out", "example"], cwd=tmp_path, env=env)
+    summary = json.loads((tmp_path / "example" / "summary.json").read_text())
+    assert summary["policy"] == "shortest_prompt_first"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import sys
@@ -23,8 +24,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from simserve.engine.policies import POLICIES, BatchingPolicy
 from simserve.engine.queues import QUEUES, FCFSQueue
+from simserve.engine.state import RequestTable
 from simserve.errors import InputError
 
 __all__ = ["POLICY_CAPABILITIES", "is_class_reference", "policy_class", "queue_class"]
@@ -54,15 +58,8 @@ def policy_class(ref: str, field: str = "engine.policy") -> type[BatchingPolicy]
         return _builtin(ref, POLICIES, field, "policy")
     cls = _load_class(ref, field)
     where = f"{cls.__name__} ({ref})"
-    schedule = getattr(cls, "schedule", None)
-    if not callable(schedule):
+    if not callable(getattr(cls, "schedule", None)):
         raise InputError(f"{where} has no schedule(state, now) method", field=field)
-    try:
-        inspect.signature(schedule).bind(None, None, None)
-    except TypeError:
-        raise InputError(f"{where}.schedule must take (self, state, now)", field=field) from None
-    except ValueError:  # no signature to inspect (a builtin): trust it
-        pass
     for attr, kind in POLICY_CAPABILITIES.items():
         value = getattr(cls, attr, None)
         if not isinstance(value, kind):
@@ -77,7 +74,10 @@ def policy_class(ref: str, field: str = "engine.policy") -> type[BatchingPolicy]
             f"{cls.engine_generation!r}",
             field=field,
         )
-    _check_constructs(cls, where, field)
+    _check_own_name(cls, POLICIES, BatchingPolicy.name, where, field)
+    policy = _construct(cls, (), where, field, "a policy is built with no arguments, one per "
+                        "engine")
+    _check_takes(policy.schedule, 2, f"{where}.schedule must take (self, state, now)", field)
     return cls
 
 
@@ -86,14 +86,22 @@ def queue_class(ref: str, field: str = "engine.queue") -> type[FCFSQueue]:
     if not is_class_reference(ref):
         return _builtin(ref, QUEUES, field, "queue order")
     cls = _load_class(ref, field)
+    where = f"{cls.__name__} ({ref})"
     if not issubclass(cls, FCFSQueue):
         raise InputError(
-            f"{cls.__name__} ({ref}) is not a queue order: subclass "
-            "simserve.engine.KeyedQueue (or FCFSQueue)",
+            f"{where} is not a queue order: subclass simserve.engine.KeyedQueue (or FCFSQueue)",
             field=field,
         )
     if not isinstance(getattr(cls, "name", None), str):
-        raise InputError(f"{cls.__name__} ({ref}) must declare name (str)", field=field)
+        raise InputError(f"{where} must declare name (str)", field=field)
+    # NOTE: KeyedQueue inherits FCFSQueue's name, so a subclass that forgets its own would
+    # be reported as fcfs.
+    _check_own_name(cls, QUEUES, None, where, field)
+    queue = _construct(cls, (_empty_requests(),), where, field,
+                       "a queue order is built with the request table, one per engine")
+    _check_takes(queue.key, 1, f"{where}.key must take (self, request_id)", field)
+    _check_takes(queue.running_key, 2,
+                 f"{where}.running_key must take (self, request_id, remaining_output)", field)
     return cls
 
 
@@ -129,7 +137,8 @@ def _load_file(source: str, field: str) -> Any:
     # A name of its own per file, so two files both called policy.py do not collide.
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     module_name = f"simserve_user_{path.stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
+    spec = importlib.util.spec_from_file_location(module_name, path,
+                                                  loader=_SourceOnly(module_name, str(path)))
     if spec is None or spec.loader is None:
         raise InputError(f"cannot load {source} as Python", field=field)
     module = importlib.util.module_from_spec(spec)
@@ -146,6 +155,14 @@ def _load_file(source: str, field: str) -> Any:
         raise InputError(f"{_where_raised(exc, path)}: {type(exc).__name__}: {exc}",
                          field=field) from None
     return module
+
+
+class _SourceOnly(importlib.machinery.SourceFileLoader):
+    """Loads the user's file without writing `__pycache__/` beside it: a scenario's folder is
+    the user's, and simserve writes nothing there."""
+
+    def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:
+        pass
 
 
 def _import(module_name: str, field: str) -> Any:
@@ -170,9 +187,34 @@ def _where_raised(exc: BaseException, path: Path) -> str:
     return f"{path}:{line}" if line else str(path)
 
 
-def _check_constructs(cls: type, where: str, field: str) -> None:
+def _check_own_name(cls: type, registry: dict[str, type], base_name: str | None, where: str,
+                    field: str) -> None:
+    """A user's class reports its own `name` (in summary.json): not a built-in's nor the
+    base class's default, which would label the run as something it is not."""
+    name = cls.name  # type: ignore[attr-defined]
+    if registry.get(name, cls) is not cls or name == base_name:
+        raise InputError(f"{where} must declare a name of its own (it has {name!r}, which "
+                         "names another class); the summary reports it", field=field)
+
+
+def _construct(cls: type, args: tuple, where: str, field: str, how: str) -> Any:
     try:
-        cls()
+        return cls(*args)
     except Exception as exc:
-        raise InputError(f"{where}() failed: {type(exc).__name__}: {exc} (a policy is built "
-                         "with no arguments, one per engine)", field=field) from None
+        raise InputError(f"building {where} failed: {type(exc).__name__}: {exc} ({how})",
+                         field=field) from None
+
+
+def _check_takes(method: Any, num_args: int, message: str, field: str) -> None:
+    """That a bound method accepts `num_args` positional arguments (as the engine calls it)."""
+    try:
+        inspect.signature(method).bind(*([None] * num_args))
+    except TypeError:
+        raise InputError(message, field=field) from None
+    except ValueError:  # no signature to inspect (a builtin): trust it
+        pass
+
+
+def _empty_requests() -> RequestTable:
+    empty = np.zeros(0)
+    return RequestTable(empty, empty, empty)
