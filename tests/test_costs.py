@@ -408,3 +408,17 @@ def test_plot_per_dollar_needs_a_capacity_sweep(tmp_path, capsys):
                        mode="runs", slo=None, name="x")
     with pytest.raises(InputError, match="--per: ranking per dollar needs a capacity sweep"):
         capacity_figure(table, None, "workload.arrival.rate", per="usd")
+
+
+def test_every_cost_key_is_reported_and_rules_on_them_need_a_cost_section(tmp_path):
+    from simserve.experiments.capacity import check_rule, parse_slo_rule
+    from simserve.metrics.energy import COST_KEYS
+
+    data = _toy(tmp_path)
+    summary = run_scenario(scenario_from_mapping(data)).summary
+    assert all(isinstance(summary[key], int | float) for key in COST_KEYS)
+    rule = parse_slo_rule("cost_per_mtok_usd<=2")
+    check_rule(rule, scenario_from_mapping(data))
+    del data["cost"]
+    with pytest.raises(InputError, match="reported only with a cost: section"):
+        check_rule(rule, scenario_from_mapping(data))

@@ -55,6 +55,7 @@ from simserve.config import (
 )
 from simserve.errors import InputError
 from simserve.experiments.run import RunOutput, run_scenario
+from simserve.metrics.energy import COST_KEYS
 from simserve.metrics.summary import flat_summary
 from simserve.pricing import cluster_usd_per_hour
 from simserve.resolve import resolve
@@ -268,6 +269,9 @@ def check_rule(
         )
     known = _probe_keys(scenario, {} if cache is None else cache)
     for key in rule.keys:
+        if key not in known and key in COST_KEYS:
+            raise InputError(f"{key!r} in rule {rule.text!r} is reported only with a cost: "
+                             "section in the scenario (e.g. --set 'cost={}')", field="--slo")
         if key not in known:
             numeric_hint = ", ".join(sorted(k for k in known if k.startswith(("p99_", "median_"))))
             raise InputError(

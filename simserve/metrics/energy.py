@@ -30,9 +30,13 @@ from simserve.catalog import GpuSpec, ModelSpec
 from simserve.engine.records import StepRecords
 from simserve.pricing import GpuRates
 
-__all__ = ["PoolUse", "cost_summary", "step_work", "steps_dynamic_j"]
+__all__ = ["COST_KEYS", "PoolUse", "cost_summary", "step_work", "steps_dynamic_j"]
 
 JOULES_PER_KWH = 3.6e6
+#: The scalar summary keys `cost_summary` adds (a scenario with a `cost:` section).
+COST_KEYS: tuple[str, ...] = ("gpu_hours", "cost_usd", "energy_kwh", "mean_power_w",
+                              "num_output_tokens_generated", "tokens_per_joule",
+                              "cost_per_mtok_usd")
 
 
 def step_work(steps: StepRecords, model: ModelSpec, tp: int) -> tuple[np.ndarray, np.ndarray]:
