@@ -315,7 +315,9 @@ class EngineConfig:
     cost model prices (its CPU loop and CUDA graphs): `v0` (vLLM <= 0.6) or `v1` (>= 0.8);
     unset, the policy's `engine_generation`. `kv_cache_dtype` is vLLM's: `auto` keeps the
     model's KV dtype, `fp8` stores one byte per element. `enforce_eager` turns CUDA graphs
-    off, as vLLM's flag of that name.
+    off, as vLLM's flag of that name. `enable_prefix_caching` (vLLM's flag): automatic prefix
+    caching; unset, the policy's default (on for chunked_prefill, as in vLLM V1; off for the
+    V0-style policies; a policy that reserves KV up front cannot cache).
     """
 
     policy: str = "chunked_prefill"
@@ -333,6 +335,7 @@ class EngineConfig:
     version: EngineVersion | None = None
     kv_cache_dtype: KvCacheDtype = "auto"
     enforce_eager: bool = False
+    enable_prefix_caching: bool | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "engine.max_num_seqs", "must be >= 1")
@@ -354,7 +357,7 @@ class EngineConfig:
             _require(self.num_gpu_blocks_override >= 1, "engine.num_gpu_blocks_override", ">= 1")
 
 
-Router = Literal["round_robin", "least_outstanding", "least_kv"]
+Router = Literal["round_robin", "least_outstanding", "least_kv", "prefix_aware"]
 ClusterMode = Literal["colocated", "disaggregated"]
 
 
@@ -428,17 +431,25 @@ class PoolConfig:
 class ClusterConfig:
     """Where requests run. `colocated`: `replicas` identical engines, each doing prefill and
     decode. `disaggregated`: a `prefill` pool hands each request's KV cache over `link` to a
-    `decode` pool (DistServe, Splitwise)."""
+    `decode` pool (DistServe, Splitwise).
+
+    Routers: `round_robin`, `least_outstanding` (fewest waiting + running), `least_kv` (most
+    free KV blocks), `prefix_aware` (most of the prompt in the replica's prefix cache, less
+    `router_load_weight` times its load relative to the busiest replica).
+    """
 
     mode: ClusterMode = "colocated"
     replicas: int = 1
     router: Router = "round_robin"
+    router_load_weight: float = 0.5
     prefill: PoolConfig | None = None
     decode: PoolConfig | None = None
     link: LinkConfig = field(default_factory=LinkConfig)
 
     def __post_init__(self) -> None:
         _require(self.replicas >= 1, "cluster.replicas", f"must be >= 1, got {self.replicas}")
+        _require(self.router_load_weight >= 0, "cluster.router_load_weight",
+                 f"must be >= 0, got {self.router_load_weight}")
         if self.mode == "colocated":
             for pool in ("prefill", "decode"):
                 _require(

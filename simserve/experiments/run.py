@@ -170,6 +170,8 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
         "cost_model": resolved.cost_model.describe(),
         "num_gpus": resolved.num_gpus,
     }
+    if any(p.setup.prefix_caching for p in resolved.pools):
+        meta["prefix_caching"] = True
     # Like pp and the cluster mode, the queue order is named only where it is not the default.
     queue = resolved.pools[-1].setup.queue
     if queue is not FCFSQueue:

@@ -219,6 +219,8 @@ def summarize_table(
         summary["num_kv_transfer_waited"] = int(
             np.count_nonzero(table["kv_transfer_wait_s"][measured] > 0)
         )
+    if result.cached_tokens is not None:
+        summary.update(_prefix_cache_summary(result, table, measured, whole))
     if classes is not None:
         per_class = class_summaries(result, config, table, token_pass, classes)
         summary["classes"] = per_class
@@ -228,6 +230,22 @@ def summarize_table(
         summary["min_class_slo_attainment"] = (
             None if not attained or any(a is None for a in attained) else min(attained))
     return summary
+
+
+def _prefix_cache_summary(result: SimulationResult, table: dict[str, np.ndarray],
+                          measured: np.ndarray, whole: bool) -> dict[str, object]:
+    """Prefix-cache hits: of measured requests' prompts at their first admission (rate and
+    requests with a hit), and vLLM's counters over every admission, recomputes included."""
+    cached = table["num_cached_tokens"][measured]
+    prompt_tokens = int(table["prompt_len"][measured].sum())
+    out: dict[str, object] = {
+        "prefix_cache_hit_rate": (int(cached.sum()) / prompt_tokens) if prompt_tokens else None,
+        "num_prefix_cache_hit_requests": int(np.count_nonzero(cached)),
+    }
+    if whole:
+        out["prefix_cache_queried_tokens"] = result.prefix_cache_queried_tokens
+        out["prefix_cache_hit_tokens"] = result.prefix_cache_hit_tokens
+    return out
 
 
 def class_summaries(result: SimulationResult, config: MetricsConfig,

@@ -10,6 +10,7 @@ from simserve.config import MetricsConfig, WorkloadConfig
 from simserve.errors import InputError
 from simserve.workload.arrivals import replay_arrivals, sample_arrivals
 from simserve.workload.classes import assign_classes, ttft_budgets_s
+from simserve.workload.content import SharedContent
 from simserve.workload.lengths import sample_lengths, sample_trace_rows
 from simserve.workload.traces import Trace, load_trace
 
@@ -30,6 +31,14 @@ class Workload:
     priority: np.ndarray | None = None  # int64
     ttft_budget_s: np.ndarray | None = None  # float64 > 0
     class_id: np.ndarray | None = None  # int64 >= 0
+    # What the requests' token sequences share (prefix groups, conversation streams, block
+    # ids), for prefix caching; None: nothing is shared.
+    content: SharedContent | None = None
+    # Multi-turn sessions: `after[i]` is the earlier request whose end (finished, rejected or
+    # timed out) sends request i `think_s[i]` seconds later (its arrival is then NaN here and
+    # set by the engine); -1 for requests with their own arrival time. None: no sessions.
+    after: np.ndarray | None = None  # int64
+    think_s: np.ndarray | None = None  # float64 >= 0
 
     def __post_init__(self) -> None:
         # Copy so that freezing the arrays never touches a caller's array.
@@ -53,9 +62,13 @@ class Workload:
             if not np.all(np.isnan(arrived_at)):
                 raise ValueError("a closed-loop workload (concurrency set) has NaN arrivals")
         elif arrived_at.size:
-            if not np.all(np.isfinite(arrived_at)):
+            after = None if self.after is None else np.asarray(self.after)
+            if after is not None and after.shape != arrived_at.shape:
+                raise ValueError("after and think_s need one value per request")
+            own = arrived_at if after is None else arrived_at[after < 0]
+            if not np.all(np.isfinite(own)):
                 raise ValueError("an open-loop workload needs finite arrival times")
-            if arrived_at[0] != 0.0 or np.any(np.diff(arrived_at) < 0):
+            if own.size and (own[0] != 0.0 or np.any(np.diff(own) < 0)):
                 raise ValueError("arrival times must start at 0.0 and never decrease")
         object.__setattr__(self, "arrived_at", arrived_at)
         object.__setattr__(self, "prompt_len", prompt_len)
@@ -74,6 +87,32 @@ class Workload:
             raise ValueError("TTFT budgets must be > 0")
         if self.class_id is not None and np.any(self.class_id < 0):
             raise ValueError("class ids must be >= 0")
+        self._check_sessions(arrived_at)
+        if self.content is not None:
+            self.content.check(prompt_len.size)
+
+    def _check_sessions(self, arrived_at: np.ndarray) -> None:
+        if (self.after is None) != (self.think_s is None):
+            raise ValueError("after and think_s come together")
+        if self.after is None:
+            return
+        after = np.array(self.after, dtype=np.int64)
+        think_s = np.array(self.think_s, dtype=np.float64)
+        n = arrived_at.size
+        if after.shape != (n,) or think_s.shape != (n,):
+            raise ValueError("after and think_s need one value per request")
+        if self.concurrency is not None:
+            raise ValueError("sessions are open-loop across sessions: no concurrency")
+        if np.any(after >= np.arange(n)) or np.any(after < -1):
+            raise ValueError("a request can only follow an earlier one (after[i] < i)")
+        if not np.array_equal(np.isnan(arrived_at), after >= 0):
+            raise ValueError("exactly the requests that follow another have no arrival time")
+        if not np.all(np.isfinite(think_s) & (think_s >= 0)):
+            raise ValueError("think times must be finite and >= 0")
+        for value in (after, think_s):
+            value.setflags(write=False)
+        object.__setattr__(self, "after", after)
+        object.__setattr__(self, "think_s", think_s)
 
     def __len__(self) -> int:
         return int(self.prompt_len.size)
