@@ -83,8 +83,8 @@ def steps_dynamic_j(steps: StepRecords, model: ModelSpec, gpu: GpuSpec, rates: G
 
 @dataclass(frozen=True)
 class PoolUse:
-    """One pool as the cost model sees it: its role, GPU, GPU count, parallelism, the price
-    and power figures that apply, and its steps."""
+    """One pool as cost and energy accounting sees it: its role, GPU, GPU count, parallelism,
+    the price and power figures that apply, and its steps."""
 
     role: str
     gpu: GpuSpec
