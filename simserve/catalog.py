@@ -16,6 +16,7 @@ ignored (under 0.2% of every packaged model).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import math
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,7 @@ __all__ = [
     "ModelSpec",
     "WeightQuant",
     "check_number",
+    "check_power",
     "check_text",
     "load_catalog",
 ]
@@ -88,6 +90,12 @@ def check_number(value: object, field_name: str, *, allow_zero: bool = False) ->
     return float(value)
 
 
+def check_power(idle_w: float | None, tdp_w: float | None, field_name: str) -> None:
+    """Refuse an idle power above the maximum (TDP): a one-line InputError on `field_name`."""
+    if idle_w is not None and tdp_w is not None and idle_w > tdp_w:
+        raise InputError(f"idle power {idle_w:g} W exceeds the TDP {tdp_w:g} W", field=field_name)
+
+
 def _check_bool(value: object, field_name: str) -> bool:
     if not isinstance(value, bool):
         raise InputError(
@@ -107,6 +115,11 @@ class GpuSpec:
     `bf16_tflops` and `fp8_tflops` are dense (not sparse) tensor-core peaks in TFLOP/s;
     `interconnect` names the GPU-to-GPU link (e.g. "nvlink4", "pcie4") and `interconnect_gbps`
     is its per-GPU unidirectional bandwidth in GB/s.
+
+    Optional cost and power figures (`simserve.pricing`): `price_usd_per_hour` is an on-demand
+    rental price of one GPU, read from `price_source` on `price_date`; `idle_w` is the board
+    power of an idle GPU holding a CUDA context and `tdp_w` its maximum board power (datasheet
+    TDP), both cited in `power_source`.
     """
 
     name: str
@@ -116,6 +129,12 @@ class GpuSpec:
     fp8_tflops: float
     interconnect: str
     interconnect_gbps: float
+    price_usd_per_hour: float | None = None
+    price_source: str | None = None
+    price_date: str | None = None
+    idle_w: float | None = None
+    tdp_w: float | None = None
+    power_source: str | None = None
 
     def __post_init__(self) -> None:
         check_text(self.name, "name")
@@ -128,6 +147,17 @@ class GpuSpec:
             "interconnect_gbps",
         ):
             object.__setattr__(self, name, check_number(getattr(self, name), name))
+        if isinstance(self.price_date, datetime.date):  # YAML reads 2026-01-31 as a date
+            object.__setattr__(self, "price_date", self.price_date.isoformat())
+        for name in ("price_source", "price_date", "power_source"):
+            if getattr(self, name) is not None:
+                check_text(getattr(self, name), name)
+        for name, allow_zero in (("price_usd_per_hour", False), ("idle_w", True),
+                                 ("tdp_w", False)):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_number(value, name, allow_zero=allow_zero))
+        check_power(self.idle_w, self.tdp_w, "idle_w")
 
     @property
     def memory_bytes(self) -> float:
@@ -529,8 +559,8 @@ def load_catalog(extra: str | Path | None = None) -> Catalog:
 
     `extra` may hold top-level `gpus:` and `models:` mappings of name -> fields; each entry
     gives every field (except the optional `dtype_bytes`, default 2, `kv_dtype_bytes`,
-    `weight_quant` and the mixture-of-experts fields) and adds a new name or replaces the
-    packaged entry of the same name (case-insensitive) whole.
+    `weight_quant`, the mixture-of-experts fields and a GPU's price and power fields) and
+    adds a new name or replaces the packaged entry of the same name (case-insensitive) whole.
     """
     base = _packaged_catalog()
     if extra is None:

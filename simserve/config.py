@@ -30,6 +30,7 @@ __all__ = [
     "AcceptanceConfig",
     "ArrivalConfig",
     "ClusterConfig",
+    "CostConfig",
     "CostModelConfig",
     "EngineConfig",
     "FluidityConfig",
@@ -395,9 +396,11 @@ class LinkConfig:
 class PoolConfig:
     """One pool of a disaggregated cluster: identical instances of `tp` x `pp` GPUs each.
 
-    Unset fields take the scenario's values (`tp`, `pp`, `engine.*`, `cost_model.profile`).
-    `profile` names the calibrated profile of this pool's TP when `cost_model.kind` is
-    calibrated (a profile is fitted per TP). `policy` decides how prompts are batched on a
+    Unset fields take the scenario's values (`hardware`, `tp`, `pp`, `engine.*`,
+    `cost_model.profile`). `hardware` is this pool's GPU (a catalog name): its memory sizes
+    the pool's KV cache and its cost model prices the pool's steps. `profile` names the
+    calibrated profile of this pool's GPU and TP when `cost_model.kind` is calibrated (a
+    profile is fitted per GPU and TP). `policy` decides how prompts are batched on a
     prefill instance (whole prompts or chunks); on a decode instance it only matters for
     requests preempted there, which recompute their prefill locally as vLLM does. `queue` is
     this pool's queue order.
@@ -406,6 +409,7 @@ class PoolConfig:
     """
 
     instances: int = 1
+    hardware: str | None = None
     tp: int | None = None
     pp: int | None = None
     router: Router = "round_robin"
@@ -418,6 +422,8 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         _require(self.instances >= 1, "instances", f"must be >= 1, got {self.instances}")
+        if self.hardware is not None:
+            _require(bool(self.hardware.strip()), "hardware", "must name a catalog GPU")
         if self.num_gpu_blocks_override is not None:
             _require(self.num_gpu_blocks_override >= 1, "num_gpu_blocks_override", "must be >= 1")
         _require(self.tp is None or self.tp >= 1, "tp", f"must be >= 1, got {self.tp}")
@@ -530,6 +536,31 @@ class CostModelConfig:
         )
 
 
+# --------------------------------------------------------------------------- cost
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """Report the run's GPU-hours, price and energy (`simserve.pricing`, `metrics.energy`).
+
+    Each mapping goes from a catalog GPU name to a number that replaces the catalog's:
+    `gpu_hour_usd` the on-demand price of one GPU-hour in US dollars, `idle_w` and `tdp_w`
+    one GPU's idle and maximum board power in watts. GPUs the cluster does not use may be
+    listed (a sweep over placements sets every price once).
+    """
+
+    gpu_hour_usd: Mapping[str, float] = field(default_factory=dict, hash=False)
+    idle_w: Mapping[str, float] = field(default_factory=dict, hash=False)
+    tdp_w: Mapping[str, float] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        for section, allow_zero in (("gpu_hour_usd", False), ("idle_w", True), ("tdp_w", False)):
+            for gpu, value in getattr(self, section).items():
+                bound = ">= 0" if allow_zero else "> 0"
+                _require(value > 0 or (allow_zero and value == 0), f"cost.{section}.{gpu}",
+                         f"must be {bound}, got {value:g}")
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -613,6 +644,9 @@ class Scenario:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # NOTE: unset (the default), summaries carry no cost or energy keys; `cost: {}` reports
+    # them at the catalog's prices and powers.
+    cost: CostConfig | None = None
 
     def __post_init__(self) -> None:
         # NOTE: the name is the default run directory (runs/<name>), so it must be one.
@@ -810,6 +844,8 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, tuple | list):
             return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
     return plain(scenario)

@@ -22,20 +22,24 @@ from simserve.engine.registry import policy_class, queue_class
 from simserve.engine.setup import EngineLimits, EngineSetup, PoolSetup, Speculation
 from simserve.errors import InputError
 from simserve.links import LinkSpec, resolve_link, stage_link
+from simserve.pricing import check_cost_config, check_rates_known
 
-__all__ = ["ResolvedPool", "ResolvedScenario", "kv_cache_blocks", "kv_cache_bytes", "resolve"]
+__all__ = ["ResolvedPool", "ResolvedScenario", "kv_cache_blocks", "kv_cache_bytes", "kv_link_gpu",
+           "resolve"]
 
 GIB = 2**30
 
 
 @dataclass(frozen=True)
 class ResolvedPool:
-    """One pool's engine setup: `role` is `replica` (co-located), `prefill` or `decode`."""
+    """One pool's engine setup: `role` is `replica` (co-located), `prefill` or `decode`;
+    `gpu` is the GPU its instances run on."""
 
     role: str
     setup: PoolSetup
     tp: int
     pp: int
+    gpu: GpuSpec
 
     @property
     def num_gpus(self) -> int:
@@ -181,8 +185,13 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
             field="engine.max_model_len",
         )
     _check_lengths(scenario, model, max_model_len)
+    if scenario.cost is not None:
+        check_cost_config(scenario.cost, catalog)
     if scenario.cluster.mode == "disaggregated":
-        return _resolve_disaggregated(scenario, gpu, model, max_model_len)
+        resolved = _resolve_disaggregated(scenario, catalog, gpu, model, max_model_len)
+        if scenario.cost is not None:
+            check_rates_known(resolved)
+        return resolved
     policy = policy_class(engine.policy, "engine.policy")
     queue = queue_class(engine.queue, "engine.queue")
     engine = _with_generation(engine, policy)
@@ -244,9 +253,13 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         prefix_caching=caching,
         router_load_weight=scenario.cluster.router_load_weight,
     )
-    return ResolvedScenario(
-        scenario, gpu, model, (ResolvedPool("replica", pool, scenario.tp, scenario.pp),), draft
+    resolved = ResolvedScenario(
+        scenario, gpu, model, (ResolvedPool("replica", pool, scenario.tp, scenario.pp, gpu),),
+        draft,
     )
+    if scenario.cost is not None:
+        check_rates_known(resolved)
+    return resolved
 
 
 def _check_memory(scenario: Scenario) -> None:
@@ -285,15 +298,28 @@ def _stage_send(gpu: GpuSpec, model: ModelSpec, pp: int) -> Callable[[int], floa
     return lambda num_tokens: link.transfer_s(num_tokens * bytes_per_token)
 
 
+def _pool_gpu(catalog: Catalog, name: str | None, scenario_gpu: GpuSpec, field: str) -> GpuSpec:
+    """The catalog GPU a pool names (unset: the scenario's), errors naming the pool's field."""
+    if name is None:
+        return scenario_gpu
+    try:
+        return catalog.gpu(name)
+    except InputError as exc:
+        raise InputError(exc.message, field=field) from None
+
+
 def _resolve_disaggregated(
-    scenario: Scenario, gpu: GpuSpec, model: ModelSpec, max_model_len: int
+    scenario: Scenario, catalog: Catalog, scenario_gpu: GpuSpec, model: ModelSpec,
+    max_model_len: int,
 ) -> ResolvedScenario:
-    """Each pool's limits and cost model (at its own TP and PP), and the KV link."""
+    """Each pool's limits and cost model (on its own GPU, at its own TP and PP), and the KV
+    link."""
     cluster, engine = scenario.cluster, scenario.engine
     pools = []
     for role, pool in (("prefill", cluster.prefill), ("decode", cluster.decode)):
         assert pool is not None  # ClusterConfig fills unset pools
         prefix = f"cluster.{role}."
+        gpu = _pool_gpu(catalog, pool.hardware, scenario_gpu, f"{prefix}hardware")
         policy_field = f"{prefix}policy" if pool.policy is not None else "engine.policy"
         policy = policy_class(pool.policy or engine.policy, policy_field)
         if not policy.admits_while_running:
@@ -341,11 +367,18 @@ def _resolve_disaggregated(
         try:
             cost_model = build_cost_model(cost_config, gpu, model, tp, pool_engine)
         except InputError as exc:
-            if exc.field != "cost_model.profile" or (pool.profile is None and tp == scenario.tp):
+            own_gpu = gpu.name == scenario_gpu.name
+            if exc.field != "cost_model.profile" or (
+                    pool.profile is None and tp == scenario.tp and own_gpu):
                 raise
+            # NOTE: a profile is fitted on one GPU at one TP; name the pool's field that
+            # chose them (its profile, else its GPU) so the error points at a written line.
+            field = f"{prefix}profile" if pool.profile is not None or own_gpu else (
+                f"{prefix}hardware")
             raise InputError(
-                f"{exc.message} (set {prefix}profile to a profile fitted at tp={tp})",
-                field=f"{prefix}profile",
+                f"{exc.message} (set {prefix}profile to a profile fitted on {gpu.name} at "
+                f"tp={tp})",
+                field=field,
             ) from None
         # NOTE: prompts are cached where they are computed, on the prefill pool; a decode
         # instance receives whole KV caches and only recomputes after a preemption.
@@ -363,15 +396,28 @@ def _resolve_disaggregated(
             prefix_caching=caching,
             router_load_weight=cluster.router_load_weight,
         )
-        pools.append(ResolvedPool(role, setup, tp, pp))
+        pools.append(ResolvedPool(role, setup, tp, pp, gpu))
     link_config = cluster.link
     kv_link = resolve_link(
-        link_config.name or gpu.interconnect,
+        link_config.name or kv_link_gpu(pools[0].gpu, pools[1].gpu).interconnect,
         link_config.bandwidth_gbps,
         link_config.latency_us,
         field="cluster.link",
     )
-    return ResolvedScenario(scenario, gpu, model, tuple(pools), kv_link=kv_link)
+    return ResolvedScenario(scenario, scenario_gpu, model, tuple(pools), kv_link=kv_link)
+
+
+def kv_link_gpu(prefill: GpuSpec, decode: GpuSpec) -> GpuSpec:
+    """The GPU whose interconnect carries KV caches when `cluster.link` names no link: the
+    pools' GPU, or of two unlike GPUs the one with the slower interconnect.
+
+    NOTE: a transfer leaves one GPU and enters the other, so it runs no faster than the
+    slower of the two ends. Unlike GPUs sit in different servers in practice, joined by NICs
+    rather than NVLink; this default is then an upper bound, and `cluster.link: net*` the
+    realistic setting (docs/costs.md)."""
+    if prefill.interconnect_gbps <= decode.interconnect_gbps:
+        return prefill
+    return decode
 
 
 def _check_router(router: str, prefix_caching: bool, field: str) -> None:

@@ -45,6 +45,15 @@ def _convert(value: Any, tp: Any, dotted: str) -> Any:
                 f"must be one of {', '.join(map(str, choices))}; got {value!r}", field=dotted
             )
         return value
+    if origin in (dict, Mapping):
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise InputError(f"expected a mapping, got {value!r}", field=dotted)
+        out = {}
+        for key, item in value.items():
+            _convert(key, key_tp, dotted)
+            out[key] = _convert(item, value_tp, f"{dotted}.{key}")
+        return types.MappingProxyType(out)
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list | tuple):

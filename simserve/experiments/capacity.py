@@ -22,7 +22,12 @@ scaled down, and the search is over a monotone function of the rate.
 
 Every result also states the GPUs the cluster occupies (`num_gpus`, from resolving the scenario:
 the sum over pools of instances x tp x pp; it does not depend on the rate) and the capacity per
-GPU. With `attainment:0.9` on a scenario whose `metrics.slo` sets TTFT and TPOT targets, the
+GPU; and, where every pool's GPU has a price (`simserve.pricing`: the catalog's or the
+scenario's `cost.gpu_hour_usd`), what the cluster costs per hour (`usd_per_hour`) and the
+requests it serves per dollar at capacity (`capacity_per_usd` = capacity x 3600 / usd_per_hour:
+goodput per dollar under an attainment rule).
+
+With `attainment:0.9` on a scenario whose `metrics.slo` sets TTFT and TPOT targets, the
 capacity per GPU is DistServe's goodput per GPU (Zhong et al., OSDI 2024: the highest request
 rate per GPU at which at least 90% of requests meet both SLOs), the number that ranks
 co-located and disaggregated placements of different sizes.
@@ -50,7 +55,9 @@ from simserve.config import (
 )
 from simserve.errors import InputError
 from simserve.experiments.run import RunOutput, run_scenario
+from simserve.metrics.energy import COST_KEYS
 from simserve.metrics.summary import flat_summary
+from simserve.pricing import cluster_usd_per_hour
 from simserve.resolve import resolve
 
 __all__ = [
@@ -63,6 +70,7 @@ __all__ = [
     "check_capacity_scenario",
     "check_rule",
     "cluster_gpus",
+    "cluster_price",
     "parse_slo_rule",
     "replication_seeds",
     "run_summary",
@@ -232,7 +240,7 @@ def _probe_keys(scenario: Scenario, cache: dict[str, frozenset[str]]) -> frozens
     """Summary keys a run of `scenario` produces, from a two-request run of the same metrics and
     engine configuration (cached per configuration)."""
     mapping = scenario_to_mapping(scenario)
-    token = json.dumps([mapping.get(k) for k in ("metrics", "engine", "cost_model")]
+    token = json.dumps([mapping.get(k) for k in ("metrics", "engine", "cost_model", "cost")]
                        + [mapping["workload"].get("classes")], sort_keys=True)
     if token not in cache:
         tiny = dataclasses.replace(
@@ -261,6 +269,9 @@ def check_rule(
         )
     known = _probe_keys(scenario, {} if cache is None else cache)
     for key in rule.keys:
+        if key not in known and key in COST_KEYS:
+            raise InputError(f"{key!r} in rule {rule.text!r} is reported only with a cost: "
+                             "section in the scenario (e.g. --set 'cost={}')", field="--slo")
         if key not in known:
             numeric_hint = ", ".join(sorted(k for k in known if k.startswith(("p99_", "median_"))))
             raise InputError(
@@ -397,6 +408,7 @@ class CapacityResult:
     tolerance: float
     probes: tuple[Probe, ...]
     num_gpus: int | None = None
+    usd_per_hour: float | None = None
 
     @property
     def capacity_per_gpu_rps(self) -> float | None:
@@ -405,6 +417,14 @@ class CapacityResult:
         if self.capacity_rps is None or not self.num_gpus:
             return None
         return self.capacity_rps / self.num_gpus
+
+    @property
+    def capacity_per_usd(self) -> float | None:
+        """Requests served per dollar of GPU rental at capacity (capacity x 3600 s/h over the
+        cluster's price per hour); None without a capacity or a price."""
+        if self.capacity_rps is None or not self.usd_per_hour:
+            return None
+        return self.capacity_rps * 3600.0 / self.usd_per_hour
 
     def at_capacity(self) -> Probe | None:
         """The probe at the reported capacity (the largest rate that met the rule)."""
@@ -420,6 +440,8 @@ class CapacityResult:
             "capacity_rps": self.capacity_rps,
             "num_gpus": self.num_gpus,
             "capacity_per_gpu_rps": self.capacity_per_gpu_rps,
+            "usd_per_hour": self.usd_per_hour,
+            "capacity_per_usd": self.capacity_per_usd,
             "low_rps": self.low_rps,
             "high_rps": self.high_rps,
             "status": self.status,
@@ -440,6 +462,12 @@ def cluster_gpus(scenario: Scenario) -> int:
     (co-located: replicas x tp x pp). The arrival rate does not change it, so a search states one
     number for all its probes; it is the `num_gpus` key of every run's summary."""
     return resolve(scenario).num_gpus
+
+
+def cluster_price(scenario: Scenario) -> float | None:
+    """What the scenario's cluster costs per hour (USD; None where a GPU has no price): GPUs x
+    price per GPU-hour over its pools, at the catalog's prices or the scenario's `cost`."""
+    return cluster_usd_per_hour(resolve(scenario))
 
 
 def check_capacity_scenario(scenario: Scenario) -> float:
@@ -469,7 +497,8 @@ def search_capacity(
     summaries with the extra keys (default: one by one in this process).
     """
     start = check_capacity_scenario(scenario)
-    num_gpus = cluster_gpus(scenario)
+    resolved = resolve(scenario)
+    num_gpus, usd_per_hour = resolved.num_gpus, cluster_usd_per_hour(resolved)
     runner: RunMany = run_many or (lambda scenarios: [run_summary(s) for s in scenarios])
     probes: list[Probe] = []
     rule = settings.rule
@@ -493,7 +522,7 @@ def search_capacity(
 
     def result(capacity: float | None, lo: float | None, hi: float | None, status: str):
         return CapacityResult(rule.text, capacity, lo, hi, status, settings.tolerance,
-                              tuple(probes), num_gpus)
+                              tuple(probes), num_gpus, usd_per_hour)
 
     try:
         return _search(meets, result, start, settings)

@@ -84,6 +84,9 @@ def register(subparsers: Any) -> dict[str, Handler]:
     plot.add_argument("--metric", dest="metrics", action="append", default=None,
                       help="metric panel (repeatable; default: the rule's keys, P99 TTFT, "
                       "P99 TBT, median scheduling delay, mean TPOT)")
+    plot.add_argument("--per", default="auto", choices=("auto", "gpu", "usd"),
+                      help="capacity figure: per GPU where GPU counts differ (auto, default), "
+                      "always per GPU, or per dollar of GPU rental, ranked (capacity sweeps)")
     return {"sweep": _cmd_sweep, "capacity": _cmd_capacity, "plot": _cmd_plot}
 
 
@@ -118,11 +121,11 @@ def _results_table(outcome: Any, plan: Any, metrics: Sequence[str]) -> str:
     axes = list(plan.spec.axis_keys)
     if plan.mode == "capacity":
         header = [_short(a) for a in axes] + ["capacity (req/s)", "per GPU (req/s)", "GPUs",
-                                              "bracket", "status", "probes"]
+                                              "per $ (req/USD)", "bracket", "status", "probes"]
         body = [
             [_fmt(r.get(a)) for a in axes]
             + [_fmt(r.get("capacity_rps")), _fmt(r.get("capacity_per_gpu_rps"), 3),
-               _fmt(r.get("num_gpus")),
+               _fmt(r.get("num_gpus")), _fmt(r.get("capacity_per_usd"), 0),
                f"[{_fmt(r.get('capacity_low_rps'))}, {_fmt(r.get('capacity_high_rps'))}]",
                str(r.get("capacity_status")), str(r.get("num_probes"))]
             for r in outcome.rows
@@ -306,6 +309,9 @@ def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: lis
             print(f"capacity: {result.capacity_rps:.4g} req/s ({_per_gpu(result)}; meets "
                   f"at {result.low_rps:.4g}, fails at {result.high_rps:.4g}; status "
                   f"{result.status})")
+        if result.capacity_per_usd is not None:
+            print(f"per dollar: {result.capacity_per_usd:.4g} requests per USD at capacity "
+                  f"(the cluster's GPUs rent for {result.usd_per_hour:.4g} USD/h)")
     print(f"{sum(len(r.probes) for r in results) * len(seeds)} runs in "
           f"{time.perf_counter() - t0:.1f} s")
     if claim is not None:
@@ -342,7 +348,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from simserve.plots_sweep import write_sweep_plots
 
     written = write_sweep_plots(args.sweep_dir, args.out, slo=args.slo, x=args.x,
-                                metrics=args.metrics)
+                                metrics=args.metrics, per=args.per)
     for path in written:
         print(path)
     return 0

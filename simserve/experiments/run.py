@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+# Imported now, before any command claims its output directory: numpy loads numpy.random
+# lazily, and a SIGTERM whose handler raises while that extension module initialises is lost
+# (seen in 1 of 8 runs killed at once; the run then finished and wrote its output).
+import numpy.random
 import yaml
 
 from simserve import __version__
@@ -24,9 +29,11 @@ from simserve.engine.queues import FCFSQueue
 from simserve.engine.records import SimulationResult, StepRecords
 from simserve.engine.simulation import simulate
 from simserve.experiments.atomic import OutputKind, write_dir_atomically
+from simserve.metrics.energy import PoolUse, cost_summary
 from simserve.metrics.requests import request_table
 from simserve.metrics.speculative import spec_decode_summary
 from simserve.metrics.summary import summarize_table
+from simserve.pricing import gpu_rates
 from simserve.progress import progress_bar
 from simserve.resolve import ResolvedScenario, resolve
 from simserve.workload import Workload, build_workload
@@ -142,6 +149,8 @@ def run_scenario(scenario: Scenario, *, fast_forward: bool = True,
     summary = summarize_table(result, scenario.metrics, table, token_pass, classes=classes)
     summary.update(spec_decode_summary(result))
     summary.update(_run_metadata(resolved))
+    if scenario.cost is not None:
+        summary.update(_cost_keys(resolved, [steps for _role, _cm, steps in by_pool], result))
     reports = {role: envelope_report(cm, steps) for role, cm, steps in by_pool}
     if len(by_pool) == 1:
         envelope = reports["replica"]
@@ -150,6 +159,19 @@ def run_scenario(scenario: Scenario, *, fast_forward: bool = True,
     if envelope:
         summary["envelope"] = envelope
     return RunOutput(resolved, workload, result, summary, table, token_pass.deadline_miss_rate)
+
+
+def _cost_keys(resolved: ResolvedScenario, steps: list[StepRecords],
+               result: SimulationResult) -> dict[str, object]:
+    """GPU-hours, cost and energy of the run (`scenario.cost` set; its figures were checked
+    by `resolve`)."""
+    pools = [
+        PoolUse(p.role, p.gpu, p.num_gpus, p.tp, p.pp, gpu_rates(p.gpu, resolved.scenario.cost),
+                pool_steps)
+        for p, pool_steps in zip(resolved.pools, steps, strict=True)
+    ]
+    offsets = result.tokens.offsets
+    return cost_summary(pools, resolved.model, int(offsets[-1] - offsets[0]))
 
 
 def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
@@ -181,8 +203,12 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
         meta["cluster_mode"] = s.cluster.mode
     if s.cluster.mode == "disaggregated":
         assert resolved.kv_link is not None
+        # NOTE: a pool names its GPU where the pools' GPUs are not all the scenario's (older
+        # summaries, whose pools all ran on `hardware`, stay as they were).
+        mixed = any(p.gpu.name != resolved.gpu.name for p in resolved.pools)
         meta["pools"] = {
             p.role: {
+                **({"hardware": p.gpu.name} if mixed else {}),
                 "instances": p.setup.instances,
                 "tp": p.tp,
                 "pp": p.pp,
@@ -202,6 +228,9 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
             "bandwidth_gbps": link.bandwidth_gbps,
             "latency_us": link.latency_us,
         }
+        if mixed and s.cluster.link.name is None:
+            meta["kv_link"]["chosen_by"] = (
+                "cluster.link.name unset: the slower interconnect of the pools' GPUs")
     return meta
 
 

@@ -17,7 +17,13 @@ import numpy as np
 from simserve import __version__
 from simserve.errors import InputError
 from simserve.experiments.atomic import temporary_sibling
-from simserve.experiments.capacity import CapacityResult, Probe, cluster_gpus, replication_seeds
+from simserve.experiments.capacity import (
+    CapacityResult,
+    Probe,
+    cluster_gpus,
+    cluster_price,
+    replication_seeds,
+)
 from simserve.experiments.sweep.layout import (
     CAPACITY_FILE,
     FORMAT_VERSION,
@@ -181,10 +187,11 @@ def row_from_disk(run: SweepRun, plan: SweepPlan, sweep_dir: Path) -> dict[str, 
     # NOTE: capacity.json files written before num_gpus was recorded: the same number from the
     # point's scenario, so a resumed sweep's rows match an uninterrupted one's.
     num_gpus = data.get("num_gpus") or cluster_gpus(run.scenario)
+    usd_per_hour = data["usd_per_hour"] if "usd_per_hour" in data else cluster_price(run.scenario)
     result = CapacityResult(
         rule=data["rule"], capacity_rps=data["capacity_rps"], low_rps=data["low_rps"],
         high_rps=data["high_rps"], status=data["status"], tolerance=data["tolerance"],
-        probes=probes, num_gpus=num_gpus,
+        probes=probes, num_gpus=num_gpus, usd_per_hour=usd_per_hour,
     )
     return capacity_row(run.prefix(), result, len(plan.capacity.seeds))
 

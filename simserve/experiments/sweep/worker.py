@@ -43,15 +43,17 @@ def run_row(prefix: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
 
 def capacity_row(prefix: Mapping[str, Any], result: CapacityResult,
                  num_seeds: int) -> dict[str, Any]:
-    """One capacity row: the point, the capacity (total and per GPU, with the GPUs the point's
-    cluster occupies) and its bracket, then the mean over seeds of every numeric summary key at
-    the capacity rate."""
+    """One capacity row: the point, the capacity (total, per GPU with the GPUs the point's
+    cluster occupies, per dollar with its price per hour) and its bracket, then the mean over
+    seeds of every numeric summary key at the capacity rate."""
     row = dict(prefix)
     row.update(
         {
             "capacity_rps": result.capacity_rps,
             "capacity_per_gpu_rps": result.capacity_per_gpu_rps,
             "num_gpus": result.num_gpus,
+            "capacity_per_usd": result.capacity_per_usd,
+            "usd_per_hour": result.usd_per_hour,
             "capacity_low_rps": result.low_rps,
             "capacity_high_rps": result.high_rps,
             "capacity_status": result.status,
