@@ -23,6 +23,7 @@ from simserve.costmodel import CostModel, envelope_report, envelope_warnings
 from simserve.engine.queues import FCFSQueue
 from simserve.engine.records import SimulationResult, StepRecords
 from simserve.engine.simulation import simulate
+from simserve.errors import InputError
 from simserve.experiments.atomic import OutputKind, write_dir_atomically
 from simserve.metrics.requests import request_table
 from simserve.metrics.speculative import spec_decode_summary
@@ -34,6 +35,7 @@ from simserve.workload.classes import ClassLabels
 __all__ = [
     "RUN_DIR",
     "RunOutput",
+    "build_scenario_workload",
     "run_dir_writer",
     "run_scenario",
     "seed_streams",
@@ -43,7 +45,7 @@ __all__ = [
 
 # NOTE: a stream is only ever appended: SeedSequence children are numbered, so the streams
 # before it stay the same and older runs reproduce.
-STREAMS = ("arrivals", "lengths", "acceptance", "routing", "classes")
+STREAMS = ("arrivals", "lengths", "acceptance", "routing", "classes", "prefix", "sessions")
 
 
 def seed_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -77,11 +79,36 @@ def simulate_resolved(
     """Build the workload and run the engine for a resolved scenario (`fast_forward=False`
     waits for every step as its own event: slower, same records)."""
     scenario = resolved.scenario
-    workload = build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"],
-                              rngs["classes"], scenario.metrics)
+    workload = build_scenario_workload(resolved, rngs)
+    _refuse_what_the_engine_cannot_run(workload, scenario)
     result = simulate(workload, resolved.engine_setup, acceptance_rng=rngs["acceptance"],
                       fast_forward=fast_forward)
     return workload, result
+
+
+def build_scenario_workload(resolved: ResolvedScenario,
+                            rngs: dict[str, np.random.Generator]) -> Workload:
+    """The workload of a resolved scenario, each purpose drawing from its own stream."""
+    scenario = resolved.scenario
+    return build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"], rngs["classes"],
+                          scenario.metrics, prefix_rng=rngs["prefix"],
+                          session_rng=rngs["sessions"],
+                          max_model_len=resolved.limits.max_model_len)
+
+
+def _refuse_what_the_engine_cannot_run(workload: Workload, scenario: Scenario) -> None:
+    """One-line errors for workloads the engine cannot run yet, instead of a hang."""
+    # NOTE: the engine sends requests at their arrival times; a session turn has none (it is
+    # sent after the previous turn ends), which the engine's session support will handle.
+    if workload.after is not None:
+        raise InputError("sessions need the engine's session support",
+                         field="workload.sessions")
+    if workload.content is not None:
+        try:
+            workload.content.check(len(workload), scenario.engine.block_size)
+        except ValueError as exc:
+            raise InputError(f"{exc}: the trace's block ids need whole KV blocks",
+                             field="engine.block_size") from None
 
 
 def _pool_steps(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GROUP", "HASH", "STREAM", "SharedContent", "Segment"]
+__all__ = ["GROUP", "HASH", "STREAM", "Segment", "SharedContent"]
 
 GROUP, STREAM, HASH = 0, 1, 2
 
