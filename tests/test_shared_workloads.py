@@ -36,8 +36,9 @@ from simserve.workload.sessions import draw_think_s, draw_turns, plan_sessions
 
 ROOT = Path(__file__).resolve().parents[1]
 ROOT_SCENARIO = ROOT / "scenarios" / "default.yaml"
-ARXIV = ROOT / "calibration" / "data" / "traces" / (
-    "arxiv_summarization_stats_llama2_tokenizer_filtered_v2.csv")
+TRACES = ROOT / "calibration" / "data" / "traces"
+ARXIV = TRACES / "arxiv_summarization_stats_llama2_tokenizer_filtered_v2.csv"
+CONV = TRACES / "splitwise_conv.csv"
 
 
 def streams(seed: int = 0) -> dict[str, np.random.Generator]:
@@ -343,6 +344,16 @@ def test_sessions_and_prefixes_need_their_streams() -> None:
         build_workload(WorkloadConfig(prefix=PrefixConfig(shared_len=8)), rng, rng)
     with pytest.raises(ValueError, match="session_rng"):
         build_workload(WorkloadConfig(sessions=SESSIONS), rng, rng)
+
+
+def test_sessions_start_at_a_replayed_traces_times() -> None:
+    config = WorkloadConfig(num_requests=30, trace=str(CONV),
+                            arrival=ArrivalConfig(process="trace"), sessions=SESSIONS)
+    workload = build(config)
+    first = np.flatnonzero(workload.after < 0)
+    assert first.size == 10
+    times = np.loadtxt(CONV, delimiter=",", skiprows=1, max_rows=10, usecols=0)
+    np.testing.assert_allclose(workload.arrived_at[first], times - times[0])
 
 
 def test_sessions_draw_trace_rows_for_their_turns() -> None:

@@ -253,7 +253,8 @@ def test_burstgpt_rows_with_zero_response_tokens_are_failed_requests(tmp_path: P
 
 
 @pytest.mark.parametrize("column", ["Session ID", "SessionID"])
-def test_burstgpt_sessions_become_conversation_streams(tmp_path: Path, column: str) -> None:
+def test_burstgpt_sessions_become_conversation_streams(tmp_path: Path, column: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path / "burst.csv", BURSTGPT_SESSIONS.replace("Session ID", column))
     with pytest.warns(InputWarning, match="skipped 1 row"):
         trace = load_trace(path)
@@ -262,6 +263,10 @@ def test_burstgpt_sessions_become_conversation_streams(tmp_path: Path, column: s
     np.testing.assert_array_equal(trace.prompt_len, [300, 200, 50, 80, 120])
     # A session's stream is its first request's index; a row without one is its own.
     np.testing.assert_array_equal(trace.session, [0, 0, 2, 3, 2])
+    monkeypatch.setattr(traces, "CHUNK_ROWS", 2)  # sessions span chunks
+    with pytest.warns(InputWarning):
+        np.testing.assert_array_equal(load_trace(path).session, trace.session)
+    monkeypatch.undo()
     with pytest.warns(InputWarning), pytest.warns(
             InputNotice, match=r"burstgpt CSV \(conversation sessions\)"):
         workload = replay(path, num_requests=4)

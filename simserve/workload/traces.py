@@ -32,7 +32,7 @@ import csv
 import itertools
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +81,8 @@ TRACE_FORMATS: tuple[TraceFormat, ...] = (
     TraceFormat("simserve", "arrival_s", "prompt_len", "output_len"),
     TraceFormat("vidur", "arrived_at", "num_prefill_tokens", "num_decode_tokens"),
     TraceFormat("azure", "TIMESTAMP", "ContextTokens", "GeneratedTokens"),
-    # NOTE: BurstGPT's README announces the column as `SessionID`; a published file spells it
-    # `Session ID`. Both are read.
+    # NOTE: BurstGPT's README announces the new column as `SessionID`; descriptions of its
+    # later files (BurstGPT_3.csv) show `Session ID`. Both are read.
     TraceFormat("burstgpt", "Timestamp", "Request tokens", "Response tokens",
                 session_columns=("Session ID", "SessionID")),
 )
@@ -297,20 +297,12 @@ class _TraceReader:
             self._read_csv(rest)
 
     def _read_jsonl(self, lines: Iterator[str]) -> None:
-        records: list[mooncake.Record] = []
-        line_numbers: list[int] = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            records.append(mooncake.parse_line(line, number, self.source))
-            line_numbers.append(number)
-            if len(records) >= CHUNK_ROWS or self._enough(len(records)):
-                self._parse_records(records, line_numbers)
-                records, line_numbers = [], []
-                if self._enough(0):
-                    return
-        if records:
-            self._parse_records(records, line_numbers)
+        def records() -> Iterator[tuple[mooncake.Record, int]]:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    yield mooncake.parse_line(line, number, self.source), number
+
+        self._in_chunks(records(), self._parse_records)
 
     def _parse_records(self, records: list[mooncake.Record], line_numbers: list[int]) -> None:
         where = Where(line_numbers, self.source, self._data_rows, kind="key")
@@ -326,23 +318,34 @@ class _TraceReader:
         self.format, self.columns = _detect_format([name.strip() for name in header],
                                                    self.source)
         width = max(self.columns.values()) + 1
-        rows: list[list[str]] = []
+
+        def rows() -> Iterator[tuple[list[str], int]]:
+            for row in reader:
+                if not row or not any(cell.strip() for cell in row):
+                    continue
+                if len(row) < width:
+                    raise InputError(f"expected at least {width} columns, got {len(row)}",
+                                     source=self.source, line=reader.line_num)
+                yield row, reader.line_num
+
+        self._in_chunks(rows(), self._parse_chunk)
+
+    def _in_chunks(self, rows: Iterator[tuple[Any, int]],
+                   parse: Callable[[list[Any], list[int]], None]) -> None:
+        """Hand (row, line number) pairs to `parse` `CHUNK_ROWS` at a time, and stop reading
+        once `max_rows` usable rows are in."""
+        chunk: list[Any] = []
         line_numbers: list[int] = []
-        for row in reader:
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) < width:
-                raise InputError(f"expected at least {width} columns, got {len(row)}",
-                                 source=self.source, line=reader.line_num)
-            rows.append(row)
-            line_numbers.append(reader.line_num)
-            if len(rows) >= CHUNK_ROWS or self._enough(len(rows)):
-                self._parse_chunk(rows, line_numbers)
-                rows, line_numbers = [], []
+        for row, line in rows:
+            chunk.append(row)
+            line_numbers.append(line)
+            if len(chunk) >= CHUNK_ROWS or self._enough(len(chunk)):
+                parse(chunk, line_numbers)
+                chunk, line_numbers = [], []
                 if self._enough(0):
                     return
-        if rows:
-            self._parse_chunk(rows, line_numbers)
+        if chunk:
+            parse(chunk, line_numbers)
 
     def _enough(self, pending: int) -> bool:
         """Whether `max_rows` usable rows are in, counting `pending` unparsed rows as usable
