@@ -229,8 +229,11 @@ class WorkloadConfig:
     `classes`: optional request classes (priority, share, SLO). A trace with a `priority`
     column gives each row its priority; with classes, a row's class is the class of that
     priority, else classes are drawn by share (per session when there are sessions).
-    `prefix`: shared prompt prefixes; `sessions`: multi-turn conversations. `num_requests`
-    counts requests, that is turns when there are sessions.
+    `client_timeout_s`: a client gives up on a request not finished this long after sending
+    it; the engine cancels it at its next step (its KV freed, its tokens so far counted), and
+    it counts in `num_timed_out`, not in the latency metrics (as a benchmark client drops
+    failed requests). `prefix`: shared prompt prefixes; `sessions`: multi-turn conversations.
+    `num_requests` counts requests, that is turns when there are sessions.
     """
 
     num_requests: int | None = 200
@@ -238,10 +241,14 @@ class WorkloadConfig:
     arrival: ArrivalConfig = field(default_factory=ArrivalConfig)
     lengths: LengthsConfig = field(default_factory=LengthsConfig)
     classes: tuple[RequestClass, ...] = ()
+    client_timeout_s: float | None = None
     prefix: PrefixConfig | None = None
     sessions: SessionsConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.client_timeout_s is not None:
+            _require(self.client_timeout_s > 0, "workload.client_timeout_s",
+                     f"must be > 0, got {self.client_timeout_s}")
         _require(
             self.sessions is None or self.arrival.process != "closed_loop",
             "workload.sessions",
@@ -386,7 +393,9 @@ class EngineConfig:
     cost model prices (its CPU loop and CUDA graphs): `v0` (vLLM <= 0.6) or `v1` (>= 0.8);
     unset, the policy's `engine_generation`. `kv_cache_dtype` is vLLM's: `auto` keeps the
     model's KV dtype, `fp8` stores one byte per element. `enforce_eager` turns CUDA graphs
-    off, as vLLM's flag of that name.
+    off, as vLLM's flag of that name. `enable_prefix_caching` (vLLM's flag): automatic prefix
+    caching; unset, the policy's default (on for chunked_prefill, as in vLLM V1; off for the
+    V0-style policies; a policy that reserves KV up front cannot cache).
     """
 
     policy: str = "chunked_prefill"
@@ -404,6 +413,7 @@ class EngineConfig:
     version: EngineVersion | None = None
     kv_cache_dtype: KvCacheDtype = "auto"
     enforce_eager: bool = False
+    enable_prefix_caching: bool | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "engine.max_num_seqs", "must be >= 1")
@@ -425,7 +435,7 @@ class EngineConfig:
             _require(self.num_gpu_blocks_override >= 1, "engine.num_gpu_blocks_override", ">= 1")
 
 
-Router = Literal["round_robin", "least_outstanding", "least_kv"]
+Router = Literal["round_robin", "least_outstanding", "least_kv", "prefix_aware"]
 ClusterMode = Literal["colocated", "disaggregated"]
 
 
@@ -494,17 +504,25 @@ class PoolConfig:
 class ClusterConfig:
     """Where requests run. `colocated`: `replicas` identical engines, each doing prefill and
     decode. `disaggregated`: a `prefill` pool hands each request's KV cache over `link` to a
-    `decode` pool (DistServe, Splitwise)."""
+    `decode` pool (DistServe, Splitwise).
+
+    Routers: `round_robin`, `least_outstanding` (fewest waiting + running), `least_kv` (most
+    free KV blocks), `prefix_aware` (most of the prompt in the replica's prefix cache, less
+    `router_load_weight` times its load relative to the busiest replica).
+    """
 
     mode: ClusterMode = "colocated"
     replicas: int = 1
     router: Router = "round_robin"
+    router_load_weight: float = 0.5
     prefill: PoolConfig | None = None
     decode: PoolConfig | None = None
     link: LinkConfig = field(default_factory=LinkConfig)
 
     def __post_init__(self) -> None:
         _require(self.replicas >= 1, "cluster.replicas", f"must be >= 1, got {self.replicas}")
+        _require(self.router_load_weight >= 0, "cluster.router_load_weight",
+                 f"must be >= 0, got {self.router_load_weight}")
         if self.mode == "colocated":
             for pool in ("prefill", "decode"):
                 _require(
@@ -673,6 +691,11 @@ class Scenario:
         check_file_name(self.name, "name")
         _require(self.tp >= 1, "tp", f"must be >= 1, got {self.tp}")
         _require(self.pp >= 1, "pp", f"must be >= 1, got {self.pp}")
+        _require(
+            self.cluster.mode == "colocated" or self.workload.client_timeout_s is None,
+            "workload.client_timeout_s",
+            "client timeouts are modelled on co-located clusters only",
+        )
         _require(
             self.cluster.mode == "colocated" or self.engine.speculative is None,
             "engine.speculative",

@@ -79,6 +79,7 @@ def format_summary(summary: Mapping[str, object]) -> str:
         ("P1 fluidity-index:", "p1_fluidity_index", 4),
         ("Fluid token rate (tok/s):", "fluid_token_rate", 2),
         ("SLO attainment:", "slo_attainment", 4),
+        ("Prefix cache hit rate (prompt tokens):", "prefix_cache_hit_rate", 4),
         ("Stalls (gaps over threshold):", "num_stalls", 0),
         ("Preemptions:", "num_preemptions", 0),
         ("Rejected requests:", "num_rejected", 0),

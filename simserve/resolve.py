@@ -238,6 +238,8 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
             )
             draft_cost = build_cost_model(draft_config, gpu, draft, scenario.tp)
         cost_model = SpeculativeCostModel(cost_model, draft_cost, spec.draft_cost_fraction)
+    caching = _prefix_caching(engine, policy, "engine.policy")
+    _check_router(scenario.cluster.router, caching, "cluster.router")
     pool = PoolSetup(
         instances=scenario.cluster.replicas,
         limits=limits,
@@ -247,6 +249,8 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         router=scenario.cluster.router,
         pp=scenario.pp,
         stage_send_s=_stage_send(gpu, model, scenario.pp),
+        prefix_caching=caching,
+        router_load_weight=scenario.cluster.router_load_weight,
     )
     return ResolvedScenario(
         scenario, gpu, model, (ResolvedPool("replica", pool, scenario.tp, scenario.pp),), draft
@@ -351,6 +355,10 @@ def _resolve_disaggregated(
                 f"{exc.message} (set {prefix}profile to a profile fitted at tp={tp})",
                 field=f"{prefix}profile",
             ) from None
+        # NOTE: prompts are cached where they are computed, on the prefill pool; a decode
+        # instance receives whole KV caches and only recomputes after a preemption.
+        caching = role == "prefill" and _prefix_caching(engine, policy, policy_field)
+        _check_router(pool.router, caching, f"{prefix}router")
         setup = PoolSetup(
             instances=pool.instances,
             limits=limits,
@@ -360,6 +368,8 @@ def _resolve_disaggregated(
             router=pool.router,
             pp=pp,
             stage_send_s=_stage_send(gpu, model, pp),
+            prefix_caching=caching,
+            router_load_weight=cluster.router_load_weight,
         )
         pools.append(ResolvedPool(role, setup, tp, pp))
     link_config = cluster.link
@@ -370,6 +380,30 @@ def _resolve_disaggregated(
         field="cluster.link",
     )
     return ResolvedScenario(scenario, gpu, model, tuple(pools), kv_link=kv_link)
+
+
+def _check_router(router: str, prefix_caching: bool, field: str) -> None:
+    if router == "prefix_aware" and not prefix_caching:
+        raise InputError(
+            "prefix_aware routing needs prefix caching on the pool's engines (set "
+            "engine.enable_prefix_caching: true; a decode pool never caches prefixes)",
+            field=field,
+        )
+
+
+def _prefix_caching(engine: EngineConfig, policy: type[BatchingPolicy], policy_field: str) -> bool:
+    """Whether the policy's engines cache prefixes: the scenario's choice, else the policy's
+    default; a policy that reserves KV for whole sequences up front cannot."""
+    wanted = engine.enable_prefix_caching
+    if wanted is None:
+        return policy.caches_prefixes_by_default and not policy.reserves_full_kv
+    if wanted and policy.reserves_full_kv:
+        raise InputError(
+            f"policy {policy.name} reserves KV for whole sequences up front, so it cannot share "
+            f"cached blocks; set engine.enable_prefix_caching: false or another {policy_field}",
+            field="engine.enable_prefix_caching",
+        )
+    return wanted
 
 
 def _with_generation(engine: EngineConfig, policy: type[BatchingPolicy]) -> EngineConfig:

@@ -1,8 +1,8 @@
 """Workloads with shared content: prefix groups (statistics of the group draws at fixed seeds),
 multi-turn sessions (turn order, after/think arrays, each turn's prompt = previous prompt +
 previous output + new message, stream ids, sessions cut by max_model_len), the KV blocks that
-`SharedContent.segments` says are shared on hand-made and built requests, config errors, and
-determinism."""
+`SharedContent.segments` says are shared on hand-made and built requests, config errors,
+determinism, and runs whose prefix cache finds what the workload shares."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simserve.cli import main
 from simserve.config import (
     ArrivalConfig,
     LengthsConfig,
@@ -440,23 +439,25 @@ def test_segments_cover_every_whole_block_once_and_ids_never_name_output(
 # --------------------------------------------------------------------------- runs
 
 
-def test_a_run_with_prefix_groups_runs_and_a_run_with_sessions_is_refused(tmp_path,
-                                                                          capsys) -> None:
-    small = ["workload.num_requests=30", "metrics.warmup_s=0", "metrics.cooldown_s=0"]
-    grouped = load_scenario(ROOT_SCENARIO, [*small, "workload.prefix.shared_len=300",
-                                            "workload.prefix.num_groups=3"])
-    output = run_scenario(grouped)
-    assert output.summary["completed"] == 30 and output.workload.content is not None
-    sessions = load_scenario(ROOT_SCENARIO, [*small, "workload.sessions.turns=3",
-                                             "workload.sessions.think_time_s=1"])
-    # NOTE: the engine sends every request at its arrival time, and a session turn has none:
-    # until the engine's session support lands, a run refuses them rather than hang.
-    with pytest.raises(InputError, match="sessions need the engine's session support") as info:
-        run_scenario(sessions)
-    assert info.value.field == "workload.sessions"
-    flags = [flag for item in [*small, "workload.sessions.turns=3",
-                               "workload.sessions.think_time_s=1"] for flag in ("--set", item)]
-    code = main(["run", str(ROOT_SCENARIO), "--out", str(tmp_path / "s"), *flags])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "workload.sessions" in err
-    assert not (tmp_path / "s").exists()
+def test_runs_with_prefix_groups_and_sessions_hit_the_prefix_cache() -> None:
+    small = ["workload.num_requests=60", "metrics.warmup_s=0", "metrics.cooldown_s=0"]
+    grouped = run_scenario(load_scenario(ROOT_SCENARIO, [
+        *small, "workload.prefix.shared_len=1024", "workload.prefix.num_groups=2"]))
+    assert grouped.summary["completed"] == 60 and grouped.workload.content is not None
+    cached = grouped.result.cached_tokens
+    assert cached is not None and np.all(cached % 16 == 0) and np.all(cached <= 1024)
+    assert grouped.summary["prefix_cache_hit_rate"] > 0.3
+    sessions = run_scenario(load_scenario(ROOT_SCENARIO, [
+        *small, "workload.sessions.turns=3", "workload.sessions.think_time_s=2"]))
+    workload, result = sessions.workload, sessions.result
+    assert sessions.summary["completed"] == 60
+    # Each next turn is sent its think time after the previous turn finished, and finds the
+    # previous turn's whole blocks cached: its prompt and its output but the last token (whose
+    # KV is never computed), and never its own last prompt token (computed for its logits).
+    turn = np.flatnonzero(workload.after >= 0)
+    np.testing.assert_allclose(result.arrived_at[turn],
+                               result.finished_at[turn - 1] + workload.think_s[turn])
+    held = (workload.prompt_len[turn - 1] + workload.output_len[turn - 1] - 1) // 16 * 16
+    assert result.cached_tokens is not None
+    np.testing.assert_array_equal(
+        result.cached_tokens[turn], np.minimum(held, (workload.prompt_len[turn] - 1) // 16 * 16))

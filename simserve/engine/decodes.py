@@ -89,6 +89,9 @@ class CounterDecodes:
     def __len__(self) -> int:
         return len(self._rec)
 
+    def __contains__(self, rid: int) -> bool:
+        return rid in self._rec
+
     def tick_steps(self) -> np.ndarray:
         """The engine step index of every tick so far."""
         num_ticks = self.tick
@@ -117,18 +120,6 @@ class CounterDecodes:
             if (rec[0] + tick) % bs == 0:
                 need += 1
         return need
-
-    def newest_first(self, width: int) -> Iterator[tuple[int, int]]:
-        """(blocks held, new blocks needed for `width` more tokens) of each member, newest
-        first: what a policy weighs when it preempts."""
-        bs, tick = self.block_size, self.tick
-        for rid, rec in reversed(self._rec.items()):
-            c = rec[0] + tick
-            if self.reserve_full:
-                yield self._reserve_blocks(rid), 0
-            else:
-                held = -(-c // bs)
-                yield held, -(-(c + width) // bs) - held
 
     def ticks_to_first_finish(self) -> int:
         """Ticks from the next one up to and including the first tick at which a member
@@ -285,6 +276,9 @@ class VerifyDecodes:
     def __len__(self) -> int:
         return self._n
 
+    def __contains__(self, rid: int) -> bool:
+        return bool(np.any(self.ids[: self._n] == rid))
+
     @property
     def accepted_per_position(self) -> np.ndarray:
         """Verifies that accepted draft position j (1..k): those accepting at least j."""
@@ -296,16 +290,6 @@ class VerifyDecodes:
         computed = self.computed_arr[:m]
         bs = self.block_size
         return int((-(-(computed + width) // bs) + (-computed // bs)).sum())
-
-    def newest_first(self, width: int) -> Iterator[tuple[int, int]]:
-        bs = self.block_size
-        for i in range(self._n - 1, -1, -1):
-            if self.reserve_full:
-                yield self._reserve_blocks(int(self.ids[i])), 0
-            else:
-                c = int(self.computed_arr[i])
-                held = -(-c // bs)
-                yield held, -(-(c + width) // bs) - held
 
     def join(self, rid: int, computed: int, remaining: int) -> None:
         # NOTE: appending is safe while a step is in flight: a step touches only its first

@@ -39,6 +39,7 @@ class Policy(Protocol):
     supports_speculation: bool
     repeats_decode_plans: bool
     admits_while_running: bool
+    caches_prefixes_by_default: bool
     engine_generation: str
 
     def schedule(self, state: ReplicaState, now: float) -> StepPlan: ...
@@ -64,6 +65,9 @@ class BatchingPolicy:
     #: Admits new requests while others run, so it can serve a pool that requests keep
     #: joining (a disaggregated cluster's prefill and decode pools).
     admits_while_running: ClassVar[bool] = False
+    #: Automatic prefix caching is on unless the scenario says otherwise
+    #: (`engine.enable_prefix_caching`): vLLM V1 turns it on by default, V0 did not.
+    caches_prefixes_by_default: ClassVar[bool] = False
     #: The vLLM engine generation whose CPU loop the kernel cost model prices when the
     #: scenario's `engine.version` is unset: "v1" (>= 0.8) or "v0" (<= 0.6).
     engine_generation: ClassVar[str] = "v1"
@@ -130,20 +134,20 @@ def _admit_whole_prompts(
     state: ReplicaState, free: int, tokens_used: int, num_running: int
 ) -> tuple[list[int], list[int]]:
     """Admission of whole prompts in queue order under the seq cap, the token budget and free
-    KV: (request ids, their prefill tokens)."""
+    KV: (request ids, their prefill tokens: the part not in the prefix cache)."""
     admit: list[int] = []
     chunks: list[int] = []
     budget = state.max_num_batched_tokens
     for rid in state.waiting:
         if num_running + len(chunks) >= state.max_num_seqs:
             break
-        target = state.target_tokens(rid)
+        target = state.target_tokens(rid) - state.cached_tokens(rid)
         # A recomputed request (prompt + generated) may exceed the budget; let it run alone
         # rather than starve (fresh prompts over the budget are rejected at arrival).
         alone = tokens_used == 0 and not chunks
         if tokens_used + target > budget and not alone:
             break
-        blocks = state.blocks_for(target)
+        blocks = state.admit_blocks(rid, target)
         if blocks > free:
             break
         free -= blocks
@@ -204,6 +208,7 @@ class ChunkedPrefillPolicy(BatchingPolicy):
     supports_speculation = True
     repeats_decode_plans = True
     admits_while_running = True
+    caches_prefixes_by_default = True
 
     def schedule(self, state: ReplicaState, now: float) -> StepPlan:
         budget = state.max_num_batched_tokens
@@ -251,8 +256,9 @@ class ChunkedPrefillPolicy(BatchingPolicy):
             for rid in state.waiting:
                 if budget <= 0 or running + len(admit) >= state.max_num_seqs:
                     break
-                q = min(state.target_tokens(rid), budget)
-                blocks = state.blocks_for(q)
+                # NOTE: only tokens not in the prefix cache count against the budget (vLLM v1).
+                q = min(state.target_tokens(rid) - state.cached_tokens(rid), budget)
+                blocks = state.admit_blocks(rid, q)
                 if blocks > free:
                     break
                 free -= blocks

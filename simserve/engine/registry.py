@@ -37,6 +37,7 @@ POLICY_CAPABILITIES: dict[str, type] = {
     "supports_speculation": bool,
     "repeats_decode_plans": bool,
     "admits_while_running": bool,
+    "caches_prefixes_by_default": bool,
     "engine_generation": str,
 }
 ENGINE_GENERATIONS = ("v0", "v1")

@@ -45,6 +45,16 @@ class PoolSetup:
     router: str = "round_robin"
     pp: int = 1
     stage_send_s: Callable[[int], float] | None = None
+    #: Automatic prefix caching on this pool's engines (vLLM's enable_prefix_caching).
+    prefix_caching: bool = False
+    #: `prefix_aware` routing: weight of the load against the cached share of the prompt.
+    router_load_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.prefix_caching and self.policy.reserves_full_kv:
+            raise ValueError(f"policy {self.policy.name} reserves KV up front: no prefix caching")
+        if self.router == "prefix_aware" and not self.prefix_caching:
+            raise ValueError("prefix_aware routing needs prefix caching on the pool")
 
     @property
     def blocks_per_engine(self) -> int:
@@ -99,7 +109,9 @@ class EngineSetup:
         pp: int = 1,
         stage_send_s: Callable[[int], float] | None = None,
         speculation: Speculation | None = None,
+        prefix_caching: bool = False,
     ) -> EngineSetup:
         """One pool of `replicas` co-located instances."""
-        pool = PoolSetup(replicas, limits, cost_model, policy, queue, router, pp, stage_send_s)
+        pool = PoolSetup(replicas, limits, cost_model, policy, queue, router, pp, stage_send_s,
+                         prefix_caching)
         return cls((pool,), speculation=speculation)

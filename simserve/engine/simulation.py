@@ -22,6 +22,7 @@ the last are in flight). Records are the same as stepping one by one (a test com
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ import simpy
 from simserve.costmodel.base import decode_run_s, decode_step_fn
 from simserve.engine.decodes import CounterDecodes, VerifyDecodes
 from simserve.engine.policies import Policy
+from simserve.engine.prefix_cache import PrefixCache
 from simserve.engine.records import SimulationResult, StepRecords, StepTokenTimes
 from simserve.engine.router import route
 from simserve.engine.setup import EngineLimits, EngineSetup, PoolSetup
@@ -130,6 +132,10 @@ class _Instance:
     def free_blocks(self) -> int:
         return sum(st.free_blocks for st in self.states)
 
+    def cached_tokens(self, request_id: int) -> int:
+        """Prompt tokens of a new request the instance's prefix caches hold (its best engine)."""
+        return max(st.cached_tokens(request_id) for st in self.states)
+
     def pick_engine(self) -> ReplicaState:
         """vLLM v0 adds a request to the virtual engine with the fewest unfinished requests."""
         if len(self.states) == 1:
@@ -152,7 +158,12 @@ class _Instance:
         fast_forward = self.fast_forward and policy.repeats_decode_plans
         plain_decode_run = state.plain_decode_run
         stages = self.stage_free_at
+        deadlines = state.deadlines
         while True:
+            if deadlines and deadlines[0][0] <= env.now:
+                cancelled = state.cancel_expired(env.now)
+                if cancelled and on_step_done is not None:
+                    on_step_done(state, cancelled)
             if state.has_work():
                 now = env.now
                 plan = schedule(state, now)
@@ -187,7 +198,8 @@ class _Instance:
     def _plan_run(self, state: ReplicaState, now: float) -> _Run | None:
         """The fast-forwarded run starting now, or None when fewer than two steps qualify
         (see the module docstring)."""
-        horizon = self.env.peek()
+        # NOTE: a run stops at the next client timeout too, which is handled between steps.
+        horizon = min(self.env.peek(), state.next_deadline())
         if horizon <= now:
             return None
         k = state.max_run_ticks(MAX_RUN_STEPS)
@@ -322,6 +334,15 @@ class _Cluster:
             arrived_at[:] = np.nan
         self.arrived_at = arrived_at
         self.concurrency = workload.concurrency
+        # Multi-turn sessions: the next turns of each request, sent `think_s` after it ends.
+        self.next_turns: dict[int, list[int]] = {}
+        self.think_s = workload.think_s
+        self.client_timeout_s = workload.client_timeout_s
+        if workload.after is not None:
+            for rid in np.flatnonzero(workload.after >= 0).tolist():
+                self.next_turns.setdefault(int(workload.after[rid]), []).append(rid)
+        self.open_loop = (np.flatnonzero(workload.after < 0).tolist()
+                          if workload.after is not None else None)
         self.requests = RequestTable(workload.prompt_len, workload.output_len, arrived_at,
                                      workload.priority, workload.ttft_budget_s)
         self.env = simpy.Environment()
@@ -363,6 +384,10 @@ class _Cluster:
                         ),
                         acceptance=sampler,
                         queue=pool.queue,
+                        prefix_cache=PrefixCache(
+                            workload.content, pool.limits.block_size,
+                            self.requests.prompt_len, self.requests.output_len,
+                        ) if pool.prefix_caching else None,
                     )
                     for stage in range(pool.pp)
                 ]
@@ -370,6 +395,9 @@ class _Cluster:
                 if self.disaggregated and p == 0:
                     for st in states:
                         st.handoff = self._handoff
+                if self.next_turns:
+                    for st in states:
+                        st.ended = []
                 members.append(
                     _Instance(
                         self.env,
@@ -377,8 +405,10 @@ class _Cluster:
                         pool,
                         pool.policy,
                         # Finishes matter to the cluster only with closed-loop clients (a
-                        # client sends its next request) or KV transfers (a slot frees).
-                        self._step_done if self.closed_loop or self.disaggregated else None,
+                        # client sends its next request), sessions (the next turn follows)
+                        # or KV transfers (a slot frees).
+                        self._step_done
+                        if self.closed_loop or self.disaggregated or self.next_turns else None,
                         fast_forward,
                     )
                 )
@@ -421,14 +451,20 @@ class _Cluster:
             self.requests.rejected[rid] = code
             if self.closed_loop:
                 self.issue(1)
+            self._ended(rid)
             return
         members = self.instances[0]
-        idx = route(self.pools[0].router, members, self.routed[0])
+        pool = self.pools[0]
+        idx = route(pool.router, members, self.routed[0], rid, self.requests.prompt_len[rid],
+                    pool.router_load_weight)
         self.routed[0] += 1
         inst = members[idx]
         state = inst.pick_engine()
         self.requests.replica[rid] = state.index
         state.waiting.push(rid)
+        if self.client_timeout_s is not None:
+            heapq.heappush(state.deadlines,
+                           (self.requests.arrived_at[rid] + self.client_timeout_s, rid))
         inst.notify(state)
 
     def issue(self, count: int) -> None:
@@ -442,7 +478,11 @@ class _Cluster:
             self.admit(rid)
 
     def arrivals(self):
-        env, arrived_at, n = self.env, self.arrived_at.tolist(), self.n
+        env = self.env
+        ids = self.open_loop if self.open_loop is not None else range(self.n)
+        arrived_at = self.arrived_at[ids].tolist() if self.open_loop is not None \
+            else self.arrived_at.tolist()
+        n = len(arrived_at)
         i = 0
         while i < n:
             t = arrived_at[i]
@@ -450,10 +490,25 @@ class _Cluster:
                 yield env.timeout(t - env.now)
             # Every request arriving at this instant joins before any engine steps.
             while i < n and arrived_at[i] <= env.now:
-                self.admit(i)
+                self.admit(ids[i])
                 i += 1
 
+    def _ended(self, rid: int) -> None:
+        """A request finished or was refused: its session's next turns follow."""
+        for turn in self.next_turns.get(rid, ()):
+            self.env.process(self._next_turn(turn))
+
+    def _next_turn(self, rid: int):
+        assert self.think_s is not None
+        yield self.env.timeout(float(self.think_s[rid]))
+        self.requests.arrived_at[rid] = self.env.now
+        self.admit(rid)
+
     def _step_done(self, state: ReplicaState, finished: int) -> None:
+        if state.ended:
+            ended, state.ended = state.ended, []
+            for rid in ended:
+                self._ended(rid)
         if finished and self.closed_loop:
             self.issue(finished)
         if self.disaggregated and state.handoff is None:
@@ -498,7 +553,7 @@ class _Cluster:
             assert self.kv_transfer_s is not None
             yield env.timeout(self.kv_transfer_s(num_computed))
         self.transfer_done_at[rid] = env.now
-        src.release_held(held)
+        src.release_held(rid, held, num_computed)
         src_inst.notify(src)
         req = self.requests
         dst.accept_decoding(rid, num_computed, req.output_len[rid] - req.emitted[rid])
@@ -513,8 +568,9 @@ class _Cluster:
             for inst in pool:
                 for st in inst.states:
                     leftover = st.num_blocks - st.free_blocks
-                    if leftover or st.num_held_blocks or st.num_incoming or st.has_work() \
-                            or inst.pending[id(st)]:
+                    held = st.prefix_cache.num_held() if st.prefix_cache is not None else 0
+                    if leftover or held or st.num_held_blocks or st.num_incoming \
+                            or st.has_work() or inst.pending[id(st)]:
                         raise AssertionError(
                             f"replica {st.index}: {leftover} KV blocks still allocated "
                             f"({st.num_held_blocks} held for transfers, {st.num_incoming} "
@@ -541,6 +597,17 @@ class _Cluster:
                 num_speculative_tokens=self.k,
                 spec_num_drafts=sum(d.num_drafts for d in verifiers),
                 spec_accepted_per_position=sum(d.accepted_per_position for d in verifiers),
+            )
+        if self.client_timeout_s is not None:
+            result = dataclasses.replace(
+                result, timed_out=np.asarray(self.requests.timed_out, dtype=bool))
+        caches = [st.prefix_cache for st in states if st.prefix_cache is not None]
+        if caches:
+            result = dataclasses.replace(
+                result,
+                cached_tokens=np.asarray(self.requests.cached_tokens, dtype=np.int64),
+                prefix_cache_queried_tokens=sum(c.queried_tokens for c in caches),
+                prefix_cache_hit_tokens=sum(c.hit_tokens for c in caches),
             )
         if self.disaggregated:
             result = dataclasses.replace(

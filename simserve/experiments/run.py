@@ -80,7 +80,7 @@ def simulate_resolved(
     waits for every step as its own event: slower, same records)."""
     scenario = resolved.scenario
     workload = build_scenario_workload(resolved, rngs)
-    _refuse_what_the_engine_cannot_run(workload, scenario)
+    _check_block_ids(workload, scenario)
     result = simulate(workload, resolved.engine_setup, acceptance_rng=rngs["acceptance"],
                       fast_forward=fast_forward)
     return workload, result
@@ -96,13 +96,9 @@ def build_scenario_workload(resolved: ResolvedScenario,
                           max_model_len=resolved.limits.max_model_len)
 
 
-def _refuse_what_the_engine_cannot_run(workload: Workload, scenario: Scenario) -> None:
-    """One-line errors for workloads the engine cannot run yet, instead of a hang."""
-    # NOTE: the engine sends requests at their arrival times; a session turn has none (it is
-    # sent after the previous turn ends), which the engine's session support will handle.
-    if workload.after is not None:
-        raise InputError("sessions need the engine's session support",
-                         field="workload.sessions")
+def _check_block_ids(workload: Workload, scenario: Scenario) -> None:
+    """A trace's prompt block ids name whole KV blocks only if the engine's block size divides
+    their block (a one-line error naming the field otherwise)."""
     if workload.content is not None:
         try:
             workload.content.check(len(workload), scenario.engine.block_size)
@@ -180,6 +176,8 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
         "cost_model": resolved.cost_model.describe(),
         "num_gpus": resolved.num_gpus,
     }
+    if any(p.setup.prefix_caching for p in resolved.pools):
+        meta["prefix_caching"] = True
     # Like pp and the cluster mode, the queue order is named only where it is not the default.
     queue = resolved.pools[-1].setup.queue
     if queue is not FCFSQueue:

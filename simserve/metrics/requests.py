@@ -284,6 +284,10 @@ def request_table(
         "measured": measured,
         "good": good,
     }
+    if result.timed_out is not None:
+        table["timed_out"] = np.asarray(result.timed_out, dtype=bool)
+    if result.cached_tokens is not None:
+        table["num_cached_tokens"] = np.asarray(result.cached_tokens, dtype=np.int64)
     if classes is not None:
         table["class"] = np.asarray(classes.names, dtype=np.str_)[classes.class_id]
         table["priority"] = np.asarray(classes.priorities, dtype=np.int64)[classes.class_id]

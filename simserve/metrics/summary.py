@@ -105,7 +105,9 @@ def summarize(result: SimulationResult, config: MetricsConfig) -> dict[str, obje
     `completed` counts measured requests (served, outside warm-up/cool-down); `duration` runs
     from the first measured arrival to the last measured finish. Requests are partitioned as
     num_requests = completed + num_rejected + num_unfinished + num_excluded_warmup +
-    num_excluded_cooldown (the excluded counts are served requests in those windows).
+    num_excluded_cooldown (+ num_timed_out with client timeouts; the excluded counts are
+    served requests in those windows). With client timeouts, SLO attainment counts the
+    requests that timed out inside the measured window as failures.
     """
     return summarize_table(result, config, *request_table(result, config, for_summary=True))
 
@@ -131,6 +133,9 @@ def summarize_table(
     measured = table["measured"] & members
     completed = int(measured.sum())
     has_slo = _any_slo(config.slo) if classes is None else any(map(_any_slo, classes.slos))
+    timed_out = table.get("timed_out")
+    if timed_out is not None:
+        timed_out = timed_out & members
 
     duration: float | None = None
     if completed:
@@ -138,12 +143,16 @@ def summarize_table(
     total_input = int(table["prompt_len"][measured].sum())
     total_output = int(table["num_output_tokens"][measured].sum())
     num_good = int((table["good"] & measured).sum())
+    # Requests whose clients gave up inside the measured window: failures for SLO attainment.
+    num_failed = 0
 
     rejected_codes = np.asarray(result.rejected, dtype=np.int64)
     not_rejected = (rejected_codes == 0) & members
     rejected = (rejected_codes != 0) & members
     served = not_rejected & np.isfinite(table["finished_at"])
     in_warmup, in_cooldown = window_masks(table["arrived_at"], config.warmup_s, config.cooldown_s)
+    if timed_out is not None:
+        num_failed = int((timed_out & ~in_warmup & ~in_cooldown).sum())
 
     summary: dict[str, object] = {
         "duration": duration,
@@ -193,7 +202,8 @@ def summarize_table(
         {
             "num_requests": int(members.sum()),
             "num_rejected": int(rejected.sum()),
-            "num_unfinished": int((not_rejected & ~served).sum()),
+            "num_unfinished": int((not_rejected & ~served).sum()) - int(
+                timed_out.sum() if timed_out is not None else 0),
             "rejected_reasons": reasons,
             "num_excluded_warmup": int((served & in_warmup).sum()),
             "num_excluded_cooldown": int((served & in_cooldown).sum()),
@@ -206,7 +216,8 @@ def summarize_table(
                 json_float(np.percentile(fluidity, 1.0)) if fluidity.size else None
             ),
             "fluid_token_rate": json_float(rate),
-            "slo_attainment": (num_good / completed) if has_slo and completed else None,
+            "slo_attainment": (num_good / (completed + num_failed))
+            if has_slo and completed + num_failed else None,
             "warnings": [str(w) for w in result.warnings],
         }
     )
@@ -219,6 +230,12 @@ def summarize_table(
         summary["num_kv_transfer_waited"] = int(
             np.count_nonzero(table["kv_transfer_wait_s"][measured] > 0)
         )
+    if timed_out is not None:
+        summary["num_timed_out"] = int(timed_out.sum())
+        # Tokens the abandoned requests had received (streamed to clients who then left).
+        summary["timed_out_output_tokens"] = int(table["num_output_tokens"][timed_out].sum())
+    if result.cached_tokens is not None:
+        summary.update(_prefix_cache_summary(result, table, measured, whole))
     if classes is not None:
         per_class = class_summaries(result, config, table, token_pass, classes)
         summary["classes"] = per_class
@@ -228,6 +245,22 @@ def summarize_table(
         summary["min_class_slo_attainment"] = (
             None if not attained or any(a is None for a in attained) else min(attained))
     return summary
+
+
+def _prefix_cache_summary(result: SimulationResult, table: dict[str, np.ndarray],
+                          measured: np.ndarray, whole: bool) -> dict[str, object]:
+    """Prefix-cache hits: of measured requests' prompts at their first admission (rate and
+    requests with a hit), and vLLM's counters over every admission, recomputes included."""
+    cached = table["num_cached_tokens"][measured]
+    prompt_tokens = int(table["prompt_len"][measured].sum())
+    out: dict[str, object] = {
+        "prefix_cache_hit_rate": (int(cached.sum()) / prompt_tokens) if prompt_tokens else None,
+        "num_prefix_cache_hit_requests": int(np.count_nonzero(cached)),
+    }
+    if whole:
+        out["prefix_cache_queried_tokens"] = result.prefix_cache_queried_tokens
+        out["prefix_cache_hit_tokens"] = result.prefix_cache_hit_tokens
+    return out
 
 
 def class_summaries(result: SimulationResult, config: MetricsConfig,

@@ -44,6 +44,8 @@ class Workload:
     # set by the engine); -1 for requests with their own arrival time. None: no sessions.
     after: np.ndarray | None = None  # int64
     think_s: np.ndarray | None = None  # float64 >= 0
+    # Clients give up on a request not finished this long after it was sent (None: never).
+    client_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         # Copy so that freezing the arrays never touches a caller's array.
@@ -93,6 +95,8 @@ class Workload:
         if self.class_id is not None and np.any(self.class_id < 0):
             raise ValueError("class ids must be >= 0")
         self._check_sessions(arrived_at)
+        if self.client_timeout_s is not None and not self.client_timeout_s > 0:
+            raise ValueError("client_timeout_s must be > 0")
         if self.content is not None:
             self.content.check(prompt_len.size)
 
@@ -230,7 +234,8 @@ def build_workload(
     concurrency = arrival.concurrency if arrival.process == "closed_loop" else None
     return Workload(arrived_at, prompt_len, output_len, concurrency=concurrency,
                     priority=priority, ttft_budget_s=budget_s, class_id=class_id,
-                    content=content, after=after, think_s=think_s)
+                    content=content, after=after, think_s=think_s,
+                    client_timeout_s=config.client_timeout_s)
 
 
 def _shared_content(
