@@ -99,7 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Claimed before simulating: a directory that cannot be written or is not ours fails now.
     with claim_output_dir(out_dir, RUN_DIR) as claim:
         t0 = time.perf_counter()
-        output = run_scenario(scenario)
+        output = run_scenario(scenario, show_progress=True)
         wall_s = time.perf_counter() - t0
         writers: list[Callable[[Path], object]] = []
         if args.plots:

@@ -172,3 +172,12 @@ def test_a_request_arriving_as_a_step_ends_is_in_the_next_step(policy):
     r = _run(policy, [0.0, 0.005, 0.01], [4, 4, 4], [3, 3, 3], max_num_batched_tokens=64)
     # r1 arrived during the first step: it starts at its end, with r2, which arrives then.
     assert r.first_scheduled_at.tolist() == pytest.approx([0.0, 0.01, 0.01])
+
+
+def test_progress_reports_requests_sent_up_to_all_of_them():
+    workload = Workload(arrived_at=np.arange(250) * 0.001, prompt_len=np.full(250, 4),
+                        output_len=np.full(250, 2))
+    seen: list[int] = []
+    simulate(workload, _chunked_setup(), progress=seen.append)
+    # About every 1% of the requests (every 2 of 250), ending with all of them.
+    assert seen == sorted(seen) and seen[-1] == 250 and len(seen) == 125

@@ -322,6 +322,7 @@ class _Cluster:
         *,
         acceptance_rng: np.random.Generator | None = None,
         fast_forward: bool = True,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         pools = setup.pools
         kv_transfer_s = setup.kv_transfer_s
@@ -358,6 +359,10 @@ class _Cluster:
         self._rejection = self._rejections(workload)
         self.next_request = 0
         self.routed = [0] * len(self.pools)
+        # Progress: `progress(requests sent so far)` about every 1% of the requests.
+        self.progress = progress
+        self.num_sent = 0
+        self._report_every = max(1, n // 100)
         if self.disaggregated:
             self.transfer_started_at = np.full(n, np.nan)
             self.transfer_done_at = np.full(n, np.nan)
@@ -446,6 +451,10 @@ class _Cluster:
 
     def admit(self, rid: int) -> None:
         """Route one arriving request to the first pool, or reject it with a reason."""
+        if self.progress is not None:
+            self.num_sent += 1
+            if self.num_sent % self._report_every == 0 or self.num_sent == self.n:
+                self.progress(self.num_sent)
         code = self._rejection[rid]
         if code:
             self.requests.rejected[rid] = code
@@ -625,6 +634,7 @@ def simulate(
     *,
     acceptance_rng: np.random.Generator | None = None,
     fast_forward: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> SimulationResult:
     """Run the workload on the cluster `setup` describes and return the records (no I/O; the
     only randomness is speculative acceptance, drawn from `acceptance_rng`).
@@ -634,10 +644,11 @@ def simulate(
     and the KV blocks (vLLM's 1% watermark), its KV moves over the prefill instance's link
     (one transfer at a time, `setup.kv_transfer_s(num_tokens)`), and the prefill instance frees
     its blocks when the transfer ends. `fast_forward=False` waits for every step as its own
-    event (the records are the same).
+    event (the records are the same). `progress(num_sent)` is told how many requests have
+    been sent, about every 1% of them.
     """
-    return _Cluster(workload, setup, acceptance_rng=acceptance_rng,
-                    fast_forward=fast_forward).run()
+    return _Cluster(workload, setup, acceptance_rng=acceptance_rng, fast_forward=fast_forward,
+                    progress=progress).run()
 
 
 def _collect(

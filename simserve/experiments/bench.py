@@ -68,7 +68,8 @@ def run_bench(scenario: Scenario, *, fast_forward: bool = True,
     if profiler is not None:
         profiler.enable()
     workload, result = simulate_resolved(resolved, seed_streams(scenario.seed),
-                                         fast_forward=fast_forward)
+                                         fast_forward=fast_forward,
+                                         show_progress=profiler is None)
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(str(profile_to))

@@ -28,6 +28,7 @@ from simserve.experiments.atomic import OutputKind, write_dir_atomically
 from simserve.metrics.requests import request_table
 from simserve.metrics.speculative import spec_decode_summary
 from simserve.metrics.summary import summarize_table
+from simserve.progress import progress_bar
 from simserve.resolve import ResolvedScenario, resolve
 from simserve.workload import Workload, build_workload
 from simserve.workload.classes import ClassLabels
@@ -75,14 +76,28 @@ def simulate_resolved(
     rngs: dict[str, np.random.Generator],
     *,
     fast_forward: bool = True,
+    show_progress: bool = False,
 ) -> tuple[Workload, SimulationResult]:
     """Build the workload and run the engine for a resolved scenario (`fast_forward=False`
-    waits for every step as its own event: slower, same records)."""
+    waits for every step as its own event: slower, same records). `show_progress`: a bar of
+    the requests sent, on a terminal, for runs longer than a couple of seconds."""
     scenario = resolved.scenario
     workload = build_scenario_workload(resolved, rngs)
     _check_block_ids(workload, scenario)
-    result = simulate(workload, resolved.engine_setup, acceptance_rng=rngs["acceptance"],
-                      fast_forward=fast_forward)
+    bar = progress_bar(len(workload), desc="simulating", unit="req", delay_s=2.0, leave=False,
+                       enabled=None if show_progress else False)
+    sent = 0
+
+    def advance(num_sent: int) -> None:
+        nonlocal sent
+        bar.update(num_sent - sent)
+        sent = num_sent
+
+    try:
+        result = simulate(workload, resolved.engine_setup, acceptance_rng=rngs["acceptance"],
+                          fast_forward=fast_forward, progress=advance if show_progress else None)
+    finally:
+        bar.close()
     return workload, result
 
 
@@ -126,11 +141,13 @@ def _pool_steps(
     return out
 
 
-def run_scenario(scenario: Scenario, *, fast_forward: bool = True) -> RunOutput:
+def run_scenario(scenario: Scenario, *, fast_forward: bool = True,
+                 show_progress: bool = False) -> RunOutput:
     """Simulate a scenario and summarise it (pure: no files are written)."""
     resolved = resolve(scenario)
     workload, result = simulate_resolved(
-        resolved, seed_streams(scenario.seed), fast_forward=fast_forward
+        resolved, seed_streams(scenario.seed), fast_forward=fast_forward,
+        show_progress=show_progress,
     )
     by_pool = _pool_steps(resolved, result.steps)
     warnings = []
