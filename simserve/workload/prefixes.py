@@ -1,7 +1,8 @@
 """Shared prompt prefixes: which of G system prompts each request (or session) starts with.
 
 Group ids are drawn from the scenario's prefix stream only, so adding prefixes never changes
-arrivals or lengths (common random numbers).
+arrivals or output lengths (common random numbers); only prompts shorter than the prefix
+change, lengthened to hold it.
 """
 
 from __future__ import annotations
