@@ -20,7 +20,7 @@ from pathlib import Path
 
 from simserve import __version__
 from simserve.config import load_scenario
-from simserve.errors import InputError, InputWarning
+from simserve.errors import InputError, InputNotice, InputWarning
 from simserve.resources import default_scenario, scenarios_dir
 
 __all__ = ["main"]
@@ -152,7 +152,9 @@ def _on_sigterm(main_pid: int) -> Callable[[int, object], None]:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: object = None, line: str | None = None) -> None:
     """simserve's own warnings as one line; anything else as Python prints it."""
-    if issubclass(category, InputWarning):
+    if issubclass(category, InputNotice):
+        print(f"simserve: {message}", file=sys.stderr)
+    elif issubclass(category, InputWarning):
         print(f"simserve: warning: {message}", file=sys.stderr)
     else:
         print(warnings.formatwarning(message, category, filename, lineno, line), end="",

@@ -38,8 +38,10 @@ __all__ = [
     "LinkConfig",
     "MetricsConfig",
     "PoolConfig",
+    "PrefixConfig",
     "RequestClass",
     "Scenario",
+    "SessionsConfig",
     "SloConfig",
     "SpeculativeConfig",
     "WorkloadConfig",
@@ -161,16 +163,78 @@ class RequestClass:
         _require(self.share > 0, "share", f"must be > 0, got {self.share}")
 
 
+Popularity = Literal["uniform", "zipf"]
+# NOTE: more prefix groups than this cannot all be used by a run simserve holds in memory, and
+# drawing among them would take memory for nothing.
+MAX_PREFIX_GROUPS = 1_000_000
+# NOTE: no model's context comes near a billion tokens: larger lengths are garbage (and from
+# 2**63 on they would overflow int64).
+MAX_TOKENS = 10**9
+
+
+@dataclass(frozen=True)
+class PrefixConfig:
+    """Shared prompt prefixes (system prompts): every request's prompt starts with one of
+    `num_groups` prefixes of `shared_len` tokens. A request's group is drawn `uniform`ly or
+    by Zipf's law (`zipf`: the k-th most popular of G groups with probability proportional to
+    1 / k**zipf_s). `shared_len` counts inside the prompt: a prompt drawn shorter than
+    shared_len + 1 tokens is lengthened to shared_len + 1, so every request has a token of its
+    own after the shared prefix."""
+
+    shared_len: int
+    num_groups: int = 1
+    popularity: Popularity = "uniform"
+    zipf_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.shared_len <= MAX_TOKENS, "prefix.shared_len",
+                 f"must be in [1, {MAX_TOKENS:,}], got {self.shared_len}")
+        _require(1 <= self.num_groups <= MAX_PREFIX_GROUPS, "prefix.num_groups",
+                 f"must be in [1, {MAX_PREFIX_GROUPS:,}], got {self.num_groups}")
+        _require(self.zipf_s > 0, "prefix.zipf_s", f"must be > 0, got {self.zipf_s}")
+
+
+TurnsDist = Literal["fixed", "geometric", "uniform"]
+ThinkDist = Literal["fixed", "exponential"]
+MAX_MEAN_TURNS = 10_000
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    """Multi-turn conversations. Sessions start open-loop (`arrival` gives each session's
+    first turn its time); each next turn is sent `think_time_s` after the previous one ends
+    and its prompt is the whole history (the previous prompt and output) plus a new message
+    whose length, like every output's, comes from `lengths`.
+
+    `turns` is the number of turns of a session (`fixed`), or their mean: `geometric` (a
+    session ends after each turn with probability 1/turns) or `uniform` (1 to 2*turns - 1).
+    `think_dist`: `fixed` think times, or `exponential` ones with mean `think_time_s`.
+    """
+
+    turns: int
+    think_time_s: float
+    turns_dist: TurnsDist = "fixed"
+    think_dist: ThinkDist = "fixed"
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.turns <= MAX_MEAN_TURNS, "sessions.turns",
+                 f"must be in [1, {MAX_MEAN_TURNS:,}], got {self.turns}")
+        _require(self.think_time_s >= 0, "sessions.think_time_s",
+                 f"must be >= 0, got {self.think_time_s}")
+
+
 @dataclass(frozen=True)
 class WorkloadConfig:
     """The requests of a run; built before the run from the scenario seed.
 
     `classes`: optional request classes (priority, share, SLO). A trace with a `priority`
     column gives each row its priority; with classes, a row's class is the class of that
-    priority, else classes are drawn by share. `client_timeout_s`: a client gives up on a
-    request not finished this long after sending it; the engine cancels it at its next step
-    (its KV freed, its tokens so far counted), and it counts in `num_timed_out`, not in the
-    latency metrics (as a benchmark client drops failed requests).
+    priority, else classes are drawn by share (per session when there are sessions).
+    `client_timeout_s`: a client gives up on a request not finished this long after sending
+    it; the engine cancels it at its next step (its KV freed, its tokens so far counted), and
+    it counts in `num_timed_out`, not in the latency metrics (as a benchmark client drops
+    failed requests). `prefix`: shared prompt prefixes; `sessions`: multi-turn conversations.
+    `num_requests` counts requests, that is turns when there are sessions.
     """
 
     num_requests: int | None = 200
@@ -179,11 +243,19 @@ class WorkloadConfig:
     lengths: LengthsConfig = field(default_factory=LengthsConfig)
     classes: tuple[RequestClass, ...] = ()
     client_timeout_s: float | None = None
+    prefix: PrefixConfig | None = None
+    sessions: SessionsConfig | None = None
 
     def __post_init__(self) -> None:
         if self.client_timeout_s is not None:
             _require(self.client_timeout_s > 0, "workload.client_timeout_s",
                      f"must be > 0, got {self.client_timeout_s}")
+        _require(
+            self.sessions is None or self.arrival.process != "closed_loop",
+            "workload.sessions",
+            "sessions start open-loop (the arrival process gives each session's start): "
+            "not with arrival.process closed_loop",
+        )
         names = [c.name for c in self.classes]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         _require(not duplicated, "workload.classes",

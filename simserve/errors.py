@@ -7,7 +7,7 @@ field, and what is wrong.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "InputWarning"]
+__all__ = ["InputError", "InputNotice", "InputWarning"]
 
 
 def _printable(text: str) -> str:
@@ -56,3 +56,8 @@ class InputError(ValueError):
 class InputWarning(UserWarning):
     """Input simserve accepts but the user should know about (e.g. a scenario written by
     another simserve version); the CLI prints it as one `simserve: warning:` line."""
+
+
+class InputNotice(UserWarning):
+    """What simserve made of its input, worth one line but not a warning (e.g. the trace
+    format it detected); the CLI prints it as one `simserve: ` line."""

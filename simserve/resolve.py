@@ -168,6 +168,14 @@ def _check_lengths(scenario: Scenario, model: ModelSpec, max_model_len: int) -> 
                 f"{max_model_len}",
                 field="workload.lengths.prompt_len",
             )
+    prefix = scenario.workload.prefix
+    # Every prompt holds the shared prefix and a token of its own.
+    if prefix is not None and prefix.shared_len + 1 >= max_model_len:
+        raise InputError(
+            f"a prompt of {prefix.shared_len} shared tokens and one of its own does not fit "
+            f"{model.name}'s context length {max_model_len}",
+            field="workload.prefix.shared_len",
+        )
 
 
 def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScenario:

@@ -48,6 +48,9 @@ assert len(profile_names()) >= 20
 from simserve.resources import kernels_dir
 assert (kernels_dir("vllm", "h100-80gb-sxm") / "meta.yaml").is_file()
 assert (kernels_dir("vllm", "engine_loop.yaml")).is_file()
+from simserve.resources import measured_data_dir
+assert scenarios_dir("traces", "mooncake-conversation.yaml").is_file()
+assert measured_data_dir("traces", "mooncake", "conversation_trace_first500.jsonl").is_file()
 print("packaged files ok")
 """
 
@@ -98,6 +101,13 @@ def test_wheel_commands_run_from_an_empty_directory(installed, tmp_path):
     out = _run([simserve, "antipatterns", "--quick", "--only", "BF1", "--jobs", "2"],
                cwd=tmp_path, env=env)
     assert "BF1" in out and "report:" in out
+    # A scenario of the package that names its trace relative to itself.
+    mooncake = _run([str(venv / "bin" / "python"), "-c", "from simserve.resources import "
+                     "scenarios_dir; print(scenarios_dir('traces', 'mooncake-conversation.yaml'))"],
+                    cwd=tmp_path, env=env).strip()
+    out = _run([simserve, "run", mooncake, "--set", "workload.num_requests=20"], cwd=tmp_path,
+               env=env)
+    assert (tmp_path / "runs" / "mooncake-conversation" / "summary.json").is_file()
     (tmp_path / "calibrated.yaml").write_text(CALIBRATED)
     out = _run([simserve, "run", "calibrated.yaml"], cwd=tmp_path, env=env)
     assert "calibrated" in out and (tmp_path / "runs" / "calibrated" / "summary.json").is_file()

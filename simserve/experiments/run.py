@@ -28,6 +28,7 @@ from simserve.costmodel import CostModel, envelope_report, envelope_warnings
 from simserve.engine.queues import FCFSQueue
 from simserve.engine.records import SimulationResult, StepRecords
 from simserve.engine.simulation import simulate
+from simserve.errors import InputError
 from simserve.experiments.atomic import OutputKind, write_dir_atomically
 from simserve.metrics.energy import PoolUse, cost_summary
 from simserve.metrics.requests import request_table
@@ -42,6 +43,7 @@ from simserve.workload.classes import ClassLabels
 __all__ = [
     "RUN_DIR",
     "RunOutput",
+    "build_scenario_workload",
     "run_dir_writer",
     "run_scenario",
     "seed_streams",
@@ -51,7 +53,7 @@ __all__ = [
 
 # NOTE: a stream is only ever appended: SeedSequence children are numbered, so the streams
 # before it stay the same and older runs reproduce.
-STREAMS = ("arrivals", "lengths", "acceptance", "routing", "classes")
+STREAMS = ("arrivals", "lengths", "acceptance", "routing", "classes", "prefix", "sessions")
 
 
 def seed_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -87,8 +89,8 @@ def simulate_resolved(
     waits for every step as its own event: slower, same records). `show_progress`: a bar of
     the requests sent, on a terminal, for runs longer than a couple of seconds."""
     scenario = resolved.scenario
-    workload = build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"],
-                              rngs["classes"], scenario.metrics)
+    workload = build_scenario_workload(resolved, rngs)
+    _check_block_ids(workload, scenario)
     bar = progress_bar(len(workload), desc="simulating", unit="req", delay_s=2.0, leave=False,
                        enabled=None if show_progress else False)
     sent = 0
@@ -104,6 +106,27 @@ def simulate_resolved(
     finally:
         bar.close()
     return workload, result
+
+
+def build_scenario_workload(resolved: ResolvedScenario,
+                            rngs: dict[str, np.random.Generator]) -> Workload:
+    """The workload of a resolved scenario, each purpose drawing from its own stream."""
+    scenario = resolved.scenario
+    return build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"], rngs["classes"],
+                          scenario.metrics, prefix_rng=rngs["prefix"],
+                          session_rng=rngs["sessions"],
+                          max_model_len=resolved.limits.max_model_len)
+
+
+def _check_block_ids(workload: Workload, scenario: Scenario) -> None:
+    """A trace's prompt block ids name whole KV blocks only if the engine's block size divides
+    their block (a one-line error naming the field otherwise)."""
+    if workload.content is not None:
+        try:
+            workload.content.check(len(workload), scenario.engine.block_size)
+        except ValueError as exc:
+            raise InputError(f"{exc}: the trace's block ids need whole KV blocks",
+                             field="engine.block_size") from None
 
 
 def _pool_steps(
