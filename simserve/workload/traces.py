@@ -41,6 +41,7 @@ import numpy as np
 
 from simserve.config import MAX_TOKENS
 from simserve.errors import InputError, InputWarning
+from simserve.progress import progress_bar
 from simserve.workload import mooncake
 from simserve.workload.content import SharedContent
 from simserve.workload.trace_values import (
@@ -425,27 +426,13 @@ PROGRESS_MIN_BYTES = 16 * 2**20
 def _progress(total_bytes: int, name: str) -> Iterator[Any]:
     """A progress bar over the bytes read of a large file, on a terminal only, shown once the
     read has taken two seconds."""
-    if total_bytes < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
-        yield _NoBar()
-        return
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        yield _NoBar()
-        return
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"reading {name}",
-               file=sys.stderr, delay=2.0, disable=None, leave=False)
+    bar = progress_bar(total_bytes, desc=f"reading {name}", unit="B", unit_scale=True,
+                       enabled=total_bytes >= PROGRESS_MIN_BYTES and sys.stderr.isatty(),
+                       delay_s=2.0, leave=False)
     try:
         yield bar
     finally:
         bar.close()
-
-
-class _NoBar:
-    """Stands in for a progress bar when tqdm is not installed."""
-
-    def update(self, n: int = 1) -> None:
-        """Do nothing."""
 
 
 def _detect_format(header: list[str], source: str) -> tuple[TraceFormat, dict[str, int]]:
