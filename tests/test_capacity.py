@@ -145,6 +145,35 @@ def test_bracket_statuses_and_undefined_rules():
         search_capacity(scenario_from_mapping(_queue(process="offline")), _settings(rule))
 
 
+def test_extended_brackets_bound_the_capacity_on_both_sides():
+    # D/D/1 at 10 ms per request: the rule holds up to 100/s. A bracket entirely below (10-50)
+    # or above (150-300) the knee is extended (doubling up, halving down) until it holds the
+    # knee, so the capacity is never a censored bound.
+    scenario = scenario_from_mapping(_queue())
+    rule = "mean_scheduling_delay_ms<=0.5"
+    for low, high in ((10.0, 50.0), (150.0, 300.0)):
+        found = search_capacity(scenario, _settings(rule, low=low, high=high, tolerance=0.01,
+                                                    extend=True))
+        assert found.status == "ok" and found.bounded and not found.capped
+        assert found.capacity_rps == pytest.approx(100.0, rel=0.01)
+    censored = search_capacity(scenario, _settings(rule, low=10.0, high=50.0))
+    assert censored.status == "above_range" and not censored.bounded
+
+
+def test_the_ceiling_fails_without_a_run_and_caps_the_capacity():
+    # The overload guard: a ceiling of 80/s (below the 100/s knee) fails by itself, without a
+    # simulation, so the capacity is the largest rate below it and is marked as capped.
+    scenario = scenario_from_mapping(_queue())
+    found = search_capacity(scenario, _settings("mean_scheduling_delay_ms<=0.5", low=20.0,
+                                                tolerance=0.02, ceiling=80.0, extend=True))
+    guarded = [p for p in found.probes if p.guarded]
+    assert [p.rate for p in guarded] == [80.0] and guarded[0].summaries == ()
+    assert found.bounded and found.capped and found.high_rps == 80.0
+    assert 80.0 / 1.02 <= found.capacity_rps < 80.0
+    assert all(p.passed for p in found.probes if not p.guarded)
+    assert found.to_mapping()["capped"] is True
+
+
 # --------------------------------------------------------------------------- capacity sweep
 
 
