@@ -20,6 +20,7 @@ from simserve.experiments.capacity import (
 )
 from simserve.experiments.sweep import load_sweep_spec, plan_sweep, run_sweep
 
+ROOT = Path(__file__).resolve().parents[1]
 STEP_MS = 10.0
 
 
@@ -172,6 +173,65 @@ def test_the_ceiling_fails_without_a_run_and_caps_the_capacity():
     assert 80.0 / 1.02 <= found.capacity_rps < 80.0
     assert all(p.passed for p in found.probes if not p.guarded)
     assert found.to_mapping()["capped"] is True
+
+
+# --------------------------------------------------------------------------- saturation
+
+
+def _conv(policy: str, *extra: str):
+    from simserve.config import load_scenario
+
+    budget = 8192 if policy == "prefill_first" else 2048
+    return load_scenario(ROOT / "scenarios" / "antipatterns" / "llama3-8b-h100-conv.yaml", [
+        f"engine.policy={policy}", f"engine.max_num_batched_tokens={budget}",
+        "workload.lengths.dist=fixed", "workload.lengths.prompt_len=512",
+        "workload.lengths.output_len=128", "engine.max_num_seqs=128", "metrics.warmup_s=0",
+        "metrics.cooldown_s=0", *extra])
+
+
+def _pool_summaries(scenarios):
+    from simserve.config import scenario_to_mapping
+    from simserve.experiments.pool import run_summary_task
+
+    return [run_summary_task(scenario_to_mapping(s)) for s in scenarios]
+
+
+@pytest.mark.parametrize("policy", ["chunked_prefill", "prefill_first"])
+def test_saturation_is_the_rate_a_never_empty_backlog_sustains(policy):
+    # The offline run's completion rate while requests wait equals that of an open-loop run at
+    # 4x the rate (a backlog that never empties, arrivals staggered), within 2%. The old window
+    # (10%-90% of finishes) counted the drain: slower for chunked prefill's emptying batches,
+    # faster for prefill-first's decode-only steps.
+    from simserve.experiments.pool import steady_throughput
+    from simserve.experiments.run import run_scenario
+    from simserve.experiments.saturation import measure_saturation
+
+    sat = measure_saturation(_conv(policy), _pool_summaries, num_requests=600)
+    assert sat.window_completions >= 0.25 * 600
+    overload = run_scenario(_conv(policy, f"workload.arrival.rate={4 * sat.rps}",
+                                  "workload.num_requests=600")).result
+    backlogged, _ = steady_throughput(overload.finished_at, overload.first_scheduled_at)
+    assert backlogged == pytest.approx(sat.rps, rel=0.02)
+
+
+def test_no_steady_state_above_saturation():
+    # Below the line the queue is steady: mean TTFT does not depend on how long the run lasts.
+    # 10% above it the queue never drains: mean TTFT grows with the run (x1.25 per doubling
+    # or more), although a short run there still looks harmless. So no steady-state capacity
+    # can exceed the saturation throughput, and the overload guard fails such rates.
+    from simserve.experiments.run import run_scenario
+    from simserve.experiments.saturation import measure_saturation
+
+    sat = measure_saturation(_conv("chunked_prefill"), _pool_summaries, num_requests=600).rps
+
+    def per_doubling(load: float) -> float:
+        ttft = [run_scenario(_conv("chunked_prefill", f"workload.arrival.rate={load * sat}",
+                                   f"workload.num_requests={n}")).summary["mean_ttft_ms"]
+                for n in (600, 2400)]
+        return (ttft[1] / ttft[0]) ** 0.5
+
+    assert per_doubling(0.8) == pytest.approx(1.0, abs=0.1)
+    assert per_doubling(1.1) > 1.25
 
 
 # --------------------------------------------------------------------------- capacity sweep

@@ -105,7 +105,7 @@ def steady_throughput(finished_at: np.ndarray, first_scheduled_at: np.ndarray,
     batches are slower, prefill-first's decode-only steps faster), so a window that includes it
     (e.g. finishes between the 10% and 90% quantiles) under- or overestimates the sustainable
     rate by 4-10%. Open-loop runs at 3-8x the rate, whose backlog never empties, give the same
-    number within 0.5% (`tests/test_capacity.py`).
+    number (within 2%, tested in `tests/test_capacity.py`, with the instability just above it).
     """
     finished = np.asarray(finished_at, dtype=np.float64)
     admitted = np.asarray(first_scheduled_at, dtype=np.float64)
