@@ -115,7 +115,10 @@ def latency_cdf(
         ax.set_xscale("log")
     if drawn:
         if log_x:
-            ax.set_xlim(floor / 1.2, max(x_max, floor) * 1.2)
+            # Zeros are pinned at `floor`, half the smallest positive sample; without zeros
+            # the axis starts at the data.
+            low = floor if num_zeros else 2.0 * floor
+            ax.set_xlim(low / 1.2, max(x_max, low) * 1.2)
             plain_log_ticks(ax.xaxis)
         else:
             ax.set_xlim(0.0, x_max * 1.03 if x_max > 0 else 1.0)
