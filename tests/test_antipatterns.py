@@ -399,6 +399,27 @@ def test_no_verdict_rests_on_a_censored_capacity(tiny_verdicts):
     assert classify(unfair, conclusion) == "undetermined"
 
 
+def test_sweep_verdicts_are_read_at_steady_points(tiny_verdicts):
+    # A sweep point at or above a system's saturation is marked overloaded; a verdict read at
+    # the worst or last point is read among the points where neither system is overloaded.
+    for e in tiny_verdicts["entries"]:
+        for key in ("unfair", "fair"):
+            setup = e[key]
+            if setup["measure"]["kind"] != "sweep":
+                continue
+            pairs = list(zip(setup["systems"][e["candidate"]]["sweep"],
+                             setup["systems"][e["baseline"]]["sweep"], strict=True))
+            for a, b in pairs:
+                for p in (a, b):
+                    sat = p["saturation_rps"]
+                    assert p["overloaded"] == (sat is not None and p["rate_rps"] >= sat)
+            index = next(p["index"] for p in setup["per_point"] if p["summary"])
+            steady = [i for i, (a, b) in enumerate(pairs)
+                      if not (a["overloaded"] or b["overloaded"])]
+            if setup["measure"]["summary"] != "first" and steady:
+                assert index in steady, (e["id"], key)
+
+
 def test_es3_states_its_outcome_on_the_run_length_dependence(tiny_verdicts):
     from simserve.antipatterns.runner import _dependence
 

@@ -231,9 +231,10 @@ CATALOG: tuple[Entry, ...] = (
         ),
         fair=Setup(
             description="An open-loop Poisson sweep from 0.05 to 0.95 x saturation; the "
-            "verdict is read where speculation's advantage is smallest.",
+            "verdict is read where speculation's advantage is smallest among the rates below "
+            "both systems' saturation (speculation saturates earlier).",
             measure=Sweep(
-                points=(Point(0.05), Point(0.35), Point(0.65), Point(0.95)),
+                points=(Point(0.05), Point(0.35), Point(0.55), Point(0.75), Point(0.95)),
                 axis="load",
                 summary="worst",
             ),

@@ -59,7 +59,7 @@ def register(subparsers: Any) -> dict[str, Handler]:
 def _cmd_antipatterns(args: argparse.Namespace) -> int:
     from simserve import __version__
     from simserve.antipatterns.catalog import SIZES, get_entries
-    from simserve.antipatterns.report import check_out_dir, short_verdict, write_outputs
+    from simserve.antipatterns.report import check_out_dir, setup_summary, write_outputs
     from simserve.antipatterns.runner import CatalogRunner
     from simserve.errors import InputError
 
@@ -82,9 +82,8 @@ def _cmd_antipatterns(args: argparse.Namespace) -> int:
 
     def done(result: dict) -> None:
         sys.stdout.write(
-            f"{result['id']} {result['outcome']:<9} unfair: "
-            f"{short_verdict(result['unfair']['conclusion'])}; fair: "
-            f"{short_verdict(result['fair']['conclusion'])} "
+            f"{result['id']} {result['outcome']:<9} unfair: {setup_summary(result, 'unfair')}; "
+            f"fair: {setup_summary(result, 'fair')} "
             f"[{'as expected' if result['as_expected'] else 'NOT as expected'}, "
             f"{result['wall_s']:.1f} s]\n")
         sys.stdout.flush()

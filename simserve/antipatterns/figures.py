@@ -23,6 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import NullFormatter
 
 from simserve.formatting import fmt_interval, fmt_number, fmt_ratio
 from simserve.plots.canvas import SLO_COLOR, number_ticks, plain_log_ticks, system_colors
@@ -31,6 +32,8 @@ __all__ = ["entry_figure", "save_entry_figure"]
 
 DPI = 130
 SATURATION_COLOR = "0.15"
+RATIO_TICKS = (0.05, 0.1, 0.2, 0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0,
+               10.0, 20.0)
 
 
 def _number(value: Any) -> float:
@@ -127,7 +130,15 @@ def _sweep_panel(ax: Axes, setup: Mapping[str, Any], names: Sequence[str],
         xs = np.array([p[x_key] for p in points], dtype=float)
         values = np.array([np.nan if p["values"][key]["value"] is None
                            else p["values"][key]["value"] for p in points])
-        ax.plot(xs, values, marker="o", markersize=4, color=color, label=name)
+        over = np.array([bool(p.get("overloaded")) for p in points])
+        ax.plot(xs, np.where(over, np.nan, values), marker="o", markersize=4, color=color,
+                label=name)
+        if over.any():
+            # Past saturation: hollow points on a dotted line (not a steady state).
+            tail = slice(max(int(np.argmax(over)) - 1, 0), None)
+            ax.plot(xs[tail], values[tail], linestyle=":", color=color, linewidth=1.0)
+            ax.plot(xs[over], values[over], linestyle="none", marker="o", markersize=5,
+                    markerfacecolor="white", color=color)
         cis = [p["values"][key]["ci"] for p in points]
         if all(ci is not None for ci in cis):
             ax.fill_between(xs, [c[0] for c in cis], [c[1] for c in cis], color=color,
@@ -150,6 +161,9 @@ def _sweep_panel(ax: Axes, setup: Mapping[str, Any], names: Sequence[str],
     handles, _ = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], marker="o", markersize=9, markerfacecolor="none",
                           markeredgecolor="0.2", linestyle="none", label="verdict point"))
+    if any(p.get("overloaded") for n in names for p in setup["systems"][n]["sweep"]):
+        handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white",
+                              linestyle=":", label="past its saturation"))
     ax.legend(handles=handles, fontsize=7)
     ax.set_ylim(bottom=0)
     return where
@@ -184,8 +198,8 @@ def _verdict_panel(ax: Axes, band: float, title: str, xlabel: str,
     ys = np.arange(len(rows))[::-1]
     values = [r for _l, r, _c, _k in rows if math.isfinite(r) and r > 0]
     values += [v for _l, _r, c, _k in rows if c for v in c if math.isfinite(v) and v > 0]
-    lo = min([*values, 1.0 / (1.0 + band)]) / 1.3
-    hi = max([*values, 1.0 + band]) * 1.3
+    lo = min([*values, 1.0 / (1.0 + band)]) / 1.4
+    hi = max([*values, 1.0 + band]) * 1.8  # room for the label of the rightmost ratio
     ax.axvspan(1.0 / (1.0 + band), 1.0 + band, color="0.85", linewidth=0,
                label=f"within ±{band:.0%} of 1")
     ax.axvline(1.0, color="0.3", linewidth=1.0)
@@ -204,7 +218,14 @@ def _verdict_panel(ax: Axes, band: float, title: str, xlabel: str,
                     fontsize=7.5)
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
-    plain_log_ticks(ax.xaxis)
+    # Ratios read best at round values, whatever the span (a log axis over less than a decade
+    # has no labelled decade ticks).
+    ticks = [t for t in RATIO_TICKS if lo <= t <= hi]
+    while len(ticks) > 7:  # thin out, keeping 1 (the axis always holds the tie band)
+        one = ticks.index(1.0)
+        ticks = [t for i, t in enumerate(ticks) if (i - one) % 2 == 0]
+    ax.set_xticks(ticks, [fmt_number(t) for t in ticks], fontsize=8)
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_yticks(ys, [r[0] for r in rows], fontsize=8)
     ax.set_xlabel(xlabel, fontsize=8)

@@ -136,9 +136,9 @@ def capacity_metric(rule: str, *, per_gpu: bool = False) -> Metric:
     Labels state the rule in words (`SloRule.words`)."""
     words = parse_slo_rule(rule).words()
     if per_gpu:
-        return Metric("capacity_per_gpu_rps", f"capacity per GPU ({words})", "req/s per GPU",
+        return Metric("capacity_per_gpu_rps", f"capacity per GPU under {words}", "req/s per GPU",
                       "higher")
-    return Metric("capacity_rps", f"capacity ({words})", "req/s", "higher")
+    return Metric("capacity_rps", f"capacity under {words}", "req/s", "higher")
 
 
 # --------------------------------------------------------------------------- measures

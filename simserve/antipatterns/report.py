@@ -18,7 +18,8 @@ from simserve.errors import InputError
 from simserve.experiments.atomic import write_dir_atomically
 from simserve.formatting import fmt_interval, fmt_number, fmt_ratio
 
-__all__ = ["check_out_dir", "fmt_value", "render_report", "short_verdict", "write_outputs"]
+__all__ = ["check_out_dir", "fmt_value", "render_report", "setup_summary", "short_verdict",
+           "write_outputs"]
 
 MARKER = "verdicts.json"
 
@@ -126,7 +127,7 @@ def _capacity_cell(cap: Mapping[str, Any], *, per_gpu: bool) -> str:
         return f">= {rate(cap['capacity_rps'])}{on} (meets the rule at every rate tried: censored)"
     if cap["capacity_rps"] is None:
         return f"n/a ({cap['status']})"
-    why = ("the overload guard: at its saturation" if cap.get("capped")
+    why = ("its saturation, the overload guard" if cap.get("capped")
            else f"the SLO; {saturation}")
     text = f"{rate(cap['capacity_rps'])}{on} (fails at {rate(cap['high_rps'], False)}: {why})"
     return text + (f" [{cap['status']}]" if cap["status"] != "ok" else "")
@@ -209,13 +210,15 @@ def _sweep_tables(entry: Mapping[str, Any]) -> list[str]:
         info = setup["metric_info"][metric]
         names = list(entry["systems"])
         axis = setup["measure"]["axis"]
-        rows += ["", f"{key.capitalize()} sweep ({info['axis_label']}; ring = verdict point):",
+        rows += ["", f"{key.capitalize()} sweep ({info['axis_label']}; ◯ = verdict point, † = "
+                 "past that system's saturation, not a steady state):",
                  "", "| rate (req/s) | requests | " + " | ".join(f"`{n}`" for n in names)
                  + f" | advantage of `{entry['candidate']}` |",
                  "|---|---|" + "---|" * (len(names) + 1)]
         for i, conclusion in enumerate(setup["per_point"]):
             first = setup["systems"][names[0]]["sweep"][i]
             cells = [fmt_value(setup["systems"][n]["sweep"][i]["values"][metric]["value"])
+                     + (" †" if setup["systems"][n]["sweep"][i].get("overloaded") else "")
                      for n in names]
             mark = " ◯" if conclusion["summary"] else ""
             rows.append(f"| {fmt_value(first['rate_rps'])} | {first['num_requests']} | "
@@ -259,7 +262,7 @@ def _items(entry: Mapping[str, Any]) -> str:
     return ", ".join(entry["checklist"])
 
 
-def _setup_summary(entry: Mapping[str, Any], key: str) -> str:
+def setup_summary(entry: Mapping[str, Any], key: str) -> str:
     """What one evaluator concludes, for the summary table: the verdict, or for an entry about
     a dependence (ES3) the per-doubling factors of its number."""
     setup = entry[key]
@@ -396,7 +399,7 @@ def render_report(verdicts: Mapping[str, Any]) -> str:
     for e in verdicts["entries"]:
         lines.append(
             f"| [{e['id']}](#{_anchor(e)}) | {e['title']} | {_items(e)} | "
-            f"{_setup_summary(e, 'unfair')} | {_setup_summary(e, 'fair')} | "
+            f"{setup_summary(e, 'unfair')} | {setup_summary(e, 'fair')} | "
             f"**{e['outcome']}** | {'held' if e['as_expected'] else 'not held'} |")
     lines.append("")
     for e in verdicts["entries"]:

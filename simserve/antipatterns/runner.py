@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import numpy as np
-
 from simserve.antipatterns.catalog import SCENARIOS_DIR
 from simserve.antipatterns.model import (
     CAPACITY_KEYS,
@@ -246,7 +244,16 @@ class CatalogRunner:
             return {"capacity": self._capacity(entry, overrides, measure, saturation)}
         if isinstance(measure, Point):
             return {"point": self._point(entry, overrides, measure, saturation)}
-        return {"sweep": [self._point(entry, overrides, p, saturation) for p in measure.points]}
+        # NOTE: a sweep point at or above the system's own saturation is not a steady state
+        # (its numbers depend on the run length): it is marked, drawn hollow, and a verdict
+        # read at the worst or last point is read among the steady ones.
+        own = self.saturation(entry, overrides).rps
+        points = [self._point(entry, overrides, p, saturation) for p in measure.points]
+        for point in points:
+            point["overloaded"] = bool(point["rate_rps"] is not None and math.isfinite(own)
+                                       and point["rate_rps"] >= own)
+            point["saturation_rps"] = own if math.isfinite(own) else None
+        return {"sweep": points}
 
     def _score(self, setup: Setup, measured: Mapping[str, Any]) -> float | None:
         """The verdict metric of one measurement (for picking the best tuning option)."""
@@ -433,6 +440,8 @@ def _point_record(point: Mapping[str, Any], metrics: Sequence[Metric]) -> dict[s
         "warmup_s": point["warmup_s"],
         "completed": completed,
         "values": _values(summaries, metrics),
+        **({"overloaded": point["overloaded"], "saturation_rps": point["saturation_rps"]}
+           if "overloaded" in point else {}),
     }
 
 
@@ -508,11 +517,13 @@ def _conclusion(entry: Entry, setup: Setup, systems: Mapping[str, Any]
                      where=_x_text(point, sweep.axis))
         conclusions.append(c)
         per_point.append({"index": i, **c.to_mapping()})
-    index = 0 if sweep.summary == "first" else len(conclusions) - 1
+    steady = [i for i, (pc, pb) in enumerate(zip(cand["sweep"], base["sweep"], strict=True))
+              if not (pc.get("overloaded") or pb.get("overloaded"))] or list(range(len(per_point)))
+    index = 0 if sweep.summary == "first" else steady[-1]
     if sweep.summary == "worst":
         logs = [math.log(c.ratio) if c.ratio and c.ratio > 0 and math.isfinite(c.ratio)
                 else math.inf for c in conclusions]
-        index = int(np.argmin(logs))
+        index = min(steady, key=lambda i: logs[i])
     for row in per_point:
         row["summary"] = row["index"] == index
     return conclusions[index], per_point

@@ -623,7 +623,8 @@ def _cost_text(cost: dict) -> str:
 def render_report(study: SpecDecStudy, command: str) -> str:
     """The Markdown report of a case-study run (every number from that run)."""
     p = study.preset
-    mode = "quick (reduced: fewer rates and requests)" if study.quick else "full"
+    mode = ("quick (a smoke test of the pipeline: 4 rates of few requests; its conclusions "
+            "may differ from the full run's, so quote the full one)" if study.quick else "full")
     lines = [
         f"# Speculative decoding case study: {p.description}",
         "",
