@@ -566,6 +566,13 @@ class SpecDecStudy:
         sat = self.saturation_rps(system)
         return math.isfinite(sat) and rate >= sat
 
+    def steady(self, system: str, values: Sequence[float]) -> tuple[list[float], list[float]]:
+        """The sweep rates, and `values` at them, where neither `system` nor no speculation
+        is past saturation: the only ones a speedup or a crossover may be read from."""
+        keep = [not o for o in self.overloaded_pair(system)]
+        return ([r for r, k in zip(self.rates, keep, strict=True) if k],
+                [v for v, k in zip(values, keep, strict=True) if k])
+
     def overloaded_pair(self, system: str) -> list[bool]:
         """Per sweep rate: whether `system` or no speculation is past its saturation (a
         ratio of the two is then not a steady-state comparison)."""

@@ -142,17 +142,8 @@ def _family_sentence(
     return facts, conclusion
 
 
-def _steady(study: SpecDecStudy, system: str, ratios: Sequence[float]
-            ) -> tuple[list[float], list[float]]:
-    """The rates (and ratios) where neither `system` nor no speculation is past saturation:
-    the only ones a speedup or a crossover may be read from."""
-    keep = [not o for o in study.overloaded_pair(system)]
-    return ([r for r, k in zip(study.rates, keep, strict=True) if k],
-            [q for q, k in zip(ratios, keep, strict=True) if k])
-
-
 def _crossover_text(study: SpecDecStudy, system: str, ratios: Sequence[float], what: str) -> str:
-    rates, ratios = _steady(study, system, ratios)
+    rates, ratios = study.steady(system, ratios)
     down = [c for c, d in crossings(rates, ratios) if d == "down"]
     finite = [q for q in ratios if math.isfinite(q)]
     if down:
@@ -421,7 +412,7 @@ def _conclusions_section(study: SpecDecStudy) -> list[str]:
     names = [(SPEC, f"α={spec.acceptance.alpha:g}, k={spec.num_speculative_tokens} (base)")]
     names += [(n, n.removeprefix("spec ")) for n in study.variants]
     for system, label in names:
-        steady_rates, sp = _steady(study, system, study.speedup(system))
+        steady_rates, sp = study.steady(system, study.speedup(system))
         finite = [q for q in sp if math.isfinite(q)]
         down = [c for c, d in crossings(steady_rates, sp) if d == "down"]
         cross = fmt_number(down[0], "req/s") if down else (

@@ -268,11 +268,14 @@ def capacity_bars(
     ax.grid(axis="y", alpha=0.3)
     ax.margins(y=0.12)
     if systems:
-        handles, _ = ax.get_legend_handles_labels()
+        # Plain patches (a system's first bar may be hatched), below the axes so the legend
+        # never covers a bar or its value.
+        handles = [Patch(facecolor=palette.get(s, "0.5"), label=s) for s in systems]
         if any_capped:
             handles.append(Patch(facecolor="0.55", hatch="//", edgecolor="white",
                                  label=CAPPED_TEXT))
-        ax.legend(handles=handles, fontsize=8)
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3),
+                   fontsize=8, frameon=False)
     else:
         _no_data(ax, "no capacities")
     ax.set_title(title or "Capacity (highest arrival rate meeting the rule) per SLO rule")
