@@ -234,7 +234,7 @@ CATALOG: tuple[Entry, ...] = (
             "verdict is read where speculation's advantage is smallest among the rates below "
             "both systems' saturation (speculation saturates earlier).",
             measure=Sweep(
-                points=(Point(0.05), Point(0.35), Point(0.55), Point(0.75), Point(0.95)),
+                points=(Point(0.05), Point(0.35), Point(0.75), Point(0.95)),
                 axis="load",
                 summary="worst",
             ),

@@ -22,6 +22,13 @@ __all__ = ["check_out_dir", "fmt_value", "render_report", "setup_summary", "shor
            "write_outputs"]
 
 MARKER = "verdicts.json"
+# Checklist items no catalog entry shows, and where simserve shows or keeps them.
+ELSEWHERE = {
+    "C9": "no entry: every run states them (`scenario.yaml`, `summary.json`)",
+    "C10": "no entry: every run reports TTFT with its queueing and `*_scheduling_delay_ms`",
+    "C15": "the speculative-decoding case study (`simserve casestudy specdec`); "
+           "`simserve check` rule SPEC",
+}
 
 
 # --------------------------------------------------------------------------- formatting
@@ -319,14 +326,14 @@ def _checklist_section(verdicts: Mapping[str, Any]) -> list[str]:
         "## The evaluation checklist",
         "",
         "What a fair evaluation does, item by item, and the entries of this run that show what "
-        "happens when it does not. Items without an entry are checked by `simserve check` "
-        "(C15: the speculative-decoding case study, `simserve casestudy specdec`).",
+        "happens when it does not. `simserve check EVAL.yaml` names the item of every "
+        "anti-pattern it finds in a description of an evaluation.",
         "",
         "| item | dimension | a fair evaluation... | entries (outcome) |",
         "|---|---|---|---|",
     ]
     for item in CHECKLIST.values():
-        entries = ", ".join(shown[item.id]) or "—"
+        entries = ", ".join(shown[item.id]) or ELSEWHERE.get(item.id, "—")
         lines.append(f"| {item.id} | {item.dimension} | {item.text} | {entries} |")
     return [*lines, ""]
 

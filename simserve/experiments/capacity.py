@@ -106,7 +106,8 @@ class Condition:
         return f"{self.key}{self.op}{self.threshold:g}"
 
     def words(self) -> str:
-        """The threshold for a reader: 'P99 TTFT ≤ 1,000 ms', '≥ 90% of requests good'."""
+        """The threshold for a reader: 'P99 TTFT ≤ 1,000 ms', or for attainment '≥ 90% of
+        requests within the SLOs'."""
         symbol = {"<=": "≤", ">=": "≥", "<": "<", ">": ">"}[self.op]
         if self.key == "slo_attainment":
             return f"{symbol} {fmt_number(100 * self.threshold)}% of requests within the SLOs"
