@@ -406,7 +406,8 @@ class _Runner:
             summary = dict(summary)
             steady = None
             if rate is None:
-                steady = self.saturation_rps.get(system)
+                sat = self.saturation_rps.get(system, math.nan)
+                steady = sat if math.isfinite(sat) else None
             elif math.isfinite(self.saturation_rps.get(system, math.nan)):
                 summary[LOAD_KEY] = rate / self.saturation_rps[system]
             record = RunRecord(
