@@ -16,11 +16,11 @@ ignored (under 0.2% of every packaged model).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
@@ -28,6 +28,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from simserve.errors import InputError
+from simserve.resources import catalog_file
+from simserve.yaml_lines import parse_yaml, read_yaml_text
 
 __all__ = [
     "Catalog",
@@ -36,6 +38,7 @@ __all__ = [
     "ModelSpec",
     "WeightQuant",
     "check_number",
+    "check_power",
     "check_text",
     "load_catalog",
 ]
@@ -77,10 +80,20 @@ def check_number(value: object, field_name: str, *, allow_zero: bool = False) ->
     """A finite number > 0 (>= 0 with `allow_zero`) as a float, or a one-line InputError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"must be a number, got {_type_name(value)} {value!r}", field=field_name)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise InputError(f"must be a finite number {bound}, got {value}", field=field_name)
     return float(value)
+
+
+def check_power(idle_w: float | None, tdp_w: float | None, field_name: str) -> None:
+    """Refuse an idle power above the maximum (TDP): a one-line InputError on `field_name`."""
+    if idle_w is not None and tdp_w is not None and idle_w > tdp_w:
+        raise InputError(f"idle power {idle_w:g} W exceeds the TDP {tdp_w:g} W", field=field_name)
 
 
 def _check_bool(value: object, field_name: str) -> bool:
@@ -102,6 +115,11 @@ class GpuSpec:
     `bf16_tflops` and `fp8_tflops` are dense (not sparse) tensor-core peaks in TFLOP/s;
     `interconnect` names the GPU-to-GPU link (e.g. "nvlink4", "pcie4") and `interconnect_gbps`
     is its per-GPU unidirectional bandwidth in GB/s.
+
+    Optional cost and power figures (`simserve.pricing`): `price_usd_per_hour` is an on-demand
+    rental price of one GPU, read from `price_source` on `price_date`; `idle_w` is the board
+    power of an idle GPU holding a CUDA context and `tdp_w` its maximum board power (datasheet
+    TDP), both cited in `power_source`.
     """
 
     name: str
@@ -111,6 +129,12 @@ class GpuSpec:
     fp8_tflops: float
     interconnect: str
     interconnect_gbps: float
+    price_usd_per_hour: float | None = None
+    price_source: str | None = None
+    price_date: str | None = None
+    idle_w: float | None = None
+    tdp_w: float | None = None
+    power_source: str | None = None
 
     def __post_init__(self) -> None:
         check_text(self.name, "name")
@@ -123,6 +147,17 @@ class GpuSpec:
             "interconnect_gbps",
         ):
             object.__setattr__(self, name, check_number(getattr(self, name), name))
+        if isinstance(self.price_date, datetime.date):  # YAML reads 2026-01-31 as a date
+            object.__setattr__(self, "price_date", self.price_date.isoformat())
+        for name in ("price_source", "price_date", "power_source"):
+            if getattr(self, name) is not None:
+                check_text(getattr(self, name), name)
+        for name, allow_zero in (("price_usd_per_hour", False), ("idle_w", True),
+                                 ("tdp_w", False)):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_number(value, name, allow_zero=allow_zero))
+        check_power(self.idle_w, self.tdp_w, "idle_w")
 
     @property
     def memory_bytes(self) -> float:
@@ -394,17 +429,7 @@ def _key_lines(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple
 
 
 def _read_yaml(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        line = mark.line + 1 if mark is not None else None
-        raise InputError(f"invalid YAML: {problem}", source=source, line=line) from None
-    finally:
-        loader.dispose()
+    data, node = parse_yaml(text, source)
     return data, _key_lines(node)
 
 
@@ -519,11 +544,10 @@ def _parse_catalog_text(text: str, source: str) -> tuple[list[GpuSpec], list[Mod
 @functools.cache
 def _packaged_catalog() -> Catalog:
     """The catalog of the packaged YAML files, parsed once per process (it is immutable)."""
-    data_dir = resources.files("simserve").joinpath("data")
     gpus: list[GpuSpec] = []
     models: list[ModelSpec] = []
     for file_name in _PACKAGED_FILES:
-        text = data_dir.joinpath(file_name).read_text(encoding="utf-8")
+        text = catalog_file(file_name).read_text(encoding="utf-8")
         more_gpus, more_models = _parse_catalog_text(text, f"simserve/data/{file_name}")
         gpus += more_gpus
         models += more_models
@@ -535,20 +559,13 @@ def load_catalog(extra: str | Path | None = None) -> Catalog:
 
     `extra` may hold top-level `gpus:` and `models:` mappings of name -> fields; each entry
     gives every field (except the optional `dtype_bytes`, default 2, `kv_dtype_bytes`,
-    `weight_quant` and the mixture-of-experts fields) and adds a new name or replaces the
-    packaged entry of the same name (case-insensitive) whole.
+    `weight_quant`, the mixture-of-experts fields and a GPU's price and power fields) and
+    adds a new name or replaces the packaged entry of the same name (case-insensitive) whole.
     """
     base = _packaged_catalog()
     if extra is None:
         return base
     path = Path(extra)
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("catalog file not found", source=source) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise InputError(f"cannot read catalog file: {reason}", source=source) from None
-    gpus, models = _parse_catalog_text(text, source)
+    text = read_yaml_text(path, "catalog file")
+    gpus, models = _parse_catalog_text(text, str(path))
     return Catalog([*base.gpus.values(), *gpus], [*base.models.values(), *models])

@@ -9,21 +9,28 @@ valid one; checks that need the catalog (model context length, KV fit) live in `
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from simserve.errors import InputError
+from simserve import __version__
+from simserve.errors import InputError, InputWarning
 from simserve.schema import build_dataclass
-from simserve.yaml_lines import key_lines, line_for, read_yaml_file
+from simserve.yaml_lines import (
+    YamlSyntaxError,
+    key_lines,
+    line_for,
+    parse_yaml,
+    read_yaml_file,
+)
 
 __all__ = [
     "AcceptanceConfig",
     "ArrivalConfig",
     "ClusterConfig",
+    "CostConfig",
     "CostModelConfig",
     "EngineConfig",
     "FluidityConfig",
@@ -31,11 +38,15 @@ __all__ = [
     "LinkConfig",
     "MetricsConfig",
     "PoolConfig",
+    "PrefixConfig",
+    "RequestClass",
     "Scenario",
+    "SessionsConfig",
     "SloConfig",
     "SpeculativeConfig",
     "WorkloadConfig",
     "apply_overrides",
+    "check_file_name",
     "load_scenario",
     "scenario_from_mapping",
     "scenario_to_mapping",
@@ -45,6 +56,25 @@ __all__ = [
 def _require(ok: bool, field_name: str, message: str) -> None:
     if not ok:
         raise InputError(message, field=field_name)
+
+
+MAX_NAME_CHARS = 100
+
+
+def check_file_name(value: str, field_name: str) -> None:
+    """Refuse a name that cannot be used as one directory name under runs/: a path (`/`,
+    `..`), empty, hidden (leading `.`, where simserve keeps its temporaries), control
+    characters, or longer than `MAX_NAME_CHARS`."""
+    bad = (
+        not value.strip() or value != value.strip() or value.startswith(".")
+        or any(ch in value for ch in "/\\") or any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
+        or len(value) > MAX_NAME_CHARS
+    )
+    if bad:
+        raise InputError(
+            f"must be a plain directory name (no '/', not starting with '.', no surrounding "
+            f"spaces, at most {MAX_NAME_CHARS} characters), got {value!r}", field=field_name,
+        )
 
 
 # --------------------------------------------------------------------------- workload
@@ -116,15 +146,120 @@ class LengthsConfig:
 
 
 @dataclass(frozen=True)
+class RequestClass:
+    """A class of requests (a tenant, a product tier): each request is drawn into one class
+    with probability proportional to `share`. Under `engine.queue: priority` a lower
+    `priority` is served first (vLLM's rule). `slo` is the class's own SLO; the fields it
+    leaves unset are `metrics.slo`'s. Every metric is also reported per class."""
+
+    name: str
+    share: float = 1.0
+    priority: int = 0
+    slo: SloConfig | None = None
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name.strip()) and self.name.isprintable() and len(self.name) <= 64,
+                 "name", f"must be a short printable name, got {self.name!r}")
+        _require(self.share > 0, "share", f"must be > 0, got {self.share}")
+
+
+Popularity = Literal["uniform", "zipf"]
+# NOTE: more prefix groups than this cannot all be used by a run simserve holds in memory, and
+# drawing among them would take memory for nothing.
+MAX_PREFIX_GROUPS = 1_000_000
+# NOTE: no model's context comes near a billion tokens: larger lengths are garbage (and from
+# 2**63 on they would overflow int64).
+MAX_TOKENS = 10**9
+
+
+@dataclass(frozen=True)
+class PrefixConfig:
+    """Shared prompt prefixes (system prompts): every request's prompt starts with one of
+    `num_groups` prefixes of `shared_len` tokens. A request's group is drawn `uniform`ly or
+    by Zipf's law (`zipf`: the k-th most popular of G groups with probability proportional to
+    1 / k**zipf_s). `shared_len` counts inside the prompt: a prompt drawn shorter than
+    shared_len + 1 tokens is lengthened to shared_len + 1, so every request has a token of its
+    own after the shared prefix."""
+
+    shared_len: int
+    num_groups: int = 1
+    popularity: Popularity = "uniform"
+    zipf_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.shared_len <= MAX_TOKENS, "prefix.shared_len",
+                 f"must be in [1, {MAX_TOKENS:,}], got {self.shared_len}")
+        _require(1 <= self.num_groups <= MAX_PREFIX_GROUPS, "prefix.num_groups",
+                 f"must be in [1, {MAX_PREFIX_GROUPS:,}], got {self.num_groups}")
+        _require(self.zipf_s > 0, "prefix.zipf_s", f"must be > 0, got {self.zipf_s}")
+
+
+TurnsDist = Literal["fixed", "geometric", "uniform"]
+ThinkDist = Literal["fixed", "exponential"]
+MAX_MEAN_TURNS = 10_000
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    """Multi-turn conversations. Sessions start open-loop (`arrival` gives each session's
+    first turn its time); each next turn is sent `think_time_s` after the previous one ends
+    and its prompt is the whole history (the previous prompt and output) plus a new message
+    whose length, like every output's, comes from `lengths`.
+
+    `turns` is the number of turns of a session (`fixed`), or their mean: `geometric` (a
+    session ends after each turn with probability 1/turns) or `uniform` (1 to 2*turns - 1).
+    `think_dist`: `fixed` think times, or `exponential` ones with mean `think_time_s`.
+    """
+
+    turns: int
+    think_time_s: float
+    turns_dist: TurnsDist = "fixed"
+    think_dist: ThinkDist = "fixed"
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.turns <= MAX_MEAN_TURNS, "sessions.turns",
+                 f"must be in [1, {MAX_MEAN_TURNS:,}], got {self.turns}")
+        _require(self.think_time_s >= 0, "sessions.think_time_s",
+                 f"must be >= 0, got {self.think_time_s}")
+
+
+@dataclass(frozen=True)
 class WorkloadConfig:
-    """The requests of a run; built before the run from the scenario seed."""
+    """The requests of a run; built before the run from the scenario seed.
+
+    `classes`: optional request classes (priority, share, SLO). A trace with a `priority`
+    column gives each row its priority; with classes, a row's class is the class of that
+    priority, else classes are drawn by share (per session when there are sessions).
+    `client_timeout_s`: a client gives up on a request not finished this long after sending
+    it; the engine cancels it at its next step (its KV freed, its tokens so far counted), and
+    it counts in `num_timed_out`, not in the latency metrics (as a benchmark client drops
+    failed requests). `prefix`: shared prompt prefixes; `sessions`: multi-turn conversations.
+    `num_requests` counts requests, that is turns when there are sessions.
+    """
 
     num_requests: int | None = 200
     trace: str | None = None
     arrival: ArrivalConfig = field(default_factory=ArrivalConfig)
     lengths: LengthsConfig = field(default_factory=LengthsConfig)
+    classes: tuple[RequestClass, ...] = ()
+    client_timeout_s: float | None = None
+    prefix: PrefixConfig | None = None
+    sessions: SessionsConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.client_timeout_s is not None:
+            _require(self.client_timeout_s > 0, "workload.client_timeout_s",
+                     f"must be > 0, got {self.client_timeout_s}")
+        _require(
+            self.sessions is None or self.arrival.process != "closed_loop",
+            "workload.sessions",
+            "sessions start open-loop (the arrival process gives each session's start): "
+            "not with arrival.process closed_loop",
+        )
+        names = [c.name for c in self.classes]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        _require(not duplicated, "workload.classes",
+                 f"class names must differ; {', '.join(duplicated)} appears twice")
         uses_trace = self.arrival.process == "trace" or self.lengths.dist == "trace"
         if self.num_requests is None:
             # NOTE: null means "the whole trace", for replaying a measured run row for row.
@@ -143,8 +278,6 @@ class WorkloadConfig:
 
 
 # --------------------------------------------------------------------------- engine
-
-Policy = Literal["static", "prefill_first", "mixed", "chunked_prefill"]
 
 AcceptanceModel = Literal["geometric", "per_position", "empirical", "beta"]
 
@@ -254,14 +387,20 @@ KvCacheDtype = Literal["auto", "fp8"]
 class EngineConfig:
     """Scheduler and KV-cache knobs, with vLLM's names and (v1) defaults.
 
-    `version` is the vLLM engine generation the kernel cost model prices (its CPU loop and CUDA
-    graphs): `v0` (vLLM <= 0.6) or `v1` (>= 0.8); unset, it follows the policy (prefill_first:
-    v0, whose scheduler ran prefills alone; otherwise v1). `kv_cache_dtype` is vLLM's: `auto`
-    keeps the model's KV dtype, `fp8` stores one byte per element. `enforce_eager` turns CUDA
-    graphs off, as vLLM's flag of that name.
+    `policy` is the batching policy and `queue` the queue order (which waiting request is
+    admitted first, which running one preempted first): a built-in name or a class of the
+    user's (`path/to/file.py:ClassName`, `package.module:ClassName`), checked by
+    `resolve` through `engine.registry`. `version` is the vLLM engine generation the kernel
+    cost model prices (its CPU loop and CUDA graphs): `v0` (vLLM <= 0.6) or `v1` (>= 0.8);
+    unset, the policy's `engine_generation`. `kv_cache_dtype` is vLLM's: `auto` keeps the
+    model's KV dtype, `fp8` stores one byte per element. `enforce_eager` turns CUDA graphs
+    off, as vLLM's flag of that name. `enable_prefix_caching` (vLLM's flag): automatic prefix
+    caching; unset, the policy's default (on for chunked_prefill, as in vLLM V1; off for the
+    V0-style policies; a policy that reserves KV up front cannot cache).
     """
 
-    policy: Policy = "chunked_prefill"
+    policy: str = "chunked_prefill"
+    queue: str = "fcfs"
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     block_size: int = 16
@@ -275,13 +414,7 @@ class EngineConfig:
     version: EngineVersion | None = None
     kv_cache_dtype: KvCacheDtype = "auto"
     enforce_eager: bool = False
-
-    @property
-    def engine_version(self) -> str:
-        """`version`, or the generation the policy implies when unset."""
-        if self.version is not None:
-            return self.version
-        return "v0" if self.policy == "prefill_first" else "v1"
+    enable_prefix_caching: bool | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs >= 1, "engine.max_num_seqs", "must be >= 1")
@@ -301,16 +434,10 @@ class EngineConfig:
         _require(self.activation_reserve_gib >= 0, "engine.activation_reserve_gib", "must be >= 0")
         if self.num_gpu_blocks_override is not None:
             _require(self.num_gpu_blocks_override >= 1, "engine.num_gpu_blocks_override", ">= 1")
-        _require(
-            self.speculative is None or self.policy in ("chunked_prefill", "prefill_first"),
-            "engine.speculative",
-            f"works with policies chunked_prefill and prefill_first, not {self.policy}",
-        )
 
 
-Router = Literal["round_robin", "least_outstanding", "least_kv"]
+Router = Literal["round_robin", "least_outstanding", "least_kv", "prefix_aware"]
 ClusterMode = Literal["colocated", "disaggregated"]
-PoolPolicy = Literal["prefill_first", "mixed", "chunked_prefill"]
 
 
 @dataclass(frozen=True)
@@ -341,20 +468,25 @@ class LinkConfig:
 class PoolConfig:
     """One pool of a disaggregated cluster: identical instances of `tp` x `pp` GPUs each.
 
-    Unset fields take the scenario's values (`tp`, `pp`, `engine.*`, `cost_model.profile`).
-    `profile` names the calibrated profile of this pool's TP when `cost_model.kind` is
-    calibrated (a profile is fitted per TP). `policy` decides how prompts are batched on a
+    Unset fields take the scenario's values (`hardware`, `tp`, `pp`, `engine.*`,
+    `cost_model.profile`). `hardware` is this pool's GPU (a catalog name): its memory sizes
+    the pool's KV cache and its cost model prices the pool's steps. `profile` names the
+    calibrated profile of this pool's GPU and TP when `cost_model.kind` is calibrated (a
+    profile is fitted per GPU and TP). `policy` decides how prompts are batched on a
     prefill instance (whole prompts or chunks); on a decode instance it only matters for
-    requests preempted there, which recompute their prefill locally as vLLM does.
+    requests preempted there, which recompute their prefill locally as vLLM does. `queue` is
+    this pool's queue order.
     `num_gpu_blocks_override` fixes this pool's KV blocks per instance (else
     `engine.num_gpu_blocks_override`, else the memory arithmetic at this pool's TP and PP).
     """
 
     instances: int = 1
+    hardware: str | None = None
     tp: int | None = None
     pp: int | None = None
     router: Router = "round_robin"
-    policy: PoolPolicy | None = None
+    policy: str | None = None
+    queue: str | None = None
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     profile: str | None = None
@@ -362,6 +494,8 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         _require(self.instances >= 1, "instances", f"must be >= 1, got {self.instances}")
+        if self.hardware is not None:
+            _require(bool(self.hardware.strip()), "hardware", "must name a catalog GPU")
         if self.num_gpu_blocks_override is not None:
             _require(self.num_gpu_blocks_override >= 1, "num_gpu_blocks_override", "must be >= 1")
         _require(self.tp is None or self.tp >= 1, "tp", f"must be >= 1, got {self.tp}")
@@ -376,17 +510,25 @@ class PoolConfig:
 class ClusterConfig:
     """Where requests run. `colocated`: `replicas` identical engines, each doing prefill and
     decode. `disaggregated`: a `prefill` pool hands each request's KV cache over `link` to a
-    `decode` pool (DistServe, Splitwise)."""
+    `decode` pool (DistServe, Splitwise).
+
+    Routers: `round_robin`, `least_outstanding` (fewest waiting + running), `least_kv` (most
+    free KV blocks), `prefix_aware` (most of the prompt in the replica's prefix cache, less
+    `router_load_weight` times its load relative to the busiest replica).
+    """
 
     mode: ClusterMode = "colocated"
     replicas: int = 1
     router: Router = "round_robin"
+    router_load_weight: float = 0.5
     prefill: PoolConfig | None = None
     decode: PoolConfig | None = None
     link: LinkConfig = field(default_factory=LinkConfig)
 
     def __post_init__(self) -> None:
         _require(self.replicas >= 1, "cluster.replicas", f"must be >= 1, got {self.replicas}")
+        _require(self.router_load_weight >= 0, "cluster.router_load_weight",
+                 f"must be >= 0, got {self.router_load_weight}")
         if self.mode == "colocated":
             for pool in ("prefill", "decode"):
                 _require(
@@ -466,6 +608,31 @@ class CostModelConfig:
         )
 
 
+# --------------------------------------------------------------------------- cost
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """Report the run's GPU-hours, price and energy (`simserve.pricing`, `metrics.energy`).
+
+    Each mapping goes from a catalog GPU name to a number that replaces the catalog's:
+    `gpu_hour_usd` the on-demand price of one GPU-hour in US dollars, `idle_w` and `tdp_w`
+    one GPU's idle and maximum board power in watts. GPUs the cluster does not use may be
+    listed (a sweep over placements sets every price once).
+    """
+
+    gpu_hour_usd: Mapping[str, float] = field(default_factory=dict, hash=False)
+    idle_w: Mapping[str, float] = field(default_factory=dict, hash=False)
+    tdp_w: Mapping[str, float] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        for section, allow_zero in (("gpu_hour_usd", False), ("idle_w", True), ("tdp_w", False)):
+            for gpu, value in getattr(self, section).items():
+                bound = ">= 0" if allow_zero else "> 0"
+                _require(value > 0 or (allow_zero and value == 0), f"cost.{section}.{gpu}",
+                         f"must be {bound}, got {value:g}")
+
+
 # --------------------------------------------------------------------------- metrics
 
 
@@ -481,7 +648,7 @@ class SloConfig:
     def __post_init__(self) -> None:
         for name in ("ttft_ms", "tpot_ms", "e2el_ms", "max_tbt_ms"):
             value = getattr(self, name)
-            _require(value is None or value > 0, f"metrics.slo.{name}", "must be > 0")
+            _require(value is None or value > 0, name, "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -494,6 +661,11 @@ class FluidityConfig:
     ttft_deadline_ms_per_prompt_token: float = 0.25
     tbt_deadline_ms: float = 50.0
     max_miss_rate: float = 0.1
+
+    def first_token_deadline_s(self, prompt_len: Any) -> Any:
+        """D_p in seconds after arrival, per prompt length (a number or a numpy array)."""
+        per_token = self.ttft_deadline_ms_per_prompt_token
+        return (self.ttft_deadline_ms + per_token * prompt_len) / 1000.0
 
     def __post_init__(self) -> None:
         _require(self.ttft_deadline_ms > 0, "metrics.fluidity.ttft_deadline_ms", "must be > 0")
@@ -544,19 +716,24 @@ class Scenario:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # NOTE: unset (the default), summaries carry no cost or energy keys; `cost: {}` reports
+    # them at the catalog's prices and powers.
+    cost: CostConfig | None = None
 
     def __post_init__(self) -> None:
+        # NOTE: the name is the default run directory (runs/<name>), so it must be one.
+        check_file_name(self.name, "name")
         _require(self.tp >= 1, "tp", f"must be >= 1, got {self.tp}")
         _require(self.pp >= 1, "pp", f"must be >= 1, got {self.pp}")
+        _require(
+            self.cluster.mode == "colocated" or self.workload.client_timeout_s is None,
+            "workload.client_timeout_s",
+            "client timeouts are modelled on co-located clusters only",
+        )
         _require(
             self.cluster.mode == "colocated" or self.engine.speculative is None,
             "engine.speculative",
             "speculative decoding is modelled on co-located clusters only",
-        )
-        _require(
-            self.cluster.mode == "colocated" or self.engine.policy != "static",
-            "engine.policy",
-            "a disaggregated cluster batches continuously; static batching is co-located only",
         )
         _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
 
@@ -575,11 +752,14 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+    if not raw.strip():
+        return key, None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+        return key, parse_yaml(raw)[0]
+    except YamlSyntaxError:
+        return key, raw  # not YAML: the text as a string, as a shell user means it
+    except InputError as exc:  # YAML simserve refuses (an alias bomb, a duplicate key)
+        raise InputError(f"{key}={raw}: {exc.message}") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -609,42 +789,123 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
+#: Fields that hold a file path, relative to the file that writes them: plain paths, and the
+#: class references (`path/file.py:ClassName`) of the policy and queue fields.
+PATH_FIELDS = ("workload.trace", "catalog")
+CLASS_FIELDS = ("engine.policy", "engine.queue", "cluster.prefill.policy",
+                "cluster.prefill.queue", "cluster.decode.policy", "cluster.decode.queue")
+
+
+def resolve_path_value(key: str, value: Any, base_dir: Path) -> Any:
+    """`value` of field `key` with a relative file path in it made absolute against
+    `base_dir`; anything else (a built-in name, `package.module:Class`) as is."""
+    if not isinstance(value, str):
+        return value
+    if key in CLASS_FIELDS:
+        source, sep, name = value.rpartition(":")
+        if not sep or not source.endswith(".py") or Path(source).is_absolute():
+            return value
+        return f"{(base_dir / source).resolve()}:{name}"
+    if key in PATH_FIELDS and not Path(value).is_absolute():
+        return str((base_dir / value).resolve())
+    return value
+
+
 def _resolve_paths(data: dict[str, Any], base: Path, overridden: set[str]) -> None:
     """Relative paths written in a file are relative to that file; those given with --set are
     relative to the working directory (what a shell user expects)."""
-    for dotted in ("workload.trace", "catalog"):
+    for dotted in (*PATH_FIELDS, *CLASS_FIELDS):
         node: Any = data
         parts = dotted.split(".")
         for part in parts[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict):
+        if not isinstance(node, dict) or parts[-1] not in node:
             continue
-        value = node.get(parts[-1])
-        if isinstance(value, str) and not Path(value).is_absolute():
-            root = Path.cwd() if dotted in overridden else base
-            node[parts[-1]] = str((root / value).resolve())
+        root = Path.cwd() if dotted in overridden else base
+        node[parts[-1]] = resolve_path_value(dotted, node.get(parts[-1]), root)
 
 
-def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Load and validate a scenario file; errors name the field, the file and the line."""
+def load_scenario(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    options: Mapping[str, str] | None = None,
+) -> Scenario:
+    """Load and validate a scenario file, also against the catalog (model, GPU, profile, TP,
+    memory: `resolve.resolve`), so every error names the field, the file and the line.
+
+    `overrides` are `--set KEY=VALUE` items; `options` maps other command-line flags to the
+    override they stand for (e.g. {"--seed": "seed=3"}), so their errors name the flag.
+    """
     path = Path(path)
-    overrides = overrides or []
+    options = dict(options or {})
+    overrides = [*(overrides or []), *options.values()]
     data, text = read_yaml_file(path, "scenario file")
-    data = {} if data is None else data
+    if data is None:
+        raise InputError("the scenario file is empty (only comments or blank lines); see "
+                         "scenarios/default.yaml for one", source=str(path))
     if not isinstance(data, dict):
         raise InputError("a scenario must be a YAML mapping", source=str(path))
     lines = key_lines(text)
-    overridden: set[str] = set()
+    _check_written_version(data, path, lines)
     try:
-        overridden = {_parse_override(o)[0] for o in overrides}
+        parsed = [_parse_override(o) for o in overrides]
+    except InputError as exc:
+        raise exc.located("--set", None) from None
+    flag_of = {_parse_override(item)[0]: flag for flag, item in options.items()}
+    overridden = {key for key, _value in parsed}
+    try:
         merged = apply_overrides(data, overrides)
         _resolve_paths(merged, path.resolve().parent, overridden)
-        return scenario_from_mapping(merged)
+        scenario = scenario_from_mapping(merged)
     except InputError as exc:
-        field_name = exc.field or ""
-        if field_name in overridden or any(field_name.startswith(o + ".") for o in overridden):
-            raise exc.located("--set", None) from None
-        raise exc.located(str(path), line_for(field_name, lines)) from None
+        raise _located(exc, path, lines, overridden, flag_of) from None
+    from simserve.resolve import resolve  # the engine's modules import this one
+
+    try:
+        resolve(scenario)
+    except InputError as exc:
+        # A check against the catalog may name a field the file leaves at its default (e.g.
+        # engine.gpu_memory_utilization when the weights do not fit): point at the model.
+        fallback = lines.get("model") or lines.get("hardware")
+        raise _located(exc, path, lines, overridden, flag_of, fallback) from None
+    return scenario
+
+
+def _located(exc: InputError, path: Path, lines: Mapping[str, int], overridden: set[str],
+             flag_of: Mapping[str, str], fallback_line: int | None = None) -> InputError:
+    """`exc` with its origin: the flag or `--set` that gave the field, else the file and the
+    field's line (or `fallback_line`). An error that already names a file keeps it."""
+    field_name = exc.field or ""
+
+    def set_by(key: str) -> bool:
+        return field_name == key or field_name.startswith((key + ".", key + "["))
+
+    flags = [flag for key, flag in flag_of.items() if set_by(key)]
+    if flags and not exc.source:
+        return InputError(exc.message, field=flags[0])
+    if any(set_by(key) for key in overridden):
+        return exc.located("--set", None)
+    return exc.located(str(path), line_for(field_name, lines) or fallback_line)
+
+
+VERSION_KEY = "simserve_version"
+
+
+def _check_written_version(data: dict[str, Any], path: Path, lines: Mapping[str, int]) -> None:
+    """Accept the `simserve_version` a run directory's scenario.yaml records (removed from
+    `data`), warning when another version wrote it: the same scenario may then give other
+    numbers."""
+    if VERSION_KEY not in data:
+        return
+    written = data.pop(VERSION_KEY)
+    if not isinstance(written, str):
+        raise InputError(f"expected a version string, got {written!r}", field=VERSION_KEY,
+                         source=str(path), line=lines.get(VERSION_KEY))
+    if written != __version__:
+        warnings.warn(InputWarning(
+            f"{path}: written by simserve {written}, this is simserve {__version__}; the same "
+            "scenario may give different numbers"), stacklevel=3)
 
 
 def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
@@ -655,6 +916,8 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, tuple | list):
             return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
     return plain(scenario)

@@ -7,7 +7,14 @@ field, and what is wrong.
 
 from __future__ import annotations
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "InputNotice", "InputWarning"]
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters (line breaks included) escaped as Python would."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 class InputError(ValueError):
@@ -28,11 +35,13 @@ class InputError(ValueError):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
+        """`FILE:LINE: FIELD: message`, on one line whatever the input held (a key or value
+        with a line break or a control character is shown escaped)."""
         where = ""
         if self.source:
             where = f"{self.source}:{self.line}: " if self.line else f"{self.source}: "
         what = f"{self.field}: " if self.field else ""
-        return f"{where}{what}{self.message}"
+        return _printable(f"{where}{what}{self.message}")
 
     def located(self, source: str | None, line: int | None) -> InputError:
         """The same error with a file/line attached (keeps an existing location)."""
@@ -42,3 +51,13 @@ class InputError(ValueError):
             source=self.source or source,
             line=self.line or line,
         )
+
+
+class InputWarning(UserWarning):
+    """Input simserve accepts but the user should know about (e.g. a scenario written by
+    another simserve version); the CLI prints it as one `simserve: warning:` line."""
+
+
+class InputNotice(UserWarning):
+    """What simserve made of its input, worth one line but not a warning (e.g. the trace
+    format it detected); the CLI prints it as one `simserve: ` line."""

@@ -25,6 +25,7 @@ _UNITS = {
     "fluid_token_rate": "tok/s",
     "capacity_rps": "req/s",
     "capacity_per_gpu_rps": "req/s per GPU",
+    "capacity_per_usd": "req/USD",
 }
 
 

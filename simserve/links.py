@@ -15,12 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from simserve.catalog import check_number, check_text
 from simserve.errors import InputError
+from simserve.resources import catalog_file
 from simserve.yaml_lines import key_lines, line_for, read_yaml_file
 
 __all__ = [
@@ -148,9 +148,7 @@ def _read(path: Path, source: str) -> _LinkCatalog:
 
 def _packaged() -> _LinkCatalog:
     """The packaged links.yaml (a small file, read on each call: no process-wide state)."""
-    ref = resources.files("simserve").joinpath("data", "links.yaml")
-    with resources.as_file(ref) as path:
-        return _read(path, "simserve/data/links.yaml")
+    return _read(catalog_file("links.yaml"), "simserve/data/links.yaml")
 
 
 def load_links(path: str | Path | None = None) -> dict[str, LinkSpec]:

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from simserve.errors import InputError
+from simserve.experiments.atomic import OutputKind, write_dir_atomically
 from simserve.experiments.capacity import SloRule, parse_slo_rule
 from simserve.experiments.replications import seed_estimate
 from simserve.experiments.sweep import STATE_FILE, SUMMARY_CSV, read_csv_rows
@@ -35,6 +37,8 @@ __all__ = [
     "write_sweep_plots",
 ]
 
+PLOTS_DIR = OutputKind("sweep figure directory",
+                       legacy_files=("latency_vs_rate.png", "capacity.png", "pareto.png"))
 RATE_KEY = "workload.arrival.rate"
 DEFAULT_METRICS = ("p99_ttft_ms", "p99_tbt_ms", "median_scheduling_delay_ms", "mean_tpot_ms")
 DEFAULT_RULE = "sarathi"
@@ -120,13 +124,20 @@ def _series_keys(table: SweepTable, x: str | None) -> list[str]:
     return [a for a in table.axes if a not in (x, "seed")]
 
 
+def _value_text(value: Any) -> str:
+    """An axis value for a label; a user's class (`path/file.py:Class`) by its class name."""
+    text = str(value)
+    source, sep, name = text.rpartition(":")
+    return name if isinstance(value, str) and sep and source and name.isidentifier() else text
+
+
 def _series_label(row: Mapping[str, Any], keys: Sequence[str]) -> str:
     """A curve's legend label from its axis values."""
     if not keys:
         return "all"
     if len(keys) == 1:
-        return str(row.get(keys[0]))
-    return ", ".join(f"{_short(k)}={row.get(k)}" for k in keys)
+        return _value_text(row.get(keys[0]))
+    return ", ".join(f"{_short(k)}={_value_text(row.get(k))}" for k in keys)
 
 
 def _group(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, list]:
@@ -194,6 +205,9 @@ def latency_vs_rate_figure(
     keys = _series_keys(table, x)
     groups = _group(table.rows, keys)
     colors = _series_colors(groups, keys)
+    # Long labels (several axes) squeeze every panel's legend into its plot: one legend of
+    # the series under the figure instead, the SLO lines keeping theirs.
+    shared_legend = len(metrics) > 1 and max(map(len, groups), default=0) > 40
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         positive = True
@@ -225,8 +239,15 @@ def latency_vs_rate_figure(
             ax.set_ylim(bottom=min(all_means) / 3)
             plain_log_ticks(ax.yaxis)
         ax.grid(alpha=0.3)
-        if ax.has_data():
+        slo_lines = [line for line in ax.get_lines() if line.get_label().startswith("SLO")]
+        if shared_legend and slo_lines:
+            ax.legend(handles=slo_lines, fontsize="small")
+        elif ax.has_data() and not shared_legend:
             ax.legend(fontsize="small")
+    if shared_legend:
+        handles = [line for line in fig.axes[0].get_lines()
+                   if not line.get_label().startswith("SLO")]
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
     fig.suptitle(f"{table.name}: mean over seeds, 95% confidence band")
     return fig
 
@@ -247,9 +268,16 @@ def _swept_capacity(rows: Sequence[Mapping[str, Any]], x: str, rule: SloRule) ->
     return best, f"≥ {fmt_number(best)}" if best else "none meets"
 
 
-def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None) -> Figure | None:
+def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None,
+                    per: str = "auto") -> Figure | None:
     """Capacity per series: the searched capacity (capacity sweeps, bracket as error bar) or the
-    largest swept rate meeting the rule (rate sweeps). None when neither applies."""
+    largest swept rate meeting the rule (rate sweeps). None when neither applies.
+
+    `per`: `auto` shows capacity per GPU where the points occupy different numbers of GPUs;
+    `gpu` always per GPU; `usd` (capacity sweeps) requests served per dollar of GPU rental at
+    capacity, points ranked from the best."""
+    if per == "usd":
+        return _per_usd_figure(table, rule)
     if table.mode == "capacity":
         num_bars = len(table.rows)
     elif rule is not None and x is not None:
@@ -265,7 +293,8 @@ def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None) -> F
         # NOTE: points of different GPU counts (placements, TP, replicas) are ranked per GPU,
         # DistServe's goodput per GPU; the whole cluster's capacity would favour the biggest.
         gpus = [_number(r.get("num_gpus")) for r in table.rows]
-        per_gpu = all(g is not None and g > 0 for g in gpus) and len(set(gpus)) > 1
+        per_gpu = all(g is not None and g > 0 for g in gpus) and (
+            len(set(gpus)) > 1 or per == "gpu")
         scale = [1.0 / g if per_gpu and g else 1.0 for g in gpus]
         if per_gpu:
             labels = [f"{label}\n({g:g} GPUs)" for label, g in zip(labels, gpus, strict=True)]
@@ -310,6 +339,65 @@ def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None) -> F
     ax.set_xlabel(", ".join(_short(k) for k in _series_keys(table, x)) or "sweep")
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def _per_usd_figure(table: SweepTable, rule: SloRule | None) -> Figure:
+    """Requests per dollar at capacity per point of a capacity sweep, best first: the capacity
+    x 3600 s/h over what the point's GPUs rent for per hour (`capacity_per_usd`)."""
+    values = [_number(r.get("capacity_per_usd")) for r in table.rows]
+    prices = [_number(r.get("usd_per_hour")) for r in table.rows]
+    if table.mode != "capacity" or any(p is None for p in prices):
+        raise InputError("ranking per dollar needs a capacity sweep whose every point's GPUs "
+                         "have a price (catalog or cost.gpu_hour_usd)", field="--per")
+    keys = _series_keys(table, None)
+    colors = _colors_by_first_axis(table.rows, keys)
+    order = sorted(range(len(values)), key=lambda i: -(values[i] or 0.0))
+    labels, bars, upper, bar_colors = [], [], [], []
+    for i in order:
+        row, price = table.rows[i], prices[i]
+        assert price is not None
+        value = values[i] or 0.0
+        high = _number(row.get("capacity_high_rps"))
+        lines = [line for k in keys for line in _compact(_short(k), row.get(k))]
+        labels.append("\n".join([*lines, f"({fmt_number(price, 'USD/h')})"]))
+        bars.append(value)
+        upper.append(max(0.0, high * 3600.0 / price - value) if high is not None else 0.0)
+        bar_colors.append(colors[i])
+    fig = Figure(figsize=(min(18.0, max(7.0, 2.4 * len(bars) + 1.5)), 5.0), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(range(len(bars)), bars, color=bar_colors, yerr=[[0.0] * len(bars), upper], capsize=4)
+    if keys:
+        # One colour per value of the first axis (as _colors_by_first_axis), named.
+        firsts = [str(r.get(keys[0])) for r in table.rows]
+        handles = [Patch(color=colors[firsts.index(v)], label=f"{_short(keys[0])}={v}")
+                   for v in dict.fromkeys(firsts)]
+        ax.legend(handles=handles, fontsize="small")
+    for j, i in enumerate(order):
+        status = table.rows[i].get("capacity_status")
+        if status and status != "ok":
+            ax.annotate(str(status), (j, bars[j]), ha="center", va="bottom", fontsize=8)
+    rule_text = table.rows[0].get("slo_rule") or (rule.text if rule else "")
+    ax.set_title(f"Capacity per dollar under {rule_text}, best first\nrequests served per USD "
+                 "of GPU rental at capacity; error bar up to the first failing rate",
+                 fontsize="medium")
+    ax.set_xticks(range(len(labels)), labels, fontsize="small")
+    ax.set_ylabel("capacity per dollar (requests per USD)")
+    ax.set_xlabel(", ".join(_short(k) for k in keys) or "sweep")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _compact(axis: str, value: Any) -> list[str]:
+    """An axis value as short label lines: a mapping (a summary.csv cell holds it as JSON) as
+    one `key=value` line per entry, anything else as `axis=value`."""
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return [f"{k}={v}" for k, v in parsed.items()]
+    return [f"{axis}={value}"]
 
 
 def _colors_by_first_axis(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
@@ -380,8 +468,11 @@ def write_sweep_plots(
     slo: str | None = None,
     x: str | None = None,
     metrics: Sequence[str] | None = None,
+    per: str = "auto",
 ) -> list[Path]:
     """Draw the sweep's figures as PNG files (default: SWEEP_DIR/plots/) and return their paths.
+
+    `per` chooses what the capacity figure divides the capacity by (`capacity_figure`).
 
     The SLO rule drawn is `slo`, else the sweep's own (`slo:` or `capacity.slo` in the spec),
     else `sarathi` (P99 TBT <= 200 ms and median scheduling delay <= 2 s).
@@ -396,7 +487,6 @@ def write_sweep_plots(
     for metric in metrics or ():
         if metric not in columns:
             raise InputError("is not a column of summary.csv", field=f"--metric {metric}")
-    out.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Figure | None] = {}
     if table.mode != "capacity":
         x = x or _default_x(table)
@@ -404,15 +494,13 @@ def write_sweep_plots(
             chosen = list(metrics or dict.fromkeys(
                 [k for k in rule.keys if k in columns] + list(DEFAULT_METRICS)))[:6]
             figures["latency_vs_rate.png"] = latency_vs_rate_figure(table, chosen, x, rule)
-    figures["capacity.png"] = capacity_figure(table, rule, x)
+    figures["capacity.png"] = capacity_figure(table, rule, x, per)
     figures["pareto.png"] = pareto_figure(table, rule)
-    written = []
-    for name, fig in figures.items():
-        if fig is None:
-            continue
-        path = out / name
-        tmp = path.with_name(f".{name}.tmp.png")
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(path)
-        written.append(path)
-    return written
+    drawn = {name: fig for name, fig in figures.items() if fig is not None}
+
+    def write(tmp: Path) -> None:
+        for name, fig in drawn.items():
+            fig.savefig(tmp / name, dpi=120)
+
+    write_dir_atomically(out, write, PLOTS_DIR)
+    return [out / name for name in drawn]

@@ -79,6 +79,7 @@ def format_summary(summary: Mapping[str, object]) -> str:
         ("P1 fluidity-index:", "p1_fluidity_index", 4),
         ("Fluid token rate (tok/s):", "fluid_token_rate", 2),
         ("SLO attainment:", "slo_attainment", 4),
+        ("Prefix cache hit rate (prompt tokens):", "prefix_cache_hit_rate", 4),
         ("Stalls (gaps over threshold):", "num_stalls", 0),
         ("Preemptions:", "num_preemptions", 0),
         ("Rejected requests:", "num_rejected", 0),
@@ -92,7 +93,28 @@ def format_summary(summary: Mapping[str, object]) -> str:
             lines.append(_line(label, value))
         elif key in s:
             lines.append(_line(label, s.get(key), digits))
+    classes = s.get("classes")
+    if isinstance(classes, Mapping) and classes:
+        lines += _class_lines(classes)
     for warning in s.get("warnings") or []:
         lines.append(f"warning: {warning}")
     lines.append("=" * _WIDTH)
     return "\n".join(lines)
+
+
+def _class_lines(classes: Mapping[str, Mapping[str, object]]) -> list[str]:
+    """Each request class's own block: its latency and its attainment of its own SLO."""
+    lines = [_rule("Request classes")]
+    for name, c in classes.items():
+        lines.append(f"{name} (priority {c.get('priority')}): {c.get('completed')} completed, "
+                     f"{c.get('num_rejected')} rejected")
+        for label, key, digits in (
+            ("  Mean TTFT (ms):", "mean_ttft_ms", 2),
+            ("  P99 TTFT (ms):", "p99_ttft_ms", 2),
+            ("  Mean TPOT (ms):", "mean_tpot_ms", 2),
+            ("  P99 TPOT (ms):", "p99_tpot_ms", 2),
+            ("  SLO attainment (own SLO):", "slo_attainment", 4),
+        ):
+            if key in c:
+                lines.append(_line(label, c.get(key), digits))
+    return lines

@@ -12,28 +12,34 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from simserve.catalog import Catalog, GpuSpec, ModelSpec, load_catalog
-from simserve.config import Scenario, SpeculativeConfig
+from simserve.config import EngineConfig, Scenario, SpeculativeConfig
 from simserve.costmodel import CostModel, build_cost_model
 from simserve.costmodel.kernels import KernelCostModel
 from simserve.costmodel.select import kernel_cost_model
 from simserve.costmodel.speculative import SpeculativeCostModel
-from simserve.engine.simulation import EngineLimits, PoolSetup
+from simserve.engine.policies import POLICIES, BatchingPolicy
+from simserve.engine.registry import policy_class, queue_class
+from simserve.engine.setup import EngineLimits, EngineSetup, PoolSetup, Speculation
 from simserve.errors import InputError
 from simserve.links import LinkSpec, resolve_link, stage_link
+from simserve.pricing import check_cost_config, check_rates_known
 
-__all__ = ["ResolvedPool", "ResolvedScenario", "kv_cache_blocks", "kv_cache_bytes", "resolve"]
+__all__ = ["ResolvedPool", "ResolvedScenario", "kv_cache_blocks", "kv_cache_bytes", "kv_link_gpu",
+           "resolve"]
 
 GIB = 2**30
 
 
 @dataclass(frozen=True)
 class ResolvedPool:
-    """One pool's engine setup: `role` is `replica` (co-located), `prefill` or `decode`."""
+    """One pool's engine setup: `role` is `replica` (co-located), `prefill` or `decode`;
+    `gpu` is the GPU its instances run on."""
 
     role: str
     setup: PoolSetup
     tp: int
     pp: int
+    gpu: GpuSpec
 
     @property
     def num_gpus(self) -> int:
@@ -69,6 +75,16 @@ class ResolvedScenario:
     def num_gpus(self) -> int:
         """GPUs the cluster occupies (for goodput per GPU)."""
         return sum(p.num_gpus for p in self.pools)
+
+    @property
+    def engine_setup(self) -> EngineSetup:
+        """What the engine runs: the pools, the KV transfer between them, speculation."""
+        spec = self.scenario.engine.speculative
+        return EngineSetup(
+            tuple(p.setup for p in self.pools),
+            kv_transfer_s=self.kv_transfer_s if self.kv_link is not None else None,
+            speculation=Speculation.from_config(spec) if spec is not None else None,
+        )
 
     def kv_transfer_s(self, num_tokens: int) -> float:
         """Seconds to move the KV cache of `num_tokens` tokens from a prefill to a decode
@@ -152,6 +168,14 @@ def _check_lengths(scenario: Scenario, model: ModelSpec, max_model_len: int) -> 
                 f"{max_model_len}",
                 field="workload.lengths.prompt_len",
             )
+    prefix = scenario.workload.prefix
+    # Every prompt holds the shared prefix and a token of its own.
+    if prefix is not None and prefix.shared_len + 1 >= max_model_len:
+        raise InputError(
+            f"a prompt of {prefix.shared_len} shared tokens and one of its own does not fit "
+            f"{model.name}'s context length {max_model_len}",
+            field="workload.prefix.shared_len",
+        )
 
 
 def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScenario:
@@ -160,6 +184,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
     gpu = catalog.gpu(scenario.hardware)
     model = _with_kv_dtype(catalog.model(scenario.model), scenario)
     _check_parallelism(model, scenario.tp, scenario.pp, "")
+    _check_memory(scenario)
     engine = scenario.engine
     max_model_len = engine.max_model_len or model.max_model_len
     if max_model_len > model.max_model_len:
@@ -168,9 +193,24 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
             field="engine.max_model_len",
         )
     _check_lengths(scenario, model, max_model_len)
+    if scenario.cost is not None:
+        check_cost_config(scenario.cost, catalog)
     if scenario.cluster.mode == "disaggregated":
-        return _resolve_disaggregated(scenario, gpu, model, max_model_len)
+        resolved = _resolve_disaggregated(scenario, catalog, gpu, model, max_model_len)
+        if scenario.cost is not None:
+            check_rates_known(resolved)
+        return resolved
+    policy = policy_class(engine.policy, "engine.policy")
+    queue = queue_class(engine.queue, "engine.queue")
+    engine = _with_generation(engine, policy)
     spec = engine.speculative
+    if spec is not None and not policy.supports_speculation:
+        able = ", ".join(name for name, p in POLICIES.items() if p.supports_speculation)
+        raise InputError(
+            f"policy {policy.name} does not plan verify steps (supports_speculation is False); "
+            f"built-in policies that do: {able}",
+            field="engine.speculative",
+        )
     draft = _draft_model(spec, catalog, model) if spec is not None else None
     draft = _with_kv_dtype(draft, scenario) if draft is not None else None
     draft_weights, draft_kv = _draft_memory(spec, model, draft)
@@ -207,18 +247,41 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
             )
             draft_cost = build_cost_model(draft_config, gpu, draft, scenario.tp)
         cost_model = SpeculativeCostModel(cost_model, draft_cost, spec.draft_cost_fraction)
+    caching = _prefix_caching(engine, policy, "engine.policy")
+    _check_router(scenario.cluster.router, caching, "cluster.router")
     pool = PoolSetup(
         instances=scenario.cluster.replicas,
         limits=limits,
         cost_model=cost_model,
-        policy=engine.policy,
+        policy=policy,
+        queue=queue,
         router=scenario.cluster.router,
         pp=scenario.pp,
         stage_send_s=_stage_send(gpu, model, scenario.pp),
+        prefix_caching=caching,
+        router_load_weight=scenario.cluster.router_load_weight,
     )
-    return ResolvedScenario(
-        scenario, gpu, model, (ResolvedPool("replica", pool, scenario.tp, scenario.pp),), draft
+    resolved = ResolvedScenario(
+        scenario, gpu, model, (ResolvedPool("replica", pool, scenario.tp, scenario.pp, gpu),),
+        draft,
     )
+    if scenario.cost is not None:
+        check_rates_known(resolved)
+    return resolved
+
+
+def _check_memory(scenario: Scenario) -> None:
+    """Refuse a run too large for this machine's memory, before anything is allocated."""
+    from simserve.experiments.memory import check_run_memory, mean_output_tokens
+
+    workload, engine, cluster = scenario.workload, scenario.engine, scenario.cluster
+    if workload.num_requests is None:  # the whole trace: bounded by the file
+        return
+    pools = [p for p in (cluster.prefill, cluster.decode) if p is not None]
+    max_seqs = max([engine.max_num_seqs, *(p.max_num_seqs or 0 for p in pools)])
+    width = engine.speculative.num_speculative_tokens + 1 if engine.speculative else 1
+    check_run_memory(workload.num_requests, mean_output_tokens(workload.lengths),
+                     max_seqs * width)
 
 
 def _check_blocks(
@@ -243,15 +306,38 @@ def _stage_send(gpu: GpuSpec, model: ModelSpec, pp: int) -> Callable[[int], floa
     return lambda num_tokens: link.transfer_s(num_tokens * bytes_per_token)
 
 
+def _pool_gpu(catalog: Catalog, name: str | None, scenario_gpu: GpuSpec, field: str) -> GpuSpec:
+    """The catalog GPU a pool names (unset: the scenario's), errors naming the pool's field."""
+    if name is None:
+        return scenario_gpu
+    try:
+        return catalog.gpu(name)
+    except InputError as exc:
+        raise InputError(exc.message, field=field) from None
+
+
 def _resolve_disaggregated(
-    scenario: Scenario, gpu: GpuSpec, model: ModelSpec, max_model_len: int
+    scenario: Scenario, catalog: Catalog, scenario_gpu: GpuSpec, model: ModelSpec,
+    max_model_len: int,
 ) -> ResolvedScenario:
-    """Each pool's limits and cost model (at its own TP and PP), and the KV link."""
+    """Each pool's limits and cost model (on its own GPU, at its own TP and PP), and the KV
+    link."""
     cluster, engine = scenario.cluster, scenario.engine
     pools = []
     for role, pool in (("prefill", cluster.prefill), ("decode", cluster.decode)):
         assert pool is not None  # ClusterConfig fills unset pools
         prefix = f"cluster.{role}."
+        gpu = _pool_gpu(catalog, pool.hardware, scenario_gpu, f"{prefix}hardware")
+        policy_field = f"{prefix}policy" if pool.policy is not None else "engine.policy"
+        policy = policy_class(pool.policy or engine.policy, policy_field)
+        if not policy.admits_while_running:
+            raise InputError(
+                f"policy {policy.name} admits nobody while requests run (admits_while_running "
+                f"is False), so it cannot serve a disaggregated {role} pool",
+                field=policy_field,
+            )
+        queue = queue_class(pool.queue or engine.queue,
+                            f"{prefix}queue" if pool.queue is not None else "engine.queue")
         tp = pool.tp or scenario.tp
         pp = pool.pp or scenario.pp
         _check_parallelism(model, tp, pp, prefix)
@@ -283,36 +369,94 @@ def _resolve_disaggregated(
         cost_config = scenario.cost_model
         if pool.profile is not None:
             cost_config = dataclasses.replace(cost_config, profile=pool.profile)
-        pool_engine = dataclasses.replace(
+        pool_engine = _with_generation(dataclasses.replace(
             engine, policy=pool.policy or engine.policy, max_num_seqs=limits.max_num_seqs,
-            max_num_batched_tokens=limits.max_num_batched_tokens, speculative=None)
+            max_num_batched_tokens=limits.max_num_batched_tokens, speculative=None), policy)
         try:
             cost_model = build_cost_model(cost_config, gpu, model, tp, pool_engine)
         except InputError as exc:
-            if exc.field != "cost_model.profile" or (pool.profile is None and tp == scenario.tp):
+            own_gpu = gpu.name == scenario_gpu.name
+            if exc.field != "cost_model.profile" or (
+                    pool.profile is None and tp == scenario.tp and own_gpu):
                 raise
+            # NOTE: a profile is fitted on one GPU at one TP; name the pool's field that
+            # chose them (its profile, else its GPU) so the error points at a written line.
+            field = f"{prefix}profile" if pool.profile is not None or own_gpu else (
+                f"{prefix}hardware")
             raise InputError(
-                f"{exc.message} (set {prefix}profile to a profile fitted at tp={tp})",
-                field=f"{prefix}profile",
+                f"{exc.message} (set {prefix}profile to a profile fitted on {gpu.name} at "
+                f"tp={tp})",
+                field=field,
             ) from None
+        # NOTE: prompts are cached where they are computed, on the prefill pool; a decode
+        # instance receives whole KV caches and only recomputes after a preemption.
+        caching = role == "prefill" and _prefix_caching(engine, policy, policy_field)
+        _check_router(pool.router, caching, f"{prefix}router")
         setup = PoolSetup(
             instances=pool.instances,
             limits=limits,
             cost_model=cost_model,
-            policy=pool.policy or engine.policy,
+            policy=policy,
+            queue=queue,
             router=pool.router,
             pp=pp,
             stage_send_s=_stage_send(gpu, model, pp),
+            prefix_caching=caching,
+            router_load_weight=cluster.router_load_weight,
         )
-        pools.append(ResolvedPool(role, setup, tp, pp))
+        pools.append(ResolvedPool(role, setup, tp, pp, gpu))
     link_config = cluster.link
     kv_link = resolve_link(
-        link_config.name or gpu.interconnect,
+        link_config.name or kv_link_gpu(pools[0].gpu, pools[1].gpu).interconnect,
         link_config.bandwidth_gbps,
         link_config.latency_us,
         field="cluster.link",
     )
-    return ResolvedScenario(scenario, gpu, model, tuple(pools), kv_link=kv_link)
+    return ResolvedScenario(scenario, scenario_gpu, model, tuple(pools), kv_link=kv_link)
+
+
+def kv_link_gpu(prefill: GpuSpec, decode: GpuSpec) -> GpuSpec:
+    """The GPU whose interconnect carries KV caches when `cluster.link` names no link: the
+    pools' GPU, or of two unlike GPUs the one with the slower interconnect.
+
+    NOTE: a transfer leaves one GPU and enters the other, so it runs no faster than the
+    slower of the two ends. Unlike GPUs sit in different servers in practice, joined by NICs
+    rather than NVLink; this default is then an upper bound, and `cluster.link: net*` the
+    realistic setting (docs/costs.md)."""
+    if prefill.interconnect_gbps <= decode.interconnect_gbps:
+        return prefill
+    return decode
+
+
+def _check_router(router: str, prefix_caching: bool, field: str) -> None:
+    if router == "prefix_aware" and not prefix_caching:
+        raise InputError(
+            "prefix_aware routing needs prefix caching on the pool's engines (set "
+            "engine.enable_prefix_caching: true; a decode pool never caches prefixes)",
+            field=field,
+        )
+
+
+def _prefix_caching(engine: EngineConfig, policy: type[BatchingPolicy], policy_field: str) -> bool:
+    """Whether the policy's engines cache prefixes: the scenario's choice, else the policy's
+    default; a policy that reserves KV for whole sequences up front cannot."""
+    wanted = engine.enable_prefix_caching
+    if wanted is None:
+        return policy.caches_prefixes_by_default and not policy.reserves_full_kv
+    if wanted and policy.reserves_full_kv:
+        raise InputError(
+            f"policy {policy.name} reserves KV for whole sequences up front, so it cannot share "
+            f"cached blocks; set engine.enable_prefix_caching: false or another {policy_field}",
+            field="engine.enable_prefix_caching",
+        )
+    return wanted
+
+
+def _with_generation(engine: EngineConfig, policy: type[BatchingPolicy]) -> EngineConfig:
+    """The engine settings with `version` set: the scenario's, else the policy's generation."""
+    if engine.version is not None:
+        return engine
+    return dataclasses.replace(engine, version=policy.engine_generation)
 
 
 def _base_model(cost_model: CostModel) -> CostModel:

@@ -7,6 +7,7 @@ the dotted field, what was expected and what was found (DESIGN §9).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -44,6 +45,15 @@ def _convert(value: Any, tp: Any, dotted: str) -> Any:
                 f"must be one of {', '.join(map(str, choices))}; got {value!r}", field=dotted
             )
         return value
+    if origin in (dict, Mapping):
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise InputError(f"expected a mapping, got {value!r}", field=dotted)
+        out = {}
+        for key, item in value.items():
+            _convert(key, key_tp, dotted)
+            out[key] = _convert(item, value_tp, f"{dotted}.{key}")
+        return types.MappingProxyType(out)
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list | tuple):
@@ -66,7 +76,13 @@ def _convert(value: Any, tp: Any, dotted: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(f"expected a number, got {value!r}", field=dotted)
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf  # an integer too large for a float
+        if not math.isfinite(number):
+            raise InputError(f"expected a finite number, got {value!r}", field=dotted)
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise InputError(f"expected a string, got {value!r}", field=dotted)

@@ -449,6 +449,23 @@ def test_cli_runs_one_entry_and_writes_the_report(tmp_path, capsys):
                  "--out", str(out)]) == 0
 
 
+def test_a_partial_run_never_replaces_a_full_report(tiny_verdicts, tmp_path, monkeypatch,
+                                                     capsys):
+    # The defect: `--only X` silently overwrote the full report in the default directory.
+    full = write_outputs(tiny_verdicts, tmp_path / "full")
+    before = (full / "verdicts.json").read_text()
+    code = main(["antipatterns", "--size", "tiny", "--only", "BF1", "--jobs", "1",
+                 "--out", str(full)])
+    err = capsys.readouterr().err
+    assert code == 2 and "would drop" in err and err.count("simserve: error") == 1
+    assert (full / "verdicts.json").read_text() == before
+    # By default a partial run writes its own directory beside the full one.
+    monkeypatch.chdir(tmp_path)
+    assert main(["antipatterns", "--size", "tiny", "--only", "BF1", "MD1", "--jobs", "1"]) == 0
+    assert (tmp_path / "runs" / "antipatterns-tiny-only-BF1-MD1" / "report.md").is_file()
+    assert not (tmp_path / "runs" / "antipatterns-tiny").exists()
+
+
 def test_cli_refuses_bad_arguments_before_running(tmp_path, capsys):
     assert main(["antipatterns", "--only", "ZZ1", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
@@ -506,3 +523,27 @@ def test_busy_workers_die_with_their_parent(tmp_path):
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
+def test_sigterm_stops_a_running_catalog_promptly(tmp_path):
+    """SIGTERM (or Ctrl-C) kills the pool's workers first, so the driver threads waiting on
+    their runs fail at once: the catalog exits in seconds, not when its work is done."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simserve", "antipatterns", "--quick", "--jobs", "2",
+         "--out", str(tmp_path / "out")],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(workers := _children(proc.pid)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+        time.sleep(0.05)
+    time.sleep(1.0)  # runs in progress
+    proc.terminate()
+    _out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 143 and "simserve: terminated" in err
+    # A killed worker's exit is asynchronous: allow it a moment to be gone.
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
+    assert not (tmp_path / "out").exists()

@@ -231,9 +231,8 @@ def test_run_outside_envelope_warns_in_summary_and_console(tmp_path, capsys):
 
 
 def test_profile_for_another_model_is_refused_with_a_hint():
-    sc = load_scenario(VALIDATION, ["model=llama-2-13b"])
-    with pytest.raises(InputError) as err:
-        run_scenario(sc)
+    with pytest.raises(InputError) as err:  # refused on loading, before any run
+        load_scenario(VALIDATION, ["model=llama-2-13b"])
     msg = err.value.one_line()
     assert "cost_model.profile" in msg and "model opt-13b (scenario: llama-2-13b)" in msg
     assert "simserve derive-profile" in msg
@@ -241,13 +240,13 @@ def test_profile_for_another_model_is_refused_with_a_hint():
 
 def test_profile_for_another_tp_or_gpu_is_refused():
     with pytest.raises(InputError, match=r"tp=1 \(scenario: tp=2\)"):
-        run_scenario(load_scenario(VALIDATION, ["tp=2"]))
+        load_scenario(VALIDATION, ["tp=2"])
     with pytest.raises(InputError, match="GPU a100-80gb-sxm"):
-        run_scenario(load_scenario(VALIDATION, ["hardware=h100-80gb-sxm"]))
+        load_scenario(VALIDATION, ["hardware=h100-80gb-sxm"])
 
 
 def test_unknown_profile_lists_the_known_ones():
-    with pytest.raises(InputError, match=r"known: .*a100-80gb-sxm_opt-13b_tp1_vllm"):
+    with pytest.raises(InputError, match=r"shipped: .*a100-80gb-sxm_opt-13b_tp1_vllm"):
         run_scenario(load_scenario(VALIDATION, ["cost_model.profile=no-such-profile"]))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -163,10 +164,97 @@ def test_compare_bad_inputs_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     run = _run_dir(tmp_path / "run")
     assert main(["compare", str(tmp_path / "bad.json"), str(run)]) == 2
-    assert "not a JSON file" in capsys.readouterr().err
+    assert "bad.json:1: not valid JSON" in capsys.readouterr().err
     real = _real_json(tmp_path / "real.json")
     assert main(["compare", str(real), str(tmp_path)]) == 2
     assert "no summary.json" in capsys.readouterr().err
+
+
+DETAILED_DEFECTS = {
+    "null array": ({"ttfts": None}, "ttfts: expected a list (one entry per request), got "
+                                    "NoneType"),
+    "string array": ({"itls": "0.1,0.2"}, "itls: expected a list"),
+    "flat itls": ({"itls": [0.02, 0.03, 0.04]}, "itls: entry 0: expected one list of "
+                                                "inter-token gaps per request"),
+    "short itls": ({"itls": [[0.02]]}, "the per-request arrays differ in length (ttfts 3, "
+                                       "itls 1, output_lens 3, input_lens 3, errors 3)"),
+    "string ttft": ({"ttfts": [0.1, "fast", 0.0]}, "ttfts: entry 1: expected a time"),
+    "negative gap": ({"itls": [[0.02, -1], [0.03], []]}, "itls: entry 0: expected gaps"),
+    "float length": ({"output_lens": [3, 2.5, 0]}, "output_lens: entry 1: expected a token"),
+    "no ttfts": ({"ttfts": "DROP"}, "no ttfts"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DETAILED_DEFECTS))
+def test_compare_malformed_detailed_arrays_are_one_line_errors(tmp_path, capsys, case):
+    change, expected = DETAILED_DEFECTS[case]
+    data = json.loads(_real_json(tmp_path / "real.json").read_text())
+    for key, value in change.items():
+        if value == "DROP":
+            del data[key]
+        else:
+            data[key] = value
+    (tmp_path / "real.json").write_text(json.dumps(data))
+    assert main(["compare", str(tmp_path / "real.json"), str(_run_dir(tmp_path / "run"))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+
+
+def test_compare_reads_sglang_results_with_their_e2e(tmp_path, capsys):
+    sglang = {"backend": "sglang", "request_rate": float("inf"), "completed": 3,
+              "duration": 10.0, "request_throughput": 0.3, "output_throughput": 30.0,
+              "total_output_tokens_retokenized": 30, "mean_e2e_latency_ms": 520.0,
+              "median_e2e_latency_ms": 480.0, "p99_e2e_latency_ms": 910.0,
+              "mean_ttft_ms": 100.0, "median_ttft_ms": 90.0, "p99_ttft_ms": 200.0,
+              "mean_tpot_ms": 20.0, "median_tpot_ms": 20.0, "p99_tpot_ms": 30.0,
+              "mean_itl_ms": 20.0, "median_itl_ms": 20.0, "p95_itl_ms": 35.0,
+              "p99_itl_ms": 40.0}
+    path = tmp_path / "sglang.jsonl"
+    path.write_text(json.dumps(sglang) + "\n")
+    real = load_real(path)
+    rows = {r.label: r for r in compare(real, {"mean_e2el_ms": 550.0})}
+    assert rows["Mean E2E (ms)"].real == 520.0 and rows["P99 E2E (ms)"].real == 910.0
+    assert main(["compare", str(path), str(_run_dir(tmp_path / "run"))]) == 0
+    out = capsys.readouterr().out
+    assert "Mean E2E (ms)" in out and "520.00" in out and "+5.8%" in out
+
+
+def test_compare_several_results_need_an_index(tmp_path, capsys):
+    one = json.loads(_real_json(tmp_path / "real.json").read_text())
+    lines = [json.dumps({**one, "mean_ttft_ms": ttft}) for ttft in (100.0, 200.0, 50.0)]
+    appended = tmp_path / "appended.json"
+    appended.write_text("\n".join(lines) + "\n")
+    run = _run_dir(tmp_path / "run")
+    assert main(["compare", str(appended), str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds 3 results (one JSON per line); choose one with --index 0..2" in err
+    assert main(["compare", str(appended), str(run), "--index", "-1"]) == 0
+    assert re.search(r"Mean TTFT \(ms\) +50\.00 ", capsys.readouterr().out)
+    assert main(["compare", str(appended), str(run), "--index", "3"]) == 2
+    assert "--index: must be in 0..2" in capsys.readouterr().err
+
+
+def test_compare_warns_when_model_gpu_or_rate_differ(tmp_path, capsys):
+    data = json.loads(_real_json(tmp_path / "real.json").read_text())
+    data.update(model_id="meta-llama/Meta-Llama-3.1-8B-Instruct", request_rate=4.0,
+                gpu="NVIDIA A100-SXM4-80GB")
+    (tmp_path / "real.json").write_text(json.dumps(data))
+    run = _run_dir(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(model_id="llama-3-8b", hardware="h100-80gb-sxm")
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "scenario.yaml").write_text("workload:\n  arrival: {process: poisson, rate: 8.0}\n")
+    assert main(["compare", str(tmp_path / "real.json"), str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "simserve: warning: the real run served meta-llama/Meta-Llama-3.1-8B-Instruct, " \
+           "the simulation llama-3-8b" in err
+    assert "the real run used NVIDIA A100-SXM4-80GB, the simulation h100-80gb-sxm" in err
+    assert "request rate was 4 req/s, the simulation's 8 req/s" in err
+    summary.update(model_id="llama-3.1-8b", hardware="a100-80gb-sxm")
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "scenario.yaml").write_text("workload:\n  arrival: {process: poisson, rate: 4.0}\n")
+    assert main(["compare", str(tmp_path / "real.json"), str(run)]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_shipped_scenario_replays_a_trace_given_with_set(tmp_path):
@@ -178,3 +266,36 @@ def test_shipped_scenario_replays_a_trace_given_with_set(tmp_path):
     resolved = yaml.safe_load((out / "scenario.yaml").read_text())
     assert resolved["engine"]["policy"] == "prefill_first"
     assert json.loads((out / "summary.json").read_text())["completed"] == 200
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (bytes(range(256)) * 8, "is not UTF-8 text"),
+    (b"arrival_s,prompt_len,output_len,ttft_ms,latency_ms\n0,1,2,3,x\n",
+     ":2: column 'latency_ms': every value must be a number, got 'x'"),
+    (b"a,b\x00c\n1,2\n", "missing column 'arrival_s'"),
+    (b"", "no data rows"),
+])
+def test_inspect_run_on_a_bad_file_is_one_line(tmp_path, capsys, content, expected):
+    # The defect: a binary file gave a UnicodeDecodeError traceback.
+    path = tmp_path / "run.csv"
+    path.write_bytes(content)
+    assert main(["inspect-run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert main(["inspect-run", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_compare_reads_a_served_runs_per_request_csv():
+    path = ROOT / "calibration/data/distserve/ground_truth_opt13b_sharegpt/vllm-100-1.csv"
+    rows = list(csv.DictReader(path.open()))
+    real = load_real(path)
+    assert real["completed"] == len(rows) == 100
+    ttft = np.array([float(r["ttft_ms"]) for r in rows])
+    assert real["mean_ttft_ms"] == pytest.approx(ttft.mean())
+    assert real["median_e2el_ms"] == pytest.approx(np.median([float(r["latency_ms"])
+                                                              for r in rows]))
+    several = [r for r in rows if int(r["output_len"]) > 1]
+    tpot = [(float(r["latency_ms"]) - float(r["ttft_ms"])) / (int(r["output_len"]) - 1)
+            for r in several]
+    assert real["mean_tpot_ms"] == pytest.approx(np.mean(tpot))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_engine_properties import queue_inputs
 
 from simserve.costmodel import ConstantCostModel
-from simserve.engine import EngineLimits, make_policy, simulate
-from simserve.engine.simulation import PoolSetup, simulate_disaggregated
+from simserve.engine import POLICIES, QUEUES, EngineLimits, EngineSetup, PoolSetup, simulate
 from simserve.workload import Workload
 
 STEP_S = 0.010
@@ -27,7 +27,17 @@ def _limits(**kw) -> EngineLimits:
 def _pool(policy="prefill_first", **kw) -> PoolSetup:
     instances = kw.pop("instances", 1)
     pp = kw.pop("pp", 1)
-    return PoolSetup(instances, _limits(**kw), ConstantCostModel(STEP_S), policy, pp=pp)
+    return PoolSetup(instances, _limits(**kw), ConstantCostModel(STEP_S), POLICIES[policy], pp=pp)
+
+
+def simulate_disaggregated(workload, prefill, decode, kv_transfer_s):
+    return simulate(workload, EngineSetup((prefill, decode), kv_transfer_s=kv_transfer_s))
+
+
+def _colocated(workload, **kw):
+    limits = _limits(**{k: kw.pop(k) for k in ("num_blocks", "max_num_seqs") if k in kw})
+    return simulate(workload, EngineSetup.colocated(
+        POLICIES["chunked_prefill"], ConstantCostModel(STEP_S), limits, **kw))
 
 
 def _workload(arrived_at, prompt_len, output_len) -> Workload:
@@ -42,9 +52,10 @@ def test_two_requests_prefill_transfer_decode_add_up():
     r = simulate_disaggregated(_workload(**TWO), _pool(), _pool(), lambda n: LINK_S)
     # r0: prefill [0, 10 ms] -> first token; KV on the link [10, 15]; decode steps
     # [15, 25] and [25, 35]. r1 waits for the prefill engine: prefill [10, 20], link [20, 25];
-    # it lands while r0's step [25, 35] runs, so it decodes in [35, 45].
+    # it lands at 25 ms, the instant r0's first decode step ends, so the plan made then takes
+    # it (events of one instant come before the step end): it decodes in [25, 35].
     assert r.tokens_of(0).tolist() == pytest.approx([0.010, 0.025, 0.035])
-    assert r.tokens_of(1).tolist() == pytest.approx([0.020, 0.045])
+    assert r.tokens_of(1).tolist() == pytest.approx([0.020, 0.035])
     assert r.kv_transfer_s.tolist() == pytest.approx([LINK_S, LINK_S])
     assert r.kv_transfer_wait_s.tolist() == pytest.approx([0.0, 0.0])
     assert r.replica.tolist() == [0, 0] and r.decode_replica.tolist() == [1, 1]
@@ -107,8 +118,7 @@ def test_pipeline_throughput_approaches_pp_times_one_stage(pp):
     wl = _workload([0.0] * n, [16] * n, [out] * n)
 
     def makespan(pipeline: int) -> float:
-        r = simulate(wl, lambda: make_policy("chunked_prefill"), ConstantCostModel(STEP_S),
-                     _limits(num_blocks=4000, max_num_seqs=8), pp=pipeline)
+        r = _colocated(wl, num_blocks=4000, max_num_seqs=8, pp=pipeline)
         return float(np.nanmax(r.finished_at))
 
     # pp=1 runs the 8pp requests as pp waves of 8; pp stages run all waves at once, each
@@ -123,8 +133,7 @@ def test_pipeline_latency_is_sum_of_stages_plus_sends():
     # One request alone: every step crosses pp stages (STEP_S / pp each) and pp - 1 sends.
     wl = _workload([0.0], [16], [3])
     send_s = 0.001
-    r = simulate(wl, lambda: make_policy("chunked_prefill"), ConstantCostModel(STEP_S),
-                 _limits(), pp=4, stage_send_s=lambda n: send_s)
+    r = _colocated(wl, pp=4, stage_send_s=lambda n: send_s)
     step = STEP_S + 3 * send_s
     assert r.tokens_of(0).tolist() == pytest.approx([step, 2 * step, 3 * step])
 
@@ -132,8 +141,7 @@ def test_pipeline_latency_is_sum_of_stages_plus_sends():
 def test_pipeline_virtual_engines_split_kv_blocks():
     # 8 blocks over pp=2 -> 4 per virtual engine: a 5-block request is rejected.
     wl = _workload([0.0, 0.0], [70, 40], [8, 8])
-    r = simulate(wl, lambda: make_policy("chunked_prefill"), ConstantCostModel(STEP_S),
-                 _limits(num_blocks=8), pp=2)
+    r = _colocated(wl, num_blocks=8, pp=2)
     assert r.rejected.tolist() == [2, 0]
 
 
@@ -155,7 +163,8 @@ def disaggregated_runs(draw):
                     max_num_seqs=draw(st.integers(1, 5)),
                     max_num_batched_tokens=draw(st.integers(16, 80)), max_model_len=200),
             ConstantCostModel(STEP_S),
-            draw(st.sampled_from(["prefill_first", "chunked_prefill", "mixed"])),
+            POLICIES[draw(st.sampled_from(["prefill_first", "chunked_prefill", "mixed"]))],
+            QUEUES[draw(st.sampled_from(sorted(QUEUES)))],
             router=draw(st.sampled_from(["round_robin", "least_outstanding", "least_kv"])),
             pp=draw(st.integers(1, 2)),
         )
@@ -163,7 +172,7 @@ def disaggregated_runs(draw):
     prefill, decode = pool(), pool()
     link_s_per_token = draw(st.floats(0, 1e-3))
     workload = Workload(arrived_at=arrived, prompt_len=np.array(prompt),
-                        output_len=np.array(output))
+                        output_len=np.array(output), **draw(queue_inputs(n)))
     return workload, prefill, decode, link_s_per_token
 
 

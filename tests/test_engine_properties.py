@@ -1,4 +1,5 @@
-"""Engine invariants (hypothesis) and a queueing-theory check (M/D/1)."""
+"""Engine invariants (hypothesis, over every policy and queue order) and a queueing-theory
+check (M/D/1)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simserve.costmodel import ConstantCostModel
-from simserve.engine import POLICIES, EngineLimits, make_policy, simulate
+from simserve.engine import POLICIES, QUEUES, EngineLimits, EngineSetup, simulate
 from simserve.workload import Workload
 
 
@@ -29,26 +30,31 @@ def small_runs(draw):
     replicas = draw(st.integers(1, 2))
     router = draw(st.sampled_from(["round_robin", "least_outstanding", "least_kv"]))
     pp = draw(st.integers(1, 3))
+    queue = draw(st.sampled_from(sorted(QUEUES)))
     workload = Workload(
-        arrived_at=arrived, prompt_len=np.array(prompt), output_len=np.array(output)
+        arrived_at=arrived, prompt_len=np.array(prompt), output_len=np.array(output),
+        **draw(queue_inputs(n)),
     )
-    return workload, limits, policy, replicas, router, pp
+    return workload, limits, policy, replicas, router, pp, queue
+
+
+def queue_inputs(n: int) -> st.SearchStrategy[dict]:
+    """Per-request priorities and TTFT budgets (the queue orders' keys), each maybe unset."""
+    return st.fixed_dictionaries({}, optional={
+        "priority": st.lists(st.integers(-2, 3), min_size=n, max_size=n),
+        "ttft_budget_s": st.lists(st.sampled_from([0.005, 0.02, 0.1, 1.0]), min_size=n,
+                                  max_size=n),
+    })
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(small_runs())
 def test_engine_invariants(run):
-    workload, limits, policy, replicas, router, pp = run
-    r = simulate(
-        workload,
-        lambda: make_policy(policy),
-        ConstantCostModel(0.01),
-        limits,
-        num_replicas=replicas,
-        router=router,
-        pp=pp,
-        stage_send_s=lambda num_tokens: 1e-4 * num_tokens,
-    )
+    workload, limits, policy, replicas, router, pp, queue = run
+    setup = EngineSetup.colocated(
+        POLICIES[policy], ConstantCostModel(0.01), limits, replicas=replicas, router=router,
+        pp=pp, stage_send_s=lambda num_tokens: 1e-4 * num_tokens, queue=QUEUES[queue])
+    r = simulate(workload, setup)
     counts = np.diff(r.token_offsets)
     served = r.rejected == 0
     # Every request completes or is rejected with a reason; tokens out = tokens asked.
@@ -74,7 +80,7 @@ def test_engine_invariants(run):
     too_long = p + o > limits.max_model_len
     # With pp stages each virtual engine holds num_blocks // pp blocks (vLLM v0).
     kv_never = -(-(p + o - 1) // limits.block_size) > limits.num_blocks // pp
-    over_budget = (p > limits.max_num_batched_tokens) & make_policy(policy).whole_prompts
+    over_budget = (p > limits.max_num_batched_tokens) & POLICIES[policy].whole_prompts
     assert np.array_equal(r.rejected == 1, too_long)
     assert np.array_equal(r.rejected == 2, kv_never & ~too_long)
     assert np.array_equal(r.rejected == 3, over_budget & ~kv_never & ~too_long)
@@ -104,9 +110,8 @@ def test_md1_mean_wait_matches_pollaczek_khinchine():
         workload = Workload(
             arrived_at=arrived, prompt_len=np.full(4000, 16), output_len=np.ones(4000, dtype=int)
         )
-        r = simulate(
-            workload, lambda: make_policy("prefill_first"), ConstantCostModel(step_s), limits
-        )
+        r = simulate(workload, EngineSetup.colocated(
+            POLICIES["prefill_first"], ConstantCostModel(step_s), limits))
         wait = (r.first_scheduled_at - r.arrived_at)[500:]
         means.append(wait.mean())
     means = np.asarray(means)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from simserve.costmodel import ConstantCostModel
-from simserve.engine import EngineLimits, make_policy, simulate
+from simserve.engine import POLICIES, QUEUES, EngineLimits, EngineSetup, simulate
 from simserve.workload import Workload
 
 STEP_S = 0.01
@@ -26,9 +26,14 @@ def _run(policy, arrived_at, prompt_len, output_len, **limits):
         prompt_len=np.asarray(prompt_len),
         output_len=np.asarray(output_len),
     )
-    return simulate(
-        workload, lambda: make_policy(policy), ConstantCostModel(STEP_S), EngineLimits(**params)
-    )
+    setup = EngineSetup.colocated(POLICIES[policy], ConstantCostModel(STEP_S),
+                                  EngineLimits(**params))
+    return simulate(workload, setup)
+
+
+def _chunked_setup(**kw) -> EngineSetup:
+    return EngineSetup.colocated(POLICIES["chunked_prefill"], ConstantCostModel(STEP_S),
+                                 EngineLimits(100, 4, 8, 32, 10_000), **kw)
 
 
 def _times(result, rid):
@@ -137,24 +142,13 @@ def test_closed_loop_issues_next_request_on_completion():
         output_len=np.array([1, 2, 1, 1]),
         concurrency=2,
     )
-    r = simulate(
-        workload,
-        lambda: make_policy("chunked_prefill"),
-        ConstantCostModel(STEP_S),
-        EngineLimits(100, 4, 8, 32, 10_000),
-    )
+    r = simulate(workload, _chunked_setup())
     assert np.round(r.arrived_at / STEP_S).astype(int).tolist() == [0, 0, 1, 2]
 
 
 def test_round_robin_spreads_requests_over_replicas():
     workload = Workload(arrived_at=np.zeros(4), prompt_len=np.full(4, 4), output_len=np.full(4, 3))
-    r = simulate(
-        workload,
-        lambda: make_policy("chunked_prefill"),
-        ConstantCostModel(STEP_S),
-        EngineLimits(100, 4, 8, 32, 10_000),
-        num_replicas=2,
-    )
+    r = simulate(workload, _chunked_setup(replicas=2))
     assert r.replica.tolist() == [0, 1, 0, 1]
     # Two replicas run in parallel: everybody done after 3 steps.
     assert np.nanmax(r.finished_at) == pytest.approx(3 * STEP_S)
@@ -166,12 +160,78 @@ def test_least_outstanding_router_balances_load():
         prompt_len=np.full(3, 4),
         output_len=np.array([50, 1, 1]),
     )
-    r = simulate(
-        workload,
-        lambda: make_policy("chunked_prefill"),
-        ConstantCostModel(STEP_S),
-        EngineLimits(100, 4, 8, 32, 10_000),
-        num_replicas=2,
-        router="least_outstanding",
-    )
+    r = simulate(workload, _chunked_setup(replicas=2, router="least_outstanding"))
     assert r.replica.tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize("policy", ["chunked_prefill", "prefill_first", "mixed"])
+def test_a_request_arriving_as_a_step_ends_is_in_the_next_step(policy):
+    """The rule for simultaneous events: an arrival at the instant a step ends is seen by the
+    plan made at that instant (step ends come last among the events of an instant), whatever
+    order the events were created in. Steps end at 0.01 and 0.02 here."""
+    r = _run(policy, [0.0, 0.005, 0.01], [4, 4, 4], [3, 3, 3], max_num_batched_tokens=64)
+    # r1 arrived during the first step: it starts at its end, with r2, which arrives then.
+    assert r.first_scheduled_at.tolist() == pytest.approx([0.0, 0.01, 0.01])
+
+
+def test_progress_reports_requests_sent_up_to_all_of_them():
+    workload = Workload(arrived_at=np.arange(250) * 0.001, prompt_len=np.full(250, 4),
+                        output_len=np.full(250, 2))
+    seen: list[int] = []
+    simulate(workload, _chunked_setup(), progress=seen.append)
+    # About every 1% of the requests (every 2 of 250), ending with all of them.
+    assert seen == sorted(seen) and seen[-1] == 250 and len(seen) == 125
+
+
+def _priority_run(queue: str):
+    """r0 (priority 1) decodes alone; r1 (priority 0) arrives mid-step 2 and is admitted at
+    step 3; at step 4 r1's next token needs a KV block and none is free. 5 blocks of 4 tokens:
+    each request alone fits (8 + 10 - 1 tokens), not both."""
+    workload = Workload(arrived_at=np.array([0.0, 0.015]), prompt_len=np.array([8, 8]),
+                        output_len=np.array([10, 10]), priority=np.array([1, 0]))
+    setup = EngineSetup.colocated(POLICIES["chunked_prefill"], ConstantCostModel(STEP_S),
+                                  EngineLimits(5, 4, 8, 32, 10_000), queue=QUEUES[queue])
+    return simulate(workload, setup)
+
+
+def test_priority_preempts_the_low_priority_request_which_recomputes_later():
+    r = _priority_run("priority")
+    # r0: prefill (token 1 at step 1), decodes at steps 2-3 (3 blocks for 10 tokens).
+    # r1: prefilled in step 3 (2 blocks, none left). Step 4: r1's 9th token needs a block:
+    # the lowest-priority running request, r0, is preempted (its 3 blocks freed).
+    # r1 decodes to its end at step 12 (5 blocks); r0 waits, as recomputing its 8 + 3 tokens
+    # needs 3 blocks, and comes back at step 13: prompt and 3 tokens recomputed, token 4.
+    assert _times(r, 1) == list(range(3, 13))
+    assert _times(r, 0) == [1, 2, 3, *range(13, 20)]
+    assert r.num_preemptions.tolist() == [1, 0]
+    assert r.steps.num_preempted.tolist()[3] == 1
+    assert r.steps.num_prefill_tokens.tolist() == [8, 0, 8, *[0] * 9, 11, *[0] * 6]
+    assert r.first_scheduled_at.tolist() == pytest.approx([0.0, 0.02])
+
+
+def test_fcfs_preempts_the_newest_request_instead():
+    r = _priority_run("fcfs")
+    # Same KV squeeze at step 4, but FCFS preempts the most recently admitted, r1, which
+    # comes back (prompt + its first token recomputed) once r0 has finished at step 10.
+    assert _times(r, 0) == list(range(1, 11))
+    assert _times(r, 1) == [3, *range(11, 20)]
+    assert r.num_preemptions.tolist() == [0, 1]
+    assert r.steps.num_prefill_tokens.tolist() == [8, 0, 8, *[0] * 7, 9, *[0] * 8]
+
+
+@pytest.mark.parametrize("fast_forward", [True, False])
+@pytest.mark.parametrize("policy", ["chunked_prefill", "prefill_first", "mixed"])
+def test_an_arrival_at_a_step_end_is_planned_then_in_a_run_of_decode_steps(policy,
+                                                                            fast_forward):
+    """The same rule when the arrival's event was created first (the arrival process waits
+    from t=0) and when r0's decode steps are priced as one fast-forwarded run, which must end
+    at the arrival: r1 arrives as step 5 ends and starts in step 6."""
+    workload = Workload(arrived_at=np.array([0.0, 0.05]), prompt_len=np.array([4, 4]),
+                        output_len=np.array([20, 3]))
+    setup = EngineSetup.colocated(POLICIES[policy], ConstantCostModel(STEP_S),
+                                  EngineLimits(100, 4, 8, 32, 10_000))
+    r = simulate(workload, setup, fast_forward=fast_forward)
+    assert r.first_scheduled_at.tolist() == pytest.approx([0.0, 0.05])
+    assert _times(r, 1) == [6, 7, 8]
+    if fast_forward:
+        assert r.num_step_events < len(r.steps)

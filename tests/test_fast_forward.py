@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_engine_properties import queue_inputs
 from test_golden import CASES, ROOT
 
 from simserve.catalog import load_catalog
@@ -21,7 +22,7 @@ from simserve.costmodel.calibrated import CalibratedCostModel, load_profile
 from simserve.costmodel.roofline import RooflineCostModel
 from simserve.costmodel.select import PROFILES_DIR, build_cost_model
 from simserve.costmodel.serving import ServingOverheadCostModel
-from simserve.engine import POLICIES, EngineLimits, make_policy, simulate
+from simserve.engine import POLICIES, QUEUES, EngineLimits, EngineSetup, simulate
 from simserve.engine.records import SimulationResult
 from simserve.experiments.run import run_scenario
 from simserve.workload import Workload
@@ -88,6 +89,7 @@ def _runs(draw):
         arrived_at=arrived,
         prompt_len=np.array(draw(st.lists(st.integers(1, 40), min_size=n, max_size=n))),
         output_len=np.array(draw(st.lists(st.integers(1, 60), min_size=n, max_size=n))),
+        **draw(queue_inputs(n)),
     )
     limits = EngineLimits(
         num_blocks=draw(st.integers(4, 60)),
@@ -98,7 +100,7 @@ def _runs(draw):
     )
     return (workload, limits, draw(st.sampled_from(sorted(POLICIES))), draw(st.integers(1, 3)),
             draw(st.sampled_from(["round_robin", "least_outstanding", "least_kv"])),
-            draw(st.integers(1, 2)), draw(st.booleans()))
+            draw(st.integers(1, 2)), draw(st.booleans()), draw(st.sampled_from(sorted(QUEUES))))
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -106,11 +108,12 @@ def _runs(draw):
 def test_fast_forward_is_exact_on_random_small_runs(run):
     """Constant step times and arrivals on a grid make many exact ties between engines and
     arrivals: the tie rules must not depend on how steps are grouped into events."""
-    workload, limits, policy, replicas, router, pp, growing = run
+    workload, limits, policy, replicas, router, pp, growing, queue = run
     cost = (_growing_cost() if growing else ConstantCostModel(0.01))
     results = [
-        simulate(workload, lambda: make_policy(policy), cost, limits, num_replicas=replicas,
-                 router=router, pp=pp, stage_send_s=lambda t: 1e-4 * t, fast_forward=ff)
+        simulate(workload, EngineSetup.colocated(
+            POLICIES[policy], cost, limits, replicas=replicas, router=router, pp=pp,
+            stage_send_s=lambda t: 1e-4 * t, queue=QUEUES[queue]), fast_forward=ff)
         for ff in (True, False)
     ]
     _assert_identical(*results)

@@ -28,8 +28,9 @@ WHOLE = ["metrics.warmup_s=0", "metrics.cooldown_s=0"]
 SMALL = ["workload.num_requests=400", *WHOLE]
 # (case, scenario file, overrides): every policy, speculation, PP, disaggregation, several
 # replicas under each router, closed-loop and offline arrivals, preemption under a small KV
-# cache, and a token budget too small for all decodes.
-CASES: list[tuple[str, str, list[str]]] = [
+# cache, and a token budget too small for all decodes. These ran before prefix caching existed
+# and run with it off: their outputs must not have moved.
+UNCACHED: list[tuple[str, str, list[str]]] = [
     ("default", "scenarios/default.yaml", []),
     ("bench-2k", "scenarios/bench.yaml", ["workload.num_requests=2000"]),
     ("bench-light", "scenarios/bench.yaml",
@@ -77,6 +78,21 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("disaggregated-pp", "scenarios/validation/opt13b-a100-distserve.yaml",
      ["cluster.decode.pp=2", "cluster.decode.instances=1"]),
 ]
+NO_CACHE = "engine.enable_prefix_caching=false"
+# With prefix caching (on by default for chunked prefill): as shipped, after preemptions
+# (recomputes find their own blocks), on a disaggregated prefill pool.
+CACHED: list[tuple[str, str, list[str]]] = [
+    ("default-cached", "scenarios/default.yaml", []),
+    ("preempting-cached", "scenarios/default.yaml",
+     [*SMALL, "engine.num_gpu_blocks_override=600", "workload.arrival.rate=14"]),
+    ("preempting-prefill-first-cached", "scenarios/default.yaml",
+     [*SMALL, "engine.num_gpu_blocks_override=600", "workload.arrival.rate=14",
+      "engine.policy=prefill_first", "engine.enable_prefix_caching=true"]),
+    ("disaggregated-cached", "scenarios/validation/opt13b-a100-distserve.yaml",
+     ["engine.enable_prefix_caching=true", "cluster.prefill.num_gpu_blocks_override=300"]),
+]
+CASES = [(case, scenario, [*overrides, NO_CACHE]) for case, scenario, overrides in UNCACHED]
+CASES += CACHED
 
 
 def _digest(path: Path) -> str:

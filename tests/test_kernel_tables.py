@@ -178,6 +178,7 @@ def test_monotone_cubic_is_scipys_pchip(steps, rises):
     x = np.cumsum([0.0, *steps])
     y = np.cumsum([0.0, *rises[: x.size - 1]])
     at = np.linspace(x[0], x[-1], 97)
-    want = PchipInterpolator(x, y)(at)
+    with np.errstate(over="ignore"):  # scipy's own w/m overflows on near-flat data
+        want = PchipInterpolator(x, y)(at)
     got = hermite(x, y, pchip_slopes(x, y), at)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -42,7 +42,7 @@ def _execute(nb: object, cwd: Path) -> None:
     client.execute()
 
 
-def test_the_six_teaching_notebooks_exist():
+def test_the_seven_teaching_notebooks_exist():
     assert _ids(NOTEBOOKS) == [
         "01_batching",
         "02_stalls_and_metrics",
@@ -50,6 +50,7 @@ def test_the_six_teaching_notebooks_exist():
         "04_antipatterns",
         "05_calibrate_your_gpu",
         "06_disaggregated_serving",
+        "07_write_your_own_scheduler",
     ]
 
 

@@ -17,8 +17,8 @@ from simserve import plots
 from simserve.cli import main
 from simserve.config import load_scenario, scenario_from_mapping
 from simserve.costmodel import ConstantCostModel
-from simserve.engine import EngineLimits, make_policy, simulate
-from simserve.engine.simulation import PoolSetup, simulate_disaggregated
+from simserve.engine import POLICIES, EngineLimits, EngineSetup, PoolSetup, simulate
+from simserve.experiments.atomic import MARKER
 from simserve.experiments.run import run_scenario
 from simserve.metrics import request_metrics
 from simserve.workload import Workload
@@ -185,8 +185,8 @@ def test_exact_gantt_of_a_prefill_first_stall():
                         output_len=np.array([6, 2]))
     limits = EngineLimits(num_blocks=100, block_size=4, max_num_seqs=8,
                           max_num_batched_tokens=32, max_model_len=10_000)
-    result = simulate(workload, lambda: make_policy("prefill_first"), ConstantCostModel(step_s),
-                      limits)
+    result = simulate(workload, EngineSetup.colocated(
+        POLICIES["prefill_first"], ConstantCostModel(step_s), limits))
     gantt = plots._gantt(result, replica=0, start_step=0, max_steps=100, max_requests=10)
     assert gantt is not None and gantt.rows.tolist() == [0, 1]
 
@@ -246,7 +246,7 @@ def test_cli_run_plots_writes_pngs_into_the_run_directory(tmp_path):
     code = main(["run", str(_scenario_file(tmp_path)), "--out", str(out), "--plots"])
     assert code == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["requests.csv", "scenario.yaml", "steps.csv", "summary.json",
+    assert names == sorted([MARKER, "requests.csv", "scenario.yaml", "steps.csv", "summary.json",
                             "step_timeline.png", "token_timeline.png", "ttft_cdf.png",
                             "tpot_cdf.png", "tbt_cdf.png", "kv_occupancy.png"])
     for name in names:
@@ -290,13 +290,14 @@ def disagg_run(tmp_path_factory):
 def _pool(num_blocks: int = 100) -> PoolSetup:
     limits = EngineLimits(num_blocks=num_blocks, block_size=16, max_num_seqs=8,
                           max_num_batched_tokens=256, max_model_len=10_000)
-    return PoolSetup(1, limits, ConstantCostModel(STEP_S), "prefill_first")
+    return PoolSetup(1, limits, ConstantCostModel(STEP_S), POLICIES["prefill_first"])
 
 
 def _disagg(arrived_at, prompt_len, output_len, decode_blocks: int = 100):
     workload = Workload(arrived_at=np.asarray(arrived_at, dtype=float),
                         prompt_len=np.asarray(prompt_len), output_len=np.asarray(output_len))
-    return simulate_disaggregated(workload, _pool(), _pool(decode_blocks), lambda n: LINK_S)
+    setup = EngineSetup((_pool(), _pool(decode_blocks)), kv_transfer_s=lambda n: LINK_S)
+    return simulate(workload, setup)
 
 
 def test_disaggregated_run_figures_show_a_prefill_and_a_decode_instance(disagg_run, tmp_path):
@@ -407,8 +408,8 @@ def test_pipeline_parallel_kv_uses_each_virtual_engines_blocks(tmp_path):
                         output_len=np.full(12, 30))
     limits = EngineLimits(num_blocks=40, block_size=16, max_num_seqs=4,
                           max_num_batched_tokens=256, max_model_len=10_000)
-    result = simulate(workload, lambda: make_policy("chunked_prefill"),
-                      ConstantCostModel(STEP_S), limits, pp=2)
+    result = simulate(workload, EngineSetup.colocated(
+        POLICIES["chunked_prefill"], ConstantCostModel(STEP_S), limits, pp=2))
     assert np.all(result.steps.kv_blocks_total == 20)
     step_ids = plots._replica_step_ids(result, 0)
     assert plots._has_virtual_engines(result, step_ids)

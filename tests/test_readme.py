@@ -28,3 +28,15 @@ def test_makefile_targets_match_the_readme():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^run:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_command_examples_name_files_that_exist():
+    # The compare and inspect-run examples once named files nobody had (vllm_result.json).
+    block = README[README.index("## Commands"):]
+    block = block[block.index("```sh") + 5:]
+    block = block[:block.index("```")]
+    paths = re.findall(r"(?<![\w/.-])((?:scenarios|calibration)/[\w./-]+)", block)
+    assert paths and all((ROOT / p).exists() for p in paths), paths
+    for command in ("compare", "inspect-run"):
+        line = next(line for line in block.splitlines() if f"simserve {command} " in line)
+        assert re.search(r"calibration/data/\S+\.csv", line), line

@@ -14,7 +14,7 @@ from simserve.cli import main
 from simserve.config import AcceptanceConfig, SpeculativeConfig
 from simserve.costmodel import ConstantCostModel
 from simserve.costmodel.speculative import SpeculativeCostModel
-from simserve.engine import EngineLimits, make_policy, simulate
+from simserve.engine import POLICIES, EngineLimits, EngineSetup, Speculation, simulate
 from simserve.engine.speculative import AcceptanceSampler, expected_tokens_per_step
 from simserve.workload import Workload
 
@@ -77,12 +77,12 @@ def _spec_run(alpha: float, k: int, c: float, output_len: int, seed: int, spec: 
     workload = Workload(arrived_at=np.zeros(1), prompt_len=np.array([16]),
                         output_len=np.array([output_len]))
     cost = SpeculativeCostModel(ConstantCostModel(step_s), None, c)
-    return simulate(
-        workload, lambda: make_policy("chunked_prefill"), cost,
-        EngineLimits(num_blocks=10_000, block_size=16, max_num_seqs=4,
-                     max_num_batched_tokens=512, max_model_len=100_000),
-        speculative=config if spec else None, acceptance_rng=np.random.default_rng(seed),
-    )
+    limits = EngineLimits(num_blocks=10_000, block_size=16, max_num_seqs=4,
+                          max_num_batched_tokens=512, max_model_len=100_000)
+    setup = EngineSetup.colocated(
+        POLICIES["chunked_prefill"], cost, limits,
+        speculation=Speculation.from_config(config) if spec else None)
+    return simulate(workload, setup, acceptance_rng=np.random.default_rng(seed))
 
 
 @pytest.mark.parametrize(("alpha", "k", "c"), [(0.6, 3, 0.1), (0.8, 5, 0.05), (0.3, 2, 0.2)])
@@ -131,9 +131,10 @@ def spec_runs(draw):
 @given(spec_runs())
 def test_speculative_invariants(run):
     workload, config, limits, policy, seed = run
-    r = simulate(workload, lambda: make_policy(policy),
-                 SpeculativeCostModel(ConstantCostModel(0.01), None, 0.1), limits,
-                 speculative=config, acceptance_rng=np.random.default_rng(seed))
+    setup = EngineSetup.colocated(
+        POLICIES[policy], SpeculativeCostModel(ConstantCostModel(0.01), None, 0.1), limits,
+        speculation=Speculation.from_config(config))
+    r = simulate(workload, setup, acceptance_rng=np.random.default_rng(seed))
     served = r.rejected == 0
     counts = np.diff(r.token_offsets)
     # The last burst is truncated: exactly the asked-for tokens, never more.

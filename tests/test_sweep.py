@@ -10,6 +10,7 @@ from tiny_sweep import tiny_base
 
 from simserve.cli import main
 from simserve.errors import InputError
+from simserve.experiments.atomic import MARKER
 from simserve.experiments.backends import LocalBackend
 from simserve.experiments.capacity import replication_seeds
 from simserve.experiments.sweep import (
@@ -159,7 +160,7 @@ def test_spec_hash_depends_on_what_runs_not_on_formatting(tmp_path):
         (SPEC.replace("engine.policy:", "engine.polcy:"), "spec.yaml:4:"),
         (SPEC.replace("[10, 40]", "[10, fast]"), "expected a number"),
         (SPEC.replace("[prefill_first, chunked_prefill]", "[prefill_first, fifo]"),
-         "must be one of"),
+         "engine.policy: unknown policy 'fifo'"),
         (SPEC.replace("[10, 40]", "10"), "must be a non-empty list"),
         (SPEC.replace("grid:", "grdi:"), "unknown key"),
         (SPEC.replace("replications: 2", "replications: 0"), "replications"),
@@ -207,7 +208,7 @@ def test_sweep_writes_run_dirs_and_summary_tables(tmp_path, capsys):
     points = sorted(p.name for p in (out / "points").iterdir())
     assert points[0] == "p0000-r00" and len(points) == 8
     assert sorted(p.name for p in (out / "points" / "p0000-r00").iterdir()) == [
-        "requests.csv", "scenario.yaml", "steps.csv", "summary.json"
+        MARKER, "requests.csv", "scenario.yaml", "steps.csv", "summary.json"
     ]
     rows = read_csv_rows(out / "summary.csv")
     assert [r["run_id"] for r in rows] == points

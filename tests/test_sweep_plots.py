@@ -10,6 +10,7 @@ from tiny_sweep import tiny_base
 from simserve.cli import main
 from simserve.experiments.capacity import parse_slo_rule
 from simserve.plots_sweep import (
+    SweepTable,
     capacity_figure,
     latency_vs_rate_figure,
     load_sweep_table,
@@ -92,6 +93,30 @@ def test_the_pareto_front_leaves_out_points_that_miss_the_slo():
     (front,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("Pareto front")]
     assert list(front.get_xdata()) == [50.0, 150.0]  # static (900 ms) is not on it
     assert "left out of the front" in ax.get_title()
+
+
+def test_long_series_labels_share_one_legend_and_name_classes_by_class():
+    """Three axes per curve (the user-policy sweep) make long labels: one legend under the
+    panels, and a user's class as its class name rather than its path."""
+    policies = ["chunked_prefill", "../policies/shortest_prompt_first.py:ShortestPromptFirst"]
+    rows = [{"engine.policy": policy, "engine.queue": "fcfs",
+             "engine.max_num_batched_tokens": 2048, "workload.arrival.rate": rate,
+             "p99_tbt_ms": 50.0 + rate + i, "p99_ttft_ms": 300.0 + rate + i}
+            for i, policy in enumerate(policies) for rate in (10, 20)]
+    table = SweepTable(rows=rows, axes=("engine.policy", "engine.queue",
+                                        "engine.max_num_batched_tokens",
+                                        "workload.arrival.rate"),
+                       mode="runs", slo="p99_tbt_ms<=200", name="long")
+    fig = latency_vs_rate_figure(table, ["p99_tbt_ms", "p99_ttft_ms"], "workload.arrival.rate",
+                                 parse_slo_rule(table.slo))
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "policy=chunked_prefill, queue=fcfs, max_num_batched_tokens=2048",
+        "policy=ShortestPromptFirst, queue=fcfs, max_num_batched_tokens=2048",
+    ]
+    tbt, ttft = fig.axes
+    assert [t.get_text() for t in tbt.get_legend().get_texts()] == ["SLO: p99_tbt_ms<=200"]
+    assert ttft.get_legend() is None
 
 
 def test_plot_options_and_bad_input(sweep_dir, tmp_path, capsys):

@@ -16,6 +16,7 @@ import yaml
 
 from simserve.cli import main
 from simserve.config import scenario_from_mapping
+from simserve.experiments.atomic import MARKER
 from simserve.experiments.run import run_scenario, write_run_dir
 from simserve.experiments.trace_export import STEP_TRACK_TID, chrome_trace, write_trace
 
@@ -60,7 +61,7 @@ def trace(run_dir) -> dict:
 
 def test_cli_trace_writes_trace_json_and_no_figures(run_dir, trace):
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "requests.csv", "scenario.yaml", "steps.csv", "summary.json", "trace.json"
+        MARKER, "requests.csv", "scenario.yaml", "steps.csv", "summary.json", "trace.json"
     ]
     assert trace["displayTimeUnit"] == "ms"
     assert trace["otherData"]["scenario"] == "tiny"

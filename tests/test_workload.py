@@ -4,6 +4,8 @@ fixed seeds, trace parsing for each format and each kind of bad input, and deter
 from __future__ import annotations
 
 import math
+import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,8 @@ from hypothesis import strategies as st
 
 import simserve.workload as workload_pkg
 from simserve.config import ArrivalConfig, LengthsConfig, WorkloadConfig
-from simserve.errors import InputError
-from simserve.workload import TRACE_FORMATS, Trace, Workload, build_workload, load_trace
+from simserve.errors import InputError, InputWarning
+from simserve.workload import TRACE_FORMATS, Trace, Workload, build_workload, load_trace, traces
 from simserve.workload.lengths import uniform_bounds
 
 TRACES_DIR = Path(__file__).resolve().parents[1] / "calibration" / "data" / "traces"
@@ -377,9 +379,14 @@ def test_rate_scaling_of_simultaneous_rows_is_an_error(tmp_path: Path) -> None:
             ["column 'prompt_len'", "data row 2", "'abc'"],
         ),
         (
-            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,2,2\n2,3,0\n",
+            "arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,2,2\n2,3,-1\n",
             4,
             ["column 'num_decode_tokens'", "data row 3", "output length", ">= 1"],
+        ),
+        (
+            "arrival_s,prompt_len,output_len\n0,1,1\n1,9223372036854775808,1\n",
+            3,
+            ["column 'prompt_len'", "data row 2", "more than 1,000,000,000 tokens"],
         ),
         (
             "arrival_s,prompt_len,output_len\n0,-4,1\n",
@@ -562,3 +569,87 @@ def test_trace_round_trip_sorted_and_paired(
     np.testing.assert_array_equal(trace.arrival_s, [row[0] for row in expected])
     np.testing.assert_array_equal(trace.prompt_len, [row[1] for row in expected])
     np.testing.assert_array_equal(trace.output_len, [row[2] for row in expected])
+
+
+# --------------------------------------------------------------------------- streaming traces
+
+
+def test_zero_token_rows_are_skipped_and_counted_not_fatal(tmp_path: Path) -> None:
+    # The defect: one zero-length output row rejected the whole trace.
+    path = write_csv(tmp_path / "z.csv", "arrival_s,prompt_len,output_len\n"
+                     "0,5,1\n1,6,0\n2,0,3\n3,7,2\n")
+    with pytest.warns(InputWarning, match=r"skipped 2 row\(s\) .*first at line 3"):
+        trace = load_trace(path)
+    assert trace.num_skipped == 2
+    np.testing.assert_array_equal(trace.prompt_len, [5, 7])
+    np.testing.assert_array_equal(trace.arrival_s, [0.0, 3.0])
+    only_zero = write_csv(tmp_path / "zz.csv", "arrival_s,prompt_len,output_len\n0,5,0\n")
+    with pytest.raises(InputError, match=r"every row has zero .*\(1 skipped\): no requests"):
+        load_trace(only_zero)
+
+
+def test_a_replay_reads_only_the_rows_it_needs(tmp_path: Path) -> None:
+    # Row 4 is garbage: a replay of 3 requests never reaches it.
+    path = write_csv(tmp_path / "t.csv", "arrival_s,prompt_len,output_len\n"
+                     "0,5,1\n1,6,2\n2,7,3\nnot,a,row\n")
+    trace = load_trace(path, max_rows=3)
+    np.testing.assert_array_equal(trace.output_len, [1, 2, 3])
+    workload = build(num_requests=3, trace=str(path),
+                     arrival=ArrivalConfig(process="trace"), lengths=LengthsConfig(dist="trace"))
+    assert len(workload) == 3
+    with pytest.raises(InputError, match="data row 4"):
+        load_trace(path)
+
+
+def test_chunks_give_the_same_trace_and_the_same_row_numbers(tmp_path: Path, monkeypatch) -> None:
+    rows = "".join(f"{(i * 7) % 11}.5,{i + 1},{i % 3}\n" for i in range(50))
+    path = write_csv(tmp_path / "c.csv", "arrival_s,prompt_len,output_len\n" + rows)
+    with pytest.warns(InputWarning):
+        whole = load_trace(path)
+    monkeypatch.setattr(traces, "CHUNK_ROWS", 4)
+    with pytest.warns(InputWarning):
+        chunked = load_trace(path)
+    for name in ("arrival_s", "prompt_len", "output_len"):
+        np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name))
+    assert whole.num_skipped == chunked.num_skipped == 17
+    with pytest.warns(InputWarning):
+        partial = load_trace(path, max_rows=10)
+    assert len(partial) == 10
+    bad = write_csv(tmp_path / "b.csv", "arrival_s,prompt_len,output_len\n" + rows + "1,x,1\n")
+    with pytest.raises(InputError) as info:
+        load_trace(bad)
+    assert info.value.line == 52 and "data row 51" in str(info.value)
+
+
+def test_time_zone_suffixes_are_read_without_numpy_warnings(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "tz.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                     "2023-11-16 18:15:46.6805900+00:00,10,1\n"
+                     "2023-11-16T19:15:47.0805900+01:00,10,1\n"
+                     "2023-11-16 18:15:48.6805900Z,10,1\n"
+                     "2023-11-16 13:15:49.6805900-0500,10,1\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trace = load_trace(path)
+    np.testing.assert_allclose(trace.arrival_s, [0.0, 0.4, 2.0, 3.0], atol=1e-9)
+
+
+def test_a_large_trace_takes_memory_for_its_arrays_not_its_text(tmp_path: Path) -> None:
+    # The defect: a 100 MB trace took 22x its size in memory. Streaming keeps the peak near the
+    # arrays (24 bytes a row) plus one chunk of text.
+    path = tmp_path / "big.csv"
+    rng = np.random.default_rng(0)
+    num_rows = 150_000
+    table = np.column_stack([np.cumsum(rng.random(num_rows)), rng.integers(1, 4000, num_rows),
+                             rng.integers(1, 900, num_rows)])
+    with path.open("w") as fh:
+        fh.write("arrival_s,prompt_len,output_len\n")
+        np.savetxt(fh, table, fmt=["%.6f", "%d", "%d"], delimiter=",")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        trace = load_trace(path)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(trace) == num_rows
+    assert peak < 4.0 * size, (peak, size)  # 22x before; about 2.7x now (24 bytes a row)

@@ -11,8 +11,6 @@ see `runner`), so an entry keeps its meaning at every size and on any model or G
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from simserve.antipatterns.model import (
     METRICS,
     Capacity,
@@ -24,10 +22,11 @@ from simserve.antipatterns.model import (
     capacity_metric,
 )
 from simserve.errors import InputError
+from simserve.resources import scenarios_dir
 
 __all__ = ["CATALOG", "SCENARIOS_DIR", "SIZES", "get_entries"]
 
-SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "antipatterns"
+SCENARIOS_DIR = scenarios_dir("antipatterns")
 CONV = "llama3-8b-h100-conv.yaml"
 ARXIV = "llama3-8b-h100-arxiv.yaml"
 

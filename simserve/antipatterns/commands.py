@@ -59,9 +59,15 @@ def register(subparsers: Any) -> dict[str, Handler]:
 def _cmd_antipatterns(args: argparse.Namespace) -> int:
     from simserve import __version__
     from simserve.antipatterns.catalog import SIZES, get_entries
-    from simserve.antipatterns.report import check_out_dir, setup_summary, write_outputs
+    from simserve.antipatterns.report import (
+        REPORT_DIR,
+        check_keeps_entries,
+        report_writer,
+        setup_summary,
+    )
     from simserve.antipatterns.runner import CatalogRunner
     from simserve.errors import InputError
+    from simserve.experiments.atomic import claim_output_dir
 
     entries = get_entries(args.only)
     if args.jobs is not None and args.jobs < 1:
@@ -69,8 +75,8 @@ def _cmd_antipatterns(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise InputError(f"must be >= 0, got {args.seed}", field="--seed")
     size = SIZES[args.size or ("quick" if args.quick else "full")]
-    suffix = "" if size.name == "full" else f"-{size.name}"
-    out = check_out_dir(Path(args.out) if args.out else Path("runs") / f"antipatterns{suffix}")
+    out = Path(args.out) if args.out else Path("runs") / _default_dir(size.name, args.only,
+                                                                       entries)
     command = "simserve antipatterns " + shlex.join(
         [*(["--quick"] if args.quick else []), *([f"--size={args.size}"] if args.size else []),
          *(["--only", *[e.id for e in entries]] if args.only else []),
@@ -89,21 +95,34 @@ def _cmd_antipatterns(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     t0 = time.perf_counter()
-    with CatalogRunner(size, root_seed=args.seed, jobs=args.jobs, progress=progress) as runner:
-        runner.pool.say(f"anti-pattern catalog ({size.name}): {len(entries)} entries, seeds "
-                        f"{runner.seeds}, {runner.jobs} process(es)")
-        results = runner.run_entries(entries, on_done=done)
-        verdicts = {
-            "simserve_version": __version__,
-            "command": command,
-            **runner.metadata(),
-            "num_runs": runner.num_runs,
-            "wall_s": round(time.perf_counter() - t0, 1),
-            "entries": results,
-        }
-    written = write_outputs(verdicts, out)
-    print(f"report: {written / 'report.md'}  ({time.perf_counter() - t0:.1f} s wall-clock)")
+    # Claimed before the runs: an unwritable or foreign --out fails now, not after minutes.
+    with claim_output_dir(out, REPORT_DIR) as claim:
+        check_keeps_entries(out, [e.id for e in entries])
+        with CatalogRunner(size, root_seed=args.seed, jobs=args.jobs,
+                           progress=progress) as runner:
+            runner.pool.say(f"anti-pattern catalog ({size.name}): {len(entries)} entries, "
+                            f"seeds {runner.seeds}, {runner.jobs} process(es)")
+            results = runner.run_entries(entries, on_done=done)
+            verdicts = {
+                "simserve_version": __version__,
+                "command": command,
+                **runner.metadata(),
+                "num_runs": runner.num_runs,
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "entries": results,
+            }
+        claim.write(report_writer(verdicts))
+    print(f"report: {out / 'report.md'}  ({time.perf_counter() - t0:.1f} s wall-clock)")
     return 0
+
+
+def _default_dir(size: str, only: list[str] | None, entries: list[Any]) -> str:
+    """runs/antipatterns[-quick], or for an `--only` run a directory of its own
+    (antipatterns-quick-only-BF1-MD1), so a partial report never replaces the full one."""
+    name = "antipatterns" + ("" if size == "full" else f"-{size}")
+    if only:
+        name += "-only-" + "-".join(e.id for e in entries)
+    return name
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -8,18 +8,26 @@ into place: an interrupted run never leaves a half-written report that looks com
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from simserve.antipatterns.figures import save_entry_figure
 from simserve.antipatterns.items import CHECKLIST
 from simserve.errors import InputError
-from simserve.experiments.atomic import write_dir_atomically
+from simserve.experiments.atomic import OutputKind, claim_output_dir
 from simserve.formatting import fmt_interval, fmt_number, fmt_ratio
 
-__all__ = ["check_out_dir", "fmt_value", "render_report", "setup_summary", "short_verdict",
-           "write_outputs"]
+__all__ = [
+    "REPORT_DIR",
+    "check_keeps_entries",
+    "fmt_value",
+    "render_report",
+    "report_writer",
+    "setup_summary",
+    "short_verdict",
+    "write_outputs",
+]
 
 MARKER = "verdicts.json"
 # Checklist items no catalog entry shows, and where simserve shows or keeps them.
@@ -425,19 +433,33 @@ def _anchor(entry: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- output
 
 
-def check_out_dir(out: str | Path) -> Path:
-    """Refuse an output path that exists and is not an earlier catalog report (before running)."""
-    path = Path(out)
-    if path.exists() and not (path.is_dir() and ((path / MARKER).exists()
-                                                 or not any(path.iterdir()))):
-        raise InputError("exists and is not an anti-pattern report directory; refusing to "
-                         "overwrite", field="--out", source=str(path))
-    return path
+REPORT_DIR = OutputKind(
+    "anti-pattern report",
+    legacy_files=("report.md", MARKER, "figures/", "figures/*.png"),
+    legacy_required=("report.md", MARKER),
+)
 
 
-def write_outputs(verdicts: Mapping[str, Any], out: str | Path) -> Path:
-    """Write report.md, verdicts.json and figures/<ID>.png atomically into `out`."""
-    path = check_out_dir(out)
+def check_keeps_entries(out: str | Path, entry_ids: Sequence[str]) -> None:
+    """Refuse to replace a report holding entries this run does not rerun (a partial `--only`
+    run over a full report would silently drop the rest)."""
+    verdicts = Path(out) / MARKER
+    try:
+        old = json.loads(verdicts.read_text(encoding="utf-8"))
+        old_ids = [str(e["id"]) for e in old["entries"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no earlier report there (atomic.check_replaceable judges the rest)
+    lost = [i for i in old_ids if i not in set(entry_ids)]
+    if lost:
+        raise InputError(
+            f"holds a report of {len(old_ids)} entries; this run has {len(entry_ids)} and would "
+            f"drop {', '.join(lost[:5])}{' ...' if len(lost) > 5 else ''}: choose another --out",
+            field="--out", source=str(out),
+        )
+
+
+def report_writer(verdicts: Mapping[str, Any]) -> Callable[[Path], None]:
+    """What fills a report directory: figures/<ID>.png, verdicts.json and report.md."""
 
     def write(tmp: Path) -> None:
         for entry in verdicts["entries"]:
@@ -445,4 +467,12 @@ def write_outputs(verdicts: Mapping[str, Any], out: str | Path) -> Path:
         (tmp / MARKER).write_text(json.dumps(verdicts, indent=2, allow_nan=False) + "\n")
         (tmp / "report.md").write_text(render_report(verdicts))
 
-    return write_dir_atomically(path, write)
+    return write
+
+
+def write_outputs(verdicts: Mapping[str, Any], out: str | Path) -> Path:
+    """Write report.md, verdicts.json and figures/<ID>.png atomically into `out` (which must be
+    new, empty, or a report simserve wrote with no entry this one lacks)."""
+    with claim_output_dir(out, REPORT_DIR) as claim:
+        check_keeps_entries(out, [str(e["id"]) for e in verdicts["entries"]])
+        return claim.write(report_writer(verdicts))

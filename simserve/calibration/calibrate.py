@@ -36,6 +36,7 @@ from simserve.calibration.fit import (
 from simserve.catalog import Catalog, load_catalog
 from simserve.costmodel.calibrated import Profile, profile_to_mapping
 from simserve.errors import InputError
+from simserve.experiments.atomic import write_file_atomically
 
 __all__ = [
     "CalibrationOutcome",
@@ -218,10 +219,7 @@ def write_profile(profile: Profile, out_dir: str | Path) -> Path:
     )
     text = header + yaml.safe_dump(_plain(profile_to_mapping(profile)), sort_keys=False,
                                    width=100)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_file_atomically(path, text)
 
 
 def _plain(value: Any) -> Any:

@@ -19,7 +19,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     """Add the calibration subcommands to the `simserve` parser."""
-    from simserve.calibration.paths import CALIBRATION_DIR, PROFILES_DIR
+    from simserve.calibration.paths import DEFAULT_REPORT_DIR, PROFILES_DIR
 
     cal = sub.add_parser(
         "calibrate",
@@ -80,16 +80,21 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "validate",
         help="regenerate calibration/REPORT.md (step errors, cross-validation, replay)",
     )
-    val.add_argument("--out-dir", default=str(CALIBRATION_DIR),
-                     help="where REPORT.md and figures/ go (default: calibration/)")
+    val.add_argument("--out-dir", default=str(DEFAULT_REPORT_DIR),
+                     help="where REPORT.md and figures/ go (default: ./calibration/)")
     val.add_argument("--no-replay", action="store_true", help="skip the end-to-end replays")
 
     cmp_ = sub.add_parser(
         "compare",
         help="real `vllm bench serve --save-result` JSON vs a simserve run directory",
     )
-    cmp_.add_argument("real", help="vllm bench serve --save-result JSON")
+    cmp_.add_argument("real", help="vllm bench serve --save-result JSON, SGLang bench_serving "
+                      "result, or a served run's per-request CSV (arrival_s, prompt_len, "
+                      "output_len, ttft_ms, latency_ms)")
     cmp_.add_argument("run_dir", help="simserve run directory (simserve run --out)")
+    cmp_.add_argument("--index", type=int, default=None,
+                      help="which result of a file holding several, one JSON per line "
+                      "(0 = the first, -1 = the last)")
 
     ins = sub.add_parser(
         "inspect-run",
@@ -128,6 +133,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from simserve.calibration.paths import PROFILES_DIR
     from simserve.catalog import load_catalog
     from simserve.errors import InputError
+    from simserve.experiments.atomic import check_writable_dir
 
     if args.data == ["kernels"] and not Path("kernels").exists():
         return _calibrate_kernels(args)
@@ -135,6 +141,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         return _calibrate_engine_loop()
     args.out = args.out or str(PROFILES_DIR)
     catalog = load_catalog(args.catalog)
+    check_writable_dir(args.out)  # before the fits, not after them
     groups = []
     for path in args.data:
         groups += load_measured(path, args.format, catalog, args.gpu)
@@ -214,8 +221,10 @@ def _derive(args: argparse.Namespace) -> int:
     from simserve.catalog import load_catalog
     from simserve.costmodel.calibrated import derive_profile, load_profile
     from simserve.costmodel.select import find_profile
+    from simserve.experiments.atomic import check_writable_dir
 
     catalog = load_catalog(args.catalog)
+    check_writable_dir(args.out)
     base = load_profile(find_profile(args.base))
     linear = load_profile(find_profile(args.linear_from)) if args.linear_from else None
     tp = args.tp or base.tp
@@ -248,18 +257,40 @@ def _derive(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    import sys
+
     from simserve.calibration.report import write_report
 
-    path = write_report(Path(args.out_dir), replay=not args.no_replay)
+    def progress(message: str) -> None:
+        print(f"validate {message}", file=sys.stderr, flush=True)
+
+    path = write_report(Path(args.out_dir), replay=not args.no_replay, progress=progress)
     print(f"wrote {path} and {Path(path).parent / 'figures'}/")
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from simserve.calibration.compare import compare, format_comparison, load_real, load_run
+    import warnings
 
-    real = load_real(args.real)
+    from simserve.calibration.compare import (
+        compare,
+        format_comparison,
+        load_real,
+        load_run,
+        mismatches,
+    )
+    from simserve.errors import InputWarning
+    from simserve.yaml_lines import parse_yaml, read_yaml_text
+
+    real = load_real(args.real, args.index)
     summary, requests = load_run(args.run_dir)
+    scenario = None
+    scenario_path = Path(args.run_dir) / "scenario.yaml"
+    if scenario_path.is_file():
+        scenario, _node = parse_yaml(read_yaml_text(scenario_path, "scenario file"),
+                                     str(scenario_path))
+    for sentence in mismatches(real, summary, scenario if isinstance(scenario, dict) else None):
+        warnings.warn(InputWarning(f"{sentence}: compare like with like"), stacklevel=1)
     rows = compare(real, summary, requests)
     print(format_comparison(rows, args.real, args.run_dir))
     r_done, s_done = real.get("completed"), summary.get("completed")

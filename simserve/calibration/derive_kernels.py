@@ -72,7 +72,7 @@ def derive_from_kernels(
     shapes = {f: np.array([r.get(f, 0) for r in rows], dtype=np.float64)
               for f in BatchShape._fields}
     times = np.array([km.step_time(_shape(r)) for r in rows]) * 1e3
-    version = engine.engine_version
+    version = engine.version or "v1"
     data = StepData(
         dataset="kernels", source=f"calibration/kernels/vllm/{gpu.name}", gpu=gpu.name,
         model=model.name, tp=tp, engine=f"vllm-{version}", arch=Arch.from_model(model),

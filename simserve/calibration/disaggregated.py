@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from simserve.calibration.paths import GROUND_TRUTH_DIR, REPO_ROOT
+from simserve.calibration.paths import GROUND_TRUTH_DIR, VALIDATION_SCENARIOS
 from simserve.calibration.replay import REPLAY_METRICS, ReplayResult, trace_rate
 from simserve.calibration.serving import fit_serving_term, replay_with_serving
 from simserve.config import load_scenario
@@ -31,7 +31,7 @@ __all__ = [
     "run_disaggregated_validation",
 ]
 
-DISAGGREGATED_SCENARIO = REPO_ROOT / "scenarios" / "validation" / "opt13b-a100-distserve.yaml"
+DISAGGREGATED_SCENARIO = VALIDATION_SCENARIOS / "opt13b-a100-distserve.yaml"
 # NOTE: below saturation a request's TPOT is the decode step time, so the mean and the median
 # agree; once the decode instance cannot keep up, short requests wait seconds for a slot after
 # their prefill and the mean TPOT runs away from the median. A run is called saturated when

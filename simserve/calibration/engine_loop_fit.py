@@ -31,10 +31,11 @@ import yaml
 from scipy.optimize import least_squares
 
 from simserve.calibration.online import vllm_traces
-from simserve.calibration.paths import REPO_ROOT
+from simserve.calibration.paths import VALIDATION_SCENARIOS
 from simserve.calibration.replay import DEFAULT_SCENARIO, ReplayResult, replay_trace, trace_rate
 from simserve.calibration.served_v1 import V1_RUNS, v1_runs
 from simserve.costmodel.engine_loop import loop_terms_path
+from simserve.costmodel.kernel_tables import kernels_dir
 
 __all__ = [
     "FIT_METRICS",
@@ -57,7 +58,7 @@ _GRID = {
     "v1": {"per_step_us": (0.0, 3000.0, 6000.0, 10000.0), "per_seq_us": (0.0, 150.0, 300.0)},
 }
 _SCALE = {"per_step_us": 1000.0, "per_seq_us": 100.0, "per_token_us": 10.0}
-V1_SCENARIOS_DIR = REPO_ROOT / "scenarios" / "validation"
+V1_SCENARIOS_DIR = VALIDATION_SCENARIOS
 # The V0 replays price with the kernels, not the shipped OPT-13B profile or its online term.
 V0_OVERRIDES = ("cost_model.kind=kernels", "cost_model.profile=null",
                 "cost_model.serving_per_seq_ms=0", "engine.version=v0")
@@ -135,7 +136,9 @@ def fit_loop(version: str, runs: Sequence[LoopRun]) -> LoopFit:
 
 def write_loop_terms(fits: Sequence[LoopFit], path: Path | None = None) -> Path:
     """The shipped loop terms (one entry per engine generation)."""
-    path = path or loop_terms_path()
+    # NOTE: relative to the working directory (a checkout's root: the repository's
+    # calibration/kernels/), never into an installed package.
+    path = path or Path("calibration") / loop_terms_path().relative_to(kernels_dir().parent)
     data = {
         "format": "simserve-engine-loop/1",
         "note": "CPU time of a vLLM engine step around its forward pass, fitted on real "

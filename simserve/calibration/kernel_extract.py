@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from simserve.costmodel.kernel_tables import TABLES, TableSpec, kernels_dir
+from simserve.costmodel.kernel_tables import TABLES, TableSpec
 from simserve.errors import InputError
 
 __all__ = [
@@ -261,7 +261,9 @@ def extract_kernels(
         raise InputError(f"only framework vllm is extracted, got {framework!r}",
                          field="--framework")
     root = _package_root()
-    out = Path(out_dir) if out_dir is not None else kernels_dir()
+    # NOTE: like `calibrate`'s profiles, relative to the working directory (a checkout's root:
+    # the repository's calibration/kernels/), never into an installed package.
+    out = Path(out_dir) if out_dir is not None else Path("calibration") / "kernels"
     chosen = list(gpus) if gpus else list(GPU_SYSTEMS)
     for gpu in chosen:
         if gpu not in GPU_SYSTEMS:

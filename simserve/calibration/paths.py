@@ -1,23 +1,28 @@
-"""Where the repository keeps measured data, profiles and the fidelity report."""
+"""Where the measured data, the shipped profiles and the validation scenarios are (all found
+through `simserve.resources`, so they resolve the same in a checkout and an installed wheel)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from simserve.resources import measured_data_dir, profiles_dir, scenarios_dir
+
 __all__ = [
-    "CALIBRATION_DIR",
     "DATA_DIR",
+    "DEFAULT_REPORT_DIR",
     "DISTSERVE_ENGINE_DATA",
     "GROUND_TRUTH_DIR",
     "PROFILES_DIR",
-    "REPO_ROOT",
     "SHIPPED_DATA",
+    "VALIDATION_SCENARIOS",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CALIBRATION_DIR = REPO_ROOT / "calibration"
-DATA_DIR = CALIBRATION_DIR / "data"
-PROFILES_DIR = CALIBRATION_DIR / "profiles"
+DATA_DIR = measured_data_dir()
+PROFILES_DIR = profiles_dir()
+# `simserve validate` writes REPORT.md and figures/ here, relative to the working directory (in
+# a checkout, run from its root, that is the repository's calibration/ folder).
+DEFAULT_REPORT_DIR = Path("calibration")
+VALIDATION_SCENARIOS = scenarios_dir("validation")
 
 # DistServe's fitted step-latency coefficients of its OWN engine (the `*_distserve.yaml` profiles
 # that price its prefill and decode instances); "distserve" below is its fit of vLLM.

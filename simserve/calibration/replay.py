@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simserve.calibration.paths import REPO_ROOT
+from simserve.calibration.paths import VALIDATION_SCENARIOS
 from simserve.calibration.served_run import read_run_columns
 from simserve.config import load_scenario
 from simserve.experiments.run import RunOutput, run_scenario
@@ -27,7 +27,7 @@ __all__ = [
     "trace_rate",
 ]
 
-DEFAULT_SCENARIO = REPO_ROOT / "scenarios" / "validation" / "opt13b-a100-vllm.yaml"
+DEFAULT_SCENARIO = VALIDATION_SCENARIOS / "opt13b-a100-vllm.yaml"
 
 # (label, measured column, statistic, simulated summary key)
 REPLAY_METRICS: tuple[tuple[str, str, str, str], ...] = (

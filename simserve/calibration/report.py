@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from simserve.calibration.kernel_report import kernel_figures, kernel_markdown
-from simserve.calibration.paths import CALIBRATION_DIR
+from simserve.calibration.paths import DEFAULT_REPORT_DIR
 from simserve.calibration.report_figures import validation_figures
 from simserve.calibration.report_markdown import report_markdown
 from simserve.calibration.validate import run_validation
+from simserve.experiments.atomic import check_writable_dir, write_file_atomically
 
 __all__ = ["write_report"]
 
 
-def write_report(out_dir: str | Path = CALIBRATION_DIR, *, replay: bool = True) -> Path:
-    """Run the validation and write REPORT.md and figures/ under `out_dir`."""
+def write_report(
+    out_dir: str | Path = DEFAULT_REPORT_DIR,
+    *,
+    replay: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Run the validation and write REPORT.md and figures/ under `out_dir` (each phase is
+    told to `progress`)."""
     out_dir = Path(out_dir)
-    rep = run_validation(replay=replay)
-    figures = validation_figures(rep, out_dir / "figures")
+    check_writable_dir(out_dir / "figures", "--out-dir")  # before minutes of validation
+    rep = run_validation(replay=replay, progress=progress)
+    figures = validation_figures(rep, out_dir / "figures")  # creates out_dir/figures
     text = report_markdown(rep, figures)
     if rep.kernels is not None:
         kernel_figures(rep.kernels, out_dir / "figures")
         text += "\n" + "\n".join(kernel_markdown(rep.kernels)) + "\n"
-    path = out_dir / "REPORT.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_file_atomically(out_dir / "REPORT.md", text)

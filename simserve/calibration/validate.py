@@ -12,7 +12,7 @@ byte for byte (`simserve validate`). Step-level fits here use the same procedure
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -243,9 +243,25 @@ def _derived_vs_distserve(catalog: Catalog, distserve: Sequence[StepData]) -> di
 # --------------------------------------------------------------------------- run everything
 
 
-def run_validation(*, replay: bool = True, catalog: Catalog | None = None) -> ValidationReport:
-    """Compute every number of the report from the shipped data and profiles."""
+def run_validation(
+    *,
+    replay: bool = True,
+    catalog: Catalog | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ValidationReport:
+    """Compute every number of the report from the shipped data and profiles; `progress` is
+    told each phase as it starts (the whole takes seconds to a minute)."""
+    phases = 6 if replay else 3
+    done = 0
+
+    def phase(text: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(f"[{done}/{phases}] {text}")
+
     catalog = catalog or load_catalog()
+    phase("step-level fits of the measured data (held-back 20%)")
     splitwise = load_splitwise(SHIPPED_DATA["splitwise"], catalog)
     distserve = load_distserve(SHIPPED_DATA["distserve"], catalog)
     distserve_engine = load_distserve(SHIPPED_DATA["distserve-engine"], catalog)
@@ -256,6 +272,7 @@ def run_validation(*, replay: bool = True, catalog: Catalog | None = None) -> Va
         "distserve-engine": _step_dataset("distserve-engine", distserve_engine, catalog),
         "vidur": _vidur_dataset(vidur, catalog),
     }
+    phase("cross-validation across models and TP degrees")
     lomo, vidur_loto = _loo_linear(vidur, catalog)
     loto = _loto_steps("splitwise", splitwise, catalog) + _loto_steps("distserve", distserve,
                                                                         catalog) + vidur_loto
@@ -264,6 +281,7 @@ def run_validation(*, replay: bool = True, catalog: Catalog | None = None) -> Va
     online = None
     uncalibrated: tuple[ReplayResult, ...] = ()
     if replay:
+        phase("replaying the real vLLM runs with each profile")
         traces = vllm_traces()
         # NOTE: the derived profiles are the no-OPT-13B-data baselines, so they get nothing fitted
         # to these runs' timings: no online term.
@@ -276,10 +294,15 @@ def run_validation(*, replay: bool = True, catalog: Catalog | None = None) -> Va
                 continue
             replays[label] = [replay_trace(t, profile=name, overrides=overrides) for t in traces]
             notes[label] = name
+        phase("fitting and checking the online serving term")
         online = run_online_validation(traces)
         uncalibrated = tuple(replay_trace(t, overrides=list(UNCALIBRATED_OVERRIDES))
                              for t in traces)
-    disaggregated = run_disaggregated_validation() if replay else None
+    disaggregated = None
+    if replay:
+        phase("replaying the real disaggregated DistServe runs")
+        disaggregated = run_disaggregated_validation()
+    phase("model-free consistency checks of the step data")
     consistency = run_consistency_checks(splitwise, vidur, distserve, SHIPPED_DATA["distserve"],
                                          load_allreduce(SHIPPED_DATA["allreduce"]))
     profile_replays = {trace_rate(r.trace): r for r in replays.get("distserve", [])}

@@ -287,7 +287,7 @@ class Profile:
         if self.kind == "step" and missing:
             raise InputError(f"missing coefficients: {', '.join(missing)}", field="coefficients")
         for key, value in self.coefficients.items():
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            if not _is_finite(value) or value < 0:
                 raise InputError(f"must be a finite number >= 0, got {value!r}",
                                  field=f"coefficients.{key}")
         for key in ("mfu", "mbu", "attn_eff", "kv_eff", "allreduce_eff"):
@@ -296,6 +296,16 @@ class Profile:
                                  field=f"coefficients.{key}")
         if self.coefficients.get("ridge_sharpness", 1.0) < 1:
             raise InputError("must be >= 1", field="coefficients.ridge_sharpness")
+
+
+def _is_finite(value: Any) -> bool:
+    """A real number (not a bool) that a float holds finitely."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def profile_to_mapping(profile: Profile) -> dict[str, Any]:
@@ -323,19 +333,20 @@ def _envelope_from(data: Any, source: str) -> Envelope | None:
         return None
     if not isinstance(data, Mapping):
         raise InputError("must be a mapping", field="envelope", source=source)
-    try:
-        return Envelope(
-            max_num_tokens=int(data["max_num_tokens"]),
-            max_num_seqs=int(data["max_num_seqs"]),
-            max_decode_context=int(data["max_decode_context"]),
-            max_decode_kv_tokens=int(data["max_decode_kv_tokens"]),
-            max_prefill_kv_tokens=int(data["max_prefill_kv_tokens"]),
-            regimes=tuple(data.get("regimes", ("prefill", "decode"))),
-        )
-    except KeyError as exc:
-        raise InputError("missing key", field=f"envelope.{exc.args[0]}", source=source) from None
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"bad value ({exc})", field="envelope", source=source) from None
+    limits = {}
+    for key in ("max_num_tokens", "max_num_seqs", "max_decode_context", "max_decode_kv_tokens",
+                "max_prefill_kv_tokens"):
+        if key not in data:
+            raise InputError("missing key", field=f"envelope.{key}", source=source)
+        if not _is_finite(data[key]) or data[key] < 0:
+            raise InputError(f"must be a number >= 0, got {data[key]!r}",
+                             field=f"envelope.{key}", source=source)
+        limits[key] = int(data[key])
+    regimes = data.get("regimes", ("prefill", "decode"))
+    if not isinstance(regimes, list | tuple) or not all(isinstance(r, str) for r in regimes):
+        raise InputError(f"must be a list of regime names, got {regimes!r}",
+                         field="envelope.regimes", source=source)
+    return Envelope(**limits, regimes=tuple(regimes))
 
 
 def profile_from_mapping(data: Any, source: str = "profile") -> Profile:
@@ -361,16 +372,32 @@ def profile_from_mapping(data: Any, source: str = "profile") -> Profile:
             isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in pooled):
         raise InputError("must be a list of TP degrees (integers > 0)", field="pooled_tps",
                          source=source)
+    for key in ("name", "gpu", "model", "engine"):
+        if not isinstance(data[key], str | int | float) or isinstance(data[key], bool) or (
+                not str(data[key]).strip()):
+            raise InputError(f"must be a non-empty name, got {data[key]!r}", field=key,
+                             source=source)
+    kind = data.get("kind", "step")
+    if kind not in ("step", "linear"):
+        raise InputError(f"must be step or linear, got {kind!r}", field="kind", source=source)
+    tp = data["tp"]
+    least_tp = 1 if kind == "step" else 0  # a linear-layer profile spans every TP (tp: 0)
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < least_tp:
+        raise InputError(f"must be an integer >= {least_tp}, got {tp!r}", field="tp",
+                         source=source)
+    for key in ("source", "fit", "derived_from"):
+        if data.get(key) is not None and not isinstance(data[key], Mapping):
+            raise InputError(f"must be a mapping, got {data[key]!r}", field=key, source=source)
     try:
         return Profile(
             name=str(data["name"]),
             gpu=str(data["gpu"]),
             model=str(data["model"]),
-            tp=int(data["tp"]),
+            tp=tp,
             engine=str(data["engine"]),
             coefficients={str(k): v for k, v in coefficients.items()},
             envelope=_envelope_from(data.get("envelope"), source),
-            kind=str(data.get("kind", "step")),
+            kind=kind,
             source=dict(data.get("source") or {}),
             fit=dict(data.get("fit") or {}),
             derived_from=data.get("derived_from"),

@@ -109,7 +109,8 @@ def pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     w1 = 2.0 * h[1:] + h[:-1]
     w2 = h[1:] + 2.0 * h[:-1]
     same_sign = (m[:-1] * m[1:]) > 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # NOTE: a slope near 0 overflows w/m to inf, and the mean to 0: the right limit.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         harmonic = (w1 + w2) / (w1 / m[:-1] + w2 / m[1:])
     d[1:-1] = np.where(same_sign, harmonic, 0.0)
     d[0] = _end_slope(h[0], h[1], m[0], m[1])

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from simserve import resources
 from simserve.errors import InputError
 
 __all__ = [
@@ -36,12 +37,9 @@ __all__ = [
 
 
 def kernels_dir() -> Path:
-    """The folder of the shipped kernel tables (`calibration/kernels/`).
-
-    NOTE: the one place that knows where the files live, so that packaging can move them
-    (importlib.resources) by changing this function only.
-    """
-    return Path(__file__).resolve().parents[2] / "calibration" / "kernels"
+    """The folder of the shipped kernel tables (`calibration/kernels/`, carried by the
+    package: see `simserve.resources`)."""
+    return resources.kernels_dir()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from simserve.costmodel.kernels import KernelCostModel, KernelSetup
 from simserve.costmodel.roofline import RooflineCostModel
 from simserve.costmodel.serving import ServingOverheadCostModel
 from simserve.errors import InputError
+from simserve.resources import profiles_dir
 
 __all__ = [
     "PROFILES_DIR",
@@ -26,8 +27,8 @@ __all__ = [
     "profile_names",
 ]
 
-# NOTE: the repository's shipped profiles; a scenario may also give a path to a profile YAML.
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "calibration" / "profiles"
+# NOTE: the shipped profiles; a scenario may also give a path to a profile YAML.
+PROFILES_DIR = profiles_dir()
 
 
 def profile_names(directory: Path = PROFILES_DIR) -> list[str]:
@@ -48,7 +49,8 @@ def find_profile(name_or_path: str, directory: Path = PROFILES_DIR) -> Path:
         return candidate
     known = ", ".join(profile_names(directory)) or "none"
     raise InputError(
-        f"unknown profile {name_or_path!r} (not a file, not in {directory}); known: {known}",
+        f"unknown profile {name_or_path!r} (neither a file nor a shipped profile); shipped: "
+        f"{known}",
         field="cost_model.profile",
     )
 
@@ -84,7 +86,8 @@ def kernel_cost_model(
     """The measured-kernel cost model of one replica; a scenario the tables cannot price is an
     InputError saying why (`with_loop=False`: the GPU time only, e.g. a speculative draft's
     passes inside the target's step)."""
-    version = engine.engine_version
+    # NOTE: `resolve` fills in the policy's generation; v1 (current vLLM) otherwise.
+    version = engine.version or "v1"
     loop = loop_terms(version, config.framework)
     given = {name: getattr(config, f"loop_{name}") for name in
              ("per_step_us", "per_seq_us", "per_token_us")}

@@ -89,6 +89,9 @@ class CounterDecodes:
     def __len__(self) -> int:
         return len(self._rec)
 
+    def __contains__(self, rid: int) -> bool:
+        return rid in self._rec
+
     def tick_steps(self) -> np.ndarray:
         """The engine step index of every tick so far."""
         num_ticks = self.tick
@@ -117,18 +120,6 @@ class CounterDecodes:
             if (rec[0] + tick) % bs == 0:
                 need += 1
         return need
-
-    def newest_first(self, width: int) -> Iterator[tuple[int, int]]:
-        """(blocks held, new blocks needed for `width` more tokens) of each member, newest
-        first: what a policy weighs when it preempts."""
-        bs, tick = self.block_size, self.tick
-        for rid, rec in reversed(self._rec.items()):
-            c = rec[0] + tick
-            if self.reserve_full:
-                yield self._reserve_blocks(rid), 0
-            else:
-                held = -(-c // bs)
-                yield held, -(-(c + width) // bs) - held
 
     def ticks_to_first_finish(self) -> int:
         """Ticks from the next one up to and including the first tick at which a member
@@ -187,11 +178,21 @@ class CounterDecodes:
         self.kv_sum -= computed
         return computed, base_r - tick
 
-    def preempt_newest(self) -> tuple[int, int, int]:
-        """Take out the newest member: (request id, computed, remaining)."""
-        rid = next(reversed(self._rec))
-        computed, remaining = self._leave(rid)
-        return rid, computed, remaining
+    def remove(self, rid: int) -> tuple[int, int]:
+        """Take a member out (preempted): its (computed, remaining)."""
+        return self._leave(rid)
+
+    def newest_first_ids(self) -> Iterator[tuple[int, int]]:
+        """(request id, computed tokens) of each member, newest first."""
+        tick = self.tick
+        for rid, rec in reversed(self._rec.items()):
+            yield rid, rec[0] + tick
+
+    def members(self) -> Iterator[tuple[int, int, int]]:
+        """(request id, computed, remaining) of each member in running order."""
+        tick = self.tick
+        for rid, rec in self._rec.items():
+            yield rid, rec[0] + tick, rec[1] - tick
 
     # ------------------------------------------------------------------ steps
 
@@ -275,6 +276,9 @@ class VerifyDecodes:
     def __len__(self) -> int:
         return self._n
 
+    def __contains__(self, rid: int) -> bool:
+        return bool(np.any(self.ids[: self._n] == rid))
+
     @property
     def accepted_per_position(self) -> np.ndarray:
         """Verifies that accepted draft position j (1..k): those accepting at least j."""
@@ -287,16 +291,6 @@ class VerifyDecodes:
         bs = self.block_size
         return int((-(-(computed + width) // bs) + (-computed // bs)).sum())
 
-    def newest_first(self, width: int) -> Iterator[tuple[int, int]]:
-        bs = self.block_size
-        for i in range(self._n - 1, -1, -1):
-            if self.reserve_full:
-                yield self._reserve_blocks(int(self.ids[i])), 0
-            else:
-                c = int(self.computed_arr[i])
-                held = -(-c // bs)
-                yield held, -(-(c + width) // bs) - held
-
     def join(self, rid: int, computed: int, remaining: int) -> None:
         # NOTE: appending is safe while a step is in flight: a step touches only its first
         # `m` members, and finished members are compacted over the whole array.
@@ -307,13 +301,23 @@ class VerifyDecodes:
         self._n = i + 1
         self.kv_sum += computed
 
-    def preempt_newest(self) -> tuple[int, int, int]:
-        i = self._n - 1
-        rid = int(self.ids[i])
-        computed = int(self.computed_arr[i])
+    def remove(self, rid: int) -> tuple[int, int]:
+        """Take a member out (preempted): its (computed, remaining)."""
+        n = self._n
+        i = int(np.flatnonzero(self.ids[:n] == rid)[0])
+        computed, remaining = int(self.computed_arr[i]), int(self.remaining_arr[i])
+        self._dec[:, i : n - 1] = self._dec[:, i + 1 : n]
+        self._n = n - 1
         self.kv_sum -= computed
-        self._n = i
-        return rid, computed, int(self.remaining_arr[i])
+        return computed, remaining
+
+    def newest_first_ids(self) -> Iterator[tuple[int, int]]:
+        for i in range(self._n - 1, -1, -1):
+            yield int(self.ids[i]), int(self.computed_arr[i])
+
+    def members(self) -> Iterator[tuple[int, int, int]]:
+        for i in range(self._n):
+            yield int(self.ids[i]), int(self.computed_arr[i]), int(self.remaining_arr[i])
 
     def end_step(self, m: int, width: int, step: int) -> tuple[list[tuple[int, int]], int]:
         """Apply the outcome of a decode (width 1) or verify step to the first `m` members:

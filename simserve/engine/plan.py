@@ -8,27 +8,30 @@ __all__ = ["StepPlan"]
 
 
 class StepPlan(NamedTuple):
-    """Which requests get how many tokens this step.
+    """Which requests get how many tokens this step, naming the requests it moves.
 
-    Running requests are ordered by admission: decoding ones first, then partial prefills.
-    Preemption always takes the most recently admitted (vLLM default), so victims are a suffix:
-    the last `num_preempt_partials` partial prefills and then the last `num_preempt_decodes`
-    decoding requests. Of the decoding requests left, the first `num_decodes` get one token each.
-    `chunks` gives the new tokens of every prefill entry after preemption and admission: the
-    kept partial prefills in order, then the `num_admitted` requests taken from the head of the
-    waiting queue. `decode_blocks` is how many new KV blocks the decodes need (those whose
-    next token starts a block), computed once by the policy. `decode_width` is 1 for plain
-    decoding and k+1 for a speculative verify step.
+    `preempt`: running requests preempted before the step (recompute: their KV is freed and
+    they go back to the waiting queue), in the order they were chosen. Of the decoding requests
+    left, in running order (the order they started decoding), the first `num_decodes` get
+    `decode_width` tokens each (1 for plain decoding, k+1 for a speculative verify). `admit`:
+    the waiting requests that start this step, in order. `chunks` gives the new tokens of every
+    prefill entry after preemption and admission: the kept partial prefills in running order,
+    then the admitted requests. `decode_blocks` is how many new KV blocks the decodes need,
+    computed once by the policy.
     """
 
-    num_preempt_partials: int = 0
-    num_preempt_decodes: int = 0
+    preempt: tuple[int, ...] = ()
     num_decodes: int = 0
     chunks: tuple[int, ...] = ()
-    num_admitted: int = 0
+    admit: tuple[int, ...] = ()
     decode_blocks: int = 0
     decode_width: int = 1
 
     @property
+    def num_admitted(self) -> int:
+        return len(self.admit)
+
+    @property
     def is_empty(self) -> bool:
-        return self.num_decodes == 0 and not any(self.chunks)
+        """Nothing to compute and nobody to preempt."""
+        return self.num_decodes == 0 and not any(self.chunks) and not self.preempt

@@ -245,6 +245,13 @@ class SimulationResult:
     decode_replica: np.ndarray | None = None
     # SimPy events the engines waited for, one per step or per fast-forwarded run of steps.
     num_step_events: int = 0
+    # Prefix caching (None when off): prompt tokens each request found cached at its first
+    # admission, and the tokens looked up and found over every admission (recomputes too).
+    cached_tokens: np.ndarray | None = None  # int64 per request
+    # Client timeouts (None without): requests cancelled because their client gave up.
+    timed_out: np.ndarray | None = None  # bool per request
+    prefix_cache_queried_tokens: int = 0
+    prefix_cache_hit_tokens: int = 0
 
     @property
     def num_requests(self) -> int:

@@ -22,26 +22,27 @@ the last are in flight). Records are the same as stepping one by one (a test com
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import simpy
 
-from simserve.config import SpeculativeConfig
-from simserve.costmodel.base import CostModel, decode_run_s, decode_step_fn
+from simserve.costmodel.base import decode_run_s, decode_step_fn
 from simserve.engine.decodes import CounterDecodes, VerifyDecodes
-from simserve.engine.policies import Policy, make_policy
+from simserve.engine.policies import Policy
+from simserve.engine.prefix_cache import PrefixCache
 from simserve.engine.records import SimulationResult, StepRecords, StepTokenTimes
 from simserve.engine.router import route
+from simserve.engine.setup import EngineLimits, EngineSetup, PoolSetup
 from simserve.engine.speculative import AcceptanceSampler
 from simserve.engine.state import ReplicaState, RequestTable
 from simserve.workload import Workload
 
-__all__ = ["EngineLimits", "PoolSetup", "simulate", "simulate_disaggregated"]
+__all__ = ["simulate"]
 
 REJECT_MAX_MODEL_LEN = 1
 REJECT_KV_CAPACITY = 2
@@ -58,34 +59,25 @@ VECTORISE_FROM = 48
 ADMISSION_WATERMARK = 0.01
 
 
-@dataclass(frozen=True)
-class EngineLimits:
-    """Per-replica limits the engine enforces (resolved from the scenario and the catalog)."""
-
-    num_blocks: int
-    block_size: int
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    max_model_len: int
+# SimPy processes events of one instant by priority, then creation order; engine steps end
+# after everything else of their instant.
+STEP_END = simpy.events.NORMAL + 1
 
 
-@dataclass(frozen=True)
-class PoolSetup:
-    """A pool of identical instances. `limits` are per instance (all its stages); with `pp`
-    stages each virtual engine gets `num_blocks // pp` blocks. `stage_send_s(num_tokens)` is
-    the stage-to-stage activation send of a micro-batch (None: free)."""
+class _StepEnd(simpy.events.Timeout):
+    """The end of an engine step (or of a fast-forwarded run of steps).
 
-    instances: int
-    limits: EngineLimits
-    cost_model: CostModel
-    policy: str
-    router: str = "round_robin"
-    pp: int = 1
-    stage_send_s: Callable[[int], float] | None = None
+    NOTE: the rule for simultaneous events: a request that arrives, or a KV transfer that
+    lands, at the instant a step ends is seen by the plan made at that instant, whatever order
+    the events were created in, because step ends are processed last (priority `STEP_END`).
+    """
 
-    @property
-    def blocks_per_engine(self) -> int:
-        return self.limits.num_blocks // self.pp
+    def __init__(self, env: simpy.Environment, delay: float) -> None:
+        simpy.events.Event.__init__(self, env)
+        self._delay = delay
+        self._ok = True
+        self._value = None
+        env.schedule(self, STEP_END, delay)
 
 
 class _Run(NamedTuple):
@@ -140,6 +132,10 @@ class _Instance:
     def free_blocks(self) -> int:
         return sum(st.free_blocks for st in self.states)
 
+    def cached_tokens(self, request_id: int) -> int:
+        """Prompt tokens of a new request the instance's prefix caches hold (its best engine)."""
+        return max(st.cached_tokens(request_id) for st in self.states)
+
     def pick_engine(self) -> ReplicaState:
         """vLLM v0 adds a request to the virtual engine with the fewest unfinished requests."""
         if len(self.states) == 1:
@@ -157,14 +153,21 @@ class _Instance:
         env, key = self.env, id(state)
         schedule, step_time = policy.schedule, self.cost_model.step_time
         begin, finish, on_step_done = state.begin, state.finish, self.on_step_done
-        fast_forward, plain_decode_run = self.fast_forward, state.plain_decode_run
+        # NOTE: only a policy that declares it plans identical decode steps while nothing
+        # changes may have them priced as a run.
+        fast_forward = self.fast_forward and policy.repeats_decode_plans
+        plain_decode_run = state.plain_decode_run
         stages = self.stage_free_at
+        deadlines = state.deadlines
         while True:
+            if deadlines and deadlines[0][0] <= env.now:
+                cancelled = state.cancel_expired(env.now)
+                if cancelled and on_step_done is not None:
+                    on_step_done(state, cancelled)
             if state.has_work():
                 now = env.now
                 plan = schedule(state, now)
-                preempts = plan.num_preempt_decodes or plan.num_preempt_partials
-                if not (plan.is_empty and not preempts):
+                if not plan.is_empty:
                     if fast_forward and plain_decode_run(plan):
                         run = self._plan_run(state, now)
                         if run is not None:
@@ -177,7 +180,7 @@ class _Instance:
                                                 self._send_s(shape.num_tokens))
                         duration = leave - now
                     self.num_events += 1
-                    yield env.timeout(duration)
+                    yield _StepEnd(env, duration)
                     finished = finish(plan, shape, now, duration)
                     if on_step_done is not None:
                         on_step_done(state, finished)
@@ -195,7 +198,8 @@ class _Instance:
     def _plan_run(self, state: ReplicaState, now: float) -> _Run | None:
         """The fast-forwarded run starting now, or None when fewer than two steps qualify
         (see the module docstring)."""
-        horizon = self.env.peek()
+        # NOTE: a run stops at the next client timeout too, which is handled between steps.
+        horizon = min(self.env.peek(), state.next_deadline())
         if horizon <= now:
             return None
         k = state.max_run_ticks(MAX_RUN_STEPS)
@@ -274,7 +278,7 @@ class _Instance:
         # NOTE: SimPy sets the clock to now + delay; `_plan_run` keeps only runs whose end that
         # sum reaches exactly, so records match stepping one by one bit for bit.
         self.num_events += 1
-        yield self.env.timeout(run.end - run.starts[0])
+        yield _StepEnd(self.env, run.end - run.starts[0])
         finished = state.finish_run(run.num_seqs, run.starts, run.durations, run.first_kv, start)
         if self.on_step_done is not None:
             self.on_step_done(state, finished)
@@ -314,14 +318,15 @@ class _Cluster:
     def __init__(
         self,
         workload: Workload,
-        pools: Sequence[PoolSetup],
+        setup: EngineSetup,
         *,
-        kv_transfer_s: Callable[[int], float] | None = None,
-        speculative: SpeculativeConfig | None = None,
         acceptance_rng: np.random.Generator | None = None,
-        policy_factories: Sequence[Callable[[], Policy]] | None = None,
         fast_forward: bool = True,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
+        pools = setup.pools
+        kv_transfer_s = setup.kv_transfer_s
+        speculative = setup.speculation
         n = len(workload)
         self.n = n
         arrived_at = workload.arrived_at.astype(np.float64).copy()
@@ -330,7 +335,17 @@ class _Cluster:
             arrived_at[:] = np.nan
         self.arrived_at = arrived_at
         self.concurrency = workload.concurrency
-        self.requests = RequestTable(workload.prompt_len, workload.output_len, arrived_at)
+        # Multi-turn sessions: the next turns of each request, sent `think_s` after it ends.
+        self.next_turns: dict[int, list[int]] = {}
+        self.think_s = workload.think_s
+        self.client_timeout_s = workload.client_timeout_s
+        if workload.after is not None:
+            for rid in np.flatnonzero(workload.after >= 0).tolist():
+                self.next_turns.setdefault(int(workload.after[rid]), []).append(rid)
+        self.open_loop = (np.flatnonzero(workload.after < 0).tolist()
+                          if workload.after is not None else None)
+        self.requests = RequestTable(workload.prompt_len, workload.output_len, arrived_at,
+                                     workload.priority, workload.ttft_budget_s)
         self.env = simpy.Environment()
         self.pools = list(pools)
         self.disaggregated = len(self.pools) == 2
@@ -340,14 +355,14 @@ class _Cluster:
         if speculative is not None:
             rng = acceptance_rng if acceptance_rng is not None else np.random.default_rng(0)
             sampler = AcceptanceSampler.create(speculative.acceptance, self.k, rng, n)
-        factories = list(policy_factories or [
-            lambda name=pool.policy: make_policy(name) for pool in self.pools
-        ])
-        probe = factories[0]()
-        self.whole_prompts = probe.whole_prompts
+        self.whole_prompts = self.pools[0].policy.whole_prompts
         self._rejection = self._rejections(workload)
         self.next_request = 0
         self.routed = [0] * len(self.pools)
+        # Progress: `progress(requests sent so far)` about every 1% of the requests.
+        self.progress = progress
+        self.num_sent = 0
+        self._report_every = max(1, n // 100)
         if self.disaggregated:
             self.transfer_started_at = np.full(n, np.nan)
             self.transfer_done_at = np.full(n, np.nan)
@@ -367,12 +382,17 @@ class _Cluster:
                         block_size=pool.limits.block_size,
                         max_num_seqs=pool.limits.max_num_seqs,
                         max_num_batched_tokens=pool.limits.max_num_batched_tokens,
-                        reserve_full=probe.name == "static",
+                        reserve_full=pool.policy.reserves_full_kv,
                         num_speculative_tokens=self.k,
                         speculate_max_batch=(
                             speculative.disable_above_batch if speculative else None
                         ),
                         acceptance=sampler,
+                        queue=pool.queue,
+                        prefix_cache=PrefixCache(
+                            workload.content, pool.limits.block_size,
+                            self.requests.prompt_len, self.requests.output_len,
+                        ) if pool.prefix_caching else None,
                     )
                     for stage in range(pool.pp)
                 ]
@@ -380,15 +400,20 @@ class _Cluster:
                 if self.disaggregated and p == 0:
                     for st in states:
                         st.handoff = self._handoff
+                if self.next_turns:
+                    for st in states:
+                        st.ended = []
                 members.append(
                     _Instance(
                         self.env,
                         states,
                         pool,
-                        factories[p],
+                        pool.policy,
                         # Finishes matter to the cluster only with closed-loop clients (a
-                        # client sends its next request) or KV transfers (a slot frees).
-                        self._step_done if self.closed_loop or self.disaggregated else None,
+                        # client sends its next request), sessions (the next turn follows)
+                        # or KV transfers (a slot frees).
+                        self._step_done
+                        if self.closed_loop or self.disaggregated or self.next_turns else None,
                         fast_forward,
                     )
                 )
@@ -426,19 +451,29 @@ class _Cluster:
 
     def admit(self, rid: int) -> None:
         """Route one arriving request to the first pool, or reject it with a reason."""
+        if self.progress is not None:
+            self.num_sent += 1
+            if self.num_sent % self._report_every == 0 or self.num_sent == self.n:
+                self.progress(self.num_sent)
         code = self._rejection[rid]
         if code:
             self.requests.rejected[rid] = code
             if self.closed_loop:
                 self.issue(1)
+            self._ended(rid)
             return
         members = self.instances[0]
-        idx = route(self.pools[0].router, members, self.routed[0])
+        pool = self.pools[0]
+        idx = route(pool.router, members, self.routed[0], rid, self.requests.prompt_len[rid],
+                    pool.router_load_weight)
         self.routed[0] += 1
         inst = members[idx]
         state = inst.pick_engine()
         self.requests.replica[rid] = state.index
-        state.waiting.append(rid)
+        state.waiting.push(rid)
+        if self.client_timeout_s is not None:
+            heapq.heappush(state.deadlines,
+                           (self.requests.arrived_at[rid] + self.client_timeout_s, rid))
         inst.notify(state)
 
     def issue(self, count: int) -> None:
@@ -452,7 +487,11 @@ class _Cluster:
             self.admit(rid)
 
     def arrivals(self):
-        env, arrived_at, n = self.env, self.arrived_at.tolist(), self.n
+        env = self.env
+        ids = self.open_loop if self.open_loop is not None else range(self.n)
+        arrived_at = self.arrived_at[ids].tolist() if self.open_loop is not None \
+            else self.arrived_at.tolist()
+        n = len(arrived_at)
         i = 0
         while i < n:
             t = arrived_at[i]
@@ -460,10 +499,25 @@ class _Cluster:
                 yield env.timeout(t - env.now)
             # Every request arriving at this instant joins before any engine steps.
             while i < n and arrived_at[i] <= env.now:
-                self.admit(i)
+                self.admit(ids[i])
                 i += 1
 
+    def _ended(self, rid: int) -> None:
+        """A request finished or was refused: its session's next turns follow."""
+        for turn in self.next_turns.get(rid, ()):
+            self.env.process(self._next_turn(turn))
+
+    def _next_turn(self, rid: int):
+        assert self.think_s is not None
+        yield self.env.timeout(float(self.think_s[rid]))
+        self.requests.arrived_at[rid] = self.env.now
+        self.admit(rid)
+
     def _step_done(self, state: ReplicaState, finished: int) -> None:
+        if state.ended:
+            ended, state.ended = state.ended, []
+            for rid in ended:
+                self._ended(rid)
         if finished and self.closed_loop:
             self.issue(finished)
         if self.disaggregated and state.handoff is None:
@@ -508,7 +562,7 @@ class _Cluster:
             assert self.kv_transfer_s is not None
             yield env.timeout(self.kv_transfer_s(num_computed))
         self.transfer_done_at[rid] = env.now
-        src.release_held(held)
+        src.release_held(rid, held, num_computed)
         src_inst.notify(src)
         req = self.requests
         dst.accept_decoding(rid, num_computed, req.output_len[rid] - req.emitted[rid])
@@ -523,8 +577,9 @@ class _Cluster:
             for inst in pool:
                 for st in inst.states:
                     leftover = st.num_blocks - st.free_blocks
-                    if leftover or st.num_held_blocks or st.num_incoming or st.has_work() \
-                            or inst.pending[id(st)]:
+                    held = st.prefix_cache.num_held() if st.prefix_cache is not None else 0
+                    if leftover or held or st.num_held_blocks or st.num_incoming \
+                            or st.has_work() or inst.pending[id(st)]:
                         raise AssertionError(
                             f"replica {st.index}: {leftover} KV blocks still allocated "
                             f"({st.num_held_blocks} held for transfers, {st.num_incoming} "
@@ -552,6 +607,17 @@ class _Cluster:
                 spec_num_drafts=sum(d.num_drafts for d in verifiers),
                 spec_accepted_per_position=sum(d.accepted_per_position for d in verifiers),
             )
+        if self.client_timeout_s is not None:
+            result = dataclasses.replace(
+                result, timed_out=np.asarray(self.requests.timed_out, dtype=bool))
+        caches = [st.prefix_cache for st in states if st.prefix_cache is not None]
+        if caches:
+            result = dataclasses.replace(
+                result,
+                cached_tokens=np.asarray(self.requests.cached_tokens, dtype=np.int64),
+                prefix_cache_queried_tokens=sum(c.queried_tokens for c in caches),
+                prefix_cache_hit_tokens=sum(c.hit_tokens for c in caches),
+            )
         if self.disaggregated:
             result = dataclasses.replace(
                 result,
@@ -564,53 +630,25 @@ class _Cluster:
 
 def simulate(
     workload: Workload,
-    policy_factory: Callable[[], Policy],
-    cost_model: CostModel,
-    limits: EngineLimits,
+    setup: EngineSetup,
     *,
-    num_replicas: int = 1,
-    router: str = "round_robin",
-    speculative: SpeculativeConfig | None = None,
     acceptance_rng: np.random.Generator | None = None,
-    pp: int = 1,
-    stage_send_s: Callable[[int], float] | None = None,
     fast_forward: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> SimulationResult:
-    """Run the workload on `num_replicas` co-located replicas and return the records (no I/O;
-    the only randomness is speculative acceptance, drawn from `acceptance_rng`).
-    `fast_forward=False` steps one event per step (the records are the same)."""
-    pool = PoolSetup(
-        num_replicas, limits, cost_model, policy_factory().name, router, pp, stage_send_s
-    )
-    return _Cluster(
-        workload,
-        [pool],
-        speculative=speculative,
-        acceptance_rng=acceptance_rng,
-        policy_factories=[policy_factory],
-        fast_forward=fast_forward,
-    ).run()
+    """Run the workload on the cluster `setup` describes and return the records (no I/O; the
+    only randomness is speculative acceptance, drawn from `acceptance_rng`).
 
-
-def simulate_disaggregated(
-    workload: Workload,
-    prefill: PoolSetup,
-    decode: PoolSetup,
-    kv_transfer_s: Callable[[int], float],
-    *,
-    fast_forward: bool = True,
-) -> SimulationResult:
-    """Run the workload on a prefill pool that hands KV caches to a decode pool.
-
-    `kv_transfer_s(num_tokens)` is the time to move a request's KV cache of that many tokens.
-    The first token is produced by the prefill instance (DistServe's TTFT); the request then
-    waits for a decode engine with a free slot and the KV blocks (vLLM's 1% watermark), its KV
-    moves over the prefill instance's link (one transfer at a time), and the prefill instance
-    frees its blocks when the transfer ends.
+    Co-located: one pool of replicas. Disaggregated: the first token is produced by a prefill
+    instance (DistServe's TTFT); the request then waits for a decode engine with a free slot
+    and the KV blocks (vLLM's 1% watermark), its KV moves over the prefill instance's link
+    (one transfer at a time, `setup.kv_transfer_s(num_tokens)`), and the prefill instance frees
+    its blocks when the transfer ends. `fast_forward=False` waits for every step as its own
+    event (the records are the same). `progress(num_sent)` is told how many requests have
+    been sent, about every 1% of them.
     """
-    return _Cluster(
-        workload, [prefill, decode], kv_transfer_s=kv_transfer_s, fast_forward=fast_forward
-    ).run()
+    return _Cluster(workload, setup, acceptance_rng=acceptance_rng, fast_forward=fast_forward,
+                    progress=progress).run()
 
 
 def _collect(

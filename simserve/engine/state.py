@@ -11,8 +11,8 @@ after the run.
 
 from __future__ import annotations
 
+import heapq
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -22,6 +22,8 @@ import numpy as np
 from simserve.costmodel.base import BatchShape
 from simserve.engine.decodes import CounterDecodes, Runs, VerifyDecodes
 from simserve.engine.plan import StepPlan
+from simserve.engine.prefix_cache import PrefixCache
+from simserve.engine.queues import FCFSQueue
 from simserve.engine.speculative import AcceptanceSampler
 
 __all__ = [
@@ -39,8 +41,15 @@ class RequestTable:
     Python numbers (cheaper than numpy's), at 8 bytes a value (a list of ints takes ~36)."""
 
     def __init__(self, prompt_len: np.ndarray, output_len: np.ndarray,
-                 arrived_at: np.ndarray) -> None:
+                 arrived_at: np.ndarray, priority: np.ndarray | None = None,
+                 ttft_budget_s: np.ndarray | None = None) -> None:
         n = len(prompt_len)
+        # Queue-order inputs: a priority (lower first) and a TTFT budget per request.
+        self.priority = array("q", (np.zeros(n, dtype=np.int64) if priority is None
+                                    else np.asarray(priority, dtype=np.int64)).tobytes())
+        self.ttft_budget_s = array("d", (np.full(n, np.inf) if ttft_budget_s is None
+                                         else np.asarray(ttft_budget_s,
+                                                         dtype=np.float64)).tobytes())
         self.prompt_len = array("q", np.asarray(prompt_len, dtype=np.int64).tobytes())
         self.output_len = array("q", np.asarray(output_len, dtype=np.int64).tobytes())
         self.arrived_at = array("d", np.asarray(arrived_at, dtype=np.float64).tobytes())
@@ -49,6 +58,10 @@ class RequestTable:
         self.num_preemptions = array("q", bytes(8 * n))
         self.replica = array("q", [-1]) * n
         self.rejected = array("q", bytes(8 * n))
+        # Prompt tokens found in the prefix cache at first admission (vLLM's
+        # num_cached_tokens); 0 without prefix caching.
+        self.cached_tokens = array("q", bytes(8 * n))
+        self.timed_out = array("q", bytes(8 * n))  # 1: its client gave up before the end
 
 
 # One row per step, in this order (see `StepRecords` for their meaning).
@@ -209,6 +222,8 @@ class ReplicaState:
         num_speculative_tokens: int = 0,
         speculate_max_batch: int | None = None,
         acceptance: AcceptanceSampler | None = None,
+        queue: type[FCFSQueue] = FCFSQueue,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         self.index = index
         self.engine_id = engine_id
@@ -232,7 +247,8 @@ class ReplicaState:
         else:
             self.decodes = CounterDecodes(block_size, reserve_full, self.reserve_blocks)
         self.runs: Runs = self.decodes.runs
-        self.waiting: deque[int] = deque()
+        # Waiting requests in the queue order's order (iterable, sized).
+        self.waiting: FCFSQueue = queue(requests)
         self.prefilling: list[PrefillEntry] = []
         # Disaggregated serving. A prefill instance hands each finished prefill to
         # `handoff(state, request_id, num_computed, num_blocks)` and keeps its blocks
@@ -241,6 +257,15 @@ class ReplicaState:
         self.handoff: Callable[[ReplicaState, int, int, int], None] | None = None
         self.num_held_blocks = 0
         self.num_incoming = 0
+        # Automatic prefix caching (None: off); lookups are memoised per cache version, since
+        # a policy asks about the same waiting request step after step.
+        self.prefix_cache = prefix_cache
+        # Requests that finished here since the cluster last looked (None: nobody asks).
+        self.ended: list[int] | None = None
+        # Client timeouts: (deadline, request id) of the requests sent here, earliest first.
+        self.deadlines: list[tuple[float, int]] = []
+        self._lookups: dict[int, tuple[int, int]] = {}
+        self._lookups_version = -1
 
     # ------------------------------------------------------------------ views for policies
 
@@ -268,8 +293,39 @@ class ReplicaState:
         return -(-num_tokens // self.block_size)
 
     def target_tokens(self, request_id: int) -> int:
-        """Tokens a newly admitted request must compute: prompt plus already emitted output."""
+        """Tokens a newly admitted request's KV must cover: prompt plus already emitted
+        output (of them, `cached_tokens` are found in the prefix cache)."""
         return self.requests.prompt_len[request_id] + self.requests.emitted[request_id]
+
+    def _lookup(self, request_id: int) -> tuple[int, int]:
+        cache = self.prefix_cache
+        assert cache is not None
+        if cache.surely_misses(request_id):
+            return 0, 0
+        if cache.version != self._lookups_version:
+            self._lookups.clear()
+            self._lookups_version = cache.version
+        found = self._lookups.get(request_id)
+        if found is None:
+            found = self._lookups[request_id] = cache.lookup(
+                request_id, self.target_tokens(request_id))
+        return found
+
+    def cached_tokens(self, request_id: int) -> int:
+        """Leading tokens of a waiting request the prefix cache holds: admitted, it computes
+        only `target_tokens - cached_tokens` (0 without prefix caching)."""
+        if self.prefix_cache is None:
+            return 0
+        return self._lookup(request_id)[0] * self.block_size
+
+    def admit_blocks(self, request_id: int, num_new_tokens: int) -> int:
+        """Free KV blocks admitting a waiting request takes to compute `num_new_tokens` tokens
+        after its cached prefix: new blocks, plus cached blocks it revives from the evictable
+        pool (a policy's upper bound: requests admitted together may share them)."""
+        if self.prefix_cache is None:
+            return -(-num_new_tokens // self.block_size)
+        hit, taken = self._lookup(request_id)
+        return -(-(hit * self.block_size + num_new_tokens) // self.block_size) - hit + taken
 
     def decode_width(self, num_decodes: int) -> int:
         """Query tokens per decoding request this step: k+1 when speculating, else 1."""
@@ -282,10 +338,59 @@ class ReplicaState:
         """New KV blocks the first `num_decodes` decoding requests need for `width` more tokens."""
         return self.decodes.block_need(num_decodes, width)
 
-    def decodes_newest_first(self, width: int) -> Iterator[tuple[int, int]]:
-        """(KV blocks held, new blocks needed for `width` more tokens) of each decoding request,
-        most recently admitted first: the order a policy preempts in."""
-        return self.decodes.newest_first(width)
+    def preemption_order(self) -> Iterator[tuple[int, int]]:
+        """(request id, KV blocks preempting it frees) of every running request, in the order
+        the queue order preempts them: FCFS the most recently admitted first (partial prefills, then
+        decoding requests, newest first: vLLM's running list popped from its end), keyed
+        orders the largest key first."""
+        decodes = self.decodes
+        freed = self._freed_by
+        if self.waiting.preempts_newest:
+            for entry in reversed(self.prefilling):
+                yield entry.request_id, freed(entry.request_id, entry.num_blocks)
+            for rid, computed in decodes.newest_first_ids():
+                yield rid, freed(rid, self._held_by_decode(rid, computed))
+            return
+        queue = self.waiting
+        ranked = [(queue.running_key(e.request_id, self._remaining_output(e.request_id)),
+                   e.request_id, e.num_blocks) for e in self.prefilling]
+        ranked += [(queue.running_key(rid, remaining), rid,
+                    self._held_by_decode(rid, computed))
+                   for rid, computed, remaining in decodes.members()]
+        ranked.sort(reverse=True)
+        for _key, rid, held in ranked:
+            yield rid, freed(rid, held)
+
+    def _freed_by(self, request_id: int, held_blocks: int) -> int:
+        """Blocks that preempting a running request holding `held_blocks` frees (its share
+        of cached blocks other requests hold stays in use)."""
+        if self.prefix_cache is None:
+            return held_blocks
+        return self.prefix_cache.would_free(request_id, held_blocks)
+
+    def decode_block_need_without(self, left: set[int], num_decodes: int, width: int) -> int:
+        """`decode_block_need` of the first `num_decodes` decoding requests not in `left`."""
+        if self.reserve_full or num_decodes == 0:
+            return 0
+        bs = self.block_size
+        need = 0
+        counted = 0
+        for rid, computed, _remaining in self.decodes.members():
+            if counted == num_decodes:
+                break
+            if rid in left:
+                continue
+            counted += 1
+            need += -(-(computed + width) // bs) - (-(-computed // bs))
+        return need
+
+    def _held_by_decode(self, request_id: int, computed: int) -> int:
+        if self.reserve_full:
+            return self.reserve_blocks(request_id)
+        return -(-computed // self.block_size)
+
+    def _remaining_output(self, request_id: int) -> int:
+        return self.requests.output_len[request_id] - self.requests.emitted[request_id]
 
     def reserve_blocks(self, request_id: int) -> int:
         """Blocks a request holds for its whole life under full reservation."""
@@ -293,31 +398,77 @@ class ReplicaState:
         n = self.requests.output_len[request_id]
         return self.blocks_for(p + n - 1)
 
+    # ------------------------------------------------------------------ client timeouts
+
+    def next_deadline(self) -> float:
+        """When the earliest client here gives up (inf: none waits)."""
+        return self.deadlines[0][0] if self.deadlines else float("inf")
+
+    def cancel_expired(self, now: float) -> int:
+        """Cancel the requests whose clients gave up by `now` (vLLM aborts a request between
+        steps): wherever it is, it leaves, its KV is freed and its tokens so far stay counted.
+        Returns how many were cancelled."""
+        req = self.requests
+        cancelled = 0
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _deadline, rid = heapq.heappop(self.deadlines)
+            if req.emitted[rid] == req.output_len[rid] or req.rejected[rid]:
+                continue  # finished in time (or never admitted)
+            entry = next((e for e in self.prefilling if e.request_id == rid), None)
+            if entry is not None:
+                self.prefilling.remove(entry)
+                self._release(rid, entry.num_blocks, entry.num_computed)
+            elif rid in self.decodes:
+                computed, remaining = self.decodes.remove(rid)
+                req.emitted[rid] = req.output_len[rid] - remaining
+                self._release(rid, self._held_by_decode(rid, computed), computed)
+            else:
+                self.waiting.take((rid,))
+            req.timed_out[rid] = 1
+            cancelled += 1
+            if self.ended is not None:
+                self.ended.append(rid)
+        return cancelled
+
     # ------------------------------------------------------------------ applying a plan
 
     def begin(self, plan: StepPlan, now: float) -> BatchShape:
         """Preempt, admit and allocate as planned; return the shape the cost model prices."""
         req = self.requests
         decodes = self.decodes
-        if plan.num_preempt_partials or plan.num_preempt_decodes:
-            for _ in range(plan.num_preempt_partials):
-                entry = self.prefilling.pop()
-                self._preempt(entry.request_id, entry.num_blocks)
-            for _ in range(plan.num_preempt_decodes):
-                rid, computed, remaining = decodes.preempt_newest()
+        cache = self.prefix_cache
+        # Cache hits as the policy saw them, before this plan's preemptions add blocks.
+        hits = [self._lookup(rid)[0] for rid in plan.admit] if cache is not None else None
+        if plan.preempt:
+            partial = {e.request_id: e for e in self.prefilling}
+            for rid in plan.preempt:
+                entry = partial.pop(rid, None)
+                if entry is not None:
+                    self.prefilling.remove(entry)
+                    self._preempt(rid, entry.num_blocks, entry.num_computed)
+                    continue
+                computed, remaining = decodes.remove(rid)
                 req.emitted[rid] = req.output_len[rid] - remaining
-                held = (self.reserve_blocks(rid) if self.reserve_full
-                        else self.blocks_for(computed))
-                self._preempt(rid, held)
-        for _ in range(plan.num_admitted):
-            rid = self.waiting.popleft()
-            if req.first_scheduled_at[rid] != req.first_scheduled_at[rid]:  # NaN: first time
-                req.first_scheduled_at[rid] = now
-            entry = PrefillEntry(rid, 0, self.target_tokens(rid))
-            if self.reserve_full:
-                entry.num_blocks = self.reserve_blocks(rid)
-                self.free_blocks -= entry.num_blocks
-            self.prefilling.append(entry)
+                self._preempt(rid, self._held_by_decode(rid, computed), computed)
+        if plan.admit:
+            self.waiting.take(plan.admit)
+            for i, rid in enumerate(plan.admit):
+                first = req.first_scheduled_at[rid] != req.first_scheduled_at[rid]  # NaN
+                if first:
+                    req.first_scheduled_at[rid] = now
+                entry = PrefillEntry(rid, 0, self.target_tokens(rid))
+                if self.reserve_full:
+                    entry.num_blocks = self.reserve_blocks(rid)
+                    self.free_blocks -= entry.num_blocks
+                elif hits is not None:
+                    assert cache is not None
+                    hit = hits[i]
+                    self.free_blocks -= cache.acquire(rid, entry.num_target, hit)
+                    entry.num_computed = hit * self.block_size
+                    entry.num_blocks = hit
+                    if first:
+                        req.cached_tokens[rid] = entry.num_computed
+                self.prefilling.append(entry)
 
         m = plan.num_decodes
         w = plan.decode_width
@@ -342,6 +493,8 @@ class ReplicaState:
                 prefill_kv += c + q
         if self.free_blocks < 0:
             raise AssertionError(f"replica {self.index}: KV over-allocated by the policy")
+        if cache is not None and cache.evictable > self.free_blocks:
+            cache.evict(self.free_blocks)
         decode_kv = decodes.kv_sum if m == len(decodes) else _first_kv_sum(decodes, m)
         if m and isinstance(decodes, CounterDecodes):
             decodes.begin_ticks(m, self.log.num_steps)
@@ -349,12 +502,13 @@ class ReplicaState:
             prefill_tokens, prefill_seqs, attn_pairs, prefill_kv, m, m * w, decode_kv + m * w
         )
 
-    def _preempt(self, request_id: int, num_blocks: int) -> None:
-        # NOTE: vLLM's default recompute preemption frees the blocks and puts the request back
-        # at the front of the waiting queue; its emitted tokens stay emitted.
-        self.free_blocks += num_blocks
+    def _preempt(self, request_id: int, num_blocks: int, num_computed: int) -> None:
+        # NOTE: vLLM's recompute preemption frees the blocks and puts the request back in the
+        # waiting queue (FCFS: at its front); its emitted tokens stay emitted, and its full
+        # blocks stay in the prefix cache, where its recompute may find them.
+        self._release(request_id, num_blocks, num_computed)
         self.requests.num_preemptions[request_id] += 1
-        self.waiting.appendleft(request_id)
+        self.waiting.push_preempted(request_id)
 
     def finish(
         self, plan: StepPlan, shape: BatchShape, started_at: float, duration_s: float
@@ -381,8 +535,13 @@ class ReplicaState:
         if plan.chunks:
             kept: list[PrefillEntry] = []
             runs = self.runs
+            cache = self.prefix_cache
+            if cache is not None and not cache.registers_chunks:
+                cache = None
             for entry, q in zip(self.prefilling, plan.chunks, strict=True):
                 entry.num_computed += q
+                if cache is not None and q:
+                    cache.register(entry.request_id, entry.num_computed)
                 if entry.num_computed < entry.num_target:
                     kept.append(entry)
                     continue
@@ -393,8 +552,10 @@ class ReplicaState:
                 remaining_out = req.output_len[rid] - emitted
                 if remaining_out == 0:
                     req.emitted[rid] = emitted
-                    self.free_blocks += entry.num_blocks
+                    self._release(rid, entry.num_blocks, entry.num_computed)
                     finished += 1
+                    if self.ended is not None:
+                        self.ended.append(rid)
                     continue
                 if self.handoff is not None:
                     req.emitted[rid] = emitted
@@ -410,7 +571,7 @@ class ReplicaState:
             started_at, duration_s, shape.num_prefill_tokens, shape.num_decode_tokens,
             shape.prefill_kv_tokens, shape.decode_kv_tokens,
             shape.num_prefill_seqs + shape.num_decode_seqs, self.num_blocks - self.free_blocks,
-            plan.num_preempt_decodes + plan.num_preempt_partials,
+            len(plan.preempt),
         ))
         if handoffs is not None:
             assert self.handoff is not None
@@ -421,12 +582,26 @@ class ReplicaState:
     def _free_finished(self, done: list[tuple[int, int]]) -> None:
         req = self.requests
         bs = self.block_size
+        if self.ended is not None:
+            self.ended.extend(rid for rid, _computed in done)
         for rid, computed in done:
             req.emitted[rid] = req.output_len[rid]
             if self.reserve_full:
                 self.free_blocks += self.reserve_blocks(rid)
+            elif self.prefix_cache is not None:
+                self._release(rid, -(-computed // bs), computed)
             else:
                 self.free_blocks += -(-computed // bs)
+
+    def _release(self, request_id: int, num_blocks: int, num_computed: int) -> None:
+        """A request gives back the `num_blocks` blocks it holds, `num_computed` tokens'
+        worth (with prefix caching its full ones stay cached; vLLM V1 caches generated blocks
+        too, which is what lets a conversation's next turn find the whole history)."""
+        cache = self.prefix_cache
+        if cache is None:
+            self.free_blocks += num_blocks
+            return
+        self.free_blocks += cache.leave(request_id, num_blocks, num_computed)
 
     # ------------------------------------------------------------------ fast-forward
 
@@ -437,8 +612,7 @@ class ReplicaState:
             plan.num_decodes == len(self.decodes)
             and plan.decode_width == 1
             and not plan.chunks
-            and not plan.num_preempt_decodes
-            and not plan.num_preempt_partials
+            and not plan.preempt
             and isinstance(self.decodes, CounterDecodes)
         )
 
@@ -471,6 +645,9 @@ class ReplicaState:
         assert isinstance(decodes, CounterDecodes)
         start = RunStart(self.num_blocks - self.free_blocks, decodes.tick, decodes.residues())
         self.free_blocks -= decodes.run_block_need(num_ticks)
+        cache = self.prefix_cache
+        if cache is not None and cache.evictable > self.free_blocks:
+            cache.evict(self.free_blocks)
         decodes.begin_ticks(len(decodes), self.log.num_steps, num_ticks)
         return start
 
@@ -489,10 +666,11 @@ class ReplicaState:
 
     # ------------------------------------------------------------------ KV handoff
 
-    def release_held(self, num_blocks: int) -> None:
-        """A prefill instance's KV transfer ended: its blocks are free again."""
+    def release_held(self, request_id: int, num_blocks: int, num_computed: int) -> None:
+        """A prefill instance's KV transfer of a request ended: its blocks are free again
+        (with prefix caching, its full ones stay cached)."""
         self.num_held_blocks -= num_blocks
-        self.free_blocks += num_blocks
+        self._release(request_id, num_blocks, num_computed)
 
     def reserve_incoming(self, num_blocks: int) -> None:
         """A decode instance takes a slot and the blocks of a KV transfer before it starts."""
@@ -500,6 +678,9 @@ class ReplicaState:
         self.num_incoming += 1
         if self.free_blocks < 0 or self.num_running > self.max_num_seqs:
             raise AssertionError(f"replica {self.index}: KV transfer over-admitted")
+        cache = self.prefix_cache
+        if cache is not None and cache.evictable > self.free_blocks:
+            cache.evict(self.free_blocks)
 
     def accept_decoding(self, request_id: int, num_computed: int, remaining: int) -> None:
         """A transferred request joins the decode batch (its blocks were reserved already);

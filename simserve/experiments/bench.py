@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simserve.config import Scenario
-from simserve.experiments.run import seed_streams, simulate_resolved
+from simserve.experiments.run import build_scenario_workload, seed_streams, simulate_resolved
 from simserve.metrics import summarize
 from simserve.resolve import resolve
-from simserve.workload import build_workload
 
 __all__ = ["BenchResult", "run_bench"]
 
@@ -63,14 +62,14 @@ def run_bench(scenario: Scenario, *, fast_forward: bool = True,
     `python -m pstats FILE`, or snakeviz)."""
     resolved = resolve(scenario)
     t0 = time.perf_counter()
-    rngs = seed_streams(scenario.seed)
-    build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"])
+    build_scenario_workload(resolved, seed_streams(scenario.seed))
     t1 = time.perf_counter()
     profiler = cProfile.Profile() if profile_to is not None else None
     if profiler is not None:
         profiler.enable()
     workload, result = simulate_resolved(resolved, seed_streams(scenario.seed),
-                                         fast_forward=fast_forward)
+                                         fast_forward=fast_forward,
+                                         show_progress=profiler is None)
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(str(profile_to))

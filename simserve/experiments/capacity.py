@@ -9,8 +9,11 @@ either by name or explicitly (several items joined by commas, all must hold):
 - `etalon[:RATE]`: p99_deadline_miss_rate <= RATE (default 0.1): the P99 over requests of each
   request's Etalon deadline-miss rate (deadlines from `metrics.fluidity`);
 - `attainment[:FRACTION]`: slo_attainment >= FRACTION (default 0.9); needs `metrics.slo`;
+- `class_attainment[:FRACTION]`: every request class (`workload.classes`) meets its own SLO
+  for at least FRACTION of its requests (min_class_slo_attainment >= FRACTION);
 - `KEY<=VALUE`, `KEY>=VALUE`, `KEY<VALUE`, `KEY>VALUE` on any numeric summary key, e.g.
-  `p99_tbt_ms<=200,p99_ttft_ms<=2000`.
+  `p99_tbt_ms<=200,p99_ttft_ms<=2000`; a request class's keys are `class.<name>.<key>`, e.g.
+  `class.premium.p99_ttft_ms<=300`.
 
 With replications, a rate meets the rule when the mean over seeds of every referenced key does
 (a missing value, e.g. no completed request, fails). Seeds are the same at every rate (common
@@ -19,7 +22,12 @@ scaled down, and the search is over a monotone function of the rate.
 
 Every result also states the GPUs the cluster occupies (`num_gpus`, from resolving the scenario:
 the sum over pools of instances x tp x pp; it does not depend on the rate) and the capacity per
-GPU. With `attainment:0.9` on a scenario whose `metrics.slo` sets TTFT and TPOT targets, the
+GPU; and, where every pool's GPU has a price (`simserve.pricing`: the catalog's or the
+scenario's `cost.gpu_hour_usd`), what the cluster costs per hour (`usd_per_hour`) and the
+requests it serves per dollar at capacity (`capacity_per_usd` = capacity x 3600 / usd_per_hour:
+goodput per dollar under an attainment rule).
+
+With `attainment:0.9` on a scenario whose `metrics.slo` sets TTFT and TPOT targets, the
 capacity per GPU is DistServe's goodput per GPU (Zhong et al., OSDI 2024: the highest request
 rate per GPU at which at least 90% of requests meet both SLOs), the number that ranks
 co-located and disaggregated placements of different sizes.
@@ -48,6 +56,9 @@ from simserve.config import (
 from simserve.errors import InputError
 from simserve.experiments.run import RunOutput, run_scenario
 from simserve.formatting import fmt_number, key_label
+from simserve.metrics.energy import COST_KEYS
+from simserve.metrics.summary import flat_summary
+from simserve.pricing import cluster_usd_per_hour
 from simserve.resolve import resolve
 
 __all__ = [
@@ -60,6 +71,7 @@ __all__ = [
     "check_capacity_scenario",
     "check_rule",
     "cluster_gpus",
+    "cluster_price",
     "parse_slo_rule",
     "replication_seeds",
     "run_summary",
@@ -82,7 +94,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
 }
 _CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(<=|>=|<|>)\s*(\S+)\s*$")
-_NAMED = re.compile(r"^\s*(sarathi|etalon|attainment)\s*(?::(.*))?$")
+_NAMED = re.compile(r"^\s*(sarathi|etalon|attainment|class_attainment)\s*(?::(.*))?$")
 
 
 # --------------------------------------------------------------------------- rules
@@ -122,6 +134,7 @@ class SloRule:
     text: str
     conditions: tuple[Condition, ...]
     needs_slo: bool = False
+    needs_classes: bool = False
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -142,8 +155,9 @@ class SloRule:
     def mean_values(self, summaries: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
         """Mean over seeds of each key the rule reads (None if any seed lacks a value)."""
         values: dict[str, float | None] = {}
+        flat = [flat_summary(s) for s in summaries]
         for key in self.keys:
-            column = [s.get(key) for s in summaries]
+            column = [s.get(key) for s in flat]
             if not column or any(not _is_number(v) for v in column):
                 values[key] = None
             else:
@@ -182,7 +196,8 @@ def _params(name: str, raw: str | None, count: int) -> list[float]:
 
 
 def _named_conditions(name: str, raw: str | None) -> tuple[list[Condition], bool]:
-    """A named rule's conditions, and whether it needs per-request SLOs in the scenario."""
+    """A named rule's conditions, and whether it needs per-request SLOs in the scenario (and,
+    for `class_attainment`, request classes)."""
     if name == "sarathi":
         params = _params(name, raw, 2)
         tbt = params[0] if params else DEFAULT_SARATHI_TBT_MS
@@ -200,8 +215,9 @@ def _named_conditions(name: str, raw: str | None) -> tuple[list[Condition], bool
     params = _params(name, raw, 1)
     fraction = params[0] if params else DEFAULT_ATTAINMENT
     if fraction > 1:
-        raise InputError(f"'attainment' fraction must be <= 1, got {fraction:g}", field="--slo")
-    return [Condition("slo_attainment", ">=", fraction)], True
+        raise InputError(f"'{name}' fraction must be <= 1, got {fraction:g}", field="--slo")
+    key = "min_class_slo_attainment" if name == "class_attainment" else "slo_attainment"
+    return [Condition(key, ">=", fraction)], True
 
 
 def parse_slo_rule(text: str) -> SloRule:
@@ -209,13 +225,14 @@ def parse_slo_rule(text: str) -> SloRule:
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"an SLO rule must be a non-empty string, got {text!r}", field="--slo")
     conditions: list[Condition] = []
-    needs_slo = False
+    needs_slo = needs_classes = False
     for item in text.split(","):
         named = _NAMED.match(item)
         if named:
             found, needs = _named_conditions(named.group(1), named.group(2))
             conditions.extend(found)
             needs_slo |= needs
+            needs_classes |= named.group(1) == "class_attainment"
             continue
         match = _CONDITION.match(item)
         if not match:
@@ -232,15 +249,16 @@ def parse_slo_rule(text: str) -> SloRule:
         if not math.isfinite(threshold):
             raise InputError(f"threshold of {key} must be finite, got {raw!r}", field="--slo")
         conditions.append(Condition(key, op, threshold))
-    return SloRule(text=text.strip(), conditions=tuple(conditions), needs_slo=needs_slo)
+    return SloRule(text=text.strip(), conditions=tuple(conditions), needs_slo=needs_slo,
+                   needs_classes=needs_classes)
 
 
 def _probe_keys(scenario: Scenario, cache: dict[str, frozenset[str]]) -> frozenset[str]:
     """Summary keys a run of `scenario` produces, from a two-request run of the same metrics and
     engine configuration (cached per configuration)."""
     mapping = scenario_to_mapping(scenario)
-    token = json.dumps([mapping.get(k) for k in ("metrics", "engine", "cost_model")],
-                       sort_keys=True)
+    token = json.dumps([mapping.get(k) for k in ("metrics", "engine", "cost_model", "cost")]
+                       + [mapping["workload"].get("classes")], sort_keys=True)
     if token not in cache:
         tiny = dataclasses.replace(
             scenario,
@@ -248,9 +266,10 @@ def _probe_keys(scenario: Scenario, cache: dict[str, frozenset[str]]) -> frozens
                 num_requests=2,
                 arrival=ArrivalConfig(process="constant", rate=1.0),
                 lengths=LengthsConfig(prompt_len=4, output_len=1),
+                classes=scenario.workload.classes,
             ),
         )
-        cache[token] = frozenset(summary_with_extras(run_scenario(tiny)))
+        cache[token] = frozenset(flat_summary(summary_with_extras(run_scenario(tiny))))
     return cache[token]
 
 
@@ -258,17 +277,27 @@ def check_rule(
     rule: SloRule, scenario: Scenario, cache: dict[str, frozenset[str]] | None = None
 ) -> None:
     """Refuse a rule that names an unknown summary key or needs SLOs the scenario lacks."""
+    classes = scenario.workload.classes
+    if rule.needs_classes and not classes:
+        raise InputError(
+            f"rule {rule.text!r} judges each request class by its own SLO: set "
+            "workload.classes (name, share, priority, slo)",
+            field="--slo",
+        )
     known = _probe_keys(scenario, {} if cache is None else cache)
     for key in rule.keys:
+        if key not in known and key in COST_KEYS:
+            raise InputError(f"{key!r} in rule {rule.text!r} is reported only with a cost: "
+                             "section in the scenario (e.g. --set 'cost={}')", field="--slo")
         if key not in known:
             numeric_hint = ", ".join(sorted(k for k in known if k.startswith(("p99_", "median_"))))
             raise InputError(
                 f"unknown summary key {key!r} in rule {rule.text!r} (e.g. {numeric_hint})",
                 field="--slo",
             )
-    slo = scenario.metrics.slo
+    slos = [scenario.metrics.slo, *(c.slo for c in classes if c.slo is not None)]
     if rule.needs_slo and all(
-        v is None for v in (slo.ttft_ms, slo.tpot_ms, slo.e2el_ms, slo.max_tbt_ms)
+        v is None for slo in slos for v in (slo.ttft_ms, slo.tpot_ms, slo.e2el_ms, slo.max_tbt_ms)
     ):
         raise InputError(
             f"rule {rule.text!r} needs per-request SLOs: set metrics.slo (ttft_ms, tpot_ms, ...)",
@@ -414,6 +443,7 @@ class CapacityResult:
     probes: tuple[Probe, ...]
     num_gpus: int | None = None
     ceiling_rps: float | None = None
+    usd_per_hour: float | None = None
 
     @property
     def bounded(self) -> bool:
@@ -436,6 +466,14 @@ class CapacityResult:
             return None
         return self.capacity_rps / self.num_gpus
 
+    @property
+    def capacity_per_usd(self) -> float | None:
+        """Requests served per dollar of GPU rental at capacity (capacity x 3600 s/h over the
+        cluster's price per hour); None without a capacity or a price."""
+        if self.capacity_rps is None or not self.usd_per_hour:
+            return None
+        return self.capacity_rps * 3600.0 / self.usd_per_hour
+
     def at_capacity(self) -> Probe | None:
         """The probe at the reported capacity (the largest rate that met the rule)."""
         for probe in self.probes:
@@ -450,6 +488,8 @@ class CapacityResult:
             "capacity_rps": self.capacity_rps,
             "num_gpus": self.num_gpus,
             "capacity_per_gpu_rps": self.capacity_per_gpu_rps,
+            "usd_per_hour": self.usd_per_hour,
+            "capacity_per_usd": self.capacity_per_usd,
             "low_rps": self.low_rps,
             "high_rps": self.high_rps,
             "status": self.status,
@@ -472,6 +512,12 @@ def cluster_gpus(scenario: Scenario) -> int:
     (co-located: replicas x tp x pp). The arrival rate does not change it, so a search states one
     number for all its probes; it is the `num_gpus` key of every run's summary."""
     return resolve(scenario).num_gpus
+
+
+def cluster_price(scenario: Scenario) -> float | None:
+    """What the scenario's cluster costs per hour (USD; None where a GPU has no price): GPUs x
+    price per GPU-hour over its pools, at the catalog's prices or the scenario's `cost`."""
+    return cluster_usd_per_hour(resolve(scenario))
 
 
 def check_capacity_scenario(scenario: Scenario) -> float:
@@ -501,7 +547,8 @@ def search_capacity(
     summaries with the extra keys (default: one by one in this process).
     """
     start = check_capacity_scenario(scenario)
-    num_gpus = cluster_gpus(scenario)
+    resolved = resolve(scenario)
+    num_gpus, usd_per_hour = resolved.num_gpus, cluster_usd_per_hour(resolved)
     runner: RunMany = run_many or (lambda scenarios: [run_summary(s) for s in scenarios])
     probes: list[Probe] = []
     rule = settings.rule
@@ -531,7 +578,7 @@ def search_capacity(
 
     def result(capacity: float | None, lo: float | None, hi: float | None, status: str):
         return CapacityResult(rule.text, capacity, lo, hi, status, settings.tolerance,
-                              tuple(probes), num_gpus, settings.ceiling)
+                              tuple(probes), num_gpus, settings.ceiling, usd_per_hour)
 
     try:
         return _search(meets, result, start, settings)

@@ -35,6 +35,7 @@ from simserve.experiments.pool import MEAN_BATCH_KEY, RunPool
 from simserve.experiments.run import RunOutput, run_scenario
 from simserve.experiments.saturation import Saturation, measure_saturation, offline_scenario
 from simserve.resolve import resolve
+from simserve.resources import scenarios_dir
 
 __all__ = [
     "BASELINE",
@@ -58,7 +59,7 @@ __all__ = [
     "summary_value",
 ]
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "casestudy"
+PRESETS_DIR = scenarios_dir("casestudy")
 
 BASELINE = "no spec"
 SPEC = "spec"

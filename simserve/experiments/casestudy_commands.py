@@ -49,11 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
 
 def _cmd_casestudy(args: argparse.Namespace) -> int:
     from simserve.errors import InputError
+    from simserve.experiments.atomic import claim_output_dir
     from simserve.experiments.casestudy import run_specdec
-    from simserve.experiments.casestudy_report import check_out_dir, write_specdec
+    from simserve.experiments.casestudy_report import CASE_STUDY_DIR, specdec_writer
 
     overrides = list(args.overrides)
     if args.seed is not None:
+        if args.seed < 0:
+            raise InputError(f"must be >= 0, got {args.seed}", field="--seed")
         overrides.append(f"seed={args.seed}")
     suffix = "-quick" if args.quick else ""
     out = Path(args.out) if args.out else Path("runs") / f"casestudy-specdec-{args.preset}{suffix}"
@@ -65,18 +68,19 @@ def _cmd_casestudy(args: argparse.Namespace) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"must be >= 1, got {args.jobs}", field="--jobs")
-    check_out_dir(out)  # fail before minutes of simulation, not after
-    t0 = time.perf_counter()
-    study = run_specdec(args.preset, quick=args.quick, overrides=overrides, progress=progress,
-                        jobs=args.jobs)
-    command = "simserve casestudy specdec " + shlex.join(
-        [f"--preset={args.preset}", *(["--quick"] if args.quick else []),
-         *(f"--set={o}" for o in args.overrides),
-         *([f"--seed={args.seed}"] if args.seed is not None else [])]
-    )
-    written = write_specdec(study, out, command)
+    # Claimed before minutes of simulation: an unwritable or foreign --out fails now.
+    with claim_output_dir(out, CASE_STUDY_DIR) as claim:
+        t0 = time.perf_counter()
+        study = run_specdec(args.preset, quick=args.quick, overrides=overrides,
+                            progress=progress, jobs=args.jobs)
+        command = "simserve casestudy specdec " + shlex.join(
+            [f"--preset={args.preset}", *(["--quick"] if args.quick else []),
+             *(f"--set={o}" for o in args.overrides),
+             *([f"--seed={args.seed}"] if args.seed is not None else [])]
+        )
+        claim.write(specdec_writer(study, command))
     print(_headline(study))
-    print(f"case study: {written}/report.md ({len(study.records)} runs, "
+    print(f"case study: {out}/report.md ({len(study.records)} runs, "
           f"{time.perf_counter() - t0:.1f} s wall-clock)")
     return 0
 

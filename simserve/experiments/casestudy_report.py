@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +17,7 @@ import yaml
 
 from simserve import __version__
 from simserve.config import scenario_to_mapping
-from simserve.errors import InputError
-from simserve.experiments.atomic import write_dir_atomically
+from simserve.experiments.atomic import OutputKind, write_dir_atomically
 from simserve.experiments.casestudy import (
     BASELINE,
     RULES,
@@ -39,10 +38,11 @@ from simserve.experiments.casestudy_figures import (
 from simserve.formatting import fmt_number, fmt_ratio
 
 __all__ = [
+    "CASE_STUDY_DIR",
     "NO_DIFFERENCE",
     "SWEEP_COLUMNS",
-    "check_out_dir",
     "render_report",
+    "specdec_writer",
     "study_results",
     "write_specdec",
 ]
@@ -710,24 +710,17 @@ def study_results(study: SpecDecStudy) -> dict[str, object]:
     }
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse an existing path that is not a case-study output (or an empty directory)."""
-    ours = out.is_dir() and ((out / "results.json").exists() or not any(out.iterdir()))
-    if out.exists() and not ours:
-        raise InputError("exists and is not a case-study output directory; refusing to "
-                         "overwrite", field="--out", source=str(out))
+CASE_STUDY_DIR = OutputKind(
+    "case-study directory",
+    legacy_files=("report.md", "results.json", "summaries.json", "scenario.yaml", "*.png"),
+    legacy_required=("report.md", "results.json", "summaries.json", "scenario.yaml"),
+)
 
 
-def write_specdec(study: SpecDecStudy, out_dir: str | Path, command: str) -> Path:
-    """Write report.md, the seven PNGs, summaries.json, results.json and scenario.yaml.
-
-    Written to a temporary sibling directory renamed into place at the end (DESIGN §6); an
-    existing case-study directory is replaced, any other existing path refused.
-    """
+def specdec_writer(study: SpecDecStudy, command: str) -> Callable[[Path], None]:
+    """What fills a case-study directory: report.md, the seven PNGs, summaries.json,
+    results.json and scenario.yaml."""
     from simserve.plots import save_figure
-
-    out = Path(out_dir)
-    check_out_dir(out)
 
     def write(tmp: Path) -> None:
         (tmp / "report.md").write_text(render_report(study, command))
@@ -739,4 +732,11 @@ def write_specdec(study: SpecDecStudy, out_dir: str | Path, command: str) -> Pat
         scenario = {"simserve_version": __version__, **scenario_to_mapping(study.scenario)}
         (tmp / "scenario.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False))
 
-    return write_dir_atomically(out, write)
+    return write
+
+
+def write_specdec(study: SpecDecStudy, out_dir: str | Path, command: str) -> Path:
+    """Write the case study's directory atomically (DESIGN §6): new, empty, or a case-study
+    directory simserve can prove it wrote (`atomic.claim_output_dir`); anything else is
+    refused. The command claims the directory before simulating and calls `specdec_writer`."""
+    return write_dir_atomically(out_dir, specdec_writer(study, command), CASE_STUDY_DIR)

@@ -55,7 +55,8 @@ def register(subparsers: Any) -> dict[str, Handler]:
         "capacity", help="largest arrival rate meeting an SLO rule (bisection)",
         description="Bisect the arrival rate for the largest one whose runs meet the rule. "
         "Rules: sarathi[:TBT_MS[:DELAY_MS]] (P99 TBT and median scheduling delay), "
-        "etalon[:RATE] (P99 deadline-miss rate), attainment[:FRACTION] (needs metrics.slo), or "
+        "etalon[:RATE] (P99 deadline-miss rate), attainment[:FRACTION] (needs metrics.slo), "
+        "class_attainment[:FRACTION] (every workload class meets its own SLO), or "
         "KEY<=VALUE / KEY>=VALUE on summary keys, joined by commas.",
     )
     cap.add_argument("scenario", help="scenario YAML file")
@@ -84,6 +85,9 @@ def register(subparsers: Any) -> dict[str, Handler]:
     plot.add_argument("--metric", dest="metrics", action="append", default=None,
                       help="metric panel (repeatable; default: the rule's keys, P99 TTFT, "
                       "P99 TBT, median scheduling delay, mean TPOT)")
+    plot.add_argument("--per", default="auto", choices=("auto", "gpu", "usd"),
+                      help="capacity figure: per GPU where GPU counts differ (auto, default), "
+                      "always per GPU, or per dollar of GPU rental, ranked (capacity sweeps)")
     return {"sweep": _cmd_sweep, "capacity": _cmd_capacity, "plot": _cmd_plot}
 
 
@@ -116,11 +120,11 @@ def _results_table(outcome: Any, plan: Any, metrics: Sequence[str]) -> str:
     axes = list(plan.spec.axis_keys)
     if plan.mode == "capacity":
         header = [_short(a) for a in axes] + ["capacity (req/s)", "per GPU (req/s)", "GPUs",
-                                              "bracket", "status", "probes"]
+                                              "per $ (req/USD)", "bracket", "status", "probes"]
         body = [
             [_fmt(r.get(a)) for a in axes]
             + [_fmt(r.get("capacity_rps")), _fmt(r.get("capacity_per_gpu_rps")),
-               _fmt(r.get("num_gpus")),
+               _fmt(r.get("num_gpus")), _fmt(r.get("capacity_per_usd")),
                f"[{_fmt(r.get('capacity_low_rps'))}, {_fmt(r.get('capacity_high_rps'))}]",
                str(r.get("capacity_status")), str(r.get("num_probes"))]
             for r in outcome.rows
@@ -171,7 +175,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if len(plan.runs) > MAX_TABLE_ROWS:
             print(f"  ... {len(plan.runs) - MAX_TABLE_ROWS} more")
         return 0
+    from simserve.experiments.atomic import check_writable_dir
+
     check_sweep_dir(plan, out, args.resume)
+    check_writable_dir(out)  # before any run: an unwritable --out is one line, not a traceback
     address = args.address
     if args.backend == "ray" and address is None:
         address = os.environ.get("RAY_ADDRESS") or None
@@ -223,22 +230,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
-    from simserve.config import load_scenario, scenario_from_mapping, scenario_to_mapping
+    from simserve.config import load_scenario
+    from simserve.experiments.atomic import OutputKind, claim_output_dir
     from simserve.experiments.capacity import (
         CapacitySettings,
         check_capacity_scenario,
         check_rule,
         parse_slo_rule,
         replication_seeds,
-        search_capacity,
     )
-    from simserve.experiments.pool import RunPool
-    from simserve.experiments.sweep import capacity_document
 
-    overrides = list(args.overrides)
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    scenario = load_scenario(args.scenario, overrides)
+    options = {"--seed": f"seed={args.seed}"} if args.seed is not None else {}
+    scenario = load_scenario(args.scenario, args.overrides, options=options)
     if args.replications < 1:
         raise InputError(f"must be >= 1, got {args.replications}", field="--replications")
     check_capacity_scenario(scenario)
@@ -254,14 +257,25 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
                                                   low=args.low, high=args.high))
         except InputError as exc:
             raise InputError(exc.message, field=f"--{exc.field}") from None
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not (out / "capacity.json").is_file() and (
-        not out.is_dir() or any(out.iterdir())
-    ):
-        raise InputError("exists and is not a capacity directory; refusing to overwrite",
-                         field="--out", source=str(out))
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"must be >= 1, got {args.jobs}", field="--jobs")
+    if args.out is None:
+        return _capacity_search(args, scenario, settings_list, seeds, None)
+    # Claimed before the search: an unwritable or foreign --out fails now, not after it.
+    kind = OutputKind("capacity directory", legacy_files=("capacity.json", "scenario.yaml"),
+                      legacy_required=("capacity.json", "scenario.yaml"))
+    with claim_output_dir(args.out, kind) as claim:
+        return _capacity_search(args, scenario, settings_list, seeds, claim)
+
+
+def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: list[Any],
+                     seeds: tuple[int, ...], claim: Any) -> int:
+    """Bisect each rule's capacity, print the probes, and write `claim` when there is one."""
+    from simserve.config import scenario_from_mapping, scenario_to_mapping
+    from simserve.experiments.capacity import search_capacity
+    from simserve.experiments.pool import RunPool
+    from simserve.experiments.sweep import capacity_document
+
     t0 = time.perf_counter()
     with RunPool(args.jobs) as pool:
         # Every rule's search at once over one pool; each prints its table when it is done,
@@ -295,20 +309,27 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
             print(f"capacity: {fmt_number(result.capacity_rps, 'req/s')} ({_per_gpu(result)}; "
                   f"meets at {fmt_number(result.low_rps)}, fails at "
                   f"{fmt_number(result.high_rps)}; status {result.status})")
+        if result.capacity_per_usd is not None:
+            print(f"per dollar: {fmt_number(result.capacity_per_usd)} requests per USD at "
+                  f"capacity (the cluster's GPUs rent for "
+                  f"{fmt_number(result.usd_per_hour, 'USD/h')})")
     print(f"{sum(len(r.probes) for r in results) * len(seeds)} runs in "
           f"{time.perf_counter() - t0:.1f} s")
-    if out is not None:
+    if claim is not None:
         import yaml
 
         from simserve import __version__
 
         scenario_from_mapping(scenario_to_mapping(scenario))  # round-trip check
-        out.mkdir(parents=True, exist_ok=True)
         mapping = {"simserve_version": __version__, **scenario_to_mapping(scenario)}
-        _atomic_write(out / "scenario.yaml", yaml.safe_dump(mapping, sort_keys=False))
-        _atomic_write(out / "capacity.json", json.dumps(capacity_document(results), indent=2)
-                      + "\n")
-        print(f"wrote {out / 'capacity.json'}")
+
+        def write(tmp: Path) -> None:
+            (tmp / "scenario.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
+            (tmp / "capacity.json").write_text(json.dumps(capacity_document(results), indent=2)
+                                               + "\n")
+
+        claim.write(write)
+        print(f"wrote {Path(args.out) / 'capacity.json'}")
     return 0
 
 
@@ -321,13 +342,6 @@ def _per_gpu(result: Any) -> str:
     return f"{fmt_number(per_gpu, 'req/s per GPU')}, {gpus} GPU{'s' if gpus != 1 else ''}"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write a file through a temporary sibling and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------- plot
 
 
@@ -335,7 +349,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from simserve.plots_sweep import write_sweep_plots
 
     written = write_sweep_plots(args.sweep_dir, args.out, slo=args.slo, x=args.x,
-                                metrics=args.metrics)
+                                metrics=args.metrics, per=args.per)
     for path in written:
         print(path)
     return 0

@@ -186,6 +186,16 @@ class RunPool:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
 
+    def abort(self) -> None:
+        """Kill the worker processes now: runs in progress fail (`BrokenProcessPool`)."""
+        executor = self._executor
+        if executor is None:
+            return
+        # NOTE: the executor offers no terminate; its worker processes are the only handle.
+        for process in list(getattr(executor, "_processes", {}).values()):
+            process.terminate()
+        executor.shutdown(wait=False, cancel_futures=True)
+
     def say(self, message: str) -> None:
         """One progress line, never interleaved with another thread's."""
         if self._progress is not None:
@@ -227,6 +237,14 @@ class RunPool:
         caller are visible in each call."""
         if self.jobs == 1 or len(calls) < 2:
             return [call() for call in calls]
-        with ThreadPoolExecutor(max_workers=len(calls)) as threads:
+        threads = ThreadPoolExecutor(max_workers=len(calls))
+        try:
             futures = [threads.submit(contextvars.copy_context().run, call) for call in calls]
             return [f.result() for f in futures]
+        except BaseException:
+            # Ctrl-C, SIGTERM or a failed call: stop the workers first, so that the driver
+            # threads, which wait on their runs, fail at once instead of finishing the work.
+            self.abort()
+            raise
+        finally:
+            threads.shutdown(wait=True, cancel_futures=True)

@@ -15,25 +15,45 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+# Imported now, before any command claims its output directory: numpy loads numpy.random
+# lazily, and a SIGTERM whose handler raises while that extension module initialises is lost
+# (seen in 1 of 8 runs killed at once; the run then finished and wrote its output).
+import numpy.random
 import yaml
 
 from simserve import __version__
 from simserve.config import Scenario, scenario_to_mapping
 from simserve.costmodel import CostModel, envelope_report, envelope_warnings
-from simserve.engine.policies import make_policy
+from simserve.engine.queues import FCFSQueue
 from simserve.engine.records import SimulationResult, StepRecords
-from simserve.engine.simulation import simulate, simulate_disaggregated
+from simserve.engine.simulation import simulate
 from simserve.errors import InputError
-from simserve.experiments.atomic import write_dir_atomically
+from simserve.experiments.atomic import OutputKind, write_dir_atomically
+from simserve.metrics.energy import PoolUse, cost_summary
 from simserve.metrics.requests import request_table
 from simserve.metrics.speculative import spec_decode_summary
 from simserve.metrics.summary import summarize_table
+from simserve.pricing import gpu_rates
+from simserve.progress import progress_bar
 from simserve.resolve import ResolvedScenario, resolve
 from simserve.workload import Workload, build_workload
+from simserve.workload.classes import ClassLabels
 
-__all__ = ["RunOutput", "run_scenario", "seed_streams", "simulate_resolved", "write_run_dir"]
+__all__ = [
+    "RUN_DIR",
+    "RunOutput",
+    "build_scenario_workload",
+    "run_dir_writer",
+    "run_scenario",
+    "seed_streams",
+    "simulate_resolved",
+    "write_run_dir",
+]
 
-STREAMS = ("arrivals", "lengths", "acceptance", "routing")
+# NOTE: a stream is only ever appended: SeedSequence children are numbered, so the streams
+# before it stay the same and older runs reproduce.
+STREAMS = ("arrivals", "lengths", "acceptance", "routing", "classes", "prefix", "sessions")
 
 
 def seed_streams(seed: int) -> dict[str, np.random.Generator]:
@@ -63,31 +83,50 @@ def simulate_resolved(
     rngs: dict[str, np.random.Generator],
     *,
     fast_forward: bool = True,
+    show_progress: bool = False,
 ) -> tuple[Workload, SimulationResult]:
     """Build the workload and run the engine for a resolved scenario (`fast_forward=False`
-    waits for every step as its own event: slower, same records)."""
+    waits for every step as its own event: slower, same records). `show_progress`: a bar of
+    the requests sent, on a terminal, for runs longer than a couple of seconds."""
     scenario = resolved.scenario
-    workload = build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"])
-    if scenario.cluster.mode == "disaggregated":
-        prefill, decode = (p.setup for p in resolved.pools)
-        return workload, simulate_disaggregated(
-            workload, prefill, decode, resolved.kv_transfer_s, fast_forward=fast_forward
-        )
-    pool = resolved.pools[0].setup
-    result = simulate(
-        workload,
-        lambda: make_policy(pool.policy),
-        pool.cost_model,
-        pool.limits,
-        num_replicas=pool.instances,
-        router=pool.router,
-        speculative=scenario.engine.speculative,
-        acceptance_rng=rngs["acceptance"],
-        pp=pool.pp,
-        stage_send_s=pool.stage_send_s,
-        fast_forward=fast_forward,
-    )
+    workload = build_scenario_workload(resolved, rngs)
+    _check_block_ids(workload, scenario)
+    bar = progress_bar(len(workload), desc="simulating", unit="req", delay_s=2.0, leave=False,
+                       enabled=None if show_progress else False)
+    sent = 0
+
+    def advance(num_sent: int) -> None:
+        nonlocal sent
+        bar.update(num_sent - sent)
+        sent = num_sent
+
+    try:
+        result = simulate(workload, resolved.engine_setup, acceptance_rng=rngs["acceptance"],
+                          fast_forward=fast_forward, progress=advance if show_progress else None)
+    finally:
+        bar.close()
     return workload, result
+
+
+def build_scenario_workload(resolved: ResolvedScenario,
+                            rngs: dict[str, np.random.Generator]) -> Workload:
+    """The workload of a resolved scenario, each purpose drawing from its own stream."""
+    scenario = resolved.scenario
+    return build_workload(scenario.workload, rngs["arrivals"], rngs["lengths"], rngs["classes"],
+                          scenario.metrics, prefix_rng=rngs["prefix"],
+                          session_rng=rngs["sessions"],
+                          max_model_len=resolved.limits.max_model_len)
+
+
+def _check_block_ids(workload: Workload, scenario: Scenario) -> None:
+    """A trace's prompt block ids name whole KV blocks only if the engine's block size divides
+    their block (a one-line error naming the field otherwise)."""
+    if workload.content is not None:
+        try:
+            workload.content.check(len(workload), scenario.engine.block_size)
+        except ValueError as exc:
+            raise InputError(f"{exc}: the trace's block ids need whole KV blocks",
+                             field="engine.block_size") from None
 
 
 def _pool_steps(
@@ -109,11 +148,13 @@ def _pool_steps(
     return out
 
 
-def run_scenario(scenario: Scenario, *, fast_forward: bool = True) -> RunOutput:
+def run_scenario(scenario: Scenario, *, fast_forward: bool = True,
+                 show_progress: bool = False) -> RunOutput:
     """Simulate a scenario and summarise it (pure: no files are written)."""
     resolved = resolve(scenario)
     workload, result = simulate_resolved(
-        resolved, seed_streams(scenario.seed), fast_forward=fast_forward
+        resolved, seed_streams(scenario.seed), fast_forward=fast_forward,
+        show_progress=show_progress,
     )
     by_pool = _pool_steps(resolved, result.steps)
     warnings = []
@@ -122,10 +163,17 @@ def run_scenario(scenario: Scenario, *, fast_forward: bool = True) -> RunOutput:
         warnings += [prefix + w for w in envelope_warnings(cost_model, steps)]
     if warnings:
         result = dataclasses.replace(result, warnings=tuple(warnings))
-    table, token_pass = request_table(result, scenario.metrics, for_summary=True)
-    summary = summarize_table(result, scenario.metrics, table, token_pass)
+    classes = None
+    if workload.class_id is not None:
+        classes = ClassLabels.of(scenario.workload.classes, scenario.metrics.slo,
+                                 workload.class_id)
+    table, token_pass = request_table(result, scenario.metrics, for_summary=True,
+                                      classes=classes)
+    summary = summarize_table(result, scenario.metrics, table, token_pass, classes=classes)
     summary.update(spec_decode_summary(result))
     summary.update(_run_metadata(resolved))
+    if scenario.cost is not None:
+        summary.update(_cost_keys(resolved, [steps for _role, _cm, steps in by_pool], result))
     reports = {role: envelope_report(cm, steps) for role, cm, steps in by_pool}
     if len(by_pool) == 1:
         envelope = reports["replica"]
@@ -134,6 +182,19 @@ def run_scenario(scenario: Scenario, *, fast_forward: bool = True) -> RunOutput:
     if envelope:
         summary["envelope"] = envelope
     return RunOutput(resolved, workload, result, summary, table, token_pass.deadline_miss_rate)
+
+
+def _cost_keys(resolved: ResolvedScenario, steps: list[StepRecords],
+               result: SimulationResult) -> dict[str, object]:
+    """GPU-hours, cost and energy of the run (`scenario.cost` set; its figures were checked
+    by `resolve`)."""
+    pools = [
+        PoolUse(p.role, p.gpu, p.num_gpus, p.tp, p.pp, gpu_rates(p.gpu, resolved.scenario.cost),
+                pool_steps)
+        for p, pool_steps in zip(resolved.pools, steps, strict=True)
+    ]
+    offsets = result.tokens.offsets
+    return cost_summary(pools, resolved.model, int(offsets[-1] - offsets[0]))
 
 
 def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
@@ -145,7 +206,8 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
         "model_id": resolved.model.name,
         "hardware": resolved.gpu.name,
         "tp": s.tp,
-        "policy": s.engine.policy,
+        # The class's own name (a user's class is referred to by a path in the scenario).
+        "policy": resolved.pools[-1].setup.policy.name,
         "replicas": s.cluster.replicas,
         "num_gpu_blocks": resolved.limits.num_blocks,
         "block_size": resolved.limits.block_size,
@@ -153,17 +215,28 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
         "cost_model": resolved.cost_model.describe(),
         "num_gpus": resolved.num_gpus,
     }
+    if any(p.setup.prefix_caching for p in resolved.pools):
+        meta["prefix_caching"] = True
+    # Like pp and the cluster mode, the queue order is named only where it is not the default.
+    queue = resolved.pools[-1].setup.queue
+    if queue is not FCFSQueue:
+        meta["queue"] = queue.name
     if s.pp > 1 or s.cluster.mode == "disaggregated":
         meta["pp"] = s.pp
         meta["cluster_mode"] = s.cluster.mode
     if s.cluster.mode == "disaggregated":
         assert resolved.kv_link is not None
+        # NOTE: a pool names its GPU where the pools' GPUs are not all the scenario's (older
+        # summaries, whose pools all ran on `hardware`, stay as they were).
+        mixed = any(p.gpu.name != resolved.gpu.name for p in resolved.pools)
         meta["pools"] = {
             p.role: {
+                **({"hardware": p.gpu.name} if mixed else {}),
                 "instances": p.setup.instances,
                 "tp": p.tp,
                 "pp": p.pp,
-                "policy": p.setup.policy,
+                "policy": p.setup.policy.name,
+                **({"queue": p.setup.queue.name} if p.setup.queue is not FCFSQueue else {}),
                 "router": p.setup.router,
                 "max_num_seqs": p.setup.limits.max_num_seqs,
                 "max_num_batched_tokens": p.setup.limits.max_num_batched_tokens,
@@ -178,6 +251,9 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
             "bandwidth_gbps": link.bandwidth_gbps,
             "latency_us": link.latency_us,
         }
+        if mixed and s.cluster.link.name is None:
+            meta["kv_link"]["chosen_by"] = (
+                "cluster.link.name unset: the slower interconnect of the pools' GPUs")
     return meta
 
 
@@ -216,28 +292,19 @@ def step_columns(result: SimulationResult) -> dict[str, np.ndarray]:
     }
 
 
-def write_run_dir(
-    output: RunOutput,
-    out_dir: str | Path,
-    *,
-    extra_writers: Sequence[Callable[[Path], object]] = (),
-) -> Path:
-    """Write scenario.yaml, summary.json, requests.csv, steps.csv atomically.
+RUN_DIR = OutputKind(
+    "run directory",
+    legacy_files=("scenario.yaml", "summary.json", "requests.csv", "steps.csv", "trace.json",
+                  "*.png"),
+    legacy_required=("scenario.yaml", "summary.json", "requests.csv", "steps.csv"),
+)
 
-    Files go to a temporary sibling directory that is renamed into place at the end, so a crash
-    never leaves a half-written run that looks complete. An existing simserve run directory at
-    `out_dir` is replaced; any other existing path is refused. Each of `extra_writers` (e.g.
-    figures, a trace) is called with the temporary directory before the rename, so its files
-    are part of the same atomic write.
-    """
-    out = Path(out_dir)
-    replaceable = out.is_dir() and ((out / "summary.json").exists() or not any(out.iterdir()))
-    if out.exists() and not replaceable:
-        raise InputError(
-            "exists and is not a simserve run directory; refusing to overwrite",
-            field="--out",
-            source=str(out),
-        )
+
+def run_dir_writer(
+    output: RunOutput, extra_writers: Sequence[Callable[[Path], object]] = ()
+) -> Callable[[Path], None]:
+    """What fills a run directory: scenario.yaml, summary.json, requests.csv, steps.csv, then
+    each of `extra_writers` (e.g. figures, a trace), all in the same atomic write."""
 
     def write(tmp: Path) -> None:
         scenario_map = scenario_to_mapping(output.resolved.scenario)
@@ -249,4 +316,19 @@ def write_run_dir(
         for writer in extra_writers:
             writer(tmp)
 
-    return write_dir_atomically(out, write)
+    return write
+
+
+def write_run_dir(
+    output: RunOutput,
+    out_dir: str | Path,
+    *,
+    extra_writers: Sequence[Callable[[Path], object]] = (),
+) -> Path:
+    """Write a run directory atomically (`run_dir_writer`; `atomic.claim_output_dir` says which
+    existing directories it may replace: only simserve run directories it can prove it wrote).
+
+    Commands that simulate for long claim the directory first and call `claim.write` with
+    `run_dir_writer`, so a bad `--out` fails before the simulation.
+    """
+    return write_dir_atomically(out_dir, run_dir_writer(output, extra_writers), RUN_DIR)

@@ -102,13 +102,6 @@ class _Slots:
         return self.offsets.size - 1
 
 
-def _prefill_deadline_s(prompt_len: np.ndarray, config: FluidityConfig) -> np.ndarray:
-    """D_p per request in seconds: Etalon's prompt-length-aware first-token deadline."""
-    return (
-        config.ttft_deadline_ms
-        + config.ttft_deadline_ms_per_prompt_token * np.asarray(prompt_len, dtype=np.float64)
-    ) / 1000.0
-
 
 def _per_token(values: np.ndarray, seg: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`np.repeat` of per-request `values` onto elements owned by `seg`, into `out`."""
@@ -141,7 +134,7 @@ def _tokens(
         gaps[first] = np.inf
     seg = segment_ids_into(offsets, scratch.get("seg", size, np.int64))
     base = _per_token(
-        _prefill_deadline_s(prompt_len, config) + arrived_at, seg, scratch.get("base", size)
+        config.first_token_deadline_s(prompt_len) + arrived_at, seg, scratch.get("base", size)
     )
     base -= times
     # Position in the request: exact small integers, as float64 for the deadline arithmetic.

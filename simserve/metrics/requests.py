@@ -8,6 +8,7 @@ are DESIGN §5's: a = arrival, s = first scheduled, t_1..t_n = token times, f = 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from simserve.metrics.fluidity import (
     _tokens,
 )
 from simserve.metrics.stats import GapMoments
+
+if TYPE_CHECKING:
+    from simserve.workload.classes import ClassLabels
 
 __all__ = ["REQUEST_COLUMNS", "TokenPass", "request_metrics", "request_table", "window_masks"]
 
@@ -211,12 +215,18 @@ def _token_pass(
 
 
 def request_table(
-    result: SimulationResult, config: MetricsConfig, *, for_summary: bool = False
+    result: SimulationResult,
+    config: MetricsConfig,
+    *,
+    for_summary: bool = False,
+    classes: ClassLabels | None = None,
 ) -> tuple[dict[str, np.ndarray], TokenPass]:
     """The per-request table and the token pass it came from (see `_token_pass`).
 
     Shared by `request_metrics` and the summary, which (`for_summary`) also needs the pooled
-    gaps and fluid deadlines of measured requests, so the token times are walked once.
+    gaps and fluid deadlines of measured requests, so the token times are walked once. With
+    request `classes`, each request is `good` by its class's SLO, and the table names its
+    class and priority.
     """
     offsets = np.asarray(result.token_offsets, dtype=np.int64)
     arrived = np.asarray(result.arrived_at, dtype=np.float64)
@@ -241,7 +251,15 @@ def request_table(
     measured = served & ~in_warmup & ~in_cooldown
     token_pass = _token_pass(result, config, measured, for_summary=for_summary)
     max_tbt = token_pass.max_tbt_s
-    good = served & _is_good(config.slo, ttft, tpot, e2el, max_tbt)
+    if classes is None:
+        good = served & _is_good(config.slo, ttft, tpot, e2el, max_tbt)
+    else:
+        good = np.zeros(num_requests, dtype=bool)
+        for index, slo in enumerate(classes.slos):
+            member = classes.class_id == index
+            good[member] = _is_good(slo, ttft[member], tpot[member], e2el[member],
+                                    max_tbt[member])
+        good &= served
 
     table: dict[str, np.ndarray] = {
         "request_id": np.arange(num_requests, dtype=np.int64),
@@ -266,6 +284,13 @@ def request_table(
         "measured": measured,
         "good": good,
     }
+    if result.timed_out is not None:
+        table["timed_out"] = np.asarray(result.timed_out, dtype=bool)
+    if result.cached_tokens is not None:
+        table["num_cached_tokens"] = np.asarray(result.cached_tokens, dtype=np.int64)
+    if classes is not None:
+        table["class"] = np.asarray(classes.names, dtype=np.str_)[classes.class_id]
+        table["priority"] = np.asarray(classes.priorities, dtype=np.int64)[classes.class_id]
     if result.kv_transfer_s is not None:
         # Disaggregated serving: where the time between the first token and the second went.
         table["decode_replica"] = np.asarray(result.decode_replica, dtype=np.int32)

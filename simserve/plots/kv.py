@@ -63,8 +63,16 @@ def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | Non
     step_ids = _replica_step_ids(result, replica)
     label = instance_label or _instance_label(result, replica)
     role = _role(result, replica)
-    fig = _figure(10.0, 5.5)
-    ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    # A panel of prefix-cache hits, where any prompt found any (not a flat 0 otherwise).
+    cached = result.cached_tokens is not None and role != "decode" \
+        and bool(result.cached_tokens.any())
+    fig = _figure(10.0, 7.5 if cached else 5.5)
+    if cached:
+        ax, ax_n, ax_hit = fig.subplots(3, 1, sharex=True, height_ratios=(2, 1, 1))
+        ax_n.tick_params(labelbottom=False)
+    else:
+        ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+        ax_hit = None
     ax.set_ylabel("KV blocks used (%)")
     ax_n.set_xlabel("time (s)")
     ax_n.set_ylabel("requests")
@@ -146,4 +154,33 @@ def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | Non
     ax_n.set_ylim(bottom=0)
     ax_n.grid(alpha=0.3)
     ax_n.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if ax_hit is not None:
+        ax_n.set_xlabel("")
+        ax_hit.set_xlabel("time (s)")
+        _plot_hit_rate(ax_hit, result, on_replica)
     return fig
+
+
+def _plot_hit_rate(ax: Axes, result: SimulationResult, on_replica: np.ndarray) -> None:
+    """Prefix-cache hits of the requests first admitted here, over time: the share of their
+    prompt tokens found cached, over a moving window of admissions (recomputes excluded)."""
+    assert result.cached_tokens is not None
+    admitted = on_replica & np.isfinite(result.first_scheduled_at)
+    order = np.argsort(result.first_scheduled_at[admitted], kind="stable")
+    at = result.first_scheduled_at[admitted][order]
+    hit = result.cached_tokens[admitted][order].astype(np.float64)
+    prompt = result.prompt_len[admitted][order].astype(np.float64)
+    ax.set_ylabel("prefix-cache\nhits (%)")
+    ax.set_ylim(0.0, 105.0)
+    ax.grid(alpha=0.3)
+    if at.size == 0:
+        _no_data(ax, "no request admitted here")
+        return
+    window = max(1, min(50, at.size // 10))
+    hits = np.convolve(hit, np.ones(window), mode="valid")
+    tokens = np.convolve(prompt, np.ones(window), mode="valid")
+    ax.plot(at[window - 1:], 100.0 * hits / tokens, color=DECODE_COLOR, linewidth=1.0,
+            label=f"prompt tokens found cached\n(last {window} admissions)")
+    total = 100.0 * hit.sum() / prompt.sum()
+    ax.axhline(total, color="0.3", linestyle=":", linewidth=1, label=f"whole run: {total:.0f}%")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

@@ -95,7 +95,7 @@ def run_figures(output: RunOutput) -> dict[str, Figure]:
     result = output.result
     scenario = output.resolved.scenario
     slo = scenario.metrics.slo
-    policy = scenario.engine.policy
+    policy = output.resolved.pools[-1].setup.policy.name
     table = request_metrics(result, scenario.metrics)
     measured = table["measured"]
     pools = output.resolved.pools
@@ -112,7 +112,7 @@ def run_figures(output: RunOutput) -> dict[str, Figure]:
             # A decode instance batches a handful of tokens per step: drawing its token budget
             # (only used by re-prefills after preemptions) would flatten the bars to nothing.
             figures[f"step_timeline_{pool.role}"] = _mid_run_timeline(
-                result, first, label, f"{scenario.name}, {pool.setup.policy}",
+                result, first, label, f"{scenario.name}, {pool.setup.policy.name}",
                 pool.setup.limits.max_num_batched_tokens if pool.role == "prefill" else None,
             )
             first += n

@@ -13,7 +13,7 @@ import numpy as np
 from simserve.config import LengthsConfig
 from simserve.workload.traces import Trace
 
-__all__ = ["sample_lengths", "sample_trace_lengths", "uniform_bounds"]
+__all__ = ["sample_lengths", "sample_trace_rows", "uniform_bounds"]
 
 
 def uniform_bounds(mean_len: int, range_ratio: float) -> tuple[int, int]:
@@ -46,19 +46,17 @@ def sample_lengths(
             _lognormal(config.output_len, config.output_sigma, num_requests, rng),
         )
     if config.dist == "trace":
-        raise ValueError("trace lengths need the trace: use sample_trace_lengths()")
+        raise ValueError("trace lengths need the trace: use sample_trace_rows()")
     raise ValueError(f"unknown length distribution {config.dist!r}")
 
 
-def sample_trace_lengths(
-    trace: Trace, num_requests: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Prompt/output length pairs of randomly chosen trace rows, so each request keeps a real pair.
+def sample_trace_rows(trace: Trace, num_requests: int, rng: np.random.Generator) -> np.ndarray:
+    """Randomly chosen trace rows, so each request keeps a real prompt/output pair (and the
+    row's priority).
 
     Rows are drawn without replacement while the trace has enough of them, else with replacement.
     """
-    rows = rng.choice(len(trace), size=num_requests, replace=num_requests > len(trace))
-    return trace.prompt_len[rows].astype(np.int64), trace.output_len[rows].astype(np.int64)
+    return rng.choice(len(trace), size=num_requests, replace=num_requests > len(trace))
 
 
 def _uniform(

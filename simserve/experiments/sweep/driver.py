@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from simserve.experiments.sweep.store import (
     write_text_atomically,
 )
 from simserve.experiments.sweep.worker import execute_task
+from simserve.progress import progress_bar
 
 
 class TaskRunner(Protocol):
@@ -56,29 +56,6 @@ class SweepOutcome:
     num_ran: int
     wall_s: float
     notes: list[str]
-
-
-class _NoProgress:
-    """Stands in for a tqdm bar when tqdm is not installed."""
-
-    def update(self, n: int = 1) -> None:
-        """Do nothing."""
-
-    def set_postfix(self, **kwargs: Any) -> None:
-        """Do nothing."""
-
-    def close(self) -> None:
-        """Do nothing."""
-
-
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    """A tqdm bar with rate and ETA on stderr (a no-op one when disabled or without tqdm)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoProgress()
-    return tqdm(total=total, initial=initial, unit="run", desc="sweep", file=sys.stderr,
-                disable=not enabled, dynamic_ncols=True, smoothing=0.05)
 
 
 def run_sweep(
@@ -116,7 +93,8 @@ def run_sweep(
     errors: dict[str, str] = {}
     # Absolute paths: workers (Ray's especially) need not share this process's directory.
     tasks = [plan.task(run, sweep_dir.resolve()) for run in pending]
-    bar = _progress(len(plan.runs), num_resumed, progress)
+    bar = progress_bar(len(plan.runs), desc="sweep", unit="run", enabled=progress,
+                       initial=num_resumed)
     try:
         for result in backend.imap_unordered(execute_task, tasks):
             if "error" in result:

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,13 @@ import numpy as np
 import yaml
 
 from simserve.config import (
+    CLASS_FIELDS,
+    PATH_FIELDS,
     Scenario,
     apply_overrides,
+    check_file_name,
     load_scenario,
+    resolve_path_value,
     scenario_from_mapping,
     scenario_to_mapping,
 )
@@ -33,14 +38,14 @@ from simserve.experiments.capacity import (
 )
 from simserve.experiments.sweep.layout import FORMAT_VERSION, POINTS_DIR
 from simserve.resolve import resolve
-from simserve.yaml_lines import read_yaml_file
+from simserve.yaml_lines import compose_yaml, read_yaml_file
 
 _SPEC_KEYS = (
     "name", "description", "base", "scenario", "set", "grid", "zip", "replications",
     "root_seed", "capacity", "slo",
 )
 _CAPACITY_KEYS = ("slo", "tolerance", "low", "high", "max_probes")
-_PATH_FIELDS = ("workload.trace", "catalog")
+MAX_SWEEP_RUNS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -134,8 +139,8 @@ def _key_lines(text: str) -> dict[str, int]:
                 walk(item, f"{prefix}/{i}", depth + 1)
 
     try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
+        root = compose_yaml(text)
+    except InputError:
         return lines
     if root is not None:
         walk(root, "", 0)
@@ -159,13 +164,6 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             raise InputError(f"{prefix} is a value, not a section with fields", field=key)
         node = child
     node[parts[-1]] = value
-
-
-def _resolve_path_value(key: str, value: Any, base_dir: Path) -> Any:
-    """A trace or catalog path written relative to `base_dir`, made absolute; other values as is."""
-    if key in _PATH_FIELDS and isinstance(value, str) and not Path(value).is_absolute():
-        return str((base_dir / value).resolve())
-    return value
 
 
 def _values(raw: Any, where: str, source: str, line: int | None) -> tuple[Any, ...]:
@@ -227,13 +225,13 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
             raise InputError("must be a scenario mapping", field="scenario", source=source,
                              line=lines.get("scenario"))
         inline = json.loads(json.dumps(inline))  # a deep copy of plain data
-        for key in _PATH_FIELDS:
+        for key in (*PATH_FIELDS, *CLASS_FIELDS):
             node: Any = inline
             for part in key.split(".")[:-1]:
                 node = node.get(part) if isinstance(node, dict) else None
             last = key.split(".")[-1]
             if isinstance(node, dict) and last in node:
-                node[last] = _resolve_path_value(key, node[last], spec_dir)
+                node[last] = resolve_path_value(key, node[last], spec_dir)
         try:
             base = scenario_to_mapping(scenario_from_mapping(inline))
         except InputError as exc:
@@ -250,15 +248,15 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
     cli_keys = [item.partition("=")[0].strip() for item in overrides]
     try:
         for key, value in fixed.items():
-            _set_dotted(base, str(key), _resolve_path_value(str(key), value, spec_dir))
+            _set_dotted(base, str(key), resolve_path_value(str(key), value, spec_dir))
         base = apply_overrides(base, list(overrides))
         for key in cli_keys:
             section: Any = base
             for part in key.split(".")[:-1]:
                 section = section.get(part) if isinstance(section, dict) else None
-            if isinstance(section, dict) and key in _PATH_FIELDS:
+            if isinstance(section, dict) and key in (*PATH_FIELDS, *CLASS_FIELDS):
                 last = key.split(".")[-1]
-                section[last] = _resolve_path_value(key, section.get(last), Path.cwd())
+                section[last] = resolve_path_value(key, section.get(last), Path.cwd())
         base = scenario_to_mapping(scenario_from_mapping(base))
     except InputError as exc:
         field = exc.field or ""
@@ -326,9 +324,20 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
         raise InputError("must be an SLO rule string, e.g. sarathi:200", field="slo",
                          source=source, line=lines.get("slo"))
     name = data.get("name", path.stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise InputError("must be a non-empty string without '/'", field="name", source=source,
+    if not isinstance(name, str):
+        raise InputError(f"must be a string, got {name!r}", field="name", source=source,
                          line=lines.get("name"))
+    try:
+        check_file_name(name, "name")  # the default sweep directory is runs/sweeps/<name>
+    except InputError as exc:
+        raise exc.located(source, lines.get("name")) from None
+    num_runs = math.prod([len(values) for _key, values in grid]
+                         + [len(group[0][1]) for group in zips])
+    num_runs *= replications if capacity is None else 1
+    if num_runs > MAX_SWEEP_RUNS:
+        # Refused before the plan lists them: a typo must not fill the memory.
+        raise InputError(f"the sweep has {num_runs:,} runs (points x replications), more than "
+                         f"{MAX_SWEEP_RUNS:,}; split it", source=source)
     order = list(data)
     zip_first = "zip" in data and "grid" in data and order.index("zip") < order.index("grid")
     return SweepSpec(
@@ -356,7 +365,7 @@ def _scenario_at(spec: SweepSpec, assignment: Sequence[tuple[str, Any]]) -> Scen
     key = ""
     try:
         for key, value in assignment:
-            _set_dotted(data, key, _resolve_path_value(key, value, spec_dir))
+            _set_dotted(data, key, resolve_path_value(key, value, spec_dir))
         return scenario_from_mapping(data)
     except InputError as exc:
         where = ", ".join(f"{k}={v!r}" for k, v in assignment)

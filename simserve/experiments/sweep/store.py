@@ -16,7 +16,14 @@ import numpy as np
 
 from simserve import __version__
 from simserve.errors import InputError
-from simserve.experiments.capacity import CapacityResult, Probe, cluster_gpus, replication_seeds
+from simserve.experiments.atomic import temporary_sibling
+from simserve.experiments.capacity import (
+    CapacityResult,
+    Probe,
+    cluster_gpus,
+    cluster_price,
+    replication_seeds,
+)
 from simserve.experiments.sweep.layout import (
     CAPACITY_FILE,
     FORMAT_VERSION,
@@ -34,7 +41,7 @@ ID_COLUMNS = ("run_id", "point", "replication", "seed")
 
 def write_text_atomically(path: Path, text: str) -> None:
     """Write a file through a temporary sibling and a rename, so readers never see half of it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -120,7 +127,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], csv_path: Path,
     except ImportError:
         return [f"{parquet_path.name} not written: pyarrow is not installed"]
     table = pa.table({c: _arrow_column([row.get(c) for row in rows]) for c in columns})
-    tmp = parquet_path.with_name(f".{parquet_path.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(parquet_path)
     pq.write_table(table, tmp)
     os.replace(tmp, parquet_path)
     return []
@@ -180,10 +187,11 @@ def row_from_disk(run: SweepRun, plan: SweepPlan, sweep_dir: Path) -> dict[str, 
     # NOTE: capacity.json files written before num_gpus was recorded: the same number from the
     # point's scenario, so a resumed sweep's rows match an uninterrupted one's.
     num_gpus = data.get("num_gpus") or cluster_gpus(run.scenario)
+    usd_per_hour = data["usd_per_hour"] if "usd_per_hour" in data else cluster_price(run.scenario)
     result = CapacityResult(
         rule=data["rule"], capacity_rps=data["capacity_rps"], low_rps=data["low_rps"],
         high_rps=data["high_rps"], status=data["status"], tolerance=data["tolerance"],
-        probes=probes, num_gpus=num_gpus,
+        probes=probes, num_gpus=num_gpus, usd_per_hour=usd_per_hour,
     )
     return capacity_row(run.prefix(), result, len(plan.capacity.seeds))
 

@@ -28,12 +28,14 @@ from simserve.experiments.capacity import (
 from simserve.experiments.run import run_scenario, write_run_dir
 from simserve.experiments.sweep.layout import CAPACITY_FILE
 from simserve.experiments.sweep.spec import table_cell
+from simserve.metrics.summary import flat_summary
 
 
 def run_row(prefix: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
-    """One summary row: the run's identifying columns, then every summary key as a cell."""
+    """One summary row: the run's identifying columns, then every summary key as a cell (a
+    request class's as `class.<name>.<key>`)."""
     row = dict(prefix)
-    for key, value in summary.items():
+    for key, value in flat_summary(summary).items():
         if key not in row:
             row[key] = table_cell(value)
     return row
@@ -41,15 +43,17 @@ def run_row(prefix: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
 
 def capacity_row(prefix: Mapping[str, Any], result: CapacityResult,
                  num_seeds: int) -> dict[str, Any]:
-    """One capacity row: the point, the capacity (total and per GPU, with the GPUs the point's
-    cluster occupies) and its bracket, then the mean over seeds of every numeric summary key at
-    the capacity rate."""
+    """One capacity row: the point, the capacity (total, per GPU with the GPUs the point's
+    cluster occupies, per dollar with its price per hour) and its bracket, then the mean over
+    seeds of every numeric summary key at the capacity rate."""
     row = dict(prefix)
     row.update(
         {
             "capacity_rps": result.capacity_rps,
             "capacity_per_gpu_rps": result.capacity_per_gpu_rps,
             "num_gpus": result.num_gpus,
+            "capacity_per_usd": result.capacity_per_usd,
+            "usd_per_hour": result.usd_per_hour,
             "capacity_low_rps": result.low_rps,
             "capacity_high_rps": result.high_rps,
             "capacity_status": result.status,
@@ -61,8 +65,9 @@ def capacity_row(prefix: Mapping[str, Any], result: CapacityResult,
     )
     probe = result.at_capacity()
     if probe is not None:
-        for key in probe.summaries[0]:
-            column = [s.get(key) for s in probe.summaries]
+        flat = [flat_summary(s) for s in probe.summaries]
+        for key in flat[0]:
+            column = [s.get(key) for s in flat]
             if key in row or not all(is_number(v) for v in column):
                 continue
             row[key] = float(np.mean(np.asarray(column, dtype=np.float64)))

@@ -1,0 +1,117 @@
+"""Everything the engine needs to run a workload, as plain frozen values (no SimPy).
+
+`resolve` turns a scenario into an `EngineSetup` for every kind of cluster: one pool of
+co-located replicas, or a prefill pool handing KV caches to a decode pool over a link; each
+pool names its batching policy and queue order as classes (built in or the user's), its limits
+and cost model; speculation applies to the co-located replicas. `engine.simulation.simulate`
+takes it as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from simserve.config import AcceptanceConfig, SpeculativeConfig
+from simserve.costmodel.base import CostModel
+from simserve.engine.policies import BatchingPolicy
+from simserve.engine.queues import FCFSQueue
+
+__all__ = ["EngineLimits", "EngineSetup", "PoolSetup", "Speculation"]
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Per-replica limits the engine enforces (resolved from the scenario and the catalog)."""
+
+    num_blocks: int
+    block_size: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+
+
+@dataclass(frozen=True)
+class PoolSetup:
+    """A pool of identical instances. `limits` are per instance (all its stages); with `pp`
+    stages each virtual engine gets `num_blocks // pp` blocks. `stage_send_s(num_tokens)` is
+    the stage-to-stage activation send of a micro-batch (None: free)."""
+
+    instances: int
+    limits: EngineLimits
+    cost_model: CostModel
+    policy: type[BatchingPolicy]
+    queue: type[FCFSQueue] = FCFSQueue
+    router: str = "round_robin"
+    pp: int = 1
+    stage_send_s: Callable[[int], float] | None = None
+    #: Automatic prefix caching on this pool's engines (vLLM's enable_prefix_caching).
+    prefix_caching: bool = False
+    #: `prefix_aware` routing: weight of the load against the cached share of the prompt.
+    router_load_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.prefix_caching and self.policy.reserves_full_kv:
+            raise ValueError(f"policy {self.policy.name} reserves KV up front: no prefix caching")
+        if self.router == "prefix_aware" and not self.prefix_caching:
+            raise ValueError("prefix_aware routing needs prefix caching on the pool")
+
+    @property
+    def blocks_per_engine(self) -> int:
+        return self.limits.num_blocks // self.pp
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Speculative decoding as the engine runs it: k drafted tokens per decoding request,
+    how many the target accepts, and the batch size above which it is switched off."""
+
+    num_speculative_tokens: int
+    acceptance: AcceptanceConfig
+    disable_above_batch: int | None = None
+
+    @classmethod
+    def from_config(cls, config: SpeculativeConfig) -> Speculation:
+        return cls(config.num_speculative_tokens, config.acceptance, config.disable_above_batch)
+
+
+@dataclass(frozen=True)
+class EngineSetup:
+    """The pools of a cluster (one co-located pool, or prefill then decode), the KV transfer
+    time between pools (`kv_transfer_s(num_tokens)`, disaggregated only), and speculation."""
+
+    pools: tuple[PoolSetup, ...]
+    kv_transfer_s: Callable[[int], float] | None = None
+    speculation: Speculation | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.pools) not in (1, 2):
+            raise ValueError(f"a cluster has one or two pools, got {len(self.pools)}")
+        if (len(self.pools) == 2) != (self.kv_transfer_s is not None):
+            raise ValueError("two pools (disaggregated) need a KV transfer time, one none")
+        if self.speculation is not None and len(self.pools) == 2:
+            raise ValueError("speculative decoding runs on co-located replicas only")
+
+    @property
+    def disaggregated(self) -> bool:
+        return len(self.pools) == 2
+
+    @classmethod
+    def colocated(
+        cls,
+        policy: type[BatchingPolicy],
+        cost_model: CostModel,
+        limits: EngineLimits,
+        *,
+        replicas: int = 1,
+        queue: type[FCFSQueue] = FCFSQueue,
+        router: str = "round_robin",
+        pp: int = 1,
+        stage_send_s: Callable[[int], float] | None = None,
+        speculation: Speculation | None = None,
+        prefix_caching: bool = False,
+    ) -> EngineSetup:
+        """One pool of `replicas` co-located instances."""
+        pool = PoolSetup(replicas, limits, cost_model, policy, queue, router, pp, stage_send_s,
+                         prefix_caching)
+        return cls((pool,), speculation=speculation)
