@@ -17,6 +17,7 @@ import numpy as np
 from simserve.catalog import GpuSpec, ModelSpec
 from simserve.config import CostModelConfig
 from simserve.costmodel.base import BatchShape
+from simserve.costmodel.pipeline import StepParts
 
 __all__ = ["RooflineCostModel"]
 
@@ -91,6 +92,16 @@ class RooflineCostModel:
         )
         allreduce = n * self._ar_s_per_token + self._ar_fixed_s
         return linear + lm_head + prefill_attn + decode_attn + allreduce + self._overhead_s
+
+    def step_parts(self, shape: BatchShape) -> StepParts:
+        """`step_time` by pipeline part: the fixed overhead is every stage's, the LM head the
+        last stage's, the rest (layers, attention, all-reduces) is split."""
+        n = shape.num_prefill_tokens + shape.num_decode_tokens
+        if n == 0:
+            return StepParts(per_stage_s=self._overhead_s)
+        lm_head = (shape.num_prefill_seqs + shape.num_decode_tokens) * self._lm_head_s_per_token
+        rest = self.step_time(shape) - self._overhead_s - lm_head
+        return StepParts(layers_s=rest, per_stage_s=self._overhead_s, last_s=lm_head)
 
     def decode_step_fn(self, num_seqs: int) -> Callable[[int], float]:
         """`step_time` of a plain decode step of `num_seqs` sequences as a function of its
