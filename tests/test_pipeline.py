@@ -137,9 +137,14 @@ def test_stages_split_layers_and_repeat_per_stage_work():
     parts = step_parts(cost, shape)
     assert parts.host_s == pytest.approx(0.006)
     assert parts.per_stage_s > 0 and parts.last_s > 0 and parts.layers_s > 0
+    # OPT ties its LM head to the embedding: stage 0 gathers rows, the last stage reads the
+    # whole vocab x hidden matrix (about 2% of a memory-bound decode step's weight read).
+    assert parts.first_s == 0.0
+    assert parts.last_s > 0.01 * parts.layers_s
     step = pipeline_step(cost, shape, 4)
     assert step.host_s == parts.host_s
     inner = parts.layers_s / 4 + parts.per_stage_s
+    assert step.stage_s[0] == pytest.approx(inner + parts.first_s)
     assert step.stage_s[1] == step.stage_s[2] == pytest.approx(inner)
     assert step.stage_s[3] == pytest.approx(inner + parts.last_s)
     # Every stage repeats the per-stage work: the pipeline's GPU time exceeds one GPU's.
@@ -193,3 +198,25 @@ def test_pipeline_reservations_never_overlap_and_keep_order(run):
             alone = now + step.host_s + sum(step.stage_s) + (pp - 1) * send_s
             assert leave == pytest.approx(alone, abs=1e-12)
         prev_host, prev_stage = host_end, list(pipe.stage_free_at)
+
+
+# ---------------------------------------------------------------- REPORT.md §8
+
+
+def test_pipeline_report_on_the_lightest_distserve_run():
+    from simserve.calibration.disaggregated import disaggregated_traces
+    from simserve.calibration.pipeline_report import pipeline_markdown, run_pipeline_validation
+
+    rep = run_pipeline_validation(disaggregated_traces()[:1])
+    for _b, host, per_stage, layers, last, total, alone in rep.parts_ms:
+        assert total == pytest.approx(host + per_stage + layers + last)
+        # Alone through 2 stages: everything once, the per-stage work twice.
+        assert alone == pytest.approx(total + per_stage)
+    (rate,) = {k[0] for k in rep.tpot_ms}
+    one, two, even = (rep.tpot_ms[(rate, 1, "model")], rep.tpot_ms[(rate, 2, "model")],
+                      rep.tpot_ms[(rate, 2, "even")])
+    # At 3 req/s the decode batch is small: an even split made pp=2 faster than pp=1 per
+    # token; repeated per-stage work and an undivided engine CPU make it slower.
+    assert even[0] < one[0] < two[0]
+    text = "\n".join(pipeline_markdown(rep))
+    assert text.startswith("## 8. Pipeline parallelism") and f"| {rate:g} |" in text

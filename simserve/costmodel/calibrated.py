@@ -29,7 +29,7 @@ import numpy as np
 
 from simserve.catalog import GpuSpec, ModelSpec
 from simserve.costmodel.base import BatchShape
-from simserve.costmodel.pipeline import StepParts
+from simserve.costmodel.pipeline import StepParts, embedding_shares, split_linear
 from simserve.errors import InputError
 from simserve.yaml_lines import read_yaml_file
 
@@ -538,9 +538,14 @@ class CalibratedCostModel:
         per_stage = (self._overhead_s
                      + (self._prefill_overhead_s if shape.num_prefill_tokens else 0.0)
                      + seqs * self._seq_s)
+        compute, memory = n * self._lin_c_s, self._lin_m_s
+        hi, lo = (compute, memory) if compute >= memory else (memory, compute)
+        linear = hi * (1.0 + (lo / hi) ** self._p) ** (1.0 / self._p)
+        first, _, last = split_linear(linear, memory >= compute, embedding_shares(self.model))
         lm_head = (shape.num_prefill_seqs + shape.num_decode_tokens) * self._lm_s
-        rest = self.step_time(shape) - per_stage - lm_head
-        return StepParts(layers_s=rest, per_stage_s=per_stage, last_s=lm_head)
+        rest = self.step_time(shape) - per_stage - lm_head - first - last
+        return StepParts(layers_s=rest, per_stage_s=per_stage, first_s=first,
+                         last_s=lm_head + last)
 
     def decode_step_fn(self, num_seqs: int) -> Callable[[int], float]:
         """`step_time` of a plain decode step of `num_seqs` sequences as a function of its

@@ -11,7 +11,9 @@ layers are split over `pp` GPUs (DESIGN §4; calibration/REPORT.md, "Pipeline pa
   micro-batch to every stage's worker, which builds its own inputs and block tables and runs
   its own forward pass (DistServe `ParaWorker.step`, vLLM v0 `Worker.execute_model`);
 - `first_s` / `last_s`: stage 0 alone embeds the tokens; the last stage alone runs the final
-  norm, LM head and sampling;
+  norm, LM head and sampling, and reads the LM head's vocab x hidden weights (a decode step's
+  weight read, which the analytical models price for the whole model at once, is apportioned
+  by parameter count);
 - `host_s`: the engine's CPU work around the step (scheduling, the call to the workers,
   output processing and detokenising), once per micro-batch on the engine process, not on any
   GPU and not divided by pp. NOTE: vLLM v0 runs one `engine_step(virtual_engine)` task per
@@ -27,9 +29,17 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from simserve.catalog import ModelSpec
 from simserve.costmodel.base import BatchShape, CostModel
 
-__all__ = ["PipelineStep", "StepParts", "pipeline_step", "step_parts"]
+__all__ = [
+    "PipelineStep",
+    "StepParts",
+    "embedding_shares",
+    "pipeline_step",
+    "split_linear",
+    "step_parts",
+]
 
 
 class StepParts(NamedTuple):
@@ -57,6 +67,26 @@ class PipelineStep(NamedTuple):
 
     host_s: float
     stage_s: tuple[float, ...]
+
+
+def embedding_shares(model: ModelSpec) -> tuple[float, float]:
+    """The shares of a step's weight read that stage 0 (the token embedding, when the LM head
+    is a separate matrix) and the last stage (the LM head: it holds the vocab x hidden matrix
+    even when tied to the embedding) read, for a memory-bound linear term that reads every
+    weight once; the rest is the layers'."""
+    share = model.embedding_params / model.num_params
+    return (0.0 if model.tied_embeddings else share), share
+
+
+def split_linear(linear_s: float, memory_bound: bool,
+                 shares: tuple[float, float]) -> tuple[float, float, float]:
+    """A linear term as (stage 0's, the layers', the last stage's) by `embedding_shares`:
+    when compute-bound the embedding and LM head matrices are no part of it (the LM head's
+    FLOPs are priced apart)."""
+    if not memory_bound:
+        return 0.0, linear_s, 0.0
+    first, last = linear_s * shares[0], linear_s * shares[1]
+    return first, linear_s - first - last, last
 
 
 def step_parts(cost_model: CostModel, shape: BatchShape) -> StepParts:
