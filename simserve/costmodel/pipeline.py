@@ -102,7 +102,7 @@ def pipeline_step(cost_model: CostModel, shape: BatchShape, pp: int) -> Pipeline
     """The engine CPU time and the GPU time on each of `pp` stages of one micro-batch."""
     parts = step_parts(cost_model, shape)
     share = parts.layers_s / pp + parts.per_stage_s
-    stages = [share] * pp
-    stages[0] += parts.first_s
-    stages[-1] += parts.last_s
-    return PipelineStep(parts.host_s, tuple(stages))
+    if pp == 1:
+        return PipelineStep(parts.host_s, (share + parts.first_s + parts.last_s,))
+    middle = (share,) * (pp - 2)
+    return PipelineStep(parts.host_s, (share + parts.first_s, *middle, share + parts.last_s))

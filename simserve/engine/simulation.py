@@ -226,6 +226,12 @@ class _Instance:
             k = min(k, int((horizon - now) / step_s(first)) + 2)
             if k < 2:
                 return None
+            # NOTE: a micro-batch takes at least the step's time on one GPU (its parts, with
+            # the per-stage work repeated), so when that ends past the horizon no second step
+            # starts before it: skip pricing it through the stages (a run refused here is
+            # stepped instead, with the same records).
+            if self.pipeline is not None and now + step_s(first) >= horizon:
+                return None
         if self.pipeline is not None:
             starts, durations = self._stage_run(self.pipeline, now, horizon, k, first, m)
         elif k > VECTORISE_FROM:
