@@ -111,11 +111,28 @@ def test_allreduce_message_counts_bf16_elements(gpu: str) -> None:
        st.lists(st.floats(1.0, 1e5), min_size=2, max_size=40))
 def test_monotone_curve_is_monotone_for_any_data(ys: list[float], queries: list[float]) -> None:
     xs = [2.0**i for i in range(len(ys))]
-    for smooth in (False, True):
-        curve = MonotoneCurve.fit(xs, ys, 1.0, smooth)
+    for smooth, linear, tile in ((False, False, 1), (True, False, 1), (False, True, 1),
+                                 (False, True, 32)):
+        curve = MonotoneCurve.fit(xs, ys, 1.0, smooth, linear, tile)
         q = np.sort(np.asarray(queries))
         out = curve(q)
         assert np.all(np.diff(out) >= -1e-9 * out[:-1])
+
+
+def test_linear_curve_is_linear_between_points() -> None:
+    curve = MonotoneCurve.fit([10, 110], [5.0, 15.0], 1.0, linear=True)
+    assert float(curve(60.0)) == pytest.approx(10.0)  # log-log would give 8.0
+    assert float(curve(220.0)) == pytest.approx(30.0)  # x^1 past the last point
+
+
+def test_tiled_curve_pools_rows_of_one_tile_and_reads_the_padded_rows() -> None:
+    # Rows 1, 2, 32 are one 32-row tile; 33 and 64 the next; 96 the third.
+    curve = MonotoneCurve.fit([1, 2, 32, 33, 64, 96], [2.0, 8.0, 4.0, 9.0, 9.0, 12.0], 1.0,
+                              linear=True, tile=32)
+    assert float(curve(17.0)) == pytest.approx(4.0)  # geometric mean of 2, 8 and 4
+    assert float(curve(40.0)) == pytest.approx(9.0)  # padded to 64
+    assert float(curve(65.0)) == pytest.approx(12.0)  # padded to 96
+    assert float(curve(192.0)) == pytest.approx(24.0)  # x^1 past the last tile
 
 
 def test_curve_passes_through_monotone_data_and_extends_as_a_power_law() -> None:
@@ -182,3 +199,35 @@ def test_monotone_cubic_is_scipys_pchip(steps, rises):
         want = PchipInterpolator(x, y)(at)
     got = hermite(x, y, pchip_slopes(x, y), at)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- op-level validation
+
+
+def test_op_holdout_scores_the_shipped_form_beside_the_previous_one() -> None:
+    from simserve.calibration.kernel_validation import op_holdout
+
+    gemm = op_holdout("a100-80gb-sxm", "gemm")
+    assert gemm.n_inside > 1000 and gemm.n_beyond > 0
+    assert 0.0 < gemm.median_inside < gemm.mape_inside
+    assert gemm.mape_inside_loglog == gemm.mape_inside_loglog  # scored (not nan)
+    assert 0.0 < gemm.step_points_pct < 100.0 and 0.0 < gemm.step_error_pct < 100.0
+    assert op_holdout("a100-80gb-sxm", "gemm") == gemm  # the same split every time
+    moe = op_holdout("a100-80gb-sxm", "moe")
+    assert moe.mape_inside_loglog != moe.mape_inside_loglog  # unchanged form: nan
+
+
+def test_gemm_floor_is_the_spread_of_same_work_points() -> None:
+    from simserve.calibration.kernel_validation import gemm_floor
+
+    floor = gemm_floor("h100-80gb-sxm")
+    assert 0.5 < floor.same_work_mape < 20.0
+    assert 0.0 <= floor.drops_pct < 50.0
+
+
+def test_decode_steps_on_gddr_gpus_sit_at_their_l2_capacity() -> None:
+    from simserve.calibration.kernel_validation import decode_cache_steps
+
+    # L40S: 96 MB of L2. The 3x steps come where the K and V read cross it.
+    n, before_mb, after_mb = decode_cache_steps("l40s")
+    assert n > 100 and before_mb < 96.0 < after_mb

@@ -4,10 +4,13 @@ A kernel's latency never falls when its work grows (more GEMM rows, a longer seq
 batch or message), and it follows power laws between a fixed floor and a bandwidth- or
 compute-bound regime; so a measured curve is first made non-decreasing by isotonic regression
 (pool-adjacent-violators, on log latency), then interpolated piecewise-linearly in
-(log x, log latency). Below its first point a curve stays at its first value (the kernel's
-launch floor); past its last point it grows as x^exponent, the op's physical asymptote
-(`TableSpec.exponent`). Two-dimensional tables (batch x sequence) interpolate log-log between
-the rows of the two nearest measured batches.
+(log x, log latency), or in (x, latency) where the op is a floor plus a cost linear in x (decode
+attention: every extra token of context is one more K and V row read). A GEMM's rows come in
+tiles: its work, and so its time, is that of m rounded up to a whole tile, so a tiled curve pools
+the points that round to the same padded m and is read at the padded m. Below its first point a
+curve stays at its first value (the kernel's launch floor); past its last point it grows as
+x^exponent, the op's physical asymptote (`TableSpec.exponent`). Two-dimensional tables (batch x
+sequence) interpolate log-log between the rows of the two nearest measured batches.
 
 Step pricing must cost a handful of float operations, so the cost model resamples what it needs
 once, at construction: `DenseCurve` holds a value per integer (GEMM rows, sampled rows), and
@@ -51,27 +54,39 @@ def isotonic_increasing(values: Sequence[float]) -> np.ndarray:
 @dataclass(frozen=True)
 class MonotoneCurve:
     """A measured latency curve y(x): isotonic in log y, log-log linear between points (or, with
-    `smooth`, a monotone cubic: PCHIP, Fritsch and Carlson 1980, see `pchip_slopes`), flat
-    below the first point, x^exponent past the last."""
+    `smooth`, a monotone cubic: PCHIP, Fritsch and Carlson 1980, see `pchip_slopes`; with
+    `linear`, linear in (x, y)), flat below the first point, x^exponent past the last. With
+    `tile` > 1, x is first rounded up to a multiple of `tile` (a GEMM's row tiles)."""
 
     log_x: np.ndarray
     log_y: np.ndarray
     exponent: float
     smooth: bool = False
+    linear: bool = False
+    tile: int = 1
 
     def __post_init__(self) -> None:
         slopes = pchip_slopes(self.log_x, self.log_y) if self.smooth else None
         object.__setattr__(self, "_slopes", slopes)
+        object.__setattr__(self, "_x", np.exp(self.log_x) if self.linear else None)
+        object.__setattr__(self, "_y", np.exp(self.log_y) if self.linear else None)
 
     @classmethod
     def fit(cls, xs: Sequence[float], ys: Sequence[float], exponent: float,
-            smooth: bool = False) -> MonotoneCurve:
+            smooth: bool = False, linear: bool = False, tile: int = 1) -> MonotoneCurve:
         """The curve through measured points (xs ascending, ys > 0)."""
         x = np.asarray(xs, dtype=np.float64)
         y = np.asarray(ys, dtype=np.float64)
         if x.size == 0 or np.any(np.diff(x) <= 0) or np.any(y <= 0):
             raise ValueError("a curve needs ascending x and positive y")
-        return cls(np.log(x), isotonic_increasing(np.log(y)), exponent, smooth and x.size >= 3)
+        log_y = np.log(y)
+        if tile > 1:
+            # NOTE: points whose rows round up to the same number of tiles do the same work:
+            # their mean (in log) is the best estimate of that work's time.
+            x, inverse = np.unique(np.ceil(x / tile) * tile, return_inverse=True)
+            log_y = np.bincount(inverse, weights=log_y) / np.bincount(inverse)
+        return cls(np.log(x), isotonic_increasing(log_y), exponent, smooth and x.size >= 3,
+                   linear, tile)
 
     @property
     def x_max(self) -> float:
@@ -80,15 +95,20 @@ class MonotoneCurve:
     def scaled(self, factor: float) -> MonotoneCurve:
         """The same curve times `factor`."""
         return MonotoneCurve(self.log_x, self.log_y + math.log(factor), self.exponent,
-                             self.smooth)
+                             self.smooth, self.linear, self.tile)
 
     def __call__(self, x: np.ndarray | float) -> np.ndarray:
         """Latency at x (vectorised)."""
-        lx = np.log(np.maximum(np.asarray(x, dtype=np.float64), 1e-300))
+        x = np.maximum(np.asarray(x, dtype=np.float64), 1e-300)
+        if self.tile > 1:
+            x = np.ceil(x / self.tile) * self.tile
+        lx = np.log(x)
         slopes = self._slopes  # type: ignore[attr-defined]
         if slopes is not None:
             inside = hermite(self.log_x, self.log_y, slopes,
                              np.clip(lx, self.log_x[0], self.log_x[-1]))
+        elif self.linear:
+            inside = np.log(np.interp(x, self._x, self._y))  # type: ignore[attr-defined]
         else:
             inside = np.interp(lx, self.log_x, self.log_y)
         beyond = self.log_y[-1] + self.exponent * (lx - self.log_x[-1])
