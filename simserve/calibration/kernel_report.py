@@ -57,7 +57,8 @@ def _tables_section() -> list[str]:
     return out
 
 
-def _pct(value: float, digits: int = 2) -> str:
+def _pct_or_blank(value: float, digits: int = 2) -> str:
+    """An unsigned percentage, or nothing for nan (not scored)."""
     return "" if value != value else f"{value:.{digits}f}%"
 
 
@@ -68,25 +69,26 @@ def _ops_section(rep: KernelReport) -> list[str]:
            "the kept range test the interpolation; points past either end test the power-law "
            "extension (flagged as extrapolation in runs). Target: MAPE <= "
            f"{OP_TARGET_PCT:g}% on interpolated points. How each table is read "
-           "(`simserve/costmodel/kernel_tables.py`): GEMMs at m rounded up to whole 32-row "
-           "tiles (points that round to the same tiles are pooled), linearly in the padded m "
-           "between them; decode attention linearly in the context (a floor plus one K and V "
+           "(`simserve/costmodel/kernel_tables.py`): GEMMs through every measured m, flat to "
+           "the end of its 64-row tile and linear in m rounded up to whole tiles between "
+           "tiles; decode attention linearly in the context (a floor plus one K and V "
            "row read per token); prefill attention and MoE layers as a monotone cubic in "
-           "log-log; all-reduces log-log. The `log-log` column scores the same split read the "
-           "previous way (log-log, no tiles) for the two tables that changed. `at steps` is the "
+           "log-log; all-reduces log-log. The `before` column scores the same split read the "
+           "previous way (log-log; decode attention as a monotone cubic in log-log) for the "
+           "two tables whose reading changed. `at steps` is the "
            f"share of interpolated points whose two kept neighbours differ by "
            f"{STEP_RATIO:g}x or more, and their share of the summed error. The GEMM floor is "
            "the tables' own noise: each GEMM of 1..16 rows (one row tile, the same work) "
            "predicted by the mean of the other 15 of its curve misses by that much, so no "
            "interpolation can predict held-back GEMM points better.", "",
-           "| GPU | table | interpolated points | MAPE | median | log-log | at steps: points "
+           "| GPU | table | interpolated points | MAPE | median | before | at steps: points "
            "/ error | extrapolated points | MAPE | target met | GEMM floor |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in rep.ops:
         met = "yes" if o.mape_inside <= OP_TARGET_PCT else "**no**"
-        floor = _pct(rep.floors[o.gpu].same_work_mape, 1) if o.table == "gemm" else ""
+        floor = _pct_or_blank(rep.floors[o.gpu].same_work_mape, 1) if o.table == "gemm" else ""
         out.append(f"| {o.gpu} | {o.table} | {o.n_inside:,} | {o.mape_inside:.2f}% | "
-                   f"{o.median_inside:.2f}% | {_pct(o.mape_inside_loglog)} | "
+                   f"{o.median_inside:.2f}% | {_pct_or_blank(o.mape_inside_before)} | "
                    f"{o.step_points_pct:.0f}% / {o.step_error_pct:.0f}% | {o.n_beyond:,} | "
                    f"{o.mape_beyond:.1f}% | {met} | {floor} |")
     met = [o for o in rep.ops if o.mape_inside <= OP_TARGET_PCT]

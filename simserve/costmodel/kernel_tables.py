@@ -66,7 +66,8 @@ class TableSpec:
     # Linear in (x, latency) instead of log-log: for ops whose time is a floor plus a cost
     # linear in x, where a log-log chord runs above the curve.
     linear: bool = False
-    # Rows per tile along the axis: the curve is read at x rounded up to whole tiles.
+    # Rows per tile along the axis: flat to the end of a measured point's tile, linear in x
+    # rounded up to whole tiles between them (`interpolation.tiled_interp`).
     tile: int = 1
 
     @property
@@ -79,11 +80,12 @@ class TableSpec:
 
 
 TABLES: dict[str, TableSpec] = {
-    # NOTE: 32-row tiles, linear in the padded rows between tiles (waves of tiles add time in
+    # NOTE: 64-row tiles, linear in the padded rows between tiles (waves of tiles add time in
     # proportion). The tile was chosen by leave-one-out over all measured GEMM points of each
     # GPU (each point predicted from its two neighbours), not on held-back rows: among tiles of
-    # 1, 16, 32, 64 and 128 rows, 32 is the lowest or within 0.12 points of it on all seven.
-    "gemm": TableSpec("gemm", ("dtype", "n", "k"), "m", 1.0, linear=True, tile=32),
+    # 1, 16, 32, 64, 128 and 256 rows, 64 is the lowest on five of the seven GPUs and within
+    # 0.2 points of the lowest on the other two (RTX PRO 6000: 32; GB200: 128).
+    "gemm": TableSpec("gemm", ("dtype", "n", "k"), "m", 1.0, linear=True, tile=64),
     "context_attention": TableSpec(
         "context_attention",
         ("kv_dtype", "head_dim", "num_heads", "num_kv_heads", "batch"),
