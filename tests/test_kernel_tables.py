@@ -111,8 +111,9 @@ def test_allreduce_message_counts_bf16_elements(gpu: str) -> None:
        st.lists(st.floats(1.0, 1e5), min_size=2, max_size=40))
 def test_monotone_curve_is_monotone_for_any_data(ys: list[float], queries: list[float]) -> None:
     xs = [2.0**i for i in range(len(ys))]
-    for smooth in (False, True):
-        curve = MonotoneCurve.fit(xs, ys, 1.0, smooth)
+    for smooth, linear, tile in ((False, False, 1), (True, False, 1), (False, True, 1),
+                                 (False, True, 32)):
+        curve = MonotoneCurve.fit(xs, ys, 1.0, smooth, linear, tile)
         q = np.sort(np.asarray(queries))
         out = curve(q)
         assert np.all(np.diff(out) >= -1e-9 * out[:-1])
@@ -125,6 +126,26 @@ def test_curve_passes_through_monotone_data_and_extends_as_a_power_law() -> None
     assert float(curve(128.0)) == pytest.approx(160.0 * 4)  # x^2 past the last point
     assert float(curve(0.5)) == pytest.approx(10.0)  # the floor below the first
     assert float(curve(8.0)) == pytest.approx(math.sqrt(12.0 * 40.0))  # log-log midpoint
+
+
+def test_linear_curve_is_linear_between_points() -> None:
+    curve = MonotoneCurve.fit([10, 110], [5.0, 15.0], 1.0, linear=True)
+    assert float(curve(60.0)) == pytest.approx(10.0)  # log-log would give 8.0
+    assert float(curve(220.0)) == pytest.approx(30.0)  # x^1 past the last point
+
+
+def test_tiled_curve_is_flat_within_a_tile_and_linear_in_padded_rows_between() -> None:
+    curve = MonotoneCurve.fit([1, 2, 33, 64, 65, 256], [2.0, 3.0, 4.0, 6.0, 9.0, 12.0], 1.0,
+                              linear=True, tile=32)
+    at = {m: float(curve(float(m))) for m in (1, 2, 20, 32, 34, 64, 65, 96, 128, 160, 512)}
+    assert [at[1], at[2], at[64]] == pytest.approx([2.0, 3.0, 6.0])  # exact at measured rows
+    assert at[20] == pytest.approx(3.0) and at[32] == pytest.approx(3.0)  # rest of 2's tile
+    assert at[34] == pytest.approx(4.0 + 2.0 * 1 / 31)  # 33 and 64 share a tile: linear in m
+    assert at[96] == pytest.approx(9.0)  # 65's tile
+    # 65 (tile ends at 96) to 256: linear in padded rows, 128 and 160 a third and a half way.
+    assert at[128] == pytest.approx(9.0 + 3.0 * 32 / 160)
+    assert at[160] == pytest.approx(9.0 + 3.0 * 64 / 160)
+    assert at[512] == pytest.approx(24.0)  # x^1 past the last point
 
 
 def test_rows_interpolate_between_batches_and_grow_past_the_last() -> None:
@@ -182,3 +203,35 @@ def test_monotone_cubic_is_scipys_pchip(steps, rises):
         want = PchipInterpolator(x, y)(at)
     got = hermite(x, y, pchip_slopes(x, y), at)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- op-level validation
+
+
+def test_op_holdout_scores_the_shipped_form_beside_the_previous_one() -> None:
+    from simserve.calibration.kernel_validation import op_holdout
+
+    gemm = op_holdout("a100-80gb-sxm", "gemm")
+    assert gemm.n_inside > 1000 and gemm.n_beyond > 0
+    assert 0.0 < gemm.median_inside < gemm.mape_inside
+    assert gemm.mape_inside_before > gemm.mape_inside  # the previous form, on the same split
+    assert 0.0 < gemm.step_points_pct < 100.0 and 0.0 < gemm.step_error_pct < 100.0
+    assert op_holdout("a100-80gb-sxm", "gemm") == gemm  # the same split every time
+    moe = op_holdout("a100-80gb-sxm", "moe")
+    assert moe.mape_inside_before != moe.mape_inside_before  # unchanged form: nan
+
+
+def test_gemm_floor_is_the_spread_of_same_work_points() -> None:
+    from simserve.calibration.kernel_validation import gemm_floor
+
+    floor = gemm_floor("h100-80gb-sxm")
+    assert 0.5 < floor.same_work_mape < 20.0
+    assert 0.0 <= floor.drops_pct < 50.0
+
+
+def test_decode_steps_on_gddr_gpus_sit_at_their_l2_capacity() -> None:
+    from simserve.calibration.kernel_validation import decode_cache_steps
+
+    # L40S: 96 MB of L2. The 3x steps come where the K and V read cross it.
+    n, before_mb, after_mb = decode_cache_steps("l40s")
+    assert n > 100 and before_mb < 96.0 < after_mb

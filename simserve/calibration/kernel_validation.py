@@ -2,8 +2,9 @@
 
 - op level: each kernel table's held-back 20% of measured points predicted by the
   interpolation from the other 80% (inside the measured range: interpolation; past it: the
-  power-law extension), and the tables' own noise (GEMM rows 1..16, whose latency should be
-  equal, differ between neighbours by this much);
+  power-law extension), where the error sits (steps between kept neighbours), and the floors
+  the data set: GEMM rows 1..16 do the same work yet differ, GEMMs that get faster with more
+  rows, decode attention that steps where its K and V outgrow the L2 cache;
 - the step shape: decode attention priced at the batch's mean context vs each sequence at its
   own, on ShareGPT-like batches;
 - step level: the kernel model's GPU time against the step data the project has (Vidur's
@@ -21,7 +22,7 @@ import csv
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -46,9 +47,8 @@ from simserve.costmodel.calibrated import (
     predict_ms,
     step_terms,
 )
-from simserve.costmodel.interpolation import MonotoneCurve
 from simserve.costmodel.kernel_ops import KernelOps
-from simserve.costmodel.kernel_tables import TABLES, kernel_gpus, load_kernel_table
+from simserve.costmodel.kernel_tables import TABLES, TableSpec, kernel_gpus, load_kernel_table
 from simserve.costmodel.kernels import KernelCostModel, KernelSetup
 from simserve.costmodel.roofline import RooflineCostModel
 from simserve.costmodel.select import kernel_cost_model
@@ -57,6 +57,7 @@ __all__ = [
     "AicRow",
     "DeriveRow",
     "E2ERow",
+    "GemmFloor",
     "KernelReport",
     "OpHoldout",
     "StepComparison",
@@ -79,39 +80,110 @@ class OpHoldout:
     median_inside: float
     n_beyond: int
     mape_beyond: float
+    # The same split read the previous way (PREVIOUS_FORMS), for the tables whose
+    # interpolation changed; nan for the others.
+    mape_inside_before: float
+    # Interpolated points whose two kept neighbours differ by STEP_RATIO or more (the kernel
+    # changed tiling, split or cache regime in between): their share of the points and of
+    # the summed error.
+    step_points_pct: float
+    step_error_pct: float
 
 
-def op_holdout(gpu: str, table: str, seed: int = 0) -> OpHoldout:
-    """Hold back 20% of each curve's measured points, predict them from the rest."""
+STEP_RATIO = 1.5
+# How the tables whose interpolation changed were read before (log-log without row tiles;
+# decode attention as a monotone cubic in log-log), scored on the same split beside it.
+PREVIOUS_FORMS: dict[str, dict[str, bool]] = {
+    "gemm": {"smooth": False},
+    "generation_attention": {"smooth": True},
+}
+
+
+def _holdout_errors(gpu: str, table: str, spec: TableSpec, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Errors (%) of the interpolated and the extrapolated held-back points, and the ratio of
+    each interpolated point's kept neighbours."""
     rng = np.random.default_rng(seed)
-    spec = TABLES[table]
-    inside, beyond = [], []
+    inside, beyond, ratio = [], [], []
     curves = load_kernel_table(gpu, table).curves
     for key in sorted(curves, key=str):
         xs, ys = (np.asarray(v) for v in curves[key])
         held = rng.random(xs.size) < HOLDOUT
         if held.all() or not held.any():
             continue
-        curve = MonotoneCurve.fit(xs[~held], ys[~held], spec.exponent, spec.smooth)
+        curve = spec.curve(xs[~held], ys[~held])
         err = np.abs(curve(xs[held]) / ys[held] - 1.0) * 100.0
-        kept = xs[~held]
+        kept, kept_y = xs[~held], ys[~held]
         within = (xs[held] > kept.min()) & (xs[held] < kept.max())
+        above = np.searchsorted(kept, xs[held][within])
         inside += list(err[within])
         beyond += list(err[~within])
-    a, b = np.asarray(inside), np.asarray(beyond)
-    return OpHoldout(gpu, table, a.size, float(a.mean()) if a.size else float("nan"),
-                     float(np.median(a)) if a.size else float("nan"), b.size,
-                     float(b.mean()) if b.size else float("nan"))
+        ratio += list(kept_y[above] / kept_y[above - 1])
+    return np.asarray(inside), np.asarray(beyond), np.asarray(ratio)
 
 
-def gemm_noise_pct(gpu: str) -> float:
-    """Mean relative difference (%) between GEMM latencies at m and m + 1 for m < 16, where
-    the kernel does the same work (one row tile): the table's own noise."""
-    diffs = []
-    for (_d, _n, _k), (xs, ys) in load_kernel_table(gpu, "gemm").curves.items():
-        at = dict(zip(xs, ys, strict=True))
-        diffs += [abs(at[m + 1] / at[m] - 1.0) for m in range(1, 16) if m in at and m + 1 in at]
-    return 100.0 * float(np.mean(diffs)) if diffs else float("nan")
+def _mean(a: np.ndarray) -> float:
+    return float(a.mean()) if a.size else float("nan")
+
+
+def op_holdout(gpu: str, table: str, seed: int = 0) -> OpHoldout:
+    """Hold back 20% of each curve's measured points, predict them from the rest."""
+    spec = TABLES[table]
+    a, b, ratio = _holdout_errors(gpu, table, spec, seed)
+    before = float("nan")
+    if table in PREVIOUS_FORMS:
+        previous = replace(spec, linear=False, tile=1, **PREVIOUS_FORMS[table])
+        before = _mean(_holdout_errors(gpu, table, previous, seed)[0])
+    step = ratio >= STEP_RATIO
+    return OpHoldout(gpu, table, a.size, _mean(a), float(np.median(a)) if a.size else float("nan"),
+                     b.size, _mean(b), before, 100.0 * _mean(step.astype(float)),
+                     100.0 * float(a[step].sum() / a.sum()) if a.size else float("nan"))
+
+
+@dataclass(frozen=True)
+class GemmFloor:
+    """What the GEMM table's own measurements allow, per GPU (%)."""
+
+    # Each point of m = 1..16 (one row tile: the same work) predicted by the geometric mean of
+    # the other 15 of its curve: the error no interpolation can beat where the truth is flat.
+    same_work_mape: float
+    # Successive measured m (> 16) where the larger m runs more than 10% FASTER: kernel
+    # selection or noise that no monotone curve can follow.
+    drops_pct: float
+
+
+def gemm_floor(gpu: str) -> GemmFloor:
+    """The GEMM table's noise floor and its share of non-monotone steps."""
+    errs: list[float] = []
+    drops, pairs = 0, 0
+    for xs, ys in load_kernel_table(gpu, "gemm").curves.values():
+        x, log_y = np.asarray(xs), np.log(np.asarray(ys))
+        flat = log_y[x <= 16]
+        if flat.size >= 3:
+            others = (flat.sum() - flat) / (flat.size - 1)
+            errs += list(np.abs(np.exp(others - flat) - 1.0))
+        step = np.diff(log_y[x > 16])
+        drops += int((step < np.log(0.9)).sum())
+        pairs += step.size
+    return GemmFloor(100.0 * float(np.mean(errs)) if errs else float("nan"),
+                     100.0 * drops / pairs if pairs else float("nan"))
+
+
+def decode_cache_steps(gpu: str) -> tuple[int, float, float]:
+    """Steps of 3x or more in decode attention between a context and its double: how many,
+    and the median bytes of K and V (MB) the batch reads just before and after them. Where
+    that is the same size every time, the step is the L2 cache filling, not a kernel."""
+    before, after = [], []
+    for (kv_dtype, head_dim, _h, kv_heads, batch), (xs, ys) in load_kernel_table(
+            gpu, "generation_attention").curves.items():
+        per_token = batch * kv_heads * head_dim * 2 * (1 if kv_dtype == "fp8" else 2) / 1e6
+        for i in range(len(xs) - 1):
+            if xs[i + 1] == 2 * xs[i] and ys[i + 1] >= 3.0 * ys[i]:
+                before.append(xs[i] * per_token)
+                after.append(xs[i + 1] * per_token)
+    if not before:
+        return 0, float("nan"), float("nan")
+    return len(before), float(np.median(before)), float(np.median(after))
 
 
 # --------------------------------------------------------------------------- step shape
@@ -294,7 +366,8 @@ class KernelReport:
     """Everything of REPORT.md §7."""
 
     ops: list[OpHoldout]
-    noise: dict[str, float]
+    floors: dict[str, GemmFloor]
+    cache_steps: dict[str, tuple[int, float, float]]
     aggregation: dict[str, float]
     steps: list[StepComparison]
     shipped_fits: list[LoopFit] = field(default_factory=list)
@@ -517,8 +590,10 @@ def run_kernel_validation(profile_replays: dict[float, ReplayResult] | None = No
     catalog = load_catalog()
     ops = [op_holdout(gpu, table) for gpu in kernel_gpus() for table in TABLES
            if load_kernel_table(gpu, table).curves]
-    noise = {gpu: gemm_noise_pct(gpu) for gpu in kernel_gpus()}
-    report = KernelReport(ops, noise, aggregation_error(), step_comparisons(catalog))
+    floors = {gpu: gemm_floor(gpu) for gpu in kernel_gpus()}
+    cache_steps = {gpu: decode_cache_steps(gpu) for gpu in kernel_gpus()}
+    report = KernelReport(ops, floors, cache_steps, aggregation_error(),
+                          step_comparisons(catalog))
     if replay:
         runs = loop_runs()
         report.shipped_fits = [fit_loop(v, [r for r in runs if r.version == v and r.fit])

@@ -4,10 +4,14 @@ A kernel's latency never falls when its work grows (more GEMM rows, a longer seq
 batch or message), and it follows power laws between a fixed floor and a bandwidth- or
 compute-bound regime; so a measured curve is first made non-decreasing by isotonic regression
 (pool-adjacent-violators, on log latency), then interpolated piecewise-linearly in
-(log x, log latency). Below its first point a curve stays at its first value (the kernel's
-launch floor); past its last point it grows as x^exponent, the op's physical asymptote
-(`TableSpec.exponent`). Two-dimensional tables (batch x sequence) interpolate log-log between
-the rows of the two nearest measured batches.
+(log x, log latency), or in (x, latency) where the op is a floor plus a cost linear in x (decode
+attention: every extra token of context is one more K and V row read). A GEMM's rows come in
+tiles: its work, and so its time, is that of m rounded up to a whole tile, so a tiled curve
+passes through every measured m, stays flat up to the end of a measured point's tile, and is
+linear in the padded m between tiles (`tiled_interp`). Below its first point a curve stays at its
+first value (the kernel's launch floor); past its last point it grows as x^exponent, the op's
+physical asymptote (`TableSpec.exponent`). Two-dimensional tables (batch x
+sequence) interpolate log-log between the rows of the two nearest measured batches.
 
 Step pricing must cost a handful of float operations, so the cost model resamples what it needs
 once, at construction: `DenseCurve` holds a value per integer (GEMM rows, sampled rows), and
@@ -30,6 +34,7 @@ __all__ = [
     "isotonic_increasing",
     "pchip_slopes",
     "rows_at",
+    "tiled_interp",
 ]
 
 
@@ -51,27 +56,34 @@ def isotonic_increasing(values: Sequence[float]) -> np.ndarray:
 @dataclass(frozen=True)
 class MonotoneCurve:
     """A measured latency curve y(x): isotonic in log y, log-log linear between points (or, with
-    `smooth`, a monotone cubic: PCHIP, Fritsch and Carlson 1980, see `pchip_slopes`), flat
-    below the first point, x^exponent past the last."""
+    `smooth`, a monotone cubic: PCHIP, Fritsch and Carlson 1980, see `pchip_slopes`; with
+    `linear`, linear in (x, y)), flat below the first point, x^exponent past the last. With
+    `tile` > 1, linear in x rounded up to whole tiles (a GEMM's row tiles: `tiled_interp`)."""
 
     log_x: np.ndarray
     log_y: np.ndarray
     exponent: float
     smooth: bool = False
+    linear: bool = False
+    tile: int = 1
 
     def __post_init__(self) -> None:
         slopes = pchip_slopes(self.log_x, self.log_y) if self.smooth else None
         object.__setattr__(self, "_slopes", slopes)
+        plain = self.linear or self.tile > 1
+        object.__setattr__(self, "_x", np.exp(self.log_x) if plain else None)
+        object.__setattr__(self, "_y", np.exp(self.log_y) if plain else None)
 
     @classmethod
     def fit(cls, xs: Sequence[float], ys: Sequence[float], exponent: float,
-            smooth: bool = False) -> MonotoneCurve:
+            smooth: bool = False, linear: bool = False, tile: int = 1) -> MonotoneCurve:
         """The curve through measured points (xs ascending, ys > 0)."""
         x = np.asarray(xs, dtype=np.float64)
         y = np.asarray(ys, dtype=np.float64)
         if x.size == 0 or np.any(np.diff(x) <= 0) or np.any(y <= 0):
             raise ValueError("a curve needs ascending x and positive y")
-        return cls(np.log(x), isotonic_increasing(np.log(y)), exponent, smooth and x.size >= 3)
+        return cls(np.log(x), isotonic_increasing(np.log(y)), exponent,
+                   smooth and x.size >= 3, linear, tile)
 
     @property
     def x_max(self) -> float:
@@ -80,19 +92,46 @@ class MonotoneCurve:
     def scaled(self, factor: float) -> MonotoneCurve:
         """The same curve times `factor`."""
         return MonotoneCurve(self.log_x, self.log_y + math.log(factor), self.exponent,
-                             self.smooth)
+                             self.smooth, self.linear, self.tile)
 
     def __call__(self, x: np.ndarray | float) -> np.ndarray:
         """Latency at x (vectorised)."""
-        lx = np.log(np.maximum(np.asarray(x, dtype=np.float64), 1e-300))
+        x = np.maximum(np.asarray(x, dtype=np.float64), 1e-300)
+        lx = np.log(x)
         slopes = self._slopes  # type: ignore[attr-defined]
-        if slopes is not None:
+        if self.tile > 1:
+            inside = np.log(tiled_interp(x, self._x, self._y, self.tile))  # type: ignore[attr-defined]
+        elif slopes is not None:
             inside = hermite(self.log_x, self.log_y, slopes,
                              np.clip(lx, self.log_x[0], self.log_x[-1]))
+        elif self.linear:
+            inside = np.log(np.interp(x, self._x, self._y))  # type: ignore[attr-defined]
         else:
             inside = np.interp(lx, self.log_x, self.log_y)
         beyond = self.log_y[-1] + self.exponent * (lx - self.log_x[-1])
         return np.exp(np.where(lx > self.log_x[-1], beyond, inside))
+
+
+def tiled_interp(at: np.ndarray, x: np.ndarray, y: np.ndarray, tile: int) -> np.ndarray:
+    """y at `at` (within x's range, clamped outside) for work done in whole tiles of `tile`
+    rows: exact at the points, flat from a point to the end of its tile, linear in the padded
+    rows (rows rounded up to whole tiles) between tiles, and linear in rows between two points
+    of one tile. Non-decreasing wherever y is."""
+    at = np.clip(at, x[0], x[-1])
+    lo = np.clip(np.searchsorted(x, at, side="right") - 1, 0, x.size - 1)
+    hi = np.minimum(lo + 1, x.size - 1)
+    x_lo, x_hi, y_lo, y_hi = x[lo], x[hi], y[lo], y[hi]
+    pad_at, pad_lo, pad_hi = (np.ceil(v / tile) * tile for v in (at, x_lo, x_hi))
+
+    def chord(a: np.ndarray, a_lo: np.ndarray, a_hi: np.ndarray) -> np.ndarray:
+        span = np.where(a_hi > a_lo, a_hi - a_lo, 1.0)
+        return y_lo + (y_hi - y_lo) * np.where(a_hi > a_lo, (a - a_lo) / span, 0.0)
+
+    same_lo, same_hi = pad_lo == pad_at, pad_hi == pad_at
+    out = np.where(same_lo & same_hi, chord(at, x_lo, x_hi),
+                   np.where(same_lo, y_lo, np.where(same_hi, y_hi,
+                                                    chord(pad_at, pad_lo, pad_hi))))
+    return np.where(at == x_lo, y_lo, out)
 
 
 def pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:

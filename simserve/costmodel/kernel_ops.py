@@ -86,8 +86,7 @@ class KernelOps:
             data = self.table(name).curves.get(key)
             if not data or not data[0]:
                 return None
-            spec = TABLES[name]
-            cached = MonotoneCurve.fit(data[0], data[1], spec.exponent, spec.smooth)
+            cached = TABLES[name].curve(data[0], data[1])
             self._curves[(name, key)] = cached
         return cached
 

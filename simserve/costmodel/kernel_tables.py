@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from simserve import resources
+from simserve.costmodel.interpolation import MonotoneCurve
 from simserve.errors import InputError
 
 __all__ = [
@@ -61,14 +63,29 @@ class TableSpec:
     # MoE curves bend smoothly from their floor to their asymptote over a coarse grid, and the
     # cubic follows that bend (REPORT.md §7 compares both on held-back points).
     smooth: bool = False
+    # Linear in (x, latency) instead of log-log: for ops whose time is a floor plus a cost
+    # linear in x, where a log-log chord runs above the curve.
+    linear: bool = False
+    # Rows per tile along the axis: flat to the end of a measured point's tile, linear in x
+    # rounded up to whole tiles between them (`interpolation.tiled_interp`).
+    tile: int = 1
 
     @property
     def file_name(self) -> str:
         return f"{self.name}.csv"
 
+    def curve(self, xs: Sequence[float], ys: Sequence[float]) -> MonotoneCurve:
+        """The interpolated curve through one shape's measured points, as this table reads."""
+        return MonotoneCurve.fit(xs, ys, self.exponent, self.smooth, self.linear, self.tile)
+
 
 TABLES: dict[str, TableSpec] = {
-    "gemm": TableSpec("gemm", ("dtype", "n", "k"), "m", 1.0),
+    # NOTE: 64-row tiles, linear in the padded rows between tiles (waves of tiles add time in
+    # proportion). The tile was chosen by leave-one-out over all measured GEMM points of each
+    # GPU (each point predicted from its two neighbours), not on held-back rows: among tiles of
+    # 1, 16, 32, 64, 128 and 256 rows, 64 is the lowest on five of the seven GPUs and within
+    # 0.2 points of the lowest on the other two (RTX PRO 6000: 32; GB200: 128).
+    "gemm": TableSpec("gemm", ("dtype", "n", "k"), "m", 1.0, linear=True, tile=64),
     "context_attention": TableSpec(
         "context_attention",
         ("kv_dtype", "head_dim", "num_heads", "num_kv_heads", "batch"),
@@ -81,7 +98,9 @@ TABLES: dict[str, TableSpec] = {
         ("kv_dtype", "head_dim", "num_heads", "num_kv_heads", "batch"),
         "kv_len",
         1.0,
-        smooth=True,
+        # NOTE: a decode attention call reads K and V once: a launch and split floor plus a
+        # time linear in the context, so it is interpolated linearly in the context.
+        linear=True,
     ),
     "allreduce": TableSpec("allreduce", ("backend", "num_gpus"), "message_elems", 1.0),
     "moe": TableSpec(
