@@ -379,6 +379,10 @@ class KernelCostModel:
             detail = ", ".join(f"{v} {k}" for k, v in by.items() if v)
             out.append(f"{outside} of {total} steps ({100.0 * outside / total:.1f}%) outside the "
                        f"measured kernel tables ({detail}); their times are extrapolated")
+        tokens = np.asarray(steps.num_prefill_tokens) + np.asarray(steps.num_decode_tokens)
+        loop = self.setup.loop.extrapolation_warning(steps.num_seqs, tokens)
+        if loop is not None:
+            out.append(loop)
         return out
 
 

@@ -334,6 +334,12 @@ def replication_seeds(root_seed: int, replications: int) -> list[int]:
     return [int(child.generate_state(1, dtype=np.uint32)[0]) for child in children]
 
 
+def rate_unit(scenario: Scenario) -> str:
+    """What the searched arrival rate counts: session starts with multi-turn sessions (each
+    session then sends its turns closed-loop), else requests."""
+    return "sessions/s" if scenario.workload.sessions is not None else "req/s"
+
+
 def with_rate_and_seed(scenario: Scenario, rate: float, seed: int) -> Scenario:
     """The scenario at another arrival rate and seed (validated again)."""
     arrival = dataclasses.replace(scenario.workload.arrival, rate=float(rate))

@@ -272,7 +272,7 @@ def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: lis
                      seeds: tuple[int, ...], claim: Any) -> int:
     """Bisect each rule's capacity, print the probes, and write `claim` when there is one."""
     from simserve.config import scenario_from_mapping, scenario_to_mapping
-    from simserve.experiments.capacity import search_capacity
+    from simserve.experiments.capacity import rate_unit, search_capacity
     from simserve.experiments.pool import RunPool
     from simserve.experiments.sweep import capacity_document
 
@@ -285,11 +285,13 @@ def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: lis
                                                       run_many=pool.summaries)
             for settings in settings_list
         ])
+    unit = rate_unit(scenario)  # with sessions, the arrival rate counts session starts
+    per = "sessions" if unit == "sessions/s" else "requests"
     for settings, result in zip(settings_list, results, strict=True):
         rule = settings.rule
         print(f"capacity under {rule.text} ({rule.describe()}), {len(seeds)} seed(s), "
               f"tolerance {settings.tolerance:.1%}:", flush=True)
-        header = ["rate (req/s)", "meets", *rule.keys]
+        header = [f"rate ({unit})", "meets", *rule.keys]
         widths = [max(12, len(h)) for h in header]
         print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
         for probe in result.probes:
@@ -299,18 +301,18 @@ def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: lis
         if result.status.startswith("undefined"):
             print(f"capacity: {result.status} (the rule cannot judge this workload)")
         elif result.capacity_rps is None:
-            print(f"capacity: below {_fmt(result.high_rps)} req/s (no rate tried meets "
+            print(f"capacity: below {_fmt(result.high_rps)} {unit} (no rate tried meets "
                   f"{rule.text}; status {result.status})")
         elif result.status == "above_range":
-            print(f"capacity: at least {fmt_number(result.capacity_rps, 'req/s')} "
-                  f"({_per_gpu(result)}; "
+            print(f"capacity: at least {fmt_number(result.capacity_rps, unit)} "
+                  f"({_per_gpu(result, unit)}; "
                   "the highest rate tried still meets the rule)")
         else:
-            print(f"capacity: {fmt_number(result.capacity_rps, 'req/s')} ({_per_gpu(result)}; "
+            print(f"capacity: {fmt_number(result.capacity_rps, unit)} ({_per_gpu(result, unit)}; "
                   f"meets at {fmt_number(result.low_rps)}, fails at "
                   f"{fmt_number(result.high_rps)}; status {result.status})")
         if result.capacity_per_usd is not None:
-            print(f"per dollar: {fmt_number(result.capacity_per_usd)} requests per USD at "
+            print(f"per dollar: {fmt_number(result.capacity_per_usd)} {per} per USD at "
                   f"capacity (the cluster's GPUs rent for "
                   f"{fmt_number(result.usd_per_hour, 'USD/h')})")
     print(f"{sum(len(r.probes) for r in results) * len(seeds)} runs in "
@@ -333,13 +335,13 @@ def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: lis
     return 0
 
 
-def _per_gpu(result: Any) -> str:
+def _per_gpu(result: Any, unit: str = "req/s") -> str:
     """'1.07 req/s per GPU, 3 GPUs': the capacity per GPU the cluster occupies (DistServe's
     goodput per GPU under an attainment rule)."""
     per_gpu, gpus = result.capacity_per_gpu_rps, result.num_gpus
     if per_gpu is None:
         return "per GPU: n/a"
-    return f"{fmt_number(per_gpu, 'req/s per GPU')}, {gpus} GPU{'s' if gpus != 1 else ''}"
+    return f"{fmt_number(per_gpu, f'{unit} per GPU')}, {gpus} GPU{'s' if gpus != 1 else ''}"
 
 
 # --------------------------------------------------------------------------- plot
