@@ -166,13 +166,24 @@ def _point_means(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list
     return out
 
 
+def _rule_words(text: Any, rule: SloRule | None) -> str:
+    """A capacity rule in words ('P99 TBT ≤ 200 ms'): the rule a sweep's rows were searched
+    under (their `slo_rule` text), else `rule`."""
+    if isinstance(text, str) and text:
+        try:
+            return parse_slo_rule(text).words()
+        except InputError:
+            return text
+    return rule.words() if rule is not None else ""
+
+
 def _slo_lines(ax: Any, rule: SloRule | None, key: str, horizontal: bool = True) -> None:
     if rule is None:
         return
     for cond in rule.conditions:
         if cond.key != key:
             continue
-        label = f"SLO: {cond}"
+        label = f"SLO: {cond.words()}"
         if horizontal:
             ax.axhline(cond.threshold, color=SLO_COLOR, linestyle="--", linewidth=1.2,
                        label=label)
@@ -311,7 +322,7 @@ def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None,
             status = row.get("capacity_status")
             if status and status != "ok":
                 ax.annotate(str(status), (i, caps[i]), ha="center", va="bottom", fontsize=8)
-        rule_text = table.rows[0].get("slo_rule") or (rule.text if rule else "")
+        rule_text = _rule_words(table.rows[0].get("slo_rule"), rule)
         what = "Capacity per GPU" if per_gpu else "Capacity"
         ax.set_title(f"{what} under {rule_text}\nbisection; error bar up to the first "
                      "failing rate", fontsize="medium")
@@ -326,7 +337,7 @@ def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None,
             caps.append(cap)
             ax.annotate(note, (len(caps) - 1, cap), ha="center", va="bottom", fontsize=8)
         ax.bar(range(len(caps)), caps, color=[series_colors[label] for label in labels])
-        ax.set_title(f"Capacity under {rule.text}: the largest swept rate up to which\n"
+        ax.set_title(f"Capacity under {rule.words()}: the largest swept rate up to which\n"
                      "every rate meets it (resolution: the rate grid; ≥: all meet it)",
                      fontsize="medium")
     labels = [label.replace(", ", "\n") for label in labels]
@@ -376,7 +387,7 @@ def _per_usd_figure(table: SweepTable, rule: SloRule | None) -> Figure:
         status = table.rows[i].get("capacity_status")
         if status and status != "ok":
             ax.annotate(str(status), (j, bars[j]), ha="center", va="bottom", fontsize=8)
-    rule_text = table.rows[0].get("slo_rule") or (rule.text if rule else "")
+    rule_text = _rule_words(table.rows[0].get("slo_rule"), rule)
     ax.set_title(f"Capacity per dollar under {rule_text}, best first\nrequests served per USD "
                  "of GPU rental at capacity; error bar up to the first failing rate",
                  fontsize="medium")
@@ -448,7 +459,7 @@ def pareto_figure(table: SweepTable, rule: SloRule | None, x_metric: str = "p99_
     ax.set_ylabel(_label(y_metric))
     number_ticks(ax.yaxis)
     where = " at capacity" if table.mode == "capacity" else ""
-    hollow = (f"; hollow: misses {rule.text}, left out of the front" if rule is not None
+    hollow = (f"; hollow: misses {rule.words()}, left out of the front" if rule is not None
               else "")
     ax.set_title(f"{_label(y_metric).split(' (')[0]} vs {_label(x_metric).split(' (')[0]}{where}"
                  f"\n(mean over seeds{hollow})", fontsize="medium")

@@ -208,6 +208,36 @@ def test_quick_report_states_a_conclusion_per_metric_family(quick_run):
     assert "Crossover: the mean-E2EL speedup of spec" in report
 
 
+def test_no_capacity_verdict_rests_on_a_censored_capacity(quick_run):
+    from types import SimpleNamespace
+
+    from simserve.experiments.casestudy import CapacityEstimate
+    from simserve.experiments.casestudy_report import _capacity_section
+
+    # In the run: a rule row that names the system with the higher capacity has both
+    # capacities bounded (a rate that met the rule and a higher one that failed).
+    report = (quick_run / "report.md").read_text()
+    caps = json.loads((quick_run / "results.json").read_text())["capacities"]
+    rows = {row[0]: row[-1] for row in _table_rows(report, "rule")}
+    for rule in RULES:
+        if rows[rule.label] in (BASELINE, SPEC):
+            assert caps[rule.key][BASELINE]["bounded"] and caps[rule.key][SPEC]["bounded"]
+    # By construction: a censored capacity (every rate tried passed) decides nothing.
+    bounded = CapacityEstimate(6.0, 6.3, "ok", 5, 0.02)
+    censored = CapacityEstimate(9.0, None, "above_range", 5, 0.02, bounded=False)
+    study = SimpleNamespace(
+        targets=SloTargets(ttft_ms=2000.0, per_token_ms=40.0),
+        plan=SimpleNamespace(capacity_tolerance=0.02, capacity_max_probes=12),
+        capacities={rule.key: {BASELINE: bounded, SPEC: censored if i == 0 else bounded}
+                    for i, rule in enumerate(RULES)})
+    lines = _capacity_section(study)
+    first = next(line for line in lines if line.startswith(f"| {RULES[0].label} |"))
+    assert first.endswith("| could not be decided (a censored capacity is only a bound) |")
+    assert ">= 9 (every rate tried passed: censored)" in first
+    others = [line for line in lines if line.startswith(f"| {RULES[1].label} |")]
+    assert others and others[0].endswith("| tie (within the search tolerance) |")
+
+
 def test_bad_preset_and_foreign_out_dir_are_input_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["casestudy", "specdec", "--preset", "nope"])

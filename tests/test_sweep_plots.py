@@ -57,7 +57,7 @@ def test_figures_have_labelled_axes_bands_and_slo_lines(sweep_dir):
     tbt, ttft = fig.axes
     assert tbt.get_xlabel() == "arrival rate (req/s)" and tbt.get_ylabel() == "P99 TBT (ms)"
     assert [line.get_label() for line in tbt.get_lines()] == [
-        "prefill_first", "chunked_prefill", "SLO: p99_tbt_ms<=12"
+        "prefill_first", "chunked_prefill", "SLO: P99 TBT ≤ 12 ms"
     ]
     assert len(tbt.collections) == 2  # one confidence band per policy
     assert not any("SLO" in line.get_label() for line in ttft.get_lines())
@@ -115,7 +115,7 @@ def test_long_series_labels_share_one_legend_and_name_classes_by_class():
         "policy=ShortestPromptFirst, queue=fcfs, max_num_batched_tokens=2048",
     ]
     tbt, ttft = fig.axes
-    assert [t.get_text() for t in tbt.get_legend().get_texts()] == ["SLO: p99_tbt_ms<=200"]
+    assert [t.get_text() for t in tbt.get_legend().get_texts()] == ["SLO: P99 TBT ≤ 200 ms"]
     assert ttft.get_legend() is None
 
 

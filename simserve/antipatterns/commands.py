@@ -77,10 +77,11 @@ def _cmd_antipatterns(args: argparse.Namespace) -> int:
     size = SIZES[args.size or ("quick" if args.quick else "full")]
     out = Path(args.out) if args.out else Path("runs") / _default_dir(size.name, args.only,
                                                                        entries)
-    command = "simserve antipatterns " + shlex.join(
-        [*(["--quick"] if args.quick else []), *([f"--size={args.size}"] if args.size else []),
+    command = shlex.join(
+        ["simserve", "antipatterns",
+         *(["--quick"] if args.quick else []), *([f"--size={args.size}"] if args.size else []),
          *(["--only", *[e.id for e in entries]] if args.only else []),
-         *([f"--seed={args.seed}"] if args.seed else [])]).strip()
+         *([f"--seed={args.seed}"] if args.seed else [])])
 
     def progress(message: str) -> None:
         sys.stderr.write(message + "\n")

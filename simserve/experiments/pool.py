@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from simserve.config import Scenario, scenario_from_mapping, scenario_to_mapping
+from simserve.errors import InputNotice
 
 __all__ = [
     "MEAN_BATCH_KEY",
@@ -74,6 +76,9 @@ def init_worker(parent_pid: int) -> None:
     watchdog thread covers other systems: an orphan is re-parented, which it sees.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What simserve made of an input (e.g. a trace's detected format) is said once by a
+    # command; from every worker of a catalog or a study it would be the same line many times.
+    warnings.simplefilter("ignore", InputNotice)
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)

@@ -136,7 +136,8 @@ def latency_cdf(
         Line2D([], [], color="0.3", marker="o", linestyle="none", label="P50"),
         Line2D([], [], color="0.3", marker="v", linestyle="none", label="P99"),
     ]
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    # Below the axes: inside, it covers the rise of some curve whatever corner it takes.
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=2, frameon=False)
     text = title or f"Distribution of {metric} (empirical CDF)"
     if log_x and num_zeros:
         text += (f"\n({num_zeros} zero samples, e.g. inside speculative bursts, "
