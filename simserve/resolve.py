@@ -260,6 +260,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         stage_send_s=_stage_send(gpu, model, scenario.pp),
         prefix_caching=caching,
         router_load_weight=scenario.cluster.router_load_weight,
+        **_swap_setup(engine, gpu, model, scenario.tp, scenario.pp, "hardware"),
     )
     resolved = ResolvedScenario(
         scenario, gpu, model, (ResolvedPool("replica", pool, scenario.tp, scenario.pp, gpu),),
@@ -294,6 +295,60 @@ def _check_blocks(
             f"{scenario.engine.gpu_memory_utilization}",
             field=f"{prefix}tp" if prefix else "engine.gpu_memory_utilization",
         )
+
+
+def host_link(gpu: GpuSpec, field: str) -> LinkSpec:
+    """The link between a GPU and host memory (its PCIe generation, from the GPU catalog)."""
+    if gpu.host_link is None:
+        raise InputError(
+            f"the GPU catalog gives {gpu.name} no host_link (its link to host memory), which KV "
+            "swap and CPU offload copy over; add host_link to its entry in a catalog file",
+            field=field,
+        )
+    return resolve_link(gpu.host_link, field=field)
+
+
+def _check_host_memory(engine: EngineConfig, gpu: GpuSpec, field: str) -> None:
+    """Refuse host memory tiers larger than the host memory per GPU the catalog gives."""
+    per_gpu_gib = engine.swap_space_gb if engine.preemption == "swap" else 0.0
+    what = "swap space"
+    if engine.kv_offload is not None:
+        per_gpu_gib += engine.kv_offload.cpu_gb
+        what = "swap space and CPU offload" if engine.preemption == "swap" else "CPU offload"
+    if gpu.host_memory_gib is None or per_gpu_gib <= gpu.host_memory_gib:
+        return
+    # NOTE: vLLM itself refuses swap space over 70% of the host's memory (CacheConfig.
+    # verify_with_parallel_config); simserve refuses only what cannot exist.
+    raise InputError(
+        f"{per_gpu_gib:g} GiB of {what} per GPU exceeds the {gpu.host_memory_gib:g} GiB of host "
+        f"memory per GPU of a {gpu.name} server ({gpu.host_source})",
+        field=field,
+    )
+
+
+def _swap_setup(engine: EngineConfig, gpu: GpuSpec, model: ModelSpec, tp: int, pp: int,
+                gpu_field: str) -> dict[str, object]:
+    """A pool's swap settings (`PoolSetup.swap_blocks`, `host_copy_s`, `kv_block_bytes`):
+    none under recompute preemption.
+
+    NOTE: vLLM v0 sizes the swap space per GPU: `swap_space` GiB over one GPU's share of a
+    block gives the CPU blocks, the same number on every GPU of the instance. Each GPU copies
+    its own shard over its own host link (a server where two GPUs share a PCIe switch's uplink
+    halves that); the stages of a pipeline copy their layers one after another, each before
+    its forward pass, so a micro-batch waits for all of them.
+    """
+    if engine.preemption != "swap":
+        return {}
+    _check_host_memory(engine, gpu, "engine.swap_space_gb")
+    link = host_link(gpu, gpu_field)
+    block_bytes = float(model.kv_bytes_per_token_at(tp) * engine.block_size)
+    per_gpu_block = block_bytes / (tp * pp)
+    swap_blocks = int(engine.swap_space_gb * GIB // per_gpu_block)
+
+    def copy_s(num_blocks: int) -> float:
+        return pp * link.transfer_s(num_blocks * per_gpu_block)
+
+    return {"swap_blocks": swap_blocks, "host_copy_s": copy_s, "kv_block_bytes": block_bytes}
 
 
 def _stage_send(gpu: GpuSpec, model: ModelSpec, pp: int) -> Callable[[int], float] | None:
@@ -403,6 +458,8 @@ def _resolve_disaggregated(
             stage_send_s=_stage_send(gpu, model, pp),
             prefix_caching=caching,
             router_load_weight=cluster.router_load_weight,
+            **_swap_setup(engine, gpu, model, tp, pp,
+                          f"{prefix}hardware" if pool.hardware is not None else "hardware"),
         )
         pools.append(ResolvedPool(role, setup, tp, pp, gpu))
     link_config = cluster.link

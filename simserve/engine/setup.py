@@ -49,12 +49,21 @@ class PoolSetup:
     prefix_caching: bool = False
     #: `prefix_aware` routing: weight of the load against the cached share of the prompt.
     router_load_weight: float = 0.5
+    #: Swap preemption (vLLM v0): CPU blocks per instance (0: recompute preemption), shared
+    #: out among its virtual engines like the GPU blocks.
+    swap_blocks: int = 0
+    #: Seconds to copy `n` KV blocks of one engine between GPU and host memory (swap).
+    host_copy_s: Callable[[int], float] | None = None
+    #: Bytes of one KV block over all the instance's GPUs (what a swapped block moves).
+    kv_block_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prefix_caching and self.policy.reserves_full_kv:
             raise ValueError(f"policy {self.policy.name} reserves KV up front: no prefix caching")
         if self.router == "prefix_aware" and not self.prefix_caching:
             raise ValueError("prefix_aware routing needs prefix caching on the pool")
+        if self.swap_blocks and self.host_copy_s is None:
+            raise ValueError("swap preemption needs the host link's copy time")
 
     @property
     def blocks_per_engine(self) -> int:
@@ -110,8 +119,10 @@ class EngineSetup:
         stage_send_s: Callable[[int], float] | None = None,
         speculation: Speculation | None = None,
         prefix_caching: bool = False,
+        swap_blocks: int = 0,
+        host_copy_s: Callable[[int], float] | None = None,
     ) -> EngineSetup:
         """One pool of `replicas` co-located instances."""
         pool = PoolSetup(replicas, limits, cost_model, policy, queue, router, pp, stage_send_s,
-                         prefix_caching)
+                         prefix_caching, swap_blocks=swap_blocks, host_copy_s=host_copy_s)
         return cls((pool,), speculation=speculation)

@@ -40,6 +40,7 @@ from simserve.engine.router import route
 from simserve.engine.setup import EngineLimits, EngineSetup, PoolSetup
 from simserve.engine.speculative import AcceptanceSampler
 from simserve.engine.state import ReplicaState, RequestTable
+from simserve.engine.swap import SwapSpace
 from simserve.workload import Workload
 
 __all__ = ["simulate"]
@@ -174,7 +175,8 @@ class _Instance:
                             yield from self._run_steps(state, run)
                             continue
                     shape = begin(plan, now)
-                    duration = step_time(shape)
+                    # NOTE: swap copies run before the step's forward pass (vLLM v0's worker).
+                    duration = step_time(shape) + state.copy_s
                     if stages:
                         leave = _through_stages(stages, now, duration,
                                                 self._send_s(shape.num_tokens))
@@ -393,6 +395,9 @@ class _Cluster:
                             workload.content, pool.limits.block_size,
                             self.requests.prompt_len, self.requests.output_len,
                         ) if pool.prefix_caching else None,
+                        swap=SwapSpace(pool.swap_blocks // pool.pp, pool.host_copy_s,
+                                       pool.kv_block_bytes)
+                        if pool.swap_blocks and pool.host_copy_s is not None else None,
                     )
                     for stage in range(pool.pp)
                 ]
@@ -578,12 +583,13 @@ class _Cluster:
                 for st in inst.states:
                     leftover = st.num_blocks - st.free_blocks
                     held = st.prefix_cache.num_held() if st.prefix_cache is not None else 0
-                    if leftover or held or st.num_held_blocks or st.num_incoming \
+                    swapped = len(st.swap) if st.swap is not None else 0
+                    if leftover or held or swapped or st.num_held_blocks or st.num_incoming \
                             or st.has_work() or inst.pending[id(st)]:
                         raise AssertionError(
                             f"replica {st.index}: {leftover} KV blocks still allocated "
                             f"({st.num_held_blocks} held for transfers, {st.num_incoming} "
-                            "incoming) after the run"
+                            f"incoming, {swapped} requests swapped out) after the run"
                         )
 
     def run(self) -> SimulationResult:
@@ -618,6 +624,9 @@ class _Cluster:
                 prefix_cache_queried_tokens=sum(c.queried_tokens for c in caches),
                 prefix_cache_hit_tokens=sum(c.hit_tokens for c in caches),
             )
+        swaps = [st.swap for st in states if st.swap is not None]
+        if swaps:
+            result = dataclasses.replace(result, kv_tiers=_swap_totals(swaps))
         if self.disaggregated:
             result = dataclasses.replace(
                 result,
@@ -649,6 +658,20 @@ def simulate(
     """
     return _Cluster(workload, setup, acceptance_rng=acceptance_rng, fast_forward=fast_forward,
                     progress=progress).run()
+
+
+def _swap_totals(swaps: Sequence[SwapSpace]) -> dict[str, float]:
+    """Swap preemption over every engine: swaps each way, bytes moved, step time spent
+    copying, and time spent in the CPU tier."""
+    return {
+        "num_swap_outs": sum(s.num_swap_outs for s in swaps),
+        "num_swap_ins": sum(s.num_swap_ins for s in swaps),
+        "swap_out_bytes": sum(s.blocks_out * s.block_bytes for s in swaps),
+        "swap_in_bytes": sum(s.blocks_in * s.block_bytes for s in swaps),
+        "swap_copy_s": sum(s.copy_time_s for s in swaps),
+        "swapped_request_s": sum(s.swapped_s for s in swaps),
+        "swapped_gib_s": sum(s.block_s * s.block_bytes for s in swaps) / 2**30,
+    }
 
 
 def _collect(

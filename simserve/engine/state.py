@@ -25,6 +25,7 @@ from simserve.engine.plan import StepPlan
 from simserve.engine.prefix_cache import PrefixCache
 from simserve.engine.queues import FCFSQueue
 from simserve.engine.speculative import AcceptanceSampler
+from simserve.engine.swap import SwapSpace
 
 __all__ = [
     "STEP_COLUMNS",
@@ -224,6 +225,7 @@ class ReplicaState:
         acceptance: AcceptanceSampler | None = None,
         queue: type[FCFSQueue] = FCFSQueue,
         prefix_cache: PrefixCache | None = None,
+        swap: SwapSpace | None = None,
     ) -> None:
         self.index = index
         self.engine_id = engine_id
@@ -266,6 +268,11 @@ class ReplicaState:
         self.deadlines: list[tuple[float, int]] = []
         self._lookups: dict[int, tuple[int, int]] = {}
         self._lookups_version = -1
+        # Swap preemption (None: recompute): the CPU blocks of swapped-out requests, which
+        # wait in the queue like recomputed ones; `copy_s` is the GPU-host copy time of the
+        # step `begin` last planned (swap-outs and swap-ins), which adds to that step.
+        self.swap = swap
+        self.copy_s = 0.0
 
     # ------------------------------------------------------------------ views for policies
 
@@ -312,8 +319,12 @@ class ReplicaState:
         return found
 
     def cached_tokens(self, request_id: int) -> int:
-        """Leading tokens of a waiting request the prefix cache holds: admitted, it computes
-        only `target_tokens - cached_tokens` (0 without prefix caching)."""
+        """Leading tokens of a waiting request the prefix cache holds, or a swapped-out one's
+        swap space: admitted, it computes only `target_tokens - cached_tokens` (0 without
+        prefix caching or swap)."""
+        swap = self.swap
+        if swap is not None and request_id in swap:
+            return swap.computed(request_id)
         if self.prefix_cache is None:
             return 0
         return self._lookup(request_id)[0] * self.block_size
@@ -321,7 +332,11 @@ class ReplicaState:
     def admit_blocks(self, request_id: int, num_new_tokens: int) -> int:
         """Free KV blocks admitting a waiting request takes to compute `num_new_tokens` tokens
         after its cached prefix: new blocks, plus cached blocks it revives from the evictable
-        pool (a policy's upper bound: requests admitted together may share them)."""
+        pool (a policy's upper bound: requests admitted together may share them). A swapped-out
+        request takes blocks for all its tokens: its swapped ones come back as its own."""
+        swap = self.swap
+        if swap is not None and request_id in swap:
+            return -(-(swap.computed(request_id) + num_new_tokens) // self.block_size)
         if self.prefix_cache is None:
             return -(-num_new_tokens // self.block_size)
         hit, taken = self._lookup(request_id)
@@ -424,6 +439,8 @@ class ReplicaState:
                 self._release(rid, self._held_by_decode(rid, computed), computed)
             else:
                 self.waiting.take((rid,))
+                if self.swap is not None and rid in self.swap:
+                    self.swap.discard(rid, now)
             req.timed_out[rid] = 1
             cancelled += 1
             if self.ended is not None:
@@ -437,19 +454,23 @@ class ReplicaState:
         req = self.requests
         decodes = self.decodes
         cache = self.prefix_cache
-        # Cache hits as the policy saw them, before this plan's preemptions add blocks.
-        hits = [self._lookup(rid)[0] for rid in plan.admit] if cache is not None else None
+        swap = self.swap
+        self.copy_s = 0.0
+        # Cache hits as the policy saw them, before this plan's preemptions add blocks (a
+        # swapped-out request brings its own blocks back instead).
+        hits = [0 if swap is not None and rid in swap else self._lookup(rid)[0]
+                for rid in plan.admit] if cache is not None else None
         if plan.preempt:
             partial = {e.request_id: e for e in self.prefilling}
             for rid in plan.preempt:
                 entry = partial.pop(rid, None)
                 if entry is not None:
                     self.prefilling.remove(entry)
-                    self._preempt(rid, entry.num_blocks, entry.num_computed)
+                    self._preempt(rid, entry.num_blocks, entry.num_computed, now)
                     continue
                 computed, remaining = decodes.remove(rid)
                 req.emitted[rid] = req.output_len[rid] - remaining
-                self._preempt(rid, self._held_by_decode(rid, computed), computed)
+                self._preempt(rid, self._held_by_decode(rid, computed), computed, now)
         if plan.admit:
             self.waiting.take(plan.admit)
             for i, rid in enumerate(plan.admit):
@@ -457,7 +478,11 @@ class ReplicaState:
                 if first:
                     req.first_scheduled_at[rid] = now
                 entry = PrefillEntry(rid, 0, self.target_tokens(rid))
-                if self.reserve_full:
+                if swap is not None and rid in swap:
+                    entry.num_computed, entry.num_blocks, copy_s = swap.swap_in(rid, now)
+                    self.free_blocks -= entry.num_blocks
+                    self.copy_s += copy_s
+                elif self.reserve_full:
                     entry.num_blocks = self.reserve_blocks(rid)
                     self.free_blocks -= entry.num_blocks
                 elif hits is not None:
@@ -502,10 +527,17 @@ class ReplicaState:
             prefill_tokens, prefill_seqs, attn_pairs, prefill_kv, m, m * w, decode_kv + m * w
         )
 
-    def _preempt(self, request_id: int, num_blocks: int, num_computed: int) -> None:
+    def _preempt(self, request_id: int, num_blocks: int, num_computed: int, now: float) -> None:
         # NOTE: vLLM's recompute preemption frees the blocks and puts the request back in the
         # waiting queue (FCFS: at its front); its emitted tokens stay emitted, and its full
-        # blocks stay in the prefix cache, where its recompute may find them.
+        # blocks stay in the prefix cache, where its recompute may find them. Swap preemption
+        # (vLLM v0) first copies its blocks to the swap space; when that is full, vLLM v0
+        # aborts the engine ("lack of CPU swap space"), simserve recomputes instead.
+        swap = self.swap
+        if swap is not None and num_computed:
+            copy_s = swap.swap_out(request_id, num_computed, self.blocks_for(num_computed), now)
+            if copy_s is not None:
+                self.copy_s += copy_s
         self._release(request_id, num_blocks, num_computed)
         self.requests.num_preemptions[request_id] += 1
         self.waiting.push_preempted(request_id)
