@@ -19,6 +19,7 @@ from simserve.engine import POLICIES, QUEUES, EngineLimits, EngineSetup, simulat
 from simserve.engine.state import ReplicaState
 from simserve.resolve import resolve
 from simserve.workload import Workload
+from simserve.workload.content import SharedContent
 
 STEP_S = 0.01
 COPY_S_PER_BLOCK = 0.001
@@ -103,6 +104,85 @@ def test_every_preempting_policy_swaps_and_resumes(policy):
     assert int(r.steps.num_prefill_tokens.sum()) == 16 + 1
 
 
+# --------------------------------------------------------------------------- CPU offload
+
+
+@dataclasses.dataclass(frozen=True)
+class PerTokenCost:
+    """5 ms a step plus 1 ms a token: recomputing a prefix costs what its tokens cost."""
+
+    def step_time(self, shape) -> float:
+        return 0.005 + 0.001 * shape.num_tokens
+
+    def decode_step_fn(self, num_seqs: int):
+        return lambda kv: 0.005 + 0.001 * num_seqs
+
+    def decode_run_s(self, num_seqs: int, decode_kv_tokens: np.ndarray) -> np.ndarray:
+        return np.full(decode_kv_tokens.size, 0.005 + 0.001 * num_seqs)
+
+
+# r0 and r2 open with the same 16-token system prompt (4 blocks of 4 tokens), r1 shares
+# nothing; one output token each, so each request is one prefill step.
+SHARED = Workload(
+    arrived_at=np.array([0.0, 0.03, 0.06]), prompt_len=np.array([17, 20, 17]),
+    output_len=np.array([1, 1, 1]),
+    content=SharedContent(group=np.array([0, -1, 0]), group_len=np.array([16, 0, 16])),
+)
+
+
+def _offload_setup(offload_blocks: int) -> EngineSetup:
+    setup = EngineSetup.colocated(
+        POLICIES["chunked_prefill"], PerTokenCost(), EngineLimits(6, 4, 8, 32, 10_000),
+        prefix_caching=True, offload_blocks=offload_blocks,
+        host_copy_s=lambda n: COPY_S_PER_BLOCK * n)
+    pool = dataclasses.replace(setup.pools[0], kv_block_bytes=BLOCK_BYTES)
+    return dataclasses.replace(setup, pools=(pool,))
+
+
+@pytest.mark.parametrize("fast_forward", [True, False])
+def test_an_evicted_prefix_is_loaded_from_the_cpu_tier_not_recomputed(fast_forward):
+    # r0 (0 -> 0.022, 17 tokens) leaves its 4 prompt blocks cached. r1's 20 tokens take 5 of
+    # the 6 blocks at 0.03, evicting 3 of them (blocks 1-3 of the prompt) to the CPU tier.
+    # r2 at 0.06 finds block 0 on the GPU and blocks 1-3 in the CPU tier: it loads them
+    # (3 ms over the link) while holding its blocks, then computes its last token alone:
+    # 0.063 + 5 ms + 1 ms.
+    r = simulate(SHARED, _offload_setup(100), fast_forward=fast_forward)
+    assert r.tokens_of(0).tolist() == pytest.approx([0.022])
+    assert r.tokens_of(1).tolist() == pytest.approx([0.055])
+    assert r.tokens_of(2).tolist() == pytest.approx([0.06 + 0.003 + 0.006])
+    assert r.cached_tokens is not None and r.cached_tokens.tolist() == [0, 0, 16]
+    tiers = r.kv_tiers
+    assert tiers is not None
+    assert tiers["num_offload_loads"] == 1 and tiers["offload_hit_tokens"] == 12
+    assert tiers["offload_loaded_bytes"] == 3 * BLOCK_BYTES
+    assert tiers["offload_load_s"] == pytest.approx(0.003)
+    # Stored: r0's 3 prompt blocks, then 3 of r1's 5 when r2 took their memory for its
+    # loaded blocks, and a 4th when its last token needed a 5th block.
+    assert tiers["offload_stored_bytes"] == 7 * BLOCK_BYTES
+    # The step that finished r2 computed 1 token; the load took no step of its own.
+    assert r.steps.num_prefill_tokens.tolist() == [17, 20, 1]
+
+
+def test_without_offload_the_evicted_prefix_is_recomputed():
+    # The same run without a CPU tier: r2 finds only block 0 and computes 13 tokens.
+    r = simulate(SHARED, EngineSetup.colocated(
+        POLICIES["chunked_prefill"], PerTokenCost(), EngineLimits(6, 4, 8, 32, 10_000),
+        prefix_caching=True))
+    assert r.tokens_of(2).tolist() == pytest.approx([0.06 + 0.005 + 0.013])
+    assert r.steps.num_prefill_tokens.tolist() == [17, 20, 13]
+    assert r.kv_tiers is None
+
+
+def test_a_full_cpu_tier_keeps_the_most_recently_evicted_blocks():
+    # 2 CPU blocks: of r0's evicted blocks 1-3 only 1-2 stay (dropped from the end), so r2
+    # loads 2 blocks and computes its last 5 tokens (block 3 and token 16).
+    r = simulate(SHARED, _offload_setup(2))
+    tiers = r.kv_tiers
+    assert tiers is not None and tiers["offload_hit_tokens"] == 8
+    assert r.steps.num_prefill_tokens.tolist() == [17, 20, 5]
+    assert r.tokens_of(2).tolist() == pytest.approx([0.06 + 0.002 + 0.005 + 0.005])
+
+
 # --------------------------------------------------------------------------- invariants
 
 
@@ -116,6 +196,10 @@ def squeezed_runs(draw):
         output_len=np.array(draw(st.lists(st.integers(1, 30), min_size=n, max_size=n))),
         # Clients that give up cancel requests wherever they are, swapped out included.
         client_timeout_s=draw(st.one_of(st.none(), st.floats(0.02, 0.3))),
+        # Shared system prompts, for the prefix cache and its CPU tier to find.
+        content=SharedContent(
+            group=np.array(draw(st.lists(st.integers(-1, 1), min_size=n, max_size=n))),
+            group_len=np.array(draw(st.lists(st.integers(1, 24), min_size=n, max_size=n)))),
     )
     policy = draw(st.sampled_from(["chunked_prefill", "prefill_first", "mixed"]))
     queue = draw(st.sampled_from(sorted(QUEUES)))
@@ -124,17 +208,19 @@ def squeezed_runs(draw):
                           max_num_seqs=draw(st.integers(1, 6)), max_num_batched_tokens=32,
                           max_model_len=200)
     return (workload, policy, queue, limits, draw(st.integers(1, 12)), draw(st.integers(1, 2)),
-            draw(st.booleans()))
+            draw(st.booleans()), draw(st.integers(0, 10)))
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(squeezed_runs())
 def test_blocks_are_conserved_across_gpu_and_cpu_tiers(run):
-    workload, policy, queue, limits, swap_blocks, pp, caching = run
+    workload, policy, queue, limits, swap_blocks, pp, caching, offload_blocks = run
     caching = caching and policy == "chunked_prefill"
+    # With prefix caching, a CPU offload tier too (its loads overlap the steps).
     setup = EngineSetup.colocated(
         POLICIES[policy], ConstantCostModel(STEP_S), limits, queue=QUEUES[queue], pp=pp,
-        swap_blocks=swap_blocks, host_copy_s=lambda n: 1e-4 * n, prefix_caching=caching)
+        swap_blocks=swap_blocks, host_copy_s=lambda n: 1e-4 * n, prefix_caching=caching,
+        offload_blocks=offload_blocks if caching else 0)
     # After every step `begin` plans, on every engine: see `_tiers_consistent`.
     checks: list[bool] = []
     original = ReplicaState.begin
@@ -166,13 +252,17 @@ def _tiers_consistent(state: ReplicaState) -> bool:
     swap = state.swap
     assert swap is not None
     swap.check()
+    if state.prefix_cache is not None:
+        state.prefix_cache.check()  # the CPU tier's blocks too
     running = {e.request_id for e in state.prefilling} | {
-        rid for rid, _c, _r in state.decodes.members()}
+        rid for rid, _c, _r in state.decodes.members()} | {
+        e.request_id for _at, e in state.loading}
     waiting = set(state.waiting)
     in_cpu = {rid for rid in waiting if rid in swap}
     # A swapped-out request waits (it holds CPU blocks only); nobody running is swapped.
     ok = not (running & in_cpu) and len(in_cpu) == len(swap)
     gpu_held = sum(e.num_blocks for e in state.prefilling) + sum(
+        e.num_blocks for _at, e in state.loading) + sum(
         -(-c // state.block_size) for _rid, c, _r in state.decodes.members())
     if state.prefix_cache is None:
         # Decode blocks for this step are taken already; their tokens come at its end.
@@ -248,3 +338,27 @@ def test_swap_summary_keys(tmp_path):
     assert summary["num_recompute_preemptions"] == 0
     assert summary["swap_in_gib"] == summary["swap_out_gib"] > 0
     assert summary["swap_copy_s"] > 0 and summary["mean_swapped_s"] > 0
+
+
+def test_offload_tier_size_follows_the_catalog(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SCENARIO.replace("  preemption: swap\n", "")
+                    + "  kv_offload:\n    cpu_gb: 64\n")
+    pool = resolve(load_scenario(path)).pools[0].setup
+    assert pool.swap_blocks == 0
+    assert pool.offload_blocks == 64 * 2**30 // (2 * 32 * 8 * 128 * 2 * 16) == 32768
+
+
+def test_offload_without_prefix_caching_is_refused(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(SCENARIO + "  enable_prefix_caching: false\n  kv_offload:\n    cpu_gb: 8\n")
+    err = _error(["run", str(path), "--out", str(tmp_path / "run")], capsys)
+    assert "engine.kv_offload" in err and f"{path}:11" in err and "prefix caching" in err
+
+
+def test_offload_larger_than_host_memory_is_refused(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(SCENARIO.replace("  preemption: swap\n", "")
+                    + "  kv_offload:\n    cpu_gb: 300\n")
+    err = _error(["run", str(path), "--out", str(tmp_path / "run")], capsys)
+    assert "engine.kv_offload.cpu_gb" in err and f"{path}:10" in err and "256 GiB" in err

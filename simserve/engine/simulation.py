@@ -33,6 +33,7 @@ import simpy
 
 from simserve.costmodel.base import decode_run_s, decode_step_fn
 from simserve.engine.decodes import CounterDecodes, VerifyDecodes
+from simserve.engine.offload import CpuTier
 from simserve.engine.policies import Policy
 from simserve.engine.prefix_cache import PrefixCache
 from simserve.engine.records import SimulationResult, StepRecords, StepTokenTimes
@@ -165,6 +166,8 @@ class _Instance:
                 cancelled = state.cancel_expired(env.now)
                 if cancelled and on_step_done is not None:
                     on_step_done(state, cancelled)
+            if state.loading:
+                state.land_loads(env.now)
             if state.has_work():
                 now = env.now
                 plan = schedule(state, now)
@@ -175,6 +178,10 @@ class _Instance:
                             yield from self._run_steps(state, run)
                             continue
                     shape = begin(plan, now)
+                    if state.new_loads:
+                        self._wake_after_loads(state)
+                        if shape.num_tokens == 0 and not plan.preempt:
+                            continue  # every admitted request waits for its KV load
                     # NOTE: swap copies run before the step's forward pass (vLLM v0's worker).
                     duration = step_time(shape) + state.copy_s
                     if stages:
@@ -196,6 +203,13 @@ class _Instance:
             self.wakeups[key] = env.event()
             yield self.wakeups[key]
             self.wakeups[key] = None
+
+    def _wake_after_loads(self, state: ReplicaState) -> None:
+        """Wake the engine when each KV load `begin` started ends (it may be idle then)."""
+        env = self.env
+        for at in state.new_loads:
+            env.timeout(at - env.now).callbacks.append(lambda _event: self.notify(state))
+        state.new_loads.clear()
 
     def _plan_run(self, state: ReplicaState, now: float) -> _Run | None:
         """The fast-forwarded run starting now, or None when fewer than two steps qualify
@@ -394,7 +408,10 @@ class _Cluster:
                         prefix_cache=PrefixCache(
                             workload.content, pool.limits.block_size,
                             self.requests.prompt_len, self.requests.output_len,
+                            cpu=CpuTier(pool.offload_blocks // pool.pp)
+                            if pool.offload_blocks else None,
                         ) if pool.prefix_caching else None,
+                        load_s=pool.host_copy_s,
                         swap=SwapSpace(pool.swap_blocks // pool.pp, pool.host_copy_s,
                                        pool.kv_block_bytes)
                         if pool.swap_blocks and pool.host_copy_s is not None else None,
@@ -625,8 +642,13 @@ class _Cluster:
                 prefix_cache_hit_tokens=sum(c.hit_tokens for c in caches),
             )
         swaps = [st.swap for st in states if st.swap is not None]
-        if swaps:
-            result = dataclasses.replace(result, kv_tiers=_swap_totals(swaps))
+        tiers = [(st.prefix_cache.cpu, st.block_size) for st in states
+                 if st.prefix_cache is not None and st.prefix_cache.cpu is not None]
+        if swaps or tiers:
+            totals = _swap_totals(swaps) if swaps else {}
+            if tiers:
+                totals.update(_offload_totals(tiers, self.pools))
+            result = dataclasses.replace(result, kv_tiers=totals)
         if self.disaggregated:
             result = dataclasses.replace(
                 result,
@@ -671,6 +693,19 @@ def _swap_totals(swaps: Sequence[SwapSpace]) -> dict[str, float]:
         "swap_copy_s": sum(s.copy_time_s for s in swaps),
         "swapped_request_s": sum(s.swapped_s for s in swaps),
         "swapped_gib_s": sum(s.block_s * s.block_bytes for s in swaps) / 2**30,
+    }
+
+
+def _offload_totals(tiers: Sequence[tuple[CpuTier, int]],
+                    pools: Sequence[PoolSetup]) -> dict[str, float]:
+    """CPU offload over every engine: blocks stored and loaded, their bytes, load time."""
+    block_bytes = next(p.kv_block_bytes for p in pools if p.offload_blocks)
+    return {
+        "offload_stored_bytes": sum(t.stored_blocks for t, _bs in tiers) * block_bytes,
+        "offload_loaded_bytes": sum(t.loaded_blocks for t, _bs in tiers) * block_bytes,
+        "offload_hit_tokens": sum(t.loaded_blocks * bs for t, bs in tiers),
+        "num_offload_loads": sum(t.num_loads for t, _bs in tiers),
+        "offload_load_s": sum(t.load_s for t, _bs in tiers),
     }
 
 

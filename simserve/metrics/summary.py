@@ -267,7 +267,8 @@ def _prefix_cache_summary(result: SimulationResult, table: dict[str, np.ndarray]
 
 def kv_tier_summary(totals: Mapping[str, float], num_preemptions: int) -> dict[str, object]:
     """KV memory tiers over the whole run: preemptions by kind, GiB swapped each way, the step
-    time spent copying, and the time requests' KV spent in host memory."""
+    time spent copying, and the time requests' KV spent in host memory (swap); loads from the
+    CPU tier, the tokens they brought back, GiB each way and load time (CPU offload)."""
     out: dict[str, object] = {}
     if "num_swap_outs" in totals:
         swaps = int(totals["num_swap_outs"])
@@ -280,6 +281,14 @@ def kv_tier_summary(totals: Mapping[str, float], num_preemptions: int) -> dict[s
             "swapped_request_s": totals["swapped_request_s"],
             "mean_swapped_s": totals["swapped_request_s"] / swaps if swaps else None,
             "swapped_gib_s": totals["swapped_gib_s"],
+        })
+    if "num_offload_loads" in totals:
+        out.update({
+            "num_offload_loads": int(totals["num_offload_loads"]),
+            "offload_hit_tokens": int(totals["offload_hit_tokens"]),
+            "offload_load_gib": totals["offload_loaded_bytes"] / 2**30,
+            "offload_store_gib": totals["offload_stored_bytes"] / 2**30,
+            "offload_load_s": totals["offload_load_s"],
         })
     return out
 
