@@ -298,7 +298,7 @@ def _check_blocks(
         )
 
 
-def host_link(gpu: GpuSpec, field: str) -> LinkSpec:
+def _host_link(gpu: GpuSpec, field: str) -> LinkSpec:
     """The link between a GPU and host memory (its PCIe generation, from the GPU catalog)."""
     if gpu.host_link is None:
         raise InputError(
@@ -355,7 +355,7 @@ def _host_tiers(engine: EngineConfig, gpu: GpuSpec, model: ModelSpec, tp: int, p
     if not swap and offload is None:
         return {}
     _check_host_memory(engine, gpu, "engine.swap_space_gb" if swap else "engine.kv_offload.cpu_gb")
-    link = host_link(gpu, gpu_field)
+    link = _host_link(gpu, gpu_field)
     block_bytes = float(model.kv_bytes_per_token_at(tp) * engine.block_size)
     per_gpu_block = block_bytes / (tp * pp)
 

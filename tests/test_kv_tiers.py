@@ -246,6 +246,11 @@ def test_blocks_are_conserved_across_gpu_and_cpu_tiers(run):
         assert tiers["num_swap_outs"] == tiers["num_swap_ins"]
         assert tiers["swap_out_bytes"] == tiers["swap_in_bytes"]
     assert all(checks)
+    # Fast-forwarded decode runs give the records of stepping one by one, tiers included.
+    stepped = simulate(workload, setup, fast_forward=False)
+    assert np.array_equal(stepped.token_times_s, r.token_times_s)
+    assert np.array_equal(stepped.steps.started_at, r.steps.started_at)
+    assert stepped.kv_tiers == tiers
 
 
 def _tiers_consistent(state: ReplicaState) -> bool:
@@ -362,3 +367,19 @@ def test_offload_larger_than_host_memory_is_refused(tmp_path, capsys):
                     + "  kv_offload:\n    cpu_gb: 300\n")
     err = _error(["run", str(path), "--out", str(tmp_path / "run")], capsys)
     assert "engine.kv_offload.cpu_gb" in err and f"{path}:10" in err and "256 GiB" in err
+
+
+def test_a_disaggregated_decode_pool_swaps_and_resumes():
+    # DistServe's decode instances swap: two 8-token prompts move to a decode engine of 6
+    # blocks of 4 tokens, where they outgrow it; the newest is swapped out and back, and its
+    # only computed token on the decode engine is the one it resumes with.
+    prefill = EngineSetup.colocated(POLICIES["chunked_prefill"], ConstantCostModel(STEP_S),
+                                    EngineLimits(100, 4, 8, 32, 10_000)).pools[0]
+    decode = dataclasses.replace(_swap_setup().pools[0], limits=EngineLimits(6, 4, 8, 32, 10_000))
+    r = simulate(SQUEEZE, EngineSetup((prefill, decode), kv_transfer_s=lambda n: 0.001))
+    assert np.diff(r.token_offsets).tolist() == [10, 10]
+    tiers = r.kv_tiers
+    assert tiers is not None and tiers["num_swap_outs"] == tiers["num_swap_ins"] == 1
+    assert r.num_preemptions.tolist() == [0, 1]
+    on_decode = r.steps.replica == 1
+    assert int(r.steps.num_prefill_tokens[on_decode].sum()) == 1
