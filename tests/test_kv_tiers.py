@@ -383,3 +383,21 @@ def test_a_disaggregated_decode_pool_swaps_and_resumes():
     assert r.num_preemptions.tolist() == [0, 1]
     on_decode = r.steps.replica == 1
     assert int(r.steps.num_prefill_tokens[on_decode].sum()) == 1
+
+
+def test_preempting_a_partial_prefill_frees_only_its_own_blocks():
+    # Six requests behind one 13-token system prompt, 18 blocks, a 3-block CPU tier: chunked
+    # prefill preempts a partial prefill that shares cached blocks with others. The policy
+    # once counted all of the victim's blocks as freed and over-allocated the KV cache
+    # (AssertionError); blocks other requests hold stay in use.
+    workload = Workload(
+        arrived_at=np.array([0.0, 0.0179, 0.0326, 0.0332, 0.0461, 0.0474]),
+        prompt_len=np.array([68, 43, 14, 24, 63, 49]),
+        output_len=np.array([4, 7, 9, 6, 6, 10]),
+        content=SharedContent(group=np.ones(6, dtype=int), group_len=np.full(6, 13)))
+    setup = EngineSetup.colocated(
+        POLICIES["chunked_prefill"], ConstantCostModel(STEP_S), EngineLimits(18, 4, 4, 32, 400),
+        prefix_caching=True, offload_blocks=3, host_copy_s=lambda n: 0.003 * n)
+    r = simulate(workload, setup)
+    assert np.diff(r.token_offsets).tolist() == [4, 7, 9, 6, 6, 10]
+    assert int(r.num_preemptions.sum()) > 0
