@@ -20,7 +20,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/simserve run $(SCENARIO) --plots
-	$(BIN)/simserve antipatterns --quick
+	$(BIN)/simserve antipatterns
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check simserve tests

@@ -1,5 +1,6 @@
 """Sweep figures: latency vs arrival rate per policy with SLO lines and 95% confidence bands
-over seeds, capacity bars, and the Pareto front of throughput vs P99 TBT.
+over seeds (log scale, `experiments.replications`), capacity bars, and the Pareto front of
+throughput vs P99 TBT over the points that meet the SLO.
 
 Input is a sweep directory's summary.csv (one row per run) and sweep.json (its axes, mode and
 SLO rule); output is matplotlib `Figure` objects drawn with the Agg canvas (never `show()`), so
@@ -22,7 +23,10 @@ from matplotlib.patches import Patch
 from simserve.errors import InputError
 from simserve.experiments.atomic import OutputKind, write_dir_atomically
 from simserve.experiments.capacity import SloRule, parse_slo_rule
+from simserve.experiments.replications import seed_estimate
 from simserve.experiments.sweep import STATE_FILE, SUMMARY_CSV, read_csv_rows
+from simserve.formatting import fmt_number, key_label
+from simserve.plots.canvas import SLO_COLOR, number_ticks, plain_log_ticks, system_colors
 
 __all__ = [
     "SweepTable",
@@ -38,18 +42,6 @@ PLOTS_DIR = OutputKind("sweep figure directory",
 RATE_KEY = "workload.arrival.rate"
 DEFAULT_METRICS = ("p99_ttft_ms", "p99_tbt_ms", "median_scheduling_delay_ms", "mean_tpot_ms")
 DEFAULT_RULE = "sarathi"
-_ACRONYMS = {"ttft": "TTFT", "tpot": "TPOT", "tbt": "TBT", "itl": "ITL", "e2el": "E2EL",
-             "slo": "SLO", "kv": "KV"}
-_UNITS = {
-    "request_throughput": "req/s",
-    "request_goodput": "req/s",
-    "output_throughput": "tok/s",
-    "total_token_throughput": "tok/s",
-    "fluid_token_rate": "tok/s",
-    "capacity_rps": "req/s",
-    "capacity_per_usd": "req/USD",
-    RATE_KEY: "req/s",
-}
 
 
 @dataclass(frozen=True)
@@ -88,21 +80,7 @@ def _label(key: str) -> str:
     """An axis label with units, e.g. 'P99 TBT (ms)', 'arrival rate (req/s)'."""
     if key == RATE_KEY:
         return "arrival rate (req/s)"
-    unit = _UNITS.get(key)
-    stem = key
-    if key.endswith("_ms"):
-        stem, unit = key[:-3], "ms"
-    words = []
-    for word in stem.split("."):
-        for part in word.split("_"):
-            if part in _ACRONYMS:
-                words.append(_ACRONYMS[part])
-            elif part[:1] == "p" and part[1:].replace(".", "").isdigit():
-                words.append(part.upper())
-            else:
-                words.append(part)
-    text = " ".join(words)
-    return f"{text} ({unit})" if unit else text
+    return key_label(key)
 
 
 def _number(value: Any) -> float | None:
@@ -112,16 +90,28 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and the t-based 95% confidence interval over seeds (zero width for one seed)."""
-    data = np.asarray(values, dtype=np.float64)
-    mean = float(np.mean(data))
-    if data.size < 2:
-        return mean, mean, mean
-    from scipy import stats
+def _series_colors(groups: Mapping[str, Sequence[Mapping[str, Any]]],
+                   keys: Sequence[str]) -> dict[str, str]:
+    """A colour per series: its policy's project-wide colour when the policy tells the series
+    apart (one series per policy), else one of the other colours per series."""
+    policy = "engine.policy"
+    if policy in keys:
+        policies = {label: str(rows[0].get(policy)) for label, rows in groups.items() if rows}
+        if len(set(policies.values())) == len(policies):
+            palette = system_colors(policies.values())
+            return {label: palette[p] for label, p in policies.items()}
+    return system_colors(groups)
 
-    half = float(stats.t.ppf(0.975, data.size - 1) * np.std(data, ddof=1) / math.sqrt(data.size))
-    return mean, mean - half, mean + half
+
+def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
+    """The value over seeds and its 95% interval (`experiments.replications`: log scale for
+    positive numbers, so a band never crosses zero; zero width for one seed)."""
+    estimate = seed_estimate(values)
+    if estimate is None:
+        return math.nan, math.nan, math.nan
+    if estimate.interval is None:
+        return estimate.value, estimate.value, estimate.value
+    return estimate.value, estimate.low, estimate.high  # type: ignore[return-value]
 
 
 def _short(key: str) -> str:
@@ -184,10 +174,10 @@ def _slo_lines(ax: Any, rule: SloRule | None, key: str, horizontal: bool = True)
             continue
         label = f"SLO: {cond}"
         if horizontal:
-            ax.axhline(cond.threshold, color="crimson", linestyle="--", linewidth=1.2,
+            ax.axhline(cond.threshold, color=SLO_COLOR, linestyle="--", linewidth=1.2,
                        label=label)
         else:
-            ax.axvline(cond.threshold, color="crimson", linestyle="--", linewidth=1.2,
+            ax.axvline(cond.threshold, color=SLO_COLOR, linestyle="--", linewidth=1.2,
                        label=label)
 
 
@@ -212,7 +202,9 @@ def latency_vs_rate_figure(
     ncols = 2 if len(metrics) > 1 else 1
     nrows = math.ceil(len(metrics) / ncols)
     fig = Figure(figsize=(6.4 * ncols, 4.2 * nrows), layout="constrained")
-    groups = _group(table.rows, _series_keys(table, x))
+    keys = _series_keys(table, x)
+    groups = _group(table.rows, keys)
+    colors = _series_colors(groups, keys)
     # Long labels (several axes) squeeze every panel's legend into its plot: one legend of
     # the series under the figure instead, the SLO lines keeping theirs.
     shared_legend = len(metrics) > 1 and max(map(len, groups), default=0) > 40
@@ -232,11 +224,10 @@ def latency_vs_rate_figure(
             stats = [_mean_ci(by_x[v]) for v in xs]
             means = [s[0] for s in stats]
             positive &= all(v > 0 for v in means)
-            (line,) = ax.plot(xs, means, marker="o", markersize=4, label=label)
-            # NOTE: latencies and rates are >= 0, so the band is clipped there.
-            lows = [max(s[1], 0.0) for s in stats]
-            ax.fill_between(xs, lows, [s[2] for s in stats], color=line.get_color(), alpha=0.2,
-                            linewidth=0)
+            (line,) = ax.plot(xs, means, marker="o", markersize=4, label=label,
+                              color=colors.get(label))
+            ax.fill_between(xs, [s[1] for s in stats], [s[2] for s in stats],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
             all_means.extend(means)
         _slo_lines(ax, rule, metric)
         ax.set_xlabel(_label(x))
@@ -246,6 +237,7 @@ def latency_vs_rate_figure(
             # Curves spanning decades (a saturated policy next to healthy ones) stay readable.
             ax.set_yscale("log")
             ax.set_ylim(bottom=min(all_means) / 3)
+            plain_log_ticks(ax.yaxis)
         ax.grid(alpha=0.3)
         slo_lines = [line for line in ax.get_lines() if line.get_label().startswith("SLO")]
         if shared_legend and slo_lines:
@@ -273,7 +265,7 @@ def _swept_capacity(rows: Sequence[Mapping[str, Any]], x: str, rule: SloRule) ->
         if not passed:
             return best, note
         best, note = rate, ""
-    return best, f"≥ {best:g}" if best else "none meets"
+    return best, f"≥ {fmt_number(best)}" if best else "none meets"
 
 
 def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None,
@@ -326,14 +318,14 @@ def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None,
     else:
         assert rule is not None and x is not None
         groups = _group(table.rows, _series_keys(table, x))
+        series_colors = _series_colors(groups, _series_keys(table, x))
         labels, caps = [], []
         for label, rows in groups.items():
             cap, note = _swept_capacity(rows, x, rule)
             labels.append(label)
             caps.append(cap)
             ax.annotate(note, (len(caps) - 1, cap), ha="center", va="bottom", fontsize=8)
-        colors = [f"C{i % 10}" for i in range(len(caps))]
-        ax.bar(range(len(caps)), caps, color=colors)
+        ax.bar(range(len(caps)), caps, color=[series_colors[label] for label in labels])
         ax.set_title(f"Capacity under {rule.text}: the largest swept rate up to which\n"
                      "every rate meets it (resolution: the rate grid; ≥: all meet it)",
                      fontsize="medium")
@@ -343,6 +335,7 @@ def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None,
                   ha="right" if crowded else "center", fontsize="small")
     ax.set_ylabel("capacity per GPU: arrival rate (req/s per GPU)" if per_gpu
                   else "capacity: arrival rate (req/s)")
+    number_ticks(ax.yaxis)
     ax.set_xlabel(", ".join(_short(k) for k in _series_keys(table, x)) or "sweep")
     ax.grid(axis="y", alpha=0.3)
     return fig
@@ -366,7 +359,7 @@ def _per_usd_figure(table: SweepTable, rule: SloRule | None) -> Figure:
         value = values[i] or 0.0
         high = _number(row.get("capacity_high_rps"))
         lines = [line for k in keys for line in _compact(_short(k), row.get(k))]
-        labels.append("\n".join([*lines, f"({price:.3g} USD/h)"]))
+        labels.append("\n".join([*lines, f"({fmt_number(price, 'USD/h')})"]))
         bars.append(value)
         upper.append(max(0.0, high * 3600.0 / price - value) if high is not None else 0.0)
         bar_colors.append(colors[i])
@@ -408,53 +401,63 @@ def _compact(axis: str, value: Any) -> list[str]:
 
 
 def _colors_by_first_axis(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
+    """One colour per value of the first axis (a system's own colour when it is a policy)."""
     if not keys:
-        return ["C0"] * len(rows)
-    values = list(dict.fromkeys(str(r.get(keys[0])) for r in rows))
-    return [f"C{values.index(str(r.get(keys[0]))) % 10}" for r in rows]
+        return [system_colors(["all"])["all"]] * len(rows)
+    palette = system_colors(str(r.get(keys[0])) for r in rows)
+    return [palette[str(r.get(keys[0]))] for r in rows]
 
 
 def pareto_figure(table: SweepTable, rule: SloRule | None, x_metric: str = "p99_tbt_ms",
                   y_metric: str = "output_throughput") -> Figure:
-    """Every sweep point (mean over seeds) as throughput vs P99 TBT, coloured by series, with
-    the Pareto front (no other point has both more throughput and a lower P99 TBT)."""
+    """Every sweep point (mean over seeds) as throughput vs P99 TBT, coloured by series, and
+    the Pareto front (no other point has both more throughput and a lower P99 TBT) over the
+    points that meet the SLO rule only: a point that misses it (drawn hollow) is not a way to
+    serve, however much throughput it has (e.g. static batching's huge batches)."""
     x = _default_x(table) if table.mode != "capacity" else None
     series_keys = _series_keys(table, x)
     points = _point_means(table.rows, list(table.axes))
     fig = Figure(figsize=(6.8, 4.8), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    coords = []
-    for i, (label, rows) in enumerate(_group(points, series_keys).items()):
+    groups = _group(points, series_keys)
+    colors = _series_colors(groups, series_keys)
+    meeting = []
+    for label, rows in groups.items():
         kept = [r for r in rows
                 if _number(r.get(x_metric)) is not None and _number(r.get(y_metric)) is not None]
         if not kept:
             continue
         meets = [rule is None or rule.evaluate([r])[0] for r in kept]
-        color = f"C{i % 10}"
+        color = colors[label]
         xs = [float(r[x_metric]) for r in kept]
         ys = [float(r[y_metric]) for r in kept]
         ax.scatter(xs, ys, s=30, label=label, facecolors=[color if m else "none" for m in meets],
                    edgecolors=color)
-        coords.extend(zip(xs, ys, strict=True))
-    if coords:
+        meeting.extend((px, py) for px, py, m in zip(xs, ys, meets, strict=True) if m)
+    if meeting:
         front = []
         best_y = -math.inf
-        for px, py in sorted(coords, key=lambda p: (p[0], -p[1])):
+        for px, py in sorted(meeting, key=lambda p: (p[0], -p[1])):
             if py > best_y:
                 front.append((px, py))
                 best_y = py
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black",
-                linewidth=1.0, alpha=0.7, label="Pareto front")
+                linewidth=1.0, alpha=0.7, label="Pareto front of the points meeting the SLO")
     _slo_lines(ax, rule, x_metric, horizontal=False)
     ax.set_xlabel(_label(x_metric))
     ax.set_ylabel(_label(y_metric))
+    number_ticks(ax.yaxis)
     where = " at capacity" if table.mode == "capacity" else ""
-    hollow = f"; hollow: misses {rule.text}" if rule is not None else ""
+    hollow = (f"; hollow: misses {rule.text}, left out of the front" if rule is not None
+              else "")
     ax.set_title(f"{_label(y_metric).split(' (')[0]} vs {_label(x_metric).split(' (')[0]}{where}"
-                 f" (mean over seeds{hollow})", fontsize="medium")
+                 f"\n(mean over seeds{hollow})", fontsize="medium")
     ax.grid(alpha=0.3)
-    if coords:
+    if ax.collections:
         ax.legend(fontsize="small")
+    if not meeting:
+        ax.text(0.5, 0.5, "no point meets the SLO: no front", ha="center", va="center",
+                transform=ax.transAxes, color="0.4")
     return fig
 
 

@@ -15,6 +15,7 @@ import pytest
 from test_sweep_resume import ROOT, _alive, _children
 
 from simserve.antipatterns.catalog import CATALOG, SCENARIOS_DIR, SIZES, get_entries
+from simserve.antipatterns.items import CHECKLIST
 from simserve.antipatterns.model import (
     CHANGE_MARGIN,
     METRICS,
@@ -30,11 +31,12 @@ from simserve.antipatterns.model import (
     advantage,
     capacity_metric,
     classify,
+    classify_trend,
     conclude,
     trend,
 )
 from simserve.antipatterns.report import fmt_value, render_report, write_outputs
-from simserve.antipatterns.runner import CatalogRunner, mean_ci, ratio_ci
+from simserve.antipatterns.runner import CatalogRunner, ratio_ci, seed_values
 from simserve.cli import main
 from simserve.config import load_scenario
 from simserve.errors import InputError
@@ -116,13 +118,22 @@ def test_trend_is_measured_per_doubling():
     assert trend([1, 1], [1.0, 2.0])[0] == "undetermined"
 
 
-def test_mean_ci_is_a_student_t_interval():
-    mean, ci = mean_ci([1.0, 2.0, 3.0])
-    assert mean == pytest.approx(2.0)
-    # t(0.975, 2) = 4.302653; sd = 1; half width = 4.302653 / sqrt(3)
-    assert ci == pytest.approx((2.0 - 2.484138, 2.0 + 2.484138), rel=1e-5)
-    assert mean_ci([5.0]) == (5.0, None)
-    assert mean_ci([1.0, None]) == (None, None)
+def test_seed_values_are_geometric_means_with_log_scale_intervals():
+    found = seed_values(LOWER, [1.0, 2.0, 4.0])
+    assert found["value"] == pytest.approx(2.0) and found["estimator"] == "geometric mean"
+    # t(0.975, 2) = 4.302653; the logs have sd ln 2, so the interval is 2 x/÷ 2^(4.3027/√3).
+    factor = 2.0 ** (4.302653 / math.sqrt(3.0))
+    assert found["ci"] == pytest.approx([2.0 / factor, 2.0 * factor], rel=1e-5)
+    assert seed_values(LOWER, [5.0])["ci"] is None
+    assert seed_values(LOWER, [1.0, None])["value"] is None
+
+
+def test_classify_trend_compares_the_size_of_the_dependence():
+    assert classify_trend(2.0, 1.02) == "shrank"
+    assert classify_trend(1.02, 2.0) == "grew"
+    assert classify_trend(1.9, 2.0) == "unchanged"
+    assert classify_trend(0.5, 1.0) == "shrank"  # a fall per doubling is a dependence too
+    assert classify_trend(None, 1.0) == "undetermined"
 
 
 def test_ratio_ci_pairs_seeds():
@@ -137,6 +148,7 @@ def test_capacity_per_gpu_metric():
     per_gpu = capacity_metric("attainment:0.9", per_gpu=True)
     assert per_gpu.key == "capacity_per_gpu_rps" and per_gpu.better == "higher"
     assert per_gpu.format(15.649) == "15.65 req/s per GPU"
+    assert "Etalon: P99 deadline" in capacity_metric("etalon").label  # the rule in words
     assert capacity_metric("attainment:0.9").key == "capacity_rps"
     # 60 req/s on 3 GPUs beats 47 req/s on 3 GPUs by the same ratio per GPU as in total.
     assert advantage(per_gpu, 60.0 / 3, 47.0 / 3) == pytest.approx(60.0 / 47.0)
@@ -147,10 +159,13 @@ def test_capacity_per_gpu_metric():
 def test_capacity_per_gpu_is_read_from_the_capacity_record():
     from simserve.antipatterns.runner import _cap_value
 
-    record = {"status": "ok", "capacity_rps": 60.0, "num_gpus": 3, "capacity_per_gpu_rps": 20.0}
+    record = {"status": "ok", "capacity_rps": 60.0, "num_gpus": 3, "capacity_per_gpu_rps": 20.0,
+              "bounded": True}
     assert _cap_value(record) == 60.0
     assert _cap_value(record, "capacity_per_gpu_rps") == 20.0
-    assert _cap_value({**record, "status": "below_range"}, "capacity_per_gpu_rps") == 0.0
+    # A censored capacity (only a bound) has no value a verdict could use.
+    censored = {**record, "status": "above_range", "bounded": False}
+    assert _cap_value(censored, "capacity_per_gpu_rps") is None
     with pytest.raises(ValueError):
         _cap_value(record, "p99_ttft_ms")
 
@@ -159,6 +174,7 @@ def test_metric_validation_and_format():
     with pytest.raises(ValueError):
         Metric("x", "x", "", "sideways")  # type: ignore[arg-type]
     assert METRICS["p99_tbt_ms"].format(53.456) == "53.46 ms"
+    assert METRICS["p99_tbt_ms"].format(123.44) == "123.4 ms"
     assert capacity_metric("sarathi").better == "higher"
     assert fmt_value(1234.5, "ms") == "1,234 ms" or fmt_value(1234.5, "ms") == "1,235 ms"
     assert fmt_value(None) == "n/a" and fmt_value("inf") == "unbounded"
@@ -174,6 +190,16 @@ def test_catalog_has_every_design_entry_once():
     for e in CATALOG:
         assert e.description.endswith(".") and len(e.description) < 200
         assert set(e.expected) <= set(OUTCOMES) and e.expected
+
+
+def test_every_entry_names_a_checklist_item():
+    assert list(CHECKLIST) == [f"C{i}" for i in range(1, 16)]
+    for e in CATALOG:
+        assert e.checklist and set(e.checklist) <= set(CHECKLIST), e.id
+    with pytest.raises(ValueError, match="checklist"):
+        dataclasses.replace(CATALOG[0], checklist=())
+    with pytest.raises(ValueError, match="checklist"):
+        dataclasses.replace(CATALOG[0], checklist=("C99",))
 
 
 @pytest.mark.parametrize("entry", CATALOG, ids=lambda e: e.id)
@@ -195,7 +221,7 @@ def test_entry_validation_refuses_unknown_systems():
     with pytest.raises(ValueError, match="unknown expected outcome"):
         dataclasses.replace(entry, expected=("maybe",))
     with pytest.raises(ValueError):
-        Capacity("sarathi", low=2.0, high=1.0)
+        Capacity("sarathi", low=1.5)
     with pytest.raises(ValueError):
         Sweep(points=(Point(0.5),), axis="load")
 
@@ -228,9 +254,11 @@ def test_every_entry_produces_a_verdict(tiny_verdicts):
         for key in ("unfair", "fair"):
             c = e[key]["conclusion"]
             assert c["text"] and c["metric"] == e[key]["verdict_metric"]
-            assert c["ratio"] is not None, (e["id"], key, c["text"])
+            assert c["ratio"] is not None or c["text"].startswith("could not be decided"), (
+                e["id"], key, c["text"])
             assert e[key]["saturation_rps"] > 0
         assert e["change"].endswith(".")
+        assert e["checklist"] == list(next(x for x in CATALOG if x.id == e["id"]).checklist)
     json.dumps(tiny_verdicts, allow_nan=False)  # verdicts.json is strict JSON
 
 
@@ -255,7 +283,7 @@ def test_md5_judges_goodput_per_gpu_at_equal_gpu_count(tiny_verdicts):
     conclusion = fair["conclusion"]
     for name, key in ((md5["candidate"], "candidate_value"), (md5["baseline"], "baseline_value")):
         cap = caps[name]
-        expected = 0.0 if cap["status"] == "below_range" else cap["capacity_rps"] / 3
+        expected = cap["capacity_rps"] / 3 if cap["bounded"] else None
         assert conclusion[key] == pytest.approx(expected)
     assert "req/s per GPU" in render_report(tiny_verdicts)
 
@@ -270,7 +298,9 @@ def test_report_and_figures_are_rendered_from_verdicts(tiny_verdicts, tmp_path):
         assert (out / e["figure"]).read_bytes()[:8] == PNG_MAGIC
         for key in ("unfair", "fair"):
             assert e[key]["conclusion"]["text"] in report
-        assert f"**Outcome: {e['outcome']}.**" in report
+        assert f"**Outcome: {e['outcome']}**" in report
+        checklist = report.split("## The evaluation checklist")[1]
+        assert f"[{e['id']}](#{e['id'].lower()}" in checklist  # every entry is in the table
     assert "Seeds " + str(data["seeds"][0]) in report
     assert not list(tmp_path.glob(".ap.tmp-*"))  # nothing half-written left behind
 
@@ -284,8 +314,8 @@ def test_report_numbers_are_the_verdicts_numbers(tiny_verdicts):
                 continue
             unit = setup["metric_info"][setup["verdict_metric"]]["unit"]
             for record in setup["systems"].values():
-                mean = record["point"]["values"][setup["verdict_metric"]]["mean"]
-                assert fmt_value(mean, unit) in report
+                value = record["point"]["values"][setup["verdict_metric"]]["value"]
+                assert fmt_value(value, unit) in report
 
 
 def test_an_entry_without_a_difference_says_so():
@@ -314,13 +344,90 @@ def test_tuning_keeps_the_best_option():
         unfair=Setup("u", Point(0.5), METRICS["mean_e2el_ms"]),
         fair=Setup("f", Point(0.5), METRICS["mean_e2el_ms"], tuning={
             "b": (("cost_model.serving_step_ms=20",), ("cost_model.serving_step_ms=1",))}),
-        expected=("unchanged",), expected_text="x")
+        expected=("unchanged",), expected_text="x", checklist=("C2",))
     with CatalogRunner(SIZES["tiny"], jobs=1) as runner:
         result = runner.run_entry(entry)
     tuning = result["fair"]["systems"]["b"]["tuning"]
     assert tuning["chosen"] == ["cost_model.serving_step_ms=1"]
     values = [o["value"] for o in tuning["options"]]
     assert values[1] < values[0]
+
+
+_INTERVAL = re.compile(r"(?:95% CI|bisection bracket) (-?[\d,.]+)x?–(-?[\d,.]+)x?")
+
+
+def _printed_intervals(text: str) -> list[tuple[float, float]]:
+    return [(float(a.replace(",", "")), float(b.replace(",", "")))
+            for a, b in _INTERVAL.findall(text)]
+
+
+def test_no_printed_interval_of_a_positive_quantity_goes_below_zero(tiny_verdicts):
+    # Every quantity the catalog prints an interval for (latencies, throughputs, rates, ratios)
+    # is positive: no printed interval may reach below zero, even from two wildly different
+    # seeds (the 2-seed t-interval of 4,938 ms once printed "95% CI -433.4-10,310 ms").
+    spread = seed_values(METRICS["mean_e2el_ms"], [1200.0, 8676.0])
+    assert 0 < spread["ci"][0] < spread["value"] < spread["ci"][1]
+    report = render_report(tiny_verdicts)
+    intervals = _printed_intervals(report)
+    assert len(intervals) > 20  # the report prints intervals for points and for every verdict
+    assert all(0 <= low <= high for low, high in intervals), intervals
+
+
+def test_no_verdict_rests_on_a_censored_capacity(tiny_verdicts):
+    from simserve.antipatterns.runner import _conclusion
+
+    # In the run: every capacity verdict that names a ratio has both capacities bounded.
+    for e in tiny_verdicts["entries"]:
+        for key in ("unfair", "fair"):
+            setup = e[key]
+            if setup["measure"]["kind"] != "capacity" or setup["conclusion"]["ratio"] is None:
+                continue
+            for name in (e["candidate"], e["baseline"]):
+                assert setup["systems"][name]["capacity"]["bounded"], (e["id"], key, name)
+    # And by construction: a censored capacity gives "could not be decided", with the reason.
+    entry = next(x for x in CATALOG if x.id == "BF3")
+    cap = {"rule": "sarathi", "capacity_rps": 6.0, "high_rps": 6.3, "status": "ok",
+           "bounded": True, "num_gpus": 1, "capacity_per_gpu_rps": 6.0}
+    censored = {**cap, "capacity_rps": 9.0, "high_rps": None, "status": "above_range",
+                "bounded": False}
+    systems = {entry.candidate: {"capacity": censored}, entry.baseline: {"capacity": cap}}
+    conclusion, _ = _conclusion(entry, entry.fair, systems)
+    assert conclusion.ratio is None and conclusion.winner is None
+    assert conclusion.text.startswith("could not be decided")
+    assert "at least 9 req/s" in conclusion.text
+    unfair = conclude(HIGHER, "a", "b", 2.0, 1.0)
+    assert classify(unfair, conclusion) == "undetermined"
+
+
+def test_sweep_verdicts_are_read_at_steady_points(tiny_verdicts):
+    # A sweep point at or above a system's saturation is marked overloaded; a verdict read at
+    # the worst or last point is read among the points where neither system is overloaded.
+    for e in tiny_verdicts["entries"]:
+        for key in ("unfair", "fair"):
+            setup = e[key]
+            if setup["measure"]["kind"] != "sweep":
+                continue
+            pairs = list(zip(setup["systems"][e["candidate"]]["sweep"],
+                             setup["systems"][e["baseline"]]["sweep"], strict=True))
+            for a, b in pairs:
+                for p in (a, b):
+                    sat = p["saturation_rps"]
+                    assert p["overloaded"] == (sat is not None and p["rate_rps"] >= sat)
+            index = next(p["index"] for p in setup["per_point"] if p["summary"])
+            steady = [i for i, (a, b) in enumerate(pairs)
+                      if not (a["overloaded"] or b["overloaded"])]
+            if setup["measure"]["summary"] != "first" and steady:
+                assert index in steady, (e["id"], key)
+
+
+def test_es3_states_its_outcome_on_the_run_length_dependence(tiny_verdicts):
+    from simserve.antipatterns.runner import _dependence
+
+    es3 = next(e for e in tiny_verdicts["entries"] if e["id"] == "ES3")
+    assert es3["outcome_on"] == "trend"
+    assert es3["outcome"] == classify_trend(_dependence(es3["unfair"]), _dependence(es3["fair"]))
+    assert "dependence of P99 TTFT on the run length" in es3["change"]
+    assert "per doubling of the run" in render_report(tiny_verdicts)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -20,6 +20,7 @@ from simserve.experiments.capacity import (
 )
 from simserve.experiments.sweep import load_sweep_spec, plan_sweep, run_sweep
 
+ROOT = Path(__file__).resolve().parents[1]
 STEP_MS = 10.0
 
 
@@ -143,6 +144,94 @@ def test_bracket_statuses_and_undefined_rules():
     assert len(undefined.probes) == 1
     with pytest.raises(InputError, match="arrival"):
         search_capacity(scenario_from_mapping(_queue(process="offline")), _settings(rule))
+
+
+def test_extended_brackets_bound_the_capacity_on_both_sides():
+    # D/D/1 at 10 ms per request: the rule holds up to 100/s. A bracket entirely below (10-50)
+    # or above (150-300) the knee is extended (doubling up, halving down) until it holds the
+    # knee, so the capacity is never a censored bound.
+    scenario = scenario_from_mapping(_queue())
+    rule = "mean_scheduling_delay_ms<=0.5"
+    for low, high in ((10.0, 50.0), (150.0, 300.0)):
+        found = search_capacity(scenario, _settings(rule, low=low, high=high, tolerance=0.01,
+                                                    extend=True))
+        assert found.status == "ok" and found.bounded and not found.capped
+        assert found.capacity_rps == pytest.approx(100.0, rel=0.01)
+    censored = search_capacity(scenario, _settings(rule, low=10.0, high=50.0))
+    assert censored.status == "above_range" and not censored.bounded
+
+
+def test_the_ceiling_fails_without_a_run_and_caps_the_capacity():
+    # The overload guard: a ceiling of 80/s (below the 100/s knee) fails by itself, without a
+    # simulation, so the capacity is the largest rate below it and is marked as capped.
+    scenario = scenario_from_mapping(_queue())
+    found = search_capacity(scenario, _settings("mean_scheduling_delay_ms<=0.5", low=20.0,
+                                                tolerance=0.02, ceiling=80.0, extend=True))
+    guarded = [p for p in found.probes if p.guarded]
+    assert [p.rate for p in guarded] == [80.0] and guarded[0].summaries == ()
+    assert found.bounded and found.capped and found.high_rps == 80.0
+    assert 80.0 / 1.02 <= found.capacity_rps < 80.0
+    assert all(p.passed for p in found.probes if not p.guarded)
+    assert found.to_mapping()["capped"] is True
+
+
+# --------------------------------------------------------------------------- saturation
+
+
+def _conv(policy: str, *extra: str):
+    from simserve.config import load_scenario
+
+    budget = 8192 if policy == "prefill_first" else 2048
+    return load_scenario(ROOT / "scenarios" / "antipatterns" / "llama3-8b-h100-conv.yaml", [
+        f"engine.policy={policy}", f"engine.max_num_batched_tokens={budget}",
+        "workload.lengths.dist=fixed", "workload.lengths.prompt_len=512",
+        "workload.lengths.output_len=128", "engine.max_num_seqs=128", "metrics.warmup_s=0",
+        "metrics.cooldown_s=0", *extra])
+
+
+def _pool_summaries(scenarios):
+    from simserve.config import scenario_to_mapping
+    from simserve.experiments.pool import run_summary_task
+
+    return [run_summary_task(scenario_to_mapping(s)) for s in scenarios]
+
+
+@pytest.mark.parametrize("policy", ["chunked_prefill", "prefill_first"])
+def test_saturation_is_the_rate_a_never_empty_backlog_sustains(policy):
+    # The offline run's completion rate while requests wait equals that of an open-loop run at
+    # 4x the rate (a backlog that never empties, arrivals staggered), within 2%. The old window
+    # (10%-90% of finishes) counted the drain: slower for chunked prefill's emptying batches,
+    # faster for prefill-first's decode-only steps.
+    from simserve.experiments.pool import steady_throughput
+    from simserve.experiments.run import run_scenario
+    from simserve.experiments.saturation import measure_saturation
+
+    sat = measure_saturation(_conv(policy), _pool_summaries, num_requests=600)
+    assert sat.window_completions >= 0.25 * 600
+    overload = run_scenario(_conv(policy, f"workload.arrival.rate={4 * sat.rps}",
+                                  "workload.num_requests=600")).result
+    backlogged, _ = steady_throughput(overload.finished_at, overload.first_scheduled_at)
+    assert backlogged == pytest.approx(sat.rps, rel=0.02)
+
+
+def test_no_steady_state_above_saturation():
+    # Below the line the queue is steady: mean TTFT does not depend on how long the run lasts.
+    # 10% above it the queue never drains: mean TTFT grows with the run (x1.25 per doubling
+    # or more), although a short run there still looks harmless. So no steady-state capacity
+    # can exceed the saturation throughput, and the overload guard fails such rates.
+    from simserve.experiments.run import run_scenario
+    from simserve.experiments.saturation import measure_saturation
+
+    sat = measure_saturation(_conv("chunked_prefill"), _pool_summaries, num_requests=600).rps
+
+    def per_doubling(load: float) -> float:
+        ttft = [run_scenario(_conv("chunked_prefill", f"workload.arrival.rate={load * sat}",
+                                   f"workload.num_requests={n}")).summary["mean_ttft_ms"]
+                for n in (600, 2400)]
+        return (ttft[1] / ttft[0]) ** 0.5
+
+    assert per_doubling(0.8) == pytest.approx(1.0, abs=0.1)
+    assert per_doubling(1.1) > 1.25
 
 
 # --------------------------------------------------------------------------- capacity sweep

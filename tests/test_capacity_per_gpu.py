@@ -146,3 +146,18 @@ def test_cluster_gpus_counts_pipeline_stages_and_replicas():
         "decode": {"instances": 2, "tp": 1},
     }))) == 6
 
+
+
+def test_with_sessions_the_capacity_counts_session_starts(tmp_path, capsys):
+    # The searched rate is arrival.rate, which with sessions starts conversations (their turns
+    # follow closed-loop): the console says so instead of calling it requests per second.
+    data = _scenario()
+    data["workload"]["sessions"] = {"turns": 3, "think_time_s": 1.0}
+    path = tmp_path / "chat.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["capacity", str(path), "--slo", RULE, "--tolerance", "0.1"]) == 0
+    printed = capsys.readouterr().out
+    assert "rate (sessions/s)" in printed
+    line = next(li for li in printed.splitlines() if li.startswith("capacity: "))
+    assert " sessions/s (" in line and "sessions/s per GPU, 1 GPU" in line
+    assert "req/s" not in printed

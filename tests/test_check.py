@@ -11,7 +11,16 @@ import pytest
 import yaml
 
 from simserve.antipatterns.catalog import CATALOG
-from simserve.antipatterns.checklist import CHECKS, lint, lint_file, load_eval, parse_eval
+from simserve.antipatterns.checklist import (
+    CHECKS,
+    ITEMS,
+    item_of,
+    lint,
+    lint_file,
+    load_eval,
+    parse_eval,
+)
+from simserve.antipatterns.items import CHECKLIST
 from simserve.cli import main
 from simserve.errors import InputError
 
@@ -19,8 +28,9 @@ EVALS = Path(__file__).resolve().parents[1] / "scenarios" / "evaluations"
 CLEAN = EVALS / "clean.yaml"
 BAD = {
     "bad_throughput_paper.yaml": {"BF2", "BF3", "ES1", "ES2", "ES3", "MD1", "MD4"},
-    "bad_latency_paper.yaml": {"BF1", "ES2", "ES3", "ES4", "MD1", "MD2", "MD3"},
+    "bad_latency_paper.yaml": {"BF1", "ES2", "ES3", "ES4", "MD1", "MD2", "MD3", "SPEC"},
     "bad_placement_paper.yaml": {"MD5"},
+    "bad_specdec_paper.yaml": {"SPEC"},
 }
 
 
@@ -45,13 +55,35 @@ def test_bad_examples_flag_their_anti_patterns(name):
     assert {f.id for f in findings} == BAD[name]
     titles = {e.id: e.title for e in CATALOG}
     for f in findings:
+        assert f.reason and f.why
+        assert f.item in CHECKLIST and f.item == item_of(f.id, f.field)
+        if f.id == "SPEC":
+            assert f.command == "simserve casestudy specdec" and f.item == "C15"
+            continue
         assert f.title == titles[f.id]
         assert f.command == f"simserve antipatterns --only {f.id}"
-        assert f.reason and f.why
+        # A catalog finding names one of the items its entry illustrates (the flagged field
+        # decides which).
+        assert f.item in next(e for e in CATALOG if e.id == f.id).checklist
 
 
 def test_every_anti_pattern_is_flagged_by_some_bad_example():
-    assert set().union(*BAD.values()) == set(CHECKS) == {e.id for e in CATALOG}
+    assert set().union(*BAD.values()) == set(CHECKS) == {e.id for e in CATALOG} | {"SPEC"}
+    assert set(ITEMS) == set(CHECKS)
+
+
+def test_speculative_decoding_judged_by_tbt_alone():
+    # The case study's anti-pattern: a speculating system judged by per-token gaps only.
+    spec = {"systems__0__speculative": True, "metrics__reported": ["p99_ttft", "p99_tbt"]}
+    assert "SPEC" in _ids(_with(**spec))
+    assert "SPEC" in _ids(_with(**{**spec, "metrics__reported": ["p99_ttft", "mean_tpot"]}))
+    # A deadline metric judges what readers see: no finding.
+    assert "SPEC" not in _ids(_with(**{**spec, "metrics__reported": [
+        "p99_ttft", "p99_tbt", "fluid_token_rate"]}))
+    assert "SPEC" not in _ids(_with(**{**spec, "metrics__reported": [
+        "p99_tbt", "p1_fluidity_index"]}))
+    # Without speculation, per-token tails are the right thing to report.
+    assert "SPEC" not in _ids(_with(metrics__reported=["p99_ttft", "p99_tbt"]))
 
 
 # --------------------------------------------------------------------------- one test per check
@@ -223,7 +255,8 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert "no anti-patterns found" in capsys.readouterr().out
     assert main(["check", str(EVALS / "bad_latency_paper.yaml")]) == 1
     out = capsys.readouterr().out
-    assert "[MD3]" in out and "simserve antipatterns --only MD3" in out
+    assert "[MD3 · C13]" in out and "simserve antipatterns --only MD3" in out
+    assert "checklist C13: TTFT targets grow with the prompt length" in out
     data = _clean()
     data["slos"] = {}
     path = _write(tmp_path, data)
@@ -237,4 +270,4 @@ def test_cli_json(capsys):
     assert main(["check", "--json", str(EVALS / "bad_throughput_paper.yaml")]) == 1
     findings = json.loads(capsys.readouterr().out)
     assert {f["id"] for f in findings} == BAD["bad_throughput_paper.yaml"]
-    assert set(findings[0]) == {"id", "title", "field", "reason", "why", "command"}
+    assert set(findings[0]) == {"id", "item", "title", "field", "reason", "why", "command"}

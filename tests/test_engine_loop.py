@@ -65,3 +65,29 @@ def test_v0_runs_at_1_and_3_req_s_within_10_percent_and_the_knee() -> None:
     p90_3 = runs["OPT-13B A100 3 req/s"].simulated["TTFT p90"]
     p90_4 = runs["OPT-13B A100 4 req/s"].simulated["TTFT p90"]
     assert p90_4 / p90_3 >= 10
+
+
+def test_shipped_fitted_range_is_that_of_the_fit_replays() -> None:
+    # The batches and steps the V0 terms were fitted on, as write_loop_terms records them.
+    v0 = loop_terms("v0")
+    seqs = tokens = 0
+    for run in (r for r in loop_runs() if r.version == "v0" and r.fit):
+        steps = replay_run(run).output.result.steps
+        seqs = max(seqs, int(np.max(steps.num_seqs)))
+        tokens = max(tokens, int(np.max(np.asarray(steps.num_prefill_tokens)
+                                        + np.asarray(steps.num_decode_tokens))))
+    assert (v0.fitted_max_seqs, v0.fitted_max_tokens) == (seqs, tokens)
+
+
+def test_a_v0_run_past_the_fitted_batches_says_its_cpu_time_is_extrapolated() -> None:
+    v0 = loop_terms("v0")
+    assert v0.fitted_max_seqs is not None and v0.fitted_max_tokens is not None
+    inside = v0.extrapolation_warning(np.array([1, v0.fitted_max_seqs]),
+                                      np.array([10, v0.fitted_max_tokens]))
+    assert inside is None
+    line = v0.extrapolation_warning(np.array([1, v0.fitted_max_seqs + 1, 2]),
+                                    np.array([10, 10, v0.fitted_max_tokens + 1]))
+    assert line is not None and line.startswith("2 of 3 steps (66.7%)")
+    assert f"1 with more than {v0.fitted_max_seqs} running sequences" in line
+    # V1's terms do not grow with the batch: nothing to extrapolate.
+    assert loop_terms("v1").extrapolation_warning(np.array([1000]), np.array([9000])) is None

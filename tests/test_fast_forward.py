@@ -100,7 +100,8 @@ def _runs(draw):
     )
     return (workload, limits, draw(st.sampled_from(sorted(POLICIES))), draw(st.integers(1, 3)),
             draw(st.sampled_from(["round_robin", "least_outstanding", "least_kv"])),
-            draw(st.integers(1, 2)), draw(st.booleans()), draw(st.sampled_from(sorted(QUEUES))))
+            draw(st.integers(1, 2)), draw(st.sampled_from(["constant", "growing", "host"])),
+            draw(st.sampled_from(sorted(QUEUES))))
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -108,8 +109,10 @@ def _runs(draw):
 def test_fast_forward_is_exact_on_random_small_runs(run):
     """Constant step times and arrivals on a grid make many exact ties between engines and
     arrivals: the tie rules must not depend on how steps are grouped into events."""
-    workload, limits, policy, replicas, router, pp, growing, queue = run
-    cost = (_growing_cost() if growing else ConstantCostModel(0.01))
+    workload, limits, policy, replicas, router, pp, kind, queue = run
+    # "host": engine CPU time per micro-batch, which pipeline stages do not split.
+    cost = {"constant": ConstantCostModel(0.01), "growing": _growing_cost(),
+            "host": ServingOverheadCostModel(_growing_cost(), 0.003, 0.0004)}[kind]
     results = [
         simulate(workload, EngineSetup.colocated(
             POLICIES[policy], cost, limits, replicas=replicas, router=router, pp=pp,

@@ -90,6 +90,14 @@ CACHED: list[tuple[str, str, list[str]]] = [
       "engine.policy=prefill_first", "engine.enable_prefix_caching=true"]),
     ("disaggregated-cached", "scenarios/validation/opt13b-a100-distserve.yaml",
      ["engine.enable_prefix_caching=true", "cluster.prefill.num_gpu_blocks_override=300"]),
+    # Shared system prompts and multi-turn sessions (turns released by the engine), under a KV
+    # cache small enough to evict cached prefixes; and a Mooncake trace's own block ids.
+    ("sessions-prefix-cached", "scenarios/default.yaml",
+     [*SMALL, "workload.prefix={num_groups: 3, shared_len: 128}",
+      "workload.sessions={turns: 3, think_time_s: 2}", "workload.arrival.rate=1",
+      "engine.num_gpu_blocks_override=2500"]),
+    ("mooncake-cached", "scenarios/traces/mooncake-conversation.yaml",
+     ["workload.num_requests=200", *WHOLE]),
 ]
 CASES = [(case, scenario, [*overrides, NO_CACHE]) for case, scenario, overrides in UNCACHED]
 CASES += CACHED

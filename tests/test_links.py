@@ -28,6 +28,8 @@ SEND_RECV_CSV = DATA_DIR / "vidur" / "send_recv.csv"
 NOMINAL_GBPS = {
     "nvlink3": 300.0,  # A100: 600 GB/s bidirectional
     "nvlink4": 450.0,  # H100: 900 GB/s bidirectional
+    "nvlink5": 900.0,  # B200/GB200: 1.8 TB/s bidirectional
+    "infinity_fabric": 64.0,  # MI300X: 128 GB/s bidirectional per peer link
     "net100g": 12.5,
     "net200g": 25.0,
     "net400g": 50.0,
@@ -118,6 +120,17 @@ def test_nvlink_entries_match_the_gpu_catalog() -> None:
     for gpu_name in ("a100-80gb-sxm", "h100-80gb-sxm"):
         gpu = catalog.gpu(gpu_name)
         assert links[gpu.interconnect].bandwidth_gbps == gpu.interconnect_gbps
+
+
+def test_every_catalog_gpu_names_a_link_of_the_catalog() -> None:
+    # A disaggregated cluster without cluster.link transfers KV over the GPUs' interconnect.
+    catalog = load_catalog()
+    links = load_links()
+    for gpu_name in catalog.gpus:
+        gpu = catalog.gpu(gpu_name)
+        assert gpu.interconnect in links, gpu_name
+        # The catalog's bandwidth aggregates all of a GPU's links; one pair gets at most that.
+        assert links[gpu.interconnect].bandwidth_gbps <= gpu.interconnect_gbps, gpu_name
 
 
 def test_measured_links_are_below_the_datasheet_peak() -> None:

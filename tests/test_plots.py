@@ -96,8 +96,10 @@ def test_latency_cdf_markers_are_the_percentiles(tmp_path):
     p99_marks = [ln.get_xdata()[0] for ln in ax.lines if ln.get_marker() == "v" and
                  len(ln.get_xdata())]
     np.testing.assert_allclose(p99_marks, [np.percentile(a, 99), np.percentile(b, 99)])
-    slo_lines = [ln for ln in ax.lines if ln.get_label() == "SLO 40.0 ms"]
+    slo_lines = [ln for ln in ax.lines if ln.get_label() == "SLO 40 ms"]
     assert len(slo_lines) == 1 and slo_lines[0].get_xdata()[0] == 40.0
+    # The axis fits the data (to the largest sample), not stretched to an SLO.
+    assert ax.get_xlim()[1] == pytest.approx(max(a.max(), b.max()) * 1.03)
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any(t.startswith("A: P50") and "≤ SLO" in t for t in legend)
 
@@ -206,8 +208,15 @@ def test_run_figures_set_uses_the_scenario_slos(tiny_run, tmp_path):
     assert list(figures) == ["step_timeline", "token_timeline", "ttft_cdf", "tpot_cdf",
                              "tbt_cdf", "kv_occupancy"]
     ttft_ax = figures["ttft_cdf"].axes[0]
-    assert any(ln.get_label() == "SLO 100 ms" for ln in ttft_ax.lines)
+    ttft = tiny_run.requests["ttft_s"][tiny_run.requests["measured"]] * 1e3
+    # The SLO (100 ms) lies right of every TTFT: the axis fits the data and an arrow at its
+    # right edge points to the SLO.
+    assert ttft.max() < 100.0 and ttft_ax.get_xlim()[1] < 100.0
+    assert any(ln.get_label().startswith("SLO 100 ms") for ln in ttft_ax.lines)
+    assert any(t.get_text() == "SLO 100 ms →" for t in ttft_ax.texts)
     tbt_ax = figures["tbt_cdf"].axes[0]
+    # The TBT CDF gets the max-TBT SLO (40 ms here).
+    assert any(str(ln.get_label()).startswith("SLO 40 ms") for ln in tbt_ax.lines)
     assert tbt_ax.get_xlabel() == "TBT (ms)" and "per token" in tbt_ax.get_ylabel()
     # The TBT population is the summary's: its P99 marker sits at the summary's P99.
     p99 = [ln.get_xdata()[0] for ln in tbt_ax.lines if ln.get_marker() == "v"]

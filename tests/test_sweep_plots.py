@@ -70,7 +70,29 @@ def test_figures_have_labelled_axes_bands_and_slo_lines(sweep_dir):
     pareto = pareto_figure(table, rule)
     (ax,) = pareto.axes
     assert ax.get_xlabel() == "P99 TBT (ms)" and ax.get_ylabel() == "output throughput (tok/s)"
-    assert "Pareto front" in [line.get_label() for line in ax.get_lines()]
+    assert "Pareto front of the points meeting the SLO" in [ln.get_label() for ln in ax.get_lines()]
+
+
+def test_the_pareto_front_leaves_out_points_that_miss_the_slo():
+    # Static batching's huge batches: the most throughput, but a P99 TBT far over the SLO. The
+    # front runs through the points that meet it only, so static is not called Pareto-optimal.
+    from simserve.plots_sweep import SweepTable
+
+    rows = [
+        {"point": 0, "engine.policy": "static", "seed": 0, "p99_tbt_ms": 900.0,
+         "output_throughput": 5000.0},
+        {"point": 1, "engine.policy": "chunked_prefill", "seed": 0, "p99_tbt_ms": 50.0,
+         "output_throughput": 3000.0},
+        {"point": 2, "engine.policy": "prefill_first", "seed": 0, "p99_tbt_ms": 150.0,
+         "output_throughput": 3500.0},
+    ]
+    table = SweepTable(rows=rows, axes=("engine.policy", "seed"), mode="runs", slo=None,
+                       name="t")
+    fig = pareto_figure(table, parse_slo_rule("p99_tbt_ms<=200"))
+    (ax,) = fig.axes
+    (front,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("Pareto front")]
+    assert list(front.get_xdata()) == [50.0, 150.0]  # static (900 ms) is not on it
+    assert "left out of the front" in ax.get_title()
 
 
 def test_long_series_labels_share_one_legend_and_name_classes_by_class():

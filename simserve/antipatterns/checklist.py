@@ -4,8 +4,10 @@ An EVAL.yaml describes someone's evaluation: the systems compared and their sett
 workload, the arrival process and rates, the number of requests, the warm-up, the metrics and
 percentiles reported and the SLOs (see `scenarios/evaluations/` for annotated examples). It is
 validated strictly (an unknown key or a wrong type is a one-line error naming the field, the
-file and the line) and then checked by one function per catalog entry; each finding names the
-entry that demonstrates why it matters and the command that shows it.
+file and the line) and then checked by one function per catalog entry, plus one for the
+speculative-decoding case study (SPEC); each finding names the item of the evaluation checklist
+(C1-C15, `items.CHECKLIST`) it violates, the entry or study that demonstrates why it matters and
+the command that shows it.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from simserve.antipatterns.catalog import CATALOG
+from simserve.antipatterns.items import CHECKLIST
 from simserve.errors import InputError
 from simserve.schema import build_dataclass
 from simserve.yaml_lines import key_lines, line_for, read_yaml_file
 
 __all__ = [
     "CHECKS",
+    "ITEMS",
     "MIN_REQUESTS",
     "ArrivalDesc",
     "EvalDesc",
@@ -33,6 +37,7 @@ __all__ = [
     "SystemDesc",
     "WorkloadDesc",
     "format_findings",
+    "item_of",
     "lint",
     "lint_file",
     "load_eval",
@@ -205,9 +210,11 @@ def load_eval(path: str | Path) -> EvalDesc:
 
 @dataclass(frozen=True)
 class Finding:
-    """One anti-pattern found: the catalog entry, the field that shows it and why."""
+    """One anti-pattern found: the catalog entry (or SPEC, the speculative-decoding case
+    study), the checklist item it violates, the field that shows it and why."""
 
     id: str
+    item: str
     title: str
     field: str
     reason: str
@@ -412,26 +419,75 @@ def check_md5(desc: EvalDesc) -> tuple[str, str] | None:
     return None
 
 
+_DEADLINE_METRICS = ("fluid_token_rate",)
+
+
+def check_spec(desc: EvalDesc) -> tuple[str, str] | None:
+    """SPEC: speculative decoding judged by per-token gaps (TBT, ITL, TPOT) without a deadline
+    metric (fluidity-index, fluid token rate): the case study's anti-pattern."""
+    speculative = [s.name for s in desc.systems if s.speculative]
+    if not speculative:
+        return None
+    reported = desc.metrics.reported
+    deadline = [m for m in reported
+                if m in _DEADLINE_METRICS or m.endswith("_fluidity_index")]
+    per_token = [m for m in _latency_metrics(desc)
+                 if _METRIC.match(m).group(2) in ("tbt", "itl", "tpot")]  # type: ignore[union-attr]
+    if deadline or not per_token:
+        return None
+    verb = "speculates" if len(speculative) == 1 else "speculate"
+    return ("metrics.reported", f"{', '.join(speculative)} {verb} but the streams are "
+            f"judged by {', '.join(per_token)} only: bursts put zeros and whole verify steps "
+            "into the gaps, so these misjudge what a reader sees (no fluidity-index or fluid "
+            "token rate)")
+
+
 CHECKS: dict[str, Callable[[EvalDesc], tuple[str, str] | None]] = {
     "BF1": check_bf1, "BF2": check_bf2, "BF3": check_bf3,
     "ES1": check_es1, "ES2": check_es2, "ES3": check_es3, "ES4": check_es4,
     "MD1": check_md1, "MD2": check_md2, "MD3": check_md3, "MD4": check_md4,
-    "MD5": check_md5,
+    "MD5": check_md5, "SPEC": check_spec,
 }
+# The checklist item (C1-C15) a check's finding violates; by flagged field where it depends on
+# which part of the check fired.
+ITEMS: dict[str, str | dict[str, str]] = {
+    "BF1": "C1", "BF2": "C2", "BF3": "C3",
+    "ES1": "C4", "ES2": "C6", "ES3": "C8", "ES4": "C6",
+    "MD1": "C11", "MD2": {"metrics.tbt_population": "C14", "metrics.reported": "C11"},
+    "MD3": "C13", "MD4": "C14",
+    "MD5": {"metrics.normalized_per_gpu": "C3", "metrics.reported": "C14", "slo": "C14"},
+    "SPEC": "C15",
+}
+# SPEC is the speculative-decoding case study's anti-pattern, not a catalog entry.
+SPEC_TITLE = "Speculative decoding judged by TBT or TPOT alone"
+SPEC_WHY = ("Speculation emits tokens in bursts: the gaps inside a burst are 0 and the gap "
+            "between bursts is a whole verify step, so per-token gaps rise even where readers "
+            "get their text sooner; deadlines judge what they see.")
+
+
+def item_of(check_id: str, field_name: str) -> str:
+    """The checklist item a finding of this check on this field violates."""
+    item = ITEMS[check_id]
+    return item if isinstance(item, str) else item[field_name]
 
 
 def lint(desc: EvalDesc) -> list[Finding]:
-    """The anti-patterns `desc` exhibits, in catalog order."""
+    """The anti-patterns `desc` exhibits, in catalog order (SPEC last)."""
     entries = {e.id: e for e in CATALOG}
     findings = []
-    for entry_id, check in CHECKS.items():
+    for check_id, check in CHECKS.items():
         hit = check(desc)
         if hit is None:
             continue
         field_name, reason = hit
-        entry = entries[entry_id]
-        findings.append(Finding(entry_id, entry.title, field_name, reason, entry.description,
-                                f"simserve antipatterns --only {entry_id}"))
+        item = item_of(check_id, field_name)
+        if check_id == "SPEC":
+            findings.append(Finding(check_id, item, SPEC_TITLE, field_name, reason, SPEC_WHY,
+                                    "simserve casestudy specdec"))
+            continue
+        entry = entries[check_id]
+        findings.append(Finding(check_id, item, entry.title, field_name, reason,
+                                entry.description, f"simserve antipatterns --only {check_id}"))
     return findings
 
 
@@ -447,7 +503,8 @@ def format_findings(path: str | Path, findings: list[Finding]) -> str:
     lines = [f"{path}: {len(findings)} anti-pattern(s) found"]
     for f in findings:
         lines += [
-            f"  [{f.id}] {f.title}",
+            f"  [{f.id} · {f.item}] {f.title}",
+            f"        checklist {f.item}: {CHECKLIST[f.item].text}",
             f"        {f.field}: {f.reason}",
             f"        why it matters: {f.why}",
             f"        see it: {f.command}",

@@ -15,6 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from simserve.antipatterns.items import CHECKLIST
+from simserve.experiments import replications
+from simserve.experiments.capacity import parse_slo_rule
+from simserve.formatting import fmt_number, fmt_ratio
+
 __all__ = [
     "CAPACITY_KEYS",
     "CHANGE_MARGIN",
@@ -35,6 +40,7 @@ __all__ = [
     "advantage",
     "capacity_metric",
     "classify",
+    "classify_trend",
     "conclude",
     "describe_change",
     "trend",
@@ -50,7 +56,7 @@ CHANGE_MARGIN = 0.10
 # doubling); a steady-state tail percentile only creeps up as more samples reach further into
 # the tail. A series is "increasing" above x1.25 per doubling, "flat" within x1.25 either way.
 TREND_MARGIN = 0.25
-CONFIDENCE = 0.95
+CONFIDENCE = replications.CONFIDENCE
 
 Better = Literal["lower", "higher"]
 Outcome = Literal["flipped", "shrank", "grew", "unchanged", "undetermined"]
@@ -70,6 +76,7 @@ class Metric:
     unit: str
     better: Better
     population: str | None = None
+    upper: float | None = None  # the largest possible value (1 for a fraction), if bounded
 
     def __post_init__(self) -> None:
         if self.better not in ("lower", "higher"):
@@ -83,26 +90,13 @@ class Metric:
         return f"{self.label}{unit}{population}"
 
     def format(self, value: float | None) -> str:
-        """A value with 3-4 significant digits and its unit."""
-        if value is None or not math.isfinite(value):
-            return "n/a"
-        text = _fmt(value)
-        return f"{text} {self.unit}" if self.unit else text
+        """A value as every report and figure prints it (`formatting.fmt_number`)."""
+        return fmt_number(value, self.unit)
 
 
-def _fmt(value: float) -> str:
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        return f"{value:,.0f}"
-    if magnitude >= 100:
-        return f"{value:.1f}"
-    if magnitude >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3g}"
-
-
-def _m(key: str, label: str, unit: str, better: Better, population: str | None = None) -> Metric:
-    return Metric(key, label, unit, better, population)
+def _m(key: str, label: str, unit: str, better: Better, population: str | None = None,
+       upper: float | None = None) -> Metric:
+    return Metric(key, label, unit, better, population, upper)
 
 
 METRICS: dict[str, Metric] = {
@@ -119,8 +113,9 @@ METRICS: dict[str, Metric] = {
         _m("p99_max_tbt_ms", "P99 max stall", "ms", "lower", "per request"),
         _m("median_scheduling_delay_ms", "median scheduling delay", "ms", "lower",
            "per request"),
-        _m("mean_fluidity_index", "mean fluidity-index", "", "higher", "per request"),
-        _m("p99_deadline_miss_rate", "P99 deadline-miss rate", "", "lower", "per request"),
+        _m("mean_fluidity_index", "mean fluidity-index", "", "higher", "per request", 1.0),
+        _m("p99_deadline_miss_rate", "P99 deadline-miss rate", "", "lower", "per request",
+           1.0),
         _m("request_throughput", "request throughput", "req/s", "higher"),
         _m("output_throughput", "output token throughput", "tok/s", "higher"),
         _m("num_preemptions", "preemptions", "", "lower"),
@@ -137,11 +132,13 @@ def capacity_metric(rule: str, *, per_gpu: bool = False) -> Metric:
     """The metric of a capacity measurement under `rule` (higher is better); `per_gpu` divides
     it by the GPUs each system occupies. Under `attainment:0.9` with TTFT and TPOT SLOs the
     per-GPU capacity is DistServe's goodput per GPU (Zhong et al., OSDI 2024), the number that
-    ranks placements of different shapes (co-located replicas, prefill and decode pools)."""
+    ranks placements of different shapes (co-located replicas, prefill and decode pools).
+    Labels state the rule in words (`SloRule.words`)."""
+    words = parse_slo_rule(rule).words()
     if per_gpu:
-        return Metric("capacity_per_gpu_rps", f"capacity per GPU under {rule}", "req/s per GPU",
+        return Metric("capacity_per_gpu_rps", f"capacity per GPU under {words}", "req/s per GPU",
                       "higher")
-    return Metric("capacity_rps", f"capacity under {rule}", "req/s", "higher")
+    return Metric("capacity_rps", f"capacity under {words}", "req/s", "higher")
 
 
 # --------------------------------------------------------------------------- measures
@@ -171,28 +168,29 @@ class Point:
 
 @dataclass(frozen=True)
 class Capacity:
-    """The largest rate meeting an SLO rule (`capacity.parse_slo_rule` syntax), bisected inside
-    [low, high] x the reference system's saturation throughput.
+    """The largest rate meeting an SLO rule (`capacity.parse_slo_rule` syntax), bisected
+    between `low` x and 1 x the system's own saturation throughput (`experiments.saturation`),
+    the bracket extended downwards while its low end fails, so that every capacity is bounded on
+    both sides.
 
-    NOTE: twice the point measurements' requests by default: with fewer requests than the
-    engine's max_num_seqs an overloaded system admits everything at once and still "meets" a
-    latency rule (the ES3 trap), so probes past the knee need enough requests to fail. The
-    bracket starts at 0.25 x saturation: lower rates are slow to simulate (long, sparse runs)
-    and a system failing there is reported as below the bracket.
+    NOTE: a rate at or above the system's saturation fails without a run (the overload guard):
+    its queue, once formed, never drains, but a finite probe there may pass before it has
+    formed (the ES3 trap; below saturation, probes of the point measurements' length settle).
     """
 
     rule: str
     low: float = 0.25
-    high: float = 1.2
-    requests: float = 2.0
+    requests: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.low < self.high:
-            raise ValueError(f"need 0 < low < high, got {self.low}, {self.high}")
+        if not 0 < self.low < 1:
+            raise ValueError(f"need 0 < low < 1, got {self.low}")
+        if not self.requests > 0:
+            raise ValueError(f"requests must be > 0, got {self.requests}")
 
     def describe(self) -> str:
-        return (f"capacity under `{self.rule}`, bisected in [{self.low:g}, {self.high:g}] x "
-                "saturation throughput")
+        return (f"capacity under {parse_slo_rule(self.rule).words()}, bisected from "
+                f"{self.low:g} x to 1 x each system's saturation throughput")
 
 
 @dataclass(frozen=True)
@@ -254,9 +252,14 @@ class Setup:
 @dataclass(frozen=True)
 class Entry:
     """One catalog entry: a base scenario, the systems compared, an unfair and a fair setup,
-    and what the catalog expects (checked against the runs): the outcomes of the comparison it
-    allows and, when both setups report the same metric, whether every system's value gets
-    `worse` or `better` from the unfair to the fair setup."""
+    the evaluation-checklist items it illustrates (`checklist`, `items.CHECKLIST`), and what the
+    catalog expects (checked against the runs): the outcomes of the comparison it allows and,
+    when both setups report the same metric, whether every system's value gets `worse` or
+    `better` from the unfair to the fair setup.
+
+    `outcome_on`: what the outcome is stated on, the quantity the entry is about: the verdict
+    (which system is better, by how much) or, for an entry about how a number depends on the
+    swept quantity (ES3: P99 TTFT vs the run length), that dependence (`classify_trend`)."""
 
     id: str
     dimension: Literal["baseline fairness", "evaluation setup", "metric design"]
@@ -270,10 +273,20 @@ class Entry:
     fair: Setup
     expected: tuple[str, ...]
     expected_text: str
+    checklist: tuple[str, ...]
     reference: str | None = None
     expected_change: Literal["worse", "better"] | None = None
+    outcome_on: Literal["verdict", "trend"] = "verdict"
 
     def __post_init__(self) -> None:
+        unknown = [i for i in self.checklist if i not in CHECKLIST]
+        if not self.checklist or unknown:
+            raise ValueError(f"{self.id}: name the checklist items it shows (C1-C15), got "
+                             f"{list(self.checklist)}")
+        if self.outcome_on == "trend" and not all(
+                isinstance(s.measure, Sweep) and s.measure.trend for s in (self.unfair,
+                                                                            self.fair)):
+            raise ValueError(f"{self.id}: an outcome on the trend needs two sweeps with a trend")
         for name in (self.candidate, self.baseline):
             if name not in self.systems:
                 raise ValueError(f"{self.id}: system {name!r} is not in systems")
@@ -340,6 +353,7 @@ class Conclusion:
     ratio_ci: tuple[float, float] | None
     winner: str | None
     text: str
+    ratio_ci_kind: str = "95% CI"
 
     def to_mapping(self) -> dict[str, object]:
         """Plain data for verdicts.json."""
@@ -353,6 +367,7 @@ class Conclusion:
             "baseline_value": _json_float(self.baseline_value),
             "ratio": _json_float(self.ratio),
             "ratio_ci": None if self.ratio_ci is None else [_json_float(v) for v in self.ratio_ci],
+            "ratio_ci_kind": self.ratio_ci_kind,
             "winner": self.winner,
             "text": self.text,
         }
@@ -366,10 +381,6 @@ def _json_float(value: float | None) -> float | str | None:
     return float(value)
 
 
-def _ratio_text(ratio: float) -> str:
-    return "unboundedly" if math.isinf(ratio) else f"{ratio:.2f}x"
-
-
 def conclude(
     metric: Metric,
     candidate: str,
@@ -378,33 +389,39 @@ def conclude(
     baseline_value: float | None,
     *,
     ratio_ci: tuple[float, float] | None = None,
+    ratio_ci_kind: str = "95% CI",
     tie_margin: float = TIE_MARGIN,
     where: str = "",
-    qualifiers: tuple[str, str] = ("", ""),
+    undecided: str | None = None,
 ) -> Conclusion:
     """The conclusion the numbers support: "A is R x better than B on M (a vs b)", or "no
-    clear winner" when R is within `tie_margin` of 1; `where` qualifies it (e.g. "at 3 req/s")
-    and `qualifiers` prefix the candidate's and baseline's values (e.g. ">= " for a capacity
-    at the top of the searched bracket)."""
-    ratio = advantage(metric, candidate_value, baseline_value)
+    clear winner" when R is within `tie_margin` of 1; `where` qualifies it (e.g. "at 3 req/s").
+    `undecided` gives the reason why these numbers cannot carry a verdict (e.g. a capacity
+    known only as a bound): then no ratio and no winner are stated."""
     suffix = f" {where}" if where else ""
-    values = (f"{candidate} {qualifiers[0]}{metric.format(candidate_value)} vs "
-              f"{baseline} {qualifiers[1]}{metric.format(baseline_value)}")
+    values = (f"{candidate} {metric.format(candidate_value)} vs "
+              f"{baseline} {metric.format(baseline_value)}")
+    if undecided is not None:
+        return Conclusion(metric, candidate, baseline, candidate_value, baseline_value, None,
+                          None, None, f"could not be decided on {metric.label}{suffix}: "
+                          f"{undecided}", ratio_ci_kind)
+    ratio = advantage(metric, candidate_value, baseline_value)
     if ratio is None:
         return Conclusion(metric, candidate, baseline, candidate_value, baseline_value, None,
-                          ratio_ci, None, f"no verdict on {metric.label}{suffix}: {values}")
+                          ratio_ci, None, f"no verdict on {metric.label}{suffix}: {values}",
+                          ratio_ci_kind)
     flipped = ratio < 1
     magnitude = 1.0 / ratio if flipped else ratio
     if magnitude <= 1.0 + tie_margin:
         text = (f"no clear winner on {metric.label}{suffix}: {values} "
                 f"(within the ±{tie_margin:.0%} tie band)")
         return Conclusion(metric, candidate, baseline, candidate_value, baseline_value, ratio,
-                          ratio_ci, None, text)
+                          ratio_ci, None, text, ratio_ci_kind)
     winner, loser = (baseline, candidate) if flipped else (candidate, baseline)
-    text = f"{winner} is {_ratio_text(magnitude)} better than {loser} on {metric.label}{suffix}"
+    text = f"{winner} is {fmt_ratio(magnitude)} better than {loser} on {metric.label}{suffix}"
     text += f" ({values})"
     return Conclusion(metric, candidate, baseline, candidate_value, baseline_value, ratio,
-                      ratio_ci, winner, text)
+                      ratio_ci, winner, text, ratio_ci_kind)
 
 
 def _log_advantage(conclusion: Conclusion) -> float | None:
@@ -443,11 +460,11 @@ def describe_change(outcome: str, unfair: Conclusion, fair: Conclusion) -> str:
 
     def side(c: Conclusion) -> str:
         if c.ratio is None:
-            return "no verdict"
+            return "could not be decided" if c.text.startswith("could not") else "no verdict"
         if c.winner is None:
-            return f"no clear winner ({c.ratio:.2f}x)"
+            return f"no clear winner ({fmt_ratio(c.ratio)})"
         magnitude = c.ratio if c.ratio >= 1 else 1.0 / c.ratio
-        return f"{c.winner} {_ratio_text(magnitude)} better"
+        return f"{c.winner} {fmt_ratio(magnitude)} better"
 
     u, f = side(unfair), side(fair)
     if outcome == "flipped":
@@ -458,6 +475,22 @@ def describe_change(outcome: str, unfair: Conclusion, fair: Conclusion) -> str:
         return (f"The conclusion did not change beyond the ±{CHANGE_MARGIN:.0%} margin: "
                 f"unfair says {u}, fair says {f}.")
     return f"No comparison possible: unfair says {u}, fair says {f}."
+
+
+def classify_trend(unfair_factor: float | None, fair_factor: float | None, *,
+                   margin: float = CHANGE_MARGIN) -> str:
+    """How a number's dependence on the swept quantity changed from the unfair to the fair
+    setup: the size of its per-doubling factor, |log f|, `shrank` or `grew` by more than a
+    factor 1 + `margin`, or stayed `unchanged`; `undetermined` without both factors."""
+    if unfair_factor is None or fair_factor is None or unfair_factor <= 0 or fair_factor <= 0:
+        return "undetermined"
+    mu, mf = abs(math.log(unfair_factor)), abs(math.log(fair_factor))
+    step = math.log1p(margin)
+    if mu - mf > step:
+        return "shrank"
+    if mf - mu > step:
+        return "grew"
+    return "unchanged"
 
 
 def trend(xs: Sequence[float], values: Sequence[float | None], *,

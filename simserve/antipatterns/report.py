@@ -8,14 +8,15 @@ into place: an interrupted run never leaves a half-written report that looks com
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from simserve.antipatterns.figures import save_entry_figure
+from simserve.antipatterns.items import CHECKLIST
 from simserve.errors import InputError
 from simserve.experiments.atomic import OutputKind, claim_output_dir
+from simserve.formatting import fmt_interval, fmt_number, fmt_ratio
 
 __all__ = [
     "REPORT_DIR",
@@ -23,60 +24,53 @@ __all__ = [
     "fmt_value",
     "render_report",
     "report_writer",
+    "setup_summary",
     "short_verdict",
     "write_outputs",
 ]
 
 MARKER = "verdicts.json"
+# Checklist items no catalog entry shows, and where simserve shows or keeps them.
+ELSEWHERE = {
+    "C9": "no entry: every run states them (`scenario.yaml`, `summary.json`)",
+    "C10": "no entry: every run reports TTFT with its queueing and `*_scheduling_delay_ms`",
+    "C15": "the speculative-decoding case study (`simserve casestudy specdec`); "
+           "`simserve check` rule SPEC",
+}
 
 
 # --------------------------------------------------------------------------- formatting
 
 
 def fmt_value(value: Any, unit: str = "") -> str:
-    """A number with 3-4 significant digits and its unit ("n/a" when missing)."""
-    if value == "inf":
-        return "unbounded"
-    if value is None or not isinstance(value, int | float) or not math.isfinite(value):
-        return "n/a"
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        text = f"{value:,.0f}"
-    elif magnitude >= 100:
-        text = f"{value:.1f}"
-    elif magnitude >= 1:
-        text = f"{value:.2f}"
-    else:
-        text = f"{value:.3g}"
-    return f"{text} {unit}".rstrip()
+    """A number as the report prints it (`formatting.fmt_number`)."""
+    return fmt_number(value, unit)
 
 
-def _ci(ci: Sequence[Any] | None, unit: str = "", suffix: str = "") -> str:
+def _ci(ci: Sequence[Any] | None, unit: str = "", *, ratio: bool = False,
+        what: str = "95% CI") -> str:
     if not ci:
         return ""
-    return f" (95% CI {fmt_value(ci[0])}{suffix}–{fmt_value(ci[1], unit)}{suffix})"
+    return f" ({fmt_interval(ci[0], ci[1], unit, what=what, ratio=ratio)})"
 
 
 def _ratio(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if value == "inf":
-        return "unbounded"
-    return f"{float(value):.2f}x"
+    return fmt_ratio(value)
 
 
 def short_verdict(conclusion: Mapping[str, Any]) -> str:
     """'A 1.80x better' or 'no clear winner (1.03x)', for tables and the console."""
     ratio = conclusion["ratio"]
     if ratio is None:
-        return "no verdict"
+        return ("could not be decided" if conclusion["text"].startswith("could not")
+                else "no verdict")
     if conclusion["winner"] is None:
         return f"no clear winner ({_ratio(ratio)})"
     if ratio == "inf":
         return f"{conclusion['winner']} unboundedly better"
     ratio = float(ratio)
     magnitude = ratio if ratio >= 1 else 1.0 / ratio
-    return f"{conclusion['winner']} {magnitude:.2f}x better"
+    return f"{conclusion['winner']} {fmt_ratio(magnitude)} better"
 
 
 def _code(items: Sequence[str]) -> str:
@@ -91,18 +85,17 @@ def _where(setup: Mapping[str, Any], seeds: int) -> str:
     first = next(iter(setup["systems"].values()))
     if measure["kind"] == "capacity":
         cap = first["capacity"]
-        lo, hi = cap["bracket_rps"]
-        return (f"bisection in [{fmt_value(lo)}, {fmt_value(hi)}] req/s, "
+        return (f"bisection from {fmt_value(measure['low'])} x to 1 x each system's saturation, "
                 f"{cap['num_requests']} requests x {seeds} seeds per probe")
     if measure["kind"] == "point":
         point = first["point"]
         rate = ("offline (all at t=0)" if point["rate_rps"] is None
-                else f"{fmt_value(point['rate_rps'])} req/s")
+                else fmt_value(point["rate_rps"], "req/s"))
         warm = "" if point["warmup_s"] else ", no warm-up exclusion"
         return f"{rate}, {point['num_requests']} requests x {seeds} seeds{warm}"
     index = next((p["index"] for p in setup.get("per_point", []) if p["summary"]), -1)
     point = first["sweep"][index]
-    rate = "offline" if point["rate_rps"] is None else f"{fmt_value(point['rate_rps'])} req/s"
+    rate = "offline" if point["rate_rps"] is None else fmt_value(point["rate_rps"], "req/s")
     return (f"sweep ({len(first['sweep'])} points); verdict at {rate} with "
             f"{point['num_requests']} requests x {seeds} seeds")
 
@@ -119,7 +112,7 @@ def _system_cell(setup: Mapping[str, Any], name: str) -> str:
         else:
             index = next((p["index"] for p in setup["per_point"] if p["summary"]), -1)
             values = record["sweep"][index]["values"][key]
-        text = fmt_value(values["mean"], unit) + _ci(values["ci"], unit)
+        text = fmt_value(values["value"], unit) + _ci(values["ci"], unit)
     tuning = record.get("tuning")
     if tuning:
         options = "; ".join(
@@ -129,8 +122,9 @@ def _system_cell(setup: Mapping[str, Any], name: str) -> str:
 
 
 def _capacity_cell(cap: Mapping[str, Any], *, per_gpu: bool) -> str:
-    """A capacity, its bracket and status; per GPU (with the cluster's total and GPU count)
-    when the setup reports capacity per GPU."""
+    """A capacity, the first failing rate above it (and whether the overload guard, not the
+    SLO, made it fail), the system's saturation; per GPU (with the cluster's total and GPU
+    count) when the setup reports capacity per GPU."""
     gpus = cap.get("num_gpus")
     per_gpu = per_gpu and bool(gpus)
     scale, unit = (1.0 / gpus, "req/s per GPU") if per_gpu else (1.0, "req/s")
@@ -140,13 +134,17 @@ def _capacity_cell(cap: Mapping[str, Any], *, per_gpu: bool) -> str:
     def rate(value: float | None, with_unit: bool = True) -> str:
         return fmt_value(None if value is None else value * scale, unit if with_unit else "")
 
+    saturation = f"saturation {rate(cap.get('saturation_rps'), False)}"
     if cap["status"] == "below_range":
-        return f"< {rate(cap['bracket_rps'][0])} (fails at the lowest rate)"
+        return (f"< {rate(cap['high_rps'])} (fails at every rate tried: censored; "
+                f"{saturation})")
     if cap["status"] == "above_range":
-        return f">= {rate(cap['capacity_rps'])}{on} (meets the rule at the top)"
+        return f">= {rate(cap['capacity_rps'])}{on} (meets the rule at every rate tried: censored)"
     if cap["capacity_rps"] is None:
         return f"n/a ({cap['status']})"
-    text = f"{rate(cap['capacity_rps'])}{on} (fails at {rate(cap['high_rps'], False)})"
+    why = ("its saturation, the overload guard" if cap.get("capped")
+           else f"the SLO; {saturation}")
+    text = f"{rate(cap['capacity_rps'])}{on} (fails at {rate(cap['high_rps'], False)}: {why})"
     return text + (f" [{cap['status']}]" if cap["status"] != "ok" else "")
 
 
@@ -157,8 +155,8 @@ def _setup_lines(entry: Mapping[str, Any], key: str, heading: str) -> list[str]:
     setup = entry[key]
     lines = [f"- **{heading}** {setup['description']}"]
     details = [f"measured: {setup['measure']['text']}"]
-    details.append(f"saturation throughput of `{setup['reference_system']}` (offline run): "
-                   f"{fmt_value(setup['saturation_rps'], 'req/s')}")
+    details.append(f"saturation throughput of `{setup['reference_system']}`, which sets the "
+                   f"rates: {fmt_value(setup['saturation_rps'], 'req/s')}")
     if setup["overrides"]:
         details.append(f"overrides for every system: {_code(setup['overrides'])}")
     for name, items in setup["system_overrides"].items():
@@ -183,8 +181,7 @@ def _numbers_table(entry: Mapping[str, Any], seeds: int) -> list[str]:
     cells = []
     for s in (unfair, fair):
         c = s["conclusion"]
-        cells.append(_ratio(c["ratio"]) + (_ci(c["ratio_ci"], suffix="x") if c["ratio_ci"]
-                                           else ""))
+        cells.append(_ratio(c["ratio"]) + _ci(c["ratio_ci"], ratio=True, what=c["ratio_ci_kind"]))
     rows.append(f"| advantage of `{entry['candidate']}` (> 1: better) | " + " | ".join(cells)
                 + " |")
     rows.append("| conclusion | " + " | ".join(s["conclusion"]["text"] for s in (unfair, fair))
@@ -204,7 +201,7 @@ def _extra_table(entry: Mapping[str, Any]) -> list[str]:
             metrics.setdefault(key, setup["metric_info"][key])
     if len(metrics) < 2:
         return []
-    rows = ["", "Other numbers from the same runs (mean over seeds, 95% CI):", "",
+    rows = ["", "Other numbers from the same runs (over the seeds, with 95% CIs):", "",
             "| metric | system | " + " | ".join(label for label, _s in setups) + " |",
             "|---|---|" + "---|" * len(setups)]
     for key, info in metrics.items():
@@ -212,7 +209,7 @@ def _extra_table(entry: Mapping[str, Any]) -> list[str]:
             cells = []
             for _label, setup in setups:
                 values = setup["systems"][name]["point"]["values"].get(key)
-                cells.append("—" if values is None else fmt_value(values["mean"], info["unit"])
+                cells.append("—" if values is None else fmt_value(values["value"], info["unit"])
                              + _ci(values["ci"], info["unit"]))
             rows.append(f"| {info['axis_label']} | `{name}` | " + " | ".join(cells) + " |")
     return rows
@@ -228,13 +225,15 @@ def _sweep_tables(entry: Mapping[str, Any]) -> list[str]:
         info = setup["metric_info"][metric]
         names = list(entry["systems"])
         axis = setup["measure"]["axis"]
-        rows += ["", f"{key.capitalize()} sweep ({info['axis_label']}; ring = verdict point):",
+        rows += ["", f"{key.capitalize()} sweep ({info['axis_label']}; ◯ = verdict point, † = "
+                 "past that system's saturation, not a steady state):",
                  "", "| rate (req/s) | requests | " + " | ".join(f"`{n}`" for n in names)
                  + f" | advantage of `{entry['candidate']}` |",
                  "|---|---|" + "---|" * (len(names) + 1)]
         for i, conclusion in enumerate(setup["per_point"]):
             first = setup["systems"][names[0]]["sweep"][i]
-            cells = [fmt_value(setup["systems"][n]["sweep"][i]["values"][metric]["mean"])
+            cells = [fmt_value(setup["systems"][n]["sweep"][i]["values"][metric]["value"])
+                     + (" †" if setup["systems"][n]["sweep"][i].get("overloaded") else "")
                      for n in names]
             mark = " ◯" if conclusion["summary"] else ""
             rows.append(f"| {fmt_value(first['rate_rps'])} | {first['num_requests']} | "
@@ -244,7 +243,7 @@ def _sweep_tables(entry: Mapping[str, Any]) -> list[str]:
             parts = []
             for name, t in trend["systems"].items():
                 factor = t["per_doubling"]
-                per = "n/a" if factor is None else f"x{factor:.2f}"
+                per = fmt_ratio(factor)
                 what = "doubling of the requests" if axis == "requests" else "doubling of the rate"
                 parts.append(f"`{name}` {t['trend']} ({per} per {what})")
             held = ""
@@ -274,13 +273,33 @@ def _changes_lines(entry: Mapping[str, Any]) -> list[str]:
     return ["", text + "."]
 
 
+def _items(entry: Mapping[str, Any]) -> str:
+    return ", ".join(entry["checklist"])
+
+
+def setup_summary(entry: Mapping[str, Any], key: str) -> str:
+    """What one evaluator concludes, for the summary table: the verdict, or for an entry about
+    a dependence (ES3) the per-doubling factors of its number."""
+    setup = entry[key]
+    if entry.get("outcome_on") == "trend":
+        factors = ", ".join(f"{name} {fmt_ratio(t['per_doubling'])}"
+                            for name, t in setup["trend"]["systems"].items())
+        what = "run" if setup["measure"]["axis"] == "requests" else "rate"
+        return (f"{setup['metric_info'][setup['verdict_metric']]['label']} per doubling of the "
+                f"{what}: {factors}")
+    label = setup["metric_info"][setup["verdict_metric"]]["label"]
+    return f"{short_verdict(setup['conclusion'])} ({label})"
+
+
 def _entry_section(entry: Mapping[str, Any], seeds: int) -> list[str]:
     systems = "; ".join(f"`{name}` = {_code(items)}" for name, items in entry["systems"].items())
+    items = "; ".join(f"**{i}** {CHECKLIST[i].text}" for i in entry["checklist"])
     lines = [
         f"## {entry['id']} · {entry['title']}",
         "",
         f"*{entry['dimension'].capitalize()}.* {entry['description']}",
         "",
+        f"- **Checklist:** {items}.",
         f"- **Base scenario:** `{entry['base']}`. **Claim under test:** `{entry['candidate']}` "
         f"vs `{entry['baseline']}`. **Systems:** {systems}.",
         *_setup_lines(entry, "unfair", "What the unfair evaluator does:"),
@@ -291,18 +310,40 @@ def _entry_section(entry: Mapping[str, Any], seeds: int) -> list[str]:
         *_sweep_tables(entry),
         *_changes_lines(entry),
         "",
-        f"**Outcome: {entry['outcome']}.** {entry['change']}",
-        "",
     ]
+    on = (" (stated on the trend, the quantity this entry is about)"
+          if entry.get("outcome_on") == "trend" else "")
+    lines += [f"**Outcome: {entry['outcome']}**{on}. {entry['change']}", ""]
     verdict = "held" if entry["as_expected"] else "did not hold in this run"
     expected = ", ".join(entry["expected"])
     lines.append(f"**Catalog expectation** ({expected}): {entry['expected_text']}. "
                  f"**{verdict.capitalize()}.**")
     if not entry["as_expected"]:
-        lines.append(" The report states what the runs show; see the numbers above "
-                     "(a quick run has few requests and coarse capacity brackets).")
+        lines.append(" The report states what the runs show; see the numbers above.")
     lines += ["", f"![{entry['id']}: unfair vs fair setup]({entry['figure']})", ""]
     return lines
+
+
+def _checklist_section(verdicts: Mapping[str, Any]) -> list[str]:
+    """The checklist as a table: each item, the entries that show it and their outcomes."""
+    shown: dict[str, list[str]] = {i: [] for i in CHECKLIST}
+    for e in verdicts["entries"]:
+        for i in e["checklist"]:
+            shown[i].append(f"[{e['id']}](#{_anchor(e)}) {e['outcome']}")
+    lines = [
+        "## The evaluation checklist",
+        "",
+        "What a fair evaluation does, item by item, and the entries of this run that show what "
+        "happens when it does not. `simserve check EVAL.yaml` names the item of every "
+        "anti-pattern it finds in a description of an evaluation.",
+        "",
+        "| item | dimension | a fair evaluation... | entries (outcome) |",
+        "|---|---|---|---|",
+    ]
+    for item in CHECKLIST.values():
+        entries = ", ".join(shown[item.id]) or ELSEWHERE.get(item.id, "—")
+        lines.append(f"| {item.id} | {item.dimension} | {item.text} | {entries} |")
+    return [*lines, ""]
 
 
 def render_report(verdicts: Mapping[str, Any]) -> str:
@@ -317,21 +358,31 @@ def render_report(verdicts: Mapping[str, Any]) -> str:
         f"`{size['name']}`, {fmt_value(verdicts['wall_s'])} s of simulation wall-clock, "
         f"{verdicts['num_runs']} simulations). Each entry runs one base scenario under an unfair "
         "and a fair evaluation setup and states, from the numbers of this run, what each "
-        "evaluator would conclude (after \"On Evaluating Performance of LLM Inference Serving "
-        "Systems\", arXiv 2507.09019; catalog in DESIGN §7).",
+        "evaluator would conclude, and which item of the evaluation checklist (C1-C15, at the "
+        "end) it illustrates (after \"On Evaluating Performance of LLM Inference Serving "
+        "Systems\", arXiv 2507.09019).",
         "",
         "**How the numbers were made.** "
         f"Seeds {', '.join(str(s) for s in seeds)} (spawned from root seed "
         f"{verdicts['root_seed']}); every system runs on the same seeds, so it sees the same "
-        "requests (common random numbers). A point value is the mean over the seeds with a "
-        f"{verdicts['confidence']:.0%} Student-t interval; an advantage's interval is a t-interval "
-        "on the paired per-seed log ratios. Arrival rates are fractions of the reference "
-        "system's saturation throughput (steady completions/s of an offline run of "
-        f"{size['saturation_requests']} requests). Runs have {size['requests']} requests per "
-        f"point ({2 * size['requests']} per capacity probe unless stated), warm-up and cool-down "
-        f"windows of {size['window_fraction']:.0%} of the arrival span each. Capacities are "
-        f"bisected to {size['tolerance']:.0%} (at most {size['max_probes']} bisection steps) on "
-        "the mean over seeds of each rule key (`experiments.capacity`).",
+        "requests (common random numbers). Latencies and throughputs are positive and vary "
+        "multiplicatively from seed to seed, so a point value is the geometric mean over the "
+        f"seeds with a {verdicts['confidence']:.0%} Student-t interval on the log scale (it "
+        "cannot leave the positive axis); a number that is 0 on some seed gets the arithmetic "
+        "mean and a t-interval cut at 0. An advantage is the ratio of two geometric means, and "
+        "its interval the t-interval of the paired per-seed log ratios, which is centred on it. "
+        "Arrival rates are fractions of the reference system's saturation throughput: the "
+        "completion rate of an offline run "
+        f"({size['saturation_requests']} requests, more if needed) while requests wait to be "
+        "admitted, the most any arrival process gets through the system in steady state. "
+        f"Runs have {size['requests']} requests per point, warm-up and cool-down windows of "
+        f"{size['window_fraction']:.0%} of the arrival span each. A capacity is bisected to "
+        f"{size['tolerance']:.0%} (at most {size['max_probes']} bisection steps) on the mean over "
+        "seeds of each rule key (`experiments.capacity`), between a quarter of the system's own "
+        "saturation throughput (halved while it fails) and that saturation: a rate at or "
+        "above it fails without a run (the overload guard), since its queue, once formed, "
+        "never drains. A capacity is therefore bounded on both sides; a verdict on a capacity "
+        "known only as a bound is stated as \"could not be decided\", with the reason.",
         "",
         "**How verdicts are stated.** \"A is R x better than B\" with R the ratio of the two "
         "numbers, oriented so that R > 1 favours A (lower is better for latencies, higher for "
@@ -341,35 +392,34 @@ def render_report(verdicts: Mapping[str, Any]) -> str:
         f"{1 + verdicts['change_margin']:.2f} (including to or from no clear winner), else "
         "**unchanged**. A sweep's trend is the factor by which a number changes per doubling "
         f"of the swept quantity: increasing above x{1 + verdicts['trend_margin']:.2f}, flat "
-        "within that factor either way.",
+        "within that factor either way. An entry about such a dependence (ES3) states its "
+        "outcome on it: how the largest per-doubling factor moved from the unfair to the fair "
+        "setup, with the same margin.",
         "",
     ]
     if size["name"] != "full":
         lines += [
-            f"> This is a `{size['name']}` run: few requests, {n_seeds} seed(s) and coarse "
-            "capacity brackets. Capacities near the knee are optimistic (an overload too short "
-            "to queue still meets a rule) and intervals are wide. Run `simserve antipatterns` "
-            "without `--quick` for numbers to quote.",
+            f"> This is a `{size['name']}` run: few requests and coarse capacity brackets, a "
+            "check that the pipeline works. Its outcomes may differ from the full run's; run "
+            "`simserve antipatterns` (the full size) for numbers to quote.",
             "",
         ]
     lines += [
         "## Summary",
         "",
-        "| entry | anti-pattern | unfair evaluator concludes | fair evaluator concludes "
-        "| outcome | catalog expectation |",
-        "|---|---|---|---|---|---|",
+        "| entry | anti-pattern | checklist | unfair evaluator concludes | fair evaluator "
+        "concludes | outcome | catalog expectation |",
+        "|---|---|---|---|---|---|---|",
     ]
     for e in verdicts["entries"]:
         lines.append(
-            f"| [{e['id']}](#{_anchor(e)}) | {e['title']} | "
-            f"{short_verdict(e['unfair']['conclusion'])} "
-            f"({e['unfair']['metric_info'][e['unfair']['verdict_metric']]['label']}) | "
-            f"{short_verdict(e['fair']['conclusion'])} "
-            f"({e['fair']['metric_info'][e['fair']['verdict_metric']]['label']}) | "
+            f"| [{e['id']}](#{_anchor(e)}) | {e['title']} | {_items(e)} | "
+            f"{setup_summary(e, 'unfair')} | {setup_summary(e, 'fair')} | "
             f"**{e['outcome']}** | {'held' if e['as_expected'] else 'not held'} |")
     lines.append("")
     for e in verdicts["entries"]:
         lines += _entry_section(e, n_seeds)
+    lines += _checklist_section(verdicts)
     return "\n".join(lines).rstrip() + "\n"
 
 

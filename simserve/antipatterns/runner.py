@@ -1,9 +1,11 @@
 """Run catalog entries: build each setup's scenarios, simulate, and state both conclusions.
 
-For every entry and setup the runner measures the reference system's saturation throughput (an
-offline run), turns loads into arrival rates, runs every system on the same replication seeds
-(common random numbers, DESIGN §9), averages over seeds with a t-interval, bisects capacities
-with `experiments.capacity.search_capacity`, and applies the entry's conclusion rule. The
+For every entry and setup the runner measures saturation throughputs (`experiments.saturation`:
+the reference system's places the arrival rates; each system's own is the ceiling of its
+capacity), runs every system on the same replication seeds (common random numbers, DESIGN
+§9), summarises the seeds on the log scale (`experiments.replications`), bisects capacities
+with `experiments.capacity.search_capacity` until they are bounded on both sides, and applies
+the entry's conclusion rule; a verdict never rests on a capacity known only as a bound. The
 result is plain data (what verdicts.json holds); the report and figures are drawn from it only,
 so every number in the report is one in verdicts.json.
 """
@@ -17,9 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
-
-import numpy as np
-from scipy import stats
 
 from simserve.antipatterns.catalog import SCENARIOS_DIR
 from simserve.antipatterns.model import (
@@ -38,6 +37,7 @@ from simserve.antipatterns.model import (
     Sweep,
     advantage,
     classify,
+    classify_trend,
     conclude,
     describe_change,
     trend,
@@ -50,9 +50,12 @@ from simserve.experiments.capacity import (
     replication_seeds,
     search_capacity,
 )
-from simserve.experiments.pool import STEADY_KEY, RunPool, scenario_key
+from simserve.experiments.pool import RunPool, scenario_key
+from simserve.experiments.replications import paired_log_interval, seed_estimate
+from simserve.experiments.saturation import Saturation, measure_saturation
+from simserve.formatting import fmt_number, fmt_ratio, number_or_none
 
-__all__ = ["CatalogRunner", "mean_ci", "ratio_ci"]
+__all__ = ["CatalogRunner", "ratio_ci", "seed_values"]
 
 Summary = dict[str, Any]
 Progress = Callable[[str], None]
@@ -65,38 +68,29 @@ _ENTRY_RUNS: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
 # --------------------------------------------------------------------------- statistics
 
 
-def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE
-            ) -> tuple[float | None, tuple[float, float] | None]:
-    """Mean and Student-t confidence interval of replications (no interval for one value)."""
-    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    if arr.size == 0 or arr.size != len(values) or not np.all(np.isfinite(arr)):
-        return None, None
-    mean = float(np.mean(arr))
-    if arr.size < 2:
-        return mean, None
-    half = float(stats.t.ppf(0.5 + confidence / 2, arr.size - 1) * np.std(arr, ddof=1)
-                 / math.sqrt(arr.size))
-    return mean, (mean - half, mean + half)
+def seed_values(metric: Metric, per_seed: Sequence[float | None]) -> dict[str, Any]:
+    """One metric over the seeds: its value (geometric mean on the log scale, see
+    `experiments.replications`), 95% interval, estimator and the per-seed values."""
+    estimate = seed_estimate(per_seed, upper=metric.upper)
+    return {
+        "value": None if estimate is None else estimate.value,
+        "ci": None if estimate is None or estimate.interval is None else list(estimate.interval),
+        "estimator": None if estimate is None else estimate.estimator,
+        "per_seed": list(per_seed),
+    }
 
 
 def ratio_ci(metric: Metric, candidate: Sequence[float | None], baseline: Sequence[float | None],
              confidence: float = CONFIDENCE) -> tuple[float, float] | None:
     """Confidence interval of the candidate's advantage from paired seeds (same seed, same
-    requests): a t-interval on the per-seed log ratios, exponentiated."""
+    requests): a t-interval on the per-seed log ratios, exponentiated; its centre is the ratio
+    of the two geometric means."""
     ratios = [advantage(metric, c, b) for c, b in zip(candidate, baseline, strict=True)]
-    if len(ratios) < 2 or any(r is None or not math.isfinite(r) or r <= 0 for r in ratios):
-        return None
-    logs = np.log(np.asarray(ratios, dtype=np.float64))
-    half = float(stats.t.ppf(0.5 + confidence / 2, logs.size - 1) * np.std(logs, ddof=1)
-                 / math.sqrt(logs.size))
-    centre = float(np.mean(logs))
-    return math.exp(centre - half), math.exp(centre + half)
+    found = paired_log_interval(ratios, confidence=confidence)
+    return None if found is None else (found[1], found[2])
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
+_number = number_or_none
 
 
 def _round_rate(rate: float) -> float:
@@ -168,16 +162,12 @@ class CatalogRunner:
     def _num_requests(self, factor: float) -> int:
         return max(4, round(factor * self.size.requests))
 
-    def saturation(self, entry: Entry, setup: Setup) -> float:
-        """Steady offline throughput (req/s) of the reference system under the setup's common
-        overrides: the highest rate an open-loop arrival process can sustain."""
-        overrides = [*setup.overrides, *entry.systems[entry.reference_system],
-                     "workload.arrival.process=offline", "workload.arrival.rate=null",
-                     f"workload.num_requests={self.size.saturation_requests}",
-                     f"seed={self.seeds[0]}", "metrics.warmup_s=0", "metrics.cooldown_s=0"]
-        (summary,) = self.summaries([self._scenario(entry, overrides)])
-        steady = _number(summary.get(STEADY_KEY))
-        return steady if steady else float(summary["request_throughput"])
+    def saturation(self, entry: Entry, overrides: Sequence[str]) -> Saturation:
+        """Saturation throughput (`experiments.saturation`) of one system under these
+        overrides: the highest rate an open-loop arrival process can sustain in steady state."""
+        scenario = self._scenario(entry, [*overrides, f"seed={self.seeds[0]}"])
+        return measure_saturation(scenario, self.summaries,
+                                  num_requests=self.size.saturation_requests)
 
     # ----------------------------------------------------------------- measures
 
@@ -198,14 +188,20 @@ class CatalogRunner:
                 "warmup_s": scenarios[0].metrics.warmup_s, "summaries": summaries}
 
     def _capacity(self, entry: Entry, overrides: Sequence[str], measure: Capacity,
-                  saturation: float) -> dict[str, Any]:
+                  reference: float) -> dict[str, Any]:
         n = self._num_requests(measure.requests)
-        low, high = _round_rate(measure.low * saturation), _round_rate(measure.high * saturation)
+        own = self.saturation(entry, overrides)
+        # NOTE: the system's own saturation is its ceiling (the overload guard); without one
+        # (no steady window found) the bracket starts from the reference system's and extends.
+        ceiling = _round_rate(own.rps) if math.isfinite(own.rps) else None
+        low = _round_rate(measure.low * (own.rps if ceiling is not None else reference))
         scenario = self._scenario(entry, [*overrides, f"workload.arrival.rate={low}",
                                           f"workload.num_requests={n}"])
-        settings = CapacitySettings(rule=parse_slo_rule(measure.rule), seeds=tuple(self.seeds),
-                                    tolerance=self.size.tolerance, low=low, high=high,
-                                    max_probes=self.size.max_probes)
+        settings = CapacitySettings(
+            rule=parse_slo_rule(measure.rule), seeds=tuple(self.seeds),
+            tolerance=self.size.tolerance, low=low,
+            high=None if ceiling is not None else _round_rate(2 * reference),
+            max_probes=self.size.max_probes, extend=True, ceiling=ceiling)
 
         def run_many(scenarios: list[Scenario]) -> list[dict[str, object]]:
             return self.summaries([self._windows(s, True) for s in scenarios])
@@ -215,15 +211,20 @@ class CatalogRunner:
         return {
             "rule": result.rule,
             "rule_text": settings.rule.describe(),
+            "rule_words": settings.rule.words(),
             "capacity_rps": result.capacity_rps,
             "num_gpus": result.num_gpus,
             "capacity_per_gpu_rps": result.capacity_per_gpu_rps,
             "status": result.status,
+            "bounded": result.bounded,
+            "capped": result.capped,
             "low_rps": result.low_rps,
             "high_rps": result.high_rps,
-            "bracket_rps": [low, high],
+            "saturation_rps": own.rps if math.isfinite(own.rps) else None,
+            "saturation": own.to_mapping(),
+            "bracket_rps": [low, ceiling],
             "num_requests": n,
-            "probes": [{"rate_rps": p.rate, "passed": p.passed,
+            "probes": [{"rate_rps": p.rate, "passed": p.passed, "guarded": p.guarded,
                         "values": {k: _number(v) for k, v in p.values.items()}}
                        for p in result.probes],
             "values_at_capacity": None if at is None else {
@@ -243,7 +244,16 @@ class CatalogRunner:
             return {"capacity": self._capacity(entry, overrides, measure, saturation)}
         if isinstance(measure, Point):
             return {"point": self._point(entry, overrides, measure, saturation)}
-        return {"sweep": [self._point(entry, overrides, p, saturation) for p in measure.points]}
+        # NOTE: a sweep point at or above the system's own saturation is not a steady state
+        # (its numbers depend on the run length): it is marked, drawn hollow, and a verdict
+        # read at the worst or last point is read among the steady ones.
+        own = self.saturation(entry, overrides).rps
+        points = [self._point(entry, overrides, p, saturation) for p in measure.points]
+        for point in points:
+            point["overloaded"] = bool(point["rate_rps"] is not None and math.isfinite(own)
+                                       and point["rate_rps"] >= own)
+            point["saturation_rps"] = own if math.isfinite(own) else None
+        return {"sweep": points}
 
     def _score(self, setup: Setup, measured: Mapping[str, Any]) -> float | None:
         """The verdict metric of one measurement (for picking the best tuning option)."""
@@ -252,12 +262,17 @@ class CatalogRunner:
             return value if value is not None else 0.0
         if "point" in measured:
             values = [_number(s.get(setup.verdict.key)) for s in measured["point"]["summaries"]]
-            return mean_ci(values)[0]
+            return seed_values(setup.verdict, values)["value"]
         return None
 
     def run_setup(self, entry: Entry, setup: Setup, label: str) -> dict[str, Any]:
         """Measure every system under one setup and state the setup's conclusion."""
-        saturation = self.saturation(entry, setup)
+        reference = self.saturation(entry, [*setup.overrides,
+                                            *entry.systems[entry.reference_system]])
+        saturation = reference.rps
+        if not math.isfinite(saturation):
+            raise ValueError(f"{entry.id}: no saturation throughput for "
+                             f"{entry.reference_system} (no steady window in its offline run)")
         shown = _dedupe([setup.verdict, *setup.metrics])
         if isinstance(setup.measure, Sweep) and setup.tuning:
             raise ValueError(f"{entry.id}: tuning is not supported with a sweep")
@@ -298,6 +313,7 @@ class CatalogRunner:
             "verdict_metric": setup.verdict.key,
             "slo_line": None if setup.slo_line is None else list(setup.slo_line),
             "metrics": [m.key for m in shown],
+            "saturation": reference.to_mapping(),
             "metric_info": {m.key: {"label": m.label, "unit": m.unit, "better": m.better,
                                     "population": m.population, "axis_label": m.axis_label}
                             for m in shown},
@@ -337,7 +353,13 @@ class CatalogRunner:
         ])
         cu = _from_mapping(entry.unfair.verdict, unfair)
         cf = _from_mapping(entry.fair.verdict, fair)
-        outcome = classify(cu, cf)
+        if entry.outcome_on == "trend":
+            fu, ff = _dependence(unfair), _dependence(fair)
+            outcome = classify_trend(fu, ff)
+            change = _describe_trend_change(entry, outcome, unfair, fair)
+        else:
+            outcome = classify(cu, cf)
+            change = describe_change(outcome, cu, cf)
         trends_held = all(s.get("trend", {}).get("held") is not False for s in (unfair, fair))
         changes = _value_changes(entry, unfair, fair)
         changes_held = changes is None or changes["held"] is not False
@@ -346,6 +368,10 @@ class CatalogRunner:
             "dimension": entry.dimension,
             "title": entry.title,
             "description": entry.description,
+            "checklist": list(entry.checklist),
+            "outcome_on": entry.outcome_on,
+            "tie_margin": TIE_MARGIN,
+            "trend_margin": TREND_MARGIN,
             "base": f"scenarios/antipatterns/{entry.base}",
             "systems": {k: list(v) for k, v in entry.systems.items()},
             "candidate": entry.candidate,
@@ -353,7 +379,7 @@ class CatalogRunner:
             "unfair": unfair,
             "fair": fair,
             "outcome": outcome,
-            "change": describe_change(outcome, cu, cf),
+            "change": change,
             "expected": list(entry.expected),
             "expected_text": entry.expected_text,
             "value_changes": changes,
@@ -401,12 +427,7 @@ def _best(trials: Sequence[tuple[list[str], Mapping[str, Any], float | None]],
 
 
 def _values(summaries: Sequence[Mapping[str, Any]], metrics: Sequence[Metric]) -> dict[str, Any]:
-    out = {}
-    for m in metrics:
-        per_seed = [_number(s.get(m.key)) for s in summaries]
-        mean, ci = mean_ci(per_seed)
-        out[m.key] = {"mean": mean, "ci": None if ci is None else list(ci), "per_seed": per_seed}
-    return out
+    return {m.key: seed_values(m, [_number(s.get(m.key)) for s in summaries]) for m in metrics}
 
 
 def _point_record(point: Mapping[str, Any], metrics: Sequence[Metric]) -> dict[str, Any]:
@@ -419,6 +440,8 @@ def _point_record(point: Mapping[str, Any], metrics: Sequence[Metric]) -> dict[s
         "warmup_s": point["warmup_s"],
         "completed": completed,
         "values": _values(summaries, metrics),
+        **({"overloaded": point["overloaded"], "saturation_rps": point["saturation_rps"]}
+           if "overloaded" in point else {}),
     }
 
 
@@ -435,7 +458,7 @@ def _measure_info(setup: Setup) -> dict[str, Any]:
     measure = setup.measure
     if isinstance(measure, Capacity):
         info: dict[str, Any] = {"kind": "capacity", "rule": measure.rule, "low": measure.low,
-                                "high": measure.high, "requests": measure.requests}
+                                "requests": measure.requests}
     elif isinstance(measure, Point):
         info = {"kind": "point", "load": measure.load, "requests": measure.requests,
                 "warmup": measure.warmup}
@@ -451,7 +474,7 @@ def _measure_info(setup: Setup) -> dict[str, Any]:
 
 def _series(record: Mapping[str, Any], key: str) -> tuple[list[float | None], list[list]]:
     """Means and per-seed values of `key` along a system's sweep."""
-    means = [p["values"][key]["mean"] for p in record["sweep"]]
+    means = [p["values"][key]["value"] for p in record["sweep"]]
     seeds = [p["values"][key]["per_seed"] for p in record["sweep"]]
     return means, seeds
 
@@ -459,7 +482,7 @@ def _series(record: Mapping[str, Any], key: str) -> tuple[list[float | None], li
 def _x_text(point: Mapping[str, Any], axis: str) -> str:
     if axis == "requests":
         return f"with {point['num_requests']} requests"
-    return f"at {point['rate_rps']:g} req/s"
+    return f"at {fmt_number(point['rate_rps'], 'req/s')}"
 
 
 def _conclusion(entry: Entry, setup: Setup, systems: Mapping[str, Any]
@@ -469,15 +492,19 @@ def _conclusion(entry: Entry, setup: Setup, systems: Mapping[str, Any]
     cand, base = systems[entry.candidate], systems[entry.baseline]
     if isinstance(setup.measure, Capacity):
         cc, cb = cand["capacity"], base["capacity"]
+        censored = [f"{name}'s capacity is {_censored_text(cap)}"
+                    for name, cap in ((entry.candidate, cc), (entry.baseline, cb))
+                    if not cap["bounded"]]
         return conclude(metric, entry.candidate, entry.baseline, _cap_value(cc, metric.key),
                         _cap_value(cb, metric.key),
-                        qualifiers=(_qualifier(cc), _qualifier(cb))), None
+                        ratio_ci=_bracket_ratio(metric, cc, cb), ratio_ci_kind="bisection bracket",
+                        undecided="; ".join(censored) if censored else None), None
     if isinstance(setup.measure, Point):
         vc, vb = cand["point"]["values"][metric.key], base["point"]["values"][metric.key]
         ci = ratio_ci(metric, vc["per_seed"], vb["per_seed"])
         rate = cand["point"]["rate_rps"]
-        where = "offline" if rate is None else f"at {rate:g} req/s"
-        return conclude(metric, entry.candidate, entry.baseline, vc["mean"], vb["mean"],
+        where = "offline" if rate is None else f"at {fmt_number(rate, 'req/s')}"
+        return conclude(metric, entry.candidate, entry.baseline, vc["value"], vb["value"],
                         ratio_ci=ci, where=where), None
     sweep = setup.measure
     mc, sc = _series(cand, metric.key)
@@ -490,28 +517,56 @@ def _conclusion(entry: Entry, setup: Setup, systems: Mapping[str, Any]
                      where=_x_text(point, sweep.axis))
         conclusions.append(c)
         per_point.append({"index": i, **c.to_mapping()})
-    index = 0 if sweep.summary == "first" else len(conclusions) - 1
+    steady = [i for i, (pc, pb) in enumerate(zip(cand["sweep"], base["sweep"], strict=True))
+              if not (pc.get("overloaded") or pb.get("overloaded"))] or list(range(len(per_point)))
+    index = 0 if sweep.summary == "first" else steady[-1]
     if sweep.summary == "worst":
         logs = [math.log(c.ratio) if c.ratio and c.ratio > 0 and math.isfinite(c.ratio)
                 else math.inf for c in conclusions]
-        index = int(np.argmin(logs))
+        index = min(steady, key=lambda i: logs[i])
     for row in per_point:
         row["summary"] = row["index"] == index
     return conclusions[index], per_point
 
 
-def _qualifier(capacity: Mapping[str, Any]) -> str:
-    """">= " for a capacity at the top of the searched bracket (a lower bound)."""
-    return ">= " if capacity["status"] == "above_range" else ""
+def _censored_text(capacity: Mapping[str, Any]) -> str:
+    """Why a capacity is only a bound, in words."""
+    status = capacity["status"]
+    if status == "below_range":
+        return (f"below {fmt_number(capacity['high_rps'], 'req/s')} (the rule fails at every "
+                "rate tried)")
+    if status == "above_range":
+        return (f"at least {fmt_number(capacity['capacity_rps'], 'req/s')} (the rule holds at "
+                "every rate tried)")
+    return f"undefined ({status})"
 
 
 def _cap_value(capacity: Mapping[str, Any], key: str = "capacity_rps") -> float | None:
-    """A capacity record's number: `capacity_rps` or `capacity_per_gpu_rps` (CAPACITY_KEYS)."""
+    """A capacity record's number: `capacity_rps` or `capacity_per_gpu_rps` (CAPACITY_KEYS);
+    None when the capacity is not bounded on both sides (a censored search)."""
     if key not in CAPACITY_KEYS:
         raise ValueError(f"a capacity record has no {key!r}")
-    if capacity["status"] == "below_range":
-        return 0.0  # fails the rule even at the lowest rate tried
+    if not capacity["bounded"]:
+        return None
     return capacity.get(key)
+
+
+def _bracket_ratio(metric: Metric, candidate: Mapping[str, Any], baseline: Mapping[str, Any]
+                   ) -> tuple[float, float] | None:
+    """The range of the candidate's capacity advantage that the two bisection brackets
+    [capacity, first failing rate] allow (both per GPU when the metric is)."""
+    if not (candidate["bounded"] and baseline["bounded"]):
+        return None
+
+    def bracket(cap: Mapping[str, Any]) -> tuple[float, float]:
+        scale = (1.0 / cap["num_gpus"] if metric.key == "capacity_per_gpu_rps"
+                 and cap.get("num_gpus") else 1.0)
+        return cap["capacity_rps"] * scale, cap["high_rps"] * scale
+
+    (c_lo, c_hi), (b_lo, b_hi) = bracket(candidate), bracket(baseline)
+    if c_lo <= 0 or b_lo <= 0:
+        return None
+    return c_lo / b_hi, c_hi / b_lo
 
 
 def _trends(entry: Entry, setup: Setup, systems: Mapping[str, Any]) -> dict[str, Any]:
@@ -544,9 +599,9 @@ def _verdict_value(entry: Entry, setup: Setup, result: Mapping[str, Any], system
     if "capacity" in record:
         return _cap_value(record["capacity"], setup.verdict.key)
     if "point" in record:
-        return record["point"]["values"][setup.verdict.key]["mean"]
+        return record["point"]["values"][setup.verdict.key]["value"]
     index = next((p["index"] for p in result.get("per_point", []) if p["summary"]), -1)
-    return record["sweep"][index]["values"][setup.verdict.key]["mean"]
+    return record["sweep"][index]["values"][setup.verdict.key]["value"]
 
 
 def _value_changes(entry: Entry, unfair: Mapping[str, Any], fair: Mapping[str, Any]
@@ -582,4 +637,36 @@ def _from_mapping(metric: Metric, setup_result: Mapping[str, Any]) -> Conclusion
     ci = c["ratio_ci"]
     return Conclusion(metric, c["candidate"], c["baseline"], num(c["candidate_value"]),
                       num(c["baseline_value"]), num(c["ratio"]),
-                      None if ci is None else (num(ci[0]), num(ci[1])), c["winner"], c["text"])
+                      None if ci is None else (num(ci[0]), num(ci[1])), c["winner"], c["text"],
+                      c["ratio_ci_kind"])
+
+
+def _dependence(setup_result: Mapping[str, Any]) -> float | None:
+    """The per-doubling factor of the system whose number depends most on the swept quantity
+    (largest |log factor|), None if any system's trend is undetermined."""
+    factors = [t["per_doubling"] for t in setup_result["trend"]["systems"].values()]
+    if not factors or any(f is None or f <= 0 for f in factors):
+        return None
+    return max(factors, key=lambda f: abs(math.log(f)))
+
+
+def _describe_trend_change(entry: Entry, outcome: str, unfair: Mapping[str, Any],
+                           fair: Mapping[str, Any]) -> str:
+    """One sentence on how the dependence on the swept quantity changed (ES3's outcome)."""
+    setup = entry.unfair.measure
+    assert isinstance(setup, Sweep)
+    what = "the run length" if setup.axis == "requests" else "the arrival rate"
+    label = entry.unfair.verdict.label
+
+    def side(result: Mapping[str, Any]) -> str:
+        parts = [f"{name} {fmt_ratio(t['per_doubling'])} ({t['trend']})"
+                 for name, t in result["trend"]["systems"].items()]
+        return ", ".join(parts)
+
+    head = {"shrank": f"The dependence of {label} on {what} shrank",
+            "grew": f"The dependence of {label} on {what} grew",
+            "unchanged": f"The dependence of {label} on {what} did not change beyond the "
+                         f"±{CHANGE_MARGIN:.0%} margin",
+            }.get(outcome, f"No comparison of the dependence of {label} on {what} possible")
+    return (f"{head}: per doubling of the swept quantity, unfair {side(unfair)}; fair "
+            f"{side(fair)}.")

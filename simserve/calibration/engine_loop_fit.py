@@ -134,6 +134,19 @@ def fit_loop(version: str, runs: Sequence[LoopRun]) -> LoopFit:
     return LoopFit(version, terms, tuple(r.label for r in runs), replays, evaluations)
 
 
+def _fitted_range(fit: LoopFit) -> dict[str, int]:
+    """The largest batch and step of the fit's replays: past them runs warn that the loop's
+    per-sequence and per-token terms are extrapolated."""
+    steps = [r.output.result.steps for r in fit.replays.values()]
+    if not steps:
+        return {}
+    return {
+        "fitted_max_seqs": max(int(np.max(s.num_seqs)) for s in steps),
+        "fitted_max_tokens": max(int(np.max(np.asarray(s.num_prefill_tokens)
+                                            + np.asarray(s.num_decode_tokens))) for s in steps),
+    }
+
+
 def write_loop_terms(fits: Sequence[LoopFit], path: Path | None = None) -> Path:
     """The shipped loop terms (one entry per engine generation)."""
     # NOTE: relative to the working directory (a checkout's root: the repository's
@@ -145,7 +158,8 @@ def write_loop_terms(fits: Sequence[LoopFit], path: Path | None = None) -> Path:
                 "serving runs only (simserve/calibration/engine_loop_fit.py; REPORT.md §7)",
         "versions": {f.version: {**{k: f.terms.get(k, 0.0) for k in
                                     ("per_step_us", "per_seq_us", "per_token_us")},
-                                 "fitted_on": ", ".join(f.fitted_on)} for f in fits},
+                                 "fitted_on": ", ".join(f.fitted_on),
+                                 **_fitted_range(f)} for f in fits},
     }
     path.write_text(yaml.safe_dump(data, sort_keys=False, width=100, allow_unicode=True),
                     encoding="utf-8")

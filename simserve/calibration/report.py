@@ -7,6 +7,7 @@ from pathlib import Path
 
 from simserve.calibration.kernel_report import kernel_figures, kernel_markdown
 from simserve.calibration.paths import DEFAULT_REPORT_DIR
+from simserve.calibration.pipeline_report import pipeline_markdown, run_pipeline_validation
 from simserve.calibration.report_figures import validation_figures
 from simserve.calibration.report_markdown import report_markdown
 from simserve.calibration.validate import run_validation
@@ -31,4 +32,8 @@ def write_report(
     if rep.kernels is not None:
         kernel_figures(rep.kernels, out_dir / "figures")
         text += "\n" + "\n".join(kernel_markdown(rep.kernels)) + "\n"
+    if replay:
+        if progress is not None:
+            progress("pipeline parallelism: DistServe replays with a pp=2 decode instance")
+        text += "\n" + "\n".join(pipeline_markdown(run_pipeline_validation())) + "\n"
     return write_file_atomically(out_dir / "REPORT.md", text)

@@ -29,6 +29,7 @@ import numpy as np
 
 from simserve.catalog import GpuSpec, ModelSpec
 from simserve.costmodel.base import BatchShape
+from simserve.costmodel.pipeline import StepParts, embedding_shares, split_linear
 from simserve.errors import InputError
 from simserve.yaml_lines import read_yaml_file
 
@@ -525,6 +526,26 @@ class CalibratedCostModel:
             + self._ar_fixed_s
             + n * self._ar_tok_s
         )
+
+    def step_parts(self, shape: BatchShape) -> StepParts:
+        """`step_time` by pipeline part: the fitted step, prefill and per-sequence overheads
+        (a worker's launch and input preparation) are every stage's, the LM head the last
+        stage's, the rest (layers, attention, all-reduces) is split."""
+        n = shape.num_prefill_tokens + shape.num_decode_tokens
+        if n == 0:
+            return StepParts(per_stage_s=self._overhead_s)
+        seqs = shape.num_prefill_seqs + shape.num_decode_seqs
+        per_stage = (self._overhead_s
+                     + (self._prefill_overhead_s if shape.num_prefill_tokens else 0.0)
+                     + seqs * self._seq_s)
+        compute, memory = n * self._lin_c_s, self._lin_m_s
+        hi, lo = (compute, memory) if compute >= memory else (memory, compute)
+        linear = hi * (1.0 + (lo / hi) ** self._p) ** (1.0 / self._p)
+        first, _, last = split_linear(linear, memory >= compute, embedding_shares(self.model))
+        lm_head = (shape.num_prefill_seqs + shape.num_decode_tokens) * self._lm_s
+        rest = self.step_time(shape) - per_stage - lm_head - first - last
+        return StepParts(layers_s=rest, per_stage_s=per_stage, first_s=first,
+                         last_s=lm_head + last)
 
     def decode_step_fn(self, num_seqs: int) -> Callable[[int], float]:
         """`step_time` of a plain decode step of `num_seqs` sequences as a function of its

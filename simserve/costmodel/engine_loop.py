@@ -28,6 +28,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import yaml
 
 from simserve.costmodel.kernel_tables import kernels_dir
@@ -48,6 +49,11 @@ class LoopTerms:
     per_seq_us: float = 0.0
     per_token_us: float = 0.0
     source: str = "none"
+    #: The largest batch (running sequences) and step (scheduled tokens) of the real runs the
+    #: terms were fitted on; None: not recorded. Past them the per-sequence and per-token
+    #: terms are extrapolated linearly (runs warn).
+    fitted_max_seqs: int | None = None
+    fitted_max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.version not in ENGINE_VERSIONS:
@@ -70,6 +76,26 @@ class LoopTerms:
                 "per_seq_us": self.per_seq_us, "per_token_us": self.per_token_us,
                 "source": self.source}
 
+    def extrapolation_warning(self, num_seqs: Any, num_tokens: Any) -> str | None:
+        """One line counting the steps (per-step arrays) past the batches and step sizes the
+        terms were fitted on, where the terms that grow with them matter; None if none."""
+        masks = []
+        if self.per_seq_us and self.fitted_max_seqs is not None:
+            masks.append((np.asarray(num_seqs) > self.fitted_max_seqs,
+                          f"more than {self.fitted_max_seqs} running sequences"))
+        if self.per_token_us and self.fitted_max_tokens is not None:
+            masks.append((np.asarray(num_tokens) > self.fitted_max_tokens,
+                          f"more than {self.fitted_max_tokens} scheduled tokens"))
+        outside = [(int(m.sum()), what) for m, what in masks if m.any()]
+        if not outside:
+            return None
+        total = int(np.asarray(num_seqs).size)
+        count = int(np.logical_or.reduce([m for m, _ in masks]).sum())
+        detail = ", ".join(f"{n} with {what}" for n, what in outside)
+        return (f"{count} of {total} steps ({100.0 * count / total:.1f}%) past the real runs "
+                f"the {self.version} engine loop was fitted on ({detail}; fitted on "
+                f"{self.source}): their CPU time is extrapolated")
+
 
 def loop_terms_path(framework: str = "vllm") -> Any:
     """Where the fitted loop terms of `framework` are shipped."""
@@ -90,5 +116,6 @@ def loop_terms(version: str, framework: str = "vllm") -> LoopTerms:
     entry = _shipped(framework).get("versions", {}).get(version)
     if entry is None:
         return LoopTerms(version, source="none fitted")
+    limits = {k: int(entry[k]) for k in ("fitted_max_seqs", "fitted_max_tokens") if k in entry}
     return LoopTerms(version, *(float(entry[k]) for k in _FIELDS),
-                     source=str(entry.get("fitted_on", "")))
+                     source=str(entry.get("fitted_on", "")), **limits)

@@ -44,6 +44,7 @@ from simserve.costmodel.engine_loop import LoopTerms
 from simserve.costmodel.interpolation import DenseCurve, LogGrid
 from simserve.costmodel.kernel_ops import KernelCoverageError, KernelOps
 from simserve.costmodel.kernel_tables import kernel_meta
+from simserve.costmodel.pipeline import StepParts
 
 __all__ = [
     "KernelCostModel",
@@ -306,6 +307,17 @@ class KernelCostModel:
         tokens = shape.num_prefill_tokens + shape.num_decode_tokens
         return self._cpu_us.step_us(self.gpu_time_us(shape), seqs, tokens) * 1e-6
 
+    def step_parts(self, shape: BatchShape) -> StepParts:
+        """`step_time` by pipeline part: the engine loop's CPU time is the host's, the final
+        norm, LM head and sampling the last stage's, the rest (layers, embedding) is split."""
+        seqs = shape.num_prefill_seqs + shape.num_decode_seqs
+        tokens = shape.num_prefill_tokens + shape.num_decode_tokens
+        gpu_us = self.gpu_time_us(shape)
+        host_us = self._cpu_us.step_us(gpu_us, seqs, tokens) - gpu_us
+        lm_us = self._lm(shape.num_prefill_seqs + shape.num_decode_tokens) if tokens else 0.0
+        return StepParts(layers_s=(gpu_us - lm_us) * 1e-6, last_s=lm_us * 1e-6,
+                         host_s=host_us * 1e-6)
+
     # ------------------------------------------------------------------ reporting
 
     def describe(self) -> dict[str, object]:
@@ -379,6 +391,10 @@ class KernelCostModel:
             detail = ", ".join(f"{v} {k}" for k, v in by.items() if v)
             out.append(f"{outside} of {total} steps ({100.0 * outside / total:.1f}%) outside the "
                        f"measured kernel tables ({detail}); their times are extrapolated")
+        tokens = np.asarray(steps.num_prefill_tokens) + np.asarray(steps.num_decode_tokens)
+        loop = self.setup.loop.extrapolation_warning(steps.num_seqs, tokens)
+        if loop is not None:
+            out.append(loop)
         return out
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from simserve.catalog import GpuSpec, ModelSpec
 from simserve.config import CostModelConfig
 from simserve.costmodel.base import BatchShape
+from simserve.costmodel.pipeline import StepParts, split_linear
 
 __all__ = ["RooflineCostModel"]
 
@@ -49,6 +50,8 @@ class RooflineCostModel:
         set_(self, "_expert_miss", 1.0 - m.num_experts_per_tok / m.num_experts
              if m.is_moe else 1.0)
         set_(self, "_lm_head_s_per_token", m.lm_head_flops_per_token / tp / flops_per_s)
+        # The read of one vocab x hidden matrix (the LM head; the embedding too when untied).
+        set_(self, "_vocab_matrix_s", m.embedding_params * m.dtype_bytes / tp / bytes_per_s)
         # QK^T and PV: 2 matmuls x 2 FLOPs per multiply-add, per head dim, per head, per layer.
         attn_flops_per_pair = 4.0 * m.num_layers * m.num_heads * m.head_dim
         set_(self, "_attn_s_per_pair", attn_flops_per_pair / tp / flops_per_s)
@@ -91,6 +94,24 @@ class RooflineCostModel:
         )
         allreduce = n * self._ar_s_per_token + self._ar_fixed_s
         return linear + lm_head + prefill_attn + decode_attn + allreduce + self._overhead_s
+
+    def step_parts(self, shape: BatchShape) -> StepParts:
+        """`step_time` by pipeline part: the fixed overhead is every stage's, the LM head (and
+        its weight read) the last stage's, the rest (layers, attention, all-reduces) is split."""
+        n = shape.num_prefill_tokens + shape.num_decode_tokens
+        if n == 0:
+            return StepParts(per_stage_s=self._overhead_s)
+        weights = self._weights_s
+        if self._experts_s:
+            weights += self._experts_s * (1.0 - self._expert_miss**n)
+        compute = n * self._linear_s_per_token
+        share = self._vocab_matrix_s / weights
+        first, _, last = split_linear(max(compute, weights), weights >= compute,
+                                      (0.0 if self.model.tied_embeddings else share, share))
+        lm_head = (shape.num_prefill_seqs + shape.num_decode_tokens) * self._lm_head_s_per_token
+        rest = self.step_time(shape) - self._overhead_s - lm_head - first - last
+        return StepParts(layers_s=rest, per_stage_s=self._overhead_s, first_s=first,
+                         last_s=lm_head + last)
 
     def decode_step_fn(self, num_seqs: int) -> Callable[[int], float]:
         """`step_time` of a plain decode step of `num_seqs` sequences as a function of its

@@ -24,6 +24,7 @@ from simserve.costmodel.base import (
     envelope_report,
     envelope_warnings,
 )
+from simserve.costmodel.pipeline import StepParts, step_parts
 
 __all__ = ["ServingOverheadCostModel"]
 
@@ -39,6 +40,11 @@ class ServingOverheadCostModel:
     def step_time(self, shape: BatchShape) -> float:
         seqs = shape.num_prefill_seqs + shape.num_decode_seqs
         return self.base.step_time(shape) + self.per_step_s + self.per_seq_s * seqs
+
+    def step_parts(self, shape: BatchShape) -> StepParts:
+        """The base's parts; this time outside the forward pass is the engine's CPU work."""
+        seqs = shape.num_prefill_seqs + shape.num_decode_seqs
+        return step_parts(self.base, shape).with_host(self.per_step_s + self.per_seq_s * seqs)
 
     def decode_step_fn(self, num_seqs: int) -> Callable[[int], float]:
         base = decode_step_fn(self.base, num_seqs)

@@ -5,10 +5,17 @@ An engine loops `plan = policy.schedule(state, now)`, waits for the step's time,
 
 Clusters are pools of instances. A co-located cluster is one pool of replicas doing prefill and
 decode. A disaggregated cluster (DistServe, Splitwise) has a prefill pool whose instances hand
-each request's KV cache over a link to a decode pool. An instance of `pp` pipeline stages runs
-`pp` virtual engines, each with its own queues and 1/pp of the KV blocks (vLLM v0's
-`virtual_engine` schedulers), whose micro-batches flow through the stages one after another:
-a stage takes the next micro-batch as soon as it frees (GPipe-style pipelining, Huang 2019).
+each request's KV cache over a link to a decode pool.
+
+Pipeline parallelism. An instance of `pp` stages runs `pp` virtual engines, each with its own
+queues, batch and 1/pp of the KV blocks (vLLM v0's `virtual_engine` schedulers; DistServe's
+decode scheduler keeps pp disjoint batches likewise), so at most pp micro-batches are in flight,
+of whatever sizes the engines' own queues give them. A virtual engine's step is one micro-batch:
+its engine CPU work first (on the instance's one engine CPU, shared by its virtual engines,
+FIFO), then each stage's GPU time in turn with an activation send between stages; a stage
+takes the next micro-batch as soon as it frees. The engine's next step starts when its
+micro-batch leaves the last stage, so with fewer runnable micro-batches than stages the stages
+idle (the bubble). `costmodel.pipeline` says how a step's time divides over CPU and stages.
 
 Fast-forward. When a step is a plain decode of every running request and nothing can change the
 batch for a while, the engine prices the next K identical steps at once and waits for them as
@@ -31,7 +38,8 @@ from typing import NamedTuple
 import numpy as np
 import simpy
 
-from simserve.costmodel.base import decode_run_s, decode_step_fn
+from simserve.costmodel.base import BatchShape, decode_run_s, decode_step_fn
+from simserve.costmodel.pipeline import PipelineStep, pipeline_step
 from simserve.engine.decodes import CounterDecodes, VerifyDecodes
 from simserve.engine.offload import CpuTier
 from simserve.engine.policies import Policy
@@ -110,8 +118,8 @@ class _Instance:
         self.cost_model = pool.cost_model
         self.on_step_done = on_step_done
         self.fast_forward = fast_forward
-        # When each pipeline stage next frees (empty without pipeline parallelism).
-        self.stage_free_at = [0.0] * pool.pp if pool.pp > 1 else []
+        # The pipeline's stages and engine CPU (None without pipeline parallelism).
+        self.pipeline = _Pipeline(pool.pp) if pool.pp > 1 else None
         self.stage_send_s = pool.stage_send_s
         # KV transfers leaving this instance queue on its egress link, one at a time.
         self.link = simpy.Resource(env, 1)
@@ -159,7 +167,7 @@ class _Instance:
         # changes may have them priced as a run.
         fast_forward = self.fast_forward and policy.repeats_decode_plans
         plain_decode_run = state.plain_decode_run
-        stages = self.stage_free_at
+        pipeline, cost_model = self.pipeline, self.cost_model
         deadlines = state.deadlines
         while True:
             if deadlines and deadlines[0][0] <= env.now:
@@ -182,11 +190,16 @@ class _Instance:
                         self._wake_after_loads(state)
                         if shape.num_tokens == 0 and not plan.preempt:
                             continue  # every admitted request waits for its KV load
-                    # NOTE: swap copies run before the step's forward pass (vLLM v0's worker).
-                    duration = step_time(shape) + state.copy_s
-                    if stages:
-                        leave = _through_stages(stages, now, duration,
-                                                self._send_s(shape.num_tokens))
+                    # NOTE: swap copies run before the step's forward pass (vLLM v0's worker);
+                    # with pipeline stages, each stage copies its own layers' blocks.
+                    if pipeline is None:
+                        duration = step_time(shape) + state.copy_s
+                    else:
+                        step = pipeline_step(cost_model, shape, pipeline.pp)
+                        if state.copy_s:
+                            copy_s = state.copy_s / pipeline.pp
+                            step = step._replace(stage_s=tuple(s + copy_s for s in step.stage_s))
+                        leave = pipeline.through(now, step, self._send_s(shape.num_tokens))
                         duration = leave - now
                     self.num_events += 1
                     yield _StepEnd(env, duration)
@@ -232,8 +245,14 @@ class _Instance:
             k = min(k, int((horizon - now) / step_s(first)) + 2)
             if k < 2:
                 return None
-        if self.stage_free_at:
-            starts, durations = self._stage_run(now, horizon, k, first, m, step_s)
+            # NOTE: a micro-batch takes at least the step's time on one GPU (its parts, with
+            # the per-stage work repeated), so when that ends past the horizon no second step
+            # starts before it: skip pricing it through the stages (a run refused here is
+            # stepped instead, with the same records).
+            if self.pipeline is not None and now + step_s(first) >= horizon:
+                return None
+        if self.pipeline is not None:
+            starts, durations = self._stage_run(self.pipeline, now, horizon, k, first, m)
         elif k > VECTORISE_FROM:
             kv = np.arange(first, first + m * k, m, dtype=np.int64)[:k]
             run_s = decode_run_s(self.cost_model, m, kv)
@@ -262,34 +281,38 @@ class _Instance:
             return None
         return _Run(starts[:k], durations[:k], starts[k], first, m)
 
-    def _stage_run(self, now: float, horizon: float, k: int, first: int, m: int,
-                   step_s: Callable[[int], float]) -> tuple[list[float], list[float]]:
-        """`_plan_run`'s steps through pipeline stages: each step of this virtual engine
-        starts when its previous micro-batch leaves the last stage, and reserves the stages as
-        it would step by step; the schedule after each step is kept in `self._stage_after`
-        until the run's length is settled."""
-        free_at = list(self.stage_free_at)
+    def _stage_run(self, pipeline: _Pipeline, now: float, horizon: float, k: int, first: int,
+                   m: int) -> tuple[list[float], list[float]]:
+        """`_plan_run`'s steps through the pipeline: each step of this virtual engine starts
+        when its previous micro-batch leaves the last stage, and reserves the engine CPU and
+        the stages as it would step by step (priced from the same shape, so the same floats);
+        the pipeline's state after each step is kept in `self._stage_after` until the run's
+        length is settled."""
+        saved = pipeline.save()
         send_s = self._send_s(m)
         starts, durations = [now], []
-        after: list[list[float]] = []
+        after: list[tuple[float, list[float]]] = []
         t, kv = now, first
         for _ in range(k):
             if durations and t >= horizon:
                 break
-            duration = _through_stages(free_at, t, step_s(kv), send_s) - t
+            step = pipeline_step(self.cost_model, BatchShape(0, 0, 0.0, 0, m, m, kv),
+                                 pipeline.pp)
+            duration = pipeline.through(t, step, send_s) - t
             durations.append(duration)
-            after.append(list(free_at))
+            after.append(pipeline.save())
             t = t + duration
             starts.append(t)
             kv += m
+        pipeline.restore(saved)
         self._stage_after = after
         return starts, durations
 
     def _run_steps(self, state: ReplicaState, run: _Run):
         """Wait for a fast-forwarded run as one event, then log its steps."""
         k = len(run.durations)
-        if self.stage_free_at:
-            self.stage_free_at[:] = self._stage_after[k - 1]
+        if self.pipeline is not None:
+            self.pipeline.restore(self._stage_after[k - 1])
         start = state.begin_run(k)
         # NOTE: SimPy sets the clock to now + delay; `_plan_run` keeps only runs whose end that
         # sum reaches exactly, so records match stepping one by one bit for bit.
@@ -309,23 +332,40 @@ def _reachable(now: float, end: float) -> bool:
     return now + (end - now) == end
 
 
-def _through_stages(free_at: list[float], now: float, duration: float, send_s: float) -> float:
-    """When a micro-batch that starts at `now` leaves the last stage, given when each stage
-    frees (`free_at`, updated). Each stage runs 1/pp of the layers (the step's time split
-    evenly, as layers are) once the stage is free, then sends its activations to the next.
+class _Pipeline:
+    """The stages of a pipeline-parallel instance and its one engine CPU: when each next
+    frees.
 
-    Stages are reserved in the order micro-batches start, which is the order a FIFO queue at
-    every stage would serve them (a micro-batch cannot overtake the one ahead: it starts each
-    stage after that one finished it), so one timeout per step suffices.
+    Both are reserved in the order micro-batches start, which is the order a FIFO queue at
+    each would serve them (a micro-batch cannot overtake the one ahead: it starts each stage
+    after that one finished it), so one timeout per step suffices.
     """
-    stage_s = duration / len(free_at)
-    ready = now
-    for i, free in enumerate(free_at):
-        if i:
-            ready += send_s
-        ready = max(ready, free) + stage_s
-        free_at[i] = ready
-    return ready
+
+    def __init__(self, pp: int) -> None:
+        self.pp = pp
+        self.host_free_at = 0.0
+        self.stage_free_at = [0.0] * pp
+
+    def through(self, now: float, step: PipelineStep, send_s: float) -> float:
+        """When a micro-batch whose engine starts it at `now` leaves the last stage (the
+        reservations updated): its CPU work once the engine CPU frees, then each stage once
+        that stage frees, with `send_s` of activations between stages."""
+        ready = max(now, self.host_free_at) + step.host_s
+        self.host_free_at = ready
+        free_at = self.stage_free_at
+        for i, stage_s in enumerate(step.stage_s):
+            if i:
+                ready += send_s
+            ready = max(ready, free_at[i]) + stage_s
+            free_at[i] = ready
+        return ready
+
+    def save(self) -> tuple[float, list[float]]:
+        return self.host_free_at, list(self.stage_free_at)
+
+    def restore(self, saved: tuple[float, list[float]]) -> None:
+        self.host_free_at = saved[0]
+        self.stage_free_at[:] = saved[1]
 
 
 class _Cluster:

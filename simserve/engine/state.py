@@ -719,11 +719,17 @@ class ReplicaState:
             return k
         m = len(decodes)
         bs = self.block_size
+        free = self.free_blocks
+        cache = self.prefix_cache
+        if cache is not None and cache.evictable and len(self.waiting):
+            # NOTE: evicting a cached block can shorten a waiting request's cached prefix and
+            # so change what admitting it takes (a broken chain of blocks leaves fewer to
+            # revive): the run stops before its first eviction, which is then stepped.
+            free -= cache.evictable
         # Each member needs one block every `block_size` ticks; only check tick by tick when
         # that bound could exhaust the free blocks.
-        if self.reserve_full or m * (-(-k // bs) + 1) <= self.free_blocks:
+        if self.reserve_full or m * (-(-k // bs) + 1) <= free:
             return k
-        free = self.free_blocks
         for i, need in enumerate(decodes.block_need_run(k)):
             if need > free:
                 return i

@@ -55,6 +55,7 @@ from simserve.config import (
 )
 from simserve.errors import InputError
 from simserve.experiments.run import RunOutput, run_scenario
+from simserve.formatting import fmt_number, key_label
 from simserve.metrics.energy import COST_KEYS
 from simserve.metrics.summary import flat_summary
 from simserve.pricing import cluster_usd_per_hour
@@ -116,6 +117,15 @@ class Condition:
     def __str__(self) -> str:
         return f"{self.key}{self.op}{self.threshold:g}"
 
+    def words(self) -> str:
+        """The threshold for a reader: 'P99 TTFT ≤ 1,000 ms', or for attainment '≥ 90% of
+        requests within the SLOs'."""
+        symbol = {"<=": "≤", ">=": "≥", "<": "<", ">": ">"}[self.op]
+        if self.key == "slo_attainment":
+            return f"{symbol} {fmt_number(100 * self.threshold)}% of requests within the SLOs"
+        unit = "ms" if self.key.endswith("_ms") else ""
+        return f"{key_label(self.key, unit=False)} {symbol} {fmt_number(self.threshold, unit)}"
+
 
 @dataclass(frozen=True)
 class SloRule:
@@ -134,6 +144,13 @@ class SloRule:
     def describe(self) -> str:
         """The rule spelled out, e.g. 'p99_tbt_ms<=200 and median_scheduling_delay_ms<=2000'."""
         return " and ".join(str(c) for c in self.conditions)
+
+    def words(self) -> str:
+        """The rule for a reader, e.g. 'P99 TBT ≤ 200 ms, median scheduling delay ≤ 2,000 ms'
+        (a named rule's name first: 'Sarathi: ...')."""
+        named = _NAMED.match(self.text.split(",")[0])
+        text = ", ".join(c.words() for c in self.conditions)
+        return f"{named.group(1).capitalize()}: {text}" if named else text
 
     def mean_values(self, summaries: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
         """Mean over seeds of each key the rule reads (None if any seed lacks a value)."""
@@ -317,6 +334,12 @@ def replication_seeds(root_seed: int, replications: int) -> list[int]:
     return [int(child.generate_state(1, dtype=np.uint32)[0]) for child in children]
 
 
+def rate_unit(scenario: Scenario) -> str:
+    """What the searched arrival rate counts: session starts with multi-turn sessions (each
+    session then sends its turns closed-loop), else requests."""
+    return "sessions/s" if scenario.workload.sessions is not None else "req/s"
+
+
 def with_rate_and_seed(scenario: Scenario, rate: float, seed: int) -> Scenario:
     """The scenario at another arrival rate and seed (validated again)."""
     arrival = dataclasses.replace(scenario.workload.arrival, rate=float(rate))
@@ -332,7 +355,13 @@ class CapacitySettings:
     """How to search: the rule, optional bracket, relative tolerance and seeds per rate.
 
     The search stops when the bracket [meets, fails] satisfies high - low <= tolerance * low,
-    so the reported capacity (low) is within `tolerance` of the true knee.
+    so the reported capacity (low) is within `tolerance` of the true knee. With `extend`, a
+    given bracket whose low end fails is halved, and one whose high end passes doubled, until
+    the capacity is bounded on both sides (so a result is censored only past 2**20 either way).
+    `ceiling` (the system's saturation throughput, `experiments.saturation`) is the overload
+    guard: a rate at or above it fails without a run, since no finite run there is a steady
+    state (its queue, once formed, never drains; a short one may not have built it yet). An
+    extended search with a ceiling tries the top of the tolerance band below it first.
     """
 
     rule: SloRule
@@ -341,6 +370,8 @@ class CapacitySettings:
     low: float | None = None
     high: float | None = None
     max_probes: int = 60
+    extend: bool = False
+    ceiling: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.tolerance < 1:
@@ -351,6 +382,8 @@ class CapacitySettings:
                 raise InputError(f"must be > 0, got {value}", field=name)
         if self.low is not None and self.high is not None and self.low >= self.high:
             raise InputError(f"low ({self.low}) must be < high ({self.high})", field="low")
+        if self.ceiling is not None and not (math.isfinite(self.ceiling) and self.ceiling > 0):
+            raise InputError(f"must be > 0, got {self.ceiling}", field="ceiling")
         if not self.seeds:
             raise InputError("must be >= 1", field="replications")
 
@@ -363,6 +396,8 @@ class CapacitySettings:
             "low": self.low,
             "high": self.high,
             "max_probes": self.max_probes,
+            "extend": self.extend,
+            "ceiling": self.ceiling,
         }
 
     @classmethod
@@ -375,17 +410,21 @@ class CapacitySettings:
             low=data.get("low"),
             high=data.get("high"),
             max_probes=int(data.get("max_probes", 60)),
+            extend=bool(data.get("extend", False)),
+            ceiling=data.get("ceiling"),
         )
 
 
 @dataclass(frozen=True)
 class Probe:
-    """One rate tried: whether the mean over seeds met the rule, and the per-seed summaries."""
+    """One rate tried: whether the mean over seeds met the rule, and the per-seed summaries.
+    `guarded`: failed by the overload guard (at or above the ceiling), without a run."""
 
     rate: float
     passed: bool
     values: dict[str, float | None]
     summaries: tuple[dict[str, object], ...]
+    guarded: bool = False
 
 
 @dataclass(frozen=True)
@@ -398,6 +437,7 @@ class CapacityResult:
     steps; bracket wider than asked) or `undefined: ...` (a key the rule reads has no value for
     this workload, e.g. TBT with one output token). `num_gpus`: GPUs the searched cluster
     occupies (None only for results read back from files written before it was recorded).
+    `ceiling_rps`: the overload guard of the search (`CapacitySettings.ceiling`), if any.
     """
 
     rule: str
@@ -408,7 +448,21 @@ class CapacityResult:
     tolerance: float
     probes: tuple[Probe, ...]
     num_gpus: int | None = None
+    ceiling_rps: float | None = None
     usd_per_hour: float | None = None
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the capacity is known on both sides: a rate that met the rule and a higher
+        one that failed (`ok` or `max_probes`); a censored result is only a bound."""
+        return self.status in ("ok", "max_probes") and self.capacity_rps is not None \
+            and self.high_rps is not None
+
+    @property
+    def capped(self) -> bool:
+        """Whether the first failing rate above the capacity failed by the overload guard
+        (the system's saturation), not by the SLO."""
+        return any(p.guarded and p.rate == self.high_rps for p in self.probes)
 
     @property
     def capacity_per_gpu_rps(self) -> float | None:
@@ -446,8 +500,10 @@ class CapacityResult:
             "high_rps": self.high_rps,
             "status": self.status,
             "tolerance": self.tolerance,
+            "ceiling_rps": self.ceiling_rps,
+            "capped": self.capped,
             "probes": [
-                {"rate": p.rate, "passed": p.passed, "values": p.values,
+                {"rate": p.rate, "passed": p.passed, "guarded": p.guarded, "values": p.values,
                  "summaries": list(p.summaries)}
                 for p in self.probes
             ],
@@ -504,6 +560,12 @@ def search_capacity(
     rule = settings.rule
 
     def meets(rate: float) -> bool:
+        if settings.ceiling is not None and rate >= settings.ceiling:
+            probe = Probe(rate=rate, passed=False, values={}, summaries=(), guarded=True)
+            probes.append(probe)
+            if on_probe is not None:
+                on_probe(probe)
+            return False
         scenarios = [with_rate_and_seed(scenario, rate, seed) for seed in settings.seeds]
         summaries = runner(scenarios)
         passed, values = rule.evaluate(summaries)
@@ -522,7 +584,7 @@ def search_capacity(
 
     def result(capacity: float | None, lo: float | None, hi: float | None, status: str):
         return CapacityResult(rule.text, capacity, lo, hi, status, settings.tolerance,
-                              tuple(probes), num_gpus, usd_per_hour)
+                              tuple(probes), num_gpus, settings.ceiling, usd_per_hour)
 
     try:
         return _search(meets, result, start, settings)
@@ -550,10 +612,27 @@ def _search(
     max_steps = 20
     lo: float | None = settings.low
     hi: float | None = settings.high
+    hi_fails = False
+    if settings.ceiling is not None and (hi is None or hi >= settings.ceiling):
+        hi = settings.ceiling
+        hi_fails = not meets(hi)  # the guard's probe: recorded, never run
+        if lo is not None and lo >= hi:
+            lo = None
+        # NOTE: under a loose SLO the capacity is the ceiling itself; one probe at the top of
+        # the tolerance band then settles the search (the bisection would take log2(1/tol)).
+        top = hi / (1.0 + settings.tolerance)
+        if settings.extend and (lo is None or lo < top):
+            if meets(top):
+                return result(top, top, hi, "ok")
+            hi = top
     if lo is not None and not meets(lo):
-        return result(None, None, lo, "below_range")
-    if hi is not None and meets(hi):
-        return result(hi, hi, None, "above_range")
+        if not settings.extend:
+            return result(None, None, lo, "below_range")
+        lo, hi = None, lo
+    elif hi is not None and not hi_fails and meets(hi):
+        if not settings.extend:
+            return result(hi, hi, None, "above_range")
+        lo, hi = hi, None
     if lo is None and hi is None:
         if meets(start):
             lo = start

@@ -31,8 +31,9 @@ from simserve.experiments.capacity import (
     parse_slo_rule,
     search_capacity,
 )
-from simserve.experiments.pool import MEAN_BATCH_KEY, STEADY_KEY, RunPool
+from simserve.experiments.pool import MEAN_BATCH_KEY, RunPool
 from simserve.experiments.run import RunOutput, run_scenario
+from simserve.experiments.saturation import Saturation, measure_saturation, offline_scenario
 from simserve.resolve import resolve
 from simserve.resources import scenarios_dir
 
@@ -72,7 +73,7 @@ class SweepPlan:
     """How much one case-study run simulates.
 
     Sweep rates are `load_fractions` of the no-spec system's saturation throughput (measured in
-    an offline run of `saturation_requests` requests, see `pool.steady_throughput`), so the sweep
+    an offline run of `saturation_requests` requests, see `experiments.saturation`), so the sweep
     always reaches past the no-spec knee whatever the model, GPU or overrides. A run at rate r
     has max(`num_requests`, r x `min_arrival_span_s`) requests, at most `max_requests`: near
     the knee a run must be long for its queue to show whether it is stable (DESIGN §7 ES3).
@@ -211,18 +212,22 @@ class CapacityRule:
     text: Callable[[SloTargets], str]
 
     def slo_rule(self, targets: SloTargets) -> SloRule:
-        """The rule as `simserve.experiments.capacity` parses it, with the load cap."""
-        return parse_slo_rule(f"{self.text(targets)},{LOAD_KEY}<=1")
+        """The rule as `simserve.experiments.capacity` parses it."""
+        return parse_slo_rule(self.text(targets))
 
     def holds(self, summary: Mapping[str, object], targets: SloTargets) -> bool:
-        """Whether one run with this summary meets the rule."""
-        return self.slo_rule(targets).evaluate([summary])[0]
+        """Whether one run with this summary meets the rule and is a steady state: its rate is
+        below the system's saturation throughput (`LOAD_KEY` < 1; see the NOTE there)."""
+        load = summary.get(LOAD_KEY)
+        steady = not isinstance(load, int | float) or load < 1.0
+        return steady and self.slo_rule(targets).evaluate([summary])[0]
 
 
-# NOTE: a rate above a system's saturation throughput cannot meet any SLO in steady state (its
-# queue grows without bound), but a finite run there can still pass because the backlog has not
-# had time to build (DESIGN §7 ES3). Every rule therefore also requires the offered load, rate /
-# saturation throughput, to be at most 1; the runner adds that key to each run's summary.
+# NOTE: a rate at or above a system's saturation throughput cannot meet any SLO in steady state
+# (its queue, once formed, never drains), but a finite run there can still pass because the
+# backlog has not had time to build (DESIGN §7 ES3). Each run's summary gets its offered load,
+# rate / saturation throughput, under this key, and the capacity search fails such a rate
+# without a run (`CapacitySettings.ceiling`, the overload guard).
 LOAD_KEY = "load_vs_saturation"
 
 
@@ -290,8 +295,9 @@ class CapacityEstimate:
     failed); `upper` the lowest rate seen to fail above it (None: every rate tried passed, so
     the capacity is at least `value`). `status` is the search's (`ok`, `below_range`,
     `above_range`, `max_probes`); `probes` counts the rates it tried (sweep rates included);
-    `load_limited`: the rate at `upper` met the SLO part of the rule and failed only the load
-    cap (it is above the system's saturation throughput).
+    `bounded`: known on both sides (`CapacityResult.bounded`; a censored capacity is only a
+    bound and decides nothing); `load_limited`: `upper` failed by the overload guard (it is the
+    system's saturation throughput), not by the SLO.
     """
 
     value: float
@@ -299,7 +305,8 @@ class CapacityEstimate:
     status: str
     probes: int
     tolerance: float
-    load_limited: bool = False  # `upper` fails only because it exceeds saturation
+    load_limited: bool = False
+    bounded: bool = True
 
 
 # --------------------------------------------------------------------------- runs
@@ -316,7 +323,7 @@ class RunRecord:
     mean_batch: float  # time-weighted mean number of sequences per step
     alpha: float | None = None
     k: int | None = None
-    steady_throughput: float | None = None  # offline runs: see `steady_throughput`
+    steady_throughput: float | None = None  # offline runs: `experiments.saturation`
 
     def to_json(self) -> dict[str, object]:
         """Plain data for summaries.json."""
@@ -361,19 +368,18 @@ class _Runner:
 
     def scenario(self, system: str, rate: float | None) -> Scenario:
         """The base scenario for `system` at `rate` (None: offline), with the sweep's windows."""
-        b = self.base
-        n = self.plan.requests_at(rate) if rate is not None else self.plan.saturation_requests
+        b = dataclasses.replace(
+            self.base, engine=dataclasses.replace(self.base.engine,
+                                                  speculative=self.systems[system]))
         if rate is None:
-            arrival = dataclasses.replace(b.workload.arrival, process="offline", rate=None)
-            window = 0.0
-        else:
-            arrival = dataclasses.replace(b.workload.arrival, process="poisson", rate=rate)
-            # NOTE: warm-up/cool-down are judged by arrival time (DESIGN §5); a fixed share of
-            # the arrival span keeps the measured population the same size at every rate.
-            window = self.plan.window_fraction * (n - 1) / rate
+            return offline_scenario(b, self.plan.saturation_requests)
+        n = self.plan.requests_at(rate)
+        arrival = dataclasses.replace(b.workload.arrival, process="poisson", rate=rate)
+        # NOTE: warm-up/cool-down are judged by arrival time (DESIGN §5); a fixed share of the
+        # arrival span keeps the measured population the same size at every rate.
+        window = self.plan.window_fraction * (n - 1) / rate
         return dataclasses.replace(
             b,
-            engine=dataclasses.replace(b.engine, speculative=self.systems[system]),
             workload=dataclasses.replace(b.workload, num_requests=n, arrival=arrival),
             metrics=dataclasses.replace(b.metrics, warmup_s=window, cooldown_s=window),
         )
@@ -401,9 +407,9 @@ class _Runner:
             summary = dict(summary)
             steady = None
             if rate is None:
-                steady = float(summary[STEADY_KEY])  # type: ignore[arg-type]
-                self.saturation_rps[system] = steady
-            elif system in self.saturation_rps:
+                sat = self.saturation_rps.get(system, math.nan)
+                steady = sat if math.isfinite(sat) else None
+            elif math.isfinite(self.saturation_rps.get(system, math.nan)):
                 summary[LOAD_KEY] = rate / self.saturation_rps[system]
             record = RunRecord(
                 system=system,
@@ -424,6 +430,18 @@ class _Runner:
         output = run_scenario(self.scenario(system, rate))
         self.kept[(system, rate)] = output
         return output
+
+    def saturate(self, systems: Sequence[str]) -> dict[str, Saturation]:
+        """Measure these systems' saturation throughputs (`experiments.saturation`), side by
+        side, and record their offline runs."""
+        found = self.pool.concurrently([
+            lambda s=s: measure_saturation(self.scenario(s, None), self.pool.summaries,
+                                           num_requests=self.plan.saturation_requests)
+            for s in systems])
+        for system, saturation in zip(systems, found, strict=True):
+            self.saturation_rps[system] = saturation.rps
+        self.run_all([(s, None, "saturation") for s in systems])
+        return dict(zip(systems, found, strict=True))
 
     def run_many(self, system: str) -> Callable[[list[Scenario]], list[dict[str, object]]]:
         """`search_capacity`'s runner for one system: its scenarios differ from ours only by
@@ -511,7 +529,8 @@ class SpecDecStudy:
     targets: SloTargets
     systems: dict[str, SpeculativeConfig | None]
     variants: list[str]  # variant system names (alpha/k), in plot order
-    saturation: dict[str, RunRecord]
+    saturation: dict[str, RunRecord]  # the offline runs of no spec and spec
+    saturations: dict[str, Saturation]  # every system's, variants included
     rates: list[float]
     sweep: dict[str, dict[float, RunRecord]]  # system -> rate -> record (sweep + variants)
     capacities: dict[str, dict[str, CapacityEstimate]]  # rule key -> system -> estimate
@@ -540,14 +559,26 @@ class SpecDecStudy:
         return self.ratio(key, BASELINE, system)
 
     def saturation_rps(self, system: str) -> float:
-        """The system's saturation throughput (req/s), see `pool.steady_throughput`."""
-        value = self.saturation[system].steady_throughput
-        return math.nan if value is None else value
+        """The system's saturation throughput (req/s), see `experiments.saturation`."""
+        return self.saturations[system].rps
 
     def overloaded(self, system: str, rate: float) -> bool:
-        """Whether `rate` exceeds the system's saturation throughput."""
+        """Whether `rate` is at or above the system's saturation throughput (its queue, once
+        formed, never drains: not a steady state)."""
         sat = self.saturation_rps(system)
-        return math.isfinite(sat) and rate > sat
+        return math.isfinite(sat) and rate >= sat
+
+    def steady(self, system: str, values: Sequence[float]) -> tuple[list[float], list[float]]:
+        """The sweep rates, and `values` at them, where neither `system` nor no speculation
+        is past saturation: the only ones a speedup or a crossover may be read from."""
+        keep = [not o for o in self.overloaded_pair(system)]
+        return ([r for r, k in zip(self.rates, keep, strict=True) if k],
+                [v for v, k in zip(values, keep, strict=True) if k])
+
+    def overloaded_pair(self, system: str) -> list[bool]:
+        """Per sweep rate: whether `system` or no speculation is past its saturation (a
+        ratio of the two is then not a steady-state comparison)."""
+        return [self.overloaded(system, r) or self.overloaded(BASELINE, r) for r in self.rates]
 
 
 def _variant_name(alpha: float, k: int) -> str:
@@ -606,28 +637,30 @@ def _capacity(
     """Search the capacity of `system` under `rule`, bracketed by the sweep: from the largest
     passing rate below the first failing one (bisection of capacity.py, common seed)."""
     slo_rule = rule.slo_rule(targets)
-    known = {r: slo_rule.evaluate([rec.summary])[0] for r, rec in sorted(sweep.items())}
+    known = {r: rule.holds(rec.summary, targets) for r, rec in sorted(sweep.items())}
     failing = [r for r, ok in known.items() if not ok]
+    sat = runner.saturation_rps[system]
+    ceiling = sat if math.isfinite(sat) else None
     high = failing[0] if failing else None
+    if high is not None and ceiling is not None and high >= ceiling:
+        high = None  # failed by the overload guard: the ceiling bounds the search
     passing = [r for r, ok in known.items() if ok and (high is None or r < high)]
     low = max(passing) if passing else None
-    base = runner.scenario(system, high if high is not None else low)
+    start = high if high is not None else low if low is not None else min(sweep)
     settings = CapacitySettings(
         rule=slo_rule, seeds=(runner.base.seed,), tolerance=plan.capacity_tolerance,
-        low=low, high=high, max_probes=plan.capacity_max_probes,
+        low=low, high=high, max_probes=plan.capacity_max_probes, extend=True, ceiling=ceiling,
     )
-    result = search_capacity(base, settings, run_many=runner.run_many(system))
-    load_limited = False
-    if result.high_rps is not None:
-        at_high = runner.run(system, result.high_rps, "capacity").summary
-        load_limited = parse_slo_rule(rule.text(targets)).evaluate([at_high])[0]
+    result = search_capacity(runner.scenario(system, start), settings,
+                             run_many=runner.run_many(system))
     return CapacityEstimate(
         value=result.capacity_rps or 0.0,
         upper=result.high_rps,
         status=result.status,
-        probes=len(result.probes),
+        probes=len([p for p in result.probes if not p.guarded]),
         tolerance=plan.capacity_tolerance,
-        load_limited=load_limited,
+        load_limited=result.capped,
+        bounded=result.bounded,
     )
 
 
@@ -662,8 +695,8 @@ def _run_specdec(preset: str, quick: bool, overrides: Sequence[str],
     say = pool.say
 
     say("saturation throughput (offline runs)")
-    saturation = dict(zip((BASELINE, SPEC), runner.run_all(
-        [(s, None, "saturation") for s in (BASELINE, SPEC)]), strict=True))
+    saturations = runner.saturate(list(systems))
+    saturation = {s: runner.run(s, None, "saturation") for s in (BASELINE, SPEC)}
     knee = runner.saturation_rps[BASELINE]
     if not math.isfinite(knee) or knee <= 0:
         raise InputError("the no-spec offline run completed no request; cannot place the sweep",
@@ -715,6 +748,7 @@ def _run_specdec(preset: str, quick: bool, overrides: Sequence[str],
         systems=systems,
         variants=list(variants),
         saturation=saturation,
+        saturations=saturations,
         rates=rates,
         sweep=sweep,
         capacities=capacities,

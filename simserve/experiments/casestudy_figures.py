@@ -2,7 +2,9 @@
 
 Each function takes a `SpecDecStudy` and returns a matplotlib Figure; `specdec_figures` returns
 them keyed by file stem in the report's order. Sweep figures mark each system's saturation
-throughput (offline run), past which its latencies depend on the run length (DESIGN §7 ES3).
+throughput and draw the points past it hollow: there a queue grows for the whole run, so the
+value depends on the run length (DESIGN §7 ES3), not on the system. Systems keep their
+project-wide colours (`plots.system_colors`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from simserve import plots
 from simserve.engine.records import FlatTokenTimes, SimulationResult
 from simserve.experiments.casestudy import BASELINE, RULES, SPEC, SpecDecStudy
 from simserve.experiments.run import RunOutput
+from simserve.formatting import fmt_number
 
 __all__ = ["FIGURE_FILES", "figure_request", "measured_gaps_ms", "run_table", "specdec_figures"]
 
@@ -33,26 +36,30 @@ FIGURE_FILES: tuple[str, ...] = (
 )
 
 
-def _mark_saturation(fig: Figure, study: SpecDecStudy, slo_label: str | None = None,
-                     extra: Sequence[Artist] = ()) -> None:
-    """Vertical lines at each system's saturation throughput; the SLO line renamed; one legend
-    below the axes so it never hides the data."""
+def _mark_saturation(fig: Figure, study: SpecDecStudy, extra: Sequence[Artist] = ()) -> None:
+    """Vertical lines at each system's saturation throughput (past it, a point is drawn hollow:
+    not a steady state) and one legend below the axes, so it never hides the data."""
     ax = fig.axes[0]
+    colors = plots.system_colors([BASELINE, SPEC])
     for system, style in ((BASELINE, ":"), (SPEC, "-.")):
         sat = study.saturation_rps(system)
         if math.isfinite(sat):
-            ax.axvline(sat, color="0.45", linestyle=style, linewidth=1.0,
-                       label=f"{system}: saturation {sat:.3g} req/s")
-    if slo_label is not None:
-        for line in ax.get_lines():
-            if str(line.get_label()).startswith("SLO "):
-                line.set_label(slo_label)
+            ax.axvline(sat, color=colors[system], linestyle=style, linewidth=1.0, alpha=0.8,
+                       label=f"{system}: saturation {fmt_number(sat, 'req/s')}")
     if ax.get_legend() is not None:
         ax.get_legend().remove()
     handles, labels = ax.get_legend_handles_labels()
     handles += list(extra)
     labels += [str(h.get_label()) for h in extra]
+    if any(study.overloaded_pair(SPEC)):
+        handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white",
+                              linestyle=":"))
+        labels.append(plots.OVERLOAD_TEXT)
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+
+
+def _overloaded(study: SpecDecStudy, system: str) -> list[bool]:
+    return [study.overloaded(system, r) for r in study.rates]
 
 
 def run_table(run: RunOutput) -> dict[str, np.ndarray]:
@@ -113,12 +120,14 @@ def _pair_result(study: SpecDecStudy, rid: int) -> SimulationResult:
 def fig1_token_timeline(study: SpecDecStudy) -> Figure:
     rid = figure_request(study)
     pair = _pair_result(study, rid)
+    colors = plots.system_colors([BASELINE, SPEC])
     return plots.token_timeline(
         pair,
         [0, 1],
         labels=[f"{BASELINE} (request {rid})", f"{SPEC} (request {rid})"],
-        title=f"1. Cumulative output tokens of request {rid} at {study.figure_rate:g} req/s, "
-        "without and with speculation",
+        colors=[colors[BASELINE], colors[SPEC]],
+        title=f"1. Cumulative output tokens of request {rid} at "
+        f"{fmt_number(study.figure_rate, 'req/s')}, without and with speculation",
     )
 
 
@@ -131,24 +140,30 @@ def fig2_tbt_cdf(study: SpecDecStudy) -> Figure:
         samples,
         metric="TBT",
         slo_ms=study.targets.per_token_ms,
+        slo_label=f"D = {fmt_number(study.targets.per_token_ms)} ms (P99 TBT SLO)",
         population="per token",
-        title=f"2. TBT at {study.figure_rate:g} req/s: every gap between tokens of the "
-        "measured requests (0 = a token inside a burst)",
+        title=f"2. TBT at {fmt_number(study.figure_rate, 'req/s')}: every gap between tokens of "
+        "the measured requests (0 = a token inside a burst)",
     )
 
 
 def fig3_naive_view(study: SpecDecStudy) -> Figure:
-    series = {}
-    for s in (BASELINE, SPEC):
-        series[f"{s}: mean TPOT"] = study.series(s, "mean_tpot_ms")
-    for s in (BASELINE, SPEC):
-        series[f"{s}: mean normalized latency"] = study.series(s, "mean_normalized_latency_ms")
+    colors = plots.system_colors([BASELINE, SPEC])
+    series, palette, styles, overloaded = {}, {}, {}, {}
+    for key, what, style in (("mean_tpot_ms", "mean TPOT", "-"),
+                             ("mean_normalized_latency_ms", "mean normalized latency", "--")):
+        for s in (BASELINE, SPEC):
+            name = f"{s}: {what}"
+            series[name] = study.series(s, key)
+            palette[name], styles[name] = colors[s], style
+            overloaded[name] = _overloaded(study, s)
     fig = plots.metric_vs_rate(
-        study.rates, series, ylabel="ms (log scale)", log_y=True,
-        slo=study.targets.per_token_ms,
+        study.rates, series, ylabel="ms per output token (log scale)", log_y=True,
+        slo=study.targets.per_token_ms, colors=palette, linestyles=styles, overloaded=overloaded,
+        slo_label=f"D = {fmt_number(study.targets.per_token_ms)} ms (TPOT SLO)",
         title="3. Naive view: mean TPOT and normalized latency (E2EL / output tokens)",
     )
-    _mark_saturation(fig, study, f"D = {study.targets.per_token_ms:g} ms (TPOT SLO)")
+    _mark_saturation(fig, study)
     return fig
 
 
@@ -157,34 +172,27 @@ def fig4_p99_tbt(study: SpecDecStudy) -> Figure:
     fig = plots.metric_vs_rate(
         study.rates, series, ylabel="P99 TBT (ms), per token, zeros in bursts included",
         slo=study.targets.per_token_ms,
+        slo_label=f"D = {fmt_number(study.targets.per_token_ms)} ms (P99 TBT SLO)",
+        overloaded={s: _overloaded(study, s) for s in series},
         title="4. TBT view: P99 of every gap between tokens",
     )
-    _mark_saturation(fig, study, f"D = {study.targets.per_token_ms:g} ms (P99 TBT SLO)")
+    fig.axes[0].set_ylim(bottom=0)
+    _mark_saturation(fig, study)
     return fig
 
 
 def fig5_deadline_view(study: SpecDecStudy) -> Figure:
-    series = {f"{s}: fluid token rate": study.series(s, "fluid_token_rate")
-              for s in (BASELINE, SPEC)}
+    series = {s: study.series(s, "fluid_token_rate") for s in (BASELINE, SPEC)}
     fig = plots.metric_vs_rate(
-        study.rates, series, ylabel="fluid token rate (tokens/s per request)",
-        slo=study.targets.fluid_rate_tokens_s,
-        title=f"5. Deadline view (Etalon): fluid token rate, and mean fluidity index at "
-        f"D = {study.targets.per_token_ms:g} ms",
+        study.rates, series, ylabel="fluid token rate (tokens/s per request, log scale)",
+        slo=study.targets.fluid_rate_tokens_s, log_y=True,
+        slo_label=f"1/D = {fmt_number(study.targets.fluid_rate_tokens_s)} tokens/s "
+        "(the deadline rule's pace)",
+        overloaded={s: _overloaded(study, s) for s in series},
+        title="5. Deadline view: the reading pace that 99% of requests keep up with "
+        "(Etalon's fluid token rate)",
     )
-    ax = fig.axes[0]
-    twin = ax.twinx()
-    colors = [line.get_color() for line in ax.get_lines()[:2]]
-    handles = []
-    for s, color in zip((BASELINE, SPEC), colors, strict=True):
-        (line,) = twin.plot(study.rates, study.series(s, "mean_fluidity_index"), color=color,
-                            linestyle="--", marker="s", markersize=3,
-                            label=f"{s}: mean fluidity index (right axis)")
-        handles.append(line)
-    twin.set_ylabel("mean fluidity index (1 = every deadline met)")
-    twin.set_ylim(0.0, 1.05)
-    _mark_saturation(fig, study, f"1/D = {study.targets.fluid_rate_tokens_s:.3g} tokens/s",
-                     extra=handles)
+    _mark_saturation(fig, study)
     return fig
 
 
@@ -193,11 +201,16 @@ def fig6_speedup(study: SpecDecStudy) -> Figure:
     assert spec is not None
     base_name = f"{SPEC} (α={spec.acceptance.alpha:g}, k={spec.num_speculative_tokens})"
     series = {base_name: study.speedup(SPEC)}
+    overloaded = {base_name: study.overloaded_pair(SPEC)}
     for name in study.variants:
         series[name] = study.speedup(name)
+        overloaded[name] = study.overloaded_pair(name)
+    palette = {base_name: plots.system_colors([SPEC])[SPEC],
+               **plots.system_colors(study.variants)}
     fig = plots.metric_vs_rate(
         study.rates, series,
         ylabel="speedup = mean E2EL without / with speculation",
+        colors=palette, overloaded=overloaded,
         title="6. Speedup of mean latency vs rate, for several acceptance rates α and k",
     )
     ax = fig.axes[0]
@@ -208,21 +221,22 @@ def fig6_speedup(study: SpecDecStudy) -> Figure:
 
 def fig7_capacity(study: SpecDecStudy) -> Figure:
     data = {
-        rule.label: {s: study.capacities[rule.key][s].value for s in (BASELINE, SPEC)}
+        rule.label: {s: (study.capacities[rule.key][s].value
+                         if study.capacities[rule.key][s].bounded else math.nan)
+                     for s in (BASELINE, SPEC)}
         for rule in RULES
     }
+    capped = {rule.label: {s: study.capacities[rule.key][s].load_limited
+                           for s in (BASELINE, SPEC)}
+              for rule in RULES}
     t = study.targets
-    fig = plots.capacity_bars(
+    return plots.capacity_bars(
         data,
-        title=f"7. Capacity (req/s) under three SLO rules, T = {t.ttft_ms:g} ms, "
-        f"D = {t.per_token_ms:g} ms",
+        capped=capped,
+        title=f"7. Capacity (req/s) under three SLO rules, T = {fmt_number(t.ttft_ms)} ms, "
+        f"D = {fmt_number(t.per_token_ms)} ms (bisected to "
+        f"{study.plan.capacity_tolerance:.0%})",
     )
-    ax = fig.axes[0]
-    ax.legend(handles=[*ax.get_legend_handles_labels()[0],
-                       Line2D([], [], linestyle="none",
-                              label=f"search tolerance {study.plan.capacity_tolerance:.0%}")],
-              fontsize=8)
-    return fig
 
 
 def specdec_figures(study: SpecDecStudy) -> dict[str, Figure]:

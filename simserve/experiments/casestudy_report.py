@@ -35,12 +35,12 @@ from simserve.experiments.casestudy_figures import (
     run_table,
     specdec_figures,
 )
+from simserve.formatting import fmt_number, fmt_ratio
 
 __all__ = [
     "CASE_STUDY_DIR",
     "NO_DIFFERENCE",
     "SWEEP_COLUMNS",
-    "fmt",
     "render_report",
     "specdec_writer",
     "study_results",
@@ -66,15 +66,6 @@ SWEEP_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def fmt(value: float | None) -> str:
-    """Numbers as the report prints them: 4 significant digits, 'n/a' when missing."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.4g}"
-
-
-def _x(ratio: float) -> str:
-    return "n/a" if not math.isfinite(ratio) else f"{ratio:.2f}x"
 
 
 def _rates_text(rates: Sequence[float]) -> str:
@@ -103,13 +94,18 @@ def _verdicts(ratios: Sequence[float]) -> list[str]:
 def _family_sentence(
     study: SpecDecStudy, name: str, ratios: Sequence[float], how: str
 ) -> tuple[str, str]:
-    """(facts, conclusion) for one metric, where `ratios` > 1 means speculation is better."""
-    v = _verdicts(ratios)
+    """(facts, conclusion) for one metric, where `ratios` > 1 means speculation is better.
+
+    Only steady-state rates (both systems below saturation) carry a conclusion: past
+    saturation a latency measures how long the run lasted (DESIGN §7 ES3), so those rates are
+    named apart and left out."""
+    overloaded = study.overloaded_pair(SPEC)
+    v = ["past" if o else x for x, o in zip(_verdicts(ratios), overloaded, strict=True)]
     rates = study.rates
     groups = {k: [r for r, x in zip(rates, v, strict=True) if x == k]
-              for k in ("better", "same", "worse", "n/a")}
-    finite = [q for q in ratios if math.isfinite(q)]
-    span = f" ({how} {min(finite):.2f}x to {max(finite):.2f}x)" if finite else ""
+              for k in ("better", "same", "worse", "n/a", "past")}
+    finite = [q for q, x in zip(ratios, v, strict=True) if math.isfinite(q) and x != "past"]
+    span = (f" ({how} {fmt_ratio(min(finite))} to {fmt_ratio(max(finite))})" if finite else "")
     facts = (
         f"{name[0].upper()}{name[1:]}: speculation better at {_rates_text(groups['better'])}, "
         f"no difference (within {NO_DIFFERENCE:.0%}) at {_rates_text(groups['same'])}, worse at "
@@ -117,19 +113,24 @@ def _family_sentence(
     )
     if groups["n/a"]:
         facts += f" Undefined at {_rates_text(groups['n/a'])}."
-    decided = [x for x in v if x in ("better", "worse")]
+    if groups["past"]:
+        facts += (f" Left out, past a system's saturation (not a steady state): "
+                  f"{_rates_text(groups['past'])}.")
+    steady = [(r, x, q) for r, x, q in zip(rates, v, ratios, strict=True) if x != "past"]
+    decided = [x for _r, x, _q in steady if x in ("better", "worse")]
     if not decided:
         conclusion = f"{name} shows no difference between the systems in this sweep"
     elif all(x == "better" for x in decided):
-        conclusion = f"{name} says speculation helps at every load where it differs"
+        conclusion = f"{name} says speculation helps at every steady load where it differs"
     elif all(x == "worse" for x in decided):
-        conclusion = f"{name} says speculation hurts at every load where it differs"
+        conclusion = f"{name} says speculation hurts at every steady load where it differs"
     else:
-        first_worse = next(r for r, x in zip(rates, v, strict=True) if x == "worse")
-        last_better = max(r for r, x in zip(rates, v, strict=True) if x == "better")
+        first_worse = next(r for r, x, _q in steady if x == "worse")
+        last_better = max(r for r, x, _q in steady if x == "better")
         if last_better < first_worse:
-            cross = [c for c, d in crossings(rates, ratios) if d == "down"]
-            where = f", crossing at about {cross[0]:.3g} req/s" if cross else ""
+            cross = [c for c, d in crossings([r for r, _x, _q in steady],
+                                             [q for _r, _x, q in steady]) if d == "down"]
+            where = f", crossing at about {fmt_number(cross[0], 'req/s')}" if cross else ""
             conclusion = (f"{name} says speculation helps at low load and hurts from "
                           f"{first_worse:g} req/s on{where}")
         else:
@@ -137,31 +138,39 @@ def _family_sentence(
             lean = (", mostly worse" if nw >= 2 * nb else ", mostly better" if nb >= 2 * nw
                     else "")
             conclusion = (f"{name} gives a mixed picture: speculation better at {nb} and worse "
-                          f"at {nw} of {len(rates)} rates, interleaved with load{lean}")
+                          f"at {nw} of {len(steady)} steady rates, interleaved with load{lean}")
     return facts, conclusion
 
 
 def _crossover_text(study: SpecDecStudy, system: str, ratios: Sequence[float], what: str) -> str:
-    down = [c for c, d in crossings(study.rates, ratios) if d == "down"]
+    rates, ratios = study.steady(system, ratios)
+    down = [c for c, d in crossings(rates, ratios) if d == "down"]
     finite = [q for q in ratios if math.isfinite(q)]
     if down:
         r = down[0]
-        i = next(j for j, x in enumerate(study.rates) if x >= r)
-        lo = study.rates[max(i - 1, 0)]
+        i = next(j for j, x in enumerate(rates) if x >= r)
+        lo = rates[max(i - 1, 0)]
         sat = study.saturation_rps(BASELINE)
-        text = (f"the {what} speedup of {system} crosses 1 at about {r:.3g} req/s "
-                f"(linear interpolation between {lo:g} and {study.rates[i]:g} req/s; "
+        text = (f"the {what} speedup of {system} crosses 1 at about {fmt_number(r, 'req/s')} "
+                f"(linear interpolation between {lo:g} and {rates[i]:g} req/s; "
                 f"{r / sat:.0%} of the no-spec saturation throughput)")
         if len(down) > 1:
             text += "; it crosses back and forth: " + ", ".join(
-                f"{c:.3g} ({d})" for c, d in crossings(study.rates, ratios))
+                f"{fmt_number(c)} ({d})" for c, d in crossings(rates, ratios))
         return text
+    top = f"up to {rates[-1]:g} req/s, the last rate below saturation" if rates else "none"
     if finite and min(finite) >= 1:
-        return (f"the {what} speedup of {system} stays >= 1 over the whole sweep (up to "
-                f"{study.rates[-1]:g} req/s): no crossover reached")
+        text = f"the {what} speedup of {system} stays >= 1 ({top}): no crossover reached"
+        own, base = study.saturation_rps(system), study.saturation_rps(BASELINE)
+        if own < base:
+            text += (f"; but {system} saturates first ({fmt_number(own, 'req/s')} against "
+                     f"{fmt_number(base, 'req/s')} without speculation): between the two its "
+                     "queue never drains, so at high load it loses by the load it can carry, "
+                     "not by latency")
+        return text
     if finite and max(finite) < 1:
-        return f"the {what} speedup of {system} is below 1 at every rate of the sweep"
-    return f"the {what} speedup of {system} has no downward crossing of 1 in the sweep"
+        return f"the {what} speedup of {system} is below 1 at every steady rate ({top})"
+    return f"the {what} speedup of {system} has no downward crossing of 1 ({top})"
 
 
 def _mean_batch(study: SpecDecStudy, system: str, rate: float) -> float:
@@ -187,10 +196,10 @@ def _setup_section(study: SpecDecStudy) -> list[str]:
     if acc.model == "geometric":
         accept = (f"geometric, alpha = {acc.alpha:g}: expected "
                   f"{study.expected_tokens_per_step:.3f} tokens per verify step "
-                  f"((1 - a^(k+1)) / (1 - a)); measured {fmt(measured)} in the "
+                  f"((1 - a^(k+1)) / (1 - a)); measured {fmt_number(measured)} in the "
                   f"{study.rates[0]:g} req/s run")
     else:
-        accept = f"{acc.model}; measured {fmt(measured)} tokens per verify step"
+        accept = f"{acc.model}; measured {fmt_number(measured)} tokens per verify step"
     completed = summary_value(low, "completed")
     mean_p = summary_value(low, "total_input_tokens") / completed if completed else math.nan
     mean_o = summary_value(low, "total_output_tokens") / completed if completed else math.nan
@@ -217,8 +226,8 @@ def _setup_section(study: SpecDecStudy) -> list[str]:
         f"{s.engine.block_size} |",
         f"| cost model | {_cost_text(cost)} |",
         f"| workload | {_requests_text(plan)}; prompt/output lengths sampled from "
-        f"`{Path(s.workload.trace or '').name}` (mean {fmt(mean_p)} / {fmt(mean_o)} tokens in "
-        f"the measured requests); Poisson arrivals |",
+        f"`{Path(s.workload.trace or '').name}` (mean {fmt_number(mean_p)} / "
+        f"{fmt_number(mean_o)} tokens in the measured requests); Poisson arrivals |",
         f"| measurement window | requests arriving in the first and last "
         f"{plan.window_fraction:.0%} of the arrival span are excluded (warm-up/cool-down) |",
         f"| seed | {s.seed} for every run (common random numbers: both systems and every rate "
@@ -237,19 +246,24 @@ def _saturation_section(study: SpecDecStudy) -> list[str]:
     overall = {s: summary_value(study.saturation[s].summary, "request_throughput")
                for s in (BASELINE, SPEC)}
     fracs = ", ".join(f"{f:g}" for f in study.plan.load_fractions)
+    ratio = sat[SPEC] / sat[BASELINE]
     return [
         "## Saturation throughput",
         "",
         f"Offline runs (all {study.plan.saturation_requests} requests at t = 0), counting the "
-        "completions between the 10% and 90% quantiles of finish times (the engine at full load, "
-        f"without the ramp-up and the drain): no spec {fmt(sat[BASELINE])} req/s, spec "
-        f"{fmt(sat[SPEC])} req/s (spec / no spec = {sat[SPEC] / sat[BASELINE]:.3f}); over the "
-        f"whole offline run (the summary's request_throughput) {fmt(overall[BASELINE])} and "
-        f"{fmt(overall[SPEC])} req/s. The sweep rates are {fracs} x the no-spec saturation "
-        "throughput, rounded: " + ", ".join(f"{r:g}" for r in study.rates) + " req/s. A rate "
-        "above a system's saturation throughput (marked † below) overloads it: its queue grows "
-        "for the whole run, so its latencies there depend on the number of requests (DESIGN §7 "
-        "ES3), not on the system alone; the capacity rules count such a rate as failing.",
+        "completions per second while requests still wait to be admitted (from the 10% "
+        "quantile of finish times to the last admission: the engine never runs dry, and the "
+        "drain, which runs at another pace, is left out): no spec "
+        f"{fmt_number(sat[BASELINE], 'req/s')}, spec {fmt_number(sat[SPEC], 'req/s')} (spec / "
+        f"no spec = {fmt_ratio(ratio)}); over the whole offline run (the summary's "
+        f"request_throughput) {fmt_number(overall[BASELINE])} and "
+        f"{fmt_number(overall[SPEC], 'req/s')}. No arrival process gets more through a system "
+        "in steady state: at a higher rate its queue, once formed, never drains. The sweep "
+        f"rates are {fracs} x the no-spec saturation throughput, rounded: "
+        + ", ".join(f"{r:g}" for r in study.rates) + " req/s. A rate at or above a system's "
+        "saturation (marked † below, hollow in the figures) overloads it: its latencies there "
+        "depend on the number of requests (DESIGN §7 ES3), not on the system alone, and the "
+        "capacity search fails it without a run (the overload guard).",
         "",
     ]
 
@@ -270,9 +284,9 @@ def _sweep_section(study: SpecDecStudy) -> list[str]:
         for s in (BASELINE, SPEC):
             summ = study.sweep[s][rate].summary
             mark = " †" if study.overloaded(s, rate) else ""
-            cells = [fmt(summary_value(summ, key)) for _, key in SWEEP_COLUMNS]
+            cells = [fmt_number(summary_value(summ, key)) for _, key in SWEEP_COLUMNS]
             lines.append(f"| {rate:g}{mark} | {s} | " + " | ".join(cells)
-                         + f" | {fmt(_mean_batch(study, s, rate))} |")
+                         + f" | {fmt_number(_mean_batch(study, s, rate))} |")
     lines += [
         "",
         "Ratios (no spec / spec for latencies, so > 1 means speculation is better; spec / no "
@@ -290,8 +304,8 @@ def _sweep_section(study: SpecDecStudy) -> list[str]:
     fl_idx = study.ratio("mean_fluidity_index", SPEC, BASELINE)
     for i, rate in enumerate(study.rates):
         inv = 1.0 / tbt[i] if math.isfinite(tbt[i]) and tbt[i] > 0 else math.nan
-        lines.append(f"| {rate:g} | {_x(e2el[i])} | {_x(tpot[i])} | {_x(norm[i])} | "
-                     f"{_x(tbt[i])} | {_x(inv)} | {_x(fluid[i])} | {_x(fl_idx[i])} |")
+        cells = [e2el[i], tpot[i], norm[i], tbt[i], inv, fluid[i], fl_idx[i]]
+        lines.append(f"| {rate:g} | " + " | ".join(fmt_ratio(c) for c in cells) + " |")
     lines.append("")
     return lines
 
@@ -307,8 +321,8 @@ def _tbt_shape(study: SpecDecStudy) -> str:
         zero = float(np.mean(gaps == 0))
         nonzero = gaps[gaps > 0]
         med = float(np.median(nonzero)) if nonzero.size else math.nan
-        text = (f"{s}: {zero:.0%} of gaps are 0, median non-zero gap {fmt(med)} ms, "
-                f"P99 {fmt(float(np.percentile(gaps, 99)))} ms")
+        text = (f"{s}: {zero:.0%} of gaps are 0, median non-zero gap {fmt_number(med)} ms, "
+                f"P99 {fmt_number(float(np.percentile(gaps, 99)))} ms")
         if 0 < zero < 0.99:
             # With a share z of zero gaps, the pooled P99 is the 1 - 0.01 / (1 - z) quantile
             # of the non-zero gaps: bursts move the P99 further into the non-zero tail.
@@ -357,8 +371,9 @@ def _conclusions_section(study: SpecDecStudy) -> list[str]:
         "### Does P99 TBT penalise bursts where speculation truly helps?",
         "",
     ]
-    helps = [i for i in range(len(rates))
-             if _verdicts([e2el[i]])[0] == "better" and _verdicts([fluid[i]])[0] == "better"]
+    steady = [not o for o in study.overloaded_pair(SPEC)]
+    helps = [i for i in range(len(rates)) if steady[i]
+             and _verdicts([e2el[i]])[0] == "better" and _verdicts([fluid[i]])[0] == "better"]
     if helps:
         worse_tbt = [i for i in helps if _verdicts([tbt[i]])[0] == "worse"]
         lines.append(
@@ -370,20 +385,24 @@ def _conclusions_section(study: SpecDecStudy) -> list[str]:
             + "."
         )
     else:
-        lines.append("- There is no rate where speculation both lowers mean E2EL and raises "
-                     f"the fluid token rate by more than {NO_DIFFERENCE:.0%}.")
+        lines.append("- There is no steady rate where speculation both lowers mean E2EL and "
+                     f"raises the fluid token rate by more than {NO_DIFFERENCE:.0%}.")
+    lines += ["", *_disagreement_lines(study, e2el, fluid, steady)]
     lines += [
         "",
         "### Speedup and crossover (figure 6)",
         "",
         f"- {f_e2}",
-        f"- Speedup of mean E2EL at the lowest rate ({rates[0]:g} req/s): {_x(e2el[0])}"
+        f"- Speedup of mean E2EL at the lowest rate ({rates[0]:g} req/s): {fmt_ratio(e2el[0])}"
         + (f"; the reference is about {study.preset.reference_low_load_speedup:g}x "
            f"({study.preset.reference})" if study.preset.reference_low_load_speedup else "")
         + ".",
         f"- Crossover: {_crossover_text(study, SPEC, e2el, 'mean-E2EL')}.",
         f"- For the naive metrics: {_crossover_text(study, SPEC, tpot, 'mean-TPOT')}; "
         f"{_crossover_text(study, SPEC, norm, 'normalized-latency')}.",
+        "",
+        "Per speculation setting, over the rates where neither it nor no speculation is past "
+        "saturation:",
         "",
         "| speculation setting | speedup at lowest rate | largest speedup | mean-E2EL crossover |",
         "|---|---|---|---|",
@@ -393,14 +412,14 @@ def _conclusions_section(study: SpecDecStudy) -> list[str]:
     names = [(SPEC, f"α={spec.acceptance.alpha:g}, k={spec.num_speculative_tokens} (base)")]
     names += [(n, n.removeprefix("spec ")) for n in study.variants]
     for system, label in names:
-        sp = study.speedup(system)
+        steady_rates, sp = study.steady(system, study.speedup(system))
         finite = [q for q in sp if math.isfinite(q)]
-        down = [c for c, d in crossings(rates, sp) if d == "down"]
-        cross = f"{down[0]:.3g} req/s" if down else (
+        down = [c for c, d in crossings(steady_rates, sp) if d == "down"]
+        cross = fmt_number(down[0], "req/s") if down else (
             "not reached" if finite and min(finite) >= 1 else "below 1 throughout"
             if finite and max(finite) < 1 else "none")
-        lines.append(f"| {label} | {_x(sp[0])} | {_x(max(finite) if finite else math.nan)} | "
-                     f"{cross} |")
+        largest = fmt_ratio(max(finite) if finite else math.nan)
+        lines.append(f"| {label} | {fmt_ratio(sp[0])} | {largest} | {cross} |")
     if not study.variants:
         lines.append("")
         lines.append("(No alpha/k variants: the acceptance model is not geometric.)")
@@ -408,16 +427,72 @@ def _conclusions_section(study: SpecDecStudy) -> list[str]:
     return lines
 
 
+def _disagreement_lines(study: SpecDecStudy, e2el: Sequence[float], fluid: Sequence[float],
+                        steady: Sequence[bool]) -> list[str]:
+    """Which metric to believe where the deadline view (fluid token rate) and mean E2E latency
+    point in opposite directions, explained from the runs at those rates."""
+    rates = study.rates
+    ve, vf = _verdicts(e2el), _verdicts(fluid)
+    split = [i for i in range(len(rates)) if steady[i] and {ve[i], vf[i]} == {"better", "worse"}]
+    lines = ["### When the deadline view and mean E2E latency disagree", ""]
+    if not split:
+        lines.append("- At no steady rate of this sweep do the fluid token rate and mean E2E "
+                     "latency point in opposite directions (beyond the "
+                     f"{NO_DIFFERENCE:.0%} band).")
+        return lines
+    fl = study.scenario.metrics.fluidity
+    d_ms = fl.tbt_deadline_ms
+    e2e_helps = sum(ve[i] == "better" for i in split) * 2 >= len(split)
+
+    def value(system: str, i: int, key: str) -> float:
+        return summary_value(study.sweep[system][rates[i]].summary, key)
+
+    for i in split:
+        says = "lowers" if ve[i] == "better" else "raises"
+        lines.append(
+            f"- At {fmt_number(rates[i], 'req/s')} speculation {says} mean E2E latency "
+            f"({fmt_number(value(BASELINE, i, 'mean_e2el_ms'), 'ms')} without, "
+            f"{fmt_number(value(SPEC, i, 'mean_e2el_ms'), 'ms')} with: mean TPOT "
+            f"{fmt_number(value(BASELINE, i, 'mean_tpot_ms'))} vs "
+            f"{fmt_number(value(SPEC, i, 'mean_tpot_ms'), 'ms')}), but its fluid token rate is "
+            f"{fmt_ratio(fluid[i])} no speculation's. The tail of first tokens moved: P99 TTFT "
+            f"{fmt_number(value(BASELINE, i, 'p99_ttft_ms'))} vs "
+            f"{fmt_number(value(SPEC, i, 'p99_ttft_ms'), 'ms')}, P99 scheduling delay "
+            f"{fmt_number(value(BASELINE, i, 'p99_scheduling_delay_ms'))} vs "
+            f"{fmt_number(value(SPEC, i, 'p99_scheduling_delay_ms'), 'ms')}.")
+    later_first_tokens = all(value(SPEC, i, "p99_ttft_ms") > value(BASELINE, i, "p99_ttft_ms")
+                             for i in split)
+    lines += [
+        f"- What the deadline charges that E2E does not: a request's first token is due "
+        f"{fmt_number(fl.ttft_deadline_ms)} ms + {fmt_number(fl.ttft_deadline_ms_per_prompt_token)}"
+        f" ms per prompt token after arrival, and every {fmt_number(d_ms)} ms it comes late "
+        "counts as one missed deadline; slack only carries forward, so the faster bursts that "
+        "follow cannot repay it. Mean E2E latency adds the same wait once to a total of "
+        "seconds, and averages it over all requests. The fluid token rate is set by the P99 "
+        "request, so it follows the tail of waits for a first token" + (
+            ", which speculation lengthens here: its verify passes (k + 1 tokens per request) "
+            "take token budget from prefill chunks, so new prompts wait longer to be admitted."
+            if later_first_tokens else "."),
+        "- Which to believe: for a streamed, interactive answer, the deadline view, which says "
+        f"speculation {'hurts' if e2e_helps else 'helps'} at these rates: it is what the "
+        "slowest 1% of readers see, the pace of their stream with its first token included. "
+        f"Mean E2E latency, which says it {'helps' if e2e_helps else 'hurts'}, is the number "
+        "to believe only when the caller waits for the whole answer (no streaming: batch jobs, "
+        "agents).",
+    ]
+    return lines
+
+
 def _capacity_cell(c: CapacityEstimate) -> str:
     if c.status == "below_range":
-        return f"< {fmt(c.upper)} (failed at every rate tried)"
-    if c.status == "above_range" or c.upper is None:
-        return f">= {fmt(c.value)} (every rate tried passed)"
-    text = f"{fmt(c.value)} (fails at {fmt(c.upper)}"
-    text += ": above saturation only)" if c.load_limited else ")"
+        return f"< {fmt_number(c.upper)} (failed at every rate tried: censored)"
+    if not c.bounded or c.upper is None:
+        return f">= {fmt_number(c.value)} (every rate tried passed: censored)"
+    why = "the overload guard: saturation" if c.load_limited else "the rule"
+    text = f"{fmt_number(c.value)} (fails at {fmt_number(c.upper)}: {why}"
     if c.status == "max_probes":
-        text += ", bracket wider than the tolerance"
-    return text
+        text += "; bracket wider than the tolerance"
+    return text + ")"
 
 
 def _capacity_section(study: SpecDecStudy) -> list[str]:
@@ -430,7 +505,9 @@ def _capacity_section(study: SpecDecStudy) -> list[str]:
         "`simserve.experiments.capacity.search_capacity` starting from the sweep's bracket (the "
         "first failing sweep rate and the largest passing rate below it) and bisecting until "
         f"high - low <= {tol:.0%} x low (at most {study.plan.capacity_max_probes} rates per "
-        f"search), same seed at every rate. T = {t.ttft_ms:g} ms, D = {t.per_token_ms:g} ms.",
+        "search), same seed at every rate; a bracket that does not hold the capacity is extended "
+        "until it does, and a rate at or above the system's saturation fails without a run (the "
+        f"overload guard). T = {t.ttft_ms:g} ms, D = {t.per_token_ms:g} ms.",
         "",
         "| rule | meets the rule when | no spec (req/s) | spec (req/s) | higher capacity |",
         "|---|---|---|---|---|",
@@ -440,7 +517,9 @@ def _capacity_section(study: SpecDecStudy) -> list[str]:
         caps = study.capacities[rule.key]
         a, b = caps[BASELINE].value, caps[SPEC].value
         hi = max(a, b)
-        if hi == 0 or abs(a - b) <= tol * hi:
+        if not (caps[BASELINE].bounded and caps[SPEC].bounded):
+            winner = "could not be decided (a censored capacity is only a bound)"
+        elif hi == 0 or abs(a - b) <= tol * hi:
             winner = "tie (within the search tolerance)"
         else:
             winner = SPEC if b > a else BASELINE
@@ -476,8 +555,8 @@ def _cost_section(study: SpecDecStudy) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r.batch} | {fmt(r.decode_ms)} | {fmt(r.verify_ms)} | "
-                     f"{fmt(r.draft_ms)} | {r.speedup:.2f}x |")
+        lines.append(f"| {r.batch} | {fmt_number(r.decode_ms)} | {fmt_number(r.verify_ms)} | "
+                     f"{fmt_number(r.draft_ms)} | {r.speedup:.2f}x |")
     below = [r.batch for r in rows if r.speedup < 1]
     lines += [
         "",
@@ -494,11 +573,12 @@ def _cost_section(study: SpecDecStudy) -> list[str]:
         b1 = rows[0]
         per_draft = (b1.tokens_per_step * b1.decode_ms / ref - b1.verify_ms) / k
         lines.append(
-            f"- Batch 1: decode {fmt(b1.decode_ms)} ms, verify {fmt(b1.verify_ms)} ms, "
-            f"drafting {fmt(b1.draft_ms)} ms ({fmt(b1.draft_ms / k)} ms per draft forward), "
+            f"- Batch 1: decode {fmt_number(b1.decode_ms, 'ms')}, verify "
+            f"{fmt_number(b1.verify_ms, 'ms')}, drafting {fmt_number(b1.draft_ms, 'ms')} "
+            f"({fmt_number(b1.draft_ms / k, 'ms')} per draft forward), "
             f"so the cost model predicts {b1.speedup:.2f}x at batch 1 against a reference of "
             f"about {ref:g}x. With the same acceptance, {ref:g}x needs about "
-            f"{fmt(per_draft)} ms per draft forward pass: "
+            f"{fmt_number(per_draft)} ms per draft forward pass: "
             + (_KERNEL_DRAFT_TEXT if _is_kernels(study) else _ROOFLINE_DRAFT_TEXT)
         )
     lines.append("")
@@ -536,7 +616,8 @@ def _cost_text(cost: dict) -> str:
 def render_report(study: SpecDecStudy, command: str) -> str:
     """The Markdown report of a case-study run (every number from that run)."""
     p = study.preset
-    mode = "quick (reduced: fewer rates and requests)" if study.quick else "full"
+    mode = ("quick (a smoke test of the pipeline: 4 rates of few requests; its conclusions "
+            "may differ from the full run's, so quote the full one)" if study.quick else "full")
     lines = [
         f"# Speculative decoding case study: {p.description}",
         "",
@@ -591,7 +672,8 @@ def study_results(study: SpecDecStudy) -> dict[str, object]:
         "simserve_version": __version__,
         "overrides": list(study.overrides),
         "targets": {"ttft_ms": study.targets.ttft_ms, "per_token_ms": study.targets.per_token_ms},
-        "saturation_throughput": {s: study.saturation_rps(s) for s in study.saturation},
+        "saturation_throughput": {s: _clean(study.saturation_rps(s)) for s in study.saturation},
+        "saturations": {s: sat.to_mapping() for s, sat in study.saturations.items()},
         "rates": study.rates,
         "figure_rate": study.figure_rate,
         "speedup_mean_e2el": {
@@ -614,7 +696,7 @@ def study_results(study: SpecDecStudy) -> dict[str, object]:
             rule.key: {
                 s: {"value": c.value, "upper": c.upper, "status": c.status,
                     "probes": c.probes, "tolerance": c.tolerance,
-                    "load_limited": c.load_limited}
+                    "load_limited": c.load_limited, "bounded": c.bounded}
                 for s, c in study.capacities[rule.key].items()
             }
             for rule in RULES

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from simserve.errors import InputError
+from simserve.formatting import fmt_number
 
 __all__ = ["register"]
 
@@ -93,13 +94,11 @@ def register(subparsers: Any) -> dict[str, Handler]:
 # --------------------------------------------------------------------------- sweep
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    """A table cell for the console."""
-    if value is None:
-        return "n/a"
+def _fmt(value: Any) -> str:
+    """A table cell for the console: numbers as every report prints them (`fmt_number`)."""
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+        return fmt_number(value)
+    return "n/a" if value is None else str(value)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -124,8 +123,8 @@ def _results_table(outcome: Any, plan: Any, metrics: Sequence[str]) -> str:
                                               "per $ (req/USD)", "bracket", "status", "probes"]
         body = [
             [_fmt(r.get(a)) for a in axes]
-            + [_fmt(r.get("capacity_rps")), _fmt(r.get("capacity_per_gpu_rps"), 3),
-               _fmt(r.get("num_gpus")), _fmt(r.get("capacity_per_usd"), 0),
+            + [_fmt(r.get("capacity_rps")), _fmt(r.get("capacity_per_gpu_rps")),
+               _fmt(r.get("num_gpus")), _fmt(r.get("capacity_per_usd")),
                f"[{_fmt(r.get('capacity_low_rps'))}, {_fmt(r.get('capacity_high_rps'))}]",
                str(r.get("capacity_status")), str(r.get("num_probes"))]
             for r in outcome.rows
@@ -273,7 +272,7 @@ def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: lis
                      seeds: tuple[int, ...], claim: Any) -> int:
     """Bisect each rule's capacity, print the probes, and write `claim` when there is one."""
     from simserve.config import scenario_from_mapping, scenario_to_mapping
-    from simserve.experiments.capacity import search_capacity
+    from simserve.experiments.capacity import rate_unit, search_capacity
     from simserve.experiments.pool import RunPool
     from simserve.experiments.sweep import capacity_document
 
@@ -286,32 +285,36 @@ def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: lis
                                                       run_many=pool.summaries)
             for settings in settings_list
         ])
+    unit = rate_unit(scenario)  # with sessions, the arrival rate counts session starts
+    per = "sessions" if unit == "sessions/s" else "requests"
     for settings, result in zip(settings_list, results, strict=True):
         rule = settings.rule
         print(f"capacity under {rule.text} ({rule.describe()}), {len(seeds)} seed(s), "
               f"tolerance {settings.tolerance:.1%}:", flush=True)
-        header = ["rate (req/s)", "meets", *rule.keys]
+        header = [f"rate ({unit})", "meets", *rule.keys]
         widths = [max(12, len(h)) for h in header]
         print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
         for probe in result.probes:
-            cells = [f"{probe.rate:.4g}", "yes" if probe.passed else "no"]
-            cells += [_fmt(probe.values.get(k), 3) for k in rule.keys]
+            cells = [fmt_number(probe.rate), "yes" if probe.passed else "no"]
+            cells += [_fmt(probe.values.get(k)) for k in rule.keys]
             print("  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
         if result.status.startswith("undefined"):
             print(f"capacity: {result.status} (the rule cannot judge this workload)")
         elif result.capacity_rps is None:
-            print(f"capacity: below {_fmt(result.high_rps, 4)} req/s (no rate tried meets "
+            print(f"capacity: below {_fmt(result.high_rps)} {unit} (no rate tried meets "
                   f"{rule.text}; status {result.status})")
         elif result.status == "above_range":
-            print(f"capacity: at least {result.capacity_rps:.4g} req/s ({_per_gpu(result)}; "
+            print(f"capacity: at least {fmt_number(result.capacity_rps, unit)} "
+                  f"({_per_gpu(result, unit)}; "
                   "the highest rate tried still meets the rule)")
         else:
-            print(f"capacity: {result.capacity_rps:.4g} req/s ({_per_gpu(result)}; meets "
-                  f"at {result.low_rps:.4g}, fails at {result.high_rps:.4g}; status "
-                  f"{result.status})")
+            print(f"capacity: {fmt_number(result.capacity_rps, unit)} ({_per_gpu(result, unit)}; "
+                  f"meets at {fmt_number(result.low_rps)}, fails at "
+                  f"{fmt_number(result.high_rps)}; status {result.status})")
         if result.capacity_per_usd is not None:
-            print(f"per dollar: {result.capacity_per_usd:.4g} requests per USD at capacity "
-                  f"(the cluster's GPUs rent for {result.usd_per_hour:.4g} USD/h)")
+            print(f"per dollar: {fmt_number(result.capacity_per_usd)} {per} per USD at "
+                  f"capacity (the cluster's GPUs rent for "
+                  f"{fmt_number(result.usd_per_hour, 'USD/h')})")
     print(f"{sum(len(r.probes) for r in results) * len(seeds)} runs in "
           f"{time.perf_counter() - t0:.1f} s")
     if claim is not None:
@@ -332,13 +335,13 @@ def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: lis
     return 0
 
 
-def _per_gpu(result: Any) -> str:
+def _per_gpu(result: Any, unit: str = "req/s") -> str:
     """'1.07 req/s per GPU, 3 GPUs': the capacity per GPU the cluster occupies (DistServe's
     goodput per GPU under an attainment rule)."""
     per_gpu, gpus = result.capacity_per_gpu_rps, result.num_gpus
     if per_gpu is None:
         return "per GPU: n/a"
-    return f"{per_gpu:.4g} req/s per GPU, {gpus} GPU{'s' if gpus != 1 else ''}"
+    return f"{fmt_number(per_gpu, f'{unit} per GPU')}, {gpus} GPU{'s' if gpus != 1 else ''}"
 
 
 # --------------------------------------------------------------------------- plot

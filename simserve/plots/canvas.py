@@ -1,5 +1,5 @@
 """How every figure of `simserve.plots` is drawn and saved: the shared colour palette, a new
-stand-alone `Figure`, latency formatting for legends, the empty-panel message, and PNG output.
+stand-alone `Figure`, plain-number ticks on log axes, the empty-panel message, and PNG output.
 
 Figures are built directly (no pyplot, no global backend or rcParams change, never `show()`);
 `save_figure` renders PNG through the Agg canvas.
@@ -7,10 +7,16 @@ Figures are built directly (no pyplot, no global backend or rcParams change, nev
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from pathlib import Path
 
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from simserve.formatting import fmt_number
 
 # Okabe-Ito colour-blind-safe palette: one meaning per colour across all figures.
 QUEUED_COLOR = "#BBBBBB"
@@ -24,6 +30,23 @@ PREEMPT_COLOR = "#D55E00"
 KV_WAIT_COLOR = "#A8DCC9"
 KV_TRANSFER_COLOR = "#009E73"
 
+# NOTE: one colour per system in every figure and notebook, so a reader who learnt "blue is
+# chunked prefill" in one figure can trust it in the next. "no spec" is the case study's
+# chunked-prefill engine without speculation, so it keeps chunked prefill's blue. Okabe-Ito
+# first, then Paul Tol's muted scheme (olive, wine) for the placements; vermillion stays the SLO.
+SYSTEM_COLORS: dict[str, str] = {
+    "chunked prefill": "#0072B2",
+    "no spec": "#0072B2",
+    "spec": "#009E73",
+    "prefill first": "#E69F00",
+    "static": "#CC79A7",
+    "mixed": "#56B4E9",
+    "colocated": "#999933",
+    "disaggregated": "#882255",
+}
+# Systems without a colour of their own get these, in order of appearance.
+OTHER_COLORS = ("#332288", "#AA4499", "#DDCC77", "#88CCEE", "#661100", "#44AA99", "#117733")
+
 DPI = 150
 
 
@@ -32,14 +55,52 @@ def _figure(width_in: float, height_in: float) -> Figure:
     return Figure(figsize=(width_in, height_in), layout="constrained")
 
 
-def _fmt(value: float) -> str:
-    """A latency for a legend: 3 significant digits, never in e-notation."""
-    value = float(value)
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
+def system_key(name: str) -> str:
+    """The name a system's colour is filed under: "no_spec", "No spec" -> "no spec"."""
+    return " ".join(name.replace("_", " ").split()).lower()
+
+
+def system_colors(names: Iterable[str]) -> dict[str, str]:
+    """A colour per system name: its own (`SYSTEM_COLORS`) where it has one, else the next of
+    `OTHER_COLORS` not used by another system of the same figure."""
+    names = list(dict.fromkeys(names))
+    used = {SYSTEM_COLORS[system_key(n)] for n in names if system_key(n) in SYSTEM_COLORS}
+    spare = iter(c for c in OTHER_COLORS if c not in used)
+    colors = {}
+    for name in names:
+        own = SYSTEM_COLORS.get(system_key(name))
+        colors[name] = own if own is not None else next(spare, "0.4")
+    return colors
+
+
+def number_ticks(axis: Axis) -> None:
+    """Label a linear axis as the reports print numbers ("7,000", "0.25")."""
+    axis.set_major_formatter(FuncFormatter(lambda value, _pos=None: fmt_number(value)))
+
+
+def plain_log_ticks(axis: Axis) -> None:
+    """Label a log-scaled axis with plain numbers ("20", "0.5", "1,000"), never "2x10^1".
+
+    Decades are labelled; when the axis spans at most 2.5 decades the 2x and 5x ticks are too,
+    and under one decade the 3x as well, so a short log axis still has numbers to read.
+    (Labels are decided when the figure is drawn, from its final limits.)
+    """
+
+    def decades() -> float:
+        low, high = sorted(axis.get_view_interval())
+        return math.log10(high / low) if low > 0 and high > low else math.inf
+
+    def minor(value: float, _pos: int | None = None) -> str:
+        if value <= 0:
+            return ""
+        mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
+        span = decades()
+        if (span <= 1 and mantissa in (2.0, 3.0, 5.0)) or (span <= 2.5 and mantissa in (2.0, 5.0)):
+            return fmt_number(value)
+        return ""
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _pos=None: fmt_number(value)))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _no_data(ax: Axes, message: str) -> None:

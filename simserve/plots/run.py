@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from simserve.engine.records import SimulationResult
+from simserve.formatting import fmt_number
 from simserve.metrics import request_metrics
 from simserve.plots.canvas import save_figure
 from simserve.plots.kv import kv_occupancy
@@ -144,10 +145,15 @@ def run_figures(output: RunOutput) -> dict[str, Figure]:
         population="per request",
         title=f"TPOT = (E2EL - TTFT) / (n - 1) distribution ({scenario.name})",
     )
+    # NOTE: without a max-TBT SLO the TPOT target is the per-token target a gap is held to
+    # (Sarathi-Serve's capacity rule puts P99 TBT under the same number).
+    tbt_slo = slo.max_tbt_ms if slo.max_tbt_ms is not None else slo.tpot_ms
     figures["tbt_cdf"] = latency_cdf(
         {name: _measured_gaps_ms(result, measured)},
         metric="TBT",
-        slo_ms=slo.max_tbt_ms,
+        slo_ms=tbt_slo,
+        slo_label=(None if tbt_slo is None else f"SLO {fmt_number(tbt_slo)} ms"
+                   + ("" if slo.max_tbt_ms is not None else " (the TPOT target, per gap)")),
         log_x=True,
         population="per token",
         title=f"TBT (every gap between tokens) distribution ({scenario.name})",

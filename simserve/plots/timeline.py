@@ -331,9 +331,11 @@ def token_timeline(
     *,
     labels: Sequence[str] | None = None,
     title: str | None = None,
+    colors: Sequence[str] | None = None,
 ) -> Figure:
     """Cumulative output tokens against time since arrival, one staircase per request, so a
     steady stream is a smooth ramp, a stall a plateau and a speculative burst a tall step.
+    `colors` (one per request) gives each staircase its system's colour.
 
     On a disaggregated run each request's KV transfer (prefill -> decode instance) is shaded
     between its first and second token, and a lower panel zooms in on that handoff (wait,
@@ -341,6 +343,9 @@ def token_timeline(
     """
     if labels is not None and len(labels) != len(request_ids):
         raise ValueError(f"got {len(labels)} labels for {len(request_ids)} requests")
+    if colors is not None and len(colors) != len(request_ids):
+        raise ValueError(f"got {len(colors)} colors for {len(request_ids)} requests")
+    line_colors = None if colors is None else list(colors)
     hand = _handoff(result)
     handed = [int(r) for r in request_ids
               if hand is not None and np.isfinite(hand.end[int(r)])]
@@ -370,7 +375,8 @@ def token_timeline(
             detail += f", largest gap {gaps.max() * 1e3:.0f} ms"
         x = np.concatenate(([0.0], times))
         y = np.arange(x.size)
-        (line,) = ax.step(x, y, where="post", linewidth=1.5, label=f"{name}: {detail}")
+        (line,) = ax.step(x, y, where="post", linewidth=1.5, label=f"{name}: {detail}",
+                          color=None if line_colors is None else line_colors[i])
         colors[rid] = line.get_color()
         ax.plot(times[0], 1, marker="o", color=line.get_color(), markersize=5)
         if rid in handed:
