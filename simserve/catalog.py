@@ -120,6 +120,11 @@ class GpuSpec:
     rental price of one GPU, read from `price_source` on `price_date`; `idle_w` is the board
     power of an idle GPU holding a CUDA context and `tdp_w` its maximum board power (datasheet
     TDP), both cited in `power_source`.
+
+    Host side (KV swap and CPU offload, `simserve.engine.swap`): `host_link` names the link in
+    the links catalog between the GPU and host memory (its PCIe generation), and
+    `host_memory_gib` is the host memory per GPU of the reference server (system memory over
+    its GPUs), both cited in `host_source`.
     """
 
     name: str
@@ -135,6 +140,9 @@ class GpuSpec:
     idle_w: float | None = None
     tdp_w: float | None = None
     power_source: str | None = None
+    host_link: str | None = None
+    host_memory_gib: float | None = None
+    host_source: str | None = None
 
     def __post_init__(self) -> None:
         check_text(self.name, "name")
@@ -149,11 +157,11 @@ class GpuSpec:
             object.__setattr__(self, name, check_number(getattr(self, name), name))
         if isinstance(self.price_date, datetime.date):  # YAML reads 2026-01-31 as a date
             object.__setattr__(self, "price_date", self.price_date.isoformat())
-        for name in ("price_source", "price_date", "power_source"):
+        for name in ("price_source", "price_date", "power_source", "host_link", "host_source"):
             if getattr(self, name) is not None:
                 check_text(getattr(self, name), name)
         for name, allow_zero in (("price_usd_per_hour", False), ("idle_w", True),
-                                 ("tdp_w", False)):
+                                 ("tdp_w", False), ("host_memory_gib", False)):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, check_number(value, name, allow_zero=allow_zero))

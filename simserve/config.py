@@ -34,6 +34,7 @@ __all__ = [
     "CostModelConfig",
     "EngineConfig",
     "FluidityConfig",
+    "KvOffloadConfig",
     "LengthsConfig",
     "LinkConfig",
     "MetricsConfig",
@@ -381,6 +382,22 @@ class SpeculativeConfig:
 
 EngineVersion = Literal["v0", "v1"]
 KvCacheDtype = Literal["auto", "fp8"]
+PreemptionMode = Literal["recompute", "swap"]
+
+
+@dataclass(frozen=True)
+class KvOffloadConfig:
+    """vLLM V1-style CPU offload of KV blocks (its CPU offloading connector): prefix-cached
+    blocks evicted from GPU memory are kept in `cpu_gb` GiB of host memory per GPU (LRU) and
+    loaded back over the host link when a request's prefix finds them there, instead of being
+    recomputed. Needs prefix caching. `cpu_gb` is in GiB (2^30 bytes), as vLLM's sizes are."""
+
+    cpu_gb: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.cpu_gb > 0, "engine.kv_offload.cpu_gb",
+                 f"must be > 0 with offload on (remove engine.kv_offload to turn it off), "
+                 f"got {self.cpu_gb}")
 
 
 @dataclass(frozen=True)
@@ -397,6 +414,11 @@ class EngineConfig:
     off, as vLLM's flag of that name. `enable_prefix_caching` (vLLM's flag): automatic prefix
     caching; unset, the policy's default (on for chunked_prefill, as in vLLM V1; off for the
     V0-style policies; a policy that reserves KV up front cannot cache).
+
+    `preemption` (vLLM v0's preemption_mode): `recompute` frees a preempted request's KV and
+    computes it again; `swap` copies its KV blocks to `swap_space_gb` GiB of host memory per
+    GPU (vLLM's `swap_space`, default 4) over the GPU's host link and back when it resumes.
+    `kv_offload` (unset: off) keeps evicted prefix-cache blocks in host memory.
     """
 
     policy: str = "chunked_prefill"
@@ -405,8 +427,12 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
-    # NOTE: recompute is vLLM's default (and only v1) preemption mode; swap is not modelled.
-    preemption: Literal["recompute"] = "recompute"
+    # NOTE: recompute is vLLM's default (and only V1) preemption mode; swap is vLLM v0's
+    # PreemptionMode.SWAP (docs/kv_tiers.md).
+    preemption: PreemptionMode = "recompute"
+    # NOTE: vLLM v0's --swap-space default: 4 GiB of CPU memory per GPU.
+    swap_space_gb: float = 4.0
+    kv_offload: KvOffloadConfig | None = None
     max_model_len: int | None = None
     activation_reserve_gib: float = 1.0
     num_gpu_blocks_override: int | None = None
@@ -434,6 +460,10 @@ class EngineConfig:
         _require(self.activation_reserve_gib >= 0, "engine.activation_reserve_gib", "must be >= 0")
         if self.num_gpu_blocks_override is not None:
             _require(self.num_gpu_blocks_override >= 1, "engine.num_gpu_blocks_override", ">= 1")
+        _require(self.swap_space_gb >= 0, "engine.swap_space_gb",
+                 f"must be >= 0 GiB, got {self.swap_space_gb}")
+        _require(self.preemption != "swap" or self.swap_space_gb > 0, "engine.swap_space_gb",
+                 "must be > 0 GiB with engine.preemption: swap (nothing could be swapped out)")
 
 
 Router = Literal["round_robin", "least_outstanding", "least_kv", "prefix_aware"]

@@ -249,6 +249,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         cost_model = SpeculativeCostModel(cost_model, draft_cost, spec.draft_cost_fraction)
     caching = _prefix_caching(engine, policy, "engine.policy")
     _check_router(scenario.cluster.router, caching, "cluster.router")
+    _check_offload(engine, caching)
     pool = PoolSetup(
         instances=scenario.cluster.replicas,
         limits=limits,
@@ -260,6 +261,7 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         stage_send_s=_stage_send(gpu, model, scenario.pp),
         prefix_caching=caching,
         router_load_weight=scenario.cluster.router_load_weight,
+        **_host_tiers(engine, gpu, model, scenario.tp, scenario.pp, "hardware", caching),
     )
     resolved = ResolvedScenario(
         scenario, gpu, model, (ResolvedPool("replica", pool, scenario.tp, scenario.pp, gpu),),
@@ -294,6 +296,78 @@ def _check_blocks(
             f"{scenario.engine.gpu_memory_utilization}",
             field=f"{prefix}tp" if prefix else "engine.gpu_memory_utilization",
         )
+
+
+def _host_link(gpu: GpuSpec, field: str) -> LinkSpec:
+    """The link between a GPU and host memory (its PCIe generation, from the GPU catalog)."""
+    if gpu.host_link is None:
+        raise InputError(
+            f"the GPU catalog gives {gpu.name} no host_link (its link to host memory), which KV "
+            "swap and CPU offload copy over; add host_link to its entry in a catalog file",
+            field=field,
+        )
+    return resolve_link(gpu.host_link, field=field)
+
+
+def _check_host_memory(engine: EngineConfig, gpu: GpuSpec, field: str) -> None:
+    """Refuse host memory tiers larger than the host memory per GPU the catalog gives."""
+    per_gpu_gib = engine.swap_space_gb if engine.preemption == "swap" else 0.0
+    what = "swap space"
+    if engine.kv_offload is not None:
+        per_gpu_gib += engine.kv_offload.cpu_gb
+        what = "swap space and CPU offload" if engine.preemption == "swap" else "CPU offload"
+    if gpu.host_memory_gib is None or per_gpu_gib <= gpu.host_memory_gib:
+        return
+    # NOTE: vLLM itself refuses swap space over 70% of the host's memory (CacheConfig.
+    # verify_with_parallel_config); simserve refuses only what cannot exist.
+    raise InputError(
+        f"{per_gpu_gib:g} GiB of {what} per GPU exceeds the {gpu.host_memory_gib:g} GiB of host "
+        f"memory per GPU of a {gpu.name} server ({gpu.host_source})",
+        field=field,
+    )
+
+
+def _check_offload(engine: EngineConfig, prefix_caching: bool) -> None:
+    """CPU offload keeps blocks the prefix cache evicts: refuse it without a cache."""
+    if engine.kv_offload is not None and not prefix_caching:
+        raise InputError(
+            "CPU offload keeps blocks the prefix cache evicts, and prefix caching is off (set "
+            "engine.enable_prefix_caching: true, or use a policy that caches by default)",
+            field="engine.kv_offload",
+        )
+
+
+def _host_tiers(engine: EngineConfig, gpu: GpuSpec, model: ModelSpec, tp: int, pp: int,
+                gpu_field: str, prefix_caching: bool) -> dict[str, object]:
+    """A pool's host-memory settings (`PoolSetup.swap_blocks`, `offload_blocks`,
+    `host_copy_s`, `kv_block_bytes`): none under recompute preemption without offload. CPU
+    offload keeps prefix-cache blocks, so it applies to pools that cache prefixes (a
+    disaggregated decode pool does not).
+
+    NOTE: vLLM sizes both per GPU: GiB over one GPU's share of a block gives the CPU blocks,
+    the same number on every GPU of the instance. Each GPU copies its own shard over its own
+    host link (a server where two GPUs share a PCIe switch's uplink halves that); the stages
+    of a pipeline copy their layers one after another, each before its forward pass, so a
+    micro-batch waits for all of them.
+    """
+    offload = engine.kv_offload if prefix_caching else None
+    swap = engine.preemption == "swap"
+    if not swap and offload is None:
+        return {}
+    _check_host_memory(engine, gpu, "engine.swap_space_gb" if swap else "engine.kv_offload.cpu_gb")
+    link = _host_link(gpu, gpu_field)
+    block_bytes = float(model.kv_bytes_per_token_at(tp) * engine.block_size)
+    per_gpu_block = block_bytes / (tp * pp)
+
+    def copy_s(num_blocks: int) -> float:
+        return pp * link.transfer_s(num_blocks * per_gpu_block)
+
+    return {
+        "swap_blocks": int(engine.swap_space_gb * GIB // per_gpu_block) if swap else 0,
+        "offload_blocks": int(offload.cpu_gb * GIB // per_gpu_block) if offload else 0,
+        "host_copy_s": copy_s,
+        "kv_block_bytes": block_bytes,
+    }
 
 
 def _stage_send(gpu: GpuSpec, model: ModelSpec, pp: int) -> Callable[[int], float] | None:
@@ -392,6 +466,8 @@ def _resolve_disaggregated(
         # instance receives whole KV caches and only recomputes after a preemption.
         caching = role == "prefill" and _prefix_caching(engine, policy, policy_field)
         _check_router(pool.router, caching, f"{prefix}router")
+        if role == "prefill":
+            _check_offload(engine, caching)
         setup = PoolSetup(
             instances=pool.instances,
             limits=limits,
@@ -403,6 +479,9 @@ def _resolve_disaggregated(
             stage_send_s=_stage_send(gpu, model, pp),
             prefix_caching=caching,
             router_load_weight=cluster.router_load_weight,
+            **_host_tiers(engine, gpu, model, tp, pp,
+                          f"{prefix}hardware" if pool.hardware is not None else "hardware",
+                          caching),
         )
         pools.append(ResolvedPool(role, setup, tp, pp, gpu))
     link_config = cluster.link

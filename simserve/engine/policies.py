@@ -237,7 +237,8 @@ class ChunkedPrefillPolicy(BatchingPolicy):
                 victim = _next_partial_victim(state, partials[i:])
                 partials.remove(victim)
                 victims_list.append(victim.request_id)
-                free += victim.num_blocks
+                # With prefix caching, blocks other requests hold stay in use.
+                free += state.blocks_freed_by(victim.request_id, victim.num_blocks)
                 if victim is entry:
                     break
             if entry not in partials:

@@ -22,12 +22,16 @@ Accounting (the engine's `free_blocks` counts every block a new allocation may t
 A request's full blocks are registered when the step that computes them ends (vLLM V1
 registers them when it allocates them, so a request scheduled in the same step may already
 hit them: the difference is at most one step).
+
+With CPU offload (`engine.offload.CpuTier`), evicted blocks move to host memory, and a lookup
+that stops on the GPU goes on there (`lookup_cpu`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+from simserve.engine.offload import CpuTier
 from simserve.workload.content import STREAM, SharedContent
 
 __all__ = ["PrefixCache"]
@@ -58,7 +62,7 @@ class PrefixCache:
     """The prefix cache of one engine (see the module docstring)."""
 
     def __init__(self, content: SharedContent | None, block_size: int,
-                 prompt_len, output_len) -> None:
+                 prompt_len, output_len, cpu: CpuTier | None = None) -> None:
         self.content = content if content is not None else SharedContent()
         c = self.content
         # Nothing shared between requests: a request's blocks can only be found by its own
@@ -81,6 +85,8 @@ class PrefixCache:
         # vLLM's prefix-cache counters: tokens looked up and found, over admissions.
         self.queried_tokens = 0
         self.hit_tokens = 0
+        # Host-memory tier of evicted blocks (None: no CPU offload).
+        self.cpu = cpu
 
     # ------------------------------------------------------------------ lookups
 
@@ -91,7 +97,10 @@ class PrefixCache:
     def surely_misses(self, request_id: int) -> bool:
         """A cheap answer for the common case: nothing shared, and nothing of this request
         cached (it never left an engine before)."""
-        return self._own_only and STREAM + 3 * request_id not in self._spaces
+        if not self._own_only:
+            return False
+        key = STREAM + 3 * request_id
+        return key not in self._spaces and (self.cpu is None or self.cpu.run(key) is None)
 
     def lookup(self, request_id: int, num_tokens: int) -> tuple[int, int]:
         """(cached leading blocks, of them evictable now) of a request about to compute
@@ -112,6 +121,32 @@ class PrefixCache:
             if found < count:
                 break
         return hit, taken
+
+    def lookup_cpu(self, request_id: int, num_tokens: int,
+                   gpu_hit: int) -> tuple[int, list[int]]:
+        """Blocks after a lookup's `gpu_hit` leading blocks that the CPU tier holds (at most
+        `num_tokens - 1` tokens' worth in all, as `lookup`), and their spaces."""
+        cpu = self.cpu
+        if cpu is None or not cpu.used:
+            return 0, []
+        pos = loaded = 0
+        spaces: list[int] = []
+        for space, first, count in self._segments(request_id, num_tokens - 1):
+            if pos + count <= gpu_hit:
+                pos += count
+                continue
+            offset = gpu_hit + loaded - pos
+            run = cpu.run(space)
+            start = first + offset
+            if run is None or not run[0] <= start < run[1]:
+                break
+            found = min(count - offset, run[1] - start)
+            loaded += found
+            spaces.append(space)
+            if found < count - offset:
+                break
+            pos += count
+        return loaded, spaces
 
     # ------------------------------------------------------------------ holding
 
@@ -274,14 +309,18 @@ class PrefixCache:
             return
         self.version += 1
         self.evictable = free_blocks
-        lru, spaces = self._lru, self._spaces
+        lru, spaces, cpu = self._lru, self._spaces, self.cpu
         while True:
             space = next(iter(lru))
             sp = spaces[space]
             room = sp.end - sp.held_end
             if room > excess:
+                if cpu is not None:
+                    cpu.store(space, sp.end - excess, sp.end)
                 sp.end -= excess
                 return
+            if cpu is not None:
+                cpu.store(space, sp.held_end, sp.end)
             sp.end = sp.held_end
             del lru[space]
             if not sp.holders:
@@ -308,6 +347,8 @@ class PrefixCache:
                 holders[space, end] = holders.get((space, end), 0) + 1
         assert holders == {(space, end): c for space, sp in self._spaces.items()
                            for end, c in sp.holders.items()}, "holders differ from requests' refs"
+        if self.cpu is not None:
+            self.cpu.check()
 
     def num_held(self) -> int:
         """Requests holding cached blocks (0 once the engine is drained)."""

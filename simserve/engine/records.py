@@ -252,6 +252,9 @@ class SimulationResult:
     timed_out: np.ndarray | None = None  # bool per request
     prefix_cache_queried_tokens: int = 0
     prefix_cache_hit_tokens: int = 0
+    # KV memory tiers (None: recompute preemption, no offload): totals over every engine,
+    # named as in `engine.simulation._swap_totals`.
+    kv_tiers: dict[str, float] | None = None
 
     @property
     def num_requests(self) -> int:

@@ -49,12 +49,26 @@ class PoolSetup:
     prefix_caching: bool = False
     #: `prefix_aware` routing: weight of the load against the cached share of the prompt.
     router_load_weight: float = 0.5
+    #: Swap preemption (vLLM v0): CPU blocks per instance (0: recompute preemption), shared
+    #: out among its virtual engines like the GPU blocks.
+    swap_blocks: int = 0
+    #: Seconds to copy `n` KV blocks of one engine between GPU and host memory (swap).
+    host_copy_s: Callable[[int], float] | None = None
+    #: Bytes of one KV block over all the instance's GPUs (what a swapped block moves).
+    kv_block_bytes: float = 0.0
+    #: CPU offload (vLLM V1 connector): host-memory blocks per instance for blocks the prefix
+    #: cache evicts (0: off), shared out among its virtual engines.
+    offload_blocks: int = 0
 
     def __post_init__(self) -> None:
         if self.prefix_caching and self.policy.reserves_full_kv:
             raise ValueError(f"policy {self.policy.name} reserves KV up front: no prefix caching")
         if self.router == "prefix_aware" and not self.prefix_caching:
             raise ValueError("prefix_aware routing needs prefix caching on the pool")
+        if (self.swap_blocks or self.offload_blocks) and self.host_copy_s is None:
+            raise ValueError("swap and CPU offload need the host link's copy time")
+        if self.offload_blocks and not self.prefix_caching:
+            raise ValueError("CPU offload keeps prefix-cache blocks: it needs prefix caching")
 
     @property
     def blocks_per_engine(self) -> int:
@@ -110,8 +124,12 @@ class EngineSetup:
         stage_send_s: Callable[[int], float] | None = None,
         speculation: Speculation | None = None,
         prefix_caching: bool = False,
+        swap_blocks: int = 0,
+        host_copy_s: Callable[[int], float] | None = None,
+        offload_blocks: int = 0,
     ) -> EngineSetup:
         """One pool of `replicas` co-located instances."""
         pool = PoolSetup(replicas, limits, cost_model, policy, queue, router, pp, stage_send_s,
-                         prefix_caching)
+                         prefix_caching, swap_blocks=swap_blocks, host_copy_s=host_copy_s,
+                         offload_blocks=offload_blocks)
         return cls((pool,), speculation=speculation)

@@ -41,6 +41,7 @@ import simpy
 from simserve.costmodel.base import BatchShape, decode_run_s, decode_step_fn
 from simserve.costmodel.pipeline import PipelineStep, pipeline_step
 from simserve.engine.decodes import CounterDecodes, VerifyDecodes
+from simserve.engine.offload import CpuTier
 from simserve.engine.policies import Policy
 from simserve.engine.prefix_cache import PrefixCache
 from simserve.engine.records import SimulationResult, StepRecords, StepTokenTimes
@@ -48,6 +49,7 @@ from simserve.engine.router import route
 from simserve.engine.setup import EngineLimits, EngineSetup, PoolSetup
 from simserve.engine.speculative import AcceptanceSampler
 from simserve.engine.state import ReplicaState, RequestTable
+from simserve.engine.swap import SwapSpace
 from simserve.workload import Workload
 
 __all__ = ["simulate"]
@@ -172,6 +174,8 @@ class _Instance:
                 cancelled = state.cancel_expired(env.now)
                 if cancelled and on_step_done is not None:
                     on_step_done(state, cancelled)
+            if state.loading:
+                state.land_loads(env.now)
             if state.has_work():
                 now = env.now
                 plan = schedule(state, now)
@@ -182,12 +186,20 @@ class _Instance:
                             yield from self._run_steps(state, run)
                             continue
                     shape = begin(plan, now)
+                    if state.new_loads:
+                        self._wake_after_loads(state)
+                        if shape.num_tokens == 0 and not plan.preempt:
+                            continue  # every admitted request waits for its KV load
+                    # NOTE: swap copies run before the step's forward pass (vLLM v0's worker);
+                    # with pipeline stages, each stage copies its own layers' blocks.
                     if pipeline is None:
-                        duration = step_time(shape)
+                        duration = step_time(shape) + state.copy_s
                     else:
-                        leave = pipeline.through(now, pipeline_step(cost_model, shape,
-                                                                    pipeline.pp),
-                                                 self._send_s(shape.num_tokens))
+                        step = pipeline_step(cost_model, shape, pipeline.pp)
+                        if state.copy_s:
+                            copy_s = state.copy_s / pipeline.pp
+                            step = step._replace(stage_s=tuple(s + copy_s for s in step.stage_s))
+                        leave = pipeline.through(now, step, self._send_s(shape.num_tokens))
                         duration = leave - now
                     self.num_events += 1
                     yield _StepEnd(env, duration)
@@ -204,6 +216,13 @@ class _Instance:
             self.wakeups[key] = env.event()
             yield self.wakeups[key]
             self.wakeups[key] = None
+
+    def _wake_after_loads(self, state: ReplicaState) -> None:
+        """Wake the engine when each KV load `begin` started ends (it may be idle then)."""
+        env = self.env
+        for at in state.new_loads:
+            env.timeout(at - env.now).callbacks.append(lambda _event: self.notify(state))
+        state.new_loads.clear()
 
     def _plan_run(self, state: ReplicaState, now: float) -> _Run | None:
         """The fast-forwarded run starting now, or None when fewer than two steps qualify
@@ -429,7 +448,13 @@ class _Cluster:
                         prefix_cache=PrefixCache(
                             workload.content, pool.limits.block_size,
                             self.requests.prompt_len, self.requests.output_len,
+                            cpu=CpuTier(pool.offload_blocks // pool.pp)
+                            if pool.offload_blocks else None,
                         ) if pool.prefix_caching else None,
+                        load_s=pool.host_copy_s,
+                        swap=SwapSpace(pool.swap_blocks // pool.pp, pool.host_copy_s,
+                                       pool.kv_block_bytes)
+                        if pool.swap_blocks and pool.host_copy_s is not None else None,
                     )
                     for stage in range(pool.pp)
                 ]
@@ -615,12 +640,13 @@ class _Cluster:
                 for st in inst.states:
                     leftover = st.num_blocks - st.free_blocks
                     held = st.prefix_cache.num_held() if st.prefix_cache is not None else 0
-                    if leftover or held or st.num_held_blocks or st.num_incoming \
+                    swapped = len(st.swap) if st.swap is not None else 0
+                    if leftover or held or swapped or st.num_held_blocks or st.num_incoming \
                             or st.has_work() or inst.pending[id(st)]:
                         raise AssertionError(
                             f"replica {st.index}: {leftover} KV blocks still allocated "
                             f"({st.num_held_blocks} held for transfers, {st.num_incoming} "
-                            "incoming) after the run"
+                            f"incoming, {swapped} requests swapped out) after the run"
                         )
 
     def run(self) -> SimulationResult:
@@ -655,6 +681,14 @@ class _Cluster:
                 prefix_cache_queried_tokens=sum(c.queried_tokens for c in caches),
                 prefix_cache_hit_tokens=sum(c.hit_tokens for c in caches),
             )
+        swaps = [st.swap for st in states if st.swap is not None]
+        tiers = [(st.prefix_cache.cpu, st.block_size) for st in states
+                 if st.prefix_cache is not None and st.prefix_cache.cpu is not None]
+        if swaps or tiers:
+            totals = _swap_totals(swaps) if swaps else {}
+            if tiers:
+                totals.update(_offload_totals(tiers, self.pools))
+            result = dataclasses.replace(result, kv_tiers=totals)
         if self.disaggregated:
             result = dataclasses.replace(
                 result,
@@ -686,6 +720,33 @@ def simulate(
     """
     return _Cluster(workload, setup, acceptance_rng=acceptance_rng, fast_forward=fast_forward,
                     progress=progress).run()
+
+
+def _swap_totals(swaps: Sequence[SwapSpace]) -> dict[str, float]:
+    """Swap preemption over every engine: swaps each way, bytes moved, step time spent
+    copying, and time spent in the CPU tier."""
+    return {
+        "num_swap_outs": sum(s.num_swap_outs for s in swaps),
+        "num_swap_ins": sum(s.num_swap_ins for s in swaps),
+        "swap_out_bytes": sum(s.blocks_out * s.block_bytes for s in swaps),
+        "swap_in_bytes": sum(s.blocks_in * s.block_bytes for s in swaps),
+        "swap_copy_s": sum(s.copy_time_s for s in swaps),
+        "swapped_request_s": sum(s.swapped_s for s in swaps),
+        "swapped_gib_s": sum(s.block_s * s.block_bytes for s in swaps) / 2**30,
+    }
+
+
+def _offload_totals(tiers: Sequence[tuple[CpuTier, int]],
+                    pools: Sequence[PoolSetup]) -> dict[str, float]:
+    """CPU offload over every engine: blocks stored and loaded, their bytes, load time."""
+    block_bytes = next(p.kv_block_bytes for p in pools if p.offload_blocks)
+    return {
+        "offload_stored_bytes": sum(t.stored_blocks for t, _bs in tiers) * block_bytes,
+        "offload_loaded_bytes": sum(t.loaded_blocks for t, _bs in tiers) * block_bytes,
+        "offload_hit_tokens": sum(t.loaded_blocks * bs for t, bs in tiers),
+        "num_offload_loads": sum(t.num_loads for t, _bs in tiers),
+        "offload_load_s": sum(t.load_s for t, _bs in tiers),
+    }
 
 
 def _collect(

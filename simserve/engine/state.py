@@ -25,6 +25,7 @@ from simserve.engine.plan import StepPlan
 from simserve.engine.prefix_cache import PrefixCache
 from simserve.engine.queues import FCFSQueue
 from simserve.engine.speculative import AcceptanceSampler
+from simserve.engine.swap import SwapSpace
 
 __all__ = [
     "STEP_COLUMNS",
@@ -224,6 +225,8 @@ class ReplicaState:
         acceptance: AcceptanceSampler | None = None,
         queue: type[FCFSQueue] = FCFSQueue,
         prefix_cache: PrefixCache | None = None,
+        swap: SwapSpace | None = None,
+        load_s: Callable[[int], float] | None = None,
     ) -> None:
         self.index = index
         self.engine_id = engine_id
@@ -266,6 +269,20 @@ class ReplicaState:
         self.deadlines: list[tuple[float, int]] = []
         self._lookups: dict[int, tuple[int, int]] = {}
         self._lookups_version = -1
+        # Swap preemption (None: recompute): the CPU blocks of swapped-out requests, which
+        # wait in the queue like recomputed ones; `copy_s` is the GPU-host copy time of the
+        # step `begin` last planned (swap-outs and swap-ins), which adds to that step.
+        self.swap = swap
+        self.copy_s = 0.0
+        # CPU offload (the prefix cache's `cpu` tier): `load_s(num_blocks)` is a load's time.
+        # A request admitted with blocks to load holds them and its slot in `loading` (with
+        # when the load ends) and computes nothing until then; `new_loads` are the ends of the
+        # loads `begin` last started, for the engine to wake up at. `step_chunks` are the
+        # chunks of the step `begin` last planned, of the entries in `prefilling`.
+        self.load_s = load_s
+        self.loading: list[tuple[float, PrefillEntry]] = []
+        self.new_loads: list[float] = []
+        self.step_chunks: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ views for policies
 
@@ -275,8 +292,9 @@ class ReplicaState:
 
     @property
     def num_running(self) -> int:
-        """Sequences holding a slot: decoding, prefilling and KV transfers on their way in."""
-        return len(self.decodes) + len(self.prefilling) + self.num_incoming
+        """Sequences holding a slot: decoding, prefilling, KV transfers on their way in and
+        KV loads from the CPU tier."""
+        return len(self.decodes) + len(self.prefilling) + self.num_incoming + len(self.loading)
 
     @property
     def num_outstanding(self) -> int:
@@ -286,8 +304,9 @@ class ReplicaState:
         return bool(len(self.decodes) or self.prefilling or self.waiting)
 
     def waits_on_transfers(self) -> bool:
-        """Whether KV blocks are tied up by transfers in flight (a step may have to wait)."""
-        return bool(self.num_held_blocks or self.num_incoming)
+        """Whether KV blocks are tied up by transfers or loads in flight (a step may have to
+        wait)."""
+        return bool(self.num_held_blocks or self.num_incoming or self.loading)
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -297,35 +316,50 @@ class ReplicaState:
         output (of them, `cached_tokens` are found in the prefix cache)."""
         return self.requests.prompt_len[request_id] + self.requests.emitted[request_id]
 
-    def _lookup(self, request_id: int) -> tuple[int, int]:
+    def _lookup(self, request_id: int) -> tuple[int, int, int]:
+        """(cached leading blocks on the GPU, of them evictable, blocks after them in the CPU
+        tier) of a waiting request."""
         cache = self.prefix_cache
         assert cache is not None
         if cache.surely_misses(request_id):
-            return 0, 0
+            return 0, 0, 0
         if cache.version != self._lookups_version:
             self._lookups.clear()
             self._lookups_version = cache.version
         found = self._lookups.get(request_id)
         if found is None:
-            found = self._lookups[request_id] = cache.lookup(
-                request_id, self.target_tokens(request_id))
+            target = self.target_tokens(request_id)
+            hit, taken = cache.lookup(request_id, target)
+            loaded = cache.lookup_cpu(request_id, target, hit)[0]
+            found = self._lookups[request_id] = (hit, taken, loaded)
         return found
 
     def cached_tokens(self, request_id: int) -> int:
-        """Leading tokens of a waiting request the prefix cache holds: admitted, it computes
-        only `target_tokens - cached_tokens` (0 without prefix caching)."""
+        """Leading tokens of a waiting request the prefix cache holds, or a swapped-out one's
+        swap space: admitted, it computes only `target_tokens - cached_tokens` (0 without
+        prefix caching or swap)."""
+        swap = self.swap
+        if swap is not None and request_id in swap:
+            return swap.computed(request_id)
         if self.prefix_cache is None:
             return 0
-        return self._lookup(request_id)[0] * self.block_size
+        hit, _taken, loaded = self._lookup(request_id)
+        return (hit + loaded) * self.block_size
 
     def admit_blocks(self, request_id: int, num_new_tokens: int) -> int:
         """Free KV blocks admitting a waiting request takes to compute `num_new_tokens` tokens
         after its cached prefix: new blocks, plus cached blocks it revives from the evictable
-        pool (a policy's upper bound: requests admitted together may share them)."""
+        pool (a policy's upper bound: requests admitted together may share them). A swapped-out
+        request takes blocks for all its tokens: its swapped ones come back as its own, as do
+        blocks loaded from the CPU tier."""
+        swap = self.swap
+        if swap is not None and request_id in swap:
+            return -(-(swap.computed(request_id) + num_new_tokens) // self.block_size)
         if self.prefix_cache is None:
             return -(-num_new_tokens // self.block_size)
-        hit, taken = self._lookup(request_id)
-        return -(-(hit * self.block_size + num_new_tokens) // self.block_size) - hit + taken
+        hit, taken, loaded = self._lookup(request_id)
+        cached = (hit + loaded) * self.block_size
+        return -(-(cached + num_new_tokens) // self.block_size) - hit + taken
 
     def decode_width(self, num_decodes: int) -> int:
         """Query tokens per decoding request this step: k+1 when speculating, else 1."""
@@ -344,7 +378,7 @@ class ReplicaState:
         decoding requests, newest first: vLLM's running list popped from its end), keyed
         orders the largest key first."""
         decodes = self.decodes
-        freed = self._freed_by
+        freed = self.blocks_freed_by
         if self.waiting.preempts_newest:
             for entry in reversed(self.prefilling):
                 yield entry.request_id, freed(entry.request_id, entry.num_blocks)
@@ -361,7 +395,7 @@ class ReplicaState:
         for _key, rid, held in ranked:
             yield rid, freed(rid, held)
 
-    def _freed_by(self, request_id: int, held_blocks: int) -> int:
+    def blocks_freed_by(self, request_id: int, held_blocks: int) -> int:
         """Blocks that preempting a running request holding `held_blocks` frees (its share
         of cached blocks other requests hold stays in use)."""
         if self.prefix_cache is None:
@@ -415,7 +449,12 @@ class ReplicaState:
             if req.emitted[rid] == req.output_len[rid] or req.rejected[rid]:
                 continue  # finished in time (or never admitted)
             entry = next((e for e in self.prefilling if e.request_id == rid), None)
-            if entry is not None:
+            loading = next((item for item in self.loading if item[1].request_id == rid), None)
+            if loading is not None:
+                self.loading.remove(loading)
+                entry = loading[1]
+                self._release(rid, entry.num_blocks, entry.num_computed)
+            elif entry is not None:
                 self.prefilling.remove(entry)
                 self._release(rid, entry.num_blocks, entry.num_computed)
             elif rid in self.decodes:
@@ -424,6 +463,8 @@ class ReplicaState:
                 self._release(rid, self._held_by_decode(rid, computed), computed)
             else:
                 self.waiting.take((rid,))
+                if self.swap is not None and rid in self.swap:
+                    self.swap.discard(rid, now)
             req.timed_out[rid] = 1
             cancelled += 1
             if self.ended is not None:
@@ -437,19 +478,24 @@ class ReplicaState:
         req = self.requests
         decodes = self.decodes
         cache = self.prefix_cache
-        # Cache hits as the policy saw them, before this plan's preemptions add blocks.
-        hits = [self._lookup(rid)[0] for rid in plan.admit] if cache is not None else None
+        swap = self.swap
+        self.copy_s = 0.0
+        # Cache hits as the policy saw them, before this plan's preemptions add blocks (a
+        # swapped-out request brings its own blocks back instead).
+        hits = [(0, 0, 0) if swap is not None and rid in swap else self._lookup(rid)
+                for rid in plan.admit] if cache is not None else None
+        loads: list[PrefillEntry] | None = None
         if plan.preempt:
             partial = {e.request_id: e for e in self.prefilling}
             for rid in plan.preempt:
                 entry = partial.pop(rid, None)
                 if entry is not None:
                     self.prefilling.remove(entry)
-                    self._preempt(rid, entry.num_blocks, entry.num_computed)
+                    self._preempt(rid, entry.num_blocks, entry.num_computed, now)
                     continue
                 computed, remaining = decodes.remove(rid)
                 req.emitted[rid] = req.output_len[rid] - remaining
-                self._preempt(rid, self._held_by_decode(rid, computed), computed)
+                self._preempt(rid, self._held_by_decode(rid, computed), computed, now)
         if plan.admit:
             self.waiting.take(plan.admit)
             for i, rid in enumerate(plan.admit):
@@ -457,19 +503,39 @@ class ReplicaState:
                 if first:
                     req.first_scheduled_at[rid] = now
                 entry = PrefillEntry(rid, 0, self.target_tokens(rid))
-                if self.reserve_full:
+                if swap is not None and rid in swap:
+                    entry.num_computed, entry.num_blocks, copy_s = swap.swap_in(rid, now)
+                    self.free_blocks -= entry.num_blocks
+                    self.copy_s += copy_s
+                elif self.reserve_full:
                     entry.num_blocks = self.reserve_blocks(rid)
                     self.free_blocks -= entry.num_blocks
                 elif hits is not None:
                     assert cache is not None
-                    hit = hits[i]
+                    hit, _taken, loaded = hits[i]
                     self.free_blocks -= cache.acquire(rid, entry.num_target, hit)
-                    entry.num_computed = hit * self.block_size
-                    entry.num_blocks = hit
+                    entry.num_computed = (hit + loaded) * self.block_size
+                    entry.num_blocks = hit + loaded
+                    if loaded:
+                        self.free_blocks -= loaded
+                        if loads is None:
+                            loads = []
+                        loads.append(entry)
+                        self._start_load(rid, entry, hit, loaded, now)
                     if first:
                         req.cached_tokens[rid] = entry.num_computed
                 self.prefilling.append(entry)
 
+        chunks = plan.chunks
+        if loads is not None:
+            # NOTE: a request loading KV from the CPU tier computes nothing until the load
+            # ends (vLLM V1's WAITING_FOR_REMOTE_KVS); the others step meanwhile.
+            waits = {id(e) for e in loads}
+            kept = [(e, q) for e, q in zip(self.prefilling, chunks, strict=True)
+                    if id(e) not in waits]
+            self.prefilling = [e for e, _q in kept]
+            chunks = tuple(q for _e, q in kept)
+        self.step_chunks = chunks
         m = plan.num_decodes
         w = plan.decode_width
         self.free_blocks -= plan.decode_blocks
@@ -477,9 +543,9 @@ class ReplicaState:
         prefill_seqs = 0
         attn_pairs = 0.0
         prefill_kv = 0
-        if plan.chunks:
+        if chunks:
             reserve_full = self.reserve_full
-            for entry, q in zip(self.prefilling, plan.chunks, strict=True):
+            for entry, q in zip(self.prefilling, chunks, strict=True):
                 if q == 0:
                     continue
                 c = entry.num_computed
@@ -502,10 +568,35 @@ class ReplicaState:
             prefill_tokens, prefill_seqs, attn_pairs, prefill_kv, m, m * w, decode_kv + m * w
         )
 
-    def _preempt(self, request_id: int, num_blocks: int, num_computed: int) -> None:
+    def _start_load(self, request_id: int, entry: PrefillEntry, hit: int, loaded: int,
+                    now: float) -> None:
+        """Start loading `loaded` blocks after the `hit` cached ones from the CPU tier."""
+        cache = self.prefix_cache
+        assert cache is not None and cache.cpu is not None and self.load_s is not None
+        spaces = cache.lookup_cpu(request_id, entry.num_target, hit)[1]
+        load_s = self.load_s(loaded)
+        cache.cpu.load(spaces, loaded, load_s)
+        self.loading.append((now + load_s, entry))
+        self.new_loads.append(now + load_s)
+
+    def land_loads(self, now: float) -> None:
+        """Requests whose CPU-tier loads ended by `now` go on as partial prefills."""
+        ready = [item for item in self.loading if item[0] <= now]
+        if ready:
+            self.loading = [item for item in self.loading if item[0] > now]
+            self.prefilling.extend(entry for _at, entry in ready)
+
+    def _preempt(self, request_id: int, num_blocks: int, num_computed: int, now: float) -> None:
         # NOTE: vLLM's recompute preemption frees the blocks and puts the request back in the
         # waiting queue (FCFS: at its front); its emitted tokens stay emitted, and its full
-        # blocks stay in the prefix cache, where its recompute may find them.
+        # blocks stay in the prefix cache, where its recompute may find them. Swap preemption
+        # (vLLM v0) first copies its blocks to the swap space; when that is full, vLLM v0
+        # aborts the engine ("lack of CPU swap space"), simserve recomputes instead.
+        swap = self.swap
+        if swap is not None and num_computed:
+            copy_s = swap.swap_out(request_id, num_computed, self.blocks_for(num_computed), now)
+            if copy_s is not None:
+                self.copy_s += copy_s
         self._release(request_id, num_blocks, num_computed)
         self.requests.num_preemptions[request_id] += 1
         self.waiting.push_preempted(request_id)
@@ -532,13 +623,14 @@ class ReplicaState:
                 self._free_finished(done)
 
         handoffs: list[tuple[int, int, int]] | None = None
-        if plan.chunks:
+        chunks = self.step_chunks
+        if chunks:
             kept: list[PrefillEntry] = []
             runs = self.runs
             cache = self.prefix_cache
             if cache is not None and not cache.registers_chunks:
                 cache = None
-            for entry, q in zip(self.prefilling, plan.chunks, strict=True):
+            for entry, q in zip(self.prefilling, chunks, strict=True):
                 entry.num_computed += q
                 if cache is not None and q:
                     cache.register(entry.request_id, entry.num_computed)

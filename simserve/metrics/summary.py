@@ -236,6 +236,8 @@ def summarize_table(
         summary["timed_out_output_tokens"] = int(table["num_output_tokens"][timed_out].sum())
     if result.cached_tokens is not None:
         summary.update(_prefix_cache_summary(result, table, measured, whole))
+    if result.kv_tiers is not None and whole:
+        summary.update(kv_tier_summary(result.kv_tiers, int(result.num_preemptions.sum())))
     if classes is not None:
         per_class = class_summaries(result, config, table, token_pass, classes)
         summary["classes"] = per_class
@@ -260,6 +262,34 @@ def _prefix_cache_summary(result: SimulationResult, table: dict[str, np.ndarray]
     if whole:
         out["prefix_cache_queried_tokens"] = result.prefix_cache_queried_tokens
         out["prefix_cache_hit_tokens"] = result.prefix_cache_hit_tokens
+    return out
+
+
+def kv_tier_summary(totals: Mapping[str, float], num_preemptions: int) -> dict[str, object]:
+    """KV memory tiers over the whole run: preemptions by kind, GiB swapped each way, the step
+    time spent copying, and the time requests' KV spent in host memory (swap); loads from the
+    CPU tier, the tokens they brought back, GiB each way and load time (CPU offload)."""
+    out: dict[str, object] = {}
+    if "num_swap_outs" in totals:
+        swaps = int(totals["num_swap_outs"])
+        out.update({
+            "num_swap_preemptions": swaps,
+            "num_recompute_preemptions": num_preemptions - swaps,
+            "swap_out_gib": totals["swap_out_bytes"] / 2**30,
+            "swap_in_gib": totals["swap_in_bytes"] / 2**30,
+            "swap_copy_s": totals["swap_copy_s"],
+            "swapped_request_s": totals["swapped_request_s"],
+            "mean_swapped_s": totals["swapped_request_s"] / swaps if swaps else None,
+            "swapped_gib_s": totals["swapped_gib_s"],
+        })
+    if "num_offload_loads" in totals:
+        out.update({
+            "num_offload_loads": int(totals["num_offload_loads"]),
+            "offload_hit_tokens": int(totals["offload_hit_tokens"]),
+            "offload_load_gib": totals["offload_loaded_bytes"] / 2**30,
+            "offload_store_gib": totals["offload_stored_bytes"] / 2**30,
+            "offload_load_s": totals["offload_load_s"],
+        })
     return out
 
 
