@@ -75,8 +75,8 @@ def _cmd_antipatterns(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise InputError(f"must be >= 0, got {args.seed}", field="--seed")
     size = SIZES[args.size or ("quick" if args.quick else "full")]
-    out = Path(args.out) if args.out else Path("runs") / _default_dir(size.name, args.only,
-                                                                       entries)
+    out = (Path(args.out) if args.out is not None
+           else Path("runs") / _default_dir(size.name, args.only, entries))
     command = "simserve antipatterns " + shlex.join(
         [*(["--quick"] if args.quick else []), *([f"--size={args.size}"] if args.size else []),
          *(["--only", *[e.id for e in entries]] if args.only else []),

@@ -58,7 +58,8 @@ def _cmd_casestudy(args: argparse.Namespace) -> int:
             raise InputError(f"must be >= 0, got {args.seed}", field="--seed")
         overrides.append(f"seed={args.seed}")
     suffix = "-quick" if args.quick else ""
-    out = Path(args.out) if args.out else Path("runs") / f"casestudy-specdec-{args.preset}{suffix}"
+    out = (Path(args.out) if args.out is not None
+           else Path("runs") / f"casestudy-specdec-{args.preset}{suffix}")
 
     def progress(message: str) -> None:
         if args.verbose or not message.startswith("  "):

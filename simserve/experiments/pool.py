@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from simserve.config import Scenario, scenario_from_mapping, scenario_to_mapping
+from simserve.errors import show_warning
 
 __all__ = [
     "MEAN_BATCH_KEY",
@@ -63,8 +65,9 @@ def available_cpus() -> int:
 
 
 def init_worker(parent_pid: int) -> None:
-    """Worker setup: leave Ctrl-C to the parent (which stops the pool), and die with the
-    parent, so a killed command leaves no orphan simulating or writing.
+    """Worker setup: leave Ctrl-C to the parent (which stops the pool), print simserve's
+    warnings as the CLI does (one line each), and die with the parent, so a killed command
+    leaves no orphan simulating or writing.
 
     On Linux the kernel kills the worker the moment its parent goes (PR_SET_PDEATHSIG).
     NOTE: that signal fires when the *thread* that started the worker ends, so pools must start
@@ -72,6 +75,8 @@ def init_worker(parent_pid: int) -> None:
     watchdog thread covers other systems: an orphan is re-parented, which it sees.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A spawned worker starts with Python's warning printer (file, line and source line).
+    warnings.showwarning = show_warning
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
