@@ -353,3 +353,13 @@ def test_inspect_run_refuses_a_bad_scenario_or_block_size_before_printing(tmp_pa
     assert out == "" and "cannot read scenario file" in err and err.count("\n") == 1
     err = _error(["inspect-run", run, "--block-size", "0"], capsys)
     assert "simserve: error: --block-size: must be >= 1, got 0" in err
+
+
+def test_a_huge_whole_float_for_an_integer_field_is_named_as_written(tmp_path, capsys):
+    # The defect: `num_groups: 1e308` became int(1e308), printed in the error as 309 digits.
+    path = _write(tmp_path, "name: x\n" + FIXED + "  prefix: {num_groups: 1e308, shared_len: 8}\n")
+    err = _error(["run", str(path)], capsys)
+    assert "s.yaml:6: workload.prefix.num_groups: expected an integer, got 1e+308" in err, err
+    scenario = load_scenario(_write(tmp_path, "name: x\n" + FIXED.replace("5\n", "5e1\n", 1),
+                                    "ok.yaml"))
+    assert scenario.workload.num_requests == 50

@@ -93,6 +93,9 @@ def test_a_mooncake_replay_shares_the_blocks_of_equal_ids(tmp_path: Path) -> Non
     ("text", "line", "fragments"),
     [
         ("{\"timestamp\": 0, \"input_length\": 5\n", 1, ["not a JSON object"]),
+        # Once named "column 1" (of the line after it): the column where the line was cut.
+        ('{"timestamp": 0, "hash_ids": [1,\n', 1,
+         ["not a JSON object (Expecting value at column 33)"]),
         (mooncake_line(0, 5, 1, [1]) + "[1, 2]\n", 2, ["expected a JSON object, got list"]),
         (mooncake_line(0, 5, 1, [1]) + '{"timestamp": 1, "input_length": 5}\n', 2,
          ["missing output_length, hash_ids"]),
