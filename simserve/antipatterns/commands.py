@@ -24,7 +24,7 @@ def register(subparsers: Any) -> dict[str, Handler]:
     ap = subparsers.add_parser(
         "antipatterns",
         help="rerun scenarios under fair and unfair evaluation setups; report how the "
-        "conclusions change (DESIGN §7)",
+        "conclusions change",
         description="Run the anti-pattern catalog: each entry runs one scenario under an unfair "
         "and a fair evaluation setup and states both conclusions from the numbers. Writes "
         f"DIR/report.md, DIR/verdicts.json and DIR/figures/<ID>.png. Entries: {ids}.",

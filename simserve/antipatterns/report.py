@@ -318,7 +318,7 @@ def render_report(verdicts: Mapping[str, Any]) -> str:
         f"{verdicts['num_runs']} simulations). Each entry runs one base scenario under an unfair "
         "and a fair evaluation setup and states, from the numbers of this run, what each "
         "evaluator would conclude (after \"On Evaluating Performance of LLM Inference Serving "
-        "Systems\", arXiv 2507.09019; catalog in DESIGN §7).",
+        "Systems\", arXiv 2507.09019).",
         "",
         "**How the numbers were made.** "
         f"Seeds {', '.join(str(s) for s in seeds)} (spawned from root seed "

@@ -248,8 +248,9 @@ def _saturation_section(study: SpecDecStudy) -> list[str]:
         f"{fmt(overall[SPEC])} req/s. The sweep rates are {fracs} x the no-spec saturation "
         "throughput, rounded: " + ", ".join(f"{r:g}" for r in study.rates) + " req/s. A rate "
         "above a system's saturation throughput (marked † below) overloads it: its queue grows "
-        "for the whole run, so its latencies there depend on the number of requests (DESIGN §7 "
-        "ES3), not on the system alone; the capacity rules count such a rate as failing.",
+        "for the whole run, so its latencies there depend on the number of requests "
+        "(anti-pattern ES3 of `simserve antipatterns`), not on the system alone; the capacity "
+        "rules count such a rate as failing.",
         "",
     ]
 
