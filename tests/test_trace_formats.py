@@ -304,6 +304,23 @@ def test_azure_2024_timestamps_with_offsets_and_mixed_precision(tmp_path: Path) 
         replay(path)
 
 
+@pytest.mark.parametrize(("stamps", "message"), [
+    # The defects: each was accepted. A number read as a year ("5": 0005-01-01), an offset
+    # of 99 hours, a year outside datetime64[ns] wrapped around, and a span of over 292 years
+    # in nanoseconds wrapped to negative arrival times.
+    (["2023-11-16 18:15:46", "5"], r":3: column 'TIMESTAMP', data row 2: expected a datetime"),
+    (["2023-11-16 18:15:46+99:99"], r":2: column 'TIMESTAMP', data row 1: expected a datetime"),
+    (["2023-11-16 18:15:46", "9999-01-01 00:00:00"], r":3: .* got '9999-01-01 00:00:00'"),
+    (["2023-11-16 18:15:46", "1700-01-01 00:00:00"], r"t\.csv: timestamps span 324 years"),
+])
+def test_impossible_datetimes_are_refused_by_line(tmp_path: Path, stamps: list[str],
+                                                  message: str) -> None:
+    path = write(tmp_path / "t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                 + "".join(f"{stamp},10,2\n" for stamp in stamps))
+    with pytest.raises(InputError, match=message):
+        load_trace(path)
+
+
 @pytest.mark.parametrize(
     ("header", "name"),
     [("arrival_s,prompt_len,output_len", "simserve"),
