@@ -32,6 +32,7 @@ from simserve.resources import catalog_file
 from simserve.yaml_lines import parse_yaml, read_yaml_text
 
 __all__ = [
+    "MAX_SPEC_NUMBER",
     "Catalog",
     "GpuSpec",
     "MlpKind",
@@ -50,6 +51,11 @@ _WEIGHT_QUANTS: tuple[str, ...] = ("none", "fp8", "fp8_block")
 _DTYPE_BYTES: tuple[int, ...] = (1, 2, 4)
 _PACKAGED_FILES: tuple[str, ...] = ("gpus.yaml", "models.yaml")
 _Spec = TypeVar("_Spec", "GpuSpec", "ModelSpec")
+# NOTE: the largest figure a hardware or price field takes. A million is three orders of
+# magnitude above every GPU's (B200: 180 GiB, 8,000 GB/s, 2,250 TFLOPS, 1,000 W), and keeps the
+# products simserve forms finite and within int64 (a memory of 1e300 GiB sized the KV cache as
+# NaN blocks; a price of 1e308 wrote `Infinity` into summary.json).
+MAX_SPEC_NUMBER = 1e6
 
 
 # --------------------------------------------------------------------------- value checks
@@ -77,7 +83,8 @@ def _check_pos_int(value: object, field_name: str) -> int:
 
 
 def check_number(value: object, field_name: str, *, allow_zero: bool = False) -> float:
-    """A finite number > 0 (>= 0 with `allow_zero`) as a float, or a one-line InputError."""
+    """A finite number > 0 (>= 0 with `allow_zero`) and at most `MAX_SPEC_NUMBER`, as a float,
+    or a one-line InputError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InputError(f"must be a number, got {_type_name(value)} {value!r}", field=field_name)
     try:
@@ -87,6 +94,9 @@ def check_number(value: object, field_name: str, *, allow_zero: bool = False) ->
     if not finite or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise InputError(f"must be a finite number {bound}, got {value}", field=field_name)
+    if value > MAX_SPEC_NUMBER:
+        raise InputError(f"must be at most {MAX_SPEC_NUMBER:,.0f}, got {value:g}",
+                         field=field_name)
     return float(value)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from simserve import __version__
 from simserve.config import load_scenario
-from simserve.errors import InputError, InputNotice, InputWarning
+from simserve.errors import InputError, show_warning
 from simserve.resources import default_scenario, scenarios_dir
 
 __all__ = ["main"]
@@ -95,7 +95,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario or default_scenario(), args.overrides,
                              options=_options(args))
-    out_dir = Path(args.out) if args.out else Path("runs") / scenario.name
+    out_dir = Path(args.out) if args.out is not None else Path("runs") / scenario.name
     # Claimed before simulating: a directory that cannot be written or is not ours fails now.
     with claim_output_dir(out_dir, RUN_DIR) as claim:
         t0 = time.perf_counter()
@@ -149,18 +149,6 @@ def _on_sigterm(main_pid: int) -> Callable[[int, object], None]:
     return handle
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: object = None, line: str | None = None) -> None:
-    """simserve's own warnings as one line; anything else as Python prints it."""
-    if issubclass(category, InputNotice):
-        print(f"simserve: {message}", file=sys.stderr)
-    elif issubclass(category, InputWarning):
-        print(f"simserve: warning: {message}", file=sys.stderr)
-    else:
-        print(warnings.formatwarning(message, category, filename, lineno, line), end="",
-              file=sys.stderr)
-
-
 def _stdout_failed(exc: OSError) -> int:
     """Standard output cannot be written (closed pipe, full disk): say so once, on stderr, and
     keep Python from failing again when it flushes stdout at exit."""
@@ -183,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+            warnings.showwarning = show_warning
             code = handlers[args.command](args)
         sys.stdout.flush()
         return code

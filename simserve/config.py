@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from simserve import __version__
+from simserve.catalog import MAX_SPEC_NUMBER
 from simserve.errors import InputError, InputWarning
 from simserve.schema import build_dataclass
 from simserve.yaml_lines import (
@@ -661,6 +662,8 @@ class CostConfig:
                 bound = ">= 0" if allow_zero else "> 0"
                 _require(value > 0 or (allow_zero and value == 0), f"cost.{section}.{gpu}",
                          f"must be {bound}, got {value:g}")
+                _require(value <= MAX_SPEC_NUMBER, f"cost.{section}.{gpu}",
+                         f"must be at most {MAX_SPEC_NUMBER:,.0f}, got {value:g}")
 
 
 # --------------------------------------------------------------------------- metrics

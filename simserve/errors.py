@@ -7,7 +7,10 @@ field, and what is wrong.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "InputNotice", "InputWarning"]
+import sys
+import warnings
+
+__all__ = ["InputError", "InputNotice", "InputWarning", "show_warning"]
 
 
 def _printable(text: str) -> str:
@@ -61,3 +64,16 @@ class InputWarning(UserWarning):
 class InputNotice(UserWarning):
     """What simserve made of its input, worth one line but not a warning (e.g. the trace
     format it detected); the CLI prints it as one `simserve: ` line."""
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: object = None, line: str | None = None) -> None:
+    """simserve's own warnings as one line; anything else as Python prints it (a
+    `warnings.showwarning`, set by the CLI and in every worker process)."""
+    if issubclass(category, InputNotice):
+        print(f"simserve: {message}", file=sys.stderr)
+    elif issubclass(category, InputWarning):
+        print(f"simserve: warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="",
+              file=sys.stderr)

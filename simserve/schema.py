@@ -69,7 +69,8 @@ def _convert(value: Any, tp: Any, dotted: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
+            # A whole float is an integer where it is exact: 1e308 would print as 309 digits.
+            if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
                 return int(value)
             raise InputError(f"expected an integer, got {value!r}", field=dotted)
         return value

@@ -5,6 +5,7 @@ and errors that name their file and line. Each test is the regression test of on
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -280,3 +281,87 @@ def test_a_sweep_of_too_many_runs_is_refused_before_planning(tmp_path):
                   "many.yaml")
     with pytest.raises(InputError, match="the sweep has 4,000,000 runs"):
         load_sweep_spec(many)
+
+
+# --------------------------------------------------------------------------- extreme magnitudes
+
+GPU = ("gpus:\n  g:\n    memory_gib: {memory}\n    mem_bandwidth_gbps: 3350\n    bf16_tflops: 989\n"
+       "    fp8_tflops: 1979\n    interconnect: nvlink4\n    interconnect_gbps: 450\n"
+       "    price_usd_per_hour: {price}\n    idle_w: 75\n    tdp_w: 700\n")
+FIXED = ("workload:\n  num_requests: 5\n  arrival: {process: poisson, rate: 2}\n"
+         "  lengths: {dist: fixed, prompt_len: 100, output_len: 5}\n")
+
+
+@pytest.mark.parametrize(("memory", "price", "cost", "expected"), [
+    # The defects: a ValueError traceback (KV blocks sized as NaN), and `Infinity` in
+    # summary.json (not JSON) from a price the cost overflowed with.
+    ("1e300", "4", "", r"cat\.yaml:3: gpus\.g\.memory_gib: must be at most 1,000,000"),
+    ("80", "1e308", "", r"cat\.yaml:9: gpus\.g\.price_usd_per_hour: must be at most"),
+    ("80", "4", "cost: {gpu_hour_usd: {g: 1e308}}\n",
+     r"s\.yaml:4: cost\.gpu_hour_usd\.g: must be at most 1,000,000, got 1e\+308"),
+])
+def test_hardware_and_price_figures_beyond_any_gpu_are_refused(tmp_path, capsys, memory, price,
+                                                               cost, expected):
+    _write(tmp_path, GPU.format(memory=memory, price=price), "cat.yaml")
+    path = _write(tmp_path, "name: x\nhardware: g\ncatalog: cat.yaml\n" + cost + FIXED)
+    err = _error(["run", str(path), "--out", str(tmp_path / "run")], capsys)
+    assert re.search(expected, err), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", ["trace arrival", "think time"])
+def test_times_near_the_float_limit_run_without_overflow(tmp_path, case):
+    # The defect: the engine's fast-forward divided the time to the next event (1e308 s away)
+    # by a step time and took int() of an infinite quotient: an OverflowError traceback.
+    if case == "trace arrival":
+        _write(tmp_path, "arrival_s,prompt_len,output_len\n0,10,5\n1e308,10,5\n", "t.csv")
+        workload = ("workload:\n  num_requests: 2\n  trace: t.csv\n  arrival: {process: trace}\n"
+                    "  lengths: {dist: trace}\n")
+    else:
+        workload = FIXED + "  sessions: {turns: 3, think_time_s: 1e307, think_dist: exponential}\n"
+    path = _write(tmp_path, "name: x\nmetrics: {warmup_s: 0, cooldown_s: 0}\n" + workload)
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(),
+                         parse_constant=lambda name: pytest.fail(f"summary.json holds {name}"))
+    assert summary["completed"] >= 2
+
+
+def test_worker_processes_print_simserve_warnings_as_one_line():
+    # The defect: sweep and antipatterns workers (spawned) printed a trace notice the Python
+    # way, "/path/run.py:115: InputNotice: ..." and the source line below it. A notice (what
+    # simserve made of an input) is the command's to say once: workers keep it to themselves;
+    # a warning they print as simserve's one line.
+    code = ("import os, warnings\n"
+            "from simserve.errors import InputNotice, InputWarning\n"
+            "from simserve.experiments.pool import init_worker\n"
+            "init_worker(os.getppid())\n"
+            "warnings.warn(InputNotice('trace: x'))\n"
+            "warnings.warn(InputWarning('careful'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "simserve: warning: careful\n"
+
+
+def test_inspect_run_refuses_a_bad_scenario_or_block_size_before_printing(tmp_path, capsys):
+    # The defects: a bad --scenario was read after the run's numbers were printed, and
+    # --block-size 0 was reported as the field `block_size`, not the flag.
+    run = str(ROOT / "calibration" / "data" / "distserve" / "ground_truth_opt13b_sharegpt"
+              / "vllm-100-1.csv")
+    binary = tmp_path / "s.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert main(["inspect-run", run, "--scenario", str(binary)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "cannot read scenario file" in err and err.count("\n") == 1
+    err = _error(["inspect-run", run, "--block-size", "0"], capsys)
+    assert "simserve: error: --block-size: must be >= 1, got 0" in err
+
+
+def test_a_huge_whole_float_for_an_integer_field_is_named_as_written(tmp_path, capsys):
+    # The defect: `num_groups: 1e308` became int(1e308), printed in the error as 309 digits.
+    path = _write(tmp_path, "name: x\n" + FIXED + "  prefix: {num_groups: 1e308, shared_len: 8}\n")
+    err = _error(["run", str(path)], capsys)
+    assert "s.yaml:6: workload.prefix.num_groups: expected an integer, got 1e+308" in err, err
+    scenario = load_scenario(_write(tmp_path, "name: x\n" + FIXED.replace("5\n", "5e1\n", 1),
+                                    "ok.yaml"))
+    assert scenario.workload.num_requests == 50

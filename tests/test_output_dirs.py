@@ -412,3 +412,19 @@ def test_run_directories_follow_the_umask(tmp_path):
             os.umask(previous)
         assert out.stat().st_mode & 0o777 == mode
         assert (out / "summary.json").stat().st_mode & 0o777 == mode & 0o666
+
+
+@pytest.mark.parametrize("command", sorted(set(SUBCOMMANDS_WRITING) - {"plot"}))
+def test_an_empty_out_is_refused_not_taken_for_the_default(tmp_path, monkeypatch, capsys,
+                                                          command):
+    # The defect: `--out ''` was read as "no --out": a run went to runs/NAME, and `calibrate`
+    # rewrote the shipped profiles in calibration/profiles/.
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(out="", sweep="") for a in SUBCOMMANDS_WRITING[command]]
+    t0 = time.perf_counter()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("simserve: error: ") and err.count("\n") == 1, err
+    assert "--out" in err
+    assert time.perf_counter() - t0 < 10
+    assert list(tmp_path.iterdir()) == []

@@ -93,6 +93,9 @@ def test_a_mooncake_replay_shares_the_blocks_of_equal_ids(tmp_path: Path) -> Non
     ("text", "line", "fragments"),
     [
         ("{\"timestamp\": 0, \"input_length\": 5\n", 1, ["not a JSON object"]),
+        # Once named "column 1" (of the line after it): the column where the line was cut.
+        ('{"timestamp": 0, "hash_ids": [1,\n', 1,
+         ["not a JSON object (Expecting value at column 33)"]),
         (mooncake_line(0, 5, 1, [1]) + "[1, 2]\n", 2, ["expected a JSON object, got list"]),
         (mooncake_line(0, 5, 1, [1]) + '{"timestamp": 1, "input_length": 5}\n', 2,
          ["missing output_length, hash_ids"]),
@@ -299,6 +302,23 @@ def test_azure_2024_timestamps_with_offsets_and_mixed_precision(tmp_path: Path) 
     np.testing.assert_allclose(trace.arrival_s, [0.0, 0.041683, 1.157988], atol=1e-9)
     with pytest.warns(InputNotice, match=r"^trace: azure CSV, 3 requests"):
         replay(path)
+
+
+@pytest.mark.parametrize(("stamps", "message"), [
+    # The defects: each was accepted. A number read as a year ("5": 0005-01-01), an offset
+    # of 99 hours, a year outside datetime64[ns] wrapped around, and a span of over 292 years
+    # in nanoseconds wrapped to negative arrival times.
+    (["2023-11-16 18:15:46", "5"], r":3: column 'TIMESTAMP', data row 2: expected a datetime"),
+    (["2023-11-16 18:15:46+99:99"], r":2: column 'TIMESTAMP', data row 1: expected a datetime"),
+    (["2023-11-16 18:15:46", "9999-01-01 00:00:00"], r":3: .* got '9999-01-01 00:00:00'"),
+    (["2023-11-16 18:15:46", "1700-01-01 00:00:00"], r"t\.csv: timestamps span 324 years"),
+])
+def test_impossible_datetimes_are_refused_by_line(tmp_path: Path, stamps: list[str],
+                                                  message: str) -> None:
+    path = write(tmp_path / "t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                 + "".join(f"{stamp},10,2\n" for stamp in stamps))
+    with pytest.raises(InputError, match=message):
+        load_trace(path)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ def register(subparsers: Any) -> dict[str, Handler]:
     ap = subparsers.add_parser(
         "antipatterns",
         help="rerun scenarios under fair and unfair evaluation setups; report how the "
-        "conclusions change (DESIGN §7)",
+        "conclusions change",
         description="Run the anti-pattern catalog: each entry runs one scenario under an unfair "
         "and a fair evaluation setup and states both conclusions from the numbers. Writes "
         f"DIR/report.md, DIR/verdicts.json and DIR/figures/<ID>.png. Entries: {ids}.",
@@ -75,8 +75,8 @@ def _cmd_antipatterns(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise InputError(f"must be >= 0, got {args.seed}", field="--seed")
     size = SIZES[args.size or ("quick" if args.quick else "full")]
-    out = Path(args.out) if args.out else Path("runs") / _default_dir(size.name, args.only,
-                                                                       entries)
+    out = (Path(args.out) if args.out is not None
+           else Path("runs") / _default_dir(size.name, args.only, entries))
     command = shlex.join(
         ["simserve", "antipatterns",
          *(["--quick"] if args.quick else []), *([f"--size={args.size}"] if args.size else []),

@@ -139,7 +139,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         return _calibrate_kernels(args)
     if args.data == ["engine-loop"] and not Path("engine-loop").exists():
         return _calibrate_engine_loop()
-    args.out = args.out or str(PROFILES_DIR)
+    args.out = str(PROFILES_DIR) if args.out is None else args.out
     catalog = load_catalog(args.catalog)
     check_writable_dir(args.out)  # before the fits, not after them
     groups = []
@@ -260,6 +260,9 @@ def _validate(args: argparse.Namespace) -> int:
     import sys
 
     from simserve.calibration.report import write_report
+    from simserve.experiments.atomic import check_writable_dir
+
+    check_writable_dir(args.out_dir, "--out-dir")  # an empty one is refused, not taken as "."
 
     def progress(message: str) -> None:
         print(f"validate {message}", file=sys.stderr, flush=True)
@@ -305,8 +308,13 @@ def _inspect_run(args: argparse.Namespace) -> int:
     from simserve.calibration.online import scenario_decode_step_ms
     from simserve.calibration.step_regression import fit_decode_step
     from simserve.config import load_scenario
+    from simserve.errors import InputError
     from simserve.resolve import resolve
 
+    if args.block_size < 1:
+        raise InputError(f"must be >= 1, got {args.block_size}", field="--block-size")
+    # The scenario first: a bad one is refused before anything is printed.
+    resolved = resolve(load_scenario(args.scenario)) if args.scenario else None
     occ = measured_kv_occupancy(args.run, args.block_size)
     step = fit_decode_step(args.run)
     peak = occ.peak_blocks
@@ -319,8 +327,7 @@ def _inspect_run(args: argparse.Namespace) -> int:
           f"sequence (regression over {step.num_requests} requests, MAPE {step.mape_pct:.1f}%); "
           f"mean batch {step.mean_batch:.1f}, mean context {step.mean_context_tokens:.0f} "
           "tokens")
-    if args.scenario:
-        resolved = resolve(load_scenario(args.scenario))
+    if resolved is not None:
         at_mean = step.mean_step_ms
         simulated = scenario_decode_step_ms(resolved.cost_model, step.mean_batch,
                                             step.mean_context_tokens)

@@ -192,7 +192,7 @@ def splitwise_markdown(rep: ConsistencyReport, held_back: dict[str, str]) -> lis
     lines = [
         "Why splitwise's prefill misses (`simserve/calibration/consistency.py`, no fitting): a "
         f"batch of b prompts of {BATCH_PROMPT_TOKENS} tokens has the same attention per token at "
-        "every b, so in any model affine in tokens (DESIGN §4, DistServe's, Vidur's) its time "
+        "every b, so in any model affine in tokens (simserve's, DistServe's, Vidur's) its time "
         "per token can only fall as b grows; and it has b times fewer attention pairs than one "
         f"prompt of {BATCH_PROMPT_TOKENS} b tokens, so it can cost at most as much (up to a "
         "per-prompt overhead well under a millisecond in vLLM). Where the data goes the other "

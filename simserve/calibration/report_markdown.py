@@ -60,7 +60,7 @@ def report_markdown(rep: ValidationReport, figures: list[str]) -> str:
         "Regenerate with `simserve validate` (recomputes every number and figure from the shipped "
         "data in `calibration/data/` and the profiles in `calibration/profiles/`; deterministic).",
         "",
-        "The calibrated cost model keeps DESIGN §4's terms (linear layers as a smooth roofline of "
+        "The calibrated cost model keeps the roofline terms (linear layers as a smooth roofline of "
         "FLOPs and weight reads, prefill attention over query-key pairs, decode attention over KV "
         "bytes, LM head, TP all-reduce, per-step, per-prefill and per-sequence overheads) and fits "
         "their efficiencies and constants by least squares on RELATIVE error "

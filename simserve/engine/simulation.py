@@ -242,7 +242,8 @@ class _Instance:
         if horizon != float("inf"):
             # Steps only get longer as contexts grow, so at most this many start before the
             # horizon; the exact cut is taken from the start times.
-            k = min(k, int((horizon - now) / step_s(first)) + 2)
+            # (min before int: a horizon 1e308 s away makes the quotient infinite)
+            k = min(k, int(min((horizon - now) / step_s(first), k)) + 2)
             if k < 2:
                 return None
             # NOTE: a micro-batch takes at least the step's time on one GPU (its parts, with

@@ -459,6 +459,8 @@ def check_writable_dir(path: str | Path, field: str = "--out") -> Path:
     """Prove that the folder `path` can be created or written, before a command spends
     minutes on what it will write there, without creating anything: the nearest existing
     folder on its path takes a probe file (removed at once). A one-line `InputError` if not."""
+    if str(path).strip() == "":
+        raise InputError("is empty", field=field)
     folder = Path(os.path.abspath(path))
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     try:

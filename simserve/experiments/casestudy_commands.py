@@ -25,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> dict[str, Handler]:
     studies = cs.add_subparsers(dest="study", required=True)
     spec = studies.add_parser(
         "specdec",
-        help="speculative decoding with and without, over a sweep of arrival rates (DESIGN §8)",
+        help="speculative decoding with and without, over a sweep of arrival rates",
         description="Speculative decoding with and without, over a sweep of arrival rates: "
-        "report.md and seven figures (DESIGN §8).",
+        "report.md and seven figures.",
     )
     spec.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                       help=f"scenario family (default: {DEFAULT_PRESET})")
@@ -59,7 +59,8 @@ def _cmd_casestudy(args: argparse.Namespace) -> int:
             raise InputError(f"must be >= 0, got {args.seed}", field="--seed")
         overrides.append(f"seed={args.seed}")
     suffix = "-quick" if args.quick else ""
-    out = Path(args.out) if args.out else Path("runs") / f"casestudy-specdec-{args.preset}{suffix}"
+    out = (Path(args.out) if args.out is not None
+           else Path("runs") / f"casestudy-specdec-{args.preset}{suffix}")
 
     def progress(message: str) -> None:
         if args.verbose or not message.startswith("  "):

@@ -262,8 +262,9 @@ def _saturation_section(study: SpecDecStudy) -> list[str]:
         f"rates are {fracs} x the no-spec saturation throughput, rounded: "
         + ", ".join(f"{r:g}" for r in study.rates) + " req/s. A rate at or above a system's "
         "saturation (marked † below, hollow in the figures) overloads it: its latencies there "
-        "depend on the number of requests (DESIGN §7 ES3), not on the system alone, and the "
-        "capacity search fails it without a run (the overload guard).",
+        "depend on the number of requests (anti-pattern ES3 of `simserve antipatterns`), not "
+        "on the system alone, and the capacity search fails it without a run (the overload "
+        "guard).",
         "",
     ]
 

@@ -164,7 +164,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = load_sweep_spec(args.spec, args.overrides)
     plan = plan_sweep(spec)
-    out = Path(args.out) if args.out else Path("runs") / "sweeps" / spec.name
+    if args.out is not None and not args.out.strip():
+        raise InputError("is empty", field="--out")  # Path("") would be the working directory
+    out = Path(args.out) if args.out is not None else Path("runs") / "sweeps" / spec.name
     if args.dry_run:
         print(f"sweep {spec.name}: {len(plan.runs)} {_noun(plan)} over "
               f"{', '.join(spec.axis_keys) or 'no axes'}; {spec.replications} seed(s); "

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from simserve.config import Scenario, scenario_from_mapping, scenario_to_mapping
-from simserve.errors import InputNotice
+from simserve.errors import InputNotice, show_warning
 
 __all__ = [
     "MEAN_BATCH_KEY",
@@ -67,8 +67,9 @@ def available_cpus() -> int:
 
 
 def init_worker(parent_pid: int) -> None:
-    """Worker setup: leave Ctrl-C to the parent (which stops the pool), and die with the
-    parent, so a killed command leaves no orphan simulating or writing.
+    """Worker setup: leave Ctrl-C to the parent (which stops the pool), print simserve's
+    warnings as the CLI does (one line each), and die with the parent, so a killed command
+    leaves no orphan simulating or writing.
 
     On Linux the kernel kills the worker the moment its parent goes (PR_SET_PDEATHSIG).
     NOTE: that signal fires when the *thread* that started the worker ends, so pools must start
@@ -76,6 +77,8 @@ def init_worker(parent_pid: int) -> None:
     watchdog thread covers other systems: an orphan is re-parented, which it sees.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A spawned worker starts with Python's warning printer (file, line and source line).
+    warnings.showwarning = show_warning
     # What simserve made of an input (e.g. a trace's detected format) is said once by a
     # command; from every worker of a catalog or a study it would be the same line many times.
     warnings.simplefilter("ignore", InputNotice)

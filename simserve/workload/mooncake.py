@@ -33,7 +33,9 @@ def parse_line(text: str, line: int, source: str) -> Record:
     """The values of `KEYS` on one line, a JSON object (kept as a tuple: a chunk of lines
     takes a fraction of the memory of their dicts)."""
     try:
-        record = json.loads(text)
+        # Without its line break: a line cut short is named at its end, not at "column 1"
+        # of the next line.
+        record = json.loads(text.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
         raise InputError(f"not a JSON object ({exc.msg} at column {exc.colno})", source=source,
                          line=line) from None

@@ -112,9 +112,15 @@ def parse_times(values: list[str], column: str, where: Where) -> np.ndarray:
 _ZONE = re.compile(r"(?P<zone>Z|[+-]\d\d(?::?\d\d)?)$")
 
 
-def _split_zone(text: str) -> tuple[str, int]:
+# The years datetime64[ns] holds.
+_YEARS = (1678, 2261)
+# UTC offsets in use run from -12:00 to +14:00.
+_MOST_OFFSET_MINUTES = 14 * 60
+
+
+def _split_zone(text: str) -> tuple[str, int | None]:
     """An ISO datetime without its time-zone suffix (`Z`, `+01:00`, `-0500`), and the suffix's
-    offset in nanoseconds (a datetime without one counts as UTC)."""
+    offset in nanoseconds (a datetime without one counts as UTC; None: no such offset)."""
     date, sep, clock = text.partition("T")
     match = _ZONE.search(clock) if sep else None
     if match is None:
@@ -124,6 +130,8 @@ def _split_zone(text: str) -> tuple[str, int]:
     if zone != "Z":
         digits = zone[1:].replace(":", "")
         minutes = int(digits[:2]) * 60 + (int(digits[2:]) if len(digits) > 2 else 0)
+        if minutes > _MOST_OFFSET_MINUTES or (len(digits) > 2 and int(digits[2:]) >= 60):
+            return text, None
         offset_ns = (1 if zone[0] == "+" else -1) * minutes * 60 * 10**9
     return f"{date}T{clock[: match.start()]}", offset_ns
 
@@ -133,6 +141,14 @@ def parse_datetimes(values: list[str], column: str, where: Where) -> np.ndarray:
     a time zone) as UTC datetime64[ns]."""
     split = [_split_zone(raw.strip().replace(" ", "T", 1)) for raw in values]
     iso = [text for text, _offset in split]
+    # A bare number in a datetime column would read as a year ("5": 0005-01-01), and a year
+    # outside datetime64[ns]'s range wraps around.
+    bad = next((position for position, (text, offset) in enumerate(split)
+                if offset is None or text[4:5] != "-" or not text[:4].isdigit()
+                or not _YEARS[0] <= int(text[:4]) <= _YEARS[1]), -1)
+    if bad >= 0:
+        raise where.error("expected a datetime like '2023-11-16 18:15:46.68+00:00', got "
+                          f"{values[bad]!r}", column, bad)
     stamps = np.empty(0, dtype="datetime64[ns]")
     try:
         stamps = np.array(iso, dtype="datetime64[ns]")

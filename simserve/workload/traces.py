@@ -274,6 +274,14 @@ class _TraceReader:
             rows["hash_offsets"] = offsets
         if "arrival" in rows and self._datetimes:
             arrival = rows["arrival"]
+            # Nanoseconds since the first one must fit int64: a span over 292 years wrapped
+            # around to negative arrival times.
+            first, last = (int(t) for t in arrival[[arrival.argmin(), arrival.argmax()]]
+                           .astype(np.int64))
+            if last - first >= 2**63:
+                raise InputError(f"timestamps span {(last - first) / 3.15576e16:,.0f} years "
+                                 "(at most 292: arrivals are kept in nanoseconds)",
+                                 source=self.source)
             rows["arrival"] = (arrival - arrival.min()).astype(np.int64).astype(np.float64) / 1e9
         return rows
 
