@@ -16,8 +16,9 @@ read here, with the same guards:
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,18 @@ def _check_duplicate_keys(root: yaml.Node, source: str | None) -> None:
             stack.extend(node.value)
 
 
+@contextlib.contextmanager
+def _input_errors(source: str | None) -> Iterator[None]:
+    """A YAML error or a document nested past Python's recursion limit, as a one-line
+    `InputError`."""
+    try:
+        yield
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source) from None
+    except RecursionError:
+        raise InputError("YAML nested too deeply", source=source) from None
+
+
 def compose_yaml(text: str, source: str | None = None) -> yaml.Node | None:
     """The checked node tree of one YAML document (None for an empty one); a syntax error,
     an oversized or alias-bombed document, or a duplicate key is a one-line `InputError`."""
@@ -149,11 +162,8 @@ def compose_yaml(text: str, source: str | None = None) -> yaml.Node | None:
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, source) from None
     try:
-        root = loader.get_single_node()
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc, source) from None
-    except RecursionError:
-        raise InputError("YAML nested too deeply", source=source) from None
+        with _input_errors(source):
+            root = loader.get_single_node()
     finally:
         loader.dispose()
     if root is not None:
@@ -169,11 +179,8 @@ def parse_yaml(text: str, source: str | None = None) -> tuple[Any, yaml.Node | N
         return None, None
     loader = _Loader("")
     try:
-        return loader.construct_document(root), root
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc, source) from None
-    except RecursionError:
-        raise InputError("YAML nested too deeply", source=source) from None
+        with _input_errors(source):
+            return loader.construct_document(root), root
     finally:
         loader.dispose()
 

@@ -543,9 +543,7 @@ class CalibratedCostModel:
         linear = hi * (1.0 + (lo / hi) ** self._p) ** (1.0 / self._p)
         first, _, last = split_linear(linear, memory >= compute, embedding_shares(self.model))
         lm_head = (shape.num_prefill_seqs + shape.num_decode_tokens) * self._lm_s
-        rest = self.step_time(shape) - per_stage - lm_head - first - last
-        return StepParts(layers_s=rest, per_stage_s=per_stage, first_s=first,
-                         last_s=lm_head + last)
+        return StepParts.around_layers(self.step_time(shape), per_stage, lm_head, first, last)
 
     def decode_step_fn(self, num_seqs: int) -> Callable[[int], float]:
         """`step_time` of a plain decode step of `num_seqs` sequences as a function of its

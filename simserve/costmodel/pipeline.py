@@ -56,6 +56,15 @@ class StepParts(NamedTuple):
         """The step's time on one GPU (pp = 1)."""
         return self.layers_s + self.per_stage_s + self.first_s + self.last_s + self.host_s
 
+    @classmethod
+    def around_layers(cls, step_s: float, per_stage_s: float, lm_head_s: float,
+                      first_s: float, last_s: float) -> StepParts:
+        """A step of `step_s` whose named parts are known: the layers are the rest, and the
+        LM head runs on the last stage."""
+        layers_s = step_s - per_stage_s - lm_head_s - first_s - last_s
+        return cls(layers_s=layers_s, per_stage_s=per_stage_s, first_s=first_s,
+                   last_s=lm_head_s + last_s)
+
     def with_host(self, host_s: float) -> StepParts:
         """These parts plus `host_s` more engine CPU time."""
         return self._replace(host_s=self.host_s + host_s)

@@ -109,9 +109,8 @@ class RooflineCostModel:
         first, _, last = split_linear(max(compute, weights), weights >= compute,
                                       (0.0 if self.model.tied_embeddings else share, share))
         lm_head = (shape.num_prefill_seqs + shape.num_decode_tokens) * self._lm_head_s_per_token
-        rest = self.step_time(shape) - self._overhead_s - lm_head - first - last
-        return StepParts(layers_s=rest, per_stage_s=self._overhead_s, first_s=first,
-                         last_s=lm_head + last)
+        return StepParts.around_layers(self.step_time(shape), self._overhead_s, lm_head, first,
+                                       last)
 
     def decode_step_fn(self, num_seqs: int) -> Callable[[int], float]:
         """`step_time` of a plain decode step of `num_seqs` sequences as a function of its
