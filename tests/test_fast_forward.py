@@ -17,7 +17,7 @@ from test_golden import CASES, ROOT
 from simserve.catalog import load_catalog
 from simserve.config import CostModelConfig, EngineConfig, load_scenario
 from simserve.costmodel import BatchShape, ConstantCostModel
-from simserve.costmodel.base import decode_run_s, decode_step_fn
+from simserve.costmodel.base import decode_run_fn, decode_run_s, decode_step_fn
 from simserve.costmodel.calibrated import CalibratedCostModel, load_profile
 from simserve.costmodel.roofline import RooflineCostModel
 from simserve.costmodel.select import PROFILES_DIR, build_cost_model
@@ -152,3 +152,24 @@ def test_decode_prices_equal_step_time_to_the_bit(num_seqs, first_kv, k):
         assert decode_run_s(cost, num_seqs, kv).tolist() == one_by_one, cost
         step = decode_step_fn(cost, num_seqs)
         assert [step(int(x)) for x in kv] == one_by_one, cost
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 512), st.integers(0, 10**6), st.integers(1, 120), st.floats(0.0, 2.0),
+       st.floats(0.0, 100.0))
+def test_decode_runs_equal_stepping_to_the_bit(num_seqs, first_kv, k, horizon_s, now):
+    """The fast-forward's run pricer (specialised or generic, stepwise or numpy): each step's
+    duration is `step_time`'s float, starts are the running sum, and it stops at the first
+    step after the first that would start at or past the horizon."""
+    for cost in _cost_models():
+        horizon = now + horizon_s if horizon_s < 2.0 else float("inf")
+        starts, durations = decode_run_fn(cost, num_seqs)(now, first_kv, k, horizon)
+        expected_starts, expected = [now], []
+        t, kv = now, first_kv
+        while len(expected) < k and (not expected or t < horizon):
+            expected.append(cost.step_time(BatchShape(0, 0, 0.0, 0, num_seqs, num_seqs, kv)))
+            t = t + expected[-1]
+            expected_starts.append(t)
+            kv += num_seqs
+        assert durations == expected, cost
+        assert starts == expected_starts, cost

@@ -10,10 +10,13 @@ import numpy as np
 __all__ = [
     "BatchShape",
     "CostModel",
+    "DecodeRun",
+    "decode_run_fn",
     "decode_run_s",
     "decode_step_fn",
     "envelope_report",
     "envelope_warnings",
+    "stepwise_run",
 ]
 
 
@@ -83,6 +86,73 @@ def decode_step_fn(cost_model: CostModel, num_seqs: int) -> Callable[[int], floa
         return specialised(num_seqs)
     step_time = cost_model.step_time
     return lambda kv: step_time(BatchShape(0, 0, 0.0, 0, num_seqs, num_seqs, kv))
+
+
+#: Prices a fast-forwarded run: `(now, first_decode_kv, max_steps, horizon)` -> the steps'
+#: start times (one more than steps: the last is the run's end) and durations. The steps are
+#: plain decodes of a fixed batch whose decode KV grows by the batch size each step; step i+1
+#: starts when step i ends (summed in order, as SimPy would), at most `max_steps` steps, and
+#: every step after the first starts before `horizon`.
+DecodeRun = Callable[[float, int, int, float], tuple[list[float], list[float]]]
+
+# Runs at least this long are priced by `decode_run_s` (numpy) when the model has it.
+_VECTORISE_FROM = 48
+
+
+def decode_run_fn(cost_model: CostModel, num_seqs: int) -> DecodeRun:
+    """The engine's fast-forward pricer for runs of plain decode steps of `num_seqs` sequences.
+
+    Cost models may implement `decode_run_fn(num_seqs)` (the whole loop in one frame: the
+    fast-forward's hot path); it must give exactly the floats `step_time` gives step by step,
+    which tests check. Others are priced by `decode_step_fn` one step at a time, or by
+    `decode_run_s` in one numpy call for long runs.
+    """
+    specialised = getattr(cost_model, "decode_run_fn", None)
+    if specialised is not None:
+        return specialised(num_seqs)
+    step_s = decode_step_fn(cost_model, num_seqs)
+    stepwise = stepwise_run(step_s, num_seqs)
+    if getattr(cost_model, "decode_run_s", None) is None:
+        return stepwise
+    m = num_seqs
+
+    def run(now: float, first_kv: int, max_steps: int, horizon: float
+            ) -> tuple[list[float], list[float]]:
+        k = max_steps
+        if horizon != float("inf"):
+            # Steps only get longer as contexts grow, so at most this many start before the
+            # horizon (min before int: a horizon 1e308 s away makes the quotient infinite).
+            k = min(k, int(min((horizon - now) / step_s(first_kv), k)) + 2)
+        if k <= _VECTORISE_FROM:
+            return stepwise(now, first_kv, k, horizon)
+        kv = np.arange(first_kv, first_kv + m * k, m, dtype=np.int64)[:k]
+        run_s = decode_run_s(cost_model, m, kv)
+        # The start of step i+1 is the end of step i, summed in order as SimPy would.
+        ends = np.add.accumulate(np.concatenate(([now], run_s)))
+        k = int(np.searchsorted(ends[1:k], horizon, side="left")) + 1
+        return ends[: k + 1].tolist(), run_s[:k].tolist()
+
+    return run
+
+
+def stepwise_run(step_s: Callable[[int], float], num_seqs: int) -> DecodeRun:
+    """A `DecodeRun` that prices each step with `step_s(decode_kv_tokens)` in turn."""
+
+    def run(now: float, first_kv: int, max_steps: int, horizon: float
+            ) -> tuple[list[float], list[float]]:
+        starts, durations = [now], []
+        t, kv = now, first_kv
+        for _ in range(max_steps):
+            if durations and t >= horizon:
+                break
+            d = step_s(kv)
+            durations.append(d)
+            t = t + d
+            starts.append(t)
+            kv += num_seqs
+        return starts, durations
+
+    return run
 
 
 def envelope_warnings(cost_model: CostModel, steps: object) -> list[str]:

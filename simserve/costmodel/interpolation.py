@@ -242,6 +242,24 @@ class LogGrid:
         """The sample points of one axis: 2^(i / per_octave), i = 0..octaves x per_octave."""
         return np.exp2(np.arange(octaves * per_octave + 1) / per_octave)
 
+    @property
+    def per_octave(self) -> int:
+        return self._per
+
+    @property
+    def last_b(self) -> int:
+        """Index of the last sample on the second axis."""
+        return self._nb
+
+    def first_axis(self, a: float) -> tuple[float, list[float], list[float]]:
+        """`__call__`'s first-axis half for a fixed `a`: the blend weight and the two rows it
+        blends (for callers that sweep `b` at one `a` and repeat the rest of `__call__`)."""
+        fa = math.log2(a) * self._per if a > 1.0 else 0.0
+        ia = int(fa)
+        if ia >= self._na:
+            ia, fa = self._na - 1, float(self._na)
+        return fa - ia, self._rows[ia], self._rows[ia + 1]
+
     def __call__(self, a: float, b: float) -> float:
         per = self._per
         fa = math.log2(a) * per if a > 1.0 else 0.0

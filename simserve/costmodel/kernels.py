@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from simserve.catalog import GpuSpec, ModelSpec
-from simserve.costmodel.base import BatchShape
+from simserve.costmodel.base import BatchShape, DecodeRun, stepwise_run
 from simserve.costmodel.engine_loop import LoopTerms
 from simserve.costmodel.interpolation import DenseCurve, LogGrid
 from simserve.costmodel.kernel_ops import KernelCoverageError, KernelOps
@@ -300,6 +300,56 @@ class KernelCostModel:
         head += self._lm(m)
         gen, step_us = self._gen, self._cpu_us.step_us
         return lambda kv: step_us(head + gen(m, kv / m), m, m) * 1e-6
+
+    def decode_run_fn(self, num_seqs: int) -> DecodeRun:
+        """The fast-forward's pricer (`costmodel.base.DecodeRun`) for plain decode steps of
+        `num_seqs` sequences, the whole run in one frame: it repeats `decode_step_fn`'s float
+        operations in the same order, with the batch-size half of the attention grid lookup
+        and the CPU terms, which do not change within a run, taken once (tests check every
+        step against `step_time`)."""
+        m = num_seqs
+        if m == 0:
+            return stepwise_run(self.decode_step_fn(0), 0)
+        head = self._tok_graph[m] if m <= self._capture_max else self._tok_eager(m)
+        head += self._lm(m)
+        ta, row0, row1 = self._gen.first_axis(m)
+        per, last = self._gen.per_octave, self._gen.last_b
+        loop = self._cpu_us
+        per_step_us = loop.per_step_us
+        cpu_us = loop.per_seq_us * m + loop.per_token_us * m
+        serial = loop.version == "v0"
+        log2, exp = math.log2, math.exp
+
+        def run(now: float, first_kv: int, max_steps: int, horizon: float
+                ) -> tuple[list[float], list[float]]:
+            starts, durations = [now], []
+            t, kv = now, first_kv
+            for _ in range(max_steps):
+                if durations and t >= horizon:
+                    break
+                # LogGrid.__call__(m, kv / m) with the m half precomputed.
+                b = kv / m
+                fb = log2(b) * per if b > 1.0 else 0.0
+                ib = int(fb)
+                if ib >= last:
+                    ib, fb = last - 1, float(last)
+                tb = fb - ib
+                v0 = row0[ib] + tb * (row0[ib + 1] - row0[ib])
+                v1 = row1[ib] + tb * (row1[ib + 1] - row1[ib])
+                gpu_us = head + exp(v0 + ta * (v1 - v0))
+                # LoopTerms.step_us(gpu_us, m, m).
+                if serial:
+                    step_us = gpu_us + per_step_us + cpu_us
+                else:
+                    step_us = per_step_us + (gpu_us if gpu_us > cpu_us else cpu_us)
+                d = step_us * 1e-6
+                durations.append(d)
+                t = t + d
+                starts.append(t)
+                kv += m
+            return starts, durations
+
+        return run
 
     def step_time(self, shape: BatchShape) -> float:
         """Seconds of one engine step: GPU forward pass and the engine loop's CPU time."""

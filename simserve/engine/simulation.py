@@ -38,7 +38,7 @@ from typing import NamedTuple
 import numpy as np
 import simpy
 
-from simserve.costmodel.base import BatchShape, decode_run_s, decode_step_fn
+from simserve.costmodel.base import BatchShape, DecodeRun, decode_run_fn, decode_step_fn
 from simserve.costmodel.pipeline import PipelineStep, pipeline_step
 from simserve.engine.decodes import CounterDecodes, VerifyDecodes
 from simserve.engine.offload import CpuTier
@@ -58,10 +58,8 @@ REJECT_MAX_MODEL_LEN = 1
 REJECT_KV_CAPACITY = 2
 REJECT_BUDGET = 3
 
-# Longest run of steps priced at once by the fast-forward (bounds its temporary arrays), and
-# the length from which its steps are priced by numpy rather than one by one.
+# Longest run of steps priced at once by the fast-forward (bounds its temporary arrays).
 MAX_RUN_STEPS = 4096
-VECTORISE_FROM = 48
 
 # NOTE: vLLM's block manager keeps 1% of the blocks free when admitting a sequence
 # (`watermark=0.01`) so running requests can grow without an immediate preemption; a decode
@@ -129,6 +127,7 @@ class _Instance:
         self.wakeups: dict[int, simpy.Event | None] = {id(st): None for st in states}
         self.num_events = 0  # step events waited for (a fast-forwarded run is one)
         self._decode_step_fns: dict[int, Callable[[int], float]] = {}
+        self._decode_runs: dict[int, DecodeRun] = {}
         for state in states:
             env.process(self.run(state, policy_factory()))
 
@@ -236,44 +235,27 @@ class _Instance:
             return None
         m = state.num_decoding
         first = state.decodes.kv_sum + m
-        step_s = self._decode_step_fns.get(m)
-        if step_s is None:
-            step_s = self._decode_step_fns[m] = decode_step_fn(self.cost_model, m)
-        if horizon != float("inf"):
-            # Steps only get longer as contexts grow, so at most this many start before the
-            # horizon; the exact cut is taken from the start times.
-            # (min before int: a horizon 1e308 s away makes the quotient infinite)
-            k = min(k, int(min((horizon - now) / step_s(first), k)) + 2)
-            if k < 2:
-                return None
+        if self.pipeline is not None:
+            step_s = self._decode_step_fns.get(m)
+            if step_s is None:
+                step_s = self._decode_step_fns[m] = decode_step_fn(self.cost_model, m)
             # NOTE: a micro-batch takes at least the step's time on one GPU (its parts, with
             # the per-stage work repeated), so when that ends past the horizon no second step
             # starts before it: skip pricing it through the stages (a run refused here is
             # stepped instead, with the same records).
-            if self.pipeline is not None and now + step_s(first) >= horizon:
+            if now + step_s(first) >= horizon:
                 return None
-        if self.pipeline is not None:
+            if horizon != float("inf"):
+                # Steps only get longer as contexts grow, so at most this many start before
+                # the horizon (min before int: a horizon 1e308 s away makes the quotient
+                # infinite).
+                k = min(k, int(min((horizon - now) / step_s(first), k)) + 2)
             starts, durations = self._stage_run(self.pipeline, now, horizon, k, first, m)
-        elif k > VECTORISE_FROM:
-            kv = np.arange(first, first + m * k, m, dtype=np.int64)[:k]
-            run_s = decode_run_s(self.cost_model, m, kv)
-            # The start of step i+1 is the end of step i, summed in order as SimPy would.
-            ends = np.add.accumulate(np.concatenate(([now], run_s)))
-            # Steps after the first must start before anything else happens.
-            k = int(np.searchsorted(ends[1:k], horizon, side="left")) + 1
-            starts = ends[: k + 1].tolist()
-            durations = run_s[:k].tolist()
         else:
-            starts, durations = [now], []
-            t, kv = now, first
-            for _ in range(k):
-                if durations and t >= horizon:
-                    break
-                d = step_s(kv)
-                durations.append(d)
-                t = t + d
-                starts.append(t)
-                kv += m
+            run_fn = self._decode_runs.get(m)
+            if run_fn is None:
+                run_fn = self._decode_runs[m] = decode_run_fn(self.cost_model, m)
+            starts, durations = run_fn(now, first, k, horizon)
         # The run must end at a time that one timeout from now reaches exactly.
         k = len(durations)
         while k >= 2 and not _reachable(now, starts[k]):
