@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from simserve.costmodel.base import BatchShape, CostModel, envelope_report, envelope_warnings
+from simserve.costmodel.base import (
+    BatchShape,
+    CostModel,
+    decode_step_fn,
+    envelope_report,
+    envelope_warnings,
+)
 
 __all__ = ["SpeculativeCostModel"]
 
@@ -23,6 +30,10 @@ class SpeculativeCostModel:
     target: CostModel
     draft: CostModel | None
     draft_fraction: float
+    # The draft's plain decode step by batch size (`decode_step_fn`: the same floats as its
+    # `step_time`, without building a shape per draft token).
+    _draft_steps: dict[int, Callable[[int], float]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def step_time(self, shape: BatchShape) -> float:
         t = self.target.step_time(shape)
@@ -40,10 +51,11 @@ class SpeculativeCostModel:
                 num_decode_seqs=m, num_decode_tokens=m, decode_kv_tokens=context + m
             )
             return t + k * self.draft_fraction * self.target.step_time(one_decode)
+        draft_step = self._draft_steps.get(m)
+        if draft_step is None:
+            draft_step = self._draft_steps[m] = decode_step_fn(self.draft, m)
         for j in range(1, k + 1):
-            t += self.draft.step_time(
-                BatchShape(num_decode_seqs=m, num_decode_tokens=m, decode_kv_tokens=context + m * j)
-            )
+            t += draft_step(context + m * j)
         return t
 
     def describe(self) -> dict[str, object]:

@@ -354,14 +354,22 @@ class VerifyDecodes:
         self._accepted_hist += np.bincount(accepted, minlength=k + 1)
         computed = self.computed_arr[:m]
         remaining = self.remaining_arr[:m]
-        emitted = np.minimum(accepted + 1, remaining)
+        emitted = accepted + 1
+        np.minimum(emitted, remaining, out=emitted)
         bs = self.block_size
         freed = 0
         if not self.reserve_full:
-            allocated = -(-(computed + width) // bs)
-            kept = -(-(computed + emitted) // bs)
-            freed = int((allocated - kept).sum())
-        computed += emitted
+            # Blocks allocated for all `width` positions less those the emitted tokens keep
+            # (ceilings of non-negative counts: (x + bs - 1) // bs).
+            allocated = (computed + (width + bs - 1)) // bs
+            kept = computed + emitted
+            computed += emitted
+            kept += bs - 1
+            kept //= bs
+            allocated -= kept
+            freed = int(allocated.sum())
+        else:
+            computed += emitted
         remaining -= emitted
         self.kv_sum += int(emitted.sum())
         self.runs.add_burst(step, ids.copy(), emitted)
