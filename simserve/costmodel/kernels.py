@@ -42,7 +42,7 @@ from simserve.catalog import GpuSpec, ModelSpec
 from simserve.costmodel.base import BatchShape, DecodeRun, stepwise_run
 from simserve.costmodel.engine_loop import LoopTerms
 from simserve.costmodel.interpolation import DenseCurve, LogGrid
-from simserve.costmodel.kernel_ops import KernelCoverageError, KernelOps
+from simserve.costmodel.kernel_ops import AttentionMap, KernelCoverageError, KernelOps
 from simserve.costmodel.kernel_tables import kernel_meta
 from simserve.costmodel.pipeline import StepParts
 
@@ -228,19 +228,13 @@ class KernelCostModel:
         return out + self._ew_us(rows * m.vocab_size * 4 * 3, 3.0)
 
     def _build_attention(self) -> None:
-        ops, kv, d = self.ops, self.setup.kv_dtype, self.model.head_dim
-        b = LogGrid.axis(_BATCH_OCTAVES, _PER_OCTAVE)[:, None]
-        s = LogGrid.axis(_SEQ_OCTAVES, _PER_OCTAVE)[None, :]
-        layers = self.model.num_layers
-        gen = layers * ops.attention("generation_attention", kv, d, self.gen_map, b, s)
-        ctx = layers * ops.attention("context_attention", kv, d, self.ctx_map, b, s)
-        self._gen = LogGrid(np.log(gen), _PER_OCTAVE)
-        self._ctx = LogGrid(np.log(ctx), _PER_OCTAVE)
-        # NOTE: V1 runs prefill chunks and decodes of a step in ONE attention call; the
-        # measured context and generation calls each include the kernel's fixed time, which a
-        # mixed step pays once: the smallest measured call.
-        self._attn_call_us = layers * float(
-            ops.attention("context_attention", kv, d, self.ctx_map, 1.0, 1.0))
+        key = (self.setup.kv_dtype, self.model.head_dim, self.model.num_layers, self.gen_map,
+               self.ctx_map)
+        if self.ops is _shared_ops(self.gpu.name, self.framework):
+            grids = _shared_attention_grids(self.gpu.name, self.framework, *key)
+        else:
+            grids = _attention_grids(self.ops, *key)
+        self._gen, self._ctx, self._attn_call_us = grids
 
     def _build_envelope(self) -> None:
         ops, kv, d = self.ops, self.setup.kv_dtype, self.model.head_dim
@@ -448,12 +442,46 @@ class KernelCostModel:
         return out
 
 
+def _attention_grids(ops: KernelOps, kv_dtype: str, head_dim: int, num_layers: int,
+                     gen_map: AttentionMap, ctx_map: AttentionMap
+                     ) -> tuple[LogGrid, LogGrid, float]:
+    """Decode and prefill attention of all layers on (batch, context) grids, and the fixed time
+    of one attention call."""
+    b = LogGrid.axis(_BATCH_OCTAVES, _PER_OCTAVE)[:, None]
+    s = LogGrid.axis(_SEQ_OCTAVES, _PER_OCTAVE)[None, :]
+    gen = num_layers * ops.attention("generation_attention", kv_dtype, head_dim, gen_map, b, s)
+    ctx = num_layers * ops.attention("context_attention", kv_dtype, head_dim, ctx_map, b, s)
+    # NOTE: V1 runs prefill chunks and decodes of a step in ONE attention call; the measured
+    # context and generation calls each include the kernel's fixed time, which a mixed step
+    # pays once: the smallest measured call.
+    call_us = num_layers * float(
+        ops.attention("context_attention", kv_dtype, head_dim, ctx_map, 1.0, 1.0))
+    return LogGrid(np.log(gen), _PER_OCTAVE), LogGrid(np.log(ctx), _PER_OCTAVE), call_us
+
+
+@functools.lru_cache(maxsize=32)
+def _shared_attention_grids(gpu_name: str, framework: str, kv_dtype: str, head_dim: int,
+                            num_layers: int, gen_map: AttentionMap, ctx_map: AttentionMap
+                            ) -> tuple[LogGrid, LogGrid, float]:
+    """`_attention_grids` of the shipped tables, once per process: they depend on the head
+    layout, not on the engine's limits, so setups that differ only in limits (sweeps over
+    max_num_seqs or the token budget) share them."""
+    return _attention_grids(_shared_ops(gpu_name, framework), kv_dtype, head_dim, num_layers,
+                            gen_map, ctx_map)
+
+
+@functools.cache
+def _shared_ops(gpu_name: str, framework: str) -> KernelOps:
+    """One `KernelOps` per GPU and framework in a process (its tables are read once)."""
+    return KernelOps(gpu_name, framework)
+
+
 @functools.lru_cache(maxsize=32)
 def _built_state(gpu: GpuSpec, model: ModelSpec, tp: int, setup: KernelSetup,
                  framework: str) -> dict[str, Any]:
     """The precomputed tables of a kernel model (without its engine loop)."""
     km = KernelCostModel.__new__(KernelCostModel)
-    km._init(gpu, model, tp, setup, framework, KernelOps(gpu.name, framework))
+    km._init(gpu, model, tp, setup, framework, _shared_ops(gpu.name, framework))
     return dict(vars(km))
 
 
