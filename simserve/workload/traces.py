@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import itertools
 import sys
 import warnings
@@ -171,14 +172,37 @@ def load_trace(path: str | Path, max_rows: int | None = None) -> Trace:
     data row and column.
     """
     path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        trace, skipped = _read_trace(path, max_rows)  # names the problem
+    else:
+        # NOTE: experiments run hundreds of simulations of one trace per process; the parsed
+        # arrays are immutable, so a file unchanged since (same size and mtime) is not parsed
+        # again.
+        trace, skipped = _cached_trace(str(path), path.resolve(), stat.st_mtime_ns,
+                                       stat.st_size, max_rows)
+    if skipped is not None:
+        warnings.warn(InputWarning(skipped), stacklevel=2)
+    return trace
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_trace(source: str, resolved: Path, mtime_ns: int, size: int,
+                  max_rows: int | None) -> tuple[Trace, str | None]:
+    return _read_trace(Path(source), max_rows)
+
+
+def _read_trace(path: Path, max_rows: int | None) -> tuple[Trace, str | None]:
+    """`load_trace`'s parse, with the skipped-rows warning's text (None: none skipped)."""
     source = str(path)
     reader = _TraceReader(path, max_rows)
     rows = reader.read()
+    skipped = None
     if reader.num_skipped:
-        warnings.warn(InputWarning(
+        skipped = (
             f"{source}: skipped {reader.num_skipped} row(s) with zero prompt or output tokens "
-            f"(the first at line {reader.first_skipped_line}); they cannot be requests"),
-            stacklevel=2)
+            f"(the first at line {reader.first_skipped_line}); they cannot be requests")
     arrival_s = rows.get("arrival")
     if arrival_s is not None and np.any(np.diff(arrival_s) < 0):
         order = np.argsort(arrival_s, kind="stable")
@@ -192,7 +216,7 @@ def load_trace(path: str | Path, max_rows: int | None = None) -> Trace:
         rows["session"] = _session_streams(rows["session"])
     for array in rows.values():
         array.setflags(write=False)
-    return Trace(
+    trace = Trace(
         arrival_s=rows.get("arrival"),
         prompt_len=rows["prompt"],
         output_len=rows["output"],
@@ -205,6 +229,7 @@ def load_trace(path: str | Path, max_rows: int | None = None) -> Trace:
         hash_ids=rows.get("hash_ids"),
         session=rows.get("session"),
     )
+    return trace, skipped
 
 
 def _session_streams(codes: np.ndarray) -> np.ndarray:
