@@ -13,6 +13,7 @@ evaluator did is in the report. Matplotlib `Figure` objects are built directly (
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from matplotlib.ticker import NullFormatter
 from simserve.formatting import fmt_interval, fmt_number, fmt_ratio
 from simserve.plots.canvas import SLO_COLOR, number_ticks, plain_log_ticks, system_colors
 
-__all__ = ["entry_figure", "save_entry_figure"]
+__all__ = ["entry_figure", "entry_png", "save_entry_figure"]
 
 DPI = 130
 SATURATION_COLOR = "0.15"
@@ -301,9 +302,18 @@ def _share_scale(entry: Mapping[str, Any], axes: Sequence[Axes]) -> None:
         ax.set_ylim(0, max(tops))
 
 
-def save_entry_figure(entry: Mapping[str, Any], path: str | Path) -> Path:
-    """Draw and write an entry's figure as PNG."""
+def entry_png(entry: Mapping[str, Any]) -> bytes:
+    """An entry's figure drawn as PNG bytes (drawn as its entry finishes, written with the
+    report)."""
+    buffer = io.BytesIO()
+    entry_figure(entry).savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def save_entry_figure(entry: Mapping[str, Any], path: str | Path,
+                      png: bytes | None = None) -> Path:
+    """Write an entry's figure as PNG (`png`: already drawn by `entry_png`)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    entry_figure(entry).savefig(out, format="png", dpi=DPI)
+    out.write_bytes(entry_png(entry) if png is None else png)
     return out

@@ -458,12 +458,15 @@ def check_keeps_entries(out: str | Path, entry_ids: Sequence[str]) -> None:
         )
 
 
-def report_writer(verdicts: Mapping[str, Any]) -> Callable[[Path], None]:
-    """What fills a report directory: figures/<ID>.png, verdicts.json and report.md."""
+def report_writer(verdicts: Mapping[str, Any], drawn: Mapping[str, bytes] | None = None
+                  ) -> Callable[[Path], None]:
+    """What fills a report directory: figures/<ID>.png, verdicts.json and report.md (`drawn`:
+    figures already drawn, PNG bytes by entry id)."""
+    drawn = drawn or {}
 
     def write(tmp: Path) -> None:
         for entry in verdicts["entries"]:
-            save_entry_figure(entry, tmp / entry["figure"])
+            save_entry_figure(entry, tmp / entry["figure"], drawn.get(entry["id"]))
         (tmp / MARKER).write_text(json.dumps(verdicts, indent=2, allow_nan=False) + "\n")
         (tmp / "report.md").write_text(render_report(verdicts))
 
