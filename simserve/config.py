@@ -9,6 +9,8 @@ valid one; checks that need the catalog (model context length, KV fit) live in `
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ __all__ = [
     "CostModelConfig",
     "EngineConfig",
     "FluidityConfig",
+    "GroupConfig",
     "KvOffloadConfig",
     "LengthsConfig",
     "LinkConfig",
@@ -52,6 +55,7 @@ __all__ = [
     "load_scenario",
     "scenario_from_mapping",
     "scenario_to_mapping",
+    "set_dotted",
 ]
 
 
@@ -540,24 +544,34 @@ class PoolConfig:
 @dataclass(frozen=True)
 class ClusterConfig:
     """Where requests run. `colocated`: `replicas` identical engines, each doing prefill and
-    decode. `disaggregated`: a `prefill` pool hands each request's KV cache over `link` to a
-    `decode` pool (DistServe, Splitwise).
+    decode, or `groups` of replicas on different GPUs or settings (`GroupConfig`; one router
+    over every replica of every group). `disaggregated`: a `prefill` pool hands each request's
+    KV cache over `link` to a `decode` pool (DistServe, Splitwise).
 
-    Routers: `round_robin`, `least_outstanding` (fewest waiting + running), `least_kv` (most
-    free KV blocks), `prefix_aware` (most of the prompt in the replica's prefix cache, less
-    `router_load_weight` times its load relative to the busiest replica).
+    Routers: `round_robin`, `least_outstanding` (fewest waiting + running), `least_kv` (largest
+    free share of its KV blocks), `prefix_aware` (most of the prompt in the replica's prefix
+    cache, less `router_load_weight` times its load relative to the busiest replica).
     """
 
     mode: ClusterMode = "colocated"
-    replicas: int = 1
+    # NOTE: unset means 1 without groups; None is kept with groups so that "both set" can be
+    # told from "groups only".
+    replicas: int | None = None
     router: Router = "round_robin"
     router_load_weight: float = 0.5
     prefill: PoolConfig | None = None
     decode: PoolConfig | None = None
     link: LinkConfig = field(default_factory=LinkConfig)
+    groups: tuple[GroupConfig, ...] | None = None
 
     def __post_init__(self) -> None:
-        _require(self.replicas >= 1, "cluster.replicas", f"must be >= 1, got {self.replicas}")
+        if self.groups is not None:
+            self._check_groups()
+        elif self.replicas is None:
+            object.__setattr__(self, "replicas", 1)
+        if self.replicas is not None:
+            _require(self.replicas >= 1, "cluster.replicas",
+                     f"must be >= 1, got {self.replicas}")
         _require(self.router_load_weight >= 0, "cluster.router_load_weight",
                  f"must be >= 0, got {self.router_load_weight}")
         if self.mode == "colocated":
@@ -579,6 +593,34 @@ class ClusterConfig:
             object.__setattr__(self, "prefill", PoolConfig())
         if self.decode is None:
             object.__setattr__(self, "decode", PoolConfig())
+
+    def _check_groups(self) -> None:
+        assert self.groups is not None
+        _require(self.mode == "colocated", "cluster.groups",
+                 "replica groups make a co-located cluster; a disaggregated one sizes "
+                 "cluster.prefill and cluster.decode instead")
+        _require(bool(self.groups), "cluster.groups",
+                 "must list at least one group (or remove it and set cluster.replicas)")
+        _require(self.replicas is None, "cluster.replicas",
+                 "not with cluster.groups: each group sets its own replicas")
+        names = self.group_names
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        _require(not duplicated, "cluster.groups",
+                 f"group names must differ; {', '.join(duplicated)} appears twice")
+
+    @property
+    def group_names(self) -> list[str]:
+        """Each group's name: its own, else `group<index>`."""
+        return [g.name if g.name is not None else f"group{i}"
+                for i, g in enumerate(self.groups or ())]
+
+    @property
+    def num_replicas(self) -> int:
+        """Co-located replicas in all: `replicas`, or the groups' replicas summed."""
+        if self.groups is not None:
+            return sum(g.replicas for g in self.groups)
+        assert self.replicas is not None
+        return self.replicas
 
 
 # --------------------------------------------------------------------------- cost model
@@ -637,6 +679,86 @@ class CostModelConfig:
             "cost_model.allreduce_efficiency",
             "must be in (0, 1]",
         )
+
+
+# --------------------------------------------------------------------------- replica groups
+
+#: Engine settings a replica group cannot have apart from the others: the KV block size
+#: (prefix-cache and trace block ids), the context limit (the workload is cut to it),
+#: speculative decoding (one drafter setting for the cluster) and the KV dtype (KV bytes per
+#: token, which energy accounting counts once for the model).
+CLUSTER_WIDE_ENGINE_KEYS = ("block_size", "max_model_len", "speculative", "kv_cache_dtype")
+
+
+def _overrides_of(cls: type, name: str, doc: str) -> type:
+    """A frozen dataclass with `cls`'s fields, each optional with None meaning "not set here":
+    a section of a replica group that overrides the scenario's section key by key."""
+    hints = typing.get_type_hints(cls)
+    fields = [(f.name, hints[f.name] | None, field(default=None))
+              for f in dataclasses.fields(cls)]
+    partial = dataclasses.make_dataclass(name, fields, frozen=True,
+                                         namespace={"__doc__": doc, "__module__": __name__})
+    return partial
+
+
+EngineOverrides = _overrides_of(
+    EngineConfig, "EngineOverrides",
+    "A replica group's `engine:` keys: each one set replaces the scenario's `engine.<key>`.")
+CostModelOverrides = _overrides_of(
+    CostModelConfig, "CostModelOverrides",
+    "A replica group's `cost_model:` keys: each one set replaces the scenario's "
+    "`cost_model.<key>`.")
+
+
+def set_keys(overrides: Any) -> dict[str, Any]:
+    """The keys an overrides section sets (None: unset), as keyword arguments."""
+    if overrides is None:
+        return {}
+    return {f.name: getattr(overrides, f.name) for f in dataclasses.fields(overrides)
+            if getattr(overrides, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """One group of a co-located cluster: `replicas` identical engines of `tp` x `pp` GPUs of
+    `hardware` (a catalog GPU), routed to by the cluster's one router along with every other
+    group's replicas.
+
+    Unset fields take the scenario's values (`hardware`, `tp`, `pp`), and `engine` and
+    `cost_model` override the scenario's sections key by key (e.g. `engine: {max_num_seqs:
+    128}`, `cost_model: {profile: ...}` for a calibrated profile of this group's GPU and TP).
+    The KV block size, `max_model_len`, `kv_cache_dtype` and speculative decoding are the
+    cluster's. `name` labels the group in summaries (default `group<index>`).
+    """
+
+    replicas: int = 1
+    name: str | None = None
+    hardware: str | None = None
+    tp: int | None = None
+    pp: int | None = None
+    engine: EngineOverrides | None = None  # type: ignore[valid-type]
+    cost_model: CostModelOverrides | None = None  # type: ignore[valid-type]
+
+    def __post_init__(self) -> None:
+        _require(self.replicas >= 1, "replicas", f"must be >= 1, got {self.replicas}")
+        if self.name is not None:
+            _require(bool(self.name.strip()) and self.name.isprintable() and len(self.name) <= 64,
+                     "name", f"must be a short printable name, got {self.name!r}")
+        if self.hardware is not None:
+            _require(bool(self.hardware.strip()), "hardware", "must name a catalog GPU")
+        _require(self.tp is None or self.tp >= 1, "tp", f"must be >= 1, got {self.tp}")
+        _require(self.pp is None or self.pp >= 1, "pp", f"must be >= 1, got {self.pp}")
+        for key in CLUSTER_WIDE_ENGINE_KEYS:
+            _require(key not in set_keys(self.engine), f"engine.{key}",
+                     f"is the cluster's: set engine.{key} for every group")
+
+    def engine_config(self, scenario_engine: EngineConfig) -> EngineConfig:
+        """The scenario's engine settings with this group's `engine` keys."""
+        return dataclasses.replace(scenario_engine, **set_keys(self.engine))
+
+    def cost_model_config(self, scenario_cost_model: CostModelConfig) -> CostModelConfig:
+        """The scenario's cost model settings with this group's `cost_model` keys."""
+        return dataclasses.replace(scenario_cost_model, **set_keys(self.cost_model))
 
 
 # --------------------------------------------------------------------------- cost
@@ -769,6 +891,14 @@ class Scenario:
             "speculative decoding is modelled on co-located clusters only",
         )
         _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        for i, group in enumerate(self.cluster.groups or ()):
+            # A group's keys are checked with the scenario's around them (a token budget
+            # against the block size, a calibrated kind against a profile).
+            try:
+                group.engine_config(self.engine)
+                group.cost_model_config(self.cost_model)
+            except InputError as exc:
+                raise InputError(exc.message, field=f"cluster.groups[{i}].{exc.field}") from None
 
 
 def scenario_from_mapping(data: Mapping[str, Any]) -> Scenario:
@@ -800,18 +930,45 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     result = _deep_copy(data)
     for item in overrides:
         key, value = _parse_override(item)
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = {}
-                node[part] = child
-            if not isinstance(child, dict):
-                raise InputError(f"cannot set a sub-key of a non-mapping value ({key})", field=key)
-            node = child
-        node[parts[-1]] = value
+        set_dotted(result, key, value)
     return result
+
+
+_ITEM = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<index>[0-9]+)\]$")
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set the field `a.b.c` of a raw scenario mapping (in place); `b[1]` is item 1 of the
+    list `b` (`cluster.groups[1].replicas`). A missing section is created, so that the
+    scenario loader reports an unknown key by name; a missing list item is an error."""
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise InputError(f"{key!r} is not a dotted field name", field=key)
+    node: Any = data
+    for depth, part in enumerate(parts):
+        item = _ITEM.match(part)
+        name = item["name"] if item else part
+        last = depth == len(parts) - 1 and item is None
+        if last:
+            node[name] = value
+            return
+        child = node.get(name)
+        if child is None and item is None:
+            child = node[name] = {}
+        where = ".".join([*parts[:depth], name])
+        if item is not None:
+            index = int(item["index"])
+            if not isinstance(child, list) or index >= len(child):
+                size = f"has {len(child)} items" if isinstance(child, list) else "is not a list"
+                raise InputError(f"{where} {size}: there is no item {index}", field=key)
+            if depth == len(parts) - 1:
+                child[index] = value
+                return
+            child = child[index]
+            where = f"{where}[{index}]"
+        if not isinstance(child, dict):
+            raise InputError(f"{where} is a value, not a section with fields", field=key)
+        node = child
 
 
 def _deep_copy(data: Any) -> Any:
@@ -945,6 +1102,8 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
     """Plain-data form of a scenario (tuples as lists), for `scenario.yaml` in a run dir."""
 
     def plain(value: Any) -> Any:
+        if isinstance(value, EngineOverrides | CostModelOverrides):
+            return {k: plain(v) for k, v in set_keys(value).items()}
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, tuple | list):

@@ -125,10 +125,29 @@ def _series_keys(table: SweepTable, x: str | None) -> list[str]:
 
 
 def _value_text(value: Any) -> str:
-    """An axis value for a label; a user's class (`path/file.py:Class`) by its class name."""
+    """An axis value for a label; a user's class (`path/file.py:Class`) by its class name,
+    replica groups (`cluster.groups`) by their GPUs."""
     text = str(value)
+    groups = _group_lines(text)
+    if groups is not None:
+        return " + ".join(groups)
     source, sep, name = text.rpartition(":")
     return name if isinstance(value, str) and sep and source and name.isidentifier() else text
+
+
+def _group_lines(text: str) -> list[str] | None:
+    """A `cluster.groups` value (JSON in summary.csv) as one line per group, `2 x l40s (tp 2)`;
+    None for any other value."""
+    if not text.startswith("[{"):
+        return None
+    try:
+        groups = json.loads(text)
+    except ValueError:
+        return None
+    if not all(isinstance(g, dict) and {"replicas", "hardware"} & g.keys() for g in groups):
+        return None
+    return [f"{g.get('replicas', 1)} x {g.get('hardware', 'scenario GPU')}"
+            + (f" (tp {g['tp']})" if g.get("tp", 1) != 1 else "") for g in groups]
 
 
 def _series_label(row: Mapping[str, Any], keys: Sequence[str]) -> str:
@@ -400,7 +419,11 @@ def _per_usd_figure(table: SweepTable, rule: SloRule | None) -> Figure:
 
 def _compact(axis: str, value: Any) -> list[str]:
     """An axis value as short label lines: a mapping (a summary.csv cell holds it as JSON) as
-    one `key=value` line per entry, anything else as `axis=value`."""
+    one `key=value` line per entry, replica groups as one line per group, anything else as
+    `axis=value`."""
+    groups = _group_lines(value) if isinstance(value, str) else None
+    if groups is not None:
+        return groups
     if isinstance(value, str) and value.startswith("{"):
         try:
             parsed = json.loads(value)

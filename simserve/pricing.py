@@ -127,7 +127,7 @@ def check_rates_known(resolved: ResolvedScenario) -> None:
         if missing:
             section, what = missing[0]
             raise InputError(
-                f"the catalog has no {what} for {pool.gpu.name} (used by the {pool.role} pool); "
+                f"the catalog has no {what} for {pool.gpu.name} (used by {pool.label}); "
                 f"set cost.{section}.{pool.gpu.name}",
                 field="cost",
             )

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from simserve.catalog import Catalog, GpuSpec, ModelSpec, load_catalog
-from simserve.config import EngineConfig, Scenario, SpeculativeConfig
+from simserve.config import (
+    CostModelConfig,
+    EngineConfig,
+    GroupConfig,
+    Scenario,
+    SpeculativeConfig,
+    set_keys,
+)
 from simserve.costmodel import CostModel, build_cost_model
 from simserve.costmodel.kernels import KernelCostModel
 from simserve.costmodel.select import kernel_cost_model
@@ -33,25 +40,37 @@ GIB = 2**30
 @dataclass(frozen=True)
 class ResolvedPool:
     """One pool's engine setup: `role` is `replica` (co-located), `prefill` or `decode`;
-    `gpu` is the GPU its instances run on."""
+    `gpu` is the GPU its instances run on; `group` names a co-located replica group."""
 
     role: str
     setup: PoolSetup
     tp: int
     pp: int
     gpu: GpuSpec
+    #: The replica group's name (co-located groups only).
+    group: str | None = None
 
     @property
     def num_gpus(self) -> int:
         return self.setup.instances * self.tp * self.pp
+
+    @property
+    def name(self) -> str:
+        """The pool's key in summaries: its group's name, else its role."""
+        return self.group if self.group is not None else self.role
+
+    @property
+    def label(self) -> str:
+        """The pool in words, for messages."""
+        return f"replica group {self.group}" if self.group is not None else f"the {self.role} pool"
 
 
 @dataclass(frozen=True)
 class ResolvedScenario:
     """A scenario with its catalog entries, engine limits and cost model.
 
-    `pools` has every pool (one for a co-located cluster; prefill then decode for a
-    disaggregated one), and `kv_link` the prefill-to-decode link.
+    `pools` has every pool (one for a co-located cluster, or one per replica group; prefill
+    then decode for a disaggregated one), and `kv_link` the prefill-to-decode link.
     """
 
     scenario: Scenario
@@ -62,13 +81,18 @@ class ResolvedScenario:
     kv_link: LinkSpec | None = None
 
     @property
+    def grouped(self) -> bool:
+        """Whether the cluster is co-located replica groups (`cluster.groups`)."""
+        return self.scenario.cluster.groups is not None
+
+    @property
     def limits(self) -> EngineLimits:
-        """The co-located replicas' limits, or the decode pool's."""
+        """The co-located replicas' limits (the last group's), or the decode pool's."""
         return self.pools[-1].setup.limits
 
     @property
     def cost_model(self) -> CostModel:
-        """The co-located replicas' cost model, or the decode pool's."""
+        """The co-located replicas' cost model (the last group's), or the decode pool's."""
         return self.pools[-1].setup.cost_model
 
     @property
@@ -125,13 +149,15 @@ def kv_cache_blocks(
     draft_kv_bytes_per_token: float = 0.0,
     tp: int | None = None,
     pp: int = 1,
+    engine: EngineConfig | None = None,
 ) -> int:
     """Paged KV blocks one replica (all its `tp` x `pp` GPUs) can hold (`kv_cache_bytes` over
-    the KV bytes of one block: all layers, all KV heads, K and V).
+    the KV bytes of one block: all layers, all KV heads, K and V), under `engine`'s settings
+    (unset: the scenario's).
 
     A speculative draft's weights and KV (one slot per target slot) share the same memory.
     """
-    engine = scenario.engine
+    engine = engine or scenario.engine
     if engine.num_gpu_blocks_override is not None:
         return engine.num_gpu_blocks_override
     free = kv_cache_bytes(gpu, model.weight_bytes + draft_weight_bytes, (tp or scenario.tp) * pp,
@@ -200,6 +226,26 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         if scenario.cost is not None:
             check_rates_known(resolved)
         return resolved
+    if scenario.cluster.groups is not None:
+        pools, draft = _resolve_groups(scenario, catalog, gpu, model, max_model_len)
+    else:
+        setup, draft = _replica_pool(scenario, catalog, gpu, model, scenario.engine,
+                                     scenario.cost_model, scenario.tp, scenario.pp,
+                                     scenario.cluster.num_replicas, max_model_len)
+        pools = (ResolvedPool("replica", setup, scenario.tp, scenario.pp, gpu),)
+    resolved = ResolvedScenario(scenario, gpu, model, pools, draft)
+    if scenario.cost is not None:
+        check_rates_known(resolved)
+    return resolved
+
+
+def _replica_pool(
+    scenario: Scenario, catalog: Catalog, gpu: GpuSpec, model: ModelSpec, engine: EngineConfig,
+    cost_config: CostModelConfig, tp: int, pp: int, instances: int, max_model_len: int,
+) -> tuple[PoolSetup, ModelSpec | None]:
+    """A pool of `instances` co-located replicas of `tp` x `pp` GPUs of `gpu` with the
+    `engine` and `cost_config` settings (the scenario's, or a replica group's), and the
+    speculative draft model; errors name the scenario's fields."""
     policy = policy_class(engine.policy, "engine.policy")
     queue = queue_class(engine.queue, "engine.queue")
     engine = _with_generation(engine, policy)
@@ -216,9 +262,9 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
     draft_weights, draft_kv = _draft_memory(spec, model, draft)
     num_blocks = kv_cache_blocks(
         scenario, gpu, model, draft_weight_bytes=draft_weights,
-        draft_kv_bytes_per_token=draft_kv, pp=scenario.pp,
+        draft_kv_bytes_per_token=draft_kv, tp=tp, pp=pp, engine=engine,
     )
-    _check_blocks(num_blocks, scenario, gpu, model, scenario.tp * scenario.pp, "")
+    _check_blocks(num_blocks, engine, gpu, model, tp * pp, "")
     limits = EngineLimits(
         num_blocks=num_blocks,
         block_size=engine.block_size,
@@ -226,14 +272,13 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
         max_num_batched_tokens=engine.max_num_batched_tokens,
         max_model_len=max_model_len,
     )
-    cost_model = build_cost_model(scenario.cost_model, gpu, model, scenario.tp, engine)
+    cost_model = build_cost_model(cost_config, gpu, model, tp, engine)
     if spec is not None:
         draft_cost = None
         if draft is not None and isinstance(_base_model(cost_model), KernelCostModel):
             # NOTE: the draft's k proposals are forward passes inside the target's step, priced
             # from the same kernel tables (GPU time only: the engine loop runs once per step).
-            draft_cost = kernel_cost_model(scenario.cost_model, gpu, draft, scenario.tp, engine,
-                                           with_loop=False)
+            draft_cost = kernel_cost_model(cost_config, gpu, draft, tp, engine, with_loop=False)
         elif draft is not None:
             # NOTE: a calibrated profile describes the target only; the draft is priced by the
             # roofline with the same efficiency factors (vLLM runs it at the target's TP). Each
@@ -241,35 +286,82 @@ def resolve(scenario: Scenario, catalog: Catalog | None = None) -> ResolvedScena
             # (kernel launches, sampling), by default the target's per-step overhead.
             overhead_ms = spec.draft_step_overhead_ms
             if overhead_ms is None:
-                overhead_ms = scenario.cost_model.step_overhead_ms
+                overhead_ms = cost_config.step_overhead_ms
             draft_config = dataclasses.replace(
-                scenario.cost_model, kind="roofline", profile=None, step_overhead_ms=overhead_ms
+                cost_config, kind="roofline", profile=None, step_overhead_ms=overhead_ms
             )
-            draft_cost = build_cost_model(draft_config, gpu, draft, scenario.tp)
+            draft_cost = build_cost_model(draft_config, gpu, draft, tp)
         cost_model = SpeculativeCostModel(cost_model, draft_cost, spec.draft_cost_fraction)
     caching = _prefix_caching(engine, policy, "engine.policy")
     _check_router(scenario.cluster.router, caching, "cluster.router")
     _check_offload(engine, caching)
     pool = PoolSetup(
-        instances=scenario.cluster.replicas,
+        instances=instances,
         limits=limits,
         cost_model=cost_model,
         policy=policy,
         queue=queue,
         router=scenario.cluster.router,
-        pp=scenario.pp,
-        stage_send_s=_stage_send(gpu, model, scenario.pp),
+        pp=pp,
+        stage_send_s=_stage_send(gpu, model, pp),
         prefix_caching=caching,
         router_load_weight=scenario.cluster.router_load_weight,
-        **_host_tiers(engine, gpu, model, scenario.tp, scenario.pp, "hardware", caching),
+        **_host_tiers(engine, gpu, model, tp, pp, "hardware", caching),
     )
-    resolved = ResolvedScenario(
-        scenario, gpu, model, (ResolvedPool("replica", pool, scenario.tp, scenario.pp, gpu),),
-        draft,
-    )
-    if scenario.cost is not None:
-        check_rates_known(resolved)
-    return resolved
+    return pool, draft
+
+
+#: Errors about these fields come from a group's GPU or TP even where the group leaves the
+#: field to the scenario: they name the group's `hardware` (else its `tp`) line.
+_GPU_FIELDS = ("engine.gpu_memory_utilization", "engine.swap_space_gb", "engine.kv_offload",
+               "cost_model.profile", "cost_model.kind", "hardware", "tp")
+
+
+def _resolve_groups(
+    scenario: Scenario, catalog: Catalog, scenario_gpu: GpuSpec, model: ModelSpec,
+    max_model_len: int,
+) -> tuple[tuple[ResolvedPool, ...], ModelSpec | None]:
+    """Each replica group's pool: its GPU, TP and PP, its engine and cost model settings over
+    the scenario's, hence its own KV capacity and step prices."""
+    cluster = scenario.cluster
+    assert cluster.groups is not None
+    pools = []
+    draft = None
+    for i, (group, name) in enumerate(zip(cluster.groups, cluster.group_names, strict=True)):
+        prefix = f"cluster.groups[{i}]."
+        gpu = _pool_gpu(catalog, group.hardware, scenario_gpu, f"{prefix}hardware")
+        tp, pp = group.tp or scenario.tp, group.pp or scenario.pp
+        try:
+            _check_parallelism(model, tp, pp, "")
+            setup, draft = _replica_pool(
+                scenario, catalog, gpu, model, group.engine_config(scenario.engine),
+                group.cost_model_config(scenario.cost_model), tp, pp, group.replicas,
+                max_model_len)
+        except InputError as exc:
+            raise _group_error(exc, group, prefix, name, gpu, tp) from None
+        pools.append(ResolvedPool("replica", setup, tp, pp, gpu, group=name))
+    return tuple(pools), draft
+
+
+def _group_error(exc: InputError, group: GroupConfig, prefix: str, name: str, gpu: GpuSpec,
+                 tp: int) -> InputError:
+    """A replica group's error named by the group's own field where the group set it (or where
+    its GPU or TP caused it), else by the scenario's field with the group named."""
+    field = exc.field or ""
+    section, _, key = field.partition(".")
+    own = set_keys(getattr(group, section)) if section in ("engine", "cost_model") else {}
+    if key.split(".")[0] in own or (field in ("hardware", "tp", "pp")
+                                    and getattr(group, field) is not None):
+        return InputError(exc.message, field=prefix + field)
+    message = exc.message
+    if field == "cost_model.profile":
+        message += (f" (set {prefix}cost_model.profile to a profile fitted on {gpu.name} at "
+                    f"tp={tp})")
+    if field.startswith(_GPU_FIELDS):
+        for cause in ("hardware", "tp"):
+            if getattr(group, cause) is not None:
+                return InputError(message, field=prefix + cause)
+    return InputError(f"{message} (replica group {name})", field=field)
 
 
 def _check_memory(scenario: Scenario) -> None:
@@ -280,20 +372,22 @@ def _check_memory(scenario: Scenario) -> None:
     if workload.num_requests is None:  # the whole trace: bounded by the file
         return
     pools = [p for p in (cluster.prefill, cluster.decode) if p is not None]
-    max_seqs = max([engine.max_num_seqs, *(p.max_num_seqs or 0 for p in pools)])
+    groups = [g.engine_config(engine) for g in cluster.groups or ()]
+    max_seqs = max([engine.max_num_seqs, *(p.max_num_seqs or 0 for p in pools),
+                    *(g.max_num_seqs for g in groups)])
     width = engine.speculative.num_speculative_tokens + 1 if engine.speculative else 1
     check_run_memory(workload.num_requests, mean_output_tokens(workload.lengths),
                      max_seqs * width)
 
 
 def _check_blocks(
-    num_blocks: int, scenario: Scenario, gpu: GpuSpec, model: ModelSpec, gpus: int, prefix: str
+    num_blocks: int, engine: EngineConfig, gpu: GpuSpec, model: ModelSpec, gpus: int, prefix: str
 ) -> None:
     if num_blocks < 1:
         raise InputError(
             f"{model.name} weights ({model.weight_bytes / GIB:.1f} GiB over {gpus} GPUs) "
             f"leave no KV-cache memory on {gpu.name} at gpu_memory_utilization="
-            f"{scenario.engine.gpu_memory_utilization}",
+            f"{engine.gpu_memory_utilization}",
             field=f"{prefix}tp" if prefix else "engine.gpu_memory_utilization",
         )
 
@@ -417,7 +511,7 @@ def _resolve_disaggregated(
         _check_parallelism(model, tp, pp, prefix)
         num_blocks = pool.num_gpu_blocks_override or kv_cache_blocks(
             scenario, gpu, model, tp=tp, pp=pp)
-        _check_blocks(num_blocks, scenario, gpu, model, tp * pp, prefix)
+        _check_blocks(num_blocks, engine, gpu, model, tp * pp, prefix)
         limits = EngineLimits(
             num_blocks=num_blocks,
             block_size=engine.block_size,

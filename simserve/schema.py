@@ -117,11 +117,18 @@ def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
     try:
         return cls(**kwargs)
     except InputError as exc:
-        # Constructors name fields relative to their own section; make them absolute.
-        name = exc.field or ""
-        section = prefix.split(".")[-1] if prefix else ""
-        if prefix and name.startswith(section + ".") and not name.startswith(prefix):
-            name = prefix[: -len(section)] + name
-        elif prefix and not name.startswith(prefix):
-            name = f"{prefix}.{name}"
-        raise InputError(exc.message, field=name) from None
+        raise InputError(exc.message, field=_absolute(exc.field or "", prefix)) from None
+
+
+def _absolute(name: str, prefix: str) -> str:
+    """A field name a constructor gave relative to its own section (`speculative.k`, `tp`)
+    made absolute under `prefix` (`engine.speculative`, `cluster.groups[1]`): the longest
+    trailing part of `prefix` that `name` starts with is where it attaches."""
+    if not prefix:
+        return name
+    parts = prefix.split(".")
+    for i in range(len(parts)):
+        tail = ".".join(parts[i:])
+        if name == tail or name.startswith(tail + "."):
+            return ".".join([*parts[:i], name])
+    return f"{prefix}.{name}"

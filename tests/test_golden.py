@@ -98,6 +98,8 @@ CACHED: list[tuple[str, str, list[str]]] = [
       "engine.num_gpu_blocks_override=2500"]),
     ("mooncake-cached", "scenarios/traces/mooncake-conversation.yaml",
      ["workload.num_requests=200", *WHOLE]),
+    # Replica groups on unlike GPUs (H100 and A100) behind one router, with costs.
+    ("groups-h100-a100", "scenarios/clusters/h100-a100-groups.yaml", SMALL),
 ]
 CASES = [(case, scenario, [*overrides, NO_CACHE]) for case, scenario, overrides in UNCACHED]
 CASES += CACHED

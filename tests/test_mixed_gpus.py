@@ -145,9 +145,10 @@ def _line_of(path, text: str) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
-def _cli_error(tmp_path, capsys, path) -> str:
+def _cli_error(tmp_path, capsys, path, *extra: str) -> str:
+    """The one-line error `simserve run` gives (exit code 2, nothing written)."""
     out = tmp_path / "run"
-    code = main(["run", str(path), "--out", str(out)])
+    code = main(["run", str(path), "--out", str(out), *extra])
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -1,7 +1,8 @@
 """Everything the engine needs to run a workload, as plain frozen values (no SimPy).
 
-`resolve` turns a scenario into an `EngineSetup` for every kind of cluster: one pool of
-co-located replicas, or a prefill pool handing KV caches to a decode pool over a link; each
+`resolve` turns a scenario into an `EngineSetup` for every kind of cluster: co-located
+replicas in one pool or in one pool per replica group (unlike GPUs or settings behind one
+router), or a prefill pool handing KV caches to a decode pool over a link; each
 pool names its batching policy and queue order as classes (built in or the user's), its limits
 and cost model; speculation applies to the co-located replicas. `engine.simulation.simulate`
 takes it as is.
@@ -91,24 +92,31 @@ class Speculation:
 
 @dataclass(frozen=True)
 class EngineSetup:
-    """The pools of a cluster (one co-located pool, or prefill then decode), the KV transfer
-    time between pools (`kv_transfer_s(num_tokens)`, disaggregated only), and speculation."""
+    """The pools of a cluster, and the KV transfer time between pools
+    (`kv_transfer_s(num_tokens)`, disaggregated only), and speculation.
+
+    Co-located (no transfer time): one pool per replica group (one pool of identical replicas
+    without groups), every replica of every pool behind one router. Disaggregated: prefill
+    then decode."""
 
     pools: tuple[PoolSetup, ...]
     kv_transfer_s: Callable[[int], float] | None = None
     speculation: Speculation | None = None
 
     def __post_init__(self) -> None:
-        if len(self.pools) not in (1, 2):
-            raise ValueError(f"a cluster has one or two pools, got {len(self.pools)}")
-        if (len(self.pools) == 2) != (self.kv_transfer_s is not None):
-            raise ValueError("two pools (disaggregated) need a KV transfer time, one none")
-        if self.speculation is not None and len(self.pools) == 2:
+        if not self.pools:
+            raise ValueError("a cluster has at least one pool")
+        if self.kv_transfer_s is not None and len(self.pools) != 2:
+            raise ValueError(f"a disaggregated cluster has two pools, got {len(self.pools)}")
+        if self.speculation is not None and self.kv_transfer_s is not None:
             raise ValueError("speculative decoding runs on co-located replicas only")
+        if len({(p.router, p.router_load_weight) for p in self.pools}) > 1 \
+                and self.kv_transfer_s is None:
+            raise ValueError("co-located replica groups share one router")
 
     @property
     def disaggregated(self) -> bool:
-        return len(self.pools) == 2
+        return self.kv_transfer_s is not None
 
     @classmethod
     def colocated(

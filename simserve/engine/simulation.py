@@ -4,7 +4,8 @@ An engine loops `plan = policy.schedule(state, now)`, waits for the step's time,
 `state.finish(...)`; an idle engine sleeps on an event that an arrival triggers (no polling).
 
 Clusters are pools of instances. A co-located cluster is one pool of replicas doing prefill and
-decode. A disaggregated cluster (DistServe, Splitwise) has a prefill pool whose instances hand
+decode, or one pool per replica group (unlike GPUs or settings) behind one router. A
+disaggregated cluster (DistServe, Splitwise) has a prefill pool whose instances hand
 each request's KV cache over a link to a decode pool.
 
 Pipeline parallelism. An instance of `pp` stages runs `pp` virtual engines, each with its own
@@ -140,6 +141,10 @@ class _Instance:
     @property
     def free_blocks(self) -> int:
         return sum(st.free_blocks for st in self.states)
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(st.num_blocks for st in self.states)
 
     def cached_tokens(self, request_id: int) -> int:
         """Prompt tokens of a new request the instance's prefix caches hold (its best engine)."""
@@ -387,14 +392,15 @@ class _Cluster:
                                      workload.priority, workload.ttft_budget_s)
         self.env = simpy.Environment()
         self.pools = list(pools)
-        self.disaggregated = len(self.pools) == 2
+        self.disaggregated = setup.disaggregated
         self.kv_transfer_s = kv_transfer_s
         self.k = speculative.num_speculative_tokens if speculative is not None else 0
         sampler = None
         if speculative is not None:
             rng = acceptance_rng if acceptance_rng is not None else np.random.default_rng(0)
             sampler = AcceptanceSampler.create(speculative.acceptance, self.k, rng, n)
-        self.whole_prompts = self.pools[0].policy.whole_prompts
+        # Instances of the pools a request may go to (routed among only), where not all.
+        self._eligible: dict[int, list[int]] = {}
         self._rejection = self._rejections(workload)
         self.next_request = 0
         self.routed = [0] * len(self.pools)
@@ -467,32 +473,59 @@ class _Cluster:
         self.owner = {
             id(st): inst for pool in self.instances for inst in pool for st in inst.states
         }
+        # Where new requests are routed: the prefill pool, or every replica of every
+        # co-located group (numbered group by group).
+        self.entry = self.instances[0] if self.disaggregated else [
+            inst for pool in self.instances for inst in pool]
 
     # ---------------------------------------------------------------- arrivals
 
     def _rejections(self, workload: Workload) -> list[int]:
         """Why each request would be refused at arrival (0: it is served), decided by its
-        lengths and the pools' limits alone, so for all requests at once."""
+        lengths and the pools' limits alone, so for all requests at once.
+
+        Co-located groups: a request is refused only where no group can serve it (with the
+        first reason any group gives, in the order context, KV, token budget); one that some
+        groups cannot serve is routed among the others' replicas (`self._eligible`)."""
         p = np.asarray(workload.prompt_len, dtype=np.int64)
         o = np.asarray(workload.output_len, dtype=np.int64)
-        first, last = self.pools[0], self.pools[-1]
 
         def blocks(pool: PoolSetup, num_tokens: np.ndarray) -> np.ndarray:
             return -(-num_tokens // pool.limits.block_size)
 
+        def codes_on(pool: PoolSetup, kv_never: np.ndarray) -> np.ndarray:
+            codes = np.zeros(p.size, dtype=np.int64)
+            if pool.policy.whole_prompts:
+                codes[p > pool.limits.max_num_batched_tokens] = REJECT_BUDGET
+            codes[kv_never] = REJECT_KV_CAPACITY
+            codes[p + o > pool.limits.max_model_len] = REJECT_MAX_MODEL_LEN
+            return codes
+
         if self.disaggregated:
+            first, last = self.pools
             # The prompt's KV must fit a prefill engine, the whole sequence a decode engine.
             kv_never = (blocks(first, p) > first.blocks_per_engine) | (
                 blocks(last, p + o - 1) > last.blocks_per_engine
             )
-        else:
-            kv_never = blocks(first, p + o - 1 + self.k) > first.blocks_per_engine
-        codes = np.zeros(p.size, dtype=np.int64)
-        if self.whole_prompts:
-            codes[p > first.limits.max_num_batched_tokens] = REJECT_BUDGET
-        codes[kv_never] = REJECT_KV_CAPACITY
-        codes[p + o > first.limits.max_model_len] = REJECT_MAX_MODEL_LEN
-        return codes.tolist()
+            return codes_on(first, kv_never).tolist()
+        per_pool = np.stack([
+            codes_on(pool, blocks(pool, p + o - 1 + self.k) > pool.blocks_per_engine)
+            for pool in self.pools])
+        served = per_pool == 0
+        some = served.any(axis=0)
+        partly = np.flatnonzero(some & ~served.all(axis=0))
+        if partly.size:
+            first_instance = np.cumsum([0, *(pool.instances for pool in self.pools)])
+            shared: dict[bytes, list[int]] = {}
+            for rid in partly.tolist():
+                pattern = served[:, rid]
+                members = shared.get(pattern.tobytes())
+                if members is None:
+                    members = shared[pattern.tobytes()] = [
+                        i for g in np.flatnonzero(pattern).tolist()
+                        for i in range(first_instance[g], first_instance[g + 1])]
+                self._eligible[rid] = members
+        return np.where(some, 0, per_pool.min(axis=0)).tolist()
 
     def admit(self, rid: int) -> None:
         """Route one arriving request to the first pool, or reject it with a reason."""
@@ -507,11 +540,12 @@ class _Cluster:
                 self.issue(1)
             self._ended(rid)
             return
-        members = self.instances[0]
+        members = self.entry
         pool = self.pools[0]
         idx = route(pool.router, members, self.routed[0], rid, self.requests.prompt_len[rid],
-                    pool.router_load_weight)
-        self.routed[0] += 1
+                    pool.router_load_weight, self._eligible.get(rid))
+        # Round robin goes on after the replica it chose (the next one when all are eligible).
+        self.routed[0] = idx + 1
         inst = members[idx]
         state = inst.pick_engine()
         self.requests.replica[rid] = state.index
@@ -665,12 +699,15 @@ class _Cluster:
                 prefix_cache_hit_tokens=sum(c.hit_tokens for c in caches),
             )
         swaps = [st.swap for st in states if st.swap is not None]
-        tiers = [(st.prefix_cache.cpu, st.block_size) for st in states
+        block_bytes = {id(st): pool.kv_block_bytes for pool, members in
+                       zip(self.pools, self.instances, strict=True)
+                       for inst in members for st in inst.states}
+        tiers = [(st.prefix_cache.cpu, st.block_size, block_bytes[id(st)]) for st in states
                  if st.prefix_cache is not None and st.prefix_cache.cpu is not None]
         if swaps or tiers:
             totals = _swap_totals(swaps) if swaps else {}
             if tiers:
-                totals.update(_offload_totals(tiers, self.pools))
+                totals.update(_offload_totals(tiers))
             result = dataclasses.replace(result, kv_tiers=totals)
         if self.disaggregated:
             result = dataclasses.replace(
@@ -719,16 +756,15 @@ def _swap_totals(swaps: Sequence[SwapSpace]) -> dict[str, float]:
     }
 
 
-def _offload_totals(tiers: Sequence[tuple[CpuTier, int]],
-                    pools: Sequence[PoolSetup]) -> dict[str, float]:
-    """CPU offload over every engine: blocks stored and loaded, their bytes, load time."""
-    block_bytes = next(p.kv_block_bytes for p in pools if p.offload_blocks)
+def _offload_totals(tiers: Sequence[tuple[CpuTier, int, float]]) -> dict[str, float]:
+    """CPU offload over every engine (its tier, block size in tokens and bytes per block):
+    blocks stored and loaded, their bytes, load time."""
     return {
-        "offload_stored_bytes": sum(t.stored_blocks for t, _bs in tiers) * block_bytes,
-        "offload_loaded_bytes": sum(t.loaded_blocks for t, _bs in tiers) * block_bytes,
-        "offload_hit_tokens": sum(t.loaded_blocks * bs for t, bs in tiers),
-        "num_offload_loads": sum(t.num_loads for t, _bs in tiers),
-        "offload_load_s": sum(t.load_s for t, _bs in tiers),
+        "offload_stored_bytes": sum(t.stored_blocks * nb for t, _bs, nb in tiers),
+        "offload_loaded_bytes": sum(t.loaded_blocks * nb for t, _bs, nb in tiers),
+        "offload_hit_tokens": sum(t.loaded_blocks * bs for t, bs, _nb in tiers),
+        "num_offload_loads": sum(t.num_loads for t, _bs, _nb in tiers),
+        "offload_load_s": sum(t.load_s for t, _bs, _nb in tiers),
     }
 
 

@@ -31,12 +31,13 @@ from simserve.engine.simulation import simulate
 from simserve.errors import InputError
 from simserve.experiments.atomic import OutputKind, write_dir_atomically
 from simserve.metrics.energy import PoolUse, cost_summary
+from simserve.metrics.groups import group_requests
 from simserve.metrics.requests import request_table
 from simserve.metrics.speculative import spec_decode_summary
 from simserve.metrics.summary import summarize_table
 from simserve.pricing import gpu_rates
 from simserve.progress import progress_bar
-from simserve.resolve import ResolvedScenario, resolve
+from simserve.resolve import ResolvedPool, ResolvedScenario, resolve
 from simserve.workload import Workload, build_workload
 from simserve.workload.classes import ClassLabels
 
@@ -132,9 +133,10 @@ def _check_block_ids(workload: Workload, scenario: Scenario) -> None:
 def _pool_steps(
     resolved: ResolvedScenario, steps: StepRecords
 ) -> list[tuple[str, CostModel, StepRecords]]:
-    """Each pool's role, cost model and steps (instances are numbered pool by pool)."""
+    """Each pool's name (role or replica group), cost model and steps (instances are
+    numbered pool by pool)."""
     if len(resolved.pools) == 1:
-        return [("replica", resolved.pools[0].setup.cost_model, steps)]
+        return [(resolved.pools[0].name, resolved.pools[0].setup.cost_model, steps)]
     out = []
     first = 0
     for pool in resolved.pools:
@@ -143,7 +145,7 @@ def _pool_steps(
         subset = StepRecords(
             **{f.name: getattr(steps, f.name)[mask] for f in dataclasses.fields(steps)}
         )
-        out.append((pool.role, pool.setup.cost_model, subset))
+        out.append((pool.name, pool.setup.cost_model, subset))
         first = last
     return out
 
@@ -158,8 +160,9 @@ def run_scenario(scenario: Scenario, *, fast_forward: bool = True,
     )
     by_pool = _pool_steps(resolved, result.steps)
     warnings = []
-    for role, cost_model, steps in by_pool:
-        prefix = f"{role} pool: " if len(by_pool) > 1 else ""
+    for name, cost_model, steps in by_pool:
+        prefix = f"{name}: " if resolved.grouped else f"{name} pool: " if len(by_pool) > 1 \
+            else ""
         warnings += [prefix + w for w in envelope_warnings(cost_model, steps)]
     if warnings:
         result = dataclasses.replace(result, warnings=tuple(warnings))
@@ -172,10 +175,12 @@ def run_scenario(scenario: Scenario, *, fast_forward: bool = True,
     summary = summarize_table(result, scenario.metrics, table, token_pass, classes=classes)
     summary.update(spec_decode_summary(result))
     summary.update(_run_metadata(resolved))
+    if resolved.grouped:
+        _add_group_requests(summary, resolved, table)
     if scenario.cost is not None:
         summary.update(_cost_keys(resolved, [steps for _role, _cm, steps in by_pool], result))
-    reports = {role: envelope_report(cm, steps) for role, cm, steps in by_pool}
-    if len(by_pool) == 1:
+    reports = {name: envelope_report(cm, steps) for name, cm, steps in by_pool}
+    if len(by_pool) == 1 and not resolved.grouped:
         envelope = reports["replica"]
     else:
         envelope = {role: r for role, r in reports.items() if r} or None
@@ -189,7 +194,7 @@ def _cost_keys(resolved: ResolvedScenario, steps: list[StepRecords],
     """GPU-hours, cost and energy of the run (`scenario.cost` set; its figures were checked
     by `resolve`)."""
     pools = [
-        PoolUse(p.role, p.gpu, p.num_gpus, p.tp, p.pp, gpu_rates(p.gpu, resolved.scenario.cost),
+        PoolUse(p.name, p.gpu, p.num_gpus, p.tp, p.pp, gpu_rates(p.gpu, resolved.scenario.cost),
                 pool_steps)
         for p, pool_steps in zip(resolved.pools, steps, strict=True)
     ]
@@ -207,14 +212,19 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
         "hardware": resolved.gpu.name,
         "tp": s.tp,
         # The class's own name (a user's class is referred to by a path in the scenario).
-        "policy": resolved.pools[-1].setup.policy.name,
-        "replicas": s.cluster.replicas,
+        "policy": " + ".join(dict.fromkeys(p.setup.policy.name for p in resolved.pools))
+        if resolved.grouped else resolved.pools[-1].setup.policy.name,
+        "replicas": s.cluster.num_replicas,
         "num_gpu_blocks": resolved.limits.num_blocks,
         "block_size": resolved.limits.block_size,
         "max_model_len": resolved.limits.max_model_len,
         "cost_model": resolved.cost_model.describe(),
         "num_gpus": resolved.num_gpus,
     }
+    if resolved.grouped:
+        # NOTE: the groups' KV capacities and cost models differ: each group states its own.
+        del meta["num_gpu_blocks"], meta["cost_model"]
+        meta["groups"] = {p.name: _pool_settings(p) for p in resolved.pools}
     if any(p.setup.prefix_caching for p in resolved.pools):
         meta["prefix_caching"] = True
     # Like pp and the cluster mode, the queue order is named only where it is not the default.
@@ -233,15 +243,7 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
             p.role: {
                 **({"hardware": p.gpu.name} if mixed else {}),
                 "instances": p.setup.instances,
-                "tp": p.tp,
-                "pp": p.pp,
-                "policy": p.setup.policy.name,
-                **({"queue": p.setup.queue.name} if p.setup.queue is not FCFSQueue else {}),
-                "router": p.setup.router,
-                "max_num_seqs": p.setup.limits.max_num_seqs,
-                "max_num_batched_tokens": p.setup.limits.max_num_batched_tokens,
-                "num_gpu_blocks": p.setup.limits.num_blocks,
-                "cost_model": p.setup.cost_model.describe(),
+                **_pool_settings(p, with_router=True),
             }
             for p in resolved.pools
         }
@@ -255,6 +257,38 @@ def _run_metadata(resolved: ResolvedScenario) -> dict[str, object]:
             meta["kv_link"]["chosen_by"] = (
                 "cluster.link.name unset: the slower interconnect of the pools' GPUs")
     return meta
+
+
+def _pool_settings(pool: ResolvedPool, *, with_router: bool = False) -> dict[str, object]:
+    """A pool's engine settings for the summary (a disaggregated pool's with its router); a
+    replica group's also its GPU and size."""
+    setup = pool.setup
+    return {
+        **({"hardware": pool.gpu.name, "replicas": setup.instances,
+            "num_gpus": pool.num_gpus} if pool.group is not None else {}),
+        "tp": pool.tp,
+        "pp": pool.pp,
+        "policy": setup.policy.name,
+        **({"queue": setup.queue.name} if setup.queue is not FCFSQueue else {}),
+        **({"router": setup.router} if with_router else {}),
+        "max_num_seqs": setup.limits.max_num_seqs,
+        "max_num_batched_tokens": setup.limits.max_num_batched_tokens,
+        "num_gpu_blocks": setup.limits.num_blocks,
+        "cost_model": setup.cost_model.describe(),
+    }
+
+
+def _add_group_requests(summary: dict[str, object], resolved: ResolvedScenario,
+                        table: dict[str, np.ndarray]) -> None:
+    """Each replica group's share of the requests, in `summary["groups"]` (instances are
+    numbered group by group)."""
+    groups = summary["groups"]
+    assert isinstance(groups, dict)
+    first = 0
+    for pool in resolved.pools:
+        last = first + pool.setup.instances
+        groups[pool.name].update(group_requests(table, first, last))
+        first = last
 
 
 # Rows converted to Python values at a time when writing a CSV (bounds the temporaries: a

@@ -117,11 +117,11 @@ def run_figures(output: RunOutput) -> dict[str, Figure]:
             )
             first += n
     else:
-        num_replicas = scenario.cluster.replicas
+        num_replicas = scenario.cluster.num_replicas
         of_replicas = f" of {num_replicas}" if num_replicas > 1 else ""
         figures["step_timeline"] = _mid_run_timeline(
             result, 0, f"replica 0{of_replicas}", f"{scenario.name}, {policy}",
-            scenario.engine.max_num_batched_tokens,
+            pools[0].setup.limits.max_num_batched_tokens,
         )
     ids, labels = _representative_requests(table)
     figures["token_timeline"] = token_timeline(

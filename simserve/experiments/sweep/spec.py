@@ -27,6 +27,7 @@ from simserve.config import (
     resolve_path_value,
     scenario_from_mapping,
     scenario_to_mapping,
+    set_dotted,
 )
 from simserve.errors import InputError
 from simserve.experiments.capacity import (
@@ -147,25 +148,6 @@ def _key_lines(text: str) -> dict[str, int]:
     return lines
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set `a.b.c` in a nested mapping (in place); a missing section is created so that the
-    scenario loader reports the unknown key by name."""
-    parts = key.split(".")
-    if any(not p for p in parts):
-        raise InputError(f"{key!r} is not a dotted field name", field=key)
-    node = data
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = {}
-            node[part] = child
-        if not isinstance(child, dict):
-            prefix = ".".join(parts[: depth + 1])
-            raise InputError(f"{prefix} is a value, not a section with fields", field=key)
-        node = child
-    node[parts[-1]] = value
-
-
 def _values(raw: Any, where: str, source: str, line: int | None) -> tuple[Any, ...]:
     """An axis's values: a non-empty YAML list."""
     if not isinstance(raw, list) or not raw:
@@ -248,7 +230,7 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
     cli_keys = [item.partition("=")[0].strip() for item in overrides]
     try:
         for key, value in fixed.items():
-            _set_dotted(base, str(key), resolve_path_value(str(key), value, spec_dir))
+            set_dotted(base, str(key), resolve_path_value(str(key), value, spec_dir))
         base = apply_overrides(base, list(overrides))
         for key in cli_keys:
             section: Any = base
@@ -365,7 +347,7 @@ def _scenario_at(spec: SweepSpec, assignment: Sequence[tuple[str, Any]]) -> Scen
     key = ""
     try:
         for key, value in assignment:
-            _set_dotted(data, key, resolve_path_value(key, value, spec_dir))
+            set_dotted(data, key, resolve_path_value(key, value, spec_dir))
         return scenario_from_mapping(data)
     except InputError as exc:
         where = ", ".join(f"{k}={v!r}" for k, v in assignment)
