@@ -36,6 +36,7 @@ class SwapSpace:
         self.num_swap_ins = 0
         self.blocks_out = 0
         self.blocks_in = 0
+        self.blocks_discarded = 0  # of requests cancelled while swapped out
         self.copy_time_s = 0.0  # step time spent copying, both ways
         self.swapped_s = 0.0  # request-seconds spent swapped out (time in the CPU tier)
         self.block_s = 0.0  # block-seconds of CPU memory held
@@ -76,7 +77,7 @@ class SwapSpace:
 
     def discard(self, request_id: int, now: float) -> None:
         """A swapped-out request is cancelled: its CPU blocks are free, nothing is copied."""
-        self._leave(request_id, now)
+        self.blocks_discarded += self._leave(request_id, now)[1]
 
     def _leave(self, request_id: int, now: float) -> tuple[int, int]:
         num_computed, num_blocks, since = self._swapped.pop(request_id)
@@ -87,9 +88,10 @@ class SwapSpace:
 
     def check(self) -> None:
         """Raise AssertionError if the CPU blocks are not conserved (for tests): free plus
-        the blocks of the swapped-out requests is the total, and blocks in minus blocks out
-        is what is held."""
+        the blocks of the swapped-out requests is the total, and blocks out less those
+        copied back in or dropped with a cancelled request is what is held."""
         held = sum(b for _c, b, _t in self._swapped.values())
         assert self.free_blocks + held == self.num_blocks, (self.free_blocks, held)
-        assert self.blocks_out - self.blocks_in == held, (self.blocks_out, self.blocks_in, held)
+        assert self.blocks_out - self.blocks_in - self.blocks_discarded == held, (
+            self.blocks_out, self.blocks_in, self.blocks_discarded, held)
         assert 0 <= self.free_blocks <= self.num_blocks
