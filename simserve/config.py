@@ -170,6 +170,11 @@ class RequestClass:
 
 
 Popularity = Literal["uniform", "zipf"]
+# NOTE: every engine is a SimPy process with its own state and is routed over at each arrival
+# (linear in engines), so a cluster of more engines than this would take hours to set up and
+# run; a larger one is refused rather than left hanging.
+MAX_ENGINES = 4096
+
 # NOTE: more prefix groups than this cannot all be used by a run simserve holds in memory, and
 # drawing among them would take memory for nothing.
 MAX_PREFIX_GROUPS = 1_000_000
@@ -528,7 +533,8 @@ class PoolConfig:
     num_gpu_blocks_override: int | None = None
 
     def __post_init__(self) -> None:
-        _require(self.instances >= 1, "instances", f"must be >= 1, got {self.instances}")
+        _require(1 <= self.instances <= MAX_ENGINES, "instances",
+                 f"must be in [1, {MAX_ENGINES:,}], got {self.instances}")
         if self.hardware is not None:
             _require(bool(self.hardware.strip()), "hardware", "must name a catalog GPU")
         if self.num_gpu_blocks_override is not None:
@@ -570,8 +576,11 @@ class ClusterConfig:
         elif self.replicas is None:
             object.__setattr__(self, "replicas", 1)
         if self.replicas is not None:
-            _require(self.replicas >= 1, "cluster.replicas",
-                     f"must be >= 1, got {self.replicas}")
+            _require(1 <= self.replicas <= MAX_ENGINES, "cluster.replicas",
+                     f"must be in [1, {MAX_ENGINES:,}], got {self.replicas}")
+        _require(self.num_replicas <= MAX_ENGINES, "cluster.groups",
+                 f"{self.num_replicas:,} replicas in all; at most {MAX_ENGINES:,} can be "
+                 "simulated")
         _require(self.router_load_weight >= 0, "cluster.router_load_weight",
                  f"must be >= 0, got {self.router_load_weight}")
         if self.mode == "colocated":
@@ -740,7 +749,8 @@ class GroupConfig:
     cost_model: CostModelOverrides | None = None  # type: ignore[valid-type]
 
     def __post_init__(self) -> None:
-        _require(self.replicas >= 1, "replicas", f"must be >= 1, got {self.replicas}")
+        _require(1 <= self.replicas <= MAX_ENGINES, "replicas",
+                 f"must be in [1, {MAX_ENGINES:,}], got {self.replicas}")
         if self.name is not None:
             _require(bool(self.name.strip()) and self.name.isprintable() and len(self.name) <= 64,
                      "name", f"must be a short printable name, got {self.name!r}")

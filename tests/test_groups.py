@@ -22,6 +22,7 @@ from simserve.costmodel.base import BatchShape
 from simserve.costmodel.roofline import RooflineCostModel
 from simserve.engine import POLICIES, EngineLimits, EngineSetup, PoolSetup, simulate
 from simserve.engine.records import SimulationResult
+from simserve.errors import InputError
 from simserve.experiments.run import run_scenario
 from simserve.metrics.energy import JOULES_PER_KWH, steps_dynamic_j
 from simserve.pricing import gpu_rates
@@ -379,7 +380,9 @@ BAD = [
     ("unknown GPU", [{"replicas": 1}, {"hardware": "tpu-v5"}], {}, "hardware: tpu-v5",
      "cluster.groups[1].hardware: unknown GPU 'tpu-v5'"),
     ("replicas < 1", [{"replicas": 1}, {"replicas": 0}], {}, "replicas: 0",
-     "cluster.groups[1].replicas: must be >= 1, got 0"),
+     "cluster.groups[1].replicas: must be in [1, 4,096], got 0"),
+    ("too many in all", [{"replicas": 4000}, {"replicas": 100}], {}, "groups:",
+     "cluster.groups: 4,100 replicas in all; at most 4,096"),
     ("empty", [], {}, "groups: []", "cluster.groups: must list at least one group"),
     ("with replicas", [{"replicas": 1}], {"replicas": 2}, "replicas: 2",
      "cluster.replicas: not with cluster.groups"),
@@ -490,3 +493,11 @@ def test_sweep_figures_label_replica_groups_by_their_gpus():
     assert _value_text(cell) == "2 x h100-80gb-sxm + 1 x l40s (tp 2)"
     assert _compact("groups", cell) == ["2 x h100-80gb-sxm", "1 x l40s (tp 2)"]
     assert _compact("decode", json.dumps({"instances": 2})) == ["instances=2"]
+
+
+@pytest.mark.parametrize("overrides", [["cluster.replicas=100000000"],
+                                       ["cluster.mode=disaggregated",
+                                        "cluster.decode.instances=5000"]])
+def test_clusters_too_large_to_simulate_are_refused_not_left_hanging(overrides):
+    with pytest.raises(InputError, match=r"must be in \[1, 4,096\]"):
+        load_scenario("scenarios/default.yaml", overrides)
