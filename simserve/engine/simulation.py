@@ -860,10 +860,13 @@ def _token_pieces(states: Sequence[ReplicaState], global_steps: Sequence[np.ndar
         count = np.concatenate([np.ones(single_rid.size, np.int64), *runs.burst_count])
         step = np.concatenate([single_step, np.repeat(
             to_global[np.asarray(runs.burst_step, dtype=np.int64)], per_burst)])
-        order = np.lexsort((step, rid))
+        # A request emits at most once per step, so (request, step) keys are unique and one
+        # sort of a combined key orders them as sorting by request, then step would.
+        order = np.argsort(rid * (int(step.max(initial=0)) + 1) + step)
         rid, count, step = rid[order], count[order], step[order]
         source = np.repeat(step, count)
-        owners, first_event = np.unique(rid, return_index=True)
+        first_event = np.flatnonzero(np.concatenate((rid[:1] == rid[:1], rid[1:] != rid[:-1])))
+        owners = rid[first_event]
         tokens = np.add.reduceat(count, first_event)
         token_start = np.concatenate(([0], np.cumsum(count)))[first_event]
         add(source, owners, token_start, tokens)
