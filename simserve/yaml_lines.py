@@ -17,6 +17,8 @@ read here, with the same guards:
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -174,6 +176,14 @@ def compose_yaml(text: str, source: str | None = None) -> yaml.Node | None:
 
 def parse_yaml(text: str, source: str | None = None) -> tuple[Any, yaml.Node | None]:
     """The Python data of one checked YAML document and its node tree (for line numbers)."""
+    # NOTE: experiments load one scenario file hundreds of times; a document is parsed once
+    # per process and each caller gets its own copy of the data (callers edit it).
+    data, root = _parsed(text, source)
+    return copy.deepcopy(data), root
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed(text: str, source: str | None) -> tuple[Any, yaml.Node | None]:
     root = compose_yaml(text, source)
     if root is None:
         return None, None
@@ -217,6 +227,11 @@ def read_yaml_file(path: str | Path, what: str) -> tuple[Any, str]:
 
 def key_lines(text: str) -> dict[str, int]:
     """Dotted paths (with [i] for list items) of a YAML document -> 1-based line numbers."""
+    return dict(_key_lines(text))
+
+
+@functools.lru_cache(maxsize=32)
+def _key_lines(text: str) -> dict[str, int]:
     lines: dict[str, int] = {}
     try:
         root = compose_yaml(text)
