@@ -220,6 +220,43 @@ def test_decode_repricing_follows_the_shapes_own_dram_regime() -> None:
     assert how.rows_in_l2 == sum(x * per_token <= 8 * mib for x in xs)
 
 
+def test_decode_repricing_keeps_the_measured_order_of_batches() -> None:
+    # L2 of 1 MiB, peak 1 MiB/us. Batch 64 past 2x L2 reads 1 MiB/us plus 2 us. Batches 1 and 2
+    # were measured from L2 at about 3 us, batch 2 no faster than batch 1 at 16 tokens; each
+    # re-priced on its own floor (3.0 and 2.9 us) would put batch 2 below batch 1 there.
+    mib = 2**20
+    key = ("bfloat16", 128, 32, 8)
+    curves = {(*key, 64): ((8.0, 16.0, 32.0), (4.0, 6.0, 10.0)),
+              (*key, 1): ((16.0, 32.0), (3.0, 3.0)),
+              (*key, 2): ((16.0, 32.0), (3.05, 2.9))}
+    priced, how = dram_bound_decode(curves, 1.0 * mib, 1.0 * mib)
+    assert how.dram_efficiency == pytest.approx(1.0)
+    one, two = priced[(*key, 1)][1], priced[(*key, 2)][1]
+    assert one == pytest.approx((3.0 + 1 / 16, 3.0 + 1 / 8))  # floor + 64 or 128 KiB read
+    assert two[0] == pytest.approx(one[0])  # not below batch 1 (its own: 3.05)
+    assert two[1] == pytest.approx(2.9 + 1 / 4)  # floor + 256 KiB
+    assert priced[(*key, 64)] == curves[(*key, 64)]  # past L2: as measured
+
+
+def test_decode_read_floor_counts_the_weights_a_token_multiplies() -> None:
+    from simserve.calibration.kernel_validation import decode_read_floor_ms
+
+    # Qwen3-30B-A3B activates 3.3B parameters per token (its model card), 0.3B of them the
+    # embedding, of which a token gathers one row: ~3.0B bf16 weights read per decode step.
+    catalog = load_catalog()
+    l40s = catalog.gpu("l40s")
+    ms = decode_read_floor_ms(l40s, catalog.model("qwen3-30b-a3b"), 1, 1, 0)
+    params = ms * 1e-3 * l40s.mem_bandwidth_gbps * 1e9 / 2
+    assert 2.9e9 < params < 3.2e9
+    # K and V add their bytes; TP splits both.
+    llama = catalog.model("llama-3.1-8b")
+    kv_ms = decode_read_floor_ms(l40s, llama, 1, 8, 1000) - decode_read_floor_ms(l40s, llama, 1,
+                                                                                  8, 0)
+    assert kv_ms == pytest.approx(8 * 1000 * llama.kv_bytes_per_token / 864e9 * 1e3)
+    assert decode_read_floor_ms(l40s, llama, 2, 8, 1000) == pytest.approx(
+        decode_read_floor_ms(l40s, llama, 1, 8, 1000) / 2)
+
+
 def test_weight_bound_is_the_tables_own_dram_efficiency() -> None:
     mib = 2**20
     # GEMMs of 32 MiB of bf16 weights (2x an L2 of 16 MiB) take 64 us at <= 16 rows: half of a
