@@ -135,6 +135,11 @@ class GpuSpec:
     the links catalog between the GPU and host memory (its PCIe generation), and
     `host_memory_gib` is the host memory per GPU of the reference server (system memory over
     its GPUs), both cited in `host_source`.
+
+    `l2_cache_mib` is the on-chip L2 cache shared by all the GPU's SMs, in MiB (vendors' "MB" of
+    cache are binary), cited in `l2_source`: the measured kernel tables use it to tell calls a
+    repeated benchmark served from L2 from those that read device memory
+    (`simserve.costmodel.l2_residency`).
     """
 
     name: str
@@ -153,6 +158,8 @@ class GpuSpec:
     host_link: str | None = None
     host_memory_gib: float | None = None
     host_source: str | None = None
+    l2_cache_mib: float | None = None
+    l2_source: str | None = None
 
     def __post_init__(self) -> None:
         check_text(self.name, "name")
@@ -167,11 +174,13 @@ class GpuSpec:
             object.__setattr__(self, name, check_number(getattr(self, name), name))
         if isinstance(self.price_date, datetime.date):  # YAML reads 2026-01-31 as a date
             object.__setattr__(self, "price_date", self.price_date.isoformat())
-        for name in ("price_source", "price_date", "power_source", "host_link", "host_source"):
+        for name in ("price_source", "price_date", "power_source", "host_link", "host_source",
+                     "l2_source"):
             if getattr(self, name) is not None:
                 check_text(getattr(self, name), name)
         for name, allow_zero in (("price_usd_per_hour", False), ("idle_w", True),
-                                 ("tdp_w", False), ("host_memory_gib", False)):
+                                 ("tdp_w", False), ("host_memory_gib", False),
+                                 ("l2_cache_mib", False)):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, check_number(value, name, allow_zero=allow_zero))
@@ -181,6 +190,11 @@ class GpuSpec:
     def memory_bytes(self) -> float:
         """Device memory in bytes (`memory_gib` x 2^30), the budget KV-cache sizing starts from."""
         return self.memory_gib * 2**30
+
+    @property
+    def l2_bytes(self) -> float | None:
+        """The L2 cache in bytes (`l2_cache_mib` x 2^20), None where the catalog gives none."""
+        return None if self.l2_cache_mib is None else self.l2_cache_mib * 2**20
 
 
 @dataclass(frozen=True)

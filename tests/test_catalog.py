@@ -181,6 +181,20 @@ def test_gpu_values() -> None:
     assert load_catalog().model("llama-3.1-8b").max_model_len == 131072
 
 
+def test_l2_cache_of_every_gpu_with_kernel_tables() -> None:
+    # Vendors' cache "MB" are MiB: the A100's 40 MB L2 is 41,943,040 bytes.
+    from simserve.costmodel.kernel_tables import kernel_gpus
+
+    catalog = load_catalog()
+    assert catalog.gpu("a100-80gb-sxm").l2_bytes == 40 * 2**20
+    expected = {"a100-80gb-sxm": 40, "h100-80gb-sxm": 50, "h200": 50, "l40s": 96, "b200": 126,
+                "gb200": 126, "rtx-pro-6000": 128}
+    assert {g: catalog.gpu(g).l2_cache_mib for g in kernel_gpus()} == expected
+    for gpu in kernel_gpus():
+        assert catalog.gpu(gpu).l2_source
+    assert catalog.gpu("mi300x").l2_bytes is None  # no L2 shared by the whole GPU
+
+
 def test_specs_are_frozen_and_catalog_is_cached() -> None:
     catalog = load_catalog()
     assert load_catalog() is catalog
@@ -288,6 +302,10 @@ BAD_FILES = {
     "gpu_non_positive": (
         "gpus:\n  bad-gpu:\n" + GPU_FIELDS.replace("memory_gib: 96", "memory_gib: -1"),
         "memory_gib",
+    ),
+    "gpu_bad_l2": (
+        "gpus:\n  bad-gpu:\n" + GPU_FIELDS + "    l2_cache_mib: 0\n",
+        "l2_cache_mib",
     ),
     "gpu_missing": (
         "gpus:\n  bad-gpu:\n" + GPU_FIELDS.replace("    interconnect: nvlink4\n", ""),

@@ -4,7 +4,8 @@
   interpolation from the other 80% (inside the measured range: interpolation; past it: the
   power-law extension), where the error sits (steps between kept neighbours), and the floors
   the data set: GEMM rows 1..16 do the same work yet differ, GEMMs that get faster with more
-  rows, decode attention that steps where its K and V outgrow the L2 cache;
+  rows, decode attention that steps where its K and V outgrow the L2 cache; what re-pricing the
+  calls the benchmark served from L2 changes (tables and decode steps, measured vs re-priced);
 - the step shape: decode attention priced at the batch's mean context vs each sequence at its
   own, on ShareGPT-like batches;
 - step level: the kernel model's GPU time against the step data the project has (Vidur's
@@ -38,7 +39,7 @@ from simserve.calibration.fit import error_stats
 from simserve.calibration.paths import PROFILES_DIR, SHIPPED_DATA
 from simserve.calibration.replay import ReplayResult, replay_trace
 from simserve.calibration.served_v1 import occupancy_series
-from simserve.catalog import Catalog, load_catalog
+from simserve.catalog import Catalog, GpuSpec, ModelSpec, load_catalog
 from simserve.config import CostModelConfig, EngineConfig
 from simserve.costmodel.base import BatchShape
 from simserve.costmodel.calibrated import (
@@ -48,8 +49,15 @@ from simserve.costmodel.calibrated import (
     step_terms,
 )
 from simserve.costmodel.kernel_ops import KernelOps
-from simserve.costmodel.kernel_tables import TABLES, TableSpec, kernel_gpus, load_kernel_table
+from simserve.costmodel.kernel_tables import (
+    TABLES,
+    TableSpec,
+    kernel_gpus,
+    load_kernel_table,
+    load_measured_table,
+)
 from simserve.costmodel.kernels import KernelCostModel, KernelSetup
+from simserve.costmodel.l2_residency import L2Repricing
 from simserve.costmodel.roofline import RooflineCostModel
 from simserve.costmodel.select import kernel_cost_model
 
@@ -59,6 +67,8 @@ __all__ = [
     "E2ERow",
     "GemmFloor",
     "KernelReport",
+    "L2Row",
+    "L2StepRow",
     "OpHoldout",
     "StepComparison",
     "run_kernel_validation",
@@ -99,13 +109,18 @@ PREVIOUS_FORMS: dict[str, dict[str, bool]] = {
 }
 
 
-def _holdout_errors(gpu: str, table: str, spec: TableSpec, seed: int
+def _holdout_errors(gpu: str, table: str, spec: TableSpec, seed: int, measured: bool = False,
+                    unchanged_only: bool = False
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Errors (%) of the interpolated and the extrapolated held-back points, and the ratio of
-    each interpolated point's kept neighbours."""
+    each interpolated point's kept neighbours; of the table as the cost model reads it, or with
+    `measured` as measured (no L2 re-pricing). With `unchanged_only`, the interpolated points
+    the L2 re-pricing left as measured only (the same split)."""
     rng = np.random.default_rng(seed)
     inside, beyond, ratio = [], [], []
-    curves = load_kernel_table(gpu, table).curves
+    load = load_measured_table if measured else load_kernel_table
+    curves = load(gpu, table).curves
+    as_measured = load_measured_table(gpu, table).curves
     for key in sorted(curves, key=str):
         xs, ys = (np.asarray(v) for v in curves[key])
         held = rng.random(xs.size) < HOLDOUT
@@ -115,6 +130,8 @@ def _holdout_errors(gpu: str, table: str, spec: TableSpec, seed: int
         err = np.abs(curve(xs[held]) / ys[held] - 1.0) * 100.0
         kept, kept_y = xs[~held], ys[~held]
         within = (xs[held] > kept.min()) & (xs[held] < kept.max())
+        if unchanged_only:
+            within &= ys[held] == np.asarray(as_measured[key][1])[held]
         above = np.searchsorted(kept, xs[held][within])
         inside += list(err[within])
         beyond += list(err[~within])
@@ -126,14 +143,15 @@ def _mean(a: np.ndarray) -> float:
     return float(a.mean()) if a.size else float("nan")
 
 
-def op_holdout(gpu: str, table: str, seed: int = 0) -> OpHoldout:
-    """Hold back 20% of each curve's measured points, predict them from the rest."""
+def op_holdout(gpu: str, table: str, seed: int = 0, measured: bool = False) -> OpHoldout:
+    """Hold back 20% of each curve's measured points, predict them from the rest (of the table
+    as the cost model reads it, or with `measured` as measured)."""
     spec = TABLES[table]
-    a, b, ratio = _holdout_errors(gpu, table, spec, seed)
+    a, b, ratio = _holdout_errors(gpu, table, spec, seed, measured)
     before = float("nan")
     if table in PREVIOUS_FORMS:
         previous = replace(spec, linear=False, tile=1, **PREVIOUS_FORMS[table])
-        before = _mean(_holdout_errors(gpu, table, previous, seed)[0])
+        before = _mean(_holdout_errors(gpu, table, previous, seed, measured)[0])
     step = ratio >= STEP_RATIO
     return OpHoldout(gpu, table, a.size, _mean(a), float(np.median(a)) if a.size else float("nan"),
                      b.size, _mean(b), before, 100.0 * _mean(step.astype(float)),
@@ -169,12 +187,14 @@ def gemm_floor(gpu: str) -> GemmFloor:
                      100.0 * drops / pairs if pairs else float("nan"))
 
 
-def decode_cache_steps(gpu: str) -> tuple[int, float, float]:
+def decode_cache_steps(gpu: str, measured: bool = True) -> tuple[int, float, float]:
     """Steps of 3x or more in decode attention between a context and its double: how many,
     and the median bytes of K and V (MB) the batch reads just before and after them. Where
-    that is the same size every time, the step is the L2 cache filling, not a kernel."""
+    that is the same size every time, the step is the L2 cache filling, not a kernel. Of the
+    table as measured, or (`measured` False) as the cost model reads it."""
     before, after = [], []
-    for (kv_dtype, head_dim, _h, kv_heads, batch), (xs, ys) in load_kernel_table(
+    load = load_measured_table if measured else load_kernel_table
+    for (kv_dtype, head_dim, _h, kv_heads, batch), (xs, ys) in load(
             gpu, "generation_attention").curves.items():
         per_token = batch * kv_heads * head_dim * 2 * (1 if kv_dtype == "fp8" else 2) / 1e6
         for i in range(len(xs) - 1):
@@ -184,6 +204,110 @@ def decode_cache_steps(gpu: str) -> tuple[int, float, float]:
     if not before:
         return 0, float("nan"), float("nan")
     return len(before), float(np.median(before)), float(np.median(after))
+
+
+@dataclass(frozen=True)
+class L2Row:
+    """One table of one GPU: what re-pricing the calls the benchmark served from L2 changed,
+    and its held-back interpolation error (%) as measured and as re-priced."""
+
+    gpu: str
+    repricing: L2Repricing
+    mape_measured: float
+    mape_priced: float
+    # The re-priced table's error on the held-back points it left as measured: the re-priced
+    # points follow a floor-plus-read line, which any interpolation predicts well.
+    mape_unchanged: float
+
+
+def l2_rows(seed: int = 0) -> list[L2Row]:
+    """Every re-priced table of every GPU (`simserve.costmodel.l2_residency`)."""
+    rows = []
+    for gpu in kernel_gpus():
+        for table, spec in TABLES.items():
+            repricing = load_kernel_table(gpu, table).l2
+            if repricing is None:
+                continue
+            rows.append(L2Row(
+                gpu, repricing, op_holdout(gpu, table, seed, measured=True).mape_inside,
+                op_holdout(gpu, table, seed).mape_inside,
+                _mean(_holdout_errors(gpu, table, spec, seed, unchanged_only=True)[0])))
+    return rows
+
+
+def prefill_bandwidth_fraction(gpu: str) -> float:
+    """The largest (Q, K, V and output bytes) / measured time of a prefill attention call whose
+    operands fit in L2, as a fraction of the peak device-memory bandwidth."""
+    spec = load_catalog().gpu(gpu)
+    if spec.l2_bytes is None:
+        return float("nan")
+    peak_bytes_per_us = spec.mem_bandwidth_gbps * 1e3
+    worst = 0.0
+    for (kv_dtype, d, h, h_kv, b), (xs, ys) in load_measured_table(
+            gpu, "context_attention").curves.items():
+        kv_element = 1 if kv_dtype == "fp8" else 2
+        for s, us in zip(xs, ys, strict=True):
+            # bf16 Q and output, K and V in the cache's dtype.
+            num_bytes = b * s * d * (2 * h * 2 + 2 * h_kv * kv_element)
+            if num_bytes <= spec.l2_bytes:
+                worst = max(worst, num_bytes / (us * peak_bytes_per_us))
+    return worst
+
+
+@dataclass(frozen=True)
+class L2StepRow:
+    """A plain decode step's GPU time (ms) priced from the tables as measured and re-priced,
+    and the least time its reads from device memory take at peak bandwidth."""
+
+    gpu: str
+    model: str
+    tp: int
+    batch: int
+    context: int
+    measured_ms: float
+    priced_ms: float
+    floor_ms: float
+
+
+def decode_read_floor_ms(gpu: GpuSpec, model: ModelSpec, tp: int, batch: int,
+                         context: int) -> float:
+    """What one GPU of a decode step must read from device memory, over its peak bandwidth:
+    its share of the weights every token multiplies (a MoE layer: at least top-k experts; the
+    embedding: only the gathered rows, unless tied to the LM head) and of the K and V."""
+    high_bytes = max(model.dtype_bytes, 2)
+    weights = model.weight_bytes
+    if not model.tied_embeddings:
+        weights -= model.embedding_params * high_bytes
+    if model.is_moe:
+        idle = model.num_experts - model.num_experts_per_tok
+        weights -= model.num_layers * idle * model.expert_params * model.dtype_bytes
+    kv = batch * context * model.kv_bytes_per_token_at(tp)
+    return (weights + kv) / tp / (gpu.mem_bandwidth_gbps * 1e9) * 1e3
+
+
+# NOTE: models served on these GPUs in the shipped scenarios and validation runs, at batches
+# and contexts whose K and V per layer stay within the L2 cache of the GDDR GPUs.
+L2_STEP_CASES = (("l40s", "llama-3.1-8b", 1), ("rtx-pro-6000", "llama-3.1-8b", 1),
+                 ("rtx-pro-6000", "qwen3-32b", 2), ("l40s", "qwen3-30b-a3b", 1),
+                 ("h100-80gb-sxm", "llama-3.1-8b", 1), ("b200", "llama-3.1-8b", 1))
+L2_STEP_SHAPES = ((1, 2048), (8, 2048), (32, 512), (128, 512))
+
+
+def l2_step_rows(catalog: Catalog) -> list[L2StepRow]:
+    """Decode steps of `L2_STEP_CASES` x `L2_STEP_SHAPES` before and after the L2 re-pricing."""
+    rows = []
+    for gpu, model, tp in L2_STEP_CASES:
+        models = [KernelCostModel(catalog.gpu(gpu), catalog.model(model), tp, KernelSetup(),
+                                  ops=KernelOps(gpu, measured=measured))
+                  for measured in (True, False)]
+        for batch, context in L2_STEP_SHAPES:
+            shape = BatchShape(num_decode_seqs=batch, num_decode_tokens=batch,
+                               decode_kv_tokens=batch * context)
+            before, after = (km.gpu_time_us(shape) / 1e3 for km in models)
+            rows.append(L2StepRow(gpu, model, tp, batch, context, before, after,
+                                  decode_read_floor_ms(catalog.gpu(gpu), catalog.model(model),
+                                                       tp, batch, context)))
+    return rows
 
 
 # --------------------------------------------------------------------------- step shape
@@ -367,7 +491,12 @@ class KernelReport:
 
     ops: list[OpHoldout]
     floors: dict[str, GemmFloor]
+    # Per GPU: decode attention's 3x steps (decode_cache_steps) as measured and as re-priced.
     cache_steps: dict[str, tuple[int, float, float]]
+    cache_steps_priced: dict[str, tuple[int, float, float]]
+    l2: list[L2Row]
+    l2_steps: list[L2StepRow]
+    prefill_fraction: dict[str, float]
     aggregation: dict[str, float]
     steps: list[StepComparison]
     shipped_fits: list[LoopFit] = field(default_factory=list)
@@ -592,8 +721,11 @@ def run_kernel_validation(profile_replays: dict[float, ReplayResult] | None = No
            if load_kernel_table(gpu, table).curves]
     floors = {gpu: gemm_floor(gpu) for gpu in kernel_gpus()}
     cache_steps = {gpu: decode_cache_steps(gpu) for gpu in kernel_gpus()}
-    report = KernelReport(ops, floors, cache_steps, aggregation_error(),
-                          step_comparisons(catalog))
+    cache_steps_priced = {gpu: decode_cache_steps(gpu, measured=False) for gpu in kernel_gpus()}
+    report = KernelReport(ops, floors, cache_steps, cache_steps_priced, l2_rows(),
+                          l2_step_rows(catalog),
+                          {gpu: prefill_bandwidth_fraction(gpu) for gpu in kernel_gpus()},
+                          aggregation_error(), step_comparisons(catalog))
     if replay:
         runs = loop_runs()
         report.shipped_fits = [fit_loop(v, [r for r in runs if r.version == v and r.fit])

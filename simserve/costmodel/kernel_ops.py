@@ -30,7 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simserve.costmodel.interpolation import MonotoneCurve, rows_at
-from simserve.costmodel.kernel_tables import TABLES, KernelTable, load_kernel_table
+from simserve.costmodel.kernel_tables import (
+    TABLES,
+    KernelTable,
+    load_kernel_table,
+    load_measured_table,
+)
 
 __all__ = ["AttentionMap", "KernelCoverageError", "KernelOps"]
 
@@ -71,14 +76,18 @@ class AttentionMap:
 
 @dataclass
 class KernelOps:
-    """Interpolated kernel latencies (us) of one GPU and framework."""
+    """Interpolated kernel latencies (us) of one GPU and framework: the tables as the cost
+    model reads them (re-priced for the L2 cache, `kernel_tables`), or with `measured` the
+    files as measured (to show what that re-pricing changes)."""
 
     gpu: str
     framework: str = "vllm"
+    measured: bool = False
     _curves: dict[tuple[str, tuple[object, ...]], MonotoneCurve] = field(default_factory=dict)
 
     def table(self, name: str) -> KernelTable:
-        return load_kernel_table(self.gpu, name, self.framework)
+        load = load_measured_table if self.measured else load_kernel_table
+        return load(self.gpu, name, self.framework)
 
     def _curve(self, name: str, key: tuple[object, ...]) -> MonotoneCurve | None:
         cached = self._curves.get((name, key))
