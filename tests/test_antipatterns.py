@@ -496,7 +496,7 @@ BUSY_POOL = """
 import os, time
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing
-from simserve.experiments.pool import init_worker
+from simserve.experiments.backends import init_worker
 if __name__ == "__main__":
     pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
                                initializer=init_worker, initargs=(os.getpid(),))

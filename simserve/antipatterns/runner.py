@@ -121,8 +121,8 @@ class CatalogRunner:
     def __enter__(self) -> CatalogRunner:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.pool.__exit__(exc_type, *exc)  # a failure stops the workers without waiting
 
     def close(self) -> None:
         """Stop the worker processes (pending runs are cancelled)."""

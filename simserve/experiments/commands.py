@@ -154,6 +154,7 @@ def _noun(plan: Any) -> str:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from simserve.experiments.backends import make_backend
+    from simserve.experiments.pool import RunPool
     from simserve.experiments.sweep import (
         check_sweep_dir,
         count_finished,
@@ -188,11 +189,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     show_progress = not args.no_progress and sys.stderr.isatty()
     finished_before = count_finished(plan, out) if out.exists() else 0
     try:
-        with backend:
+        with RunPool(backend=backend) as pool:
             print(f"sweep {spec.name}: {len(plan.runs)} {_noun(plan)} "
-                  f"({finished_before} already finished) on {backend.describe()} -> {out}",
+                  f"({finished_before} already finished) on {pool.describe()} -> {out}",
                   flush=True)
-            outcome = run_sweep(plan, out, backend, resume=args.resume,
+            outcome = run_sweep(plan, out, pool, resume=args.resume,
                                 progress=show_progress, checked=True)
     except KeyboardInterrupt:
         done = count_finished(plan, out)
