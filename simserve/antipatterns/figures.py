@@ -25,8 +25,14 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullFormatter
 
-from simserve.formatting import fmt_interval, fmt_number, fmt_ratio
-from simserve.plots.canvas import SLO_COLOR, number_ticks, plain_log_ticks, system_colors
+from simserve.formatting import fmt_interval, fmt_number, fmt_percent, fmt_ratio
+from simserve.plots.canvas import (
+    SLO_COLOR,
+    number_ticks,
+    plain_log_ticks,
+    save_figure,
+    system_colors,
+)
 
 __all__ = ["entry_figure", "save_entry_figure"]
 
@@ -201,7 +207,7 @@ def _verdict_panel(ax: Axes, band: float, title: str, xlabel: str,
     lo = min([*values, 1.0 / (1.0 + band)]) / 1.4
     hi = max([*values, 1.0 + band]) * 1.8  # room for the label of the rightmost ratio
     ax.axvspan(1.0 / (1.0 + band), 1.0 + band, color="0.85", linewidth=0,
-               label=f"within ±{band:.0%} of 1")
+               label=f"within ±{fmt_percent(band)} of 1")
     ax.axvline(1.0, color="0.3", linewidth=1.0)
     for y, (_label, ratio, ci, kind) in zip(ys, rows, strict=True):
         if not (math.isfinite(ratio) and ratio > 0):
@@ -303,7 +309,4 @@ def _share_scale(entry: Mapping[str, Any], axes: Sequence[Axes]) -> None:
 
 def save_entry_figure(entry: Mapping[str, Any], path: str | Path) -> Path:
     """Draw and write an entry's figure as PNG."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    entry_figure(entry).savefig(out, format="png", dpi=DPI)
-    return out
+    return save_figure(entry_figure(entry), path, dpi=DPI, crop=False)
