@@ -148,16 +148,10 @@ class LocalBackend:
             future.result()
 
     def submit(self, fn: Callable[[Any], Any], arg: Any) -> Future:
-        """Run `fn(arg)` on a worker (in this process, done on return, with `jobs=1`)."""
-        if self.in_process:
-            future: Future = Future()
-            try:
-                future.set_result(fn(arg))
-            except Exception as exc:
-                future.set_exception(exc)
-            return future
+        """Run `fn(arg)` on a worker (with `jobs=1` there is none: the caller runs tasks
+        itself, see `in_process`)."""
         if self._executor is None:
-            raise RuntimeError("LocalBackend used before start() or after close()")
+            raise RuntimeError("LocalBackend has no workers (jobs=1, or not started, or closed)")
         return self._executor.submit(fn, arg)
 
     def abort(self) -> None:
