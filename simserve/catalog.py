@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from simserve.errors import InputError
+from simserve.formatting import fmt_number
 from simserve.resources import catalog_file
 from simserve.yaml_lines import parse_yaml, read_yaml_text
 
@@ -95,7 +96,7 @@ def check_number(value: object, field_name: str, *, allow_zero: bool = False) ->
         bound = ">= 0" if allow_zero else "> 0"
         raise InputError(f"must be a finite number {bound}, got {value}", field=field_name)
     if value > MAX_SPEC_NUMBER:
-        raise InputError(f"must be at most {MAX_SPEC_NUMBER:,.0f}, got {value:g}",
+        raise InputError(f"must be at most {fmt_number(MAX_SPEC_NUMBER)}, got {fmt_number(value)}",
                          field=field_name)
     return float(value)
 
@@ -103,7 +104,8 @@ def check_number(value: object, field_name: str, *, allow_zero: bool = False) ->
 def check_power(idle_w: float | None, tdp_w: float | None, field_name: str) -> None:
     """Refuse an idle power above the maximum (TDP): a one-line InputError on `field_name`."""
     if idle_w is not None and tdp_w is not None and idle_w > tdp_w:
-        raise InputError(f"idle power {idle_w:g} W exceeds the TDP {tdp_w:g} W", field=field_name)
+        raise InputError(f"idle power {fmt_number(idle_w, 'W')} exceeds the TDP "
+                         f"{fmt_number(tdp_w, 'W')}", field=field_name)
 
 
 def _check_bool(value: object, field_name: str) -> bool:

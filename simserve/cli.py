@@ -21,6 +21,7 @@ from pathlib import Path
 from simserve import __version__
 from simserve.config import load_scenario
 from simserve.errors import InputError, show_warning
+from simserve.formatting import fmt_number
 from simserve.resources import default_scenario, scenarios_dir
 
 __all__ = ["main"]
@@ -118,7 +119,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                                    metadata=meta, pools=pools))
         claim.write(run_dir_writer(output, writers))
     print(format_summary(output.summary))
-    print(f"run directory: {out_dir}  (simulated in {wall_s:.2f} s wall-clock)")
+    print(f"run directory: {out_dir}  (simulated in {fmt_number(wall_s)} s wall-clock)")
     return 0
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from simserve import __version__
 from simserve.catalog import MAX_SPEC_NUMBER
 from simserve.errors import InputError, InputWarning
+from simserve.formatting import fmt_number
 from simserve.schema import build_dataclass
 from simserve.yaml_lines import (
     YamlSyntaxError,
@@ -199,9 +200,9 @@ class PrefixConfig:
 
     def __post_init__(self) -> None:
         _require(1 <= self.shared_len <= MAX_TOKENS, "prefix.shared_len",
-                 f"must be in [1, {MAX_TOKENS:,}], got {self.shared_len}")
+                 f"must be in [1, {fmt_number(MAX_TOKENS)}], got {self.shared_len}")
         _require(1 <= self.num_groups <= MAX_PREFIX_GROUPS, "prefix.num_groups",
-                 f"must be in [1, {MAX_PREFIX_GROUPS:,}], got {self.num_groups}")
+                 f"must be in [1, {fmt_number(MAX_PREFIX_GROUPS)}], got {self.num_groups}")
         _require(self.zipf_s > 0, "prefix.zipf_s", f"must be > 0, got {self.zipf_s}")
 
 
@@ -229,7 +230,7 @@ class SessionsConfig:
 
     def __post_init__(self) -> None:
         _require(1 <= self.turns <= MAX_MEAN_TURNS, "sessions.turns",
-                 f"must be in [1, {MAX_MEAN_TURNS:,}], got {self.turns}")
+                 f"must be in [1, {fmt_number(MAX_MEAN_TURNS)}], got {self.turns}")
         _require(self.think_time_s >= 0, "sessions.think_time_s",
                  f"must be >= 0, got {self.think_time_s}")
 
@@ -793,9 +794,9 @@ class CostConfig:
             for gpu, value in getattr(self, section).items():
                 bound = ">= 0" if allow_zero else "> 0"
                 _require(value > 0 or (allow_zero and value == 0), f"cost.{section}.{gpu}",
-                         f"must be {bound}, got {value:g}")
+                         f"must be {bound}, got {fmt_number(value)}")
                 _require(value <= MAX_SPEC_NUMBER, f"cost.{section}.{gpu}",
-                         f"must be at most {MAX_SPEC_NUMBER:,.0f}, got {value:g}")
+                         f"must be at most {fmt_number(MAX_SPEC_NUMBER)}, got {fmt_number(value)}")
 
 
 # --------------------------------------------------------------------------- metrics

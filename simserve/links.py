@@ -20,6 +20,7 @@ from typing import Any
 
 from simserve.catalog import check_number, check_text
 from simserve.errors import InputError
+from simserve.formatting import fmt_number
 from simserve.resources import catalog_file
 from simserve.yaml_lines import key_lines, line_for, read_yaml_file
 
@@ -239,7 +240,7 @@ def stage_link(gpu_name: str, interconnect_gbps: float | None = None) -> LinkSpe
         latency_us=DEFAULT_STAGE_LATENCY_US,
         source=(
             f"derived: no measured send/recv for {gpu_name}; bandwidth = its interconnect_gbps "
-            f"({bandwidth_gbps:g} GB/s, datasheet peak, not derated), latency = default "
-            f"{DEFAULT_STAGE_LATENCY_US:g} us (order of the measured A100/H100 fits)"
+            f"({fmt_number(bandwidth_gbps)} GB/s, datasheet peak, not derated), latency = default "
+            f"{fmt_number(DEFAULT_STAGE_LATENCY_US)} us (order of the measured A100/H100 fits)"
         ),
     )

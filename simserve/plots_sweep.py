@@ -26,7 +26,13 @@ from simserve.experiments.capacity import SloRule, parse_slo_rule
 from simserve.experiments.replications import seed_estimate
 from simserve.experiments.sweep import STATE_FILE, SUMMARY_CSV, read_csv_rows
 from simserve.formatting import fmt_number, key_label
-from simserve.plots.canvas import SLO_COLOR, number_ticks, plain_log_ticks, system_colors
+from simserve.plots.canvas import (
+    SLO_COLOR,
+    number_ticks,
+    plain_log_ticks,
+    save_figure,
+    system_colors,
+)
 
 __all__ = [
     "SweepTable",
@@ -327,7 +333,8 @@ def capacity_figure(table: SweepTable, rule: SloRule | None, x: str | None,
             len(set(gpus)) > 1 or per == "gpu")
         scale = [1.0 / g if per_gpu and g else 1.0 for g in gpus]
         if per_gpu:
-            labels = [f"{label}\n({g:g} GPUs)" for label, g in zip(labels, gpus, strict=True)]
+            labels = [f"{label}\n({fmt_number(g)} GPUs)"
+                      for label, g in zip(labels, gpus, strict=True)]
         caps = [(_number(r.get("capacity_rps")) or 0.0) * f
                 for r, f in zip(table.rows, scale, strict=True)]
         highs = [_number(r.get("capacity_high_rps")) for r in table.rows]
@@ -534,7 +541,7 @@ def write_sweep_plots(
 
     def write(tmp: Path) -> None:
         for name, fig in drawn.items():
-            fig.savefig(tmp / name, dpi=120)
+            save_figure(fig, tmp / name, dpi=120)
 
     write_dir_atomically(out, write, PLOTS_DIR)
     return [out / name for name in drawn]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from simserve.formatting import fmt_fixed
+
 __all__ = ["format_summary"]
 
 _WIDTH = 50
@@ -14,12 +16,9 @@ def _rule(title: str = "", fill: str = "-") -> str:
 
 
 def _line(label: str, value: object, digits: int = 2) -> str:
-    if value is None:
-        text = "n/a"
-    elif isinstance(value, float):
-        text = f"{value:.{digits}f}"
-    else:
-        text = str(value)
+    # NOTE: vLLM's fixed decimals (`formatting.fmt_fixed`), not the reports' significant
+    # digits: users diff this block against `vllm bench serve` output.
+    text = value if isinstance(value, str) else fmt_fixed(value, digits)
     return f"{label:<40} {text:<10}"
 
 

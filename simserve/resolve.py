@@ -28,6 +28,7 @@ from simserve.engine.policies import POLICIES, BatchingPolicy
 from simserve.engine.registry import policy_class, queue_class
 from simserve.engine.setup import EngineLimits, EngineSetup, PoolSetup, Speculation
 from simserve.errors import InputError
+from simserve.formatting import fmt_number
 from simserve.links import LinkSpec, resolve_link, stage_link
 from simserve.pricing import check_cost_config, check_rates_known
 
@@ -385,7 +386,7 @@ def _check_blocks(
 ) -> None:
     if num_blocks < 1:
         raise InputError(
-            f"{model.name} weights ({model.weight_bytes / GIB:.1f} GiB over {gpus} GPUs) "
+            f"{model.name} weights ({fmt_number(model.weight_bytes / GIB)} GiB over {gpus} GPUs) "
             f"leave no KV-cache memory on {gpu.name} at gpu_memory_utilization="
             f"{engine.gpu_memory_utilization}",
             field=f"{prefix}tp" if prefix else "engine.gpu_memory_utilization",
@@ -415,8 +416,9 @@ def _check_host_memory(engine: EngineConfig, gpu: GpuSpec, field: str) -> None:
     # NOTE: vLLM itself refuses swap space over 70% of the host's memory (CacheConfig.
     # verify_with_parallel_config); simserve refuses only what cannot exist.
     raise InputError(
-        f"{per_gpu_gib:g} GiB of {what} per GPU exceeds the {gpu.host_memory_gib:g} GiB of host "
-        f"memory per GPU of a {gpu.name} server ({gpu.host_source})",
+        f"{fmt_number(per_gpu_gib)} GiB of {what} per GPU exceeds the "
+        f"{fmt_number(gpu.host_memory_gib)} GiB of host memory per GPU of a {gpu.name} server "
+        f"({gpu.host_source})",
         field=field,
     )
 

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from simserve.errors import InputError
+from simserve.formatting import fmt_number
 
 __all__ = [
     "MAX_YAML_BYTES",
@@ -108,8 +109,8 @@ def _expanded_size(root: yaml.Node, source: str | None) -> int:
         sizes[id(node)] = size
         if size > MAX_YAML_VALUES:
             raise InputError(
-                f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values; refusing it "
-                "(an alias bomb?)", source=source, line=node.start_mark.line + 1,
+                f"YAML aliases expand to more than {fmt_number(MAX_YAML_VALUES)} values; "
+                "refusing it (an alias bomb?)", source=source, line=node.start_mark.line + 1,
             )
     return sizes[id(root)]
 
@@ -205,7 +206,7 @@ def read_yaml_text(path: str | Path, what: str) -> str:
         if path.is_dir():
             raise InputError(f"{what} is a directory, not a YAML file", source=source)
         if size > MAX_YAML_BYTES:
-            raise InputError(f"{what} is {size:,} bytes, more than the "
+            raise InputError(f"{what} is {fmt_number(size)} bytes, more than the "
                              f"{MAX_YAML_BYTES // 1024} KiB an input YAML may have",
                              source=source)
         return path.read_text(encoding="utf-8")

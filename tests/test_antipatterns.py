@@ -449,6 +449,51 @@ def test_cli_runs_one_entry_and_writes_the_report(tmp_path, capsys):
                  "--out", str(out)]) == 0
 
 
+def _figure_texts(fig) -> list[str]:
+    """Every piece of text drawn on a figure (titles, labels, annotations, legends, ticks)."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # tick labels are decided when the figure is drawn
+    return [t.get_text() for t in fig.findobj(Text)]
+
+
+def _shows(text: str, number: str) -> bool:
+    """Whether `number` is printed in `text` as a whole number, not as part of another."""
+    return re.search(rf"(?<![\d.,]){re.escape(number)}(?![\d]|[.,]\d)", text) is not None
+
+
+def test_a_number_reads_the_same_in_the_report_the_figure_and_the_console(tmp_path, capsys):
+    # The defect: P99 TBT 123.44 ms was "123.4 ms" in the report and "123" on its figure.
+    from simserve.antipatterns.figures import entry_figure
+    from simserve.formatting import fmt_number, fmt_ratio
+
+    out = tmp_path / "ap"
+    assert main(["antipatterns", "--size", "tiny", "--only", "MD1", "--jobs", "1",
+                 "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    entry = json.loads((out / "verdicts.json").read_text())["entries"][0]
+    figure = _figure_texts(entry_figure(entry))
+    checked = 0
+    for key in ("unfair", "fair"):
+        setup = entry[key]
+        metric = setup["verdict_metric"]
+        for name, record in setup["systems"].items():
+            if "point" in record:  # each system's number: its bar's label and a table cell
+                value = fmt_number(record["point"]["values"][metric]["value"])
+                assert value in figure and _shows(report, value), (key, name, value)
+                checked += 1
+        ratio = setup["conclusion"]["ratio"]
+        if isinstance(ratio, float):  # the candidate's advantage: verdict panel and table
+            text = fmt_ratio(ratio)
+            assert any(t.split(" (")[0] == text for t in figure), (key, text)
+            assert _shows(report, text), (key, text)
+            if setup["conclusion"]["winner"] is not None:  # the console says it as a magnitude
+                assert _shows(console, fmt_ratio(max(ratio, 1 / ratio)))
+            checked += 1
+    assert checked >= 4
+
+
 def test_a_partial_run_never_replaces_a_full_report(tiny_verdicts, tmp_path, monkeypatch,
                                                      capsys):
     # The defect: `--only X` silently overwrote the full report in the default directory.
@@ -496,7 +541,7 @@ BUSY_POOL = """
 import os, time
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing
-from simserve.experiments.pool import init_worker
+from simserve.experiments.backends import init_worker
 if __name__ == "__main__":
     pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"),
                                initializer=init_worker, initargs=(os.getpid(),))

@@ -23,6 +23,7 @@ from simserve.calibration.step_regression import fit_decode_step
 from simserve.calibration.validate import UNCALIBRATED_OVERRIDES
 from simserve.config import load_scenario
 from simserve.errors import InputError
+from simserve.formatting import fmt_number
 
 TRACES = {trace_rate(t): t for t in vllm_traces()}
 HEADER = "arrival_s,prompt_len,output_len,ttft_ms,tpot_ms,latency_ms\n"
@@ -176,7 +177,8 @@ def test_inspect_run_prints_capacity_and_step_beside_the_scenario(capsys):
     peak = measured_kv_occupancy(TRACES[4.0], 16).peak_blocks
     assert f"peak {peak} blocks of 16 tokens" in out
     fit = fit_decode_step(TRACES[4.0])
-    assert f"{fit.fixed_ms:.1f} ms + {fit.per_seq_ms:.2f} ms per running sequence" in out
+    assert (f"{fmt_number(fit.fixed_ms)} ms + {fmt_number(fit.per_seq_ms)} ms per running "
+            "sequence") in out
     capacity = load_scenario(DEFAULT_SCENARIO).engine.num_gpu_blocks_override
     assert f"KV capacity {capacity} blocks (run's peak: {peak})" in out
 

@@ -10,7 +10,6 @@ import pytest
 from simserve.cli import main
 from simserve.config import scenario_from_mapping
 from simserve.errors import InputError
-from simserve.experiments.backends import LocalBackend
 from simserve.experiments.capacity import (
     CapacitySettings,
     check_rule,
@@ -18,6 +17,7 @@ from simserve.experiments.capacity import (
     replication_seeds,
     search_capacity,
 )
+from simserve.experiments.pool import RunPool
 from simserve.experiments.sweep import load_sweep_spec, plan_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,8 +251,8 @@ def test_capacity_as_a_sweep_axis(tmp_path):
     )
     plan = plan_sweep(load_sweep_spec(tmp_path / "spec.yaml"))
     assert plan.mode == "capacity" and [r.run_id for r in plan.runs] == ["p0000", "p0001"]
-    with LocalBackend(2) as backend:
-        outcome = run_sweep(plan, tmp_path / "out", backend)
+    with RunPool(2) as pool:
+        outcome = run_sweep(plan, tmp_path / "out", pool)
     assert not outcome.errors
     caps = [row["capacity_rps"] for row in outcome.rows]
     assert caps == [pytest.approx(100.0, rel=0.05), pytest.approx(200.0, rel=0.05)]
@@ -261,10 +261,15 @@ def test_capacity_as_a_sweep_axis(tmp_path):
     assert outcome.rows[0]["request_throughput"] > 0  # metrics at the capacity rate
     doc = json.loads((tmp_path / "out" / "points" / "p0001" / "capacity.json").read_text())
     assert doc["results"][0]["capacity_rps"] == caps[1]
+    # One worker, searching the points one after the other, writes the same bytes.
+    with RunPool(1) as pool:
+        run_sweep(plan, tmp_path / "serial", pool)
+    for name in ("summary.csv", "points/p0000/capacity.json", "points/p0001/capacity.json"):
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "out" / name).read_bytes()
     # Resuming rebuilds the same rows from capacity.json.
     summary = (tmp_path / "out" / "summary.csv").read_bytes()
-    with LocalBackend(1) as backend:
-        again = run_sweep(plan, tmp_path / "out", backend, resume=True)
+    with RunPool(1) as pool:
+        again = run_sweep(plan, tmp_path / "out", pool, resume=True)
     assert again.num_ran == 0
     assert (tmp_path / "out" / "summary.csv").read_bytes() == summary
     assert main(["plot", str(tmp_path / "out")]) == 0

@@ -10,7 +10,6 @@ import yaml
 
 from simserve.cli import main
 from simserve.config import scenario_from_mapping
-from simserve.experiments.backends import LocalBackend
 from simserve.experiments.capacity import (
     CapacityResult,
     CapacitySettings,
@@ -18,6 +17,7 @@ from simserve.experiments.capacity import (
     parse_slo_rule,
     search_capacity,
 )
+from simserve.experiments.pool import RunPool
 from simserve.experiments.sweep import load_sweep_spec, plan_sweep, read_csv_rows, run_sweep
 
 # NOTE: DistServe's goodput (Zhong et al., OSDI 2024): 90% of requests meet both the TTFT and
@@ -131,8 +131,8 @@ def test_capacity_sweep_rows_have_the_capacity_per_gpu(tmp_path, capsys):
     old.write_text(json.dumps(doc))
     csv_before = (out / "summary.csv").read_bytes()
     plan = plan_sweep(load_sweep_spec(tmp_path / "spec.yaml"))
-    with LocalBackend(1) as backend:
-        again = run_sweep(plan, out, backend, resume=True)
+    with RunPool(1) as pool:
+        again = run_sweep(plan, out, pool, resume=True)
     assert again.num_ran == 0
     assert (out / "summary.csv").read_bytes() == csv_before
 

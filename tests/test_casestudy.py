@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import re
@@ -22,11 +24,10 @@ from simserve.experiments.casestudy import (
     SPEC,
     SloTargets,
     crossings,
-    round_sig,
 )
 from simserve.experiments.casestudy_figures import FIGURE_FILES
 from simserve.experiments.casestudy_report import SWEEP_COLUMNS, _verdicts
-from simserve.formatting import fmt_number
+from simserve.formatting import fmt_number, round_significant
 from simserve.resolve import resolve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -65,10 +66,10 @@ def test_crossings_interpolate_linearly_and_skip_nan():
     assert crossings([1, 2], [1.3, 1.1]) == []
 
 
-def test_round_sig():
-    assert round_sig(8.6135, 3) == 8.61
-    assert round_sig(0.43068, 3) == 0.431
-    assert round_sig(19.42, 3) == 19.4
+def test_round_significant():
+    assert round_significant(8.6135, 3) == 8.61
+    assert round_significant(0.43068, 3) == 0.431
+    assert round_significant(19.42, 3) == 19.4
 
 
 def test_verdicts_use_the_no_difference_band():
@@ -94,10 +95,29 @@ def test_rules_read_the_summary():
 # --------------------------------------------------------------------------- --quick end to end
 
 
+# What the `quick_run` command printed and the text drawn on each figure it wrote.
+QUICK_SEEN: dict[str, object] = {}
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    from matplotlib.text import Text
+
+    import simserve.plots
+
+    save = simserve.plots.save_figure
+
+    def save_and_read(fig, path, **kwargs):
+        written = save(fig, path, **kwargs)  # ticks are labelled when the figure is drawn
+        QUICK_SEEN[Path(path).stem] = [t.get_text() for t in fig.findobj(Text)]
+        return written
+
     out = tmp_path_factory.mktemp("casestudy") / "specdec"
-    assert main(["casestudy", "specdec", "--quick", "--out", str(out)]) == 0
+    console = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(console):
+        patch.setattr(simserve.plots, "save_figure", save_and_read)  # the writer's import
+        assert main(["casestudy", "specdec", "--quick", "--out", str(out)]) == 0
+    QUICK_SEEN["console"] = console.getvalue()
     return out
 
 
@@ -182,6 +202,23 @@ def test_quick_report_numbers_match_the_run_summaries(quick_run):
                 assert not rule.holds(runs[(system, cap["upper"])], targets)
             if cap["load_limited"]:  # failed by the overload guard, without a run
                 assert cap["upper"] == results["saturation_throughput"][system]
+
+
+def test_a_capacity_reads_the_same_in_the_report_the_figure_and_the_console(quick_run):
+    # One formatter: fig7's bar labels, the report's capacity table and the console headline
+    # print each capacity alike.
+    results = json.loads((quick_run / "results.json").read_text())
+    rows = {row[0]: row for row in _table_rows((quick_run / "report.md").read_text(),
+                                               "rule | meets")}
+    console, bars = QUICK_SEEN["console"], QUICK_SEEN["fig7_capacity"]
+    for rule in RULES:
+        caps = results["capacities"][rule.key]
+        texts = [fmt_number(caps[system]["value"]) for system in (BASELINE, SPEC)]
+        assert f"{rule.label}: {texts[0]} vs {texts[1]}" in console
+        for col, system, text in ((2, BASELINE, texts[0]), (3, SPEC, texts[1])):
+            if caps[system]["status"] != "below_range":
+                assert re.match(rf"(>= )?{re.escape(text)}( |$)", rows[rule.label][col]), text
+                assert text in bars, (rule.key, system, text)
 
 
 def test_quick_uses_common_random_numbers(quick_run):

@@ -333,7 +333,7 @@ def test_worker_processes_print_simserve_warnings_as_one_line():
     # a warning they print as simserve's one line.
     code = ("import os, warnings\n"
             "from simserve.errors import InputNotice, InputWarning\n"
-            "from simserve.experiments.pool import init_worker\n"
+            "from simserve.experiments.backends import init_worker\n"
             "init_worker(os.getppid())\n"
             "warnings.warn(InputNotice('trace: x'))\n"
             "warnings.warn(InputWarning('careful'))\n")

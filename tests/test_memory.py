@@ -54,7 +54,7 @@ def test_a_run_that_cannot_fit_is_refused_saying_how_much_it_needs():
         check_run_memory(10**7, 256, 256, available=2**30)
     message = info.value.one_line()
     assert message.startswith("workload.num_requests: 10,000,000 requests of about 256 output")
-    assert "need at least 4.5 GiB of memory; 1.0 GiB is available" in message
+    assert "need at least 4.458 GiB of memory; 1 GiB is available" in message
     check_run_memory(10**6, 256, 256, available=2**30)  # fits
 
 

@@ -11,8 +11,8 @@ from tiny_sweep import tiny_base
 from simserve.cli import main
 from simserve.errors import InputError
 from simserve.experiments.atomic import MARKER
-from simserve.experiments.backends import LocalBackend
 from simserve.experiments.capacity import replication_seeds
+from simserve.experiments.pool import RunPool
 from simserve.experiments.sweep import (
     execute_task,
     load_sweep_spec,
@@ -235,9 +235,9 @@ def test_sweep_writes_run_dirs_and_summary_tables(tmp_path, capsys):
 def test_summary_is_identical_for_one_and_two_workers(tmp_path):
     spec = load_sweep_spec(_write(tmp_path))
     plan = plan_sweep(spec)
-    with LocalBackend(1) as one:
+    with RunPool(1) as one:
         run_sweep(plan, tmp_path / "one", one)
-    with LocalBackend(2) as two:
+    with RunPool(2) as two:
         outcome = run_sweep(plan, tmp_path / "two", two)
     assert outcome.num_ran == 8 and not outcome.errors
     assert (tmp_path / "one" / "summary.csv").read_bytes() == (
@@ -247,8 +247,8 @@ def test_summary_is_identical_for_one_and_two_workers(tmp_path):
 def test_resume_reruns_only_unfinished_points(tmp_path):
     plan = plan_sweep(load_sweep_spec(_write(tmp_path)))
     out = tmp_path / "sw"
-    with LocalBackend(1) as backend:
-        run_sweep(plan, out, backend)
+    with RunPool(1) as pool:
+        run_sweep(plan, out, pool)
     reference = (out / "summary.csv").read_bytes()
     # Simulate a kill: two points never finished, one worker died mid-write.
     for run_id in ("p0001-r00", "p0003-r01"):
@@ -258,8 +258,8 @@ def test_resume_reruns_only_unfinished_points(tmp_path):
     (out / "points" / ".p0001-r00.tmp-abc").mkdir()
     (out / "points" / ".p0001-r00.tmp-abc" / "summary.json").write_text("{")
     (out / "summary.csv").unlink()
-    with LocalBackend(1) as backend:
-        outcome = run_sweep(plan, out, backend, resume=True)
+    with RunPool(1) as pool:
+        outcome = run_sweep(plan, out, pool, resume=True)
     assert (outcome.num_resumed, outcome.num_ran) == (6, 2)
     assert (out / "summary.csv").read_bytes() == reference
     assert not any(p.name.startswith(".") for p in (out / "points").iterdir())

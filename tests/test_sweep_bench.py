@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from simserve.experiments.backends import LocalBackend, RayBackend, available_cpus
+from simserve.experiments.backends import RayBackend, available_cpus
+from simserve.experiments.pool import RunPool
 from simserve.experiments.sweep import load_sweep_spec, plan_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,8 +51,8 @@ def measure(tmp: Path, with_ray: bool = True) -> dict[str, float]:
     summaries = {}
     for name, jobs in (("serial_s", 1), ("local2_s", 2)):
         t0 = time.perf_counter()
-        with LocalBackend(jobs) as backend:
-            run_sweep(plan, tmp / name, backend)
+        with RunPool(jobs) as pool:
+            run_sweep(plan, tmp / name, pool)
         out[name] = time.perf_counter() - t0
         summaries[name] = (tmp / name / "summary.csv").read_bytes()
     assert summaries["serial_s"] == summaries["local2_s"]
@@ -60,10 +61,10 @@ def measure(tmp: Path, with_ray: bool = True) -> dict[str, float]:
         import ray
 
         t0 = time.perf_counter()
-        with RayBackend(jobs=2) as backend:
+        with RunPool(backend=RayBackend(jobs=2)) as pool:
             out["ray_init_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
-            run_sweep(plan, tmp / "ray", backend)
+            run_sweep(plan, tmp / "ray", pool)
             out["ray2_s"] = time.perf_counter() - t1
 
             @ray.remote(num_cpus=1)

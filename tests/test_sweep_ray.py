@@ -10,7 +10,8 @@ from tiny_sweep import tiny_base
 
 from simserve.cli import main
 from simserve.errors import InputError
-from simserve.experiments.backends import LocalBackend, RayBackend, check_ray_address
+from simserve.experiments.backends import RayBackend, check_ray_address
+from simserve.experiments.pool import RunPool
 from simserve.experiments.sweep import load_sweep_spec, plan_sweep, run_sweep
 
 BASE = tiny_base(30)
@@ -42,11 +43,11 @@ def _closed_port() -> int:
 def test_ray_and_local_backends_write_the_same_sweep(tmp_path):
     pytest.importorskip("ray")
     plan = plan_sweep(load_sweep_spec(_spec(tmp_path)))
-    with LocalBackend(2) as local:
+    with RunPool(2) as local:
         run_sweep(plan, tmp_path / "local", local)
-    with RayBackend(jobs=2) as ray_backend:
-        assert "ray (local instance)" in ray_backend.describe()
-        outcome = run_sweep(plan, tmp_path / "ray", ray_backend)
+    with RunPool(backend=RayBackend(jobs=2)) as ray_pool:
+        assert "ray (local instance)" in ray_pool.describe()
+        outcome = run_sweep(plan, tmp_path / "ray", ray_pool)
     assert outcome.num_ran == 8 and not outcome.errors
     for name in ("summary.csv", "summary_by_point.csv"):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()

@@ -311,7 +311,7 @@ def test_azure_2024_timestamps_with_offsets_and_mixed_precision(tmp_path: Path) 
     (["2023-11-16 18:15:46", "5"], r":3: column 'TIMESTAMP', data row 2: expected a datetime"),
     (["2023-11-16 18:15:46+99:99"], r":2: column 'TIMESTAMP', data row 1: expected a datetime"),
     (["2023-11-16 18:15:46", "9999-01-01 00:00:00"], r":3: .* got '9999-01-01 00:00:00'"),
-    (["2023-11-16 18:15:46", "1700-01-01 00:00:00"], r"t\.csv: timestamps span 324 years"),
+    (["2023-11-16 18:15:46", "1700-01-01 00:00:00"], r"t\.csv: timestamps span 323\.9 years"),
 ])
 def test_impossible_datetimes_are_refused_by_line(tmp_path: Path, stamps: list[str],
                                                   message: str) -> None:

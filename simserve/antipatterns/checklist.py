@@ -22,6 +22,7 @@ from typing import Any, Literal
 from simserve.antipatterns.catalog import CATALOG
 from simserve.antipatterns.items import CHECKLIST
 from simserve.errors import InputError
+from simserve.formatting import fmt_number
 from simserve.schema import build_dataclass
 from simserve.yaml_lines import key_lines, line_for, read_yaml_file
 
@@ -292,14 +293,14 @@ def check_es2(desc: EvalDesc) -> tuple[str, str] | None:
                 "sweep up to and past the knee")
     if len(a.rates) < MIN_RATES:
         return ("arrival.rates", f"only {len(a.rates)} arrival rate(s) "
-                f"({', '.join(f'{r:g}' for r in a.rates)} req/s): a single point cannot show "
+                f"({', '.join(fmt_number(r) for r in a.rates)} req/s): a single point cannot show "
                 "that the ranking depends on the load")
     if a.saturation_rps is None:
         return ("arrival.saturation_rps", "the knee (saturation rate) is not stated, so the "
                 "sweep's reach is unknown")
     if max(a.rates) < a.saturation_rps:
-        return ("arrival.rates", f"the highest rate ({max(a.rates):g} req/s) stays below the "
-                f"knee ({a.saturation_rps:g} req/s)")
+        return ("arrival.rates", f"the highest rate ({fmt_number(max(a.rates))} req/s) stays "
+                f"below the knee ({fmt_number(a.saturation_rps)} req/s)")
     return None
 
 
@@ -324,8 +325,8 @@ def check_es4(desc: EvalDesc) -> tuple[str, str] | None:
     if cv is None:
         return ("arrival.cv", "gamma arrivals without a stated cv: burstiness unknown")
     if cv <= 1.0:
-        return ("arrival.process", f"{a.process} arrivals (gap cv = {cv:g}): no bursts, while "
-                "production traces are burstier (cv > 1)")
+        return ("arrival.process", f"{a.process} arrivals (gap cv = {fmt_number(cv)}): no "
+                "bursts, while production traces are burstier (cv > 1)")
     return None
 
 
@@ -383,8 +384,8 @@ def check_md3(desc: EvalDesc) -> tuple[str, str] | None:
         return None
     if desc.workload.lengths == "fixed":
         return None
-    return ("slo.ttft_ms", f"one TTFT SLO ({slo.ttft_ms:g} ms) for every prompt length of a "
-            "heterogeneous workload, with no per-prompt-token allowance")
+    return ("slo.ttft_ms", f"one TTFT SLO ({fmt_number(slo.ttft_ms)} ms) for every prompt length "
+            "of a heterogeneous workload, with no per-prompt-token allowance")
 
 
 def check_md4(desc: EvalDesc) -> tuple[str, str] | None:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from simserve.formatting import fmt_number
+
 __all__ = ["register"]
 
 Handler = Callable[[argparse.Namespace], int]
@@ -98,7 +100,7 @@ def _cmd_antipatterns(args: argparse.Namespace) -> int:
             f"{result['id']} {result['outcome']:<9} unfair: {setup_summary(result, 'unfair')}; "
             f"fair: {setup_summary(result, 'fair')} "
             f"[{'as expected' if result['as_expected'] else 'NOT as expected'}, "
-            f"{result['wall_s']:.1f} s]\n")
+            f"{fmt_number(result['wall_s'])} s]\n")
         sys.stdout.flush()
 
     t0 = time.perf_counter()
@@ -119,7 +121,7 @@ def _cmd_antipatterns(args: argparse.Namespace) -> int:
                 "entries": results,
             }
         claim.write(report_writer(verdicts, drawn))
-    print(f"report: {out / 'report.md'}  ({time.perf_counter() - t0:.1f} s wall-clock)")
+    print(f"report: {out / 'report.md'}  ({fmt_number(time.perf_counter() - t0)} s wall-clock)")
     return 0
 
 

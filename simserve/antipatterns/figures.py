@@ -26,8 +26,14 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullFormatter
 
-from simserve.formatting import fmt_interval, fmt_number, fmt_ratio
-from simserve.plots.canvas import SLO_COLOR, number_ticks, plain_log_ticks, system_colors
+from simserve.formatting import fmt_interval, fmt_number, fmt_percent, fmt_ratio
+from simserve.plots.canvas import (
+    SLO_COLOR,
+    label_numbers,
+    number_ticks,
+    plain_log_ticks,
+    system_colors,
+)
 
 __all__ = ["entry_figure", "entry_png", "save_entry_figure"]
 
@@ -202,7 +208,7 @@ def _verdict_panel(ax: Axes, band: float, title: str, xlabel: str,
     lo = min([*values, 1.0 / (1.0 + band)]) / 1.4
     hi = max([*values, 1.0 + band]) * 1.8  # room for the label of the rightmost ratio
     ax.axvspan(1.0 / (1.0 + band), 1.0 + band, color="0.85", linewidth=0,
-               label=f"within ±{band:.0%} of 1")
+               label=f"within ±{fmt_percent(band)} of 1")
     ax.axvline(1.0, color="0.3", linewidth=1.0)
     for y, (_label, ratio, ci, kind) in zip(ys, rows, strict=True):
         if not (math.isfinite(ratio) and ratio > 0):
@@ -306,7 +312,9 @@ def entry_png(entry: Mapping[str, Any]) -> bytes:
     """An entry's figure drawn as PNG bytes (drawn as its entry finishes, written with the
     report)."""
     buffer = io.BytesIO()
-    entry_figure(entry).savefig(buffer, format="png", dpi=DPI)
+    fig = entry_figure(entry)
+    label_numbers(fig)  # ticks numbered as the report prints numbers
+    fig.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
 
 

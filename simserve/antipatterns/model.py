@@ -18,7 +18,7 @@ from typing import Literal
 from simserve.antipatterns.items import CHECKLIST
 from simserve.experiments import replications
 from simserve.experiments.capacity import parse_slo_rule
-from simserve.formatting import fmt_number, fmt_ratio
+from simserve.formatting import fmt_number, fmt_percent, fmt_ratio
 
 __all__ = [
     "CAPACITY_KEYS",
@@ -162,7 +162,7 @@ class Point:
 
     def describe(self) -> str:
         where = "offline (all requests at t=0)" if self.load is None else (
-            f"{self.load:g} x saturation throughput")
+            f"{fmt_number(self.load)} x saturation throughput")
         return where + ("" if self.warmup else ", no warm-up exclusion")
 
 
@@ -190,7 +190,7 @@ class Capacity:
 
     def describe(self) -> str:
         return (f"capacity under {parse_slo_rule(self.rule).words()}, bisected from "
-                f"{self.low:g} x to 1 x each system's saturation throughput")
+                f"{fmt_number(self.low)} x to 1 x each system's saturation throughput")
 
 
 @dataclass(frozen=True)
@@ -214,9 +214,9 @@ class Sweep:
 
     def describe(self) -> str:
         if self.axis == "load":
-            values = ", ".join(f"{p.load:g}" for p in self.points)
+            values = ", ".join(fmt_number(p.load) for p in self.points)
             return f"sweep of loads {values} x saturation throughput"
-        values = ", ".join(f"{p.requests:g}" for p in self.points)
+        values = ", ".join(fmt_number(p.requests) for p in self.points)
         return (f"sweep of request counts {values} x the base count at "
                 f"{self.points[0].describe()}")
 
@@ -414,7 +414,7 @@ def conclude(
     magnitude = 1.0 / ratio if flipped else ratio
     if magnitude <= 1.0 + tie_margin:
         text = (f"no clear winner on {metric.label}{suffix}: {values} "
-                f"(within the ±{tie_margin:.0%} tie band)")
+                f"(within the ±{fmt_percent(tie_margin)} tie band)")
         return Conclusion(metric, candidate, baseline, candidate_value, baseline_value, ratio,
                           ratio_ci, None, text, ratio_ci_kind)
     winner, loser = (baseline, candidate) if flipped else (candidate, baseline)
@@ -472,7 +472,7 @@ def describe_change(outcome: str, unfair: Conclusion, fair: Conclusion) -> str:
     if outcome in ("shrank", "grew"):
         return f"The difference {outcome}: unfair says {u}, fair says {f}."
     if outcome == "unchanged":
-        return (f"The conclusion did not change beyond the ±{CHANGE_MARGIN:.0%} margin: "
+        return (f"The conclusion did not change beyond the ±{fmt_percent(CHANGE_MARGIN)} margin: "
                 f"unfair says {u}, fair says {f}.")
     return f"No comparison possible: unfair says {u}, fair says {f}."
 

@@ -16,7 +16,7 @@ from simserve.antipatterns.figures import save_entry_figure
 from simserve.antipatterns.items import CHECKLIST
 from simserve.errors import InputError
 from simserve.experiments.atomic import OutputKind, claim_output_dir
-from simserve.formatting import fmt_interval, fmt_number, fmt_ratio
+from simserve.formatting import fmt_interval, fmt_number, fmt_percent, fmt_ratio
 
 __all__ = [
     "REPORT_DIR",
@@ -367,8 +367,8 @@ def render_report(verdicts: Mapping[str, Any]) -> str:
         f"{verdicts['root_seed']}); every system runs on the same seeds, so it sees the same "
         "requests (common random numbers). Latencies and throughputs are positive and vary "
         "multiplicatively from seed to seed, so a point value is the geometric mean over the "
-        f"seeds with a {verdicts['confidence']:.0%} Student-t interval on the log scale (it "
-        "cannot leave the positive axis); a number that is 0 on some seed gets the arithmetic "
+        f"seeds with a {fmt_percent(verdicts['confidence'])} Student-t interval on the log scale "
+        "(it cannot leave the positive axis); a number that is 0 on some seed gets the arithmetic "
         "mean and a t-interval cut at 0. An advantage is the ratio of two geometric means, and "
         "its interval the t-interval of the paired per-seed log ratios, which is centred on it. "
         "Arrival rates are fractions of the reference system's saturation throughput: the "
@@ -376,22 +376,23 @@ def render_report(verdicts: Mapping[str, Any]) -> str:
         f"({size['saturation_requests']} requests, more if needed) while requests wait to be "
         "admitted, the most any arrival process gets through the system in steady state. "
         f"Runs have {size['requests']} requests per point, warm-up and cool-down windows of "
-        f"{size['window_fraction']:.0%} of the arrival span each. A capacity is bisected to "
-        f"{size['tolerance']:.0%} (at most {size['max_probes']} bisection steps) on the mean over "
-        "seeds of each rule key (`experiments.capacity`), between a quarter of the system's own "
-        "saturation throughput (halved while it fails) and that saturation: a rate at or "
-        "above it fails without a run (the overload guard), since its queue, once formed, "
-        "never drains. A capacity is therefore bounded on both sides; a verdict on a capacity "
+        f"{fmt_percent(size['window_fraction'])} of the arrival span each. A capacity is "
+        f"bisected to {fmt_percent(size['tolerance'])} (at most {size['max_probes']} bisection "
+        "steps) on the mean over seeds of each rule key (`experiments.capacity`), between a "
+        "quarter of the system's own saturation throughput (halved while it fails) and that "
+        "saturation: a rate at or above it fails without a run (the overload guard), since its "
+        "queue, once formed, never drains. A capacity is therefore bounded on both sides; a "
+        "verdict on a capacity "
         "known only as a bound is stated as \"could not be decided\", with the reason.",
         "",
         "**How verdicts are stated.** \"A is R x better than B\" with R the ratio of the two "
         "numbers, oriented so that R > 1 favours A (lower is better for latencies, higher for "
-        f"throughput and capacity). Within ±{verdicts['tie_margin']:.0%} of 1 there is no clear "
-        "winner. Comparing the two setups: **flipped** when both name a winner and they differ, "
-        "**shrank**/**grew** when the winner's advantage moved by more than a factor "
-        f"{1 + verdicts['change_margin']:.2f} (including to or from no clear winner), else "
+        f"throughput and capacity). Within ±{fmt_percent(verdicts['tie_margin'])} of 1 there is "
+        "no clear winner. Comparing the two setups: **flipped** when both name a winner and they "
+        "differ, **shrank**/**grew** when the winner's advantage moved by more than a factor "
+        f"{fmt_ratio(1 + verdicts['change_margin'])} (including to or from no clear winner), else "
         "**unchanged**. A sweep's trend is the factor by which a number changes per doubling "
-        f"of the swept quantity: increasing above x{1 + verdicts['trend_margin']:.2f}, flat "
+        f"of the swept quantity: increasing above {fmt_ratio(1 + verdicts['trend_margin'])}, flat "
         "within that factor either way. An entry about such a dependence (ES3) states its "
         "outcome on it: how the largest per-doubling factor moved from the unfair to the fair "
         "setup, with the same margin.",

@@ -53,7 +53,13 @@ from simserve.experiments.capacity import (
 from simserve.experiments.pool import RunPool, scenario_key
 from simserve.experiments.replications import paired_log_interval, seed_estimate
 from simserve.experiments.saturation import Saturation, measure_saturation
-from simserve.formatting import fmt_number, fmt_ratio, number_or_none
+from simserve.formatting import (
+    fmt_number,
+    fmt_percent,
+    fmt_ratio,
+    number_or_none,
+    round_significant,
+)
 
 __all__ = ["CatalogRunner", "ratio_ci", "seed_values"]
 
@@ -95,7 +101,7 @@ _number = number_or_none
 
 def _round_rate(rate: float) -> float:
     """Rates with 4 significant digits (readable in scenario files and the report)."""
-    return float(f"{rate:.4g}")
+    return round_significant(rate, 4)
 
 
 class CatalogRunner:
@@ -121,8 +127,8 @@ class CatalogRunner:
     def __enter__(self) -> CatalogRunner:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.pool.__exit__(exc_type, *exc)  # a failure stops the workers without waiting
 
     def close(self) -> None:
         """Stop the worker processes (pending runs are cancelled)."""
@@ -155,7 +161,7 @@ class CatalogRunner:
         window = 0.0
         if warmup and arrival.process in ("poisson", "gamma", "constant") and arrival.rate:
             span_s = scenario.workload.num_requests / arrival.rate
-            window = float(f"{self.size.window_fraction * span_s:.4g}")
+            window = round_significant(self.size.window_fraction * span_s, 4)
         metrics = dataclasses.replace(scenario.metrics, warmup_s=window, cooldown_s=window)
         return dataclasses.replace(scenario, metrics=metrics)
 
@@ -666,7 +672,7 @@ def _describe_trend_change(entry: Entry, outcome: str, unfair: Mapping[str, Any]
     head = {"shrank": f"The dependence of {label} on {what} shrank",
             "grew": f"The dependence of {label} on {what} grew",
             "unchanged": f"The dependence of {label} on {what} did not change beyond the "
-                         f"±{CHANGE_MARGIN:.0%} margin",
+                         f"±{fmt_percent(CHANGE_MARGIN)} margin",
             }.get(outcome, f"No comparison of the dependence of {label} on {what} possible")
     return (f"{head}: per doubling of the swept quantity, unfair {side(unfair)}; fair "
             f"{side(fair)}.")

@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from simserve.formatting import fmt_number, fmt_percent
+
 __all__ = ["register"]
 
 Handler = Callable[[argparse.Namespace], int]
@@ -117,7 +119,8 @@ def _fmt_errors(errors: dict[str, dict[str, float]]) -> str:
     regimes = ("linear",) if "linear" in errors else ("prefill", "decode", "mixed")
     for regime in regimes:
         e = errors.get(regime)
-        parts.append(f"{regime} {e['mape_pct']:5.1f}% / {e['max_err_pct']:5.1f}%" if e else
+        parts.append(f"{regime} {fmt_percent(e['mape_pct'] / 100):>6} / "
+                     f"{fmt_percent(e['max_err_pct'] / 100):>6}" if e else
                      f"{regime}    n/a")
     return "  ".join(parts)
 
@@ -170,7 +173,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.name and len(fits) + (1 if linear else 0) > 1:
         raise InputError("--name needs exactly one (GPU, model, TP) group, or one (GPU, model, "
                          "engine) with --pool-tp", field="--name")
-    print(f"{'profile':<52} MAPE / max error per regime (held back {args.holdout:.0%})")
+    print(f"{'profile':<52} MAPE / max error per regime (held back {fmt_percent(args.holdout)})")
     for group in fits:
         out = calibrate_steps(group, catalog=catalog, holdout=args.holdout, seed=args.seed,
                               name=args.name)
@@ -197,7 +200,7 @@ def _calibrate_kernels(args: argparse.Namespace) -> int:
                               framework=args.framework)
     for gpu, files in written.items():
         size_kb = sum(f.stat().st_size for f in files) / 1024
-        print(f"{gpu:<16} {len(files)} files, {size_kb:,.0f} KiB -> {files[0].parent}")
+        print(f"{gpu:<16} {len(files)} files, {fmt_number(size_kb)} KiB -> {files[0].parent}")
     print(f"from {AIC_PACKAGE} {AIC_VERSION} (Apache-2.0); latencies in us")
     return 0
 
@@ -210,7 +213,7 @@ def _calibrate_engine_loop() -> int:
     for version in ("v0", "v1"):
         fit = fit_loop(version, [r for r in runs if r.version == version and r.fit])
         fits.append(fit)
-        terms = ", ".join(f"{k} {v:g}" for k, v in fit.terms.items())
+        terms = ", ".join(f"{k} {fmt_number(v)}" for k, v in fit.terms.items())
         print(f"{version}: {terms}  (fitted on {', '.join(fit.fitted_on)})")
     print(f"-> {write_loop_terms(fits)}")
     return 0
@@ -245,7 +248,7 @@ def _derive(args: argparse.Namespace) -> int:
             held = out.holdout.get("all", {})
             print(f"derived {out.profile.name}: fitted to the kernel model of {base.gpu} "
                   f"(engine loop {args.engine_version}); held-back error against it "
-                  f"{held.get('mape_pct', float('nan')):.1f}% MAPE -> {path}")
+                  f"{fmt_percent(held.get('mape_pct', float('nan')) / 100)} MAPE -> {path}")
             print("note: nothing was measured for this model; runs using it say so")
             return 0
     profile = derive_profile(base, model, tp, name=args.name, linear=linear)
@@ -320,18 +323,19 @@ def _inspect_run(args: argparse.Namespace) -> int:
     peak = occ.peak_blocks
     print(f"run {args.run}")
     print(f"  KV occupancy: peak {peak} blocks of {args.block_size} tokens; "
-          f"{occ.share_of_time_above(0.95 * peak):.0%} of the run within 5% of it "
+          f"{fmt_percent(occ.share_of_time_above(0.95 * peak))} of the run within 5% of it "
           "(a long stay there means admission stalled on a full cache: the peak is the "
           "engine's capacity)")
-    print(f"  decode step: {step.fixed_ms:.1f} ms + {step.per_seq_ms:.2f} ms per running "
-          f"sequence (regression over {step.num_requests} requests, MAPE {step.mape_pct:.1f}%); "
-          f"mean batch {step.mean_batch:.1f}, mean context {step.mean_context_tokens:.0f} "
-          "tokens")
+    print(f"  decode step: {fmt_number(step.fixed_ms)} ms + {fmt_number(step.per_seq_ms)} ms per "
+          f"running sequence (regression over {step.num_requests} requests, MAPE "
+          f"{fmt_percent(step.mape_pct / 100)}); mean batch {fmt_number(step.mean_batch)}, "
+          f"mean context {fmt_number(step.mean_context_tokens)} tokens")
     if resolved is not None:
         at_mean = step.mean_step_ms
         simulated = scenario_decode_step_ms(resolved.cost_model, step.mean_batch,
                                             step.mean_context_tokens)
         print(f"  scenario {args.scenario}: decode step at that batch and context "
-              f"{simulated:.1f} ms (run: {at_mean:.1f} ms, {100 * (simulated / at_mean - 1):+.0f}%"
-              f"); KV capacity {resolved.limits.num_blocks} blocks (run's peak: {peak})")
+              f"{fmt_number(simulated)} ms (run: {fmt_number(at_mean)} ms, "
+              f"{fmt_percent(simulated / at_mean - 1, signed=True)}); "
+              f"KV capacity {resolved.limits.num_blocks} blocks (run's peak: {peak})")
     return 0

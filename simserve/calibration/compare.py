@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from simserve.errors import InputError
+from simserve.formatting import fmt_number, fmt_percent
 
 __all__ = [
     "CompareRow",
@@ -328,8 +329,8 @@ def mismatches(real: Mapping[str, Any], summary: Mapping[str, Any],
         same = (real_rate == sim_rate if math.isinf(real_rate) or math.isinf(sim_rate)
                 else math.isclose(real_rate, sim_rate, rel_tol=0.01))
         if not same:
-            found.append(f"the real run's request rate was {real_rate:g} req/s, the "
-                         f"simulation's {sim_rate:g} req/s")
+            found.append(f"the real run's request rate was {fmt_number(real_rate)} req/s, the "
+                         f"simulation's {fmt_number(sim_rate)} req/s")
     return found
 
 
@@ -393,8 +394,8 @@ def compare(real: Mapping[str, Any], summary: Mapping[str, Any],
     return rows
 
 
-def _cell(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def _cell(value: float | None) -> str:
+    return fmt_number(value)
 
 
 def format_comparison(rows: list[CompareRow], real_name: str, sim_name: str) -> str:
@@ -409,7 +410,7 @@ def format_comparison(rows: list[CompareRow], real_name: str, sim_name: str) -> 
             section = row.section
             lines.append(f"{' ' + section + ' ':-^{width}}")
         err = row.error_pct
-        err_text = "n/a" if err is None else f"{err:+.1f}%"
+        err_text = "n/a" if err is None else fmt_percent(err / 100, signed=True)
         lines.append(f"{row.label:<38}{_cell(row.real):>11}{_cell(row.sim):>11}{err_text:>11}")
     lines.append("=" * width)
     return "\n".join(lines)

@@ -34,6 +34,7 @@ from simserve.calibration.datasets import (
     LinearData,
     StepData,
 )
+from simserve.formatting import fmt_number, fmt_percent, fmt_ratio
 
 __all__ = [
     "ALLREDUCE_TOKENS",
@@ -206,12 +207,12 @@ def splitwise_markdown(rep: ConsistencyReport, held_back: dict[str, str]) -> lis
         "|---|---|---|---|---|---|",
     ]
     for c in rep.splitwise:
-        per_token = ", ".join(f"{c.us_per_token[b]:.0f}" if b in c.us_per_token else "–"
+        per_token = ", ".join(fmt_number(c.us_per_token[b]) if b in c.us_per_token else "–"
                               for b in batches)
         worst = max(c.vs_one_prompt.items(), key=lambda kv: kv[1])
         lines.append(f"| {c.group} | {held_back.get(c.group, '–')} | {per_token} | "
-                     f"x{c.rise:.2f} | x{worst[1]:.2f} (b={worst[0]}) | "
-                     f"{100 * c.least_max_error:.1f}% |")
+                     f"{fmt_ratio(c.rise)} | {fmt_ratio(worst[1])} (b={worst[0]}) | "
+                     f"{fmt_percent(c.least_max_error)} |")
     lines.append("")
     return lines
 
@@ -219,7 +220,7 @@ def splitwise_markdown(rep: ConsistencyReport, held_back: dict[str, str]) -> lis
 def _range(bounds: tuple[float, float] | None, tp: int) -> str:
     if tp == 1:
         return "1.00"
-    return "–" if bounds is None else f"{bounds[0]:.2f}-{bounds[1]:.2f}"
+    return "–" if bounds is None else f"{fmt_number(bounds[0])}-{fmt_number(bounds[1])}"
 
 
 def distserve_markdown(rep: ConsistencyReport, missed_tps: Sequence[int]) -> list[str]:
@@ -245,10 +246,11 @@ def distserve_markdown(rep: ConsistencyReport, missed_tps: Sequence[int]) -> lis
     for tp in d.ms_per_token:
         ar = rep.allreduce_ms_per_token.get(tp)
         lines.append(
-            f"| {tp} | {d.ms_per_token[tp]:.4f} | {d.group_ms_per_token(tp):.4f} | "
-            f"{d.group_ms_per_token(tp) / d.group_ms_per_token(1):.2f} | "
-            f"{_range(rep.linear_tp.get(tp), tp)} | {1e3 * d.excess_ms_per_token(tp):.1f} | "
-            f"{'–' if ar is None else f'{1e3 * ar:.1f}'} |")
+            f"| {tp} | {fmt_number(d.ms_per_token[tp])} | {fmt_number(d.group_ms_per_token(tp))} | "
+            f"{fmt_number(d.group_ms_per_token(tp) / d.group_ms_per_token(1))} | "
+            f"{_range(rep.linear_tp.get(tp), tp)} | "
+            f"{fmt_number(1e3 * d.excess_ms_per_token(tp))} | "
+            f"{'–' if ar is None else fmt_number(1e3 * ar)} |")
     multi = [tp for tp in d.ms_per_token if tp > 1 and tp in rep.allreduce_ms_per_token]
     shares = [rep.allreduce_ms_per_token[tp] / d.excess_ms_per_token(tp) for tp in multi]
     excess = [d.excess_ms_per_token(tp) for tp in multi]
@@ -257,8 +259,8 @@ def distserve_markdown(rep: ConsistencyReport, missed_tps: Sequence[int]) -> lis
     lines += [
         "",
         f"The formula's extra time per token {trend} from TP{multi[0]} to TP{multi[-1]}, while "
-        f"the measured all-reduce grows with TP and accounts for {100 * min(shares):.0f}-"
-        f"{100 * max(shares):.0f}% of it: no term that grows with the TP degree (an all-reduce, "
+        f"the measured all-reduce grows with TP and accounts for {fmt_number(100 * min(shares))}-"
+        f"{fmt_percent(max(shares))} of it: no term that grows with the TP degree (an all-reduce, "
         "a per-GPU launch cost) or is independent of it (GEMM efficiency, as Vidur measures) "
         "reproduces every TP degree together, so a fit on some of them misses the others by "
         "the difference.",

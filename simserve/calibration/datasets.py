@@ -34,6 +34,7 @@ from simserve.config import EngineConfig
 from simserve.costmodel.base import BatchShape
 from simserve.costmodel.calibrated import Arch
 from simserve.errors import InputError
+from simserve.formatting import fmt_number
 from simserve.resolve import kv_cache_bytes
 
 __all__ = [
@@ -501,8 +502,9 @@ def load_distserve(path: str | Path, catalog: Catalog | None = None) -> list[Ste
                 # TP) holds it describes steps the engine never ran (e.g. OPT-66B at TP2 keeps
                 # ~10 GB per GPU for KV), so the grid stops at the capacity.
                 group_notes.append(
-                    f"{model} tp{tp}: grid limited to the {capacity:,}-token KV capacity of "
-                    f"{DISTSERVE_GPU} at gpu_memory_utilization {grid.gpu_memory_utilization}")
+                    f"{model} tp{tp}: grid limited to the {fmt_number(capacity)}-token KV "
+                    f"capacity of {DISTSERVE_GPU} at gpu_memory_utilization "
+                    f"{grid.gpu_memory_utilization}")
             rows, times = [], []
             for q in grid.prefill_lens:
                 for b in grid.prefill_batches:

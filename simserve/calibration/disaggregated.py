@@ -18,6 +18,7 @@ from simserve.calibration.paths import GROUND_TRUTH_DIR, VALIDATION_SCENARIOS
 from simserve.calibration.replay import REPLAY_METRICS, ReplayResult, trace_rate
 from simserve.calibration.serving import fit_serving_term, replay_with_serving
 from simserve.config import load_scenario
+from simserve.formatting import fmt_number, fmt_percent, fmt_ratio
 
 __all__ = [
     "DISAGGREGATED_SCENARIO",
@@ -129,11 +130,11 @@ def disaggregated_markdown(rep: DisaggregatedReport, figure: str | None) -> list
         "The forward-pass profile alone prices decode steps about a quarter too fast at every "
         "rate (below). One constant of the serving loop, `cost_model.serving_step_ms` (time "
         "per step outside the forward pass: scheduling, the engine-to-worker call), is fitted "
-        f"on the {rep.train_rate:g} req/s run only, to its median TPOT: "
-        f"**{rep.fitted_step_ms:.2f} ms** (shipped in the scenario: "
-        f"{rep.shipped_step_ms:.2f} ms). The other runs are held out. Target: p50 TTFT and "
-        f"mean TPOT within {TARGET_PCT:.0f}% below saturation (runs whose measured mean TPOT "
-        f"is under {SATURATION_MEAN_OVER_MEDIAN:g}x the median).",
+        f"on the {fmt_number(rep.train_rate)} req/s run only, to its median TPOT: "
+        f"**{fmt_number(rep.fitted_step_ms)} ms** (shipped in the scenario: "
+        f"{fmt_number(rep.shipped_step_ms)} ms). The other runs are held out. Target: p50 TTFT and "
+        f"mean TPOT within {fmt_percent(TARGET_PCT / 100)} below saturation (runs whose measured "
+        f"mean TPOT is under {fmt_ratio(SATURATION_MEAN_OVER_MEDIAN)} the median).",
         "",
         "| run | rate | state | metric | measured (ms) | profile only | error | "
         "+ serving time | error |",
@@ -146,11 +147,14 @@ def disaggregated_markdown(rep: DisaggregatedReport, figure: str | None) -> list
         for label, *_ in REPLAY_METRICS:
             err = fitted.error_pct(label)
             judged = state == "held out" and label in ("TTFT p50", "TPOT mean")
-            cell = f"**{err:+.1f}%**" if judged and abs(err) > TARGET_PCT else f"{err:+.1f}%"
+            cell = fmt_percent(err / 100, signed=True)
+            if judged and abs(err) > TARGET_PCT:
+                cell = f"**{cell}**"
             lines.append(
-                f"| {Path(base.trace).name} | {rate:g} | {state} | {label} | "
-                f"{base.measured[label]:.1f} | {base.simulated[label]:.1f} | "
-                f"{base.error_pct(label):+.1f}% | {fitted.simulated[label]:.1f} | {cell} |"
+                f"| {Path(base.trace).name} | {fmt_number(rate)} | {state} | {label} | "
+                f"{fmt_number(base.measured[label])} | {fmt_number(base.simulated[label])} | "
+                f"{fmt_percent(base.error_pct(label) / 100, signed=True)} | "
+                f"{fmt_number(fitted.simulated[label])} | {cell} |"
             )
     lines += [
         "",
@@ -161,15 +165,16 @@ def disaggregated_markdown(rep: DisaggregatedReport, figure: str | None) -> list
         "|---|---|---|---|---|",
     ]
     for train, ms, test, ttft, tpot in rep.cross_validation:
-        lines.append(f"| {train:g} req/s | {ms:.2f} | {test:g} req/s | {ttft:+.1f}% | "
-                     f"{tpot:+.1f}% |")
+        lines.append(f"| {fmt_number(train)} req/s | {fmt_number(ms)} | {fmt_number(test)} req/s "
+                     f"| {fmt_percent(ttft / 100, signed=True)} | "
+                     f"{fmt_percent(tpot / 100, signed=True)} |")
     lines += [
         "",
         "Near saturation (9 and 12 req/s) the measured mean TPOT is 2-3x its median: short "
         "requests wait seconds for a decode slot after their prefill. The simulated decode "
         "queue shows the same effect (mean wait between the first token and the start of the "
         "KV transfer: "
-        + ", ".join(f"{_kv_wait_ms(r):.0f} ms at {trace_rate(r.trace):g} req/s"
+        + ", ".join(f"{fmt_number(_kv_wait_ms(r))} ms at {fmt_number(trace_rate(r.trace))} req/s"
                     for r in rep.with_serving)
         + "). Without it, the simulator misses the mean TPOT by far more. Ablation, same "
         "replays with a decode KV cache that never fills, so every finished prefill joins the "
@@ -180,9 +185,12 @@ def disaggregated_markdown(rep: DisaggregatedReport, figure: str | None) -> list
     ]
     for fitted, free in zip(rep.with_serving, rep.no_kv_limit, strict=True):
         lines.append(
-            f"| {trace_rate(fitted.trace):g} | {fitted.measured['TPOT mean']:.1f} | "
-            f"{fitted.simulated['TPOT mean']:.1f} | {fitted.error_pct('TPOT mean'):+.1f}% | "
-            f"{free.simulated['TPOT mean']:.1f} | {free.error_pct('TPOT mean'):+.1f}% |"
+            f"| {fmt_number(trace_rate(fitted.trace))} | "
+            f"{fmt_number(fitted.measured['TPOT mean'])} | "
+            f"{fmt_number(fitted.simulated['TPOT mean'])} | "
+            f"{fmt_percent(fitted.error_pct('TPOT mean') / 100, signed=True)} | "
+            f"{fmt_number(free.simulated['TPOT mean'])} | "
+            f"{fmt_percent(free.error_pct('TPOT mean') / 100, signed=True)} |"
         )
     lines += [
         "",
@@ -205,8 +213,9 @@ def disaggregated_targets(rep: DisaggregatedReport) -> list[str]:
             continue
         for label in ("TTFT p50", "TPOT mean"):
             v = run.error_pct(label)
-            out.append(f"| disaggregated e2e {label} within 15% at {rate:g} req/s (held out) | "
-                       f"{v:+.1f}% | {'yes' if abs(v) <= TARGET_PCT else 'no'} |")
+            out.append(f"| disaggregated e2e {label} within 15% at {fmt_number(rate)} req/s "
+                       f"(held out) | {fmt_percent(v / 100, signed=True)} | "
+                       f"{'yes' if abs(v) <= TARGET_PCT else 'no'} |")
     return out
 
 
@@ -217,6 +226,8 @@ def disaggregated_figure(rep: DisaggregatedReport, fig_dir: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from simserve.plots.canvas import save_figure
+
     rates = [trace_rate(r.trace) for r in rep.profile_only]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, label in zip(axes, ("TTFT p50", "TPOT p50", "TPOT mean"), strict=True):
@@ -225,7 +236,7 @@ def disaggregated_figure(rep: DisaggregatedReport, fig_dir: Path) -> str:
                 color="tab:gray", label="simulated, forward-pass profile only")
         ax.plot(rates, [r.simulated[label] for r in rep.with_serving], "^-",
                 color="tab:blue",
-                label=f"simulated, + {rep.shipped_step_ms:.1f} ms serving time per step")
+                label=f"simulated, + {fmt_number(rep.shipped_step_ms)} ms serving time per step")
         if label == "TPOT mean":
             ax.plot(rates, [r.simulated[label] for r in rep.no_kv_limit], "v:",
                     color="tab:red", label="simulated, no decode KV limit (ablation)")
@@ -236,11 +247,11 @@ def disaggregated_figure(rep: DisaggregatedReport, fig_dir: Path) -> str:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("OPT-13B, DistServe: prefill TP2 (2 GPUs) + decode TP1 (1 GPU), "
-                 f"A100-80GB; serving time fitted at {rep.train_rate:g} req/s only",
+                 f"A100-80GB; serving time fitted at {fmt_number(rep.train_rate)} req/s only",
                  fontsize=10)
     fig.tight_layout()
     fig_dir.mkdir(parents=True, exist_ok=True)
     name = "replay_disaggregated.png"
-    fig.savefig(fig_dir / name, dpi=110)
+    save_figure(fig, fig_dir / name, dpi=110, crop=False)
     plt.close(fig)
     return name

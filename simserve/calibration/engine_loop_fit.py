@@ -36,6 +36,7 @@ from simserve.calibration.replay import DEFAULT_SCENARIO, ReplayResult, replay_t
 from simserve.calibration.served_v1 import V1_RUNS, v1_runs
 from simserve.costmodel.engine_loop import loop_terms_path
 from simserve.costmodel.kernel_tables import kernels_dir
+from simserve.formatting import fmt_number
 
 __all__ = [
     "FIT_METRICS",
@@ -78,7 +79,7 @@ class LoopRun:
 
 def loop_runs() -> list[LoopRun]:
     """Every real run of both engine generations."""
-    runs = [LoopRun(f"OPT-13B A100 {trace_rate(t):g} req/s", "v0", t, DEFAULT_SCENARIO,
+    runs = [LoopRun(f"OPT-13B A100 {fmt_number(trace_rate(t))} req/s", "v0", t, DEFAULT_SCENARIO,
                     V0_OVERRIDES, trace_rate(t) < 4) for t in vllm_traces()]
     for run in v1_runs():
         runs.append(LoopRun(f"{run.name} RTX PRO 6000", "v1", run.csv_path,

@@ -31,6 +31,7 @@ import yaml
 
 from simserve.costmodel.kernel_tables import TABLES, TableSpec
 from simserve.errors import InputError
+from simserve.formatting import fmt_plain, round_significant
 
 __all__ = [
     "AIC_PACKAGE",
@@ -85,7 +86,7 @@ _SHORT_BACKEND = {"vllm_graph": "graph", "vllm_eager": "eager"}
 
 def format_us(latency_ms: float) -> str:
     """A latency in ms as us with 4 significant digits, without an exponent."""
-    return f"{float(f'{latency_ms * 1e3:.4g}'):g}"
+    return fmt_plain(round_significant(latency_ms * 1e3, 4))
 
 
 def _package_root() -> Path:

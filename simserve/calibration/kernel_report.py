@@ -15,6 +15,7 @@ from simserve.calibration.kernel_validation import (
 from simserve.calibration.replay import ReplayResult, trace_rate
 from simserve.costmodel.engine_loop import loop_terms
 from simserve.costmodel.kernel_tables import kernel_gpus, kernel_meta
+from simserve.formatting import fmt_number, fmt_percent, fmt_ratio
 
 __all__ = ["kernel_figures", "kernel_markdown"]
 
@@ -27,7 +28,7 @@ def _err(sim: float, meas: float) -> float:
 
 
 def _pct(x: float) -> str:
-    return f"{x:+.1f}%"
+    return fmt_percent(x / 100, signed=True)
 
 
 def _bold_if(x: float, limit: float) -> str:
@@ -46,7 +47,7 @@ def _tables_section() -> list[str]:
         cells = []
         for name in ("gemm", "context_attention", "generation_attention", "allreduce", "moe"):
             t = tables.get(name)
-            cells.append(f"{t['framework_version']}: {t['rows_kept']:,}" if t else "–")
+            cells.append(f"{t['framework_version']}: {fmt_number(t['rows_kept'])}" if t else "–")
         out.append(f"| {gpu} | " + " | ".join(cells) + " |")
     out += ["", "Units and values are checked against each GPU's physics "
             "(`tests/test_kernel_tables.py`): no GEMM beats the dense peak FLOP/s, no GEMM or "
@@ -60,9 +61,9 @@ def _tables_section() -> list[str]:
     return out
 
 
-def _pct_or_blank(value: float, digits: int = 2) -> str:
+def _pct_or_blank(value: float) -> str:
     """An unsigned percentage, or nothing for nan (not scored)."""
-    return "" if value != value else f"{value:.{digits}f}%"
+    return "" if value != value else fmt_percent(value / 100)
 
 
 def _ops_section(rep: KernelReport) -> list[str]:
@@ -71,8 +72,9 @@ def _ops_section(rep: KernelReport) -> list[str]:
            "random (seed 0); the interpolation of the other 80% predicts them. Points inside "
            "the kept range test the interpolation; points past either end test the power-law "
            "extension (flagged as extrapolation in runs). Target: MAPE <= "
-           f"{OP_TARGET_PCT:g}% on interpolated points, of the tables as the cost model reads "
-           "them (decode attention, GEMMs and MoE layers re-priced for the L2 cache, below). "
+           f"{fmt_percent(OP_TARGET_PCT / 100)} on interpolated points, of the tables as the "
+           "cost model reads them (decode attention, GEMMs and MoE layers re-priced for the L2 "
+           "cache, below). "
            "How each table is read "
            "(`simserve/costmodel/kernel_tables.py`): GEMMs through every measured m, flat to "
            "the end of its 64-row tile and linear in m rounded up to whole tiles between "
@@ -82,8 +84,8 @@ def _ops_section(rep: KernelReport) -> list[str]:
            "previous way (log-log; decode attention as a monotone cubic in log-log) for the "
            "two tables whose reading changed. `at steps` is the "
            f"share of interpolated points whose two kept neighbours differ by "
-           f"{STEP_RATIO:g}x or more, and their share of the summed error. The GEMM floor is "
-           "the tables' own noise: each GEMM of 1..16 rows (one row tile, the same work) "
+           f"{fmt_ratio(STEP_RATIO)} or more, and their share of the summed error. The GEMM "
+           "floor is the tables' own noise: each GEMM of 1..16 rows (one row tile, the same work) "
            "predicted by the mean of the other 15 of its curve misses by that much, so no "
            "interpolation can predict held-back GEMM points better.", "",
            "| GPU | table | interpolated points | MAPE | median | before | at steps: points "
@@ -91,11 +93,14 @@ def _ops_section(rep: KernelReport) -> list[str]:
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in rep.ops:
         met = "yes" if o.mape_inside <= OP_TARGET_PCT else "**no**"
-        floor = _pct_or_blank(rep.floors[o.gpu].same_work_mape, 1) if o.table == "gemm" else ""
-        out.append(f"| {o.gpu} | {o.table} | {o.n_inside:,} | {o.mape_inside:.2f}% | "
-                   f"{o.median_inside:.2f}% | {_pct_or_blank(o.mape_inside_before)} | "
-                   f"{o.step_points_pct:.0f}% / {o.step_error_pct:.0f}% | {o.n_beyond:,} | "
-                   f"{o.mape_beyond:.1f}% | {met} | {floor} |")
+        floor = _pct_or_blank(rep.floors[o.gpu].same_work_mape) if o.table == "gemm" else ""
+        out.append(f"| {o.gpu} | {o.table} | {fmt_number(o.n_inside)} | "
+                   f"{fmt_percent(o.mape_inside / 100)} | "
+                   f"{fmt_percent(o.median_inside / 100)} | "
+                   f"{_pct_or_blank(o.mape_inside_before)} | "
+                   f"{fmt_percent(o.step_points_pct / 100)} / "
+                   f"{fmt_percent(o.step_error_pct / 100)} | {fmt_number(o.n_beyond)} | "
+                   f"{fmt_percent(o.mape_beyond / 100)} | {met} | {floor} |")
     met = [o for o in rep.ops if o.mape_inside <= OP_TARGET_PCT]
     gemm = [o for o in rep.ops if o.table == "gemm"]
     at_floor = [o.gpu for o in gemm if o.mape_inside <= rep.floors[o.gpu].same_work_mape]
@@ -107,25 +112,26 @@ def _ops_section(rep: KernelReport) -> list[str]:
     out += ["", f"{len(met)} of {len(rep.ops)} tables meet the target"
             + (f" ({', '.join(f'{o.gpu} {o.table}' for o in met)})" if met else "")
             + ". Where the error sits: over all tables, "
-            f"{step_points:.0f}% of the interpolated points lie between kept neighbours "
-            f"{STEP_RATIO:g}x or more apart and carry {step_error:.0f}% of the error. Between "
-            "two measured sizes the kernel changes its tiling, its split of the work or its "
-            "cache regime, and where in the gap it does so is not in the data: no curve "
-            "through the neighbours can place that step. Borrowing the step from a "
-            "neighbouring shape measured at the held-back size (interpolating over the other "
-            "axes too) was not adopted: it could only help this test, since the engine asks "
-            "for sizes between the grid points, which no neighbouring shape measured "
-            "either.", "",
+            f"{fmt_percent(step_points / 100)} of the interpolated points lie between kept "
+            f"neighbours {fmt_ratio(STEP_RATIO)} or more apart and carry "
+            f"{fmt_percent(step_error / 100)} of the error. Between two measured sizes the kernel "
+            "changes its tiling, its split of the work or its cache regime, and where in the gap "
+            "it does so is not in the data: no curve through the neighbours can place that step. "
+            "Borrowing the step from a neighbouring shape measured at the held-back size "
+            "(interpolating over the other axes too) was not adopted: it could only help this "
+            "test, since the engine asks for sizes between the grid points, which no "
+            "neighbouring shape measured either.", "",
             "What the data allow:", "",
             f"- GEMMs: on {len(at_floor)} of {len(gemm)} GPUs "
             f"({', '.join(at_floor) or 'none'}) the held-back error is at or below the "
             "table's own same-work noise (GEMM floor): 3% is below what those measurements "
             "repeat to."
-            + "".join(" " + f"{o.gpu}'s floor is {rep.floors[o.gpu].same_work_mape:.1f}% but "
-                        f"{rep.floors[o.gpu].drops_pct:.0f}% of its successive measured sizes "
-                        "run more than 10% faster with more rows (the kernel chosen changes with "
-                        "m: time falls within one choice's range and jumps at the next), "
-                        "which no monotone curve follows."
+            + "".join(f" {o.gpu}'s floor is "
+                        f"{fmt_percent(rep.floors[o.gpu].same_work_mape / 100)} but "
+                        f"{fmt_percent(rep.floors[o.gpu].drops_pct / 100)} of its successive "
+                        "measured sizes run more than 10% faster with more rows (the kernel "
+                        "chosen changes with m: time falls within one choice's range and jumps "
+                        "at the next), which no monotone curve follows."
                         for o in above),
             ]
     out += ["- Decode attention, GEMMs and MoE layers on the GDDR GPUs: the L2 cache "
@@ -227,16 +233,17 @@ def _shape_section(rep: KernelReport) -> list[str]:
             "(1/b of a batch-b call), on "
             f"{a['batches']} ShareGPT-like decode batches of 4-256 sequences (lognormal "
             "contexts, median 600 tokens; Llama-3.1-8B, H100) the attention term differs by "
-            f"{a['attention_mean']:.1f}% on average ({a['attention_max']:.1f}% at worst, where "
+            f"{fmt_percent(a['attention_mean'] / 100)} on average "
+            f"({fmt_percent(a['attention_max'] / 100)} at worst, where "
             "the kernel switches split strategy between the two contexts), the whole step by "
-            f"{a['step_mean']:.1f}% ({a['step_max']:.1f}% at worst). No field was added to "
-            "BatchShape.", ""]
+            f"{fmt_percent(a['step_mean'] / 100)} ({fmt_percent(a['step_max'] / 100)} at worst). "
+            "No field was added to BatchShape.", ""]
 
 
 def _fmt_stats(stats: dict | None, regime: str = "all") -> str:
     if not stats or regime not in stats:
         return "–"
-    return f"{stats[regime]['mape_pct']:.1f}"
+    return fmt_number(stats[regime]['mape_pct'])
 
 
 def _steps_section(rep: KernelReport) -> list[str]:
@@ -281,21 +288,22 @@ def _loop_section(rep: KernelReport) -> list[str]:
     for version in ("v0", "v1"):
         t = loop_terms(version)
         f = refit.get(version)
-        now = (", ".join(f"{k} {v:g}" for k, v in f.terms.items()) if f else "–")
-        out.append(f"| {version} | {t.per_step_us:g} | {t.per_seq_us:g} | {t.per_token_us:g} "
+        now = (", ".join(f"{k} {fmt_number(v)}" for k, v in f.terms.items()) if f else "–")
+        out.append(f"| {version} | {fmt_number(t.per_step_us)} | {fmt_number(t.per_seq_us)} | "
+                   f"{fmt_number(t.per_token_us)} "
                    f"| {t.source} | {now} |")
     v0, v1 = loop_terms("v0"), loop_terms("v1")
     out += ["", "V0's runs are DistServe's vLLM baseline (2023) behind Ray: "
-            f"{v0.per_seq_us / 1e3:.2f} ms per running "
+            f"{fmt_number(v0.per_seq_us / 1e3)} ms per running "
             "sequence per step is the remote call that carries every sequence's metadata to the "
             "worker and back, and the measured TPOT grows by about that much per request "
             "decoding (REPORT §4's step regression: ~1 ms per sequence). Its "
-            f"{v0.per_token_us:.0f} us per prefill "
+            f"{fmt_number(v0.per_token_us)} us per prefill "
             "token is more than Python's input preparation costs: it also carries that era's "
             "prefill kernels (fp16, xformers), ~45% slower than the vLLM 0.14 kernels in the "
             "A100 tables; it is a property of that engine generation, not of the GPU. V1's "
-            f"{v1.per_step_us / 1e3:.1f} ms per step and nothing per sequence: at these runs' "
-            "batch (~115 running) the "
+            f"{fmt_number(v1.per_step_us / 1e3)} ms per step and nothing per sequence: at these "
+            "runs' batch (~115 running) the "
             "GPU step (25-50 ms) hides any CPU work that scales with the batch, so only the "
             "serial part is identifiable; its value is set mostly by the Qwen3-32B TP2 run "
             "(§7.7).", ""]
@@ -311,7 +319,8 @@ def _e2e_v0_section(rep: KernelReport) -> list[str]:
            "(measured KV capacity) with `cost_model.kind: kernels` (A100 tables, V0 loop "
            "above), beside the roofline's defaults and the best existing fitted profile (the "
            "scenario as shipped: DistServe's vLLM profile plus its online term). Error of the "
-           f"simulation; target: p50 TTFT and mean TPOT within {E2E_TARGET_PCT:g}% at 1-3 "
+           "simulation; target: p50 TTFT and mean TPOT within "
+           f"{fmt_percent(E2E_TARGET_PCT / 100)} at 1-3 "
            "req/s, the knee between 3 and 4 req/s. Only the loop terms were fitted, on the 1-3 "
            "req/s runs; 4 req/s is held out.", "",
            "| rate | metric | measured (ms) | kernels | roofline | best profile |",
@@ -322,7 +331,7 @@ def _e2e_v0_section(rep: KernelReport) -> list[str]:
             meas = r.kernel.measured[m]
             limit = E2E_TARGET_PCT if rate < 4 and m != "TTFT p90" else 1e9
             prof = _pct(_err(r.profile.simulated[m], meas)) if r.profile else "–"
-            out.append(f"| {rate:g} | {m} | {meas:.1f} | "
+            out.append(f"| {fmt_number(rate)} | {m} | {fmt_number(meas)} | "
                        f"{_bold_if(_err(r.kernel.simulated[m], meas), limit)} | "
                        f"{_pct(_err(r.roofline.simulated[m], meas))} | {prof} |")
     out += ["", *(_knee_lines(rows)), "", *_tpot_spread_lines(rows)]
@@ -332,7 +341,7 @@ def _e2e_v0_section(rep: KernelReport) -> list[str]:
                 "", "| held out | terms fitted on the others | p50 TTFT | mean TPOT |",
                 "|---|---|---|---|"]
         for x in loro:
-            terms = ", ".join(f"{k} {v:g}" for k, v in x.terms.items())
+            terms = ", ".join(f"{k} {fmt_number(v)}" for k, v in x.terms.items())
             r = x.replay
             out.append(f"| {x.held_out} | {terms} | "
                        f"{_pct(_err(r.simulated['TTFT p50'], r.measured['TTFT p50']))} | "
@@ -383,11 +392,12 @@ def _knee_lines(rows: list) -> list[str]:
         if a is None or b is None:
             continue
         jump = b.simulated["TTFT p90"] / a.simulated["TTFT p90"]
-        out.append(f"- knee, {label}: p90 TTFT {a.simulated['TTFT p90'] / 1e3:.2f} s at 3 "
-                   f"req/s -> {b.simulated['TTFT p90'] / 1e3:.1f} s at 4 req/s (x{jump:.0f}; "
-                   f"measured {a.measured['TTFT p90'] / 1e3:.2f} s -> "
-                   f"{b.measured['TTFT p90'] / 1e3:.1f} s, "
-                   f"x{b.measured['TTFT p90'] / a.measured['TTFT p90']:.0f})")
+        out.append(f"- knee, {label}: p90 TTFT {fmt_number(a.simulated['TTFT p90'] / 1e3)} s at 3 "
+                   f"req/s -> {fmt_number(b.simulated['TTFT p90'] / 1e3)} s at 4 req/s "
+                   f"({fmt_ratio(jump)}; "
+                   f"measured {fmt_number(a.measured['TTFT p90'] / 1e3)} s -> "
+                   f"{fmt_number(b.measured['TTFT p90'] / 1e3)} s, "
+                   f"{fmt_ratio(b.measured['TTFT p90'] / a.measured['TTFT p90'])})")
     return out
 
 
@@ -403,7 +413,7 @@ def _e2e_v1_section(rep: KernelReport) -> list[str]:
     for r in rows:
         for m in ("TTFT p50", "TTFT p90", "TPOT mean"):
             meas = r.kernel.measured[m]
-            out.append(f"| {r.run.label} | {m} | {meas:.1f} | "
+            out.append(f"| {r.run.label} | {m} | {fmt_number(meas)} | "
                        f"{_pct(_err(r.kernel.simulated[m], meas))} | "
                        f"{_pct(_err(r.roofline.simulated[m], meas))} |")
     loro = [x for x in rep.loro if x.version == "v1"]
@@ -412,7 +422,7 @@ def _e2e_v1_section(rep: KernelReport) -> list[str]:
                 "| held out | terms fitted on the other run | p50 TTFT | mean TPOT |",
                 "|---|---|---|---|"]
         for x in loro:
-            terms = ", ".join(f"{k} {v:g}" for k, v in x.terms.items())
+            terms = ", ".join(f"{k} {fmt_number(v)}" for k, v in x.terms.items())
             r = x.replay
             out.append(f"| {x.held_out} | {terms} | "
                        f"{_pct(_err(r.simulated['TTFT p50'], r.measured['TTFT p50']))} | "
@@ -444,11 +454,12 @@ def _aic_section(rep: KernelReport) -> list[str]:
             "TPOT simserve | diff | TPOT simserve + V1 loop |",
             "|---|---|---|---|---|---|---|---|---|"]
     for r in rep.aic:
-        out.append(f"| {r.label} | {r.concurrency} | {r.aic_ttft_ms:.1f} | "
-                   f"{r.kernel_ttft_ms:.1f} | {_pct(_err(r.kernel_ttft_ms, r.aic_ttft_ms))} | "
-                   f"{r.aic_tpot_ms:.2f} | {r.kernel_tpot_ms:.2f} | "
+        out.append(f"| {r.label} | {r.concurrency} | {fmt_number(r.aic_ttft_ms)} | "
+                   f"{fmt_number(r.kernel_ttft_ms)} | "
+                   f"{_pct(_err(r.kernel_ttft_ms, r.aic_ttft_ms))} | "
+                   f"{fmt_number(r.aic_tpot_ms)} | {fmt_number(r.kernel_tpot_ms)} | "
                    f"{_pct(_err(r.kernel_tpot_ms, r.aic_tpot_ms))} | "
-                   f"{r.kernel_tpot_loop_ms:.2f} |")
+                   f"{fmt_number(r.kernel_tpot_loop_ms)} |")
     out += ["", "Dense models agree within a few percent: both sum the same measured GEMMs, "
             "attention calls and all-reduces. simserve is slightly slower because it pads decode "
             "batches to vLLM's CUDA-graph sizes and prices sampling and the elementwise kernels "
@@ -476,15 +487,16 @@ def _derive_section(rep: KernelReport) -> list[str]:
            "derived by transfer |", "|---|---|---|---|---|---|"]
     for r in rep.derive:
         for i, b in enumerate(r.batches):
-            out.append(f"| {r.label} | `{r.base}` | {b} | {r.kernel_ms[i]:.1f} | "
-                       f"{r.derived_ms[i]:.1f} ({_pct(_err(r.derived_ms[i], r.kernel_ms[i]))}) "
-                       f"| {r.transfer_ms[i]:.1f} "
+            out.append(f"| {r.label} | `{r.base}` | {b} | {fmt_number(r.kernel_ms[i])} | "
+                       f"{fmt_number(r.derived_ms[i])} "
+                       f"({_pct(_err(r.derived_ms[i], r.kernel_ms[i]))}) "
+                       f"| {fmt_number(r.transfer_ms[i])} "
                        f"({_pct(_err(r.transfer_ms[i], r.kernel_ms[i]))}) |")
     worst = max(r.derived_holdout_mape for r in rep.derive)
     out += ["", "A profile fitted to the kernel model prices like it (held-back MAPE against it "
-            f"at most {worst:.1f}% over prefill, decode and mixed steps); the transferred one "
-            "carries whatever its base engine added per sequence and per step, at batches its "
-            "base never measured.", ""]
+            f"at most {fmt_percent(worst / 100)} over prefill, decode and mixed steps); the "
+            "transferred one carries whatever its base engine added per sequence and per step, "
+            "at batches its base never measured.", ""]
     if rep.derive_replays:
         kernel = {trace_rate(r.run.trace): r.kernel for r in rep.e2e if r.run.version == "v0"}
         out += ["The real OPT-13B vLLM runs replayed with the derived OPT-13B profile (fitted "
@@ -495,8 +507,8 @@ def _derive_section(rep: KernelReport) -> list[str]:
             for m in ("TTFT p50", "TPOT mean"):
                 k = kernel.get(rate)
                 kcell = _pct(_err(k.simulated[m], k.measured[m])) if k else "–"
-                out.append(f"| {rate:g} | {m} | {_pct(_err(r.simulated[m], r.measured[m]))} | "
-                           f"{kcell} |")
+                out.append(f"| {fmt_number(rate)} | {m} | "
+                           f"{_pct(_err(r.simulated[m], r.measured[m]))} | {kcell} |")
         out.append("")
     return out
 
@@ -514,20 +526,21 @@ def rep_figures(rep: KernelReport) -> set[str]:
 def _targets(rep: KernelReport) -> list[str]:
     out = ["### 7.10 Targets", "", "| target | achieved | met |", "|---|---|---|"]
     for o in rep.ops:
-        out.append(f"| op level MAPE <= {OP_TARGET_PCT:g}%: {o.gpu} {o.table} | "
-                   f"{o.mape_inside:.2f}% | {'yes' if o.mape_inside <= OP_TARGET_PCT else 'no'} |")
+        out.append(f"| op level MAPE <= {fmt_percent(OP_TARGET_PCT / 100)}: {o.gpu} {o.table} | "
+                   f"{fmt_percent(o.mape_inside / 100)} | "
+                   f"{'yes' if o.mape_inside <= OP_TARGET_PCT else 'no'} |")
     for r in rep.e2e:
         if r.run.version != "v0" or trace_rate(r.run.trace) >= 4:
             continue
         for m in ("TTFT p50", "TPOT mean"):
             e = _err(r.kernel.simulated[m], r.kernel.measured[m])
-            out.append(f"| e2e V0 {m} within {E2E_TARGET_PCT:g}% at "
-                       f"{trace_rate(r.run.trace):g} req/s (kernels) | {_pct(e)} | "
+            out.append(f"| e2e V0 {m} within {fmt_percent(E2E_TARGET_PCT / 100)} at "
+                       f"{fmt_number(trace_rate(r.run.trace))} req/s (kernels) | {_pct(e)} | "
                        f"{'yes' if abs(e) <= E2E_TARGET_PCT else 'no'} |")
     v0 = {trace_rate(r.run.trace): r for r in rep.e2e if r.run.version == "v0"}
     if 3.0 in v0 and 4.0 in v0:
         a, b = v0[3.0].kernel.simulated["TTFT p90"], v0[4.0].kernel.simulated["TTFT p90"]
-        out.append(f"| knee between 3 and 4 req/s (p90 TTFT jumps >= 10x) | x{b / a:.0f} | "
+        out.append(f"| knee between 3 and 4 req/s (p90 TTFT jumps >= 10x) | {fmt_ratio(b / a)} | "
                    f"{'yes' if b / a >= 10 else 'no'} |")
     return [*out, ""]
 
@@ -550,6 +563,8 @@ def kernel_figures(rep: KernelReport, fig_dir: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from simserve.plots.canvas import save_figure
 
     written = []
     rows = [r for r in rep.e2e if r.run.version == "v0"]
@@ -577,7 +592,7 @@ def kernel_figures(rep: KernelReport, fig_dir: Path) -> list[str]:
         fig.suptitle("OPT-13B on one A100-80GB, vLLM V0: kernel model vs roofline vs fitted "
                      "profile", fontsize=10)
         fig.tight_layout()
-        fig.savefig(fig_dir / "kernel_e2e.png", dpi=110)
+        save_figure(fig, fig_dir / "kernel_e2e.png", dpi=110, crop=False)
         plt.close(fig)
         written.append("kernel_e2e.png")
     if rep.occupancy:
@@ -599,7 +614,7 @@ def kernel_figures(rep: KernelReport, fig_dir: Path) -> list[str]:
         fig.suptitle("vLLM 0.19 (V1) on RTX PRO 6000: running and waiting requests",
                      fontsize=10)
         fig.tight_layout()
-        fig.savefig(fig_dir / "kernel_v1_occupancy.png", dpi=110)
+        save_figure(fig, fig_dir / "kernel_v1_occupancy.png", dpi=110, crop=False)
         plt.close(fig)
         written.append("kernel_v1_occupancy.png")
     return written

@@ -26,6 +26,7 @@ from simserve.calibration.serving import fit_serving_term, replay_with_serving
 from simserve.calibration.step_regression import DecodeStepFit, fit_decode_step
 from simserve.config import load_scenario
 from simserve.costmodel.base import BatchShape
+from simserve.formatting import fmt_number, fmt_percent
 from simserve.resolve import resolve
 
 __all__ = [
@@ -128,13 +129,13 @@ def online_markdown(rep: OnlineReport, shipped: Sequence[ReplayResult]) -> list[
         "its prompt plus the tokens generated so far; summed over the requests of a run this "
         "is the measured KV occupancy (`simserve/calibration/occupancy.py`). Peak measured "
         "occupancy (blocks of 16 tokens): "
-        + ", ".join(f"{rep.peak_blocks[r]} at {r:g} req/s" for r in rates)
+        + ", ".join(f"{rep.peak_blocks[r]} at {fmt_number(r)} req/s" for r in rates)
         + ". The two runs that fill the cache top out at the same value, and they stay near it "
         "(the admission stall that makes the knee), so that flat top is the capacity the real "
         f"engine had; the scenario sets `num_gpu_blocks_override: {rep.shipped_blocks}`. "
         f"simserve's memory arithmetic for the launcher's settings gives {rep.catalog_blocks} "
         f"blocks: the real engine kept about "
-        f"{(rep.catalog_blocks - rep.shipped_blocks) * rep.block_bytes / 1e9:.0f} GB more "
+        f"{fmt_number((rep.catalog_blocks - rep.shipped_blocks) * rep.block_bytes / 1e9)} GB more "
         "outside the KV cache than the weights and the activation reserve simserve assumes "
         "(vLLM v0 sizes the cache after a profiling pass over 16,384 batched tokens and 1,024 "
         "sequences; the launcher's gpu_memory_utilization may also not be what these runs "
@@ -147,23 +148,25 @@ def online_markdown(rep: OnlineReport, shipped: Sequence[ReplayResult]) -> list[
         f"`cost_model.{ONLINE_TERM}` adds that time per sequence per step. It is fitted to "
         "each run below the knee on its own, to the run's median TPOT "
         "(`simserve/calibration/serving.py`): "
-        + ", ".join(f"{rep.fits[r]:.3f} ms at {r:g} req/s" for r in sorted(rep.fits))
-        + f". The scenario ships their median, **{rep.shipped_ms:.3f} ms** (refit: "
-        f"{rep.median_fit_ms:.3f} ms), so the odd 2 req/s run (below) cannot set it alone; the "
-        "4 req/s run is in no fit.",
+        + ", ".join(f"{fmt_number(rep.fits[r])} ms at {fmt_number(r)} req/s"
+                    for r in sorted(rep.fits))
+        + f". The scenario ships their median, **{fmt_number(rep.shipped_ms)} ms** (refit: "
+        f"{fmt_number(rep.median_fit_ms)} ms), so the odd 2 req/s run (below) cannot set it "
+        "alone; the 4 req/s run is in no fit.",
         "",
         "Each fit replayed on the other runs (p50 TTFT / mean TPOT error):",
         "",
         "| fitted on | per-seq time (ms) | "
-        + " | ".join(f"{r:g} req/s" for r in rates) + " |",
+        + " | ".join(f"{fmt_number(r)} req/s" for r in rates) + " |",
         "|---|---|" + "---|" * len(rates),
     ]
     for train in sorted(rep.fits):
         cells = {test: (ttft, tpot) for tr, _, test, ttft, tpot in rep.cross_validation
                  if tr == train}
         row = " | ".join(
-            "(fit)" if r == train else f"{cells[r][0]:+.0f}% / {cells[r][1]:+.0f}%" for r in rates)
-        lines.append(f"| {train:g} req/s | {rep.fits[train]:.3f} | {row} |")
+            "(fit)" if r == train else f"{fmt_percent(cells[r][0] / 100, signed=True)} / "
+            f"{fmt_percent(cells[r][1] / 100, signed=True)}" for r in rates)
+        lines.append(f"| {fmt_number(train)} req/s | {fmt_number(rep.fits[train])} | {row} |")
     lines += [
         "",
         "The fits disagree because the runs do. A regression of every request's decode time "
@@ -179,14 +182,17 @@ def online_markdown(rep: OnlineReport, shipped: Sequence[ReplayResult]) -> list[
     for r in rates:
         m = rep.measured_steps[r]
         lines.append(
-            f"| {r:g} | {m.num_requests} | {m.mape_pct:.1f}% | {m.mean_batch:.1f} | "
-            f"{m.mean_context_tokens:.0f} | {m.fixed_ms:.1f} + {m.per_seq_ms:.2f} x batch = "
-            f"{m.mean_step_ms:.1f} | {m.per_seq_ms:.2f} | {rep.profile_step_ms[r]:.1f} |")
+            f"| {fmt_number(r)} | {m.num_requests} | {fmt_percent(m.mape_pct / 100)} | "
+            f"{fmt_number(m.mean_batch)} | "
+            f"{fmt_number(m.mean_context_tokens)} | {fmt_number(m.fixed_ms)} + "
+            f"{fmt_number(m.per_seq_ms)} x batch = "
+            f"{fmt_number(m.mean_step_ms)} | {fmt_number(m.per_seq_ms)} | "
+            f"{fmt_number(rep.profile_step_ms[r])} |")
     lines += [
         "",
         "Every run's step grows by about a millisecond per running sequence; the offline "
-        f"profile's grows by {_profile_slope_ms(rep):.2f} ms (its KV read and sampling). That "
-        "gap is what the online term prices. The fixed part differs between runs of one "
+        f"profile's grows by {fmt_number(_profile_slope_ms(rep))} ms (its KV read and sampling). "
+        "That gap is what the online term prices. The fixed part differs between runs of one "
         "setup by several milliseconds (the 2 req/s run is the slow one), which is the "
         "measurement's own spread and bounds how close any simulator can come to all four "
         "runs at once.",
@@ -200,8 +206,11 @@ def online_markdown(rep: OnlineReport, shipped: Sequence[ReplayResult]) -> list[
     for base, full in zip(rep.profile_only, shipped, strict=True):
         for label in ("TTFT p50", "TTFT p90", "TPOT mean"):
             lines.append(
-                f"| {trace_rate(base.trace):g} | {label} | {base.measured[label]:.1f} | "
-                f"{base.simulated[label]:.1f} | {base.error_pct(label):+.1f}% | "
-                f"{full.simulated[label]:.1f} | {full.error_pct(label):+.1f}% |")
+                f"| {fmt_number(trace_rate(base.trace))} | {label} | "
+                f"{fmt_number(base.measured[label])} | "
+                f"{fmt_number(base.simulated[label])} | "
+                f"{fmt_percent(base.error_pct(label) / 100, signed=True)} | "
+                f"{fmt_number(full.simulated[label])} | "
+                f"{fmt_percent(full.error_pct(label) / 100, signed=True)} |")
     lines.append("")
     return lines

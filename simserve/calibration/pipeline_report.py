@@ -18,6 +18,7 @@ from simserve.config import load_scenario
 from simserve.costmodel.base import BatchShape, CostModel
 from simserve.costmodel.pipeline import pipeline_step, step_parts
 from simserve.experiments.run import seed_streams, simulate_resolved
+from simserve.formatting import fmt_number
 from simserve.resolve import ResolvedScenario, resolve
 
 __all__ = ["PipelineReport", "pipeline_markdown", "run_pipeline_validation"]
@@ -138,8 +139,9 @@ def pipeline_markdown(rep: PipelineReport) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for b, host, per_stage, layers, last, total, alone in rep.parts_ms:
-        lines.append(f"| {b} | {host:.2f} | {per_stage:.2f} | {layers:.2f} | {last:.2f} | "
-                     f"{total:.2f} | {alone:.2f} |")
+        lines.append(f"| {b} | {fmt_number(host)} | {fmt_number(per_stage)} | "
+                     f"{fmt_number(layers)} | {fmt_number(last)} | "
+                     f"{fmt_number(total)} | {fmt_number(alone)} |")
     lines += [
         "",
         "The DistServe runs of §5 replayed (simulated) with the decode instance at pp=1 (the "
@@ -152,8 +154,10 @@ def pipeline_markdown(rep: PipelineReport) -> list[str]:
     for rate in sorted({k[0] for k in rep.tpot_ms}):
         one, two, even = (rep.tpot_ms[(rate, 1, "model")], rep.tpot_ms[(rate, 2, "model")],
                           rep.tpot_ms[(rate, 2, "even")])
-        lines.append(f"| {rate:g} | {one[0]:.1f} / {one[1]:.1f} | {two[0]:.1f} / {two[1]:.1f} "
-                     f"| {even[0]:.1f} / {even[1]:.1f} | {two[0] / one[0]:.2f} |")
+        lines.append(f"| {fmt_number(rate)} | {fmt_number(one[0])} / {fmt_number(one[1])} | "
+                     f"{fmt_number(two[0])} / {fmt_number(two[1])} "
+                     f"| {fmt_number(even[0])} / {fmt_number(even[1])} | "
+                     f"{fmt_number(two[0] / one[0])} |")
     lines += [
         "",
         "Published evidence, checked in direction only (nothing is fitted to it): a token "

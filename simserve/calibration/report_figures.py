@@ -11,6 +11,7 @@ import numpy as np
 from simserve.calibration.disaggregated import disaggregated_figure
 from simserve.calibration.replay import trace_rate
 from simserve.calibration.validate import LOTO_TARGET_PCT, ValidationReport
+from simserve.formatting import fmt_number, fmt_percent
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -22,8 +23,10 @@ def _save(fig: Figure, path: Path) -> str:
     """Lay out, write at the report's 110 dpi and close `fig`; its file name."""
     import matplotlib.pyplot as plt
 
+    from simserve.plots.canvas import save_figure
+
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110, crop=False)
     plt.close(fig)
     return path.name
 
@@ -62,7 +65,8 @@ def validation_figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
         ax.set_xlabel(f"measured {unit} (ms)")
         ax.set_ylabel(f"predicted {unit} (ms)")
         held_all = ds.pooled("holdout").get("all", {})
-        ax.set_title(f"{name}: held-back MAPE {held_all.get('mape_pct', float('nan')):.1f}% "
+        ax.set_title(f"{name}: held-back MAPE "
+                     f"{fmt_percent(held_all.get('mape_pct', float('nan')) / 100)} "
                      "(dotted: ±5%)", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
         written.append(_save(fig, fig_dir / f"parity_{name}.png"))
@@ -121,7 +125,7 @@ def validation_figures(rep: ValidationReport, fig_dir: Path) -> list[str]:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("TTFT (s)")
-            ax.set_title(f"{trace_rate(first[i].trace):g} req/s", fontsize=9)
+            ax.set_title(f"{fmt_number(trace_rate(first[i].trace))} req/s", fontsize=9)
             ax.grid(alpha=0.3)
         np.atleast_1d(axes)[0].set_ylabel("fraction of requests")
         np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower right")

@@ -25,6 +25,7 @@ from simserve.calibration.validate import (
     STEP_TARGET_PCT,
     ValidationReport,
 )
+from simserve.formatting import fmt_number, fmt_percent, fmt_ratio
 
 __all__ = [
     "first_blocks",
@@ -49,7 +50,9 @@ def _decoding_concurrency(run: ReplayResult) -> tuple[float, float]:
 
 def _err_cell(stats: dict[str, dict[str, float]], regime: str) -> str:
     s = stats.get(regime)
-    return f"{s['mape_pct']:.1f} / {s['max_err_pct']:.1f} (n={s['n']})" if s else "–"
+    if not s:
+        return "–"
+    return f"{fmt_number(s['mape_pct'])} / {fmt_number(s['max_err_pct'])} (n={s['n']})"
 
 
 def report_markdown(rep: ValidationReport, figures: list[str]) -> str:
@@ -70,7 +73,7 @@ def report_markdown(rep: ValidationReport, figures: list[str]) -> str:
         "",
         "Each (GPU, model, TP) group is fitted on 80% of its distinct step shapes (per regime, "
         "seed 0) and scored on the other 20%. Errors are MAPE / max |error| in %; "
-        f"target: MAPE <= {STEP_TARGET_PCT:.0f}% in-envelope on the held-back rows.",
+        f"target: MAPE <= {fmt_percent(STEP_TARGET_PCT / 100)} in-envelope on the held-back rows.",
         "",
         "| dataset | regime | fitted rows | held back (all) | held back, inside the train "
         "envelope | target met |",
@@ -130,8 +133,8 @@ def report_markdown(rep: ValidationReport, figures: list[str]) -> str:
         "## 2. Cross-validation",
         "",
         f"Leave one TP degree out (fit on the other TP degrees of the same GPU and model, "
-        f"predict the held-out one; target MAPE <= {LOTO_TARGET_PCT:.0f}%) and leave one model "
-        "out (Vidur: fit on 7 (A100) or 5 (H100) models, predict the 8th/6th).",
+        f"predict the held-out one; target MAPE <= {fmt_percent(LOTO_TARGET_PCT / 100)}) and "
+        "leave one model out (Vidur: fit on 7 (A100) or 5 (H100) models, predict the 8th/6th).",
         "",
         "| kind | dataset | GPU | model | held out | trained on | prefill | decode | linear "
         "| all | target met |",
@@ -197,8 +200,8 @@ def report_markdown(rep: ValidationReport, figures: list[str]) -> str:
             f"capacity ({first_blocks(rep)} blocks of 16 tokens) and, for the DistServe "
             f"profile only, one online time per running sequence per step "
             f"(`{ONLINE_TERM}`). The 4 req/s run is in no fit. "
-            f"Target: p50 TTFT and mean TPOT within {E2E_TARGET_PCT:.0f}% at 1-3 req/s; the "
-            "saturation knee reproduced.",
+            f"Target: p50 TTFT and mean TPOT within {fmt_percent(E2E_TARGET_PCT / 100)} at 1-3 "
+            "req/s; the saturation knee reproduced.",
             "",
         ]
         if rep.online is not None and "distserve" in rep.replays:
@@ -213,9 +216,11 @@ def report_markdown(rep: ValidationReport, figures: list[str]) -> str:
                     err = r.error_pct(label)
                     bold = (label in ("TTFT p50", "TPOT mean") and rate <= 3
                             and abs(err) > E2E_TARGET_PCT)
-                    cell = f"**{err:+.1f}%**" if bold else f"{err:+.1f}%"
-                    lines.append(f"| {Path(r.trace).name} | {rate:g} | {label} | "
-                                 f"{r.measured[label]:.1f} | {r.simulated[label]:.1f} | {cell} |")
+                    cell = fmt_percent(err / 100, signed=True)
+                    cell = f"**{cell}**" if bold else cell
+                    lines.append(f"| {Path(r.trace).name} | {fmt_number(rate)} | {label} | "
+                                 f"{fmt_number(r.measured[label])} | "
+                                 f"{fmt_number(r.simulated[label])} | {cell} |")
             lines.append("")
             lines += ["Load seen by the decode phase (mean number of requests past their first "
                       "token; measured by Little's law from the per-request latencies):", "",
@@ -223,7 +228,8 @@ def report_markdown(rep: ValidationReport, figures: list[str]) -> str:
                       "|---|---|---|---|"]
             for r in runs:
                 m, s = _decoding_concurrency(r)
-                lines.append(f"| {trace_rate(r.trace):g} | {m:.1f} | {s:.1f} | "
+                lines.append(f"| {fmt_number(trace_rate(r.trace))} | {fmt_number(m)} | "
+                             f"{fmt_number(s)} | "
                              f"{r.output.summary.get('num_preemptions', 0)} |")
             lines.append("")
         lines += uncalibrated_paragraph(rep)
@@ -257,19 +263,22 @@ def uncalibrated_paragraph(rep: ValidationReport) -> list[str]:
            "is the measured one (error of the simulation, %):", "",
            "| rate | TTFT p50 | TTFT p90 | TPOT mean |", "|---|---|---|---|"]
     for r in runs:
-        out.append(f"| {trace_rate(r.trace):g} | " + " | ".join(
-            f"{r.error_pct(label):+.1f}%" for label in ("TTFT p50", "TTFT p90", "TPOT mean"))
+        out.append(f"| {fmt_number(trace_rate(r.trace))} | " + " | ".join(
+            fmt_percent(r.error_pct(label) / 100, signed=True)
+            for label in ("TTFT p50", "TTFT p90", "TPOT mean"))
             + " |")
     tpot = [r.error_pct("TPOT mean") for r in runs]
     by_rate = {trace_rate(r.trace): r for r in runs}
     knee = ""
     if 3.0 in by_rate and 4.0 in by_rate:
         jump = by_rate[4.0].simulated["TTFT p90"] / by_rate[3.0].simulated["TTFT p90"]
-        knee = (f" From 3 to 4 req/s its p90 TTFT grows x{jump:.1f} (measured "
-                f"x{by_rate[4.0].measured['TTFT p90'] / by_rate[3.0].measured['TTFT p90']:.0f}): "
+        measured = by_rate[4.0].measured["TTFT p90"] / by_rate[3.0].measured["TTFT p90"]
+        knee = (f" From 3 to 4 req/s its p90 TTFT grows {fmt_ratio(jump)} (measured "
+                f"{fmt_ratio(measured)}): "
                 + ("the knee is there." if jump >= 10 else
                    "priced this fast, the GPU keeps up with 4 req/s and the knee is missing."))
-    out += ["", f"Its mean TPOT is off by {min(tpot):+.0f}% to {max(tpot):+.0f}%.{knee}", ""]
+    out += ["", f"Its mean TPOT is off by {fmt_percent(min(tpot) / 100, signed=True)} to "
+                f"{fmt_percent(max(tpot) / 100, signed=True)}.{knee}", ""]
     return out
 
 
@@ -281,11 +290,14 @@ def knee_paragraph(rep: ValidationReport) -> list[str]:
         if 3.0 in by_rate and 4.0 in by_rate:
             r3, r4 = by_rate[3.0], by_rate[4.0]
             out.append(
-                f"- `{rep.profile_notes[name]}`: p90 TTFT {r3.simulated['TTFT p90'] / 1e3:.2f} s "
-                f"at 3 req/s -> {r4.simulated['TTFT p90'] / 1e3:.1f} s at 4 req/s (measured "
-                f"{r3.measured['TTFT p90'] / 1e3:.2f} s -> {r4.measured['TTFT p90'] / 1e3:.1f} s); "
-                f"mean TPOT at 4 req/s {r4.simulated['TPOT mean']:.0f} ms (measured "
-                f"{r4.measured['TPOT mean']:.0f} ms); {r4.output.summary.get('num_preemptions')} "
+                f"- `{rep.profile_notes[name]}`: p90 TTFT "
+                f"{fmt_number(r3.simulated['TTFT p90'] / 1e3)} s "
+                f"at 3 req/s -> {fmt_number(r4.simulated['TTFT p90'] / 1e3)} s at 4 req/s "
+                f"(measured {fmt_number(r3.measured['TTFT p90'] / 1e3)} s -> "
+                f"{fmt_number(r4.measured['TTFT p90'] / 1e3)} s); "
+                f"mean TPOT at 4 req/s {fmt_number(r4.simulated['TPOT mean'])} ms (measured "
+                f"{fmt_number(r4.measured['TPOT mean'])} ms); "
+                f"{r4.output.summary.get('num_preemptions')} "
                 "recompute preemptions.")
     out += [
         "",
@@ -312,7 +324,8 @@ def misses_paragraph(rep: ValidationReport) -> list[str]:
     if not misses:
         return [*out, "Every p50 TTFT and mean TPOT at 1-3 req/s is within the target.", ""]
     out.append("Outside the target at 1-3 req/s: " + "; ".join(
-        f"{label} at {rate:g} req/s ({err:+.1f}%)" for rate, label, err in misses) + ".")
+        f"{label} at {fmt_number(rate)} req/s ({fmt_percent(err / 100, signed=True)})"
+        for rate, label, err in misses) + ".")
     out.append("")
     missed = {(rate, label) for rate, label, _ in misses}
     if any(label == "TPOT mean" for _, label in missed):
@@ -332,8 +345,9 @@ def misses_paragraph(rep: ValidationReport) -> list[str]:
             q = np.percentile(ratio, [10, 25, 50, 75, 90])
             thirds = [float(np.median(ratio[i])) for i in
                       np.array_split(np.argsort(arrived_s, kind="stable"), 3)]
-            out.append(f"| {trace_rate(run.trace):g} | " + " | ".join(f"{x:.2f}" for x in q)
-                       + " | " + " / ".join(f"{x:.2f}" for x in thirds) + " |")
+            out.append(f"| {fmt_number(trace_rate(run.trace))} | "
+                       + " | ".join(fmt_number(x) for x in q)
+                       + " | " + " / ".join(fmt_number(x) for x in thirds) + " |")
         out += [
             "",
             "A missed run whose requests are all off by about the same factor, early and late "
@@ -353,11 +367,12 @@ def verdict(rep: ValidationReport) -> list[str]:
             if regime in held_in:
                 v = held_in[regime]["mape_pct"]
                 out.append(f"| step MAPE <= 5% held back, in envelope: {name} {regime} | "
-                           f"{v:.1f}% | {'yes' if v <= STEP_TARGET_PCT else 'no'} |")
+                           f"{fmt_percent(v / 100)} | {'yes' if v <= STEP_TARGET_PCT else 'no'} |")
     for r in rep.loto:
         v = r["errors"]["all"]["mape_pct"]
         out.append(f"| leave-one-TP-out <= 15%: {r['dataset']} {r['gpu']} {r.get('model')} "
-                   f"{r['held_out']} | {v:.1f}% | {'yes' if v <= LOTO_TARGET_PCT else 'no'} |")
+                   f"{r['held_out']} | {fmt_percent(v / 100)} | "
+                   f"{'yes' if v <= LOTO_TARGET_PCT else 'no'} |")
     for name, runs in rep.replays.items():
         for r in runs:
             rate = trace_rate(r.trace)
@@ -365,10 +380,9 @@ def verdict(rep: ValidationReport) -> list[str]:
                 continue
             for label in ("TTFT p50", "TPOT mean"):
                 v = r.error_pct(label)
-                # Two decimals where one would round onto the target and hide the verdict.
-                cell = f"{v:+.2f}%" if round(abs(v), 1) == E2E_TARGET_PCT else f"{v:+.1f}%"
-                out.append(f"| e2e {label} within 15% at {rate:g} req/s ({name} profile) | "
-                           f"{cell} | {'yes' if abs(v) <= E2E_TARGET_PCT else 'no'} |")
+                cell = fmt_percent(v / 100, signed=True)
+                out.append(f"| e2e {label} within 15% at {fmt_number(rate)} req/s ({name} "
+                           f"profile) | {cell} | {'yes' if abs(v) <= E2E_TARGET_PCT else 'no'} |")
         by_rate = {trace_rate(r.trace): r for r in runs}
         if 3.0 in by_rate and 4.0 in by_rate:
             jump_sim = by_rate[4.0].simulated["TTFT p90"] / by_rate[3.0].simulated["TTFT p90"]
@@ -376,9 +390,10 @@ def verdict(rep: ValidationReport) -> list[str]:
             tpot_ok = by_rate[4.0].simulated["TPOT mean"] < 2 * by_rate[4.0].measured["TPOT mean"]
             ok = jump_sim >= 10 and tpot_ok
             out.append(f"| knee: p90 TTFT jumps >= 10x from 3 to 4 req/s with bounded TPOT "
-                       f"({name} profile) | x{jump_sim:.0f} (measured x{jump_meas:.0f}); "
-                       f"p90 at 4 req/s {by_rate[4.0].simulated['TTFT p90'] / 1e3:.1f} s "
-                       f"(measured {by_rate[4.0].measured['TTFT p90'] / 1e3:.1f} s) | "
+                       f"({name} profile) | {fmt_ratio(jump_sim)} (measured "
+                       f"{fmt_ratio(jump_meas)}); "
+                       f"p90 at 4 req/s {fmt_number(by_rate[4.0].simulated['TTFT p90'] / 1e3)} s "
+                       f"(measured {fmt_number(by_rate[4.0].measured['TTFT p90'] / 1e3)} s) | "
                        f"{'yes' if ok else 'no'} |")
     if rep.disaggregated is not None:
         out += disaggregated_targets(rep.disaggregated)

@@ -20,6 +20,7 @@ from scipy.optimize import brentq
 
 from simserve.calibration.replay import ReplayResult, replay_trace
 from simserve.errors import InputError
+from simserve.formatting import fmt_number
 
 __all__ = ["FIT_STATISTIC", "SERVING_TERM_MAX_MS", "ServingTerm", "fit_serving_term",
            "replay_with_serving"]
@@ -62,8 +63,8 @@ def fit_serving_term(
         return 0.0
     if error(upper) < 0:
         raise InputError(
-            f"even {term}={upper:g} does not reach the measured {FIT_STATISTIC}; the scenario "
-            "does not describe this run",
+            f"even {term}={fmt_number(upper)} does not reach the measured {FIT_STATISTIC}; the "
+            "scenario does not describe this run",
             source=str(trace),
         )
     return float(brentq(error, 0.0, upper, xtol=xtol_ms))

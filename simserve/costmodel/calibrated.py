@@ -31,6 +31,7 @@ from simserve.catalog import GpuSpec, ModelSpec
 from simserve.costmodel.base import BatchShape
 from simserve.costmodel.pipeline import StepParts, embedding_shares, split_linear
 from simserve.errors import InputError
+from simserve.formatting import round_significant
 from simserve.yaml_lines import read_yaml_file
 
 __all__ = [
@@ -321,7 +322,7 @@ def profile_to_mapping(profile: Profile) -> dict[str, Any]:
         "engine": profile.engine,
         "derived_from": profile.derived_from,
         "source": profile.source,
-        "coefficients": {k: (float(f"{v:.6g}") if abs(v) > 1e-9 else 0.0)
+        "coefficients": {k: (round_significant(v, 6) if abs(v) > 1e-9 else 0.0)
                          for k, v in profile.coefficients.items()},
         "envelope": profile.envelope.to_mapping() if profile.envelope else None,
         "fit": profile.fit,

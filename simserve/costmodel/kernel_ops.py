@@ -36,6 +36,7 @@ from simserve.costmodel.kernel_tables import (
     load_kernel_table,
     load_measured_table,
 )
+from simserve.formatting import fmt_number
 
 __all__ = ["AttentionMap", "KernelCoverageError", "KernelOps"]
 
@@ -157,7 +158,7 @@ class KernelOps:
         if not same:
             raise KernelCoverageError(
                 f"{name.replace('_', ' ')} on {self.gpu}: no measured configuration with "
-                f"{group:g} query heads per KV head (asked {num_heads}/{num_kv_heads})")
+                f"{fmt_number(group)} query heads per KV head (asked {num_heads}/{num_kv_heads})")
         # NOTE: prefer the largest measured KV-head count not above the asked one (the
         # closest per-sequence work), else the smallest above it.
         below = [c for c in same if c[1] <= num_kv_heads]

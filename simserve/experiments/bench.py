@@ -15,6 +15,7 @@ from pathlib import Path
 
 from simserve.config import Scenario
 from simserve.experiments.run import build_scenario_workload, seed_streams, simulate_resolved
+from simserve.formatting import fmt_number
 from simserve.metrics import summarize
 from simserve.resolve import resolve
 
@@ -42,15 +43,16 @@ class BenchResult:
                 f"requests simulated:          {self.num_requests} ({self.completed} completed)",
                 f"engine steps:                {self.num_steps}",
                 f"engine events:               {self.num_events} (fast-forward {ff}: "
-                f"{self.num_steps / max(self.num_events, 1):.2f} steps per event)",
-                f"workload build (s):          {self.build_s:.3f}",
-                f"simulation (s):              {self.simulate_s:.3f}",
-                f"metrics (s):                 {self.metrics_s:.3f}",
-                f"simulated requests/s:        {self.num_requests / sim:,.0f} (engine only)",
-                f"simulated requests/s:        {self.num_requests / total:,.0f} (end to end)",
-                f"steps/s:                     {self.num_steps / sim:,.0f}",
-                f"events/s:                    {self.num_events / sim:,.0f}",
-                f"peak RSS (MiB):              {self.peak_rss_mib:.0f}",
+                f"{fmt_number(self.num_steps / max(self.num_events, 1))} steps per event)",
+                f"workload build (s):          {fmt_number(self.build_s)}",
+                f"simulation (s):              {fmt_number(self.simulate_s)}",
+                f"metrics (s):                 {fmt_number(self.metrics_s)}",
+                f"simulated requests/s:        {fmt_number(self.num_requests / sim)} (engine only)",
+                f"simulated requests/s:        {fmt_number(self.num_requests / total)} "
+                "(end to end)",
+                f"steps/s:                     {fmt_number(self.num_steps / sim)}",
+                f"events/s:                    {fmt_number(self.num_events / sim)}",
+                f"peak RSS (MiB):              {fmt_number(self.peak_rss_mib)}",
             ]
         )
 

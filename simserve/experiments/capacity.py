@@ -55,7 +55,7 @@ from simserve.config import (
 )
 from simserve.errors import InputError
 from simserve.experiments.run import RunOutput, run_scenario
-from simserve.formatting import fmt_number, key_label
+from simserve.formatting import fmt_number, fmt_plain, key_label
 from simserve.metrics.energy import COST_KEYS
 from simserve.metrics.summary import flat_summary
 from simserve.pricing import cluster_usd_per_hour
@@ -115,7 +115,7 @@ class Condition:
         return _OPS[self.op](float(value), self.threshold)
 
     def __str__(self) -> str:
-        return f"{self.key}{self.op}{self.threshold:g}"
+        return f"{self.key}{self.op}{fmt_plain(self.threshold)}"
 
     def words(self) -> str:
         """The threshold for a reader: 'P99 TTFT ≤ 1,000 ms', or for attainment '≥ 90% of
@@ -210,12 +210,14 @@ def _named_conditions(name: str, raw: str | None) -> tuple[list[Condition], bool
         params = _params(name, raw, 1)
         rate = params[0] if params else DEFAULT_ETALON_MISS_RATE
         if rate >= 1:
-            raise InputError(f"'etalon' miss rate must be < 1, got {rate:g}", field="--slo")
+            raise InputError(f"'etalon' miss rate must be < 1, got {fmt_number(rate)}",
+                             field="--slo")
         return [Condition("p99_deadline_miss_rate", "<=", rate)], False
     params = _params(name, raw, 1)
     fraction = params[0] if params else DEFAULT_ATTAINMENT
     if fraction > 1:
-        raise InputError(f"'{name}' fraction must be <= 1, got {fraction:g}", field="--slo")
+        raise InputError(f"'{name}' fraction must be <= 1, got {fmt_number(fraction)}",
+                         field="--slo")
     key = "min_class_slo_attainment" if name == "class_attainment" else "slo_attainment"
     return [Condition(key, ">=", fraction)], True
 
@@ -589,7 +591,9 @@ def search_capacity(
     try:
         return _search(meets, result, start, settings)
     except _Undefined as exc:
-        return result(None, None, None, f"undefined: {exc.key} has no value at {exc.rate:g}/s")
+        # The status is data (capacity.json, summary.csv): the rate as the rule syntax has it.
+        return result(None, None, None,
+                      f"undefined: {exc.key} has no value at {fmt_plain(exc.rate)}/s")
 
 
 class _Undefined(Exception):

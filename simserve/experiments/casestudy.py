@@ -34,6 +34,7 @@ from simserve.experiments.capacity import (
 from simserve.experiments.pool import MEAN_BATCH_KEY, RunPool
 from simserve.experiments.run import RunOutput, run_scenario
 from simserve.experiments.saturation import Saturation, measure_saturation, offline_scenario
+from simserve.formatting import fmt_number, fmt_plain, round_significant
 from simserve.resolve import resolve
 from simserve.resources import scenarios_dir
 
@@ -53,7 +54,6 @@ __all__ = [
     "SpecDecStudy",
     "SweepPlan",
     "crossings",
-    "round_sig",
     "run_specdec",
     "step_cost_table",
     "summary_value",
@@ -247,7 +247,7 @@ RULES: tuple[CapacityRule, ...] = (
         "TTFT + P99 TBT",
         "P90 TTFT <= T and P99 TBT <= D, TBT pooled over every token gap with the zeros "
         "inside bursts (Sarathi-Serve)",
-        lambda t: f"p90_ttft_ms<={t.ttft_ms:g},p99_tbt_ms<={t.per_token_ms:g}",
+        lambda t: f"p90_ttft_ms<={fmt_plain(t.ttft_ms)},p99_tbt_ms<={fmt_plain(t.per_token_ms)}",
     ),
     CapacityRule(
         "deadline",
@@ -260,13 +260,6 @@ RULES: tuple[CapacityRule, ...] = (
 
 
 # --------------------------------------------------------------------------- small maths
-
-
-def round_sig(x: float, digits: int = 3) -> float:
-    """`x` rounded to `digits` significant digits (rates that read well in a report)."""
-    if x == 0 or not math.isfinite(x):
-        return x
-    return round(x, digits - 1 - math.floor(math.log10(abs(x))))
 
 
 def crossings(
@@ -387,7 +380,7 @@ class _Runner:
     def run_all(self, runs: Sequence[tuple[str, float | None, str]]) -> list[RunRecord]:
         """Simulate (or recall) these (system, rate, purpose) runs, in parallel."""
         for system, rate, purpose in runs:
-            where = "offline" if rate is None else f"{rate:g} req/s"
+            where = "offline" if rate is None else f"{fmt_number(rate)} req/s"
             self.pool.say(f"  {purpose:<10} {system:<24} {where}")
         summaries = self.pool.summaries([self.scenario(s, r) for s, r, _ in runs])
         return [self._record(system, rate, purpose, summary)
@@ -582,7 +575,7 @@ class SpecDecStudy:
 
 
 def _variant_name(alpha: float, k: int) -> str:
-    return f"spec α={alpha:g}, k={k}"
+    return f"spec α={fmt_number(alpha)}, k={k}"
 
 
 def _variants(preset: SpecDecPreset, spec: SpeculativeConfig) -> dict[str, SpeculativeConfig]:
@@ -701,7 +694,7 @@ def _run_specdec(preset: str, quick: bool, overrides: Sequence[str],
     if not math.isfinite(knee) or knee <= 0:
         raise InputError("the no-spec offline run completed no request; cannot place the sweep",
                          field="workload")
-    rates = sorted({round_sig(f * knee, 3) for f in plan.load_fractions})
+    rates = sorted({round_significant(f * knee, 3) for f in plan.load_fractions})
     figure_rate = min(rates, key=lambda r: abs(r - plan.figure_load * knee))
 
     say(f"sweep: {len(rates)} rates x 2 systems")

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from simserve.formatting import fmt_number
+
 __all__ = ["register"]
 
 Handler = Callable[[argparse.Namespace], int]
@@ -82,7 +84,7 @@ def _cmd_casestudy(args: argparse.Namespace) -> int:
         claim.write(specdec_writer(study, command))
     print(_headline(study))
     print(f"case study: {out}/report.md ({len(study.records)} runs, "
-          f"{time.perf_counter() - t0:.1f} s wall-clock)")
+          f"{fmt_number(time.perf_counter() - t0)} s wall-clock)")
     return 0
 
 

@@ -21,7 +21,7 @@ from simserve import plots
 from simserve.engine.records import FlatTokenTimes, SimulationResult
 from simserve.experiments.casestudy import BASELINE, RULES, SPEC, SpecDecStudy
 from simserve.experiments.run import RunOutput
-from simserve.formatting import fmt_number
+from simserve.formatting import fmt_number, fmt_percent
 
 __all__ = ["FIGURE_FILES", "figure_request", "measured_gaps_ms", "run_table", "specdec_figures"]
 
@@ -199,7 +199,7 @@ def fig5_deadline_view(study: SpecDecStudy) -> Figure:
 def fig6_speedup(study: SpecDecStudy) -> Figure:
     spec = study.scenario.engine.speculative
     assert spec is not None
-    base_name = f"{SPEC} (α={spec.acceptance.alpha:g}, k={spec.num_speculative_tokens})"
+    base_name = f"{SPEC} (α={fmt_number(spec.acceptance.alpha)}, k={spec.num_speculative_tokens})"
     series = {base_name: study.speedup(SPEC)}
     overloaded = {base_name: study.overloaded_pair(SPEC)}
     for name in study.variants:
@@ -235,7 +235,7 @@ def fig7_capacity(study: SpecDecStudy) -> Figure:
         capped=capped,
         title=f"7. Capacity (req/s) under three SLO rules, T = {fmt_number(t.ttft_ms)} ms, "
         f"D = {fmt_number(t.per_token_ms)} ms (bisected to "
-        f"{study.plan.capacity_tolerance:.0%})",
+        f"{fmt_percent(study.plan.capacity_tolerance)})",
     )
 
 

@@ -35,7 +35,7 @@ from simserve.experiments.casestudy_figures import (
     run_table,
     specdec_figures,
 )
-from simserve.formatting import fmt_number, fmt_ratio
+from simserve.formatting import fmt_number, fmt_percent, fmt_ratio
 
 __all__ = [
     "CASE_STUDY_DIR",
@@ -72,8 +72,8 @@ def _rates_text(rates: Sequence[float]) -> str:
     if not rates:
         return "none"
     if len(rates) <= 3:
-        return ", ".join(f"{r:g}" for r in rates) + " req/s"
-    return f"{rates[0]:g}-{rates[-1]:g} req/s ({len(rates)} rates)"
+        return ", ".join(fmt_number(r) for r in rates) + " req/s"
+    return f"{fmt_number(rates[0])}-{fmt_number(rates[-1])} req/s ({len(rates)} rates)"
 
 
 def _verdicts(ratios: Sequence[float]) -> list[str]:
@@ -108,8 +108,8 @@ def _family_sentence(
     span = (f" ({how} {fmt_ratio(min(finite))} to {fmt_ratio(max(finite))})" if finite else "")
     facts = (
         f"{name[0].upper()}{name[1:]}: speculation better at {_rates_text(groups['better'])}, "
-        f"no difference (within {NO_DIFFERENCE:.0%}) at {_rates_text(groups['same'])}, worse at "
-        f"{_rates_text(groups['worse'])}{span}."
+        f"no difference (within {fmt_percent(NO_DIFFERENCE)}) at {_rates_text(groups['same'])}, "
+        f"worse at {_rates_text(groups['worse'])}{span}."
     )
     if groups["n/a"]:
         facts += f" Undefined at {_rates_text(groups['n/a'])}."
@@ -132,7 +132,7 @@ def _family_sentence(
                                              [q for _r, _x, q in steady]) if d == "down"]
             where = f", crossing at about {fmt_number(cross[0], 'req/s')}" if cross else ""
             conclusion = (f"{name} says speculation helps at low load and hurts from "
-                          f"{first_worse:g} req/s on{where}")
+                          f"{fmt_number(first_worse)} req/s on{where}")
         else:
             nb, nw = len(groups["better"]), len(groups["worse"])
             lean = (", mostly worse" if nw >= 2 * nb else ", mostly better" if nb >= 2 * nw
@@ -152,13 +152,14 @@ def _crossover_text(study: SpecDecStudy, system: str, ratios: Sequence[float], w
         lo = rates[max(i - 1, 0)]
         sat = study.saturation_rps(BASELINE)
         text = (f"the {what} speedup of {system} crosses 1 at about {fmt_number(r, 'req/s')} "
-                f"(linear interpolation between {lo:g} and {rates[i]:g} req/s; "
-                f"{r / sat:.0%} of the no-spec saturation throughput)")
+                f"(linear interpolation between {fmt_number(lo)} and {fmt_number(rates[i])} req/s; "
+                f"{fmt_percent(r / sat)} of the no-spec saturation throughput)")
         if len(down) > 1:
             text += "; it crosses back and forth: " + ", ".join(
                 f"{fmt_number(c)} ({d})" for c, d in crossings(rates, ratios))
         return text
-    top = f"up to {rates[-1]:g} req/s, the last rate below saturation" if rates else "none"
+    top = (f"up to {fmt_number(rates[-1])} req/s, the last rate below saturation" if rates
+           else "none")
     if finite and min(finite) >= 1:
         text = f"the {what} speedup of {system} stays >= 1 ({top}): no crossover reached"
         own, base = study.saturation_rps(system), study.saturation_rps(BASELINE)
@@ -181,9 +182,9 @@ def _requests_text(plan: SweepPlan) -> str:
     if plan.min_arrival_span_s <= 0:
         return f"{plan.num_requests} requests per run"
     cap = f", at most {plan.max_requests}" if plan.max_requests is not None else ""
-    return (f"max({plan.num_requests}, rate x {plan.min_arrival_span_s:g} s) requests per run"
-            f"{cap} (long runs near the knee, where a short run cannot show whether the queue "
-            "is stable), the same for both systems at a rate")
+    return (f"max({plan.num_requests}, rate x {fmt_number(plan.min_arrival_span_s)} s) requests "
+            f"per run{cap} (long runs near the knee, where a short run cannot show whether the "
+            "queue is stable), the same for both systems at a rate")
 
 
 def _setup_section(study: SpecDecStudy) -> list[str]:
@@ -194,18 +195,18 @@ def _setup_section(study: SpecDecStudy) -> list[str]:
     low = study.sweep[SPEC][study.rates[0]].summary
     measured = summary_value(low, "spec_decode_acceptance_length")
     if acc.model == "geometric":
-        accept = (f"geometric, alpha = {acc.alpha:g}: expected "
-                  f"{study.expected_tokens_per_step:.3f} tokens per verify step "
+        accept = (f"geometric, alpha = {fmt_number(acc.alpha)}: expected "
+                  f"{fmt_number(study.expected_tokens_per_step)} tokens per verify step "
                   f"((1 - a^(k+1)) / (1 - a)); measured {fmt_number(measured)} in the "
-                  f"{study.rates[0]:g} req/s run")
+                  f"{fmt_number(study.rates[0])} req/s run")
     else:
         accept = f"{acc.model}; measured {fmt_number(measured)} tokens per verify step"
     completed = summary_value(low, "completed")
     mean_p = summary_value(low, "total_input_tokens") / completed if completed else math.nan
     mean_o = summary_value(low, "total_output_tokens") / completed if completed else math.nan
     drafter = (f"{spec.method}, draft model {spec.draft_model}" if spec.method == "draft"
-               else f"{spec.method} head, {spec.draft_cost_fraction:g} of a target decode step "
-               "per draft token")
+               else f"{spec.method} head, {fmt_number(spec.draft_cost_fraction)} of a target "
+                    "decode step per draft token")
     plan = study.plan
     cost = study.figure_runs[BASELINE].resolved.cost_model.describe()
     lines = [
@@ -229,11 +230,12 @@ def _setup_section(study: SpecDecStudy) -> list[str]:
         f"`{Path(s.workload.trace or '').name}` (mean {fmt_number(mean_p)} / "
         f"{fmt_number(mean_o)} tokens in the measured requests); Poisson arrivals |",
         f"| measurement window | requests arriving in the first and last "
-        f"{plan.window_fraction:.0%} of the arrival span are excluded (warm-up/cool-down) |",
+        f"{fmt_percent(plan.window_fraction)} of the arrival span are excluded "
+        "(warm-up/cool-down) |",
         f"| seed | {s.seed} for every run (common random numbers: both systems and every rate "
         "see the same requests, arrival gaps scaled by the rate) |",
-        f"| SLO targets | T = {study.targets.ttft_ms:g} ms (TTFT), D = "
-        f"{study.targets.per_token_ms:g} ms per token (TPOT, P99 TBT and Etalon's D_d) |",
+        f"| SLO targets | T = {fmt_number(study.targets.ttft_ms)} ms (TTFT), D = "
+        f"{fmt_number(study.targets.per_token_ms)} ms per token (TPOT, P99 TBT and Etalon's D_d) |",
         "",
     ]
     if study.overrides:
@@ -245,7 +247,7 @@ def _saturation_section(study: SpecDecStudy) -> list[str]:
     sat = {s: study.saturation_rps(s) for s in (BASELINE, SPEC)}
     overall = {s: summary_value(study.saturation[s].summary, "request_throughput")
                for s in (BASELINE, SPEC)}
-    fracs = ", ".join(f"{f:g}" for f in study.plan.load_fractions)
+    fracs = ", ".join(fmt_number(f) for f in study.plan.load_fractions)
     ratio = sat[SPEC] / sat[BASELINE]
     return [
         "## Saturation throughput",
@@ -260,7 +262,7 @@ def _saturation_section(study: SpecDecStudy) -> list[str]:
         f"{fmt_number(overall[SPEC], 'req/s')}. No arrival process gets more through a system "
         "in steady state: at a higher rate its queue, once formed, never drains. The sweep "
         f"rates are {fracs} x the no-spec saturation throughput, rounded: "
-        + ", ".join(f"{r:g}" for r in study.rates) + " req/s. A rate at or above a system's "
+        + ", ".join(fmt_number(r) for r in study.rates) + " req/s. A rate at or above a system's "
         "saturation (marked † below, hollow in the figures) overloads it: its latencies there "
         "depend on the number of requests (anti-pattern ES3 of `simserve antipatterns`), not "
         "on the system alone, and the capacity search fails it without a run (the overload "
@@ -286,7 +288,7 @@ def _sweep_section(study: SpecDecStudy) -> list[str]:
             summ = study.sweep[s][rate].summary
             mark = " †" if study.overloaded(s, rate) else ""
             cells = [fmt_number(summary_value(summ, key)) for _, key in SWEEP_COLUMNS]
-            lines.append(f"| {rate:g}{mark} | {s} | " + " | ".join(cells)
+            lines.append(f"| {fmt_number(rate)}{mark} | {s} | " + " | ".join(cells)
                          + f" | {fmt_number(_mean_batch(study, s, rate))} |")
     lines += [
         "",
@@ -306,7 +308,7 @@ def _sweep_section(study: SpecDecStudy) -> list[str]:
     for i, rate in enumerate(study.rates):
         inv = 1.0 / tbt[i] if math.isfinite(tbt[i]) and tbt[i] > 0 else math.nan
         cells = [e2el[i], tpot[i], norm[i], tbt[i], inv, fluid[i], fl_idx[i]]
-        lines.append(f"| {rate:g} | " + " | ".join(fmt_ratio(c) for c in cells) + " |")
+        lines.append(f"| {fmt_number(rate)} | " + " | ".join(fmt_ratio(c) for c in cells) + " |")
     lines.append("")
     return lines
 
@@ -322,15 +324,15 @@ def _tbt_shape(study: SpecDecStudy) -> str:
         zero = float(np.mean(gaps == 0))
         nonzero = gaps[gaps > 0]
         med = float(np.median(nonzero)) if nonzero.size else math.nan
-        text = (f"{s}: {zero:.0%} of gaps are 0, median non-zero gap {fmt_number(med)} ms, "
-                f"P99 {fmt_number(float(np.percentile(gaps, 99)))} ms")
+        text = (f"{s}: {fmt_percent(zero)} of gaps are 0, median non-zero gap {fmt_number(med)} "
+                f"ms, P99 {fmt_number(float(np.percentile(gaps, 99)))} ms")
         if 0 < zero < 0.99:
             # With a share z of zero gaps, the pooled P99 is the 1 - 0.01 / (1 - z) quantile
             # of the non-zero gaps: bursts move the P99 further into the non-zero tail.
             q = 100.0 * (1.0 - 0.01 / (1.0 - zero))
-            text += f" (the P{q:.1f} of its non-zero gaps)"
+            text += f" (the P{fmt_number(q)} of its non-zero gaps)"
         parts.append(text)
-    return (f"At {study.figure_rate:g} req/s (figures 1-2), " + "; ".join(parts) + "."
+    return (f"At {fmt_number(study.figure_rate)} req/s (figures 1-2), " + "; ".join(parts) + "."
             if parts else "")
 
 
@@ -379,23 +381,24 @@ def _conclusions_section(study: SpecDecStudy) -> list[str]:
         worse_tbt = [i for i in helps if _verdicts([tbt[i]])[0] == "worse"]
         lines.append(
             f"- Speculation lowers mean E2EL and raises the fluid token rate (both by more than "
-            f"{NO_DIFFERENCE:.0%}) at {_rates_text([rates[i] for i in helps])}. At "
+            f"{fmt_percent(NO_DIFFERENCE)}) at {_rates_text([rates[i] for i in helps])}. At "
             f"{len(worse_tbt)} of these {len(helps)} rates its P99 TBT is nevertheless worse"
-            + (f" (spec / no spec up to {max(1 / tbt[i] for i in worse_tbt):.2f}x, at "
+            + (f" (spec / no spec up to {fmt_ratio(max(1 / tbt[i] for i in worse_tbt))}, at "
                f"{_rates_text([rates[i] for i in worse_tbt])})" if worse_tbt else "")
             + "."
         )
     else:
         lines.append("- There is no steady rate where speculation both lowers mean E2EL and "
-                     f"raises the fluid token rate by more than {NO_DIFFERENCE:.0%}.")
+                     f"raises the fluid token rate by more than {fmt_percent(NO_DIFFERENCE)}.")
     lines += ["", *_disagreement_lines(study, e2el, fluid, steady)]
     lines += [
         "",
         "### Speedup and crossover (figure 6)",
         "",
         f"- {f_e2}",
-        f"- Speedup of mean E2EL at the lowest rate ({rates[0]:g} req/s): {fmt_ratio(e2el[0])}"
-        + (f"; the reference is about {study.preset.reference_low_load_speedup:g}x "
+        f"- Speedup of mean E2EL at the lowest rate ({fmt_number(rates[0])} req/s): "
+        f"{fmt_ratio(e2el[0])}"
+        + (f"; the reference is about {fmt_ratio(study.preset.reference_low_load_speedup)} "
            f"({study.preset.reference})" if study.preset.reference_low_load_speedup else "")
         + ".",
         f"- Crossover: {_crossover_text(study, SPEC, e2el, 'mean-E2EL')}.",
@@ -410,7 +413,8 @@ def _conclusions_section(study: SpecDecStudy) -> list[str]:
     ]
     spec = study.scenario.engine.speculative
     assert spec is not None
-    names = [(SPEC, f"α={spec.acceptance.alpha:g}, k={spec.num_speculative_tokens} (base)")]
+    names = [(SPEC, f"α={fmt_number(spec.acceptance.alpha)}, k={spec.num_speculative_tokens} "
+                    "(base)")]
     names += [(n, n.removeprefix("spec ")) for n in study.variants]
     for system, label in names:
         steady_rates, sp = study.steady(system, study.speedup(system))
@@ -439,7 +443,7 @@ def _disagreement_lines(study: SpecDecStudy, e2el: Sequence[float], fluid: Seque
     if not split:
         lines.append("- At no steady rate of this sweep do the fluid token rate and mean E2E "
                      "latency point in opposite directions (beyond the "
-                     f"{NO_DIFFERENCE:.0%} band).")
+                     f"{fmt_percent(NO_DIFFERENCE)} band).")
         return lines
     fl = study.scenario.metrics.fluidity
     d_ms = fl.tbt_deadline_ms
@@ -505,10 +509,11 @@ def _capacity_section(study: SpecDecStudy) -> list[str]:
         "Capacity = the largest arrival rate whose run meets the rule, found by "
         "`simserve.experiments.capacity.search_capacity` starting from the sweep's bracket (the "
         "first failing sweep rate and the largest passing rate below it) and bisecting until "
-        f"high - low <= {tol:.0%} x low (at most {study.plan.capacity_max_probes} rates per "
-        "search), same seed at every rate; a bracket that does not hold the capacity is extended "
-        "until it does, and a rate at or above the system's saturation fails without a run (the "
-        f"overload guard). T = {t.ttft_ms:g} ms, D = {t.per_token_ms:g} ms.",
+        f"high - low <= {fmt_percent(tol)} x low (at most {study.plan.capacity_max_probes} rates "
+        "per search), same seed at every rate; a bracket that does not hold the capacity is "
+        "extended until it does, and a rate at or above the system's saturation fails without a "
+        f"run (the overload guard). T = {fmt_number(t.ttft_ms)} ms, D = "
+        f"{fmt_number(t.per_token_ms)} ms.",
         "",
         "| rule | meets the rule when | no spec (req/s) | spec (req/s) | higher capacity |",
         "|---|---|---|---|---|",
@@ -549,15 +554,15 @@ def _cost_section(study: SpecDecStudy) -> list[str]:
         "",
         f"Decode-only steps priced by this run's cost model at a context of "
         f"{study.cost_context} tokens (mean prompt + half the mean output), with "
-        f"{rows[0].tokens_per_step:.3f} tokens per verify (measured). Per-request speedup of "
-        "a step = tokens per verify x decode step / (verify + drafting).",
+        f"{fmt_number(rows[0].tokens_per_step)} tokens per verify (measured). Per-request "
+        "speedup of a step = tokens per verify x decode step / (verify + drafting).",
         "",
         "| batch | decode step (ms) | verify, k+1 wide (ms) | drafting (ms) | step speedup |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r.batch} | {fmt_number(r.decode_ms)} | {fmt_number(r.verify_ms)} | "
-                     f"{fmt_number(r.draft_ms)} | {r.speedup:.2f}x |")
+                     f"{fmt_number(r.draft_ms)} | {fmt_ratio(r.speedup)} |")
     below = [r.batch for r in rows if r.speedup < 1]
     lines += [
         "",
@@ -577,8 +582,8 @@ def _cost_section(study: SpecDecStudy) -> list[str]:
             f"- Batch 1: decode {fmt_number(b1.decode_ms, 'ms')}, verify "
             f"{fmt_number(b1.verify_ms, 'ms')}, drafting {fmt_number(b1.draft_ms, 'ms')} "
             f"({fmt_number(b1.draft_ms / k, 'ms')} per draft forward), "
-            f"so the cost model predicts {b1.speedup:.2f}x at batch 1 against a reference of "
-            f"about {ref:g}x. With the same acceptance, {ref:g}x needs about "
+            f"so the cost model predicts {fmt_ratio(b1.speedup)} at batch 1 against a reference of "
+            f"about {fmt_ratio(ref)}. With the same acceptance, {fmt_ratio(ref)} needs about "
             f"{fmt_number(per_draft)} ms per draft forward pass: "
             + (_KERNEL_DRAFT_TEXT if _is_kernels(study) else _ROOFLINE_DRAFT_TEXT)
         )
@@ -609,7 +614,8 @@ def _cost_text(cost: dict) -> str:
         assert isinstance(loop, dict)
         return (f"kernels: GPU kernels measured inside vLLM on {cost.get('gpu')} "
                 f"({cost.get('source')}), engine loop {loop.get('version')} (per step "
-                f"{loop.get('per_step_us', 0):g} us, per sequence {loop.get('per_seq_us', 0):g}"
+                f"{fmt_number(loop.get('per_step_us', 0))} us, per sequence "
+                f"{fmt_number(loop.get('per_seq_us', 0))}"
                 " us, fitted on real serving runs); the draft's forwards from the same tables")
     return f"{cost.get('kind')}: {cost.get('note', '')}"
 
@@ -627,7 +633,7 @@ def render_report(study: SpecDecStudy, command: str) -> str:
         "",
         "Both systems run the same scenario; the only difference is `engine.speculative` "
         "(set vs unset). Conclusions below are generated from this run's numbers; ratios within "
-        f"{NO_DIFFERENCE:.0%} of 1 are reported as no difference.",
+        f"{fmt_percent(NO_DIFFERENCE)} of 1 are reported as no difference.",
         "",
     ]
     lines += _setup_section(study)
@@ -638,9 +644,9 @@ def render_report(study: SpecDecStudy, command: str) -> str:
     lines += _cost_section(study)
     rid = figure_request(study)
     captions = (
-        f"cumulative tokens of request {rid} at {study.figure_rate:g} req/s, with and without "
-        "speculation",
-        f"TBT CDF (every gap of the measured requests) at {study.figure_rate:g} req/s",
+        f"cumulative tokens of request {rid} at {fmt_number(study.figure_rate)} req/s, with and "
+        "without speculation",
+        f"TBT CDF (every gap of the measured requests) at {fmt_number(study.figure_rate)} req/s",
         "mean TPOT and mean normalized latency vs rate (naive view)",
         "P99 TBT vs rate (TBT view)",
         "fluid token rate and mean fluidity index vs rate (deadline view)",

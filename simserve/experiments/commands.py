@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from simserve.errors import InputError
-from simserve.formatting import fmt_number
+from simserve.formatting import fmt_number, fmt_percent
 
 __all__ = ["register"]
 
@@ -154,6 +154,7 @@ def _noun(plan: Any) -> str:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from simserve.experiments.backends import make_backend
+    from simserve.experiments.pool import RunPool
     from simserve.experiments.sweep import (
         check_sweep_dir,
         count_finished,
@@ -188,11 +189,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     show_progress = not args.no_progress and sys.stderr.isatty()
     finished_before = count_finished(plan, out) if out.exists() else 0
     try:
-        with backend:
+        with RunPool(backend=backend) as pool:
             print(f"sweep {spec.name}: {len(plan.runs)} {_noun(plan)} "
-                  f"({finished_before} already finished) on {backend.describe()} -> {out}",
+                  f"({finished_before} already finished) on {pool.describe()} -> {out}",
                   flush=True)
-            outcome = run_sweep(plan, out, backend, resume=args.resume,
+            outcome = run_sweep(plan, out, pool, resume=args.resume,
                                 progress=show_progress, checked=True)
     except KeyboardInterrupt:
         done = count_finished(plan, out)
@@ -214,7 +215,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if outcome.by_point is not None:
         files += ["summary_by_point.csv", "summary_by_point.parquet"]
     print(f"{len(outcome.rows)} of {len(plan.runs)} finished ({outcome.num_resumed} resumed, "
-          f"{outcome.num_ran - len(outcome.errors)} ran) in {outcome.wall_s:.1f} s; "
+          f"{outcome.num_ran - len(outcome.errors)} ran) in {fmt_number(outcome.wall_s)} s; "
           f"wrote {', '.join(files)} in {out}")
     for note in outcome.notes:
         print(f"note: {note}")
@@ -292,7 +293,7 @@ def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: lis
     for settings, result in zip(settings_list, results, strict=True):
         rule = settings.rule
         print(f"capacity under {rule.text} ({rule.describe()}), {len(seeds)} seed(s), "
-              f"tolerance {settings.tolerance:.1%}:", flush=True)
+              f"tolerance {fmt_percent(settings.tolerance)}:", flush=True)
         header = [f"rate ({unit})", "meets", *rule.keys]
         widths = [max(12, len(h)) for h in header]
         print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
@@ -318,7 +319,7 @@ def _capacity_search(args: argparse.Namespace, scenario: Any, settings_list: lis
                   f"capacity (the cluster's GPUs rent for "
                   f"{fmt_number(result.usd_per_hour, 'USD/h')})")
     print(f"{sum(len(r.probes) for r in results) * len(seeds)} runs in "
-          f"{time.perf_counter() - t0:.1f} s")
+          f"{fmt_number(time.perf_counter() - t0)} s")
     if claim is not None:
         import yaml
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from simserve.config import LengthsConfig
 from simserve.errors import InputError
+from simserve.formatting import fmt_number
 
 __all__ = [
     "BASE_BYTES",
@@ -109,7 +110,8 @@ def check_run_memory(num_requests: int, mean_output: float, max_tokens_per_step:
     if free is None or needed <= free:
         return
     raise InputError(
-        f"{num_requests:,} requests of about {mean_output:,.0f} output tokens need at least "
-        f"{needed / _GIB:,.1f} GiB of memory; {free / _GIB:,.1f} GiB is available: use fewer "
-        "requests", field="workload.num_requests",
+        f"{fmt_number(num_requests)} requests of about {fmt_number(mean_output)} output tokens "
+        f"need at least {fmt_number(needed / _GIB, 'GiB')} of memory; "
+        f"{fmt_number(free / _GIB, 'GiB')} is available: use fewer requests",
+        field="workload.num_requests",
     )

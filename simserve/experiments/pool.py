@@ -1,45 +1,35 @@
-"""One pool of worker processes for all the simulations of a command, and one way to run them.
+"""One pool of workers for all the simulations of a command, and one way to run them.
 
-The anti-pattern catalog, the case study and capacity searches are each many independent runs
-driven by a few sequential procedures (a bisection, a sweep, a tuning choice). They all submit
-scenarios here: each distinct scenario (by its resolved mapping) is simulated once, in a worker
-process, and its summary comes back; drivers run side by side in threads (`concurrently`), so
-every worker stays busy until the last run of the command, not of one entry. What a run returns
-depends on its scenario alone, so results are the same with any number of workers.
-
-Workers are spawned, ignore Ctrl-C (the parent stops them) and exit when the parent is gone,
-so a killed command leaves no simulation running.
+Every command that runs many scenarios submits them here: the anti-pattern catalog, the case
+study and capacity searches (many independent runs driven by a few sequential procedures: a
+bisection, a sweep, a tuning choice) ask for summaries, each distinct scenario (by its resolved
+mapping) simulated once, with drivers side by side in threads (`concurrently`) so every worker
+stays busy until the command's last run; sweeps hand over their tasks (`imap_unordered`), each
+writing its own run directory. The workers are a backend's (`experiments.backends`: local
+processes or Ray). What a run returns depends on its scenario alone, so results are the same
+with any number of workers and on either backend.
 """
 
 from __future__ import annotations
 
 import contextvars
-import ctypes
 import json
 import math
-import multiprocessing
-import os
-import signal
-import sys
 import threading
-import time
-import warnings
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import numpy as np
 
 from simserve.config import Scenario, scenario_from_mapping, scenario_to_mapping
-from simserve.errors import InputNotice, show_warning
+from simserve.experiments.backends import Backend, LocalBackend
 
 __all__ = [
     "MEAN_BATCH_KEY",
     "STEADY_COUNT_KEY",
     "STEADY_KEY",
     "RunPool",
-    "available_cpus",
-    "init_worker",
     "run_summary_task",
     "scenario_key",
     "steady_throughput",
@@ -52,52 +42,6 @@ T = TypeVar("T")
 STEADY_KEY = "steady_throughput_rps"
 STEADY_COUNT_KEY = "steady_window_completions"
 MEAN_BATCH_KEY = "mean_batch_size"
-
-_PR_SET_PDEATHSIG = 1
-# How often a worker's watchdog checks that its parent is alive.
-PARENT_CHECK_S = 0.5
-
-
-def available_cpus() -> int:
-    """CPUs this process may use (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def init_worker(parent_pid: int) -> None:
-    """Worker setup: leave Ctrl-C to the parent (which stops the pool), print simserve's
-    warnings as the CLI does (one line each), and die with the parent, so a killed command
-    leaves no orphan simulating or writing.
-
-    On Linux the kernel kills the worker the moment its parent goes (PR_SET_PDEATHSIG).
-    NOTE: that signal fires when the *thread* that started the worker ends, so pools must start
-    their workers from a thread that outlives them (`RunPool` does so when it is created). A
-    watchdog thread covers other systems: an orphan is re-parented, which it sees.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A spawned worker starts with Python's warning printer (file, line and source line).
-    warnings.showwarning = show_warning
-    # What simserve made of an input (e.g. a trace's detected format) is said once by a
-    # command; from every worker of a catalog or a study it would be the same line many times.
-    warnings.simplefilter("ignore", InputNotice)
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died while this worker started
-        os._exit(1)
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-
-
-def _exit_with_parent(parent_pid: int, every_s: float = PARENT_CHECK_S) -> None:
-    while True:
-        time.sleep(every_s)
-        if os.getppid() != parent_pid:
-            os._exit(1)
 
 
 def steady_throughput(finished_at: np.ndarray, first_scheduled_at: np.ndarray,
@@ -155,54 +99,43 @@ def scenario_key(scenario: Scenario) -> str:
 
 
 class RunPool:
-    """Runs scenarios on `jobs` worker processes (`jobs=1`: in this process), each distinct
-    scenario once; thread-safe, so several drivers can feed it at the same time."""
+    """Runs tasks on a backend's workers (default: `jobs` local processes; `jobs=1`: in this
+    process): scenarios by `summaries` (each distinct one once), any task function by
+    `imap_unordered`; thread-safe, so several drivers can feed it at the same time."""
 
     def __init__(self, jobs: int | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
-        self.jobs = jobs or available_cpus()
+                 progress: Callable[[str], None] | None = None, *,
+                 backend: Backend | None = None) -> None:
+        self.backend: Backend = backend if backend is not None else LocalBackend(jobs)
+        # Started here, from the creating thread (see `backends.init_worker`).
+        self.backend.start()
+        self.jobs = self.backend.slots
         self._progress = progress
         self._cache: dict[str, Summary] = {}
         self._inflight: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._say_lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
         self.num_runs = 0  # distinct scenarios simulated
-        if self.jobs > 1:
-            self._start_workers()
-
-    def _start_workers(self) -> None:
-        """Start every worker now, from this thread (see `init_worker`): the pool starts a
-        worker per submission while none is idle, so `jobs` waiting tasks start them all."""
-        # NOTE: spawn, not fork: workers start from a clean interpreter (no copied threads or
-        # locks of the parent's driver threads).
-        self._executor = ProcessPoolExecutor(
-            max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker, initargs=(os.getpid(),))
-        for future in [self._executor.submit(time.sleep, 0.05) for _ in range(self.jobs)]:
-            future.result()
 
     def __enter__(self) -> RunPool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            self.abort()  # Ctrl-C or a failure: do not wait for the runs in progress
         self.close()
 
+    def describe(self) -> str:
+        """Where the runs go, in one line for the console."""
+        return self.backend.describe()
+
     def close(self) -> None:
-        """Stop the worker processes (pending runs are cancelled)."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers (pending runs are cancelled)."""
+        self.backend.close()
 
     def abort(self) -> None:
-        """Kill the worker processes now: runs in progress fail (`BrokenProcessPool`)."""
-        executor = self._executor
-        if executor is None:
-            return
-        # NOTE: the executor offers no terminate; its worker processes are the only handle.
-        for process in list(getattr(executor, "_processes", {}).values()):
-            process.terminate()
-        executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the workers now: runs in progress fail."""
+        self.backend.abort()
 
     def say(self, message: str) -> None:
         """One progress line, never interleaved with another thread's."""
@@ -215,7 +148,7 @@ class RunPool:
     def summaries(self, scenarios: Sequence[Scenario]) -> list[Summary]:
         """Summaries of these scenarios, simulating (in parallel) only those not yet run."""
         keys = [scenario_key(s) for s in scenarios]
-        if self.jobs == 1:
+        if self.backend.in_process:
             for key in keys:
                 if key not in self._cache:
                     self._cache[key] = run_summary_task(json.loads(key))
@@ -227,9 +160,7 @@ class RunPool:
                 if key in self._cache or key in waits:
                     continue
                 if key not in self._inflight:
-                    assert self._executor is not None
-                    self._inflight[key] = self._executor.submit(run_summary_task,
-                                                                json.loads(key))
+                    self._inflight[key] = self.backend.submit(run_summary_task, json.loads(key))
                     self.num_runs += 1
                 waits[key] = self._inflight[key]
         for key, future in waits.items():
@@ -239,11 +170,35 @@ class RunPool:
                 self._inflight.pop(key, None)
         return [self._cache[k] for k in keys]
 
+    def imap_unordered(self, fn: Callable[[Any], T], tasks: Sequence[Any]) -> Iterator[T]:
+        """`fn(task)` for every task, on the workers, yielded as they complete (one by one in
+        this process with `jobs=1`). `fn` must be a module-level function (workers import it)."""
+        if self.backend.in_process:
+            for task in tasks:
+                yield fn(task)
+            return
+        # NOTE: a few tasks queued per worker hide the round trip to it without handing the
+        # backend thousands of pending tasks (Ray keeps each in its object store).
+        limit = 2 * self.jobs
+        queue = iter(tasks)
+        running: set[Future] = set()
+        for task in queue:
+            running.add(self.backend.submit(fn, task))
+            if len(running) >= limit:
+                break
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                for task in queue:
+                    running.add(self.backend.submit(fn, task))
+                    break
+                yield future.result()
+
     def concurrently(self, calls: Sequence[Callable[[], T]]) -> list[T]:
         """Call each function, side by side in threads when there are several workers (each
         call feeds the pool); results in the order of `calls`. Context variables of the
         caller are visible in each call."""
-        if self.jobs == 1 or len(calls) < 2:
+        if self.backend.in_process or len(calls) < 2:
             return [call() for call in calls]
         threads = ThreadPoolExecutor(max_workers=len(calls))
         try:

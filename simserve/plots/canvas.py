@@ -1,5 +1,6 @@
-"""How every figure of `simserve.plots` is drawn and saved: the shared colour palette, a new
-stand-alone `Figure`, plain-number ticks on log axes, the empty-panel message, and PNG output.
+"""How every figure of simserve is drawn and saved: the shared colour palette, a new
+stand-alone `Figure`, ticks numbered as the reports print numbers, the empty-panel message, and
+PNG output (every figure of every command is written by `save_figure`).
 
 Figures are built directly (no pyplot, no global backend or rcParams change, never `show()`);
 `save_figure` renders PNG through the Agg canvas.
@@ -14,9 +15,14 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import (
+    Formatter,
+    FuncFormatter,
+    LogFormatterSciNotation,
+    ScalarFormatter,
+)
 
-from simserve.formatting import fmt_number
+from simserve.formatting import fmt_number, fmt_ticks
 
 # Okabe-Ito colour-blind-safe palette: one meaning per colour across all figures.
 QUEUED_COLOR = "#BBBBBB"
@@ -73,24 +79,36 @@ def system_colors(names: Iterable[str]) -> dict[str, str]:
     return colors
 
 
+class _NumberTicks(Formatter):
+    """Tick labels as the reports print numbers (`formatting.fmt_ticks`: "7,000", "0.25",
+    never an offset or "1e6" in the corner)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return fmt_number(x)
+
+    def format_ticks(self, values: list[float]) -> list[str]:
+        return fmt_ticks(values)
+
+
 def number_ticks(axis: Axis) -> None:
     """Label a linear axis as the reports print numbers ("7,000", "0.25")."""
-    axis.set_major_formatter(FuncFormatter(lambda value, _pos=None: fmt_number(value)))
+    axis.set_major_formatter(_NumberTicks())
 
 
-def plain_log_ticks(axis: Axis) -> None:
+def plain_log_ticks(axis: Axis, *, minor: bool = True) -> None:
     """Label a log-scaled axis with plain numbers ("20", "0.5", "1,000"), never "2x10^1".
 
     Decades are labelled; when the axis spans at most 2.5 decades the 2x and 5x ticks are too,
-    and under one decade the 3x as well, so a short log axis still has numbers to read.
-    (Labels are decided when the figure is drawn, from its final limits.)
+    and under one decade the 3x as well, so a short log axis still has numbers to read
+    (`minor=False`: decades only). Labels are decided when the figure is drawn, from its final
+    limits.
     """
 
     def decades() -> float:
         low, high = sorted(axis.get_view_interval())
         return math.log10(high / low) if low > 0 and high > low else math.inf
 
-    def minor(value: float, _pos: int | None = None) -> str:
+    def minor_label(value: float, _pos: int | None = None) -> str:
         if value <= 0:
             return ""
         mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
@@ -99,8 +117,9 @@ def plain_log_ticks(axis: Axis) -> None:
             return fmt_number(value)
         return ""
 
-    axis.set_major_formatter(FuncFormatter(lambda value, _pos=None: fmt_number(value)))
-    axis.set_minor_formatter(FuncFormatter(minor))
+    axis.set_major_formatter(_NumberTicks())
+    if minor:
+        axis.set_minor_formatter(FuncFormatter(minor_label))
 
 
 def _no_data(ax: Axes, message: str) -> None:
@@ -108,9 +127,25 @@ def _no_data(ax: Axes, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write a figure as PNG (150 dpi, tight bounding box), creating parent directories."""
+def label_numbers(fig: Figure) -> None:
+    """Number every axis of `fig` that still has matplotlib's default tick labels ("1.0",
+    "1e6" offsets, "10^2") as the reports print numbers; axes a figure labelled itself (text
+    ticks, hidden minor labels) keep theirs."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            major = type(axis.get_major_formatter())
+            if major is ScalarFormatter:
+                number_ticks(axis)
+            elif major is LogFormatterSciNotation:
+                default_minor = type(axis.get_minor_formatter()) is LogFormatterSciNotation
+                plain_log_ticks(axis, minor=default_minor)
+
+
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = DPI, crop: bool = True) -> Path:
+    """Write a figure as PNG, its ticks numbered as the reports print numbers
+    (`label_numbers`), creating parent directories; `crop`: a tight bounding box."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=DPI, bbox_inches="tight")
+    label_numbers(fig)
+    fig.savefig(out, format="png", dpi=dpi, bbox_inches="tight" if crop else None)
     return out

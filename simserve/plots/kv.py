@@ -7,6 +7,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from simserve.engine.records import SimulationResult
+from simserve.formatting import fmt_number, fmt_percent
 from simserve.plots.canvas import (
     DECODE_COLOR,
     KV_TRANSFER_COLOR,
@@ -99,7 +100,7 @@ def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | Non
         ax.plot(ends, used_pct, **dots,
                 label="KV blocks used by the virtual engine\nthat ran the step (1 dot per step)")
         ax.axhline(100.0, color="0.3", linestyle="--", linewidth=1,
-                   label=f"capacity ({int(total.max())} blocks per virtual engine)")
+                   label=f"capacity ({fmt_number(total.max())} blocks per virtual engine)")
         ax_n.plot(ends, seqs, **dots, label="sequences in the step")
         x = starts
     else:
@@ -111,7 +112,7 @@ def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | Non
         ax.step(x, y, where="post", color=DECODE_COLOR, linewidth=1.0, label="KV blocks used")
         ax.fill_between(x, y, step="post", color=DECODE_COLOR, alpha=0.2)
         ax.axhline(100.0, color="0.3", linestyle="--", linewidth=1,
-                   label=f"capacity ({int(total.max())} blocks)")
+                   label=f"capacity ({fmt_number(total.max())} blocks)")
         ax_n.step(x, np.concatenate((seqs, seqs[-1:])), where="post", color=DECODE_COLOR,
                   linewidth=1.0, label="sequences in the step")
     marked = _preemption_steps(result, step_ids)
@@ -125,7 +126,7 @@ def kv_occupancy(result: SimulationResult, *, replica: int = 0, title: str | Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     plural = "s" if num_preemptions != 1 else ""
-    default = (f"KV-cache occupancy of {label}: peak {used_pct.max():.0f}%, "
+    default = (f"KV-cache occupancy of {label}: peak {fmt_percent(used_pct.max() / 100)}, "
                f"{num_preemptions} preemption{plural}" + (" here" if role != "replica" else ""))
     if role == "prefill":
         default += "\n(each prompt's KV stays until its transfer to a decode instance ends)"
@@ -182,5 +183,6 @@ def _plot_hit_rate(ax: Axes, result: SimulationResult, on_replica: np.ndarray) -
     ax.plot(at[window - 1:], 100.0 * hits / tokens, color=DECODE_COLOR, linewidth=1.0,
             label=f"prompt tokens found cached\n(last {window} admissions)")
     total = 100.0 * hit.sum() / prompt.sum()
-    ax.axhline(total, color="0.3", linestyle=":", linewidth=1, label=f"whole run: {total:.0f}%")
+    ax.axhline(total, color="0.3", linestyle=":", linewidth=1,
+               label=f"whole run: {fmt_percent(total / 100)}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

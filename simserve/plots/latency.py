@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from simserve.formatting import fmt_number
+from simserve.formatting import fmt_number, fmt_percent
 from simserve.plots.canvas import (
     SLO_COLOR,
     _figure,
@@ -96,8 +96,8 @@ def latency_cdf(
         p50, p99 = np.percentile(values, [50.0, 99.0])
         label = f"{name}: P50 {fmt_number(p50)} ms, P99 {fmt_number(p99)} ms"
         if slo_ms is not None:
-            label += f", {np.mean(values <= slo_ms):.1%} ≤ SLO"
-        label += f" (n={values.size:,})"
+            label += f", {fmt_percent(np.mean(values <= slo_ms))} ≤ SLO"
+        label += f" (n={fmt_number(values.size)})"
         x, y = _ecdf_points(values)
         if log_x:
             num_zeros += int(np.count_nonzero(values <= 0))

@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from simserve.engine.records import SimulationResult
+from simserve.formatting import fmt_number
 from simserve.plots.canvas import (
     BURST_COLOR,
     DECODE_COLOR,
@@ -316,7 +317,7 @@ def step_timeline(
                edgecolor="white", linewidth=0.3, label="decode tokens")
     if token_budget is not None:
         ax_tok.axhline(token_budget, color="0.3", linestyle="--", linewidth=1,
-                       label=f"token budget ({token_budget})")
+                       label=f"token budget ({fmt_number(token_budget)})")
     ax_tok.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax_tok.set_xlim(t0, t1)
     return fig
@@ -370,9 +371,9 @@ def token_timeline(
             ax.plot([], [], label=f"{name}: no tokens")
             continue
         gaps = np.diff(times)
-        detail = f"TTFT {times[0] * 1e3:.0f} ms, {times.size} tokens"
+        detail = f"TTFT {fmt_number(times[0] * 1e3)} ms, {times.size} tokens"
         if gaps.size:
-            detail += f", largest gap {gaps.max() * 1e3:.0f} ms"
+            detail += f", largest gap {fmt_number(gaps.max() * 1e3)} ms"
         x = np.concatenate(([0.0], times))
         y = np.arange(x.size)
         (line,) = ax.step(x, y, where="post", linewidth=1.5, label=f"{name}: {detail}",

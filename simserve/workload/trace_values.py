@@ -11,6 +11,7 @@ import numpy as np
 
 from simserve.config import MAX_TOKENS
 from simserve.errors import InputError
+from simserve.formatting import fmt_number
 
 __all__ = [
     "PRIORITY_COLUMN",
@@ -84,8 +85,9 @@ def parse_lengths(values: list[str], column: str, what: str, where: Where) -> np
     huge = parsed > MAX_TOKENS
     if np.any(huge):
         bad = int(np.argmax(huge))
-        raise where.error(f"{what} length {values[bad].strip()} is more than {MAX_TOKENS:,} "
-                          "tokens (no model has such a context)", column, bad)
+        raise where.error(f"{what} length {values[bad].strip()} is more than "
+                          f"{fmt_number(MAX_TOKENS)} tokens (no model has such a context)",
+                          column, bad)
     return parsed.astype(np.int64)
 
 

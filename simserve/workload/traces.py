@@ -42,6 +42,7 @@ import numpy as np
 
 from simserve.config import MAX_TOKENS
 from simserve.errors import InputError, InputWarning
+from simserve.formatting import fmt_number
 from simserve.progress import progress_bar
 from simserve.workload import mooncake
 from simserve.workload.content import SharedContent
@@ -304,7 +305,7 @@ class _TraceReader:
             first, last = (int(t) for t in arrival[[arrival.argmin(), arrival.argmax()]]
                            .astype(np.int64))
             if last - first >= 2**63:
-                raise InputError(f"timestamps span {(last - first) / 3.15576e16:,.0f} years "
+                raise InputError(f"timestamps span {fmt_number((last - first) / 3.15576e16)} years "
                                  "(at most 292: arrivals are kept in nanoseconds)",
                                  source=self.source)
             rows["arrival"] = (arrival - arrival.min()).astype(np.int64).astype(np.float64) / 1e9

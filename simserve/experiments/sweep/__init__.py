@@ -1,5 +1,6 @@
 """Policy sweeps: a YAML spec of axes over any scenario field, expanded into validated runs,
-executed as independent tasks on a backend, stored one directory per point, resumable.
+executed as independent tasks on a run pool (local processes or Ray), stored one directory per
+point, resumable.
 
 A sweep spec (see scenarios/sweeps/) names a base scenario, fixed overrides (`set`), axes
 (`grid`: cartesian product; `zip`: paired axes of equal length) over any dotted scenario field,
@@ -18,12 +19,12 @@ written exactly, so one spec gives the same summary.csv whatever the backend or 
 Modules, each importing only those above it: `layout` (the names of the files and folders in
 a sweep directory), `spec` (read a spec, expand and validate its plan), `worker` (run one task
 in any process), `store` (summary tables, finished runs read back, the directory's state and
-checks), `driver` (run a plan's unfinished tasks on a backend and write the tables).
+checks), `driver` (run a plan's unfinished tasks on a run pool and write the tables).
 """
 
 # Everything the single `sweep` module offered is importable from here unchanged: its public API
 # (`__all__`) and its other constants (redundant aliases mark those as re-exports).
-from simserve.experiments.sweep.driver import SweepOutcome, TaskRunner, count_finished, run_sweep
+from simserve.experiments.sweep.driver import SweepOutcome, count_finished, run_sweep
 from simserve.experiments.sweep.layout import BY_POINT_CSV as BY_POINT_CSV
 from simserve.experiments.sweep.layout import BY_POINT_PARQUET as BY_POINT_PARQUET
 from simserve.experiments.sweep.layout import CAPACITY_FILE as CAPACITY_FILE
@@ -62,7 +63,6 @@ __all__ = [
     "SweepPlan",
     "SweepRun",
     "SweepSpec",
-    "TaskRunner",
     "aggregate_rows",
     "capacity_document",
     "capacity_row",

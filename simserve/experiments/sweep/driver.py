@@ -1,4 +1,4 @@
-"""Running a sweep: send a plan's unfinished tasks to a backend, collect their rows with a
+"""Running a sweep: send a plan's unfinished tasks to a run pool, collect their rows with a
 progress bar, and write the summary tables.
 """
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from simserve.experiments.pool import RunPool
 from simserve.experiments.sweep.layout import (
     BY_POINT_CSV,
     BY_POINT_PARQUET,
@@ -33,17 +33,6 @@ from simserve.experiments.sweep.worker import execute_task
 from simserve.progress import progress_bar
 
 
-class TaskRunner(Protocol):
-    """A backend: runs `fn` on every task and yields the results as they complete."""
-
-    def imap_unordered(
-        self, fn: Callable[[Mapping[str, Any]], dict[str, Any]],
-        tasks: Sequence[Mapping[str, Any]],
-    ) -> Iterator[dict[str, Any]]: ...
-
-    def describe(self) -> str: ...
-
-
 @dataclass(frozen=True)
 class SweepOutcome:
     """What a sweep call did: rows of every finished run, failures, counts and wall time."""
@@ -61,13 +50,14 @@ class SweepOutcome:
 def run_sweep(
     plan: SweepPlan,
     sweep_dir: str | Path,
-    backend: TaskRunner,
+    pool: RunPool,
     *,
     resume: bool = False,
     progress: bool = False,
     checked: bool = False,
 ) -> SweepOutcome:
-    """Run every unfinished run of `plan` on `backend`, then write the summary tables.
+    """Run every unfinished run of `plan` on `pool`'s workers (each writes its run's
+    directory and returns its summary row), then write the summary tables.
 
     A run is finished when its directory is complete (it was renamed into place atomically),
     so after a kill at any moment `resume=True` reruns exactly the unfinished ones and the
@@ -96,7 +86,7 @@ def run_sweep(
     bar = progress_bar(len(plan.runs), desc="sweep", unit="run", enabled=progress,
                        initial=num_resumed)
     try:
-        for result in backend.imap_unordered(execute_task, tasks):
+        for result in pool.imap_unordered(execute_task, tasks):
             if "error" in result:
                 errors[result["id"]] = result["error"]
                 bar.set_postfix(failed=len(errors))

@@ -38,6 +38,7 @@ from simserve.experiments.capacity import (
     replication_seeds,
 )
 from simserve.experiments.sweep.layout import FORMAT_VERSION, POINTS_DIR
+from simserve.formatting import fmt_number
 from simserve.resolve import resolve
 from simserve.yaml_lines import compose_yaml, read_yaml_file
 
@@ -318,8 +319,8 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
     num_runs *= replications if capacity is None else 1
     if num_runs > MAX_SWEEP_RUNS:
         # Refused before the plan lists them: a typo must not fill the memory.
-        raise InputError(f"the sweep has {num_runs:,} runs (points x replications), more than "
-                         f"{MAX_SWEEP_RUNS:,}; split it", source=source)
+        raise InputError(f"the sweep has {fmt_number(num_runs)} runs (points x replications), "
+                         f"more than {fmt_number(MAX_SWEEP_RUNS)}; split it", source=source)
     order = list(data)
     zip_first = "zip" in data and "grid" in data and order.index("zip") < order.index("grid")
     return SweepSpec(

@@ -21,7 +21,6 @@ from simserve.experiments.atomic import write_dir_atomically
 from simserve.experiments.capacity import (
     CapacityResult,
     CapacitySettings,
-    run_summary,
     search_capacity,
     summary_with_extras,
 )
@@ -97,17 +96,14 @@ def capacity_document(results: Sequence[CapacityResult]) -> dict[str, Any]:
 def execute_task(task: Mapping[str, Any]) -> dict[str, Any]:
     """Run one sweep task (a plain mapping) and return a small result; never raises.
 
-    Kinds: `run` (simulate, write the run directory, return the summary row), `capacity`
-    (search, write capacity.json, return the capacity row), `summary` (simulate, return the
-    summary only: the seeds of a capacity probe). Failures come back as a traceback string.
+    Kinds: `run` (simulate, write the run directory, return the summary row) and `capacity`
+    (search, write capacity.json, return the capacity row). Failures come back as a traceback
+    string.
     """
     t0 = time.perf_counter()
     try:
         scenario = scenario_from_mapping(task["scenario"])
         kind = task["kind"]
-        if kind == "summary":
-            return {"id": task["id"], "summary": run_summary(scenario),
-                    "wall_s": time.perf_counter() - t0}
         out = Path(task["out_dir"])
         if kind == "run":
             output = run_scenario(scenario)
