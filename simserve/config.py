@@ -535,7 +535,7 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         _require(1 <= self.instances <= MAX_ENGINES, "instances",
-                 f"must be in [1, {MAX_ENGINES:,}], got {self.instances}")
+                 f"must be in [1, {fmt_number(MAX_ENGINES)}], got {self.instances}")
         if self.hardware is not None:
             _require(bool(self.hardware.strip()), "hardware", "must name a catalog GPU")
         if self.num_gpu_blocks_override is not None:
@@ -578,10 +578,10 @@ class ClusterConfig:
             object.__setattr__(self, "replicas", 1)
         if self.replicas is not None:
             _require(1 <= self.replicas <= MAX_ENGINES, "cluster.replicas",
-                     f"must be in [1, {MAX_ENGINES:,}], got {self.replicas}")
+                     f"must be in [1, {fmt_number(MAX_ENGINES)}], got {self.replicas}")
         _require(self.num_replicas <= MAX_ENGINES, "cluster.groups",
-                 f"{self.num_replicas:,} replicas in all; at most {MAX_ENGINES:,} can be "
-                 "simulated")
+                 f"{fmt_number(self.num_replicas)} replicas in all; at most "
+                 f"{fmt_number(MAX_ENGINES)} can be simulated")
         _require(self.router_load_weight >= 0, "cluster.router_load_weight",
                  f"must be >= 0, got {self.router_load_weight}")
         if self.mode == "colocated":
@@ -751,7 +751,7 @@ class GroupConfig:
 
     def __post_init__(self) -> None:
         _require(1 <= self.replicas <= MAX_ENGINES, "replicas",
-                 f"must be in [1, {MAX_ENGINES:,}], got {self.replicas}")
+                 f"must be in [1, {fmt_number(MAX_ENGINES)}], got {self.replicas}")
         if self.name is not None:
             _require(bool(self.name.strip()) and self.name.isprintable() and len(self.name) <= 64,
                      "name", f"must be a short printable name, got {self.name!r}")

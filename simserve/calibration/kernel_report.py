@@ -154,10 +154,10 @@ def _l2_section(rep: KernelReport) -> list[str]:
     for g in gddr:
         n, lo, hi = rep.cache_steps[g]
         l2 = next(r.repricing.l2_bytes for r in rep.l2 if r.gpu == g) / 2**20
-        out.append(f"- {g}: {n:,} decode attention steps of 3x or more between a context "
-                   f"and its double, the median one where the batch's K and V grow from "
-                   f"{lo:.0f} MB to {hi:.0f} MB, around its {l2:.0f} MiB L2 "
-                   f"({l2 * 2**20 / 1e6:.0f} MB).")
+        out.append(f"- {g}: {fmt_number(n)} decode attention steps of 3x or more between a "
+                   f"context and its double, the median one where the batch's K and V grow from "
+                   f"{fmt_number(lo)} MB to {fmt_number(hi)} MB, around its {fmt_number(l2)} MiB "
+                   f"L2 ({fmt_number(l2 * 2**20 / 1e6)} MB).")
     peaks = {(r.gpu, r.repricing.table): r for r in rep.l2}
     out += ["", "Where an operand fits in L2, GDDR GPUs' calls beat what device memory can "
             "deliver: their decode calls by up to the rise listed below, and so do GEMMs of "
@@ -176,9 +176,9 @@ def _l2_section(rep: KernelReport) -> list[str]:
             "weights 2-8x L2. Prefill attention is left as measured: its Q, K and V were "
             "written by the step's own QKV projection just before, and are in L2 in serving "
             "too (its calls within L2 reach up to "
-            + ", ".join(f"{rep.prefill_fraction[g]:.2f}x" for g in gddr)
+            + ", ".join(f"{fmt_number(rep.prefill_fraction[g])}x" for g in gddr)
             + " the bandwidth on " + ", ".join(gddr) + ", at most "
-            f"{max(v for g, v in rep.prefill_fraction.items() if g not in gddr):.2f}x on "
+            f"{fmt_number(max(v for g, v in rep.prefill_fraction.items() if g not in gddr))}x on "
             "the others). Held-back MAPE as measured and as re-priced (same split; the last "
             "column scores only the held-back points the re-pricing left as measured, since "
             "re-priced points follow a floor-plus-read line that any interpolation "
@@ -189,14 +189,16 @@ def _l2_section(rep: KernelReport) -> list[str]:
     for (gpu, table), r in sorted(peaks.items()):
         p = r.repricing
         unit = "shapes" if table == "generation_attention" else "calls"
-        out.append(f"| {gpu} | {table} | {p.rows_in_l2:,} | {p.rows_raised:,} | "
-                   f"{p.max_factor:.2f}x | {p.dram_efficiency:.2f} ({p.fitted_on:,} {unit}) | "
-                   f"{r.mape_measured:.2f}% | {r.mape_priced:.2f}% | "
-                   f"{r.mape_unchanged:.2f}% |")
+        out.append(f"| {gpu} | {table} | {fmt_number(p.rows_in_l2)} | "
+                   f"{fmt_number(p.rows_raised)} | {fmt_number(p.max_factor)}x | "
+                   f"{fmt_number(p.dram_efficiency)} ({fmt_number(p.fitted_on)} {unit}) | "
+                   f"{fmt_number(r.mape_measured)}% | {fmt_number(r.mape_priced)}% | "
+                   f"{fmt_number(r.mape_unchanged)}% |")
     out += ["", "Decode attention's steps of 3x or more, re-priced: "
-            + "; ".join(f"{g} {rep.cache_steps[g][0]:,} -> {rep.cache_steps_priced[g][0]:,}"
-                        + (f" (median one from {rep.cache_steps_priced[g][1]:.0f} MB to "
-                           f"{rep.cache_steps_priced[g][2]:.0f} MB: both sides past L2)"
+            + "; ".join(f"{g} {fmt_number(rep.cache_steps[g][0])} -> "
+                        f"{fmt_number(rep.cache_steps_priced[g][0])}"
+                        + (f" (median one from {fmt_number(rep.cache_steps_priced[g][1])} MB to "
+                           f"{fmt_number(rep.cache_steps_priced[g][2])} MB: both sides past L2)"
                            if rep.cache_steps_priced[g][0] else "")
                         for g in gddr)
             + ". The held-back error falls most where the jump was: a point just below or "
@@ -212,8 +214,8 @@ def _l2_section(rep: KernelReport) -> list[str]:
     for s in rep.l2_steps:
         below = "**" if s.measured_ms < s.floor_ms else ""
         out.append(f"| {s.gpu} | {s.model} | {s.tp} | {s.batch} x {s.context} | "
-                   f"{below}{s.measured_ms:.2f}{below} | {s.priced_ms:.2f} | "
-                   f"{_pct(_err(s.priced_ms, s.measured_ms))} | {s.floor_ms:.2f} |")
+                   f"{below}{fmt_number(s.measured_ms)}{below} | {fmt_number(s.priced_ms)} | "
+                   f"{_pct(_err(s.priced_ms, s.measured_ms))} | {fmt_number(s.floor_ms)} |")
     out += ["", "(Bold: faster than device memory allows.) Weights dominate a decode step's "
             "bytes, so whole steps move less than their attention calls: most on the L40S at "
             "small batches, whose K and V per layer fit in its 96 MiB L2, and most of all for "
@@ -366,10 +368,10 @@ def _tpot_spread_lines(rows: list) -> list[str]:
         if tpot.size < 2:
             continue
         rate = trace_rate(r.run.trace)
-        parts.append(f"{_pct(_err(tpot[:-1].mean(), tpot.mean()))} at {rate:g} req/s "
-                     f"(its slowest: {tpot[-1]:.0f} ms, {tpot.size} requests)")
+        parts.append(f"{_pct(_err(tpot[:-1].mean(), tpot.mean()))} at {fmt_number(rate)} req/s "
+                     f"(its slowest: {fmt_number(tpot[-1])} ms, {tpot.size} requests)")
         median_err = _err(r.kernel.simulated["TPOT p50"], r.kernel.measured["TPOT p50"])
-        medians.append(f"{_pct(median_err)} at {rate:g} req/s")
+        medians.append(f"{_pct(median_err)} at {fmt_number(rate)} req/s")
     if not parts:
         return []
     return ["Mean TPOT below the knee rests on a few requests: V0 runs a new request's prefill "
