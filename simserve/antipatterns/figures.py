@@ -13,7 +13,6 @@ evaluator did is in the report. Matplotlib `Figure` objects are built directly (
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from matplotlib.ticker import NullFormatter
 from simserve.formatting import fmt_interval, fmt_number, fmt_percent, fmt_ratio
 from simserve.plots.canvas import (
     SLO_COLOR,
-    label_numbers,
+    figure_png,
     number_ticks,
     plain_log_ticks,
     system_colors,
@@ -311,11 +310,7 @@ def _share_scale(entry: Mapping[str, Any], axes: Sequence[Axes]) -> None:
 def entry_png(entry: Mapping[str, Any]) -> bytes:
     """An entry's figure drawn as PNG bytes (drawn as its entry finishes, written with the
     report)."""
-    buffer = io.BytesIO()
-    fig = entry_figure(entry)
-    label_numbers(fig)  # ticks numbered as the report prints numbers
-    fig.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
+    return figure_png(entry_figure(entry), dpi=DPI, crop=False)
 
 
 def save_entry_figure(entry: Mapping[str, Any], path: str | Path,

@@ -8,6 +8,7 @@ Figures are built directly (no pyplot, no global backend or rcParams change, nev
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -141,11 +142,18 @@ def label_numbers(fig: Figure) -> None:
                 plain_log_ticks(axis, minor=default_minor)
 
 
+def figure_png(fig: Figure, *, dpi: int = DPI, crop: bool = True) -> bytes:
+    """A figure as PNG bytes, its ticks numbered as the reports print numbers
+    (`label_numbers`); `crop`: a tight bounding box."""
+    buffer = io.BytesIO()
+    label_numbers(fig)
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if crop else None)
+    return buffer.getvalue()
+
+
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = DPI, crop: bool = True) -> Path:
-    """Write a figure as PNG, its ticks numbered as the reports print numbers
-    (`label_numbers`), creating parent directories; `crop`: a tight bounding box."""
+    """Write a figure as PNG (`figure_png`), creating parent directories."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    label_numbers(fig)
-    fig.savefig(out, format="png", dpi=dpi, bbox_inches="tight" if crop else None)
+    out.write_bytes(figure_png(fig, dpi=dpi, crop=crop))
     return out
