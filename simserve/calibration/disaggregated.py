@@ -226,7 +226,7 @@ def disaggregated_figure(rep: DisaggregatedReport, fig_dir: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from simserve.plots.canvas import save_figure
+    from simserve.plots.canvas import save_laid_out
 
     rates = [trace_rate(r.trace) for r in rep.profile_only]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
@@ -249,9 +249,7 @@ def disaggregated_figure(rep: DisaggregatedReport, fig_dir: Path) -> str:
     fig.suptitle("OPT-13B, DistServe: prefill TP2 (2 GPUs) + decode TP1 (1 GPU), "
                  f"A100-80GB; serving time fitted at {fmt_number(rep.train_rate)} req/s only",
                  fontsize=10)
-    fig.tight_layout()
-    fig_dir.mkdir(parents=True, exist_ok=True)
     name = "replay_disaggregated.png"
-    save_figure(fig, fig_dir / name, dpi=110, crop=False)
+    save_laid_out(fig, fig_dir / name, dpi=110)
     plt.close(fig)
     return name

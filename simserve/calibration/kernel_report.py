@@ -566,7 +566,7 @@ def kernel_figures(rep: KernelReport, fig_dir: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from simserve.plots.canvas import save_figure
+    from simserve.plots.canvas import save_laid_out
 
     written = []
     rows = [r for r in rep.e2e if r.run.version == "v0"]
@@ -593,8 +593,7 @@ def kernel_figures(rep: KernelReport, fig_dir: Path) -> list[str]:
         axes[0].legend(fontsize=7)
         fig.suptitle("OPT-13B on one A100-80GB, vLLM V0: kernel model vs roofline vs fitted "
                      "profile", fontsize=10)
-        fig.tight_layout()
-        save_figure(fig, fig_dir / "kernel_e2e.png", dpi=110, crop=False)
+        save_laid_out(fig, fig_dir / "kernel_e2e.png", dpi=110)
         plt.close(fig)
         written.append("kernel_e2e.png")
     if rep.occupancy:
@@ -615,8 +614,7 @@ def kernel_figures(rep: KernelReport, fig_dir: Path) -> list[str]:
         np.atleast_1d(axes)[0].legend(fontsize=7)
         fig.suptitle("vLLM 0.19 (V1) on RTX PRO 6000: running and waiting requests",
                      fontsize=10)
-        fig.tight_layout()
-        save_figure(fig, fig_dir / "kernel_v1_occupancy.png", dpi=110, crop=False)
+        save_laid_out(fig, fig_dir / "kernel_v1_occupancy.png", dpi=110)
         plt.close(fig)
         written.append("kernel_v1_occupancy.png")
     return written

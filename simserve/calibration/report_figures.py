@@ -23,10 +23,9 @@ def _save(fig: Figure, path: Path) -> str:
     """Lay out, write at the report's 110 dpi and close `fig`; its file name."""
     import matplotlib.pyplot as plt
 
-    from simserve.plots.canvas import save_figure
+    from simserve.plots.canvas import save_laid_out
 
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110, crop=False)
+    save_laid_out(fig, path, dpi=110)
     plt.close(fig)
     return path.name
 

@@ -151,6 +151,15 @@ def figure_png(fig: Figure, *, dpi: int = DPI, crop: bool = True) -> bytes:
     return buffer.getvalue()
 
 
+def save_laid_out(fig: Figure, path: str | Path, *, dpi: int = DPI) -> Path:
+    """Write a figure laid out by `tight_layout` at its own size (no cropping): its ticks are
+    numbered first, so the layout makes room for the labels it will have ("10,000" is wider
+    than matplotlib's "$10^4$")."""
+    label_numbers(fig)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=dpi, crop=False)
+
+
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = DPI, crop: bool = True) -> Path:
     """Write a figure as PNG (`figure_png`), creating parent directories."""
     out = Path(path)
