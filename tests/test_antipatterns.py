@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -592,3 +593,32 @@ def test_sigterm_stops_a_running_catalog_promptly(tmp_path):
         time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers)
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- quick vs full
+
+# The full catalog's conclusions at the default seed (regenerate with SIMSERVE_UPDATE_GOLDEN=1,
+# which runs the full catalog, about a minute and a half on two cores).
+FULL_OUTCOMES = ROOT / "tests" / "golden" / "antipatterns-full.outcomes.json"
+
+
+def _catalog_outcomes(out, *flags: str) -> dict[str, str]:
+    subprocess.run([sys.executable, "-m", "simserve", "antipatterns", *flags, "--jobs", "2",
+                    "--out", str(out)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    return {e["id"]: e["outcome"] for e in verdicts["entries"]}
+
+
+def test_quick_draws_every_conclusion_of_the_full_catalog(tmp_path):
+    """`--quick` may lose precision but never a conclusion: each entry's outcome (flipped,
+    shrank, grew, unchanged) is the full catalog's. Shorter runs failed this (at 300 requests
+    ES1, ES4 and MD3 came out differently)."""
+    if os.environ.get("SIMSERVE_UPDATE_GOLDEN") == "1":
+        FULL_OUTCOMES.write_text(json.dumps(_catalog_outcomes(tmp_path / "full"), indent=1,
+                                            sort_keys=True) + "\n")
+    full = json.loads(FULL_OUTCOMES.read_text())
+    assert list(full) == sorted(e.id for e in CATALOG)
+    for entry in CATALOG:
+        assert full[entry.id] in entry.expected, entry.id
+    assert _catalog_outcomes(tmp_path / "quick", "--quick") == full

@@ -477,15 +477,20 @@ CATALOG: tuple[Entry, ...] = (
     ),
 )
 
-# NOTE: five seeds in every size a user can run (a t-interval from fewer has so few degrees of
-# freedom that it spans most of the axis). `full` is the default, about a minute of simulation
-# on two cores; `quick` (hidden, `--quick`) is a smoke test of the pipeline whose numbers are
-# not for quoting; `tiny` is for tests only (seconds for the whole catalog, mechanics only).
+# NOTE: `full` is the default, about a minute of simulation on two cores, with five seeds (a
+# t-interval from fewer has so few degrees of freedom that it spans most of the axis).
+# `quick` (hidden, `--quick`) may lose precision but must draw every conclusion the full
+# catalog draws (tests/test_antipatterns.py compares them): it keeps the full runs' length and
+# search precision and drops to three seeds (the first three of the full catalog's, so its
+# intervals are wider, its centres close). Shorter runs change conclusions: at 300 or 600
+# requests ES1's and ES4's fair capacities (long arXiv prompts, bursts) are measured before the
+# queue shows the SLO violations that 1,200 requests reach, which is ES3's own anti-pattern.
+# `tiny` is for tests only (seconds for the whole catalog, mechanics only).
 SIZES: dict[str, Size] = {
     "full": Size("full", requests=1200, seeds=5, saturation_requests=1000, tolerance=0.05,
                  max_probes=8),
-    "quick": Size("quick", requests=300, seeds=5, saturation_requests=1000, tolerance=0.1,
-                  max_probes=4),
+    "quick": Size("quick", requests=1200, seeds=3, saturation_requests=1000, tolerance=0.05,
+                  max_probes=8),
     "tiny": Size("tiny", requests=16, seeds=2, saturation_requests=500, tolerance=0.4,
                  max_probes=1),
 }
