@@ -16,6 +16,7 @@ from simserve.costmodel.base import BatchShape
 from simserve.costmodel.interpolation import DenseCurve, LogGrid, MonotoneCurve, rows_at
 from simserve.costmodel.kernel_ops import AttentionMap, KernelCoverageError, KernelOps
 from simserve.costmodel.kernel_tables import (
+    TABLES,
     kernel_gpus,
     kernel_meta,
     kernels_dir,
@@ -292,10 +293,13 @@ def test_allreduce_message_counts_bf16_elements(gpu: str) -> None:
        st.lists(st.floats(1.0, 1e5), min_size=2, max_size=40))
 def test_monotone_curve_is_monotone_for_any_data(ys: list[float], queries: list[float]) -> None:
     xs = [2.0**i for i in range(len(ys))]
-    for smooth, linear, tile in ((False, False, 1), (True, False, 1), (False, True, 1),
-                                 (False, True, 32)):
-        curve = MonotoneCurve.fit(xs, ys, 1.0, smooth, linear, tile)
-        q = np.sort(np.asarray(queries))
+    curves = [MonotoneCurve.fit(xs, ys, 1.0, smooth, linear, tile)
+              for smooth, linear, tile in ((False, False, 1), (True, False, 1),
+                                           (False, True, 1), (False, True, 32))]
+    # Every table's own reading (its exponent past the last point included).
+    curves += [spec.curve(xs, ys) for spec in TABLES.values()]
+    q = np.sort(np.asarray(queries))
+    for curve in curves:
         out = curve(q)
         assert np.all(np.diff(out) >= -1e-9 * out[:-1])
 
@@ -313,6 +317,21 @@ def test_linear_curve_is_linear_between_points() -> None:
     curve = MonotoneCurve.fit([10, 110], [5.0, 15.0], 1.0, linear=True)
     assert float(curve(60.0)) == pytest.approx(10.0)  # log-log would give 8.0
     assert float(curve(220.0)) == pytest.approx(30.0)  # x^1 past the last point
+
+
+def test_allreduce_is_read_as_a_floor_plus_message_over_bandwidth() -> None:
+    # NOTE: alpha-beta: between two measured messages the time grows by the extra bytes over
+    # the link, so the reading is linear in the message. H100 graph all-reduce over 2 GPUs:
+    # from 256K to 1M elements the measured 512K point lies on that line (within 2%), where
+    # a log-log chord through the two ends would put it 6% higher.
+    xs, ys = load_kernel_table("h100-80gb-sxm", "allreduce").curves[("graph", 2)]
+    i, k, j = xs.index(262144.0), xs.index(524288.0), xs.index(1048576.0)
+    curve = TABLES["allreduce"].curve([xs[i], xs[j]], [ys[i], ys[j]])
+    mid = 0.5 * (xs[i] + xs[j])
+    assert float(curve(mid)) == pytest.approx(0.5 * (ys[i] + ys[j]))
+    assert float(curve(xs[k])) == pytest.approx(ys[k], rel=0.02)
+    log_log = math.sqrt(ys[i] * ys[j])
+    assert log_log > 1.05 * ys[k]
 
 
 def test_tiled_curve_is_flat_within_a_tile_and_linear_in_padded_rows_between() -> None:
@@ -400,6 +419,23 @@ def test_op_holdout_scores_the_shipped_form_beside_the_previous_one() -> None:
     assert op_holdout("a100-80gb-sxm", "gemm") == gemm  # the same split every time
     moe = op_holdout("a100-80gb-sxm", "moe")
     assert moe.mape_inside_before != moe.mape_inside_before  # unchanged form: nan
+
+
+def test_allreduce_reading_predicts_held_back_points_better_than_log_log() -> None:
+    from simserve.calibration.kernel_validation import op_holdout
+
+    # NOTE: the linear (alpha-beta) reading was chosen by leave-one-out on the kept points;
+    # on the held-back split it is lower than log-log on six of the seven GPUs (A100: 6.65%
+    # vs 6.52%) and below 10% everywhere. With only ~23 points per GPU, one regime step
+    # (one-shot to two-shot, eager launch) moves a GPU's MAPE by a point or two, hence the
+    # loose per-GPU bound.
+    scored = [op_holdout(gpu, "allreduce") for gpu in kernel_gpus()]
+    assert all(o.n_inside >= 10 for o in scored)
+    assert sum(o.mape_inside < o.mape_inside_before for o in scored) >= len(scored) - 1
+    assert all(o.mape_inside < min(10.0, o.mape_inside_before + 0.5) for o in scored)
+    mean = float(np.mean([o.mape_inside for o in scored]))
+    mean_before = float(np.mean([o.mape_inside_before for o in scored]))
+    assert mean < 0.9 * mean_before
 
 
 def test_gemm_floor_is_the_spread_of_same_work_points() -> None:

@@ -101,11 +101,13 @@ class OpHoldout:
 
 
 STEP_RATIO = 1.5
-# How the tables whose interpolation changed were read before (log-log without row tiles;
-# decode attention as a monotone cubic in log-log), scored on the same split beside it.
+# How the tables whose interpolation changed were read before (GEMMs log-log without row
+# tiles; decode attention as a monotone cubic in log-log; all-reduces log-log), scored on the
+# same split beside it.
 PREVIOUS_FORMS: dict[str, dict[str, bool]] = {
     "gemm": {"smooth": False},
     "generation_attention": {"smooth": True},
+    "allreduce": {"smooth": False},
 }
 
 

@@ -5,7 +5,8 @@ batch or message), and it follows power laws between a fixed floor and a bandwid
 compute-bound regime; so a measured curve is first made non-decreasing by isotonic regression
 (pool-adjacent-violators, on log latency), then interpolated piecewise-linearly in
 (log x, log latency), or in (x, latency) where the op is a floor plus a cost linear in x (decode
-attention: every extra token of context is one more K and V row read). A GEMM's rows come in
+attention: every extra token of context is one more K and V row read; an all-reduce: every extra
+element is two more bytes over the link). A GEMM's rows come in
 tiles: its work, and so its time, is that of m rounded up to a whole tile, so a tiled curve
 passes through every measured m, stays flat up to the end of a measured point's tile, and is
 linear in the padded m between tiles (`tiled_interp`). Below its first point a curve stays at its
