@@ -1,5 +1,6 @@
-"""Speculative-decoding case study: presets, crossover/rule helpers, and `--quick` end to end
-(report and seven figures written, the report's numbers equal to the runs' summaries)."""
+"""Speculative-decoding case study: presets, crossover/rule helpers, the test-only `--size tiny`
+end to end (report and seven figures written, the report's numbers equal to the runs'
+summaries), and `--quick` drawing the full run's conclusions."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -92,15 +94,15 @@ def test_rules_read_the_summary():
     assert not any(r.holds({**good, LOAD_KEY: 1.01}, t) for r in RULES)
 
 
-# --------------------------------------------------------------------------- --quick end to end
+# --------------------------------------------------------------------------- tiny end to end
 
 
-# What the `quick_run` command printed and the text drawn on each figure it wrote.
-QUICK_SEEN: dict[str, object] = {}
+# What the `tiny_run` command printed and the text drawn on each figure it wrote.
+TINY_SEEN: dict[str, object] = {}
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def tiny_run(tmp_path_factory):
     from matplotlib.text import Text
 
     import simserve.plots
@@ -109,15 +111,15 @@ def quick_run(tmp_path_factory):
 
     def save_and_read(fig, path, **kwargs):
         written = save(fig, path, **kwargs)  # ticks are labelled when the figure is drawn
-        QUICK_SEEN[Path(path).stem] = [t.get_text() for t in fig.findobj(Text)]
+        TINY_SEEN[Path(path).stem] = [t.get_text() for t in fig.findobj(Text)]
         return written
 
     out = tmp_path_factory.mktemp("casestudy") / "specdec"
     console = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(console):
         patch.setattr(simserve.plots, "save_figure", save_and_read)  # the writer's import
-        assert main(["casestudy", "specdec", "--quick", "--out", str(out)]) == 0
-    QUICK_SEEN["console"] = console.getvalue()
+        assert main(["casestudy", "specdec", "--size", "tiny", "--out", str(out)]) == 0
+    TINY_SEEN["console"] = console.getvalue()
     return out
 
 
@@ -142,22 +144,22 @@ def _close(printed: str, value: object) -> bool:
                         abs_tol=0.5 if abs(float(value)) >= 1000 else 1e-12)
 
 
-def test_quick_writes_report_and_seven_figures(quick_run):
-    names = {p.name for p in quick_run.iterdir()}
+def test_tiny_writes_report_and_seven_figures(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
     assert {"report.md", "summaries.json", "results.json", "scenario.yaml"} <= names
     for stem in FIGURE_FILES:
-        png = quick_run / f"{stem}.png"
+        png = tiny_run / f"{stem}.png"
         assert png.read_bytes()[:8] == PNG_MAGIC, stem
-        assert f"]({stem}.png)" in (quick_run / "report.md").read_text()
+        assert f"]({stem}.png)" in (tiny_run / "report.md").read_text()
     assert len(FIGURE_FILES) == 7
     # No temporary directories left; the marker lists what simserve wrote.
     assert [n for n in names if n.startswith(".")] == [MARKER]
 
 
-def test_quick_report_numbers_match_the_run_summaries(quick_run):
-    report = (quick_run / "report.md").read_text()
-    records = json.loads((quick_run / "summaries.json").read_text())
-    results = json.loads((quick_run / "results.json").read_text())
+def test_tiny_report_numbers_match_the_run_summaries(tiny_run):
+    report = (tiny_run / "report.md").read_text()
+    records = json.loads((tiny_run / "summaries.json").read_text())
+    results = json.loads((tiny_run / "results.json").read_text())
     sweep = {(r["system"], r["rate"]): r for r in records if r["purpose"] == "sweep"}
     rates = results["rates"]
     rows = _table_rows(report, "rate (req/s) | system")
@@ -204,13 +206,13 @@ def test_quick_report_numbers_match_the_run_summaries(quick_run):
                 assert cap["upper"] == results["saturation_throughput"][system]
 
 
-def test_a_capacity_reads_the_same_in_the_report_the_figure_and_the_console(quick_run):
+def test_a_capacity_reads_the_same_in_the_report_the_figure_and_the_console(tiny_run):
     # One formatter: fig7's bar labels, the report's capacity table and the console headline
     # print each capacity alike.
-    results = json.loads((quick_run / "results.json").read_text())
-    rows = {row[0]: row for row in _table_rows((quick_run / "report.md").read_text(),
+    results = json.loads((tiny_run / "results.json").read_text())
+    rows = {row[0]: row for row in _table_rows((tiny_run / "report.md").read_text(),
                                                "rule | meets")}
-    console, bars = QUICK_SEEN["console"], QUICK_SEEN["fig7_capacity"]
+    console, bars = TINY_SEEN["console"], TINY_SEEN["fig7_capacity"]
     for rule in RULES:
         caps = results["capacities"][rule.key]
         texts = [fmt_number(caps[system]["value"]) for system in (BASELINE, SPEC)]
@@ -221,10 +223,10 @@ def test_a_capacity_reads_the_same_in_the_report_the_figure_and_the_console(quic
                 assert text in bars, (rule.key, system, text)
 
 
-def test_quick_uses_common_random_numbers(quick_run):
-    records = json.loads((quick_run / "summaries.json").read_text())
-    scenario_seed = json.loads((quick_run / "results.json").read_text())["seed"]
-    report = (quick_run / "report.md").read_text()
+def test_tiny_uses_common_random_numbers(tiny_run):
+    records = json.loads((tiny_run / "summaries.json").read_text())
+    scenario_seed = json.loads((tiny_run / "results.json").read_text())["seed"]
+    report = (tiny_run / "report.md").read_text()
     assert re.search(rf"\| seed \| {scenario_seed} for every run", report)
     by_rate: dict[float, list[dict]] = {}
     for r in records:
@@ -236,8 +238,8 @@ def test_quick_uses_common_random_numbers(quick_run):
         assert len({s["seed"] for s in summaries}) == 1
 
 
-def test_quick_report_states_a_conclusion_per_metric_family(quick_run):
-    report = (quick_run / "report.md").read_text()
+def test_tiny_report_states_a_conclusion_per_metric_family(tiny_run):
+    report = (tiny_run / "report.md").read_text()
     for heading in ("### Naive view", "### TBT view", "### Deadline view",
                     "### Speedup and crossover", "## Capacity under three SLO rules"):
         assert heading in report
@@ -245,16 +247,16 @@ def test_quick_report_states_a_conclusion_per_metric_family(quick_run):
     assert "Crossover: the mean-E2EL speedup of spec" in report
 
 
-def test_no_capacity_verdict_rests_on_a_censored_capacity(quick_run):
+def test_no_capacity_verdict_rests_on_a_censored_capacity(tiny_run):
     from types import SimpleNamespace
 
-    from simserve.experiments.casestudy import CapacityEstimate
+    from simserve.experiments.casestudy import CapacityEstimate, SpecDecStudy
     from simserve.experiments.casestudy_report import _capacity_section
 
     # In the run: a rule row that names the system with the higher capacity has both
     # capacities bounded (a rate that met the rule and a higher one that failed).
-    report = (quick_run / "report.md").read_text()
-    caps = json.loads((quick_run / "results.json").read_text())["capacities"]
+    report = (tiny_run / "report.md").read_text()
+    caps = json.loads((tiny_run / "results.json").read_text())["capacities"]
     rows = {row[0]: row[-1] for row in _table_rows(report, "rule")}
     for rule in RULES:
         if rows[rule.label] in (BASELINE, SPEC):
@@ -267,6 +269,7 @@ def test_no_capacity_verdict_rests_on_a_censored_capacity(quick_run):
         plan=SimpleNamespace(capacity_tolerance=0.02, capacity_max_probes=12),
         capacities={rule.key: {BASELINE: bounded, SPEC: censored if i == 0 else bounded}
                     for i, rule in enumerate(RULES)})
+    study.capacity_winner = lambda key: SpecDecStudy.capacity_winner(study, key)
     lines = _capacity_section(study)
     first = next(line for line in lines if line.startswith(f"| {RULES[0].label} |"))
     assert first.endswith("| could not be decided (a censored capacity is only a bound) |")
@@ -292,9 +295,35 @@ def test_bad_preset_and_foreign_out_dir_are_input_errors(tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
-def test_quick_is_the_same_with_one_worker(quick_run, tmp_path):
+def test_tiny_is_the_same_with_one_worker(tiny_run, tmp_path):
     # The fixture ran on every core; one worker in this process gives the same bytes.
     out = tmp_path / "one"
-    assert main(["casestudy", "specdec", "--quick", "--jobs", "1", "--out", str(out)]) == 0
+    assert main(["casestudy", "specdec", "--size", "tiny", "--jobs", "1", "--out",
+                 str(out)]) == 0
     for name in ("summaries.json", "results.json", "report.md"):
-        assert (out / name).read_bytes() == (quick_run / name).read_bytes(), name
+        assert (out / name).read_bytes() == (tiny_run / name).read_bytes(), name
+
+
+# --------------------------------------------------------------------------- quick vs full
+
+# The full run's conclusions on the default preset (regenerate with SIMSERVE_UPDATE_GOLDEN=1,
+# which runs the full case study, about a minute on two cores).
+FULL_CONCLUSIONS = Path(__file__).parent / "golden" / "casestudy-specdec-full.conclusions.json"
+
+
+def _conclusions(out: Path, *flags: str) -> dict:
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["casestudy", "specdec", *flags, "--out", str(out)]) == 0
+    return json.loads((out / "results.json").read_text())["conclusions"]
+
+
+def test_quick_draws_the_full_runs_conclusions(tmp_path):
+    """`--quick` may lose precision but never a conclusion: who is faster at low load, where
+    the speedup crosses 1, who carries more load under each rule. Coarser plans failed this
+    (rates 0.85 -> 0.95 of saturation missed the 8B preset's crossover)."""
+    if os.environ.get("SIMSERVE_UPDATE_GOLDEN") == "1":
+        FULL_CONCLUSIONS.write_text(json.dumps(_conclusions(tmp_path / "full"), indent=1,
+                                               sort_keys=True) + "\n")
+    full = json.loads(FULL_CONCLUSIONS.read_text())
+    assert full["faster_at_lowest_rate"] == SPEC and "down" in full["steady_crossings_mean_e2el"]
+    assert _conclusions(tmp_path / "quick", "--quick") == full

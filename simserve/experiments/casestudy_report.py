@@ -500,6 +500,10 @@ def _capacity_cell(c: CapacityEstimate) -> str:
     return text + ")"
 
 
+_WINNER_TEXT = {"undecided": "could not be decided (a censored capacity is only a bound)",
+                "tie": "tie (within the search tolerance)"}
+
+
 def _capacity_section(study: SpecDecStudy) -> list[str]:
     t = study.targets
     tol = study.plan.capacity_tolerance
@@ -521,14 +525,8 @@ def _capacity_section(study: SpecDecStudy) -> list[str]:
     order = {}
     for rule in RULES:
         caps = study.capacities[rule.key]
-        a, b = caps[BASELINE].value, caps[SPEC].value
-        hi = max(a, b)
-        if not (caps[BASELINE].bounded and caps[SPEC].bounded):
-            winner = "could not be decided (a censored capacity is only a bound)"
-        elif hi == 0 or abs(a - b) <= tol * hi:
-            winner = "tie (within the search tolerance)"
-        else:
-            winner = SPEC if b > a else BASELINE
+        winner = study.capacity_winner(rule.key)
+        winner = _WINNER_TEXT.get(winner, winner)
         order[rule.label] = winner
         lines.append(f"| {rule.label} | {rule.description} | {_capacity_cell(caps[BASELINE])} | "
                      f"{_capacity_cell(caps[SPEC])} | {winner} |")
@@ -623,8 +621,11 @@ def _cost_text(cost: dict) -> str:
 def render_report(study: SpecDecStudy, command: str) -> str:
     """The Markdown report of a case-study run (every number from that run)."""
     p = study.preset
-    mode = ("quick (a smoke test of the pipeline: 4 rates of few requests; its conclusions "
-            "may differ from the full run's, so quote the full one)" if study.quick else "full")
+    mode = {"full": "full",
+            "quick": "quick (fewer rates below the knee and capacities to 5%: the full run's "
+                     "conclusions, less precise numbers)",
+            "tiny": "tiny (a test of the pipeline: 4 rates of 100 requests; its numbers are not "
+                    "conclusions)"}[study.size]
     lines = [
         f"# Speculative decoding case study: {p.description}",
         "",
@@ -674,7 +675,7 @@ def study_results(study: SpecDecStudy) -> dict[str, object]:
     e2el = study.speedup(SPEC)
     return {
         "preset": study.preset.name,
-        "quick": study.quick,
+        "size": study.size,
         "seed": study.scenario.seed,
         "simserve_version": __version__,
         "overrides": list(study.overrides),
@@ -696,6 +697,7 @@ def study_results(study: SpecDecStudy) -> dict[str, object]:
         "ratio_fluid_token_rate_spec_over_nospec": [
             _clean(q) for q in study.ratio("fluid_token_rate", SPEC, BASELINE)
         ],
+        "conclusions": study.conclusions(),
         "crossovers_mean_e2el": [
             {"rate": c, "direction": d} for c, d in crossings(study.rates, e2el)
         ],
