@@ -192,3 +192,41 @@ def test_bad_speculative_config_exits_2(tmp_path, capsys, spec, policy, needle):
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+@settings(max_examples=200, deadline=None)
+@given(computed=st.lists(st.integers(0, 5000), min_size=1, max_size=40),
+       width=st.integers(1, 40), block_size=st.sampled_from([1, 4, 16, 32]),
+       seed=st.integers(0, 2**31))
+def test_verify_block_accounting_matches_the_ceilings(computed, width, block_size, seed):
+    """VerifyDecodes' block arithmetic equals the blocks held by ceil(tokens / block size):
+    the need of `width` more tokens, the blocks of rejected positions freed by a verify, and
+    the accepted-position counts however the histogram is folded."""
+    from simserve.engine.decodes import VerifyDecodes
+
+    def blocks(tokens: np.ndarray) -> np.ndarray:
+        return -(-tokens // block_size)
+
+    k = 4
+    sampler = AcceptanceSampler.create(AcceptanceConfig(model="geometric", alpha=0.6), k,
+                                       np.random.default_rng(seed), len(computed))
+    dec = VerifyDecodes(block_size, False, None, len(computed), sampler, k)
+    for rid, c in enumerate(computed):
+        dec.join(rid, c, 1 + rid % 7)
+    before = np.array(computed, dtype=np.int64)
+    m = len(computed)
+    assert dec.block_need(m, width) == int((blocks(before + width) - blocks(before)).sum())
+    remaining = np.array([1 + rid % 7 for rid in range(m)], dtype=np.int64)
+    finished, freed = dec.end_step(m, k + 1, step=0)
+    # The same generator state draws the same accepted counts.
+    twin = AcceptanceSampler.create(AcceptanceConfig(model="geometric", alpha=0.6), k,
+                                    np.random.default_rng(seed), len(computed))
+    accepted = twin.sample(np.arange(m))
+    kept_tokens = {rid: c for rid, c in finished} | {rid: c for rid, c, _ in dec.members()}
+    after = np.array([kept_tokens[rid] for rid in range(m)], dtype=np.int64)
+    assert list(after - before) == list(np.minimum(accepted + 1, remaining))
+    assert freed == int((blocks(before + k + 1) - blocks(after)).sum())
+    assert {rid for rid, _ in finished} == {rid for rid in range(m)
+                                            if after[rid] - before[rid] == remaining[rid]}
+    hist = np.bincount(accepted, minlength=k + 1)
+    assert list(dec.accepted_per_position) == list(hist[1:][::-1].cumsum()[::-1])

@@ -272,6 +272,9 @@ class VerifyDecodes:
         # vLLM's spec-decode counters: drafts, and how many verifies accepted 0..k tokens.
         self.num_drafts = 0
         self._accepted_hist = np.zeros(k + 1, dtype=np.int64)
+        # Accepted counts of the verifies not yet in `_accepted_hist` (folded in blocks: one
+        # bincount per block instead of two numpy calls per step).
+        self._unfolded: list[np.ndarray] = []
 
     def __len__(self) -> int:
         return self._n
@@ -282,14 +285,29 @@ class VerifyDecodes:
     @property
     def accepted_per_position(self) -> np.ndarray:
         """Verifies that accepted draft position j (1..k): those accepting at least j."""
+        self._fold()
         return self._accepted_hist[1:][::-1].cumsum()[::-1]
+
+    def _fold(self) -> None:
+        if self._unfolded:
+            self._accepted_hist += np.bincount(np.concatenate(self._unfolded),
+                                               minlength=self.k + 1)
+            self._unfolded.clear()
 
     def block_need(self, m: int, width: int = 1) -> int:
         if self.reserve_full or m == 0:
             return 0
-        computed = self.computed_arr[:m]
         bs = self.block_size
-        return int((-(-(computed + width) // bs) + (-computed // bs)).sum())
+        # Blocks crossed by `width` more tokens: ceil((c + w) / bs) - ceil(c / bs), which for
+        # whole numbers is ((c - 1) mod bs + w) // bs: 1 or 0 when w <= bs (fewer numpy calls
+        # per step than the two ceilings).
+        offset = self.computed_arr[:m] - 1
+        offset %= bs
+        if width <= bs:
+            return int(np.count_nonzero(offset >= bs - width))
+        offset += width
+        offset //= bs
+        return int(offset.sum())
 
     def join(self, rid: int, computed: int, remaining: int) -> None:
         # NOTE: appending is safe while a step is in flight: a step touches only its first
@@ -330,16 +348,16 @@ class VerifyDecodes:
             self.runs.add_burst(step, self.ids[:m].copy(), np.ones(m, np.int64))
             self._dec[1:3, :m] += self._step_delta  # computed += 1, remaining -= 1
             self.kv_sum += m
-        done = self.remaining_arr[:m] == 0
-        if not done.any():
+        done = np.flatnonzero(self.remaining_arr[:m] == 0)
+        if not done.size:
             return [], freed
         n = self._n
-        finished = list(zip(self.ids[:m][done].tolist(), self.computed_arr[:m][done].tolist(),
-                            strict=True))
+        done_computed = self.computed_arr[done]
+        finished = list(zip(self.ids[done].tolist(), done_computed.tolist(), strict=True))
         keep = np.ones(n, dtype=bool)
-        keep[:m] = ~done
-        self.kv_sum -= int(self.computed_arr[:m][done].sum())
-        k = int(np.count_nonzero(keep))
+        keep[done] = False
+        self.kv_sum -= int(done_computed.sum())
+        k = n - done.size
         self._dec[:, :k] = self._dec[:, :n][:, keep]
         self._n = k
         return finished, freed
@@ -347,11 +365,12 @@ class VerifyDecodes:
     def _verify(self, m: int, width: int, step: int) -> int:
         """Accepted + 1 tokens each, truncated to the output length, all stamped at the step's
         end; returns the KV blocks of rejected positions, which are freed."""
-        k = width - 1
         ids = self.ids[:m]
         accepted = self.acceptance.sample(ids)
         self.num_drafts += m
-        self._accepted_hist += np.bincount(accepted, minlength=k + 1)
+        self._unfolded.append(accepted)
+        if len(self._unfolded) >= 256:
+            self._fold()
         computed = self.computed_arr[:m]
         remaining = self.remaining_arr[:m]
         emitted = accepted + 1
