@@ -13,7 +13,12 @@ tail says how close the run is to saturation) and mean TPOT (the decode pace), a
   held out (it checks the knee). Terms: per step, per running sequence, per scheduled token.
 - V1: the vLLM 0.19 runs on RTX PRO 6000 (Llama-3.1-8B TP1, Qwen3-32B TP2; chunked prefill).
   Terms: per step (serial) and per running sequence (overlapped with the GPU). V1 prepares
-  inputs with vectorised array code, so no per-token term is fitted (0).
+  inputs with vectorised array code, so no per-token term is fitted (0). Fitted on the TP1 run
+  only, where the kernel tables price everything but the loop; the TP2 run is held out: its
+  all-reduces took about 3x what the all-reduce table measured (its decode steps' extra grows
+  with the step's all-reduces, `simserve/calibration/v1_steps.py`, REPORT §7.7), a property of
+  that server's GPU link, not of the engine loop, which a loop term would carry to every
+  deployment.
 
 Leave-one-run-out: each run is predicted by terms fitted on the others (V0: the other two runs
 below the knee; V1: the other run). The shipped values (`engine_loop.yaml`, written by
@@ -44,6 +49,7 @@ __all__ = [
     "LoopRun",
     "fit_loop",
     "loop_runs",
+    "loro_pool",
     "replay_run",
     "write_loop_terms",
 ]
@@ -63,6 +69,12 @@ V1_SCENARIOS_DIR = VALIDATION_SCENARIOS
 # The V0 replays price with the kernels, not the shipped OPT-13B profile or its online term.
 V0_OVERRIDES = ("cost_model.kind=kernels", "cost_model.profile=null",
                 "cost_model.serving_per_seq_ms=0", "engine.version=v0")
+# V1 runs in no shipped fit, and why (REPORT §7.7 gives the step-level evidence).
+# NOTE: a loop term fitted on this run would price its slow PCIe all-reduces into every V1
+# deployment, including TP1 and NVLink ones where the all-reduce tables apply.
+V1_HELD_OUT = {
+    "Qwen3-32B": "its TP2 all-reduces ran about 3x slower than the all-reduce table measured",
+}
 
 
 @dataclass(frozen=True)
@@ -74,17 +86,27 @@ class LoopRun:
     trace: Path
     scenario: Path
     overrides: tuple[str, ...]
-    fit: bool  # used to fit (else held out: beyond the knee)
+    fit: bool  # used to fit (else held out: `held_out` says why)
+    held_out: str = ""
 
 
 def loop_runs() -> list[LoopRun]:
     """Every real run of both engine generations."""
     runs = [LoopRun(f"OPT-13B A100 {fmt_number(trace_rate(t))} req/s", "v0", t, DEFAULT_SCENARIO,
-                    V0_OVERRIDES, trace_rate(t) < 4) for t in vllm_traces()]
+                    V0_OVERRIDES, trace_rate(t) < 4,
+                    "" if trace_rate(t) < 4 else "beyond the knee (it checks the knee)")
+            for t in vllm_traces()]
     for run in v1_runs():
+        why = V1_HELD_OUT.get(run.name, "")
         runs.append(LoopRun(f"{run.name} RTX PRO 6000", "v1", run.csv_path,
-                            V1_SCENARIOS_DIR / V1_RUNS[run.name], (), True))
+                            V1_SCENARIOS_DIR / V1_RUNS[run.name], (), not why, why))
     return runs
+
+
+def loro_pool(runs: Sequence[LoopRun], version: str) -> list[LoopRun]:
+    """The runs leave-one-run-out rotates over: V0's runs below the knee; both V1 runs (the
+    held-out TP2 run too: predicting each from the other shows how far apart they are)."""
+    return [r for r in runs if r.version == version and (r.fit or version == "v1")]
 
 
 def _term_overrides(version: str, values: dict[str, float]) -> list[str]:

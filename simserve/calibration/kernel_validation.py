@@ -33,6 +33,7 @@ from simserve.calibration.engine_loop_fit import (
     LoopRun,
     fit_loop,
     loop_runs,
+    loro_pool,
     replay_run,
 )
 from simserve.calibration.fit import error_stats
@@ -538,9 +539,9 @@ def loro_rows() -> list[LoroRow]:
     runs = loop_runs()
     out = []
     for version in ("v0", "v1"):
-        fit_runs = [r for r in runs if r.version == version and r.fit]
-        for held in fit_runs:
-            others = [r for r in fit_runs if r is not held]
+        pool = loro_pool(runs, version)
+        for held in pool:
+            others = [r for r in pool if r is not held]
             fit = fit_loop(version, others)
             out.append(LoroRow(version, held.label, fit.fitted_on, fit.terms,
                                replay_run(held, fit.terms)))

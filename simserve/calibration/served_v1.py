@@ -40,7 +40,8 @@ CSV_COLUMNS = ("arrival_s", "prompt_len", "output_len", "ttft_ms", "tpot_ms", "l
 
 @dataclass(frozen=True)
 class V1Run:
-    """One measured V1 run: its folder, per-request CSV and per-request timeline (s)."""
+    """One measured V1 run: its folder, per-request CSV and per-request timeline (s), in
+    arrival order."""
 
     name: str
     folder: Path
@@ -48,6 +49,9 @@ class V1Run:
     queued_s: np.ndarray
     scheduled_s: np.ndarray
     finished_s: np.ndarray
+    first_token_s: np.ndarray
+    prompt_len: np.ndarray
+    output_len: np.ndarray
 
 
 def _read_requests(folder: Path) -> list[dict]:
@@ -88,6 +92,9 @@ def v1_runs() -> list[V1Run]:
             np.array([r["queued_ts"] - t0 for r in rows]),
             np.array([r["scheduled_ts"] - t0 for r in rows]),
             np.array([r["last_token_ts"] - t0 for r in rows]),
+            np.array([r["first_token_ts"] - t0 for r in rows]),
+            np.array([int(r["input_toks"]) for r in rows]),
+            np.array([int(r["output_toks"]) for r in rows]),
         ))
     return out
 
