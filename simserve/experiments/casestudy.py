@@ -141,9 +141,9 @@ _FULL = SweepPlan(
 # conclusions with the full run's on the default preset). It keeps the full runs' lengths and
 # every rate from 0.7 of the no-spec saturation up, where the crossover and the capacity
 # brackets lie, and drops the full sweep's 0.2, 0.6 and 1.25 points; capacities are bisected to
-# 5% instead of 2%. Coarser plans changed conclusions: with rates 0.85 -> 0.95 the 8B preset's
-# crossover (between 0.85 and 0.9 of saturation) is not seen, and 100-request runs cannot tell
-# a stable queue from an unstable one near the knee.
+# 5% instead of 2%. Coarser plans changed conclusions when this was chosen: rates 0.85 -> 0.95
+# missed a crossover the full run then found between 0.85 and 0.9 of saturation, and
+# 100-request runs cannot tell a stable queue from an unstable one near the knee.
 _QUICK = dataclasses.replace(
     _FULL,
     load_fractions=(0.05, 0.4, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1),
