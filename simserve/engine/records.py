@@ -168,13 +168,11 @@ class StepTokenTimes:
         total = int(lengths.sum())
         if total == 0:
             return np.zeros(0)
-        # Index of every token into `source`: +1 from one token to the next within a piece,
-        # a jump to the next piece's start at each piece boundary; one cumulative sum.
-        index = np.ones(total, dtype=np.int64)
+        # Index of every token into `source`: its position in the output, shifted by its
+        # piece's start minus the piece's first output position (one repeat, one add).
         first_slot = np.cumsum(lengths) - lengths
-        index[first_slot[1:]] = starts[1:] - (starts[:-1] + lengths[:-1] - 1)
-        index[0] = starts[0]
-        np.cumsum(index, out=index)
+        index = np.repeat(starts - first_slot, lengths)
+        index += np.arange(total, dtype=np.int64)
         return self._source_end_s[index]
 
     def first_and_last(self) -> tuple[np.ndarray, np.ndarray]:

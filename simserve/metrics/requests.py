@@ -100,17 +100,22 @@ def _is_good(slo: SloConfig, ttft: np.ndarray, tpot: np.ndarray, e2el: np.ndarra
 
 
 def _reason_strings(codes: np.ndarray) -> np.ndarray:
-    """Reject codes as REJECT_REASONS strings ('' for served); unknown codes as `code_<k>`."""
+    """Reject codes as REJECT_REASONS strings ('' for served); unknown codes as `code_<k>`.
+
+    NOTE: an object array of the few shared strings, not a fixed-width `str_` one: that would
+    take 4 bytes per character of the longest reason for every request (80 MB and ~1 s for a
+    million requests with a single rejection), for the same `tolist()` and CSV cells.
+    """
     codes = np.asarray(codes, dtype=np.int64)
     top = int(codes.max()) if codes.size else 0
-    names = [REJECT_REASONS.get(k, f"code_{k}") for k in range(top + 1)]
-    lookup = np.array(names, dtype=np.str_)
+    lookup = np.empty(top + 1, dtype=object)
+    lookup[:] = [REJECT_REASONS.get(k, f"code_{k}") for k in range(top + 1)]
     return lookup[np.clip(codes, 0, None)]
 
 
 # Bisection rounds of every measured request's fluid-rate search in the token pass; only the
 # requests that can decide the rate's percentile are searched further (`search_fluid_rate`).
-FLUID_FIRST_ROUNDS = 2
+FLUID_FIRST_ROUNDS = 1
 
 # Pooled gaps buffered at a time for their mean and std (`Moments`): 32 MiB; a summary of up to
 # this many gaps is exactly numpy's mean and std of the pooled array.
@@ -198,7 +203,7 @@ def _token_pass(
         if for_summary:
             part = _chunk_fluid_search(
                 walk, measured[r0:r1], config.fluidity.max_miss_rate, FLUID_REL_PRECISION,
-                scratch, max_rounds=FLUID_FIRST_ROUNDS,
+                scratch, max_rounds=FLUID_FIRST_ROUNDS, max_gap_s=max_tbt[r0:r1],
             )
             for whole, piece in zip(fluid, (part.lo, part.hi, part.done, part.included),
                                     strict=True):
