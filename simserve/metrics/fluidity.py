@@ -180,13 +180,14 @@ def _gather_slots(
     # NOTE: integer `take` rather than boolean masks: masks with data-dependent patterns run
     # branch-mispredicted, several times slower than flatnonzero + take.
     size = kept.size
-    seg, base, index, gap = (
+    base, index, gap = (
         np.take(array, kept, out=scratch.get(f"slot{bank}_{name}", size, array.dtype.type),
                 mode="clip")
-        for name, array in zip(("seg", "base", "index", "gap"), source, strict=True)
+        for name, array in zip(("base", "index", "gap"), source[1:], strict=True)
     )
     offsets = np.searchsorted(kept, source_offsets).astype(np.int64)
     per_request = np.diff(offsets)
+    seg = segment_ids(offsets)  # what gathering the source's seg gives, faster
     return _Slots(
         offsets=offsets,
         slots_per_request=per_request,

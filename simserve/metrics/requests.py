@@ -191,14 +191,12 @@ def _token_pass(
             gaps=gaps,
         )
         if for_summary:
-            pooled = np.take(
-                measured[r0:r1], walk.seg, out=scratch.get("flag", size, np.bool_), mode="clip"
-            )
+            pooled = np.repeat(measured[r0:r1], walk.num_tokens)
             pooled[first] = False
-            kept = np.flatnonzero(pooled)
-            gap_moments.add(
-                np.take(walk.gap_s, kept, out=scratch.get("pooled", kept.size), mode="clip")
-            )
+            # NOTE: a boolean mask here, not flatnonzero + take: the mask is nearly all True
+            # (whole requests, less their first tokens), so its copy loop predicts well and
+            # runs about twice as fast.
+            gap_moments.add(walk.gap_s[pooled])
         fluidity[r0:r1], miss_rate[r0:r1] = _chunk_fluidity(walk, config.fluidity, scratch)
         if for_summary:
             part = _chunk_fluid_search(
