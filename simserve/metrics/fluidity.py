@@ -362,14 +362,18 @@ def _search_bracket(
     # Lower end, a necessary condition: the deadlines missed up to token i are at least its
     # accumulated lateness over D_d, (e_i - D_p - (i-1) D_d) / D_d, and a miss rate <= r allows
     # at most c = r n / (1 - r) misses, so D_d >= (e_i - D_p) / (i - 1 + c) for every token i.
-    denom = _per_token(rate * n / (1.0 - rate), tokens.num_tokens)
+    allowed = rate * n / (1.0 - rate)
+    denom = _per_token(allowed, tokens.num_tokens)
     np.add(tokens.index, denom, out=denom)
     bound = np.add(tokens.index, 1.0, out=scratch.get("bracket_b", size))
     bound *= -eps
     bound -= tokens.base_s  # e_i - D_p - i * eps
     # Only a first token with rate 0 has denom 0; its condition is the `infeasible` one above.
-    positive = np.greater(denom, 0.0, out=flag)
-    if positive.all():
+    # A denominator is its request's c plus an index >= 0, so all are positive when every c
+    # is: then no pass over the tokens checks them.
+    if np.all(allowed[has_tokens] > 0.0) or (
+        positive := np.greater(denom, 0.0, out=flag)
+    ).all():
         np.divide(bound, denom, out=bound)
     else:
         np.divide(bound, denom, out=bound, where=positive)
