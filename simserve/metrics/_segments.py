@@ -6,12 +6,14 @@ per-request quantities on that layout without a Python loop over tokens.
 
 Per-token work is done on chunks of whole requests (`request_chunks`), so its temporaries are
 bounded by `CHUNK_TOKENS` tokens however long the run; every per-request result depends on that
-request's tokens only, so chunking never changes a value. The per-token arrays of a chunk live
+request's tokens only, so chunking never changes a value. Most per-token arrays of a chunk live
 in a `Scratch` allocated once per pass and written with `out=`.
 
 NOTE: reuse matters as much as size. Temporaries freed to malloc are mostly handed back to the
 OS (heap trimming) and faulted in afresh by the next chunk; fresh pages are slow (in a VM,
-re-faulting ~55 MB per chunk once cost as much as the arithmetic).
+re-faulting ~55 MB per chunk once cost as much as the arithmetic). The exceptions are arrays
+`np.repeat` spreads from per-request values (it has no `out=`): it is so much cheaper than a
+gather into scratch that a fresh array still wins (measured).
 """
 
 from __future__ import annotations

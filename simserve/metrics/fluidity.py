@@ -71,7 +71,6 @@ class _Tokens:
     offsets: np.ndarray  # int64, size R+1, starting at 0
     num_tokens: np.ndarray  # int64 per request
     first: np.ndarray  # int64: flat index of the first token of every request with tokens
-    seg: np.ndarray  # int64 per token: request (0..R-1)
     base_s: np.ndarray  # float64 per token: S at D_d = 0, i.e. D_p - (t - a)
     index: np.ndarray  # float64 per token: 0-based position in its request
     gap_s: np.ndarray  # float64 per token: gap to the previous token, +inf for a first token
@@ -133,14 +132,13 @@ def _tokens(
     else:
         first = offsets[:-1][counts > 0]
         gaps[first] = np.inf
-    seg = segment_ids(offsets)
     base = _per_token(config.first_token_deadline_s(prompt_len) + arrived_at, counts)
     base -= times
     # Position in the request: exact small integers, as float64 for the deadline arithmetic.
     index = _per_token(offsets[:-1].astype(np.float64), counts)
     np.subtract(scratch.iota(size), index, out=index)
     return _Tokens(
-        offsets=offsets, num_tokens=counts, first=first, seg=seg, base_s=base, index=index,
+        offsets=offsets, num_tokens=counts, first=first, base_s=base, index=index,
         gap_s=gaps,
     )
 
@@ -171,23 +169,23 @@ def _chunks(
 def _gather_slots(
     kept: np.ndarray,
     source_offsets: np.ndarray,
-    source: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    source: tuple[np.ndarray, np.ndarray, np.ndarray],
     scratch: Scratch,
     bank: int,
 ) -> _Slots:
     """Slots at the sorted flat positions `kept` of a CSR source (tokens or a previous slot set)
-    whose (seg, base, index, gap) arrays are `source`, written to scratch bank 0 or 1."""
+    whose (base, index, gap) arrays are `source`, written to scratch bank 0 or 1."""
     # NOTE: integer `take` rather than boolean masks: masks with data-dependent patterns run
     # branch-mispredicted, several times slower than flatnonzero + take.
     size = kept.size
     base, index, gap = (
         np.take(array, kept, out=scratch.get(f"slot{bank}_{name}", size, array.dtype.type),
                 mode="clip")
-        for name, array in zip(("base", "index", "gap"), source[1:], strict=True)
+        for name, array in zip(("base", "index", "gap"), source, strict=True)
     )
     offsets = np.searchsorted(kept, source_offsets).astype(np.int64)
     per_request = np.diff(offsets)
-    seg = segment_ids(offsets)  # what gathering the source's seg gives, faster
+    seg = segment_ids(offsets)
     return _Slots(
         offsets=offsets,
         slots_per_request=per_request,
@@ -218,7 +216,7 @@ def _slots(tokens: _Tokens, min_gap_s: float | np.ndarray, include: np.ndarray |
     """Slots of the included requests (all if None): first tokens and gaps > min_gap_s (a
     scalar, or one value per request)."""
     kept = _above(tokens.gap_s, tokens.num_tokens, min_gap_s, include, scratch)
-    source = (tokens.seg, tokens.base_s, tokens.index, tokens.gap_s)
+    source = (tokens.base_s, tokens.index, tokens.gap_s)
     return _gather_slots(kept, tokens.offsets, source, scratch, bank=0)
 
 
@@ -227,7 +225,7 @@ def _prune(slots: _Slots, min_gap_s: np.ndarray, include: np.ndarray, scratch: S
     """Drop slots of requests no longer included and tokens with gap <= their new min_gap_s
     (into scratch `bank`, which must not be the one `slots` lives in)."""
     kept = _above(slots.gap_s, slots.slots_per_request, min_gap_s, include, scratch)
-    source = (slots.seg, slots.base_s, slots.index, slots.gap_s)
+    source = (slots.base_s, slots.index, slots.gap_s)
     return _gather_slots(kept, slots.offsets, source, scratch, bank)
 
 
