@@ -115,7 +115,7 @@ def _reason_strings(codes: np.ndarray) -> np.ndarray:
 
 # Bisection rounds of every measured request's fluid-rate search in the token pass; only the
 # requests that can decide the rate's percentile are searched further (`search_fluid_rate`).
-FLUID_FIRST_ROUNDS = 1
+FLUID_FIRST_ROUNDS = 2
 
 # Pooled gaps buffered at a time for their mean and std (`Moments`): 32 MiB; a summary of up to
 # this many gaps is exactly numpy's mean and std of the pooled array.
