@@ -61,9 +61,10 @@ def test_segment_ids(counts: list[int]) -> None:
 
 
 @given(st.lists(st.lists(st.tuples(st.integers(0, 9), st.integers(1, 4)), max_size=3),
-                min_size=1, max_size=6))
-def test_step_token_times_expand_pieces(pieces_by_request) -> None:
-    """`chunk` and `take` give each piece's source entries' step end times, in order."""
+                min_size=1, max_size=6), st.data())
+def test_step_token_times_expand_pieces(pieces_by_request, data) -> None:
+    """`chunk` and `take` give each piece's source entries' step end times, in order, and
+    `gap_multiset` the gaps between consecutive tokens of the included requests."""
     source = np.arange(12, dtype=np.int64)[::-1].copy()  # steps in any order
     step_end_s = np.linspace(0.5, 7.0, 12) ** 2
     starts = [s for pieces in pieces_by_request for s, _ in pieces]
@@ -87,6 +88,11 @@ def test_step_token_times_expand_pieces(pieces_by_request) -> None:
     times, local = tokens.take(picked)
     np.testing.assert_array_equal(times, np.concatenate([want[i] for i in picked]))
     assert np.diff(local).tolist() == [want[i].size for i in picked]
+    include = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    values, weights = tokens.gap_multiset(include)
+    pooled = [np.diff(want[i]) for i in range(n) if include[i]]
+    expected = np.sort(np.concatenate(pooled)) if pooled else np.zeros(0)
+    np.testing.assert_array_equal(np.sort(np.repeat(values, weights)), expected)
 
 
 def _bounds(sizes: list[int]) -> list[tuple[int, int]]:

@@ -193,8 +193,9 @@ class StepTokenTimes:
         token."""
         ends = self._source_end_s
         num_pieces = self.piece_start.size
-        piece_rid = np.repeat(np.arange(self.offsets.size - 1), np.diff(self.piece_offsets))
-        kept = np.asarray(include, dtype=bool)[piece_rid]
+        # NOTE: per-piece flags by repeat, not gathers through a per-piece request id: this
+        # runs once on arrays of every piece (millions), where fresh memory costs the most.
+        kept = np.repeat(np.asarray(include, dtype=bool), np.diff(self.piece_offsets))
         start, length = self.piece_start[kept], self.piece_len[kept]
         size = ends.size
         # How many kept pieces contain both entry j-1 and entry j (j in [start+1, start+len)).
@@ -206,7 +207,9 @@ class StepTokenTimes:
         values = [step_gaps[covered]]
         weights = [count[1:size][covered]]
         # Pieces after the first of their request: the gap from the previous piece.
-        later = kept & (np.arange(num_pieces) > self.piece_offsets[piece_rid])
+        later = kept.copy()
+        firsts = self.piece_offsets[:-1]
+        later[firsts[firsts < num_pieces]] = False
         p = np.flatnonzero(later)
         if p.size:
             prev_last = self.piece_start[p - 1] + self.piece_len[p - 1] - 1
