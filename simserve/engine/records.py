@@ -168,13 +168,11 @@ class StepTokenTimes:
         total = int(lengths.sum())
         if total == 0:
             return np.zeros(0)
-        # Index of every token into `source`: +1 from one token to the next within a piece,
-        # a jump to the next piece's start at each piece boundary; one cumulative sum.
-        index = np.ones(total, dtype=np.int64)
+        # Index of every token into `source`: its position in the output, shifted by its
+        # piece's start minus the piece's first output position (one repeat, one add).
         first_slot = np.cumsum(lengths) - lengths
-        index[first_slot[1:]] = starts[1:] - (starts[:-1] + lengths[:-1] - 1)
-        index[0] = starts[0]
-        np.cumsum(index, out=index)
+        index = np.repeat(starts - first_slot, lengths)
+        index += np.arange(total, dtype=np.int64)
         return self._source_end_s[index]
 
     def first_and_last(self) -> tuple[np.ndarray, np.ndarray]:
@@ -195,8 +193,9 @@ class StepTokenTimes:
         token."""
         ends = self._source_end_s
         num_pieces = self.piece_start.size
-        piece_rid = np.repeat(np.arange(self.offsets.size - 1), np.diff(self.piece_offsets))
-        kept = np.asarray(include, dtype=bool)[piece_rid]
+        # NOTE: per-piece flags by repeat, not gathers through a per-piece request id: this
+        # runs once on arrays of every piece (millions), where fresh memory costs the most.
+        kept = np.repeat(np.asarray(include, dtype=bool), np.diff(self.piece_offsets))
         start, length = self.piece_start[kept], self.piece_len[kept]
         size = ends.size
         # How many kept pieces contain both entry j-1 and entry j (j in [start+1, start+len)).
@@ -208,7 +207,9 @@ class StepTokenTimes:
         values = [step_gaps[covered]]
         weights = [count[1:size][covered]]
         # Pieces after the first of their request: the gap from the previous piece.
-        later = kept & (np.arange(num_pieces) > self.piece_offsets[piece_rid])
+        later = kept.copy()
+        firsts = self.piece_offsets[:-1]
+        later[firsts[firsts < num_pieces]] = False
         p = np.flatnonzero(later)
         if p.size:
             prev_last = self.piece_start[p - 1] + self.piece_len[p - 1] - 1

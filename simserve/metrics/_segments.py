@@ -6,12 +6,14 @@ per-request quantities on that layout without a Python loop over tokens.
 
 Per-token work is done on chunks of whole requests (`request_chunks`), so its temporaries are
 bounded by `CHUNK_TOKENS` tokens however long the run; every per-request result depends on that
-request's tokens only, so chunking never changes a value. The per-token arrays of a chunk live
+request's tokens only, so chunking never changes a value. Most per-token arrays of a chunk live
 in a `Scratch` allocated once per pass and written with `out=`.
 
 NOTE: reuse matters as much as size. Temporaries freed to malloc are mostly handed back to the
 OS (heap trimming) and faulted in afresh by the next chunk; fresh pages are slow (in a VM,
-re-faulting ~55 MB per chunk once cost as much as the arithmetic).
+re-faulting ~55 MB per chunk once cost as much as the arithmetic). The exceptions are arrays
+`np.repeat` spreads from per-request values (it has no `out=`): it is so much cheaper than a
+gather into scratch that a fresh array still wins (measured).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ __all__ = [
     "Scratch",
     "request_chunks",
     "scratch_for",
-    "segment_ids_into",
+    "segment_ids",
     "segment_keyed",
     "segment_max",
     "segment_starts",
@@ -88,12 +90,13 @@ def scratch_for(offsets: np.ndarray, chunks: list[tuple[int, int]]) -> Scratch:
     return Scratch(int(np.diff(offsets[bounds]).max()))
 
 
-def segment_ids_into(offsets: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Owning segment of every flat element, written into the int64 array `out` (no temporary)."""
-    out[:] = 0
-    bounds = offsets[1:-1]
-    np.add.at(out, bounds[bounds < out.size], 1)
-    return np.cumsum(out, out=out)
+def segment_ids(offsets: np.ndarray) -> np.ndarray:
+    """Owning segment (int64) of every flat element of CSR `offsets` (from 0).
+
+    NOTE: `np.repeat` rather than marking boundaries with `np.add.at` and a cumulative sum:
+    about 8x faster on a chunk (add.at is slow even on a few thousand indices).
+    """
+    return np.repeat(np.arange(offsets.size - 1, dtype=np.int64), np.diff(offsets))
 
 
 def segment_starts(offsets: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from simserve.metrics._segments import (
     Scratch,
     request_chunks,
     scratch_for,
-    segment_ids_into,
+    segment_ids,
     segment_keyed,
     segment_max,
     segmented_running_min,
@@ -71,7 +71,6 @@ class _Tokens:
     offsets: np.ndarray  # int64, size R+1, starting at 0
     num_tokens: np.ndarray  # int64 per request
     first: np.ndarray  # int64: flat index of the first token of every request with tokens
-    seg: np.ndarray  # int64 per token: request (0..R-1)
     base_s: np.ndarray  # float64 per token: S at D_d = 0, i.e. D_p - (t - a)
     index: np.ndarray  # float64 per token: 0-based position in its request
     gap_s: np.ndarray  # float64 per token: gap to the previous token, +inf for a first token
@@ -103,10 +102,11 @@ class _Slots:
 
 
 
-def _per_token(values: np.ndarray, seg: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """`np.repeat` of per-request `values` onto elements owned by `seg`, into `out`."""
-    # NOTE: mode="clip" (indices are in range anyway) lets `take` write `out` directly.
-    return np.take(values, seg, out=out, mode="clip")
+def _per_token(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-request `values` onto the elements (tokens or slots) each request owns, `counts`
+    of them per request, in order."""
+    # NOTE: `np.repeat` is several times faster than gathering by the segment ids.
+    return np.repeat(values, counts)
 
 
 def _tokens(
@@ -132,16 +132,13 @@ def _tokens(
     else:
         first = offsets[:-1][counts > 0]
         gaps[first] = np.inf
-    seg = segment_ids_into(offsets, scratch.get("seg", size, np.int64))
-    base = _per_token(
-        config.first_token_deadline_s(prompt_len) + arrived_at, seg, scratch.get("base", size)
-    )
+    base = _per_token(config.first_token_deadline_s(prompt_len) + arrived_at, counts)
     base -= times
     # Position in the request: exact small integers, as float64 for the deadline arithmetic.
-    index = _per_token(offsets[:-1].astype(np.float64), seg, scratch.get("index", size))
+    index = _per_token(offsets[:-1].astype(np.float64), counts)
     np.subtract(scratch.iota(size), index, out=index)
     return _Tokens(
-        offsets=offsets, num_tokens=counts, first=first, seg=seg, base_s=base, index=index,
+        offsets=offsets, num_tokens=counts, first=first, base_s=base, index=index,
         gap_s=gaps,
     )
 
@@ -172,22 +169,23 @@ def _chunks(
 def _gather_slots(
     kept: np.ndarray,
     source_offsets: np.ndarray,
-    source: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    source: tuple[np.ndarray, np.ndarray, np.ndarray],
     scratch: Scratch,
     bank: int,
 ) -> _Slots:
     """Slots at the sorted flat positions `kept` of a CSR source (tokens or a previous slot set)
-    whose (seg, base, index, gap) arrays are `source`, written to scratch bank 0 or 1."""
+    whose (base, index, gap) arrays are `source`, written to scratch bank 0 or 1."""
     # NOTE: integer `take` rather than boolean masks: masks with data-dependent patterns run
     # branch-mispredicted, several times slower than flatnonzero + take.
     size = kept.size
-    seg, base, index, gap = (
+    base, index, gap = (
         np.take(array, kept, out=scratch.get(f"slot{bank}_{name}", size, array.dtype.type),
                 mode="clip")
-        for name, array in zip(("seg", "base", "index", "gap"), source, strict=True)
+        for name, array in zip(("base", "index", "gap"), source, strict=True)
     )
     offsets = np.searchsorted(kept, source_offsets).astype(np.int64)
     per_request = np.diff(offsets)
+    seg = segment_ids(offsets)
     return _Slots(
         offsets=offsets,
         slots_per_request=per_request,
@@ -200,15 +198,16 @@ def _gather_slots(
     )
 
 
-def _above(gap: np.ndarray, seg: np.ndarray, min_gap_s: float | np.ndarray,
+def _above(gap: np.ndarray, counts: np.ndarray, min_gap_s: float | np.ndarray,
            include: np.ndarray | None, scratch: Scratch) -> np.ndarray:
-    """Flat positions with gap > min_gap_s (a scalar or one per request) in included requests."""
+    """Flat positions with gap > min_gap_s (a scalar or one per request, whose elements are
+    `counts` consecutive ones) in included requests."""
     if include is not None:
         # gap > inf never holds (not even for a first token's +inf): one comparison drops
         # requests left out as well as small gaps.
         min_gap_s = np.where(include, min_gap_s, np.inf)
     if np.ndim(min_gap_s):
-        min_gap_s = _per_token(min_gap_s, seg, scratch.get("above_min", gap.size))
+        min_gap_s = _per_token(min_gap_s, counts)
     return np.flatnonzero(np.greater(gap, min_gap_s, out=scratch.get("flag", gap.size, np.bool_)))
 
 
@@ -216,8 +215,8 @@ def _slots(tokens: _Tokens, min_gap_s: float | np.ndarray, include: np.ndarray |
            scratch: Scratch) -> _Slots:
     """Slots of the included requests (all if None): first tokens and gaps > min_gap_s (a
     scalar, or one value per request)."""
-    kept = _above(tokens.gap_s, tokens.seg, min_gap_s, include, scratch)
-    source = (tokens.seg, tokens.base_s, tokens.index, tokens.gap_s)
+    kept = _above(tokens.gap_s, tokens.num_tokens, min_gap_s, include, scratch)
+    source = (tokens.base_s, tokens.index, tokens.gap_s)
     return _gather_slots(kept, tokens.offsets, source, scratch, bank=0)
 
 
@@ -225,8 +224,8 @@ def _prune(slots: _Slots, min_gap_s: np.ndarray, include: np.ndarray, scratch: S
            bank: int) -> _Slots:
     """Drop slots of requests no longer included and tokens with gap <= their new min_gap_s
     (into scratch `bank`, which must not be the one `slots` lives in)."""
-    kept = _above(slots.gap_s, slots.seg, min_gap_s, include, scratch)
-    source = (slots.seg, slots.base_s, slots.index, slots.gap_s)
+    kept = _above(slots.gap_s, slots.slots_per_request, min_gap_s, include, scratch)
+    source = (slots.base_s, slots.index, slots.gap_s)
     return _gather_slots(kept, slots.offsets, source, scratch, bank)
 
 
@@ -239,9 +238,7 @@ def _misses(slots: _Slots, tbt_deadline_s: float | np.ndarray,
         zeros = np.zeros(slots.num_requests)
         return zeros, zeros.astype(np.int64)
     per_request = np.ndim(tbt_deadline_s) > 0
-    # One per-slot float buffer: D_d per slot first, then the lateness.
-    work = scratch.get("slot_work", size)
-    d_slot = _per_token(tbt_deadline_s, slots.seg, work) if per_request else tbt_deadline_s
+    d_slot = _per_token(tbt_deadline_s, slots.slots_per_request) if per_request else tbt_deadline_s
     s = slots.keyed.imag  # a view: S is written straight into the keyed scratch
     np.multiply(slots.index, d_slot, out=s)
     s += slots.base_s
@@ -252,7 +249,7 @@ def _misses(slots: _Slots, tbt_deadline_s: float | np.ndarray,
         slots.keyed, out=scratch.get("slot_min", size, np.complex128)
     )
     # Lateness of slot p is M_(p-1) - S_p; for a first token M_0 = 0.
-    lateness = work
+    lateness = scratch.get("slot_work", size)
     lateness[0] = 0.0
     np.subtract(running_min[:-1], s[1:], out=lateness[1:])
     lateness[slots.first_slot] = -s_first
@@ -332,9 +329,13 @@ def fluidity_index(
 
 
 def _search_bracket(
-    tokens: _Tokens, rate: float, scratch: Scratch
+    tokens: _Tokens, rate: float, scratch: Scratch, max_gap_s: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per request (lo, hi, infeasible): D_d below lo misses too often, hi meets the rate."""
+    """Per request (lo, hi, infeasible): D_d below lo misses too often, hi meets the rate.
+
+    `max_gap_s`, if given, is each request's largest gap between its tokens (-inf with one
+    token, anything with none), as a caller's own pass found it: not computed again.
+    """
     eps = DEADLINE_TOLERANCE_S
     size = tokens.gap_s.size
     n = tokens.num_tokens.astype(np.float64)
@@ -345,24 +346,32 @@ def _search_bracket(
 
     # Upper end: with D_d >= every gap no later token is late, and with D_d > ttft - D_p a late
     # first token misses exactly one deadline, so the miss rate there is its floor over D_d.
-    finite_gaps = scratch.get("bracket_a", size)
-    np.copyto(finite_gaps, tokens.gap_s)
-    np.copyto(finite_gaps, 0.0, where=np.isinf(tokens.gap_s, out=flag))
-    max_gap = segment_max(finite_gaps, tokens.offsets, empty=0.0)
+    if max_gap_s is None:
+        finite_gaps = scratch.get("bracket_a", size)
+        np.copyto(finite_gaps, tokens.gap_s)
+        np.copyto(finite_gaps, 0.0, where=np.isinf(tokens.gap_s, out=flag))
+        max_gap = segment_max(finite_gaps, tokens.offsets, empty=0.0)
+    else:
+        # The same maximum with a first token's 0: fmax also maps NaN (no tokens) to 0.
+        max_gap = np.fmax(max_gap_s, 0.0)
     hi = np.maximum(np.maximum(max_gap, first_late + 2.0 * eps), MIN_TBT_DEADLINE_S)
     infeasible = has_tokens & (first_late > eps) & (rate * n < 1.0)
 
     # Lower end, a necessary condition: the deadlines missed up to token i are at least its
     # accumulated lateness over D_d, (e_i - D_p - (i-1) D_d) / D_d, and a miss rate <= r allows
     # at most c = r n / (1 - r) misses, so D_d >= (e_i - D_p) / (i - 1 + c) for every token i.
-    denom = _per_token(rate * n / (1.0 - rate), tokens.seg, finite_gaps)
+    allowed = rate * n / (1.0 - rate)
+    denom = _per_token(allowed, tokens.num_tokens)
     np.add(tokens.index, denom, out=denom)
     bound = np.add(tokens.index, 1.0, out=scratch.get("bracket_b", size))
     bound *= -eps
     bound -= tokens.base_s  # e_i - D_p - i * eps
     # Only a first token with rate 0 has denom 0; its condition is the `infeasible` one above.
-    positive = np.greater(denom, 0.0, out=flag)
-    if positive.all():
+    # A denominator is its request's c plus an index >= 0, so all are positive when every c
+    # is: then no pass over the tokens checks them.
+    if np.all(allowed[has_tokens] > 0.0) or (
+        positive := np.greater(denom, 0.0, out=flag)
+    ).all():
         np.divide(bound, denom, out=bound)
     else:
         np.divide(bound, denom, out=bound, where=positive)
@@ -390,15 +399,16 @@ class DeadlineSearch:
 def _chunk_fluid_search(
     tokens: _Tokens, included: np.ndarray, rate: float, rel_precision: float, scratch: Scratch,
     *, max_rounds: int | None = None, start: tuple[np.ndarray, np.ndarray] | None = None,
+    max_gap_s: np.ndarray | None = None,
 ) -> DeadlineSearch:
     """The log-space bisection for the fluid D_d of one chunk's requests (`included`: bool per
     request), for at most `max_rounds` rounds (None: to the precision), from the bracket of
     `_search_bracket` or from `start`'s (lo, hi), as a stopped search left them: stopping and
-    resuming goes through the very same midpoints."""
+    resuming goes through the very same midpoints. `max_gap_s`: see `_search_bracket`."""
     has_tokens = tokens.num_tokens > 0
     included = included & has_tokens
     if start is None:
-        lo, hi, infeasible = _search_bracket(tokens, rate, scratch)
+        lo, hi, infeasible = _search_bracket(tokens, rate, scratch, max_gap_s)
         hi = np.where(infeasible, np.inf, hi)
     else:
         lo, hi = (np.array(a, dtype=np.float64) for a in start)
