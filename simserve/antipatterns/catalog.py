@@ -38,6 +38,9 @@ M = METRICS
 PREFILL_FIRST = ("engine.policy=prefill_first", "engine.max_num_batched_tokens=8192")
 CHUNKED = ("engine.policy=chunked_prefill", "engine.max_num_batched_tokens=2048")
 POLICY_PAIR = {"prefill_first": PREFILL_FIRST, "chunked_prefill": CHUNKED}
+# NOTE: vLLM v0 set max_num_batched_tokens = 512 when chunked prefill was enabled
+# (SchedulerConfig: small chunks keep each step, and so each token gap, short).
+CHUNKED_512 = ("engine.policy=chunked_prefill", "engine.max_num_batched_tokens=512")
 FIXED_512_128 = (
     "workload.lengths.dist=fixed",
     "workload.lengths.prompt_len=512",
@@ -390,12 +393,27 @@ CATALOG: tuple[Entry, ...] = (
         description="A fixed TTFT target treats a 4000-token prompt like a 40-token one; a "
         "prompt-length-aware deadline (Etalon) judges both fairly, and TBT with it.",
         base=ARXIV,
-        systems=POLICY_PAIR,
+        # NOTE: the pair differs exactly where the two metrics differ. Prefill time grows with
+        # the prompt. prefill_first runs every waiting prompt whole in the next step, so a
+        # 4,000-token prompt's first token comes one prefill step after it is admitted, and
+        # every running stream stalls for that step. Chunked prefill with small chunks (vLLM
+        # v0's 512-token default) spreads the same prompt over 8+ steps shared with the
+        # decodes (512 tokens minus the running decodes per step), so its long prompts' TTFT is
+        # several times longer and grows faster with load, while no step is long enough to
+        # stall a stream. The arXiv trace's prompts span 73 to 3,930 tokens (1st-99th
+        # percentile): a fixed P99 TTFT <= 500 ms is decided by the longest ones, where
+        # prefill_first is strong; Etalon gives those prompts 250 + 0.25 x 4,000 = 1,250 ms
+        # (2.5x the fixed target) and also counts the stalls, so the small-chunk system's TTFT
+        # limit recedes towards its saturation and prefill_first loses its edge. Declared
+        # before running: prefill_first's advantage shrinks by more than the 10% margin or
+        # reverses.
+        systems={"prefill_first": PREFILL_FIRST, "chunked_prefill": CHUNKED_512},
         candidate="chunked_prefill",
         baseline="prefill_first",
         unfair=Setup(
             description="Capacity under one fixed SLO, P99 TTFT <= 500 ms, for prompts of "
-            "up to 4000 tokens.",
+            "73 to 3,930 tokens (1st-99th percentile), of prefill_first (whole prompts, "
+            "8192-token budget) vs chunked prefill with vLLM v0's 512-token budget.",
             measure=Capacity("p99_ttft_ms<=500"),
             verdict=capacity_metric("p99_ttft_ms<=500"),
         ),
@@ -405,8 +423,10 @@ CATALOG: tuple[Entry, ...] = (
             measure=Capacity("etalon"),
             verdict=capacity_metric("etalon"),
         ),
-        expected=("flipped", "grew"),
-        expected_text="the capacity ranking changes under a prompt-length-aware deadline",
+        expected=("shrank", "flipped"),
+        expected_text="the fixed SLO, decided by the longest prompts' TTFT, overstates "
+        "prefill_first's lead over small-chunk chunked prefill; under prompt-length-aware "
+        "deadlines that also count stalls the lead shrinks or reverses",
         checklist=("C13",),
     ),
     Entry(
