@@ -39,7 +39,8 @@ PREFILL_FIRST = ("engine.policy=prefill_first", "engine.max_num_batched_tokens=8
 CHUNKED = ("engine.policy=chunked_prefill", "engine.max_num_batched_tokens=2048")
 POLICY_PAIR = {"prefill_first": PREFILL_FIRST, "chunked_prefill": CHUNKED}
 # NOTE: vLLM v0 set max_num_batched_tokens = 512 when chunked prefill was enabled
-# (SchedulerConfig: small chunks keep each step, and so each token gap, short).
+# (SchedulerConfig: "balance between ITL and TTFT ... not optimized for throughput"): small
+# chunks keep each step, and so each token gap, short.
 CHUNKED_512 = ("engine.policy=chunked_prefill", "engine.max_num_batched_tokens=512")
 FIXED_512_128 = (
     "workload.lengths.dist=fixed",
@@ -124,10 +125,7 @@ CATALOG: tuple[Entry, ...] = (
         base=ARXIV,
         systems={
             "prefill_first": PREFILL_FIRST,
-            # NOTE: vLLM v0 set max_num_batched_tokens = 512 when chunked prefill was enabled
-            # (SchedulerConfig: "balance between ITL and TTFT ... not optimized for throughput").
-            "chunked_prefill": ("engine.policy=chunked_prefill",
-                                "engine.max_num_batched_tokens=512"),
+            "chunked_prefill": CHUNKED_512,
         },
         candidate="prefill_first",
         baseline="chunked_prefill",
