@@ -121,7 +121,7 @@ class SpecDecPreset:
         return PRESETS_DIR / self.scenario_file
 
     def plan(self, size: str) -> SweepPlan:
-        """The sweep plan of a run size (`SIZES`)."""
+        """The sweep plan of a run size: "full", "quick" or "tiny"."""
         return {"full": self.full, "quick": self.quick, "tiny": _TINY}[size]
 
 
