@@ -299,12 +299,10 @@ class VerifyDecodes:
             return 0
         bs = self.block_size
         # Blocks crossed by `width` more tokens: ceil((c + w) / bs) - ceil(c / bs), which for
-        # whole numbers is ((c - 1) mod bs + w) // bs: 1 or 0 when w <= bs (fewer numpy calls
-        # per step than the two ceilings).
+        # whole numbers is ((c - 1) mod bs + w) // bs (fewer numpy calls per step than the two
+        # ceilings).
         offset = self.computed_arr[:m] - 1
         offset %= bs
-        if width <= bs:
-            return int(np.count_nonzero(offset >= bs - width))
         offset += width
         offset //= bs
         return int(offset.sum())

@@ -366,14 +366,13 @@ def _search_bracket(
     bound = np.add(tokens.index, 1.0, out=scratch.get("bracket_b", size))
     bound *= -eps
     bound -= tokens.base_s  # e_i - D_p - i * eps
-    # Only a first token with rate 0 has denom 0; its condition is the `infeasible` one above.
-    # A denominator is its request's c plus an index >= 0, so all are positive when every c
-    # is: then no pass over the tokens checks them.
-    if np.all(allowed[has_tokens] > 0.0) or (
-        positive := np.greater(denom, 0.0, out=flag)
-    ).all():
+    # A denominator is its request's c plus an index >= 0, so with rate > 0 all are positive
+    # (no pass over the tokens checks them); with rate 0 a first token's is 0, and its
+    # condition is the `infeasible` one above.
+    if rate > 0.0:
         np.divide(bound, denom, out=bound)
     else:
+        positive = np.greater(denom, 0.0, out=flag)
         np.divide(bound, denom, out=bound, where=positive)
         np.copyto(bound, -np.inf, where=~positive)
     lower = segment_max(bound, tokens.offsets, empty=-np.inf)
